@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine (README.md): `make run` and `make test`.
+# Both create .venv on first use: the CPU torch wheel, then this package with its extras.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel these machines carry; GPU images already have their own torch.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: run test lint proto
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev,operator]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) examples/quickstart.py
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) scripts/typecheck.py
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) scripts/typecheck.py
+
+proto: $(VENV)/.installed
+	$(PY) scripts/gen_proto.py

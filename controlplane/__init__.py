@@ -1,0 +1,1 @@
+"""Control plane: etcd keyspace, sessions, election, rollout coordinator, Admin service, CLI."""

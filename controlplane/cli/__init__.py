@@ -1,0 +1,1 @@
+"""The `epochctl` command line: one module per subcommand group, registered in main.py."""

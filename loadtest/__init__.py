@@ -1,0 +1,1 @@
+"""Load generator and reports: latency percentiles, throughput, purity checks, plots."""

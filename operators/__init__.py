@@ -1,0 +1,1 @@
+"""Kubernetes operator (kopf): reconcile logic and pure manifest builders."""

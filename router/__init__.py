@@ -1,0 +1,1 @@
+"""Router: the public Generation service, version-pinned admission and balancing."""

@@ -1,0 +1,1 @@
+"""Worker: the paged-attention engine and the internal Worker gRPC service."""

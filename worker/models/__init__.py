@@ -1,0 +1,1 @@
+"""Model definitions (Hugging Face architectures) and their weight loading."""
