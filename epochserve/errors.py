@@ -31,3 +31,7 @@ class RuntimeGuardError(EpochserveError):
 
 class ConfigError(EpochserveError):
     """A process was started with settings it cannot run with (bad model dir, bad head split)."""
+
+
+class VersionMismatchError(EpochserveError):
+    """A request pinned to a policy version this worker does not serve (FAILED_PRECONDITION)."""

@@ -1,0 +1,122 @@
+"""`epochctl generate`: send one prompt to a worker (or router) and print tokens, logprobs, version."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="generate from a prompt and print tokens and logprobs")
+    parser.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of a worker or router")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (tokenized by the server)")
+    prompt.add_argument("--token-ids", help="prompt as comma-separated token ids")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy; default 1.0")
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--min-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--n", type=int, default=1, help="samples of the prompt")
+    parser.add_argument("--raw-logprobs", action="store_true", help="also print raw (unprocessed) logprobs")
+    parser.add_argument("--top-logprobs", type=int, default=0, help="also print the N most likely tokens")
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, help="model dir to decode text (default: the worker's)"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="deadline of the call in seconds")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per sample")
+    parser.set_defaults(func=run)
+
+
+def build_request(args: argparse.Namespace) -> Any:
+    from epochserve.proto.v1 import common_pb2
+
+    sampling = common_pb2.SamplingParams(
+        max_tokens=args.max_tokens,
+        num_top_logprobs=args.top_logprobs,
+        return_raw_logprobs=args.raw_logprobs,
+    )
+    for field in ("temperature", "top_p", "top_k", "min_p", "seed"):
+        if getattr(args, field) is not None:
+            setattr(sampling, field, getattr(args, field))
+    request = common_pb2.GenerateRequest(sampling=sampling, n=args.n)
+    if args.token_ids is not None:
+        request.prompt_token_ids.extend(int(t) for t in args.token_ids.split(",") if t.strip())
+    else:
+        request.prompt_text = args.prompt
+    return request
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+    from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
+
+    samples: dict[int, dict[str, Any]] = {}
+    with grpc.insecure_channel(args.target) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        try:
+            for response in stub.Generate(build_request(args), timeout=args.timeout):
+                sample = samples.setdefault(
+                    response.sample_index,
+                    {
+                        "sample_index": response.sample_index,
+                        "token_ids": [],
+                        "logprobs": [],
+                        "raw_logprobs": [],
+                    },
+                )
+                sample["request_id"] = response.request_id
+                sample["policy_version"] = response.policy_version
+                if response.HasField("chunk"):
+                    sample["token_ids"] += list(response.chunk.token_ids)
+                    sample["logprobs"] += list(response.chunk.logprobs)
+                    sample["raw_logprobs"] += list(response.chunk.raw_logprobs)
+                else:
+                    finish = response.finish
+                    sample["finish_reason"] = _finish_name(finish.finish_reason)
+                    sample["worker_id"] = finish.worker_id
+                    sample["seed"] = finish.diagnostics.seed
+            model_path = args.tokenizer or Path(
+                stub.GetWorkerInfo(worker_pb2.GetWorkerInfoRequest(), timeout=10).model_path
+            )
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    decode = _decoder(model_path)
+    for sample in (samples[i] for i in sorted(samples)):
+        if decode is not None:
+            sample["text"] = decode(sample["token_ids"])
+        print(json.dumps(sample) if args.json else _human(sample))
+    return 0
+
+
+def _finish_name(value: int) -> str:
+    from epochserve.proto.v1 import common_pb2
+
+    return common_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
+
+
+def _decoder(model_path: Path) -> Any:
+    if not (model_path / "tokenizer.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    return lambda ids: tokenizer.decode(ids)
+
+
+def _human(sample: dict[str, Any]) -> str:
+    lines = [
+        f"sample {sample['sample_index']}  policy_version={sample['policy_version']}  "
+        f"finish={sample.get('finish_reason')}  worker={sample.get('worker_id')}  seed={sample.get('seed')}"
+    ]
+    if "text" in sample:
+        lines.append(f"  text: {sample['text']!r}")
+    lines.append("  token_id  logprob(processed)")
+    for token, logprob in zip(sample["token_ids"], sample["logprobs"], strict=True):
+        lines.append(f"  {token:8d}  {logprob: .6f}")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""`epochctl worker`: serve a model as a worker (rank 0 serves the Worker gRPC service)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+# The fields of EngineConfig exposed as flags (name, type, help); defaults come from EngineConfig.
+ENGINE_FLAGS: list[tuple[str, Any, str]] = [
+    ("device", str, "cpu, cuda or cuda:N"),
+    ("dtype", str, "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16"),
+    ("lm_head_dtype", str, "float32 (default; logprobs never pass through bf16) or model"),
+    ("block_size", int, "tokens per KV block"),
+    ("max_num_seqs", int, "sequences running at once"),
+    ("max_num_batched_tokens", int, "tokens per engine step"),
+    ("max_model_len", int, "context limit in tokens"),
+    ("kv_cache_bytes", int, "CPU: KV pool budget in bytes"),
+    ("kv_cache_memory_fraction", float, "CUDA: share of free memory for the KV pool after loading weights"),
+    ("num_kv_blocks", int, "exact KV pool size in blocks (overrides the budgets)"),
+    ("policy_version", int, "policy version of the weights loaded at start"),
+    ("max_n", int, "most samples per request"),
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("worker", help="serve a model as a worker")
+    parser.add_argument("--model", required=True, help="Hugging Face model directory, or 'smollm2' (bundled)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one)")
+    parser.add_argument("--worker-id", default=None, help="default: HOSTNAME:PORT")
+    parser.add_argument(
+        "--ready-file", type=Path, default=None, help="write {host, port, worker_id} here once serving"
+    )
+    parser.add_argument(
+        "--drain-seconds", type=float, default=30.0, help="grace for in-flight requests at shutdown"
+    )
+    parser.add_argument("--no-prefix-cache", action="store_true", help="disable the prefix cache")
+    for name, kind, help_text in ENGINE_FLAGS:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
+    parser.set_defaults(func=run)
+
+
+def resolve_model(model: str) -> Path:
+    if model == "smollm2":
+        from epochserve.worker.models.bundled import prepare_smollm2
+
+        return prepare_smollm2(progress=True)
+    return Path(model)
+
+
+def run(args: argparse.Namespace) -> int:
+    from epochserve.worker.config import EngineConfig
+    from epochserve.worker.server import WorkerServerConfig, serve
+
+    overrides = {name: getattr(args, name) for name, _, _ in ENGINE_FLAGS if getattr(args, name) is not None}
+    engine = EngineConfig(
+        model_dir=resolve_model(args.model), enable_prefix_cache=not args.no_prefix_cache, **overrides
+    )
+    config = WorkerServerConfig(
+        engine=engine,
+        host=args.host,
+        port=args.port,
+        ready_file=args.ready_file,
+        drain_seconds=args.drain_seconds,
+        worker_id=args.worker_id or "",
+    )
+    return asyncio.run(serve(config))

@@ -1,0 +1,102 @@
+"""Conversions between epochserve.v1 messages and the plain types of epochserve.sampling.
+
+parse_generate_request applies the contract's rules (DESIGN.md §6) in one place for the router and
+the worker: every refusal is an InvalidRequestError naming the offending field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from epochserve.proto.v1 import common_pb2
+
+from epochserve.errors import InvalidRequestError
+from epochserve.sampling import (
+    ModelLimits,
+    SamplingParams,
+    resolve_max_tokens,
+    validate_n,
+    validate_prompt,
+    validate_stop_tokens,
+)
+
+Tokenize = Callable[[str], list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedGenerateRequest:
+    """A GenerateRequest that passed validation. Created at a server edge, consumed by its engine."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams
+    n: int
+    max_tokens: int  # resolved: never None, prompt + max_tokens fits the context
+    policy_version: int | None  # the version the router pinned, if any
+    min_policy_version: int | None
+
+
+def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
+    """Proto → SamplingParams with the documented defaults for unset fields."""
+    return SamplingParams(
+        temperature=msg.temperature if msg.HasField("temperature") else 1.0,
+        top_p=msg.top_p if msg.HasField("top_p") else 1.0,
+        top_k=msg.top_k if msg.HasField("top_k") else 0,
+        min_p=msg.min_p if msg.HasField("min_p") else 0.0,
+        max_tokens=msg.max_tokens if msg.HasField("max_tokens") else None,
+        seed=msg.seed if msg.HasField("seed") else None,
+        stop_token_ids=frozenset(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+        num_top_logprobs=msg.num_top_logprobs,
+        return_raw_logprobs=msg.return_raw_logprobs,
+    )
+
+
+def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
+    msg = common_pb2.SamplingParams(
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        min_p=params.min_p,
+        stop_token_ids=sorted(params.stop_token_ids),
+        ignore_eos=params.ignore_eos,
+        num_top_logprobs=params.num_top_logprobs,
+        return_raw_logprobs=params.return_raw_logprobs,
+    )
+    if params.max_tokens is not None:
+        msg.max_tokens = params.max_tokens
+    if params.seed is not None:
+        msg.seed = params.seed
+    return msg
+
+
+def parse_generate_request(
+    request: common_pb2.GenerateRequest, limits: ModelLimits, tokenize: Tokenize | None = None
+) -> ParsedGenerateRequest:
+    """Validate and normalize a request; raises InvalidRequestError naming the field.
+
+    A text prompt (prompt_text) is tokenized with `tokenize`; without one it is refused.
+    An empty request_id is replaced by a fresh uuid, which every response then carries.
+    """
+    prompt = list(request.prompt_token_ids)
+    if not prompt and request.prompt_text:
+        if tokenize is None:
+            raise InvalidRequestError("prompt_text", "this server takes token ids only")
+        prompt = tokenize(request.prompt_text)
+    validate_prompt(prompt, limits)
+    sampling = sampling_from_proto(request.sampling)
+    validate_stop_tokens(list(sampling.stop_token_ids), limits)
+    n = request.n if request.HasField("n") else 1
+    validate_n(n, limits)
+    max_tokens = resolve_max_tokens(sampling, len(prompt), limits)
+    return ParsedGenerateRequest(
+        request_id=request.request_id or uuid.uuid4().hex,
+        prompt_token_ids=tuple(prompt),
+        sampling=sampling,
+        n=n,
+        max_tokens=max_tokens,
+        policy_version=request.policy_version if request.HasField("policy_version") else None,
+        min_policy_version=request.min_policy_version if request.HasField("min_policy_version") else None,
+    )

@@ -1,0 +1,62 @@
+"""EngineConfig: everything that shapes one worker's engine, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model_dir: Path
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    # Weights and KV dtype. "auto": float32 on CPU (bf16 matmul is ~50x slower there), bfloat16 on CUDA.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # The output projection's dtype. float32 by default so logits and logprobs never pass through
+    # bf16 (DESIGN.md §1); "model" uses the weights' dtype and is for experiments only.
+    lm_head_dtype: Literal["float32", "model"] = "float32"
+    block_size: int = 16  # tokens per KV block
+    max_num_seqs: int = 128  # sequences running at once
+    max_num_batched_tokens: int = 2048  # tokens per step (prefill chunks + decodes)
+    max_model_len: int | None = None  # context limit; default: the model's, capped by the KV pool
+    kv_cache_bytes: int = 1 << 30  # CPU: KV pool budget in bytes
+    kv_cache_memory_fraction: float = 0.85  # CUDA: share of the memory free after loading weights
+    num_kv_blocks: int | None = None  # exact pool size; overrides both budgets (tests)
+    enable_prefix_cache: bool = True
+    policy_version: int = 0  # version of the weights loaded at start
+    max_n: int = 16  # most samples per request
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+        if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
+            raise ValueError(
+                f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction}"
+            )
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError("num_kv_blocks must be >= 1")
+        if self.policy_version < 0 or self.max_n < 1:
+            raise ValueError("policy_version must be >= 0 and max_n >= 1")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.float32 if self.torch_device.type == "cpu" else torch.bfloat16
+        return DTYPES[self.dtype]

@@ -1,0 +1,208 @@
+"""Engine: owns the model, KV pool, block manager, scheduler and sampler of one worker.
+
+One thread drives it (see engine_loop.py): add_request / abort_request / step are not
+thread-safe. Each step runs the whole model once over a ScheduledBatch; weights and the policy
+version change only between steps (set_policy_version), never inside one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import replace
+from itertools import count
+
+import torch
+from epochserve.proto.convert import ParsedGenerateRequest
+from epochserve.worker.block_manager import BlockManager, BlockUsage
+from epochserve.worker.config import EngineConfig
+from epochserve.worker.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
+from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
+from epochserve.worker.model_runner import ModelRunner
+from epochserve.worker.models.config import ModelConfig
+from epochserve.worker.models.loader import build_model, load_checkpoint
+from epochserve.worker.outputs import FinishInfo, SequenceOutput
+from epochserve.worker.sampler import Sampler
+from epochserve.worker.scheduler import Scheduler
+from epochserve.worker.sequence import FinishReason, Sequence, SequenceStatus
+
+from epochserve.errors import ConfigError, InvalidRequestError, VersionMismatchError
+from epochserve.sampling import ModelLimits
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, tp: TensorParallel = SINGLE_DEVICE) -> None:
+        self.config = config
+        self.model_config = ModelConfig.from_dir(config.model_dir)
+        device, dtype = config.torch_device, config.torch_dtype
+        mc = self.model_config
+        max_positions = config.max_model_len or mc.max_position_embeddings
+        lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
+        self.model = build_model(mc, tp, dtype, device, max_positions, lm_head_dtype)
+        load_checkpoint(self.model, config.model_dir)
+        kv_heads = self.model.num_kv_heads_per_rank
+        num_blocks = self._plan_num_blocks(kv_heads, dtype)
+        self.kv_pool = KVCachePool(
+            mc.num_layers, num_blocks, config.block_size, kv_heads, mc.head_dim, dtype, device
+        )
+        # A request must fit alone in the pool, or it could wait forever: cap the context by the pool.
+        max_model_len = min(max_positions, num_blocks * config.block_size)
+        self.limits = ModelLimits(vocab_size=mc.vocab_size, max_model_len=max_model_len, max_n=config.max_n)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
+        self.block_manager.set_policy_version(config.policy_version)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(self.model, self.kv_pool, device)
+        self.sampler = Sampler()
+        self.policy_version = config.policy_version
+        self.eos_token_ids = frozenset(mc.eos_token_ids)
+        self._requests: dict[str, list[Sequence]] = {}
+        self._seq_ids = count()
+
+    def _plan_num_blocks(self, kv_heads: int, dtype: torch.dtype) -> int:
+        c, mc = self.config, self.model_config
+        if c.num_kv_blocks is not None:
+            return c.num_kv_blocks
+        if c.torch_device.type == "cuda":
+            budget = cuda_kv_budget_bytes(c.torch_device, c.kv_cache_memory_fraction)
+        else:
+            budget = c.kv_cache_bytes
+        try:
+            return num_blocks_for_budget(budget, mc.num_layers, c.block_size, kv_heads, mc.head_dim, dtype)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; raise the KV budget") from exc
+
+    # ---- requests ------------------------------------------------------------------------
+    def add_request(self, request: ParsedGenerateRequest) -> None:
+        """Queue a validated request as n sequences. Raises for a duplicate id or a wrong version pin."""
+        if request.request_id in self._requests:
+            raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
+        if request.policy_version is not None and request.policy_version != self.policy_version:
+            raise VersionMismatchError(
+                f"request pinned to policy version {request.policy_version}, "
+                f"worker serves {self.policy_version}"
+            )
+        seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
+        seqs: list[Sequence] = []
+        for index in range(request.n):
+            seqs.append(
+                Sequence(
+                    seq_id=next(self._seq_ids),
+                    request_id=request.request_id,
+                    sample_index=index,
+                    prompt_token_ids=list(request.prompt_token_ids),
+                    sampling=request.sampling,
+                    max_tokens=request.max_tokens,
+                    seed=seed,
+                    policy_version=self.policy_version,
+                    prefill_leader=seqs[0] if index > 0 and self.config.enable_prefix_cache else None,
+                )
+            )
+        self._requests[request.request_id] = seqs
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str, reason: str) -> list[SequenceOutput]:
+        """Finish every unfinished sample of a request with ABORT; frees their blocks at once."""
+        outputs = []
+        for seq in self._requests.pop(request_id, []):
+            if not seq.is_finished:
+                seq.abort_reason = reason
+                outputs.append(self._finish(seq, FinishReason.ABORT))
+        return outputs
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- stepping ------------------------------------------------------------------------
+    def step(self) -> list[SequenceOutput]:
+        """Run one batch through the model and sample; returns what each sampling sequence got."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty():
+            return []
+        logits, sampling_seqs = self.runner.execute(batch)
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += num_new
+            self.block_manager.register_computed(seq)
+        if not sampling_seqs:
+            return []
+        sampled = self.sampler.sample(logits, sampling_seqs)
+        now = time.monotonic()
+        outputs = []
+        for i, seq in enumerate(sampling_seqs):
+            error = sampled.errors[i]
+            if error is not None:
+                seq.error = error
+                logger.error("request %s sample %d failed: %s", seq.request_id, seq.sample_index, error)
+                outputs.append(self._finish(seq, FinishReason.ERROR))
+                continue
+            token = sampled.token_ids[i]
+            seq.output_token_ids.append(token)
+            seq.processed_logprobs.append(sampled.processed_logprobs[i])
+            raw = sampled.raw_logprobs[i]
+            top = sampled.top_logprobs[i]
+            if raw is not None:
+                seq.raw_logprobs.append(raw)
+            if top is not None:
+                seq.top_logprobs.append(top)
+            if seq.times.first_token is None:
+                seq.times.first_token = now
+            seq.times.last_token = now
+            finish = self._finish_reason(seq, token)
+            output = SequenceOutput(
+                request_id=seq.request_id,
+                sample_index=seq.sample_index,
+                policy_version=seq.policy_version,
+                token_ids=(token,),
+                processed_logprobs=(sampled.processed_logprobs[i],),
+                raw_logprobs=() if raw is None else (raw,),
+                top_logprobs=() if top is None else ((tuple(top[0]), tuple(top[1])),),
+            )
+            if finish is not None:
+                output = replace(output, finish=self._finish(seq, finish).finish)
+            outputs.append(output)
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        if token in seq.sampling.stop_token_ids or (
+            not seq.sampling.ignore_eos and token in self.eos_token_ids
+        ):
+            return FinishReason.STOP
+        if seq.num_generated_tokens >= seq.max_tokens or seq.num_tokens >= self.limits.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> SequenceOutput:
+        """Mark seq finished, release its blocks, forget its request once every sample ended."""
+        self.scheduler.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        siblings = self._requests.get(seq.request_id, [])
+        if siblings and all(s.is_finished for s in siblings):
+            del self._requests[seq.request_id]
+        return SequenceOutput(seq.request_id, seq.sample_index, seq.policy_version, finish=FinishInfo.of(seq))
+
+    # ---- versions and stats --------------------------------------------------------------
+    def set_policy_version(self, version: int) -> None:
+        """Serve `version` from the next step on. Only between steps and with no work of another
+        version in flight; drops every prefix-cache entry of other versions."""
+        if self.has_work():
+            raise RuntimeError("set_policy_version with sequences in flight; drain or abort them first")
+        dropped = self.block_manager.set_policy_version(version)
+        logger.info(
+            "policy version %d -> %d (%d cached blocks dropped)", self.policy_version, version, dropped
+        )
+        self.policy_version = version
+
+    def block_usage(self) -> BlockUsage:
+        return self.block_manager.usage()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)

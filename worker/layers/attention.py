@@ -1,0 +1,58 @@
+"""Attention over the paged KV cache: the forward context a step's model call needs, and the layer
+that stores new keys/values then attends.
+
+AttentionMetadata is created by ModelRunner for each step and passed down explicitly (no globals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from epochserve.kernels.paged_attention import paged_attention_torch, write_kv_cache_torch
+from torch import nn
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where a step's tokens go in the KV cache and what each sequence attends to.
+
+    Created by ModelRunner.prepare, consumed by every PagedAttention layer of one forward pass.
+    """
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64 flat cache slot of each new token
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: list[int]  # [num_seqs] context length including this step's tokens
+    query_start_loc: list[int]  # [num_seqs + 1] cu_seqlens of the new tokens
+
+
+@dataclass(slots=True)
+class LayerKVCache:
+    """One layer's slice of the KV pool; the tensors are views into KVCachePool's storage."""
+
+    key: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
+
+
+class PagedAttention(nn.Module):
+    """Store this step's keys/values in their slots, then attend causally over each sequence's cache."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        v: torch.Tensor,
+        cache: LayerKVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        write_kv_cache_torch(k, v, cache.key, cache.value, meta.slot_mapping)
+        return paged_attention_torch(
+            q, cache.key, cache.value, meta.block_tables, meta.seq_lens, meta.query_start_loc, self.scale
+        )

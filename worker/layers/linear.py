@@ -1,0 +1,135 @@
+"""Linear layers that know how they are split across tensor-parallel ranks.
+
+Column-parallel layers split the output features (each rank computes its slice; no communication);
+row-parallel layers split the input features and all-reduce the partial sums. Merged layers (QKV,
+gate-up) hold several checkpoint tensors side by side; `load` takes the shard a tensor belongs to.
+Each rank reads only its slice of every checkpoint tensor (WeightSource.read with a range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.layers.weight_source import WeightSource
+from torch import nn
+
+# On CPU, MKL multiplies 1-3 rows with a gemv-like kernel whose reduction order differs from its
+# gemm kernel's, so a token's result would depend on how many other tokens share its step. Padding
+# to this many rows keeps every row on the gemm path: a request computes the same numbers alone or
+# in a batch (tests/integration/worker/test_smollm2_engine.py checks it).
+CPU_MIN_ROWS = 8
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear whose per-row result does not depend on the number of rows (see CPU_MIN_ROWS)."""
+    rows = x.shape[0]
+    if x.device.type != "cpu" or x.dim() != 2 or rows >= CPU_MIN_ROWS:
+        return F.linear(x, weight, bias)
+    padded = torch.cat([x, x.new_zeros(CPU_MIN_ROWS - rows, x.shape[1])])
+    return F.linear(padded, weight, bias)[:rows]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputShard:
+    """Where one checkpoint tensor's rows go: rows [start, start + size) of the full tensor are
+    stored at rows [offset, offset + size) of this rank's merged weight."""
+
+    start: int
+    size: int
+    offset: int
+
+
+def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(
+            f"{name}: checkpoint slice has shape {tuple(src.shape)}, expected {tuple(dst.shape)}"
+        )
+    dst.copy_(src)
+
+
+class MergedColumnLinear(nn.Module):
+    """y = x Wᵀ + b, where W stacks several checkpoint tensors along the output dim (split per rank)."""
+
+    def __init__(
+        self, input_size: int, shards: dict[str | int, OutputShard], bias: bool, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.shards = shards
+        out = sum(s.size for s in shards.values())
+        self.weight = nn.Parameter(torch.empty(out, input_size, dtype=dtype), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out, dtype=dtype), requires_grad=False) if bias else None
+
+    def load(self, param_name: str, source: WeightSource, shard_id: str | int) -> None:
+        shard = self.shards[shard_id]
+        param = self.weight if param_name == "weight" else self.bias
+        if param is None:
+            raise ValueError(f"checkpoint has a {param_name} for a layer built without one")
+        _copy_checked(
+            param.data[shard.offset : shard.offset + shard.size],
+            source.read(0, shard.start, shard.size),
+            param_name,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def column_linear(
+    input_size: int, output_sizes: list[int], bias: bool, tp: TensorParallel, dtype: torch.dtype
+):
+    """Column-parallel linear over several stacked outputs (e.g. gate and up), each split evenly."""
+    shards: dict[str | int, OutputShard] = {}
+    offset = 0
+    for index, full in enumerate(output_sizes):
+        size = tp.split(full, "output features")
+        shards[index] = OutputShard(start=tp.rank * size, size=size, offset=offset)
+        offset += size
+    return MergedColumnLinear(input_size, shards, bias, dtype)
+
+
+def qkv_linear(
+    hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool, tp: TensorParallel, dtype
+) -> MergedColumnLinear:
+    """The merged q/k/v projection. Query heads split evenly; kv heads split when there are at least
+    as many as ranks, otherwise each rank holds the one kv head its query heads use (replicated)."""
+    heads = tp.split(num_heads, "attention heads")
+    if num_kv_heads >= tp.size:
+        kv_heads = tp.split(num_kv_heads, "key/value heads")
+        kv_first = tp.rank * kv_heads
+    else:
+        if tp.size % num_kv_heads:
+            raise ValueError(f"TP size {tp.size} is not a multiple of the {num_kv_heads} key/value heads")
+        kv_heads, kv_first = 1, tp.rank * num_kv_heads // tp.size
+    q = OutputShard(start=tp.rank * heads * head_dim, size=heads * head_dim, offset=0)
+    k = OutputShard(start=kv_first * head_dim, size=kv_heads * head_dim, offset=q.size)
+    v = OutputShard(start=kv_first * head_dim, size=kv_heads * head_dim, offset=q.size + k.size)
+    return MergedColumnLinear(hidden_size, {"q": q, "k": k, "v": v}, bias, dtype)
+
+
+class RowParallelLinear(nn.Module):
+    """y = all_reduce(x_local W_localᵀ) + b, with W's input features split across ranks."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool, tp: TensorParallel, dtype: torch.dtype):
+        super().__init__()
+        self.tp = tp
+        self.input_local = tp.split(input_size, "input features")
+        self.weight = nn.Parameter(
+            torch.empty(output_size, self.input_local, dtype=dtype), requires_grad=False
+        )
+        self.bias = nn.Parameter(torch.empty(output_size, dtype=dtype), requires_grad=False) if bias else None
+
+    def load(self, param_name: str, source: WeightSource, shard_id: None = None) -> None:
+        if param_name == "bias":
+            assert self.bias is not None
+            _copy_checked(self.bias.data, source.read(), "bias")
+            return
+        _copy_checked(
+            self.weight.data, source.read(1, self.tp.rank * self.input_local, self.input_local), "weight"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tp.all_reduce(linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y

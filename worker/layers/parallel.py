@@ -1,0 +1,47 @@
+"""Tensor-parallel context: which slice of each layer this process holds and how ranks combine.
+
+Passed explicitly to every parallel layer (no module-global state). With size 1 every collective is
+a no-op, so single-device models pay nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True, slots=True)
+class TensorParallel:
+    rank: int = 0
+    size: int = 1
+    group: Any = None  # torch.distributed ProcessGroup of the TP ranks (None when size == 1)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.size:
+            raise ValueError(f"TP rank {self.rank} outside [0, {self.size})")
+
+    def split(self, total: int, what: str) -> int:
+        """The per-rank share of `total` items; raises ValueError when they don't divide evenly."""
+        if total % self.size:
+            raise ValueError(f"{what} ({total}) is not divisible by the tensor-parallel size {self.size}")
+        return total // self.size
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum x over the TP ranks, in place."""
+        if self.size > 1:
+            dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's x along the last dim, in rank order."""
+        if self.size == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(self.size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
+
+
+SINGLE_DEVICE = TensorParallel()

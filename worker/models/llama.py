@@ -1,0 +1,222 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2 with qkv bias, Qwen3 with q/k RMSNorm).
+
+Reads like the architecture: embed → N × (norm, attention, residual, norm, gated MLP, residual) →
+norm → lm_head. Tensor parallelism lives in the layers (worker/layers), not here.
+The math order matches Hugging Face's modeling code so fp32 outputs agree to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar, Protocol, cast
+
+import torch
+from epochserve.kernels.activation import silu_and_mul_torch
+from epochserve.kernels.rmsnorm import rms_norm_torch
+from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq
+from epochserve.worker.layers.attention import AttentionMetadata, LayerKVCache, PagedAttention
+from epochserve.worker.layers.linear import RowParallelLinear, column_linear, qkv_linear
+from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.layers.vocab import LMHead, VocabEmbedding
+from epochserve.worker.layers.weight_source import WeightSource
+from epochserve.worker.models.config import ModelConfig
+from torch import nn
+
+
+class Loadable(Protocol):
+    """A module that fills its parameters from checkpoint tensors (see worker/layers/linear.py)."""
+
+    def load(self, param_name: str, source: WeightSource, shard_id: str | int | None = None) -> None: ...
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size, dtype=dtype), requires_grad=False)
+
+    def load(self, param_name: str, source: WeightSource, shard_id: None = None) -> None:
+        self.weight.data.copy_(source.read())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm_torch(x, self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    cos_sin: torch.Tensor  # [max_positions, head_dim] fp32 buffer
+
+    def __init__(self, config: ModelConfig, max_positions: int) -> None:
+        super().__init__()
+        rope = config.rope
+        inv_freq = rope_inv_freq(
+            config.head_dim,
+            rope.theta,
+            rope.rope_type,
+            rope.factor,
+            rope.low_freq_factor,
+            rope.high_freq_factor,
+            rope.original_max_position_embeddings,
+        )
+        self.register_buffer("cos_sin", rope_cos_sin_cache(inv_freq, max_positions), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return apply_rotary_torch(x, positions, self.cos_sin)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, tp: TensorParallel, rotary: Rotary, dtype: torch.dtype) -> None:
+        super().__init__()
+        d = config.head_dim
+        self.qkv_proj = qkv_linear(
+            config.hidden_size, d, config.num_heads, config.num_kv_heads, config.qkv_bias, tp, dtype
+        )
+        self.num_heads = self.qkv_proj.shards["q"].size // d
+        self.num_kv_heads = self.qkv_proj.shards["k"].size // d
+        self.o_proj = RowParallelLinear(config.num_heads * d, config.hidden_size, False, tp, dtype)
+        self.q_norm = RMSNorm(d, config.rms_norm_eps, dtype) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps, dtype) if config.qk_norm else None
+        self.rotary = rotary
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, d)
+        self.head_dim = d
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        n, d = x.shape[0], self.head_dim
+        q, k, v = self.qkv_proj(x).split(
+            [self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], -1
+        )
+        q, k, v = (
+            q.view(n, self.num_heads, d),
+            k.view(n, self.num_kv_heads, d),
+            v.view(n, self.num_kv_heads, d),
+        )
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        out = self.attn(q, k, v, cache, meta)
+        return self.o_proj(out.reshape(n, self.num_heads * d))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig, tp: TensorParallel, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.gate_up_proj = column_linear(
+            config.hidden_size, [config.intermediate_size] * 2, False, tp, dtype
+        )
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, False, tp, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul_torch(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, tp: TensorParallel, rotary: Rotary, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, tp, rotary, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, tp, dtype)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self, config: ModelConfig, tp: TensorParallel, max_positions: int, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, tp, dtype)
+        rotary = Rotary(config, max_positions)
+        self.layers = nn.ModuleList(DecoderLayer(config, tp, rotary, dtype) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+
+class LlamaForCausalLM(nn.Module):
+    """forward() maps a flat batch of tokens to final hidden states; compute_logits() to fp32 logits."""
+
+    # checkpoint name fragment → (our merged module, shard id)
+    STACKED_PARAMS: ClassVar[dict[str, tuple[str, str | int]]] = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tp: TensorParallel,
+        max_positions: int,
+        dtype: torch.dtype,
+        lm_head_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config, tp, max_positions, dtype)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tp, lm_head_dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [num_tokens]
+        positions: torch.Tensor,  # [num_tokens]
+        caches: list[LayerKVCache],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        for layer, cache in zip(self.model.layers, caches, strict=True):
+            x = layer(x, positions, cache, meta)
+        return self.model.norm(x)
+
+    @property
+    def num_kv_heads_per_rank(self) -> int:
+        attention = cast(Attention, self.model.layers[0].self_attn)
+        return attention.num_kv_heads
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] → [n, vocab] in the lm_head dtype (fp32 by default)."""
+        return self.lm_head(hidden)
+
+    def load_weights(self, weights: Iterable[tuple[str, WeightSource]]) -> set[str]:
+        """Load checkpoint tensors by their Hugging Face names; returns the names consumed.
+
+        Raises KeyError for a name this model has no place for. With tied embeddings the
+        embedding table also fills the lm_head (no lm_head.weight in the checkpoint).
+        """
+        loaded: set[str] = set()
+        for name, source in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            module_path, param_name = name.rsplit(".", 1)
+            shard_id: str | int | None = None
+            leaf = module_path.rsplit(".", 1)[-1]
+            if leaf in self.STACKED_PARAMS:
+                merged, shard_id = self.STACKED_PARAMS[leaf]
+                module_path = f"{module_path.rsplit('.', 1)[0]}.{merged}"
+            cast(Loadable, self.get_submodule(module_path)).load(param_name, source, shard_id)
+            if name == "model.embed_tokens.weight" and self.config.tie_word_embeddings:
+                self.lm_head.load("weight", source)
+            loaded.add(name)
+        return loaded
+
+
+def checkpoint_names(config: ModelConfig) -> set[str]:
+    """Every tensor name a complete Hugging Face checkpoint of this model holds."""
+    names = {"model.embed_tokens.weight", "model.norm.weight"}
+    if not config.tie_word_embeddings:
+        names.add("lm_head.weight")
+    for i in range(config.num_layers):
+        prefix = f"model.layers.{i}"
+        names |= {f"{prefix}.input_layernorm.weight", f"{prefix}.post_attention_layernorm.weight"}
+        names |= {f"{prefix}.self_attn.{p}_proj.weight" for p in "qkvo"}
+        names |= {f"{prefix}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+        if config.qkv_bias:
+            names |= {f"{prefix}.self_attn.{p}_proj.bias" for p in "qkv"}
+        if config.qk_norm:
+            names |= {f"{prefix}.self_attn.{p}_norm.weight" for p in "qk"}
+    return names

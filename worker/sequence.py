@@ -1,0 +1,94 @@
+"""Sequence: one sample of one request, from admission to finish.
+
+Created by Engine.add_request (n per request), scheduled by Scheduler, given KV blocks by
+BlockManager, advanced by Engine after each step. Only the engine thread touches it.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from epochserve.sampling import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # not yet holding blocks (new, or preempted and to be recomputed)
+    RUNNING = "running"  # holds blocks; prefill in progress or decoding
+    FINISHED = "finished"
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # EOS or a stop token was generated (and returned)
+    LENGTH = "length"  # max_tokens or the context length reached
+    ABORT = "abort"  # client cancel, deadline, or a rollout with drain=abort
+    ERROR = "error"  # a runtime guard tripped; see Sequence.error
+
+
+@dataclass(slots=True)
+class SequenceTimes:
+    """Wall-clock instants (time.monotonic) for the diagnostics trace."""
+
+    arrival: float = field(default_factory=time.monotonic)
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    seq_id: int
+    request_id: str
+    sample_index: int
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    max_tokens: int  # resolved generation budget
+    seed: int  # the request's seed (drawn by the engine when the request had none)
+    policy_version: int  # the version whose weights produce every token of this sequence
+    # Sibling samples wait until this sequence (sample 0) has computed the prompt, so that they
+    # find its blocks in the prefix cache instead of computing the prompt n times.
+    prefill_leader: Sequence | None = None
+    output_token_ids: list[int] = field(default_factory=list)
+    processed_logprobs: list[float] = field(default_factory=list)
+    raw_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[tuple[list[int], list[float]]] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: FinishReason | None = None
+    abort_reason: str = ""
+    error: str = ""
+    block_table: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0  # tokens whose keys/values are in the cache
+    num_prefix_hit_blocks: int = 0  # prompt blocks found in the prefix cache at first admission
+    num_preemptions: int = 0
+    # Chained hashes of the full blocks of token_ids, filled lazily by BlockManager (the tokens at
+    # existing positions never change, so neither do these).
+    block_hashes: list[bytes] = field(default_factory=list)
+    times: SequenceTimes = field(default_factory=SequenceTimes)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def waits_for_leader(self) -> bool:
+        """True while sample 0 of the request has not yet computed the whole prompt."""
+        leader = self.prefill_leader
+        if leader is None or leader.is_finished:
+            return False
+        return leader.num_computed_tokens < len(leader.prompt_token_ids)

@@ -1,0 +1,118 @@
+"""Start a worker: build the engine, run its loop, serve Worker + health + reflection over gRPC.
+
+Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING, new requests get UNAVAILABLE, requests in
+flight get `drain_seconds` to finish, then are aborted; the process exits 0. If the engine loop
+fails, the server stops and `serve` returns 1 (the process exits non-zero).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
+from epochserve.worker.config import EngineConfig
+from epochserve.worker.engine import Engine
+from epochserve.worker.engine_loop import EngineLoop
+from epochserve.worker.responses import WorkerIdentity
+from epochserve.worker.service import WorkerService
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+logger = logging.getLogger(__name__)
+
+WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerServerConfig:
+    engine: EngineConfig
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port (written to ready_file)
+    ready_file: Path | None = None  # JSON {"host", "port", "worker_id"} written once serving
+    drain_seconds: float = 30.0  # grace for in-flight requests at shutdown
+    worker_id: str = ""  # default: HOSTNAME:PORT
+
+
+def load_tokenizer(model_dir: Path) -> Callable[[str], list[int]] | None:
+    """The model directory's tokenizer as a text → ids function, or None when it has none."""
+    if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+
+
+async def serve(config: WorkerServerConfig) -> int:
+    engine = await asyncio.to_thread(Engine, config.engine)
+    loop = EngineLoop(engine)
+    loop.start()
+    server = grpc.aio.server()
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    identity = WorkerIdentity(
+        worker_id=config.worker_id or f"{socket.gethostname()}:{port}", tp_size=1, kernel_mode="torch"
+    )
+    service = WorkerService(
+        loop, identity, load_tokenizer(config.engine.model_dir), str(config.engine.model_dir)
+    )
+    worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    await server.start()
+    for name in ("", WORKER_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info(
+        "worker %s serving on %s:%d (policy version %d)",
+        identity.worker_id,
+        config.host,
+        port,
+        engine.policy_version,
+    )
+    if config.ready_file is not None:
+        config.ready_file.write_text(
+            json.dumps({"host": config.host, "port": port, "worker_id": identity.worker_id})
+        )
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    while not stop.is_set() and loop.is_running:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+    failed = loop.failure is not None
+    await _shutdown(server, health_servicer, service, loop, config.drain_seconds)
+    return 1 if failed else 0
+
+
+async def _shutdown(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    service: WorkerService,
+    loop: EngineLoop,
+    drain_seconds: float,
+) -> None:
+    logger.info("shutting down: draining for up to %.0f s", drain_seconds)
+    service.accepting = False
+    for name in ("", WORKER_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    deadline = asyncio.get_running_loop().time() + drain_seconds
+    while loop.is_running and asyncio.get_running_loop().time() < deadline:
+        if not await asyncio.wrap_future(loop.call(lambda engine: engine.has_work())):
+            break
+        await asyncio.sleep(0.1)
+    if loop.is_running:
+        await asyncio.wrap_future(loop.abort_all("worker shutting down"))
+    await server.stop(grace=5.0)
+    loop.stop()
