@@ -20,9 +20,8 @@ from kubernetes.client.exceptions import ApiException
 
 def _read_target(api_client: Any, namespace: str, cluster: str) -> AdminTarget | None:
     try:
-        body: dict[str, Any] = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, CLUSTER_PLURAL, cluster
-        )
+        api = client.CustomObjectsApi(api_client)
+        body: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, CLUSTER_PLURAL, cluster)
     except ApiException as error:
         if error.status == 404:
             return None
