@@ -26,9 +26,10 @@ def _is_rolling(workload: Manifest, replicas: int) -> bool:
     """A workload whose controller has not yet caught up with its latest spec."""
     status = workload.get("status") or {}
     generation = workload["metadata"].get("generation", 0)
-    return int(status.get("observedGeneration", 0)) < generation or int(
-        status.get("updatedReplicas", 0)
-    ) < replicas
+    return (
+        int(status.get("observedGeneration", 0)) < generation
+        or int(status.get("updatedReplicas", 0)) < replicas
+    )
 
 
 def cluster_status(
@@ -41,8 +42,9 @@ def cluster_status(
 ) -> dict[str, Any]:
     """Status for the EpochCluster; `changed` says this reconcile just applied something.
 
-    Phase: Pending before any workload exists, Progressing while one is changing, Ready when every
-    component has all its replicas ready, Degraded otherwise (e.g. a worker's node died).
+    Phase: Pending while no workload exists and none is being created, Progressing while one is
+    being created or changed, Ready when every component has all its replicas ready, Degraded
+    otherwise (e.g. a worker's node died).
     """
     wanted: dict[Component, int] = {
         "worker": spec.workers.replicas,
@@ -62,7 +64,7 @@ def cluster_status(
                 worker_pods = int((workload.get("status") or {}).get("replicas", 0))
             rolling = rolling or _is_rolling(workload, replicas)
     all_ready = all(ready[c] >= wanted[c] for c in wanted)
-    if found == 0:
+    if found == 0 and not changed:
         phase = "Pending"
     elif all_ready and not rolling:
         phase = "Ready"

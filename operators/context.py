@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from epochserve.operators.config import OperatorConfig
-from epochserve.operators.kube_store import KubeObjectStore
+from epochserve.operators.reconcile import ObjectStore
 from epochserve.operators.rollouts.admin import AdminConnector
 
 
@@ -16,7 +16,7 @@ class OperatorContext:
     kubernetes client (Secrets, custom-object status); connector: opens Admin API sessions."""
 
     config: OperatorConfig
-    store: KubeObjectStore
+    store: ObjectStore
     api_client: Any
     connector: AdminConnector
 

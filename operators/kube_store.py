@@ -57,4 +57,3 @@ class KubeObjectStore:
     def delete(self, key: ObjectKey) -> None:
         resource = self._resource(key.api_version, key.kind)
         resource.delete(name=key.name, namespace=key.namespace, propagation_policy="Background")
-

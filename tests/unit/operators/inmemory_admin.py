@@ -57,7 +57,7 @@ class InMemoryAdmin:
         seen = -1
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._revision != seen or self.stream_broken)
+                await self._changed.wait_for(lambda seen=seen: self._revision != seen or self.stream_broken)
                 if self.stream_broken:
                     raise AdminUnavailableError("stream reset")
                 seen = self._revision

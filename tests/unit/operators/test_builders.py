@@ -6,14 +6,15 @@ import copy
 from typing import Any
 
 import pytest
-from k8s_crd_schema import as_stored, example
-from kubernetes_validate import utils as kv
-
 from epochserve.operators.builders.cluster import build_cluster
 from epochserve.operators.names import SPEC_HASH_ANNOTATION
 from epochserve.operators.spec import ClusterSpec, ManagedEtcd, SpecError, parse_cluster
+from k8s_crd_schema import as_stored, example
+from kubernetes_validate import utils as kv
 
-MANAGED = ManagedEtcd("epochserve", ("etcd-0.etcd.epochserve.svc:2379", "etcd-1.etcd.epochserve.svc:2379"), "etcd-client")
+MANAGED = ManagedEtcd(
+    "epochserve", ("etcd-0.etcd.epochserve.svc:2379", "etcd-1.etcd.epochserve.svc:2379"), "etcd-client"
+)
 
 
 def _spec(edit: dict[str, Any] | None = None, namespace: str = "epochserve") -> ClusterSpec:
@@ -64,7 +65,10 @@ def test_worker_env_reads_pod_name_and_the_cluster_configmap():
     objects = build_cluster(_spec())
     env = {e["name"]: e for e in _container(_by_kind(objects, "StatefulSet", "demo-worker"))["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["ETCD_ENDPOINTS"]["valueFrom"]["configMapKeyRef"] == {"name": "demo-config", "key": "etcd-endpoints"}
+    assert env["ETCD_ENDPOINTS"]["valueFrom"]["configMapKeyRef"] == {
+        "name": "demo-config",
+        "key": "etcd-endpoints",
+    }
     config = _by_kind(objects, "ConfigMap", "demo-config")
     assert config["data"]["etcd-endpoints"] == ",".join(MANAGED.endpoints)
     assert config["data"]["cluster"] == "epochserve.demo"
@@ -81,8 +85,13 @@ def test_worker_pod_mounts_model_read_only_shm_and_etcd_client_cert():
 
 
 def test_uri_model_is_fetched_by_an_init_container_into_an_empty_dir():
-    model = {"uri": "s3://bucket/llama", "fetcher": {"image": "amazon/aws-cli", "command": ["sh", "-c", "sync"]}}
-    pod = _by_kind(build_cluster(_spec({"model": model})), "StatefulSet", "demo-worker")["spec"]["template"]["spec"]
+    model = {
+        "uri": "s3://bucket/llama",
+        "fetcher": {"image": "amazon/aws-cli", "command": ["sh", "-c", "sync"]},
+    }
+    pod = _by_kind(build_cluster(_spec({"model": model})), "StatefulSet", "demo-worker")["spec"]["template"][
+        "spec"
+    ]
     (init,) = pod["initContainers"]
     assert init["image"] == "amazon/aws-cli" and init["command"] == ["sh", "-c", "sync"]
     assert {"name": "MODEL_URI", "value": "s3://bucket/llama"} in init["env"]
@@ -92,7 +101,13 @@ def test_uri_model_is_fetched_by_an_init_container_into_an_empty_dir():
 
 def test_every_object_is_owned_by_the_cluster_and_stamped():
     objects = build_cluster(_spec())
-    assert {o["kind"] for o in objects} == {"ConfigMap", "Service", "PodDisruptionBudget", "Deployment", "StatefulSet"}
+    assert {o["kind"] for o in objects} == {
+        "ConfigMap",
+        "Service",
+        "PodDisruptionBudget",
+        "Deployment",
+        "StatefulSet",
+    }
     for obj in objects:
         (owner,) = obj["metadata"]["ownerReferences"]
         assert owner == {
@@ -112,7 +127,9 @@ def test_router_and_coordinator_deployments():
     router = _by_kind(objects, "Deployment", "demo-router")
     assert router["spec"]["replicas"] == 2
     args = _container(router)["args"]
-    assert args[0] == "router" and _flag(args, "--port") == "50050" and _flag(args, "--metrics-port") == "9090"
+    assert (
+        args[0] == "router" and _flag(args, "--port") == "50050" and _flag(args, "--metrics-port") == "9090"
+    )
     assert _container(router)["readinessProbe"]["grpc"] == {"port": 50050}
     ports = {p["name"]: p["port"] for p in _by_kind(objects, "Service", "demo-router")["spec"]["ports"]}
     assert ports == {"grpc": 50050, "metrics": 9090}
@@ -149,7 +166,9 @@ def test_admin_token_rename_rolls_coordinators_but_not_workers():
         return _by_kind(objects, kind, name)["spec"]["template"]
 
     assert template(before, "StatefulSet", "demo-worker") == template(after, "StatefulSet", "demo-worker")
-    assert template(before, "Deployment", "demo-coordinator") != template(after, "Deployment", "demo-coordinator")
+    assert template(before, "Deployment", "demo-coordinator") != template(
+        after, "Deployment", "demo-coordinator"
+    )
 
 
 @pytest.mark.parametrize("version", ["1.30.0", kv.latest_version()])
@@ -162,7 +181,11 @@ def test_built_objects_validate_strictly_against_kubernetes(version):
 @pytest.mark.parametrize(
     ("edit", "namespace", "needle"),
     [
-        ({"workers": {"resources": {"limits": {"nvidia.com/gpu": 4}}}}, "epochserve", "must not set nvidia.com/gpu"),
+        (
+            {"workers": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
+            "epochserve",
+            "must not set nvidia.com/gpu",
+        ),
         ({}, "elsewhere", "serves namespace 'epochserve' only"),
     ],
 )

@@ -37,7 +37,9 @@ def _junctor_nodes(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @pytest.mark.parametrize("kind", ["EpochCluster", "PolicyRollout"])
 def test_schema_is_structural(kind):
     for path, node in _nodes(openapi_schema(kind)):
-        untyped_ok = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+        untyped_ok = node.get("x-kubernetes-int-or-string") or node.get(
+            "x-kubernetes-preserve-unknown-fields"
+        )
         assert "type" in node or untyped_ok, f"{kind}{path} has no type"
         assert "$ref" not in node, f"{kind}{path} uses $ref"
         for branch in _junctor_nodes(node):
@@ -55,7 +57,8 @@ def test_every_default_is_valid_for_its_own_schema(kind):
     assert defaults, "expected defaulted fields"
     for path, node in defaults:
         value = apply_defaults(node, node["default"])
-        jsonschema.Draft202012Validator(node).validate(value)
+        problems = [e.message for e in jsonschema.Draft202012Validator(node).iter_errors(value)]
+        assert problems == [], f"{kind}{path}: default {node['default']!r} is invalid"
 
 
 @pytest.mark.parametrize("kind", ["EpochCluster", "PolicyRollout"])
@@ -160,7 +163,12 @@ def test_invalid_crs_are_rejected(obj, needle):
 
 
 def test_uri_model_with_fetcher_and_external_etcd_are_admitted():
-    obj = _edit("epochcluster.yaml", "spec", "model", {"uri": "s3://b/m", "fetcher": {"image": "aws", "command": ["sync"]}})
+    obj = _edit(
+        "epochcluster.yaml",
+        "spec",
+        "model",
+        {"uri": "s3://b/m", "fetcher": {"image": "aws", "command": ["sync"]}},
+    )
     obj["spec"]["etcd"] = {"mode": "External", "endpoints": ["etcd-0.etcd:2379"], "tlsSecret": "etcd-tls"}
     assert errors(obj) == []
     assert admit(obj)["spec"]["model"]["sizeLimit"] == "200Gi"

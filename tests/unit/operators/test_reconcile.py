@@ -5,14 +5,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from inmemory_store import InMemoryObjectStore
-from k8s_crd_schema import as_stored, example
-
 from epochserve.operators.builders.cluster import build_cluster
 from epochserve.operators.cluster_status import cluster_status
 from epochserve.operators.names import owned_labels
 from epochserve.operators.reconcile import ObjectKey, Verb, plan, reconcile
 from epochserve.operators.spec import ClusterSpec, ManagedEtcd, parse_cluster
+from inmemory_store import InMemoryObjectStore
+from k8s_crd_schema import as_stored, example
 
 MANAGED = ManagedEtcd("epochserve", ("etcd-0.etcd.epochserve.svc:2379",), None)
 
@@ -55,7 +54,9 @@ def test_changed_replica_count_updates_only_the_statefulset():
     _reconcile(store, _spec())
     before = _versions(store)
     actions = _reconcile(store, _spec(replicas=5))
-    assert [(a.verb, a.key.kind, a.key.name) for a in actions] == [(Verb.UPDATE, "StatefulSet", "demo-worker")]
+    assert [(a.verb, a.key.kind, a.key.name) for a in actions] == [
+        (Verb.UPDATE, "StatefulSet", "demo-worker")
+    ]
     changed = {key for key, version in _versions(store).items() if before[key] != version}
     assert changed == {actions[0].key}
     assert store.objects[actions[0].key]["spec"]["replicas"] == 5
@@ -112,7 +113,8 @@ def _with_workload_status(store: InMemoryObjectStore, ready: dict[str, int]) -> 
 def test_cluster_status_phases_follow_the_workloads():
     store = InMemoryObjectStore()
     spec = _spec()
-    assert cluster_status(spec, 1, [], True, [], "t0")["phase"] == "Pending"
+    assert cluster_status(spec, 1, [], False, [], "t0")["phase"] == "Pending"
+    assert cluster_status(spec, 1, [], True, [], "t0")["phase"] == "Progressing"
     _reconcile(store, spec)
     ready = _with_workload_status(store, {"worker": 2, "router": 2, "coordinator": 2})
     status = cluster_status(spec, 3, ready, False, [], "t1")
@@ -121,7 +123,12 @@ def test_cluster_status_phases_follow_the_workloads():
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Reconciled": "True", "Ready": "True"}
     assert all(c["observedGeneration"] == 3 for c in status["conditions"])
     degraded = cluster_status(
-        spec, 3, _with_workload_status(store, {"worker": 1, "router": 2, "coordinator": 2}), False, status["conditions"], "t2"
+        spec,
+        3,
+        _with_workload_status(store, {"worker": 1, "router": 2, "coordinator": 2}),
+        False,
+        status["conditions"],
+        "t2",
     )
     assert degraded["phase"] == "Degraded"
     ready_condition = next(c for c in degraded["conditions"] if c["type"] == "Ready")
