@@ -17,7 +17,8 @@ from epochserve.operators.names import GROUP
 from epochserve.operators.rollouts import handlers as rollout_handlers
 from epochserve.operators.rollouts.connect import default_connector
 
-FINALIZER = f"{GROUP}/abort-uncommitted-rollout"
+# kopf puts it on PolicyRollouts (delete handler) and EpochClusters (timer) alike.
+FINALIZER = f"{GROUP}/operator"
 
 # Imported for their registration side effect; listed so linters see them used.
 REGISTERED_MODULES = (cluster_handlers, rollout_handlers)
