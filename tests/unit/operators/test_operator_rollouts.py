@@ -11,7 +11,7 @@ from epochserve.operators.rollouts.admin import AdminUnavailableError, RolloutBu
 from epochserve.operators.rollouts.driver import FinalizeOutcome, drive_rollout, finalize_rollout
 from epochserve.operators.rollouts.request import RolloutRequest, parse_rollout
 from epochserve.operators.spec import SpecError
-from inmemory_admin import InMemoryAdmin
+from memory_admin_testkit import InMemoryAdmin
 
 
 class RecordingSink:
@@ -59,11 +59,19 @@ def _clock() -> Callable[[], str]:
     return lambda: f"2026-11-22T00:00:{next(ticks):02d}Z"
 
 
+async def _until_staging(
+    admin: InMemoryAdmin, sink: RecordingSink, request: RolloutRequest | None = None
+) -> asyncio.Task[str]:
+    """Start driving a fresh PolicyRollout in the background; return once its status shows Staging."""
+    task = asyncio.create_task(drive_rollout(admin, request or _request(), sink, {}, _clock()))
+    await sink.wait_for(lambda s: s.get("phase") == "Staging")
+    return task
+
+
 def test_phases_mirror_the_rollout_with_per_worker_progress():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(("w-0", "w-1")), RecordingSink()
-        task = asyncio.create_task(drive_rollout(admin, _request(generation=3), sink, {}, _clock()))
-        await sink.wait_for(lambda s: s.get("phase") == "Staging")
+        task = await _until_staging(admin, sink, _request(generation=3))
         await admin.report_staged(2, "w-0")
         await sink.wait_for(lambda s: s["workers"][0].get("stagedVersion") == 2)
         assert sink.current["workers"] == [
@@ -94,8 +102,7 @@ def test_phases_mirror_the_rollout_with_per_worker_progress():
 def test_delete_before_commit_aborts_the_rollout():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(), RecordingSink()
-        task = asyncio.create_task(drive_rollout(admin, _request(), sink, {}, _clock()))
-        await sink.wait_for(lambda s: s.get("phase") == "Staging")
+        task = await _until_staging(admin, sink)
         await admin.report_staged(2, "w-0")
         assert await finalize_rollout(admin, _request(), sink.current) is FinalizeOutcome.ABORTED
         assert admin.abort_calls == [2]
@@ -227,8 +234,7 @@ def test_busy_admin_leaves_the_rollout_pending_and_raises_for_retry():
 def test_broken_watch_raises_and_the_retry_resumes_the_mirror():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(), RecordingSink()
-        task = asyncio.create_task(drive_rollout(admin, _request(), sink, {}, _clock()))
-        await sink.wait_for(lambda s: s.get("phase") == "Staging")
+        task = await _until_staging(admin, sink)
         await admin.break_streams()
         with pytest.raises(AdminUnavailableError):
             await task
@@ -244,8 +250,7 @@ def test_broken_watch_raises_and_the_retry_resumes_the_mirror():
 def test_unchanged_status_is_not_written_twice():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(), RecordingSink()
-        task = asyncio.create_task(drive_rollout(admin, _request(), sink, {}, _clock()))
-        await sink.wait_for(lambda s: s.get("phase") == "Staging")
+        task = await _until_staging(admin, sink)
         writes = len(sink.writes)
         await admin.fail(2, "checksum mismatch on w-1")
         assert await task == "Aborted"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from crd_schema_testkit import as_stored, example
 from epochserve.operators.builders.cluster import build_cluster
 from epochserve.operators.cluster_status import cluster_status
 from epochserve.operators.names import owned_labels
 from epochserve.operators.reconcile import ObjectKey, Verb, plan, reconcile
 from epochserve.operators.spec import ClusterSpec, ManagedEtcd, parse_cluster
-from inmemory_store import InMemoryObjectStore
-from k8s_crd_schema import as_stored, example
+from memory_store_testkit import InMemoryObjectStore
 
 MANAGED = ManagedEtcd("epochserve", ("etcd-0.etcd.epochserve.svc:2379",), None)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from k8s_crd_schema import admit, apply_defaults, crds, errors, example, openapi_schema
+from crd_schema_testkit import admit, apply_defaults, crds, errors, example, openapi_schema
 
 # Keys the API server forbids inside allOf/anyOf/oneOf/not of a structural schema.
 _FORBIDDEN_IN_JUNCTORS = {"type", "default", "description", "additionalProperties", "nullable"}
