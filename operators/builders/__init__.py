@@ -1,0 +1,1 @@
+"""Pure manifest builders: ClusterSpec in, Kubernetes objects (plain dicts) out."""

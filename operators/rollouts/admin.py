@@ -1,0 +1,138 @@
+"""The slice of the coordinator's Admin API that the operator uses, as a typed interface.
+
+The handler logic (driver.py) depends only on `RolloutAdmin`; a gRPC-backed implementation maps
+Admin's messages to `RolloutSnapshot` and its status codes to the errors below:
+
+| Admin status                                   | raised here            | operator does          |
+|------------------------------------------------|------------------------|------------------------|
+| UNAVAILABLE, DEADLINE_EXCEEDED, broken stream   | AdminUnavailableError  | retry (TemporaryError) |
+| ALREADY_EXISTS on StartRollout                  | RolloutExistsError     | adopt the rollout      |
+| FAILED_PRECONDITION: another rollout in flight  | RolloutBusyError       | retry later            |
+| FAILED_PRECONDITION / INVALID_ARGUMENT: version | RolloutRejectedError   | phase Rejected, stop   |
+|   not above the current epoch, bad source       |                        |                        |
+| NOT_FOUND on Get/Abort                          | RolloutNotFoundError   | nothing to mirror      |
+| FAILED_PRECONDITION on Abort after commit       | RolloutCommittedError  | keep the rollout       |
+| UNAUTHENTICATED                                 | AdminAuthError         | retry (token may land) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal, Protocol
+
+from epochserve.errors import EpochserveError
+
+DrainPolicy = Literal["finish", "abort"]
+
+
+class RolloutPhase(Enum):
+    """The coordinator's rollout state machine (DESIGN.md §5)."""
+
+    STAGING = "STAGING"
+    COMMITTED = "COMMITTED"
+    DONE = "DONE"
+    ABORTED = "ABORTED"
+
+    @property
+    def is_committed(self) -> bool:
+        """The epoch moved to this version: it can no longer be aborted."""
+        return self in (RolloutPhase.COMMITTED, RolloutPhase.DONE)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RolloutPhase.DONE, RolloutPhase.ABORTED)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProgress:
+    """One worker's part in a rollout, as the coordinator reports it (state is its word for it)."""
+
+    worker_id: str
+    state: str
+    staged_version: int | None = None
+    serving_version: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSnapshot:
+    """A rollout record at one moment; created by the Admin client, consumed by driver/status."""
+
+    version: int
+    phase: RolloutPhase
+    source: str
+    drain: DrainPolicy
+    workers: tuple[WorkerProgress, ...] = ()
+    message: str = ""
+
+
+class AdminError(EpochserveError):
+    """Base of what an Admin call can fail with."""
+
+
+class AdminUnavailableError(AdminError):
+    """No answer from a leader (coordinator down, election in progress, stream broken): retry."""
+
+
+class AdminAuthError(AdminError):
+    """The Admin API refused the token."""
+
+
+class RolloutExistsError(AdminError):
+    """StartRollout for a version that already has a rollout record."""
+
+
+class RolloutBusyError(AdminError):
+    """StartRollout while another rollout is in flight; it can succeed once that one ends."""
+
+
+class RolloutRejectedError(AdminError):
+    """StartRollout that can never succeed (version not above the current epoch, bad source)."""
+
+
+class RolloutNotFoundError(AdminError):
+    """No rollout record for the version."""
+
+
+class RolloutCommittedError(AdminError):
+    """AbortRollout after the rollout committed (the epoch already moved)."""
+
+
+class RolloutAdmin(Protocol):
+    """Admin calls, with the contracts the driver relies on."""
+
+    async def start_rollout(self, version: int, source: str, drain: DrainPolicy) -> RolloutSnapshot:
+        """Create the rollout (STAGING); raises RolloutExistsError/BusyError/RejectedError."""
+        ...
+
+    async def get_rollout(self, version: int) -> RolloutSnapshot:
+        """The current record; raises RolloutNotFoundError."""
+        ...
+
+    def watch_rollout(self, version: int) -> AsyncIterator[RolloutSnapshot]:
+        """The current record, then every change; ends after a terminal phase (DONE/ABORTED).
+
+        Ending before a terminal phase, or raising AdminUnavailableError, means the stream broke.
+        """
+        ...
+
+    async def abort_rollout(self, version: int) -> RolloutSnapshot:
+        """Abort an uncommitted rollout; raises RolloutCommittedError/NotFoundError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdminTarget:
+    """Where a cluster's Admin API listens (host:port) and the bearer token it expects."""
+
+    address: str
+    token: str
+
+
+class AdminConnector(Protocol):
+    """Opens an Admin session for a cluster; closing the context releases the channel."""
+
+    def connect(self, target: AdminTarget) -> AbstractAsyncContextManager[RolloutAdmin]: ...
