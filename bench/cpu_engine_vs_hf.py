@@ -17,12 +17,12 @@ import statistics
 import time
 
 import torch
+
 from epochserve.proto.convert import ParsedGenerateRequest
+from epochserve.sampling import SamplingParams
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine import Engine
 from epochserve.worker.models.bundled import prepare_smollm2
-
-from epochserve.sampling import SamplingParams
 
 NUM_REQUESTS = 16
 NEW_TOKENS = 64

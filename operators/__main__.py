@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     import kopf
+
     from epochserve.operators import handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(

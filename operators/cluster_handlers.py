@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
+
 from epochserve.operators.builders.cluster import build_cluster
 from epochserve.operators.cluster_status import cluster_status
 from epochserve.operators.conditions import utc_now
@@ -17,7 +19,6 @@ from epochserve.operators.context import context_of
 from epochserve.operators.names import CLUSTER_PLURAL, GROUP, VERSION, owned_labels
 from epochserve.operators.reconcile import reconcile
 from epochserve.operators.spec import SpecError, parse_cluster
-from kubernetes.client.exceptions import ApiException
 
 RECONCILE_INTERVAL_S = 60.0
 API_RETRY_DELAY_S = 15.0

@@ -6,9 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from epochserve.operators.spec import ManagedEtcd
-
 from epochserve.errors import ConfigError
+from epochserve.operators.spec import ManagedEtcd
 
 ENV_NAMESPACE = "EPOCHSERVE_OPERATOR_NAMESPACE"
 ENV_ETCD_ENDPOINTS = "EPOCHSERVE_MANAGED_ETCD_ENDPOINTS"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+
 from epochserve.operators import cluster_handlers
 from epochserve.operators.config import OperatorConfig
 from epochserve.operators.context import OperatorContext

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from epochserve.operators.names import FIELD_MANAGER
-from epochserve.operators.reconcile import MANAGED_KINDS, Manifest, ObjectKey
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
+
+from epochserve.operators.names import FIELD_MANAGER
+from epochserve.operators.reconcile import MANAGED_KINDS, Manifest, ObjectKey
 
 
 def load_api_client() -> client.ApiClient:

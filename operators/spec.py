@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from epochserve.operators.names import MAX_CLUSTER_NAME
-
 from epochserve.errors import ConfigError
+from epochserve.operators.names import MAX_CLUSTER_NAME
 
 
 class SpecError(ConfigError):

@@ -10,9 +10,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from epochserve.proto.v1 import common_pb2
-
 from epochserve.errors import InvalidRequestError
+from epochserve.proto.v1 import common_pb2
 from epochserve.sampling import (
     ModelLimits,
     SamplingParams,

@@ -21,9 +21,9 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import numpy as np
-from epochserve.worker.sequence import Sequence
 
 from epochserve.errors import CapacityError
+from epochserve.worker.sequence import Sequence
 
 CacheKey = tuple[int, bytes]  # (policy_version, chained block hash)
 

@@ -13,66 +13,46 @@ import time
 from dataclasses import replace
 from itertools import count
 
-import torch
+from epochserve.errors import InvalidRequestError, VersionMismatchError
 from epochserve.proto.convert import ParsedGenerateRequest
+from epochserve.sampling import ModelLimits
 from epochserve.worker.block_manager import BlockManager, BlockUsage
 from epochserve.worker.config import EngineConfig
-from epochserve.worker.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
 from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
 from epochserve.worker.model_runner import ModelRunner
-from epochserve.worker.models.config import ModelConfig
-from epochserve.worker.models.loader import build_model, load_checkpoint
+from epochserve.worker.model_setup import setup_rank
 from epochserve.worker.outputs import FinishInfo, SequenceOutput
 from epochserve.worker.sampler import Sampler
 from epochserve.worker.scheduler import Scheduler
 from epochserve.worker.sequence import FinishReason, Sequence, SequenceStatus
-
-from epochserve.errors import ConfigError, InvalidRequestError, VersionMismatchError
-from epochserve.sampling import ModelLimits
+from epochserve.worker.step_plan import PlanChannel
 
 logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, tp: TensorParallel = SINGLE_DEVICE) -> None:
+    def __init__(
+        self, config: EngineConfig, tp: TensorParallel = SINGLE_DEVICE, channel: PlanChannel | None = None
+    ) -> None:
         self.config = config
-        self.model_config = ModelConfig.from_dir(config.model_dir)
-        device, dtype = config.torch_device, config.torch_dtype
-        mc = self.model_config
-        max_positions = config.max_model_len or mc.max_position_embeddings
-        lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
-        self.model = build_model(mc, tp, dtype, device, max_positions, lm_head_dtype)
-        load_checkpoint(self.model, config.model_dir)
-        kv_heads = self.model.num_kv_heads_per_rank
-        num_blocks = self._plan_num_blocks(kv_heads, dtype)
-        self.kv_pool = KVCachePool(
-            mc.num_layers, num_blocks, config.block_size, kv_heads, mc.head_dim, dtype, device
+        self.tp = tp
+        setup = setup_rank(config, tp)
+        self.model_config = setup.model_config
+        self.model = setup.model
+        self.kv_pool = setup.kv_pool
+        num_blocks = setup.kv_pool.num_blocks
+        self.limits = ModelLimits(
+            vocab_size=self.model_config.vocab_size, max_model_len=setup.max_model_len, max_n=config.max_n
         )
-        # A request must fit alone in the pool, or it could wait forever: cap the context by the pool.
-        max_model_len = min(max_positions, num_blocks * config.block_size)
-        self.limits = ModelLimits(vocab_size=mc.vocab_size, max_model_len=max_model_len, max_n=config.max_n)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, self.kv_pool, device)
+        self.runner = ModelRunner(self.model, self.kv_pool, config.torch_device, channel)
         self.sampler = Sampler()
         self.policy_version = config.policy_version
-        self.eos_token_ids = frozenset(mc.eos_token_ids)
+        self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
         self._requests: dict[str, list[Sequence]] = {}
         self._seq_ids = count()
-
-    def _plan_num_blocks(self, kv_heads: int, dtype: torch.dtype) -> int:
-        c, mc = self.config, self.model_config
-        if c.num_kv_blocks is not None:
-            return c.num_kv_blocks
-        if c.torch_device.type == "cuda":
-            budget = cuda_kv_budget_bytes(c.torch_device, c.kv_cache_memory_fraction)
-        else:
-            budget = c.kv_cache_bytes
-        try:
-            return num_blocks_for_budget(budget, mc.num_layers, c.block_size, kv_heads, mc.head_dim, dtype)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}; raise the KV budget") from exc
 
     # ---- requests ------------------------------------------------------------------------
     def add_request(self, request: ParsedGenerateRequest) -> None:
@@ -115,6 +95,14 @@ class Engine:
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
+
+    def idle(self) -> None:
+        """Called by the loop when there is no work (TP: heartbeats to the followers)."""
+        self.runner.heartbeat()
+
+    def close(self) -> None:
+        """Release the followers (TP); the engine must not step afterwards."""
+        self.runner.shutdown_followers()
 
     # ---- stepping ------------------------------------------------------------------------
     def step(self) -> list[SequenceOutput]:

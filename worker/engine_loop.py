@@ -19,11 +19,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
+from epochserve.errors import EpochserveError
 from epochserve.proto.convert import ParsedGenerateRequest
 from epochserve.worker.engine import Engine
 from epochserve.worker.outputs import SequenceOutput
-
-from epochserve.errors import EpochserveError
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +123,8 @@ class EngineLoop:
                 self._run_commands(block=not self.engine.has_work())
                 if self.engine.has_work():
                     self._dispatch(self.engine.step())
+                else:
+                    self.engine.idle()
         except BaseException as exc:
             logger.exception("engine step failed; failing %d requests", len(self._pending))
             self.failure = exc
@@ -133,6 +134,14 @@ class EngineLoop:
         finally:
             self._stop.set()
             self._fail_queued_commands()
+            if self.failure is None:
+                self._close_engine()
+
+    def _close_engine(self) -> None:
+        try:
+            self.engine.close()
+        except Exception:
+            logger.exception("closing the engine failed")
 
     def _run_commands(self, block: bool) -> None:
         try:

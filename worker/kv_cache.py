@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 
 import torch
-from epochserve.worker.layers.attention import LayerKVCache
 
 from epochserve.errors import ConfigError
+from epochserve.worker.layers.attention import LayerKVCache
 
 logger = logging.getLogger(__name__)
 

@@ -1,80 +1,116 @@
-"""ModelRunner: turns a ScheduledBatch into flat tensors, runs the model, returns fp32 logits.
+"""ModelRunner: turns a ScheduledBatch into a StepPlan, runs it on this rank, returns fp32 logits.
 
 Inputs are flat over the batch: the new tokens of every sequence concatenated, their positions,
 the cache slot of each, each sequence's block table and context length (AttentionMetadata).
 Only sequences whose chunk reaches their last token produce logits (prefill chunks that stop
-mid-prompt only fill the cache).
+mid-prompt only fill the cache). With tensor parallelism, rank 0 broadcasts each plan before
+running it and followers run the plans they receive (serve_plans).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
 
 import torch
+
 from epochserve.worker.kv_cache import KVCachePool
 from epochserve.worker.layers.attention import AttentionMetadata
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.scheduler import ScheduledBatch
 from epochserve.worker.sequence import Sequence
+from epochserve.worker.step_plan import PlanChannel, PlanKind, StepPlan
 
+logger = logging.getLogger(__name__)
 
-@dataclass(slots=True)
-class ModelInput:
-    """Created by ModelRunner.prepare, consumed by ModelRunner.execute."""
-
-    input_ids: torch.Tensor  # [num_tokens] int64
-    positions: torch.Tensor  # [num_tokens] int64
-    meta: AttentionMetadata
-    logits_indices: torch.Tensor  # [num_sampling_seqs] row of each sampling sequence's last token
-    sampling_seqs: list[Sequence]  # the sequences that get a next token this step, in row order
+HEARTBEAT_SECONDS = 2.0  # rank 0 proves it is alive to idle followers at least this often
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, kv_pool: KVCachePool, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: KVCachePool,
+        device: torch.device,
+        channel: PlanChannel | None = None,
+    ) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.block_size = kv_pool.block_size
         self.device = device
+        self.channel = channel  # set on every rank of a TP group of size > 1
+        self._last_send = time.monotonic()
 
-    def prepare(self, batch: ScheduledBatch) -> ModelInput:
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        logits_indices: list[int] = []
+    # ---- rank 0 ------------------------------------------------------------------------------
+    def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence]]:
+        """The plan of one step, and the sequences that sample (in logits row order)."""
+        plan = StepPlan()
         sampling_seqs: list[Sequence] = []
         bs = self.block_size
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
             end = start + num_new
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
+            plan.input_ids.extend(seq.token_ids[start:end])
+            plan.positions.extend(range(start, end))
             table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            query_start_loc.append(query_start_loc[-1] + num_new)
-            seq_lens.append(end)
+            plan.slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            plan.query_start_loc.append(plan.query_start_loc[-1] + num_new)
+            plan.seq_lens.append(end)
+            plan.block_tables.append(list(table))
             if batch.samples(i):
-                logits_indices.append(query_start_loc[-1] - 1)
+                plan.logits_indices.append(plan.query_start_loc[-1] - 1)
                 sampling_seqs.append(seq)
-        max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in batch.seqs]
+        return plan, sampling_seqs
 
+    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
+        """Run one step on every rank; returns (fp32 logits [num_sampling_seqs, vocab], those seqs)."""
+        plan, sampling_seqs = self.plan(batch)
+        self._send(plan)
+        return self.run_plan(plan), sampling_seqs
+
+    def heartbeat(self) -> None:
+        """Called by rank 0 while idle: keeps followers' waits short of the collective timeout."""
+        if self.channel is not None and time.monotonic() - self._last_send >= HEARTBEAT_SECONDS:
+            self._send(StepPlan(kind=PlanKind.HEARTBEAT))
+
+    def shutdown_followers(self) -> None:
+        if self.channel is not None:
+            self._send(StepPlan(kind=PlanKind.SHUTDOWN))
+
+    def _send(self, plan: StepPlan) -> None:
+        if self.channel is not None:
+            self.channel.send(plan)
+            self._last_send = time.monotonic()
+
+    # ---- every rank ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run_plan(self, plan: StepPlan) -> torch.Tensor:
         def tensor(values: list, dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
+        max_blocks = max(len(table) for table in plan.block_tables)
+        tables = [table + [0] * (max_blocks - len(table)) for table in plan.block_tables]
         meta = AttentionMetadata(
-            slot_mapping=tensor(slots),
+            slot_mapping=tensor(plan.slot_mapping),
             block_tables=tensor(tables, torch.int32),
-            seq_lens=seq_lens,
-            query_start_loc=query_start_loc,
+            seq_lens=plan.seq_lens,
+            query_start_loc=plan.query_start_loc,
         )
-        return ModelInput(tensor(input_ids), tensor(positions), meta, tensor(logits_indices), sampling_seqs)
+        hidden = self.model(tensor(plan.input_ids), tensor(plan.positions), self.kv_pool.layers, meta)
+        logits = self.model.compute_logits(hidden.index_select(0, tensor(plan.logits_indices)))
+        return logits.float()
 
-    @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
-        """Run one step; returns (fp32 logits [num_sampling_seqs, vocab], the sampling sequences)."""
-        inputs = self.prepare(batch)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
-        logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
-        return logits.float(), inputs.sampling_seqs
+    # ---- followers -----------------------------------------------------------------------------
+    def serve_plans(self) -> None:
+        """Ranks > 0: run every plan rank 0 broadcasts until it says SHUTDOWN.
+
+        A collective that fails (a rank died) or exceeds the group's timeout raises out of here;
+        the follower process then exits non-zero.
+        """
+        assert self.channel is not None and self.channel.rank > 0
+        while True:
+            plan = self.channel.receive()
+            if plan.kind is PlanKind.SHUTDOWN:
+                return
+            if plan.kind is PlanKind.STEP:
+                self.run_plan(plan)

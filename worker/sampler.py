@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
+
 from epochserve.worker.sequence import Sequence
 
 

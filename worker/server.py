@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine import Engine
 from epochserve.worker.engine_loop import EngineLoop
 from epochserve.worker.responses import WorkerIdentity
 from epochserve.worker.service import WorkerService
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 logger = logging.getLogger(__name__)
 

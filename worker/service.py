@@ -13,6 +13,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+
+from epochserve.errors import EpochserveError, RuntimeGuardError
 from epochserve.proto.convert import ParsedGenerateRequest, parse_generate_request
 from epochserve.proto.status import status_of
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -21,8 +23,6 @@ from epochserve.worker.engine_loop import EngineLoop, EngineStoppedError
 from epochserve.worker.outputs import SequenceOutput
 from epochserve.worker.responses import WorkerIdentity, to_responses
 from epochserve.worker.sequence import FinishReason
-
-from epochserve.errors import EpochserveError, RuntimeGuardError
 
 logger = logging.getLogger(__name__)
 

@@ -53,6 +53,7 @@ def build_request(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     import grpc
+
     from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 
     samples: dict[int, dict[str, Any]] = {}

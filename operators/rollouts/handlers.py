@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
+
 from epochserve.operators.context import context_of
 from epochserve.operators.names import GROUP, ROLLOUT_PLURAL, VERSION
 from epochserve.operators.rollouts.admin import AdminAuthError, AdminUnavailableError, RolloutBusyError
@@ -20,7 +22,6 @@ from epochserve.operators.rollouts.driver import drive_rollout, finalize_rollout
 from epochserve.operators.rollouts.request import RolloutRequest, parse_rollout
 from epochserve.operators.rollouts.targets import KubeStatusSink, resolve_target
 from epochserve.operators.spec import SpecError
-from kubernetes.client.exceptions import ApiException
 
 RETRY_DELAY_S = 10.0
 _RETRYABLE = (AdminUnavailableError, AdminAuthError, RolloutBusyError, ApiException, KeyError)

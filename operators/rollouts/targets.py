@@ -10,12 +10,13 @@ import asyncio
 import base64
 from typing import Any
 
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
 from epochserve.operators.names import CLUSTER_PLURAL, GROUP, ROLLOUT_PLURAL, VERSION, admin_address
 from epochserve.operators.rollouts.admin import AdminTarget
 from epochserve.operators.rollouts.request import RolloutRequest
 from epochserve.operators.rollouts.status import Status
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 
 def _read_target(api_client: Any, namespace: str, cluster: str) -> AdminTarget | None:

@@ -3,10 +3,10 @@
 import math
 
 import pytest
-from epochserve.proto.convert import parse_generate_request, sampling_from_proto, sampling_to_proto
-from epochserve.proto.v1 import common_pb2
 
 from epochserve.errors import InvalidRequestError
+from epochserve.proto.convert import parse_generate_request, sampling_from_proto, sampling_to_proto
+from epochserve.proto.v1 import common_pb2
 from epochserve.sampling import ModelLimits, SamplingParams
 
 LIMITS = ModelLimits(vocab_size=100, max_model_len=64, max_n=8)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from epochserve.kernels.paged_attention import paged_attention_torch, write_kv_cache_torch
 from torch import nn
+
+from epochserve.kernels.paged_attention import paged_attention_torch, write_kv_cache_torch
 
 
 @dataclass(slots=True)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import WeightSource
-from torch import nn
 
 # On CPU, MKL multiplies 1-3 rows with a gemv-like kernel whose reduction order differs from its
 # gemm kernel's, so a token's result would depend on how many other tokens share its step. Padding

@@ -17,7 +17,8 @@ import torch.distributed as dist
 class TensorParallel:
     rank: int = 0
     size: int = 1
-    group: Any = None  # torch.distributed ProcessGroup of the TP ranks (None when size == 1)
+    group: Any = None  # torch.distributed group of the TP ranks for tensors (NCCL on GPU, gloo on CPU)
+    cpu_group: Any = None  # gloo group of the same ranks for step plans and small CPU collectives
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.size:
@@ -34,6 +35,14 @@ class TensorParallel:
         if self.size > 1:
             dist.all_reduce(x, group=self.group)
         return x
+
+    def min_over_ranks(self, value: int) -> int:
+        """The smallest of every rank's value (e.g. how many KV blocks all ranks can hold)."""
+        if self.size == 1:
+            return value
+        box = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN, group=self.cpu_group)
+        return int(box.item())
 
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenate every rank's x along the last dim, in rank order."""

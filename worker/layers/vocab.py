@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from epochserve.worker.layers.linear import _copy_checked, linear
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import WeightSource
-from torch import nn
 
 
 class _VocabSlice(nn.Module):

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from typing import ClassVar, Protocol, cast
 
 import torch
+from torch import nn
+
 from epochserve.kernels.activation import silu_and_mul_torch
 from epochserve.kernels.rmsnorm import rms_norm_torch
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq
@@ -20,7 +22,6 @@ from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.vocab import LMHead, VocabEmbedding
 from epochserve.worker.layers.weight_source import WeightSource
 from epochserve.worker.models.config import ModelConfig
-from torch import nn
 
 
 class Loadable(Protocol):

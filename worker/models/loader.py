@@ -14,13 +14,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
+from epochserve.errors import ConfigError
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import SafetensorsSource, WeightSource
 from epochserve.worker.models.config import ModelConfig
 from epochserve.worker.models.llama import LlamaForCausalLM, checkpoint_names
-from safetensors import safe_open
-
-from epochserve.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,12 @@ import time
 
 import grpc
 import pytest
-from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from fixtures.models import build_tiny_model
 from fixtures.processes import running_worker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 VOCAB = 512
 

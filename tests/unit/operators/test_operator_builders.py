@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 from crd_schema_testkit import as_stored, example
+from kubernetes_validate import utils as kv
+
 from epochserve.operators.builders.cluster import build_cluster
 from epochserve.operators.names import SPEC_HASH_ANNOTATION
 from epochserve.operators.spec import ClusterSpec, ManagedEtcd, SpecError, parse_cluster
-from kubernetes_validate import utils as kv
 
 MANAGED = ManagedEtcd(
     "epochserve", ("etcd-0.etcd.epochserve.svc:2379", "etcd-1.etcd.epochserve.svc:2379"), "etcd-client"

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 from crd_schema_testkit import admit, crds
+from kubernetes_validate import utils as kv
+
 from epochserve.operators.builders.cluster import build_cluster
 from epochserve.operators.spec import ManagedEtcd, parse_cluster
-from kubernetes_validate import utils as kv
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "epochserve"

@@ -6,12 +6,13 @@ import copy
 from typing import Any
 
 from crd_schema_testkit import as_stored, example
+from memory_store_testkit import InMemoryObjectStore
+
 from epochserve.operators.builders.cluster import build_cluster
 from epochserve.operators.cluster_status import cluster_status
 from epochserve.operators.names import owned_labels
 from epochserve.operators.reconcile import ObjectKey, Verb, plan, reconcile
 from epochserve.operators.spec import ClusterSpec, ManagedEtcd, parse_cluster
-from memory_store_testkit import InMemoryObjectStore
 
 MANAGED = ManagedEtcd("epochserve", ("etcd-0.etcd.epochserve.svc:2379",), None)
 

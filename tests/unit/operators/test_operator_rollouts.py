@@ -7,11 +7,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from memory_admin_testkit import InMemoryAdmin
+
 from epochserve.operators.rollouts.admin import AdminUnavailableError, RolloutBusyError, RolloutPhase
 from epochserve.operators.rollouts.driver import FinalizeOutcome, drive_rollout, finalize_rollout
 from epochserve.operators.rollouts.request import RolloutRequest, parse_rollout
 from epochserve.operators.spec import SpecError
-from memory_admin_testkit import InMemoryAdmin
 
 
 class RecordingSink:

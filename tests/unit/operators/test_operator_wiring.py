@@ -7,6 +7,8 @@ import asyncio
 import kopf
 import pytest
 from crd_schema_testkit import as_stored, example
+from memory_store_testkit import InMemoryObjectStore
+
 from epochserve.operators import handlers
 from epochserve.operators.__main__ import build_parser
 from epochserve.operators.cluster_handlers import reconcile_cluster
@@ -14,7 +16,6 @@ from epochserve.operators.config import OperatorConfig
 from epochserve.operators.context import OperatorContext
 from epochserve.operators.rollouts.admin import AdminTarget
 from epochserve.operators.rollouts.connect import AdminNotWiredError, default_connector
-from memory_store_testkit import InMemoryObjectStore
 
 
 def _handlers() -> dict[tuple[str, str | None], object]:

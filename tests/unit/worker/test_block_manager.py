@@ -1,11 +1,11 @@
 """BlockManager bookkeeping: refcounts, the version-keyed prefix cache, LRU reuse."""
 
 import pytest
-from epochserve.worker.block_manager import BlockManager
-from epochserve.worker.sequence import Sequence
 
 from epochserve.errors import CapacityError
 from epochserve.sampling import SamplingParams
+from epochserve.worker.block_manager import BlockManager
+from epochserve.worker.sequence import Sequence
 
 BS = 4
 

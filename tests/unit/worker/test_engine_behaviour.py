@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from epochserve.worker.sequence import FinishReason
 from fixtures.engine import make_engine, make_request, run_to_completion
 
 from epochserve.errors import InvalidRequestError, VersionMismatchError
+from epochserve.worker.sequence import FinishReason
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ import math
 
 import pytest
 import torch
-from epochserve.worker.sampler import Sampler, filter_logits
-from epochserve.worker.sequence import Sequence
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     MinPLogitsWarper,
@@ -15,6 +13,8 @@ from transformers.generation.logits_process import (
 )
 
 from epochserve.sampling import SamplingParams
+from epochserve.worker.sampler import Sampler, filter_logits
+from epochserve.worker.sequence import Sequence
 
 
 def hf_processed(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):

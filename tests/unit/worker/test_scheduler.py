@@ -1,10 +1,9 @@
 """Scheduler: token budget, chunked prefill, FCFS admission, preemption, sibling samples."""
 
+from epochserve.sampling import SamplingParams
 from epochserve.worker.block_manager import BlockManager
 from epochserve.worker.scheduler import Scheduler
 from epochserve.worker.sequence import Sequence, SequenceStatus
-
-from epochserve.sampling import SamplingParams
 
 BS = 4
 

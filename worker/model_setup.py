@@ -1,0 +1,78 @@
+"""Build one rank's share of the model and its KV pool, the same way on rank 0 and on followers.
+
+The KV pool is sized per rank from that rank's memory budget; all ranks then agree on the smallest
+block count (every rank must hold every block id rank 0 hands out).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from epochserve.errors import ConfigError
+from epochserve.worker.config import EngineConfig
+from epochserve.worker.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
+from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.models.config import ModelConfig
+from epochserve.worker.models.llama import LlamaForCausalLM
+from epochserve.worker.models.loader import build_model, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RankSetup:
+    model_config: ModelConfig
+    model: LlamaForCausalLM
+    kv_pool: KVCachePool
+    max_model_len: int  # the model's limit, capped by what the KV pool can hold for one sequence
+
+
+def check_head_split(config: ModelConfig, tp_size: int) -> None:
+    """Refuse at start, with the reason, a TP size the model's heads cannot be split over."""
+    if config.num_heads % tp_size:
+        raise ConfigError(f"{config.num_heads} attention heads cannot be split over TP size {tp_size}")
+    if config.num_kv_heads % tp_size and tp_size % config.num_kv_heads:
+        raise ConfigError(
+            f"{config.num_kv_heads} key/value heads cannot be split over (or replicated to) TP size {tp_size}"
+        )
+    if config.intermediate_size % tp_size:
+        raise ConfigError(f"MLP width {config.intermediate_size} is not divisible by TP size {tp_size}")
+
+
+def setup_rank(config: EngineConfig, tp: TensorParallel) -> RankSetup:
+    model_config = ModelConfig.from_dir(config.model_dir)
+    check_head_split(model_config, tp.size)
+    device, dtype = config.torch_device, config.torch_dtype
+    max_positions = config.max_model_len or model_config.max_position_embeddings
+    lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
+    model = build_model(model_config, tp, dtype, device, max_positions, lm_head_dtype)
+    load_checkpoint(model, config.model_dir)
+    kv_heads = model.num_kv_heads_per_rank
+    num_blocks = tp.min_over_ranks(_plan_num_blocks(config, model_config, kv_heads))
+    kv_pool = KVCachePool(
+        model_config.num_layers, num_blocks, config.block_size, kv_heads, model_config.head_dim, dtype, device
+    )
+    return RankSetup(model_config, model, kv_pool, min(max_positions, num_blocks * config.block_size))
+
+
+def _plan_num_blocks(config: EngineConfig, model_config: ModelConfig, kv_heads: int) -> int:
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    if config.torch_device.type == "cuda":
+        budget = cuda_kv_budget_bytes(config.torch_device, config.kv_cache_memory_fraction)
+    else:
+        budget = config.kv_cache_bytes
+    try:
+        return num_blocks_for_budget(
+            budget,
+            model_config.num_layers,
+            config.block_size,
+            kv_heads,
+            model_config.head_dim,
+            config.torch_dtype,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; raise the KV budget") from exc
