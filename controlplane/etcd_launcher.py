@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from epochserve.controlplane.store.etcd_config import EtcdConfig
+
 from epochserve.errors import ConfigError
 
 _HEALTH_POLL = 0.05  # seconds between health probes while starting
@@ -75,7 +76,12 @@ class EtcdServer:
     """One etcd process on loopback. Use as a context manager or call start()/stop()."""
 
     def __init__(
-        self, data_dir: Path, *, tls: EtcdTls | None = None, timing: Timing = Timing(), binary: Path | None = None
+        self,
+        data_dir: Path,
+        *,
+        tls: EtcdTls | None = None,
+        timing: Timing = Timing(),
+        binary: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.tls = tls
@@ -104,7 +110,9 @@ class EtcdServer:
 
     def etcd_config(self, request_timeout: float = 5.0) -> EtcdConfig:
         """How a client reaches this server."""
-        return EtcdConfig((self.endpoint,), ca_file=self.tls.ca_file if self.tls else None, request_timeout=request_timeout)
+        return EtcdConfig(
+            (self.endpoint,), ca_file=self.tls.ca_file if self.tls else None, request_timeout=request_timeout
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         """Start (or restart on the same data dir and ports) and wait until healthy; on failure
@@ -114,7 +122,9 @@ class EtcdServer:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._process = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while not self._healthy():
             if not self.is_running or time.monotonic() > deadline:
@@ -167,7 +177,10 @@ class EtcdServer:
 
     def _healthy(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.tls.ca_file)) if self.tls else None
-        with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=1.0, context=context) as reply:
-                return b'"health":"true"' in reply.read()
+        url = f"{self.client_url}/health"
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(url, timeout=1.0, context=context) as reply,
+        ):
+            return b'"health":"true"' in reply.read()
         return False

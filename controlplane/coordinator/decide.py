@@ -92,7 +92,9 @@ def _staging_step(rollout: RolloutRecord, state: ClusterState, now: float) -> St
     if not missing and not unreadable:
         return Commit(agreed.pop() if agreed else None)
     if deadline is not None and now >= deadline:
-        what = f"workers {missing} did not stage" if missing else f"worker records {unreadable} are unreadable"
+        what = (
+            f"workers {missing} did not stage" if missing else f"worker records {unreadable} are unreadable"
+        )
         return Abort(f"stage timeout: {what} v{v} in time")
     return Wait(deadline)
 
@@ -103,7 +105,8 @@ def _committed_step(rollout: RolloutRecord, state: ClusterState, now: float) -> 
     broken = [
         w.worker_id
         for w in ready
-        if (w.failed_version == v and w.serving_version != v) or (w.serving_version == v and not w.serves(v, checksum))
+        if (w.failed_version == v and w.serving_version != v)
+        or (w.serving_version == v and not w.serves(v, checksum))
     ]
     if broken:
         return Fence(tuple(broken), (), f"workers {broken} failed to swap to v{v} or serve other weights")
@@ -114,7 +117,9 @@ def _committed_step(rollout: RolloutRecord, state: ClusterState, now: float) -> 
     if not workers and not routers:
         return Finish()
     if deadline is not None and now >= deadline:
-        return Fence(tuple(workers), tuple(routers), f"not serving / not acking v{v} within the commit timeout")
+        return Fence(
+            tuple(workers), tuple(routers), f"not serving / not acking v{v} within the commit timeout"
+        )
     return Wait(deadline)
 
 

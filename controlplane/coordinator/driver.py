@@ -43,7 +43,11 @@ class RolloutDriver:
         state = await self._watch.wait_for(lambda s: True, None)
         resumed = state.in_flight()
         if resumed is not None:
-            log.info("leading with rollout v%d in flight (%s): resuming", resumed.value.version, resumed.value.phase)
+            log.info(
+                "leading with rollout v%d in flight (%s): resuming",
+                resumed.value.version,
+                resumed.value.phase,
+            )
         while True:
             self._leadership.session.check()
             timeout = await self._advance(state)

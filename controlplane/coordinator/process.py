@@ -45,7 +45,10 @@ class Coordinator:
         self.store = EtcdStore(config.etcd)
         self.watch = ClusterWatch(self.store, self.keyspace)
         self._writer = RolloutWriter(
-            self.store, self.keyspace, config.coordinator_id, Timeouts(config.stage_timeout, config.commit_timeout)
+            self.store,
+            self.keyspace,
+            config.coordinator_id,
+            Timeouts(config.stage_timeout, config.commit_timeout),
         )
         self._leadership: Leadership | None = None
         self._admin_lock = asyncio.Lock()  # one StartRollout/AbortRollout at a time on the leader

@@ -83,8 +83,12 @@ class RolloutWriter:
                 unchanged_since(self._keys.rollouts_prefix(), state.revision),
                 modified_at(self._keys.epoch(), state.epoch_mod_revision),
             ]
-            if await self._store.txn(guards, [put_op(self._keys.rollout(record.version), codec.encode(record))]):
-                log.info("rollout v%d: STAGING from %s (drain=%s)", record.version, record.source, record.drain)
+            if await self._store.txn(
+                guards, [put_op(self._keys.rollout(record.version), codec.encode(record))]
+            ):
+                log.info(
+                    "rollout v%d: STAGING from %s (drain=%s)", record.version, record.source, record.drain
+                )
                 return record
         raise EpochConflictError(f"v{request.version}: the rollouts kept changing; try again")
 
@@ -99,38 +103,61 @@ class RolloutWriter:
             if stored.value.phase is RolloutPhase.ABORTED:
                 return stored.value
             if stored.value.phase is not RolloutPhase.STAGING:
-                raise EpochConflictError(f"v{version} is {stored.value.phase}: a rollout can be aborted only before its commit")
+                raise EpochConflictError(
+                    f"v{version} is {stored.value.phase}: a rollout can be aborted only before its commit"
+                )
             if await self.apply(leadership, stored, state, Abort(reason)):
                 return (await read_state(self._store, self._keys)).rollouts[version].value
         raise EpochConflictError(f"v{version}: the rollout kept changing; try again")
 
-    async def apply(self, leadership: Leadership, rollout: Stored[RolloutRecord], state: ClusterState, step: Step) -> bool:
+    async def apply(
+        self, leadership: Leadership, rollout: Stored[RolloutRecord], state: ClusterState, step: Step
+    ) -> bool:
         """Write one step decided on `state`. True when it landed; False when the state changed
         under it (re-read and decide again); NotLeaderError when the lead is gone."""
-        guards = [leadership.guard(), modified_at(self._keys.rollout(rollout.value.version), rollout.mod_revision)]
+        guards = [
+            leadership.guard(),
+            modified_at(self._keys.rollout(rollout.value.version), rollout.mod_revision),
+        ]
         record, ops = self._plan(rollout.value, state, step, guards)
         ops.insert(0, put_op(self._keys.rollout(record.version), codec.encode(record)))
         if await self._store.txn(guards, ops):
-            log.info("rollout v%d: %s%s", record.version, record.phase, f" ({record.reason})" if record.reason else "")
+            log.info(
+                "rollout v%d: %s%s",
+                record.version,
+                record.phase,
+                f" ({record.reason})" if record.reason else "",
+            )
             return True
         await self._read_as_leader(leadership)
         return False
 
-    def _plan(self, rollout: RolloutRecord, state: ClusterState, step: Step, guards: list[Any]) -> tuple[RolloutRecord, list[Any]]:
+    def _plan(
+        self, rollout: RolloutRecord, state: ClusterState, step: Step, guards: list[Any]
+    ) -> tuple[RolloutRecord, list[Any]]:
         """The new rollout record and the other operations of `step` (guards extended in place)."""
         now, v = self._clock(), rollout.version
         if isinstance(step, Commit):
             guards.append(modified_at(self._keys.epoch(), state.epoch_mod_revision))
-            committed = rollout.moved_to(RolloutPhase.COMMITTED, now=now, by=self._me, deadline=now + rollout.commit_timeout)
+            committed = rollout.moved_to(
+                RolloutPhase.COMMITTED, now=now, by=self._me, deadline=now + rollout.commit_timeout
+            )
             epoch = EpochRecord(version=v, committed_at=now, committed_by=self._me)
-            return replace(committed, manifest_checksum=step.checksum), [put_op(self._keys.epoch(), codec.encode(epoch))]
+            return replace(committed, manifest_checksum=step.checksum), [
+                put_op(self._keys.epoch(), codec.encode(epoch))
+            ]
         if isinstance(step, Abort):
-            return rollout.moved_to(RolloutPhase.ABORTED, now=now, by=self._me, deadline=None, reason=step.reason), []
+            return rollout.moved_to(
+                RolloutPhase.ABORTED, now=now, by=self._me, deadline=None, reason=step.reason
+            ), []
         if isinstance(step, Finish):
             return rollout.moved_to(RolloutPhase.DONE, now=now, by=self._me, deadline=None), []
         assert isinstance(step, Fence), step
         ops = []
-        for kind, ids, stored_of in (("worker", step.worker_ids, state.workers), ("router", step.router_ids, state.routers)):
+        for kind, ids, stored_of in (
+            ("worker", step.worker_ids, state.workers),
+            ("router", step.router_ids, state.routers),
+        ):
             for name in ids:
                 key = self._keys.worker(name) if kind == "worker" else self._keys.router(name)
                 if name in stored_of:  # unreadable records are deleted unguarded
@@ -150,5 +177,7 @@ class RolloutWriter:
         state = await read_state(self._store, self._keys)
         if not leadership.holds_in(state):
             leader = state.leader
-            raise NotLeaderError("this coordinator no longer leads", leader.value.admin_address if leader else None)
+            raise NotLeaderError(
+                "this coordinator no longer leads", leader.value.admin_address if leader else None
+            )
         return state

@@ -36,7 +36,9 @@ _RETRY_PAUSE = 0.25  # seconds between registration attempts while etcd is down
 class Participant(abc.ABC):
     """Owns one etcd connection, one cluster watch and one registration."""
 
-    def __init__(self, etcd: EtcdConfig, cluster: str, key: bytes, lease_ttl: int, register_timeout: float) -> None:
+    def __init__(
+        self, etcd: EtcdConfig, cluster: str, key: bytes, lease_ttl: int, register_timeout: float
+    ) -> None:
         self.keyspace = Keyspace(cluster)
         self.incarnation = uuid.uuid4().hex
         self._store = EtcdStore(etcd)

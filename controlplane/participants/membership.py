@@ -62,7 +62,9 @@ class Membership:
             return False
         guard = created_at(self.key, self.create_revision)
         try:
-            return await self._store.txn([guard], [put_op(self.key, codec.encode(record), self.session.lease_id)])
+            return await self._store.txn(
+                [guard], [put_op(self.key, codec.encode(record), self.session.lease_id)]
+            )
         except SessionLostError:
             return False
 
@@ -97,8 +99,9 @@ class Membership:
 
     def _holder(self, value: bytes) -> str | None:
         """The incarnation written in a stored value; None when unreadable (treated as foreign)."""
-        for record_type in (WorkerRecord, RouterRecord):
-            with contextlib.suppress(SchemaError):
-                return codec.decode(record_type, value, self.key.decode()).incarnation
+        key = self.key.decode()
+        with contextlib.suppress(SchemaError):
+            return codec.decode(WorkerRecord, value, key).incarnation
+        with contextlib.suppress(SchemaError):
+            return codec.decode(RouterRecord, value, key).incarnation
         return None
-

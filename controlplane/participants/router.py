@@ -20,6 +20,7 @@ coordinator may fence a router that does not ack within the commit timeout (it r
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -59,7 +60,14 @@ class ClusterView:
     @classmethod
     def of(cls, state: ClusterState) -> ClusterView:
         workers = tuple(
-            WorkerView(w.worker_id, w.address, w.tp_size, w.capacity, w.serving_version, w.status is WorkerStatus.READY)
+            WorkerView(
+                w.worker_id,
+                w.address,
+                w.tp_size,
+                w.capacity,
+                w.serving_version,
+                w.status is WorkerStatus.READY,
+            )
             for w in (s.value for _, s in sorted(state.workers.items()))
         )
         return cls(state.revision, state.committed_version, workers)
@@ -101,11 +109,13 @@ class RouterParticipant(Participant):
     async def epochs(self) -> AsyncIterator[int]:
         """The committed epoch, then every newer one as it is observed: strictly increasing.
         Raises ProtocolError should the epoch ever go back (that would be a control-plane bug)."""
-        last: int | None = None
+        state = await self._watch.wait_for(lambda s: True, None)
+        last = state.committed_version
+        yield last
         while True:
-            state = await self._watch.wait_for(lambda s: last is None or s.committed_version != last, None)
+            state = await self._watch.wait_for(functools.partial(_epoch_differs, last), None)
             epoch = state.committed_version
-            if last is not None and epoch < last:
+            if epoch < last:
                 raise ProtocolError(f"the committed epoch went back from v{last} to v{epoch}")
             last = epoch
             yield epoch
@@ -127,3 +137,7 @@ class RouterParticipant(Participant):
 
     def _stored_in(self, state: ClusterState) -> Stored[RouterRecord] | None:
         return state.routers.get(self.router_id)
+
+
+def _epoch_differs(epoch: int, state: ClusterState) -> bool:
+    return state.committed_version != epoch

@@ -91,7 +91,9 @@ class SyncWorkerParticipant(_Threaded):
 
     def __init__(self, etcd: EtcdConfig, cluster: str, identity: WorkerIdentity, **kwargs: Any) -> None:
         """kwargs: those of WorkerParticipant (serving_version, fingerprint, lease_ttl, ...)."""
-        super().__init__(f"participant-{identity.worker_id}", lambda: WorkerParticipant(etcd, cluster, identity, **kwargs))
+        super().__init__(
+            f"participant-{identity.worker_id}", lambda: WorkerParticipant(etcd, cluster, identity, **kwargs)
+        )
 
     @property
     def can_accept_work(self) -> bool:
@@ -124,7 +126,9 @@ class SyncRouterParticipant(_Threaded):
     """RouterParticipant with blocking, thread-safe methods (see router.py)."""
 
     def __init__(self, etcd: EtcdConfig, cluster: str, router_id: str, address: str, **kwargs: Any) -> None:
-        super().__init__(f"participant-{router_id}", lambda: RouterParticipant(etcd, cluster, router_id, address, **kwargs))
+        super().__init__(
+            f"participant-{router_id}", lambda: RouterParticipant(etcd, cluster, router_id, address, **kwargs)
+        )
 
     def view(self) -> ClusterView:
         view: ClusterView = self._inner.view()  # a frozen snapshot: safe to read from any thread
@@ -133,7 +137,9 @@ class SyncRouterParticipant(_Threaded):
     def wait_for_epoch(self, above: int, timeout: float) -> int:
         """Block until the committed epoch exceeds `above`; returns it (TimeoutError otherwise)."""
         inner: RouterParticipant = self._inner
-        view = self._thread.call(inner.wait_view(lambda v: v.committed_epoch > above, timeout), timeout + _SLACK)
+        view = self._thread.call(
+            inner.wait_view(lambda v: v.committed_epoch > above, timeout), timeout + _SLACK
+        )
         return view.committed_epoch
 
     def ack_epoch(self, version: int, timeout: float = _CALL_TIMEOUT) -> bool:

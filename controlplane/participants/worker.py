@@ -73,7 +73,9 @@ class WorkerParticipant(Participant):
         """`serving_version` is the version whose weights the engine loaded at start (0: the base
         weights before any rollout). A worker behind the committed epoch registers LOADING and is
         first sent a catch-up Stage/Commit of the committed version."""
-        super().__init__(etcd, cluster, Keyspace(cluster).worker(identity.worker_id), lease_ttl, register_timeout)
+        super().__init__(
+            etcd, cluster, Keyspace(cluster).worker(identity.worker_id), lease_ttl, register_timeout
+        )
         self.identity = identity
         self._weights = LocalWeights(serving_version, serving_checksum, fingerprint)
         self._directives: asyncio.Queue[Directive] = asyncio.Queue()

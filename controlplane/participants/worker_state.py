@@ -25,7 +25,10 @@ class LocalWeights:
     fingerprint: str | None
     staging: int | None = None  # Stage(v) issued, no report yet
     staged: tuple[int, str] | None = None  # (v, checksum) reported staged, not yet live
-    committing: tuple[int, str] | None = None  # Commit(v) issued; kept across a fence (swap may be under way)
+    committing: tuple[int, str] | None = None  # Commit(v) issued, report_serving(v) pending
+    # A Commit issued before a fence: the engine may have swapped already, so its report_serving is
+    # still believed, but it no longer blocks the catch-up that follows the new registration.
+    fenced_commit: tuple[int, str] | None = None
     aborting: int | None = None  # Abort(v) issued, report_released(v) pending
     failed: tuple[int, str] | None = None  # (v, reason); v is not staged again by this registration
     voided: int | None = None  # last version an Abort or a fence voided: late reports of it are stale
@@ -43,8 +46,11 @@ class LocalWeights:
 
     def fence(self, reason: str) -> Fenced:
         """The registration was lost: void everything staged but not committed."""
-        self.voided = self.staging if self.staging is not None else (self.staged[0] if self.staged else self.voided)
-        self.staging = self.staged = self.aborting = self.failed = None
+        self.voided = (
+            self.staging if self.staging is not None else (self.staged[0] if self.staged else self.voided)
+        )
+        self.fenced_commit = self.committing or self.fenced_commit
+        self.staging = self.staged = self.committing = self.aborting = self.failed = None
         self.ready = False
         return Fenced(reason)
 
@@ -62,27 +68,32 @@ class LocalWeights:
         if version == self.serving_version:
             self.fingerprint = fingerprint
             return
-        if self.committing is None or self.committing[0] != version:
+        commit = next((c for c in (self.committing, self.fenced_commit) if c and c[0] == version), None)
+        if commit is None:
             raise ProtocolError(
                 f"report_serving(v{version}): v{version} was never committed to weights this worker staged "
                 "and verified; it must stage v first"
             )
-        self.serving_version, self.serving_checksum = self.committing
-        self.fingerprint, self.committing = fingerprint, None
-        if self.staged is not None and self.staged[0] == version:
+        self.serving_version, self.serving_checksum = commit
+        self.fingerprint, self.committing, self.fenced_commit = fingerprint, None, None
+        if self.staged is not None and self.staged[0] <= version:
             self.staged = None
 
     def failure_report(self, version: int, reason: str) -> bool:
         """Accept report_failure of a Stage or Commit of `version`; False when it was voided."""
         if self.staging == version:
             self.staging = None
-        elif (self.staged and self.staged[0] == version) or (self.committing and self.committing[0] == version):
+        elif (self.staged and self.staged[0] == version) or (
+            self.committing and self.committing[0] == version
+        ):
             self.staged = None if self.staged and self.staged[0] == version else self.staged
             self.committing = None if self.committing and self.committing[0] == version else self.committing
         elif self.voided == version:
             return False
         else:
-            raise ProtocolError(f"report_failure(v{version}): no Stage or Commit of v{version} is outstanding")
+            raise ProtocolError(
+                f"report_failure(v{version}): no Stage or Commit of v{version} is outstanding"
+            )
         self.failed = (version, reason)
         return True
 
@@ -123,7 +134,11 @@ class LocalWeights:
         epoch, flying = state.committed_version, state.in_flight()
         if self.serving_version < epoch:
             target, catch_up = epoch, True
-        elif flying and flying.value.phase is RolloutPhase.STAGING and flying.value.version > self.serving_version:
+        elif (
+            flying
+            and flying.value.phase is RolloutPhase.STAGING
+            and flying.value.version > self.serving_version
+        ):
             target, catch_up = flying.value.version, False
         else:
             return None

@@ -20,7 +20,6 @@ from typing import Any
 import aetcd
 import grpc
 from aetcd import rpc
-
 from epochserve.controlplane.errors import SessionLostError, StoreRequestError, StoreUnavailableError
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.tls import read_pem
@@ -146,7 +145,9 @@ class EtcdStore:
     async def txn(self, guards: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> bool:
         """One transaction: True when every guard held and `success` was applied, else False."""
         with _translated("txn"):
-            ok, _ = await self._client.transaction(compare=list(guards), success=list(success), failure=list(failure))
+            ok, _ = await self._client.transaction(
+                compare=list(guards), success=list(success), failure=list(failure)
+            )
         return bool(ok)
 
     async def grant_lease(self, ttl: int) -> int:
@@ -165,7 +166,9 @@ class EtcdStore:
         with contextlib.suppress(SessionLostError), _translated("lease revoke"):
             await self._client.revoke_lease(lease_id)
 
-    async def watch(self, key: bytes, range_end: bytes, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+    async def watch(
+        self, key: bytes, range_end: bytes, start_revision: int
+    ) -> AsyncIterator[list[WatchEvent]]:
         """Events on [key, range_end) from `start_revision` on, one list per etcd response (a
         transaction's events arrive in one list); the first list is empty and means the watch is
         established. Raises StoreUnavailableError when the stream breaks or the start revision was

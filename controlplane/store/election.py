@@ -48,7 +48,9 @@ class Leadership:
 class Election:
     """One candidate's campaign. `campaign()` returns once it leads; `resign()` steps down."""
 
-    def __init__(self, store: EtcdStore, keyspace: Keyspace, session: Session, candidate: CandidateRecord) -> None:
+    def __init__(
+        self, store: EtcdStore, keyspace: Keyspace, session: Session, candidate: CandidateRecord
+    ) -> None:
         self._store = store
         self._prefix = keyspace.election_prefix()
         self._key = keyspace.candidate(session.lease_id)

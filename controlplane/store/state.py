@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from epochserve.controlplane.errors import SchemaError
 from epochserve.controlplane.store import codec
-from epochserve.controlplane.store.client import EtcdStore, Entry
+from epochserve.controlplane.store.client import Entry, EtcdStore
 from epochserve.controlplane.store.keyspace import KeyKind, Keyspace
 from epochserve.controlplane.store.records import (
     CandidateRecord,
@@ -64,7 +64,7 @@ def parse_entry(keyspace: Keyspace, entry: Entry) -> Parsed | None:
     kind, name = known
     key = entry.key.decode(errors="replace")
     try:
-        record = codec.decode(_RECORD_OF_KIND[kind], entry.value, key)
+        record: Any = codec.decode(_RECORD_OF_KIND[kind], entry.value, key)
         own_name = {KeyKind.ROLLOUT: "version", KeyKind.WORKER: "worker_id", KeyKind.ROUTER: "router_id"}
         if kind in own_name and str(getattr(record, own_name[kind])) != name:
             raise SchemaError(key, f"{own_name[kind]} does not match the key")

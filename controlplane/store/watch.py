@@ -51,7 +51,9 @@ class ClusterWatch:
                 await self._task
             self._task = None
 
-    async def wait_for(self, predicate: Callable[[ClusterState], bool], timeout: float | None) -> ClusterState:
+    async def wait_for(
+        self, predicate: Callable[[ClusterState], bool], timeout: float | None
+    ) -> ClusterState:
         """The first state (the current one included) that satisfies `predicate`; raises
         TimeoutError after `timeout` seconds."""
 
