@@ -110,6 +110,14 @@ class FakeWorker:
 
         await wait_until(seen, timeout, f"{self.worker_id} to see {directive}")
 
+    async def wait_staging(self, version: int, timeout: float = 10.0) -> None:
+        """Until this worker was told to stage `version`."""
+
+        async def staging() -> bool:
+            return any(d.version == version for d in self.of_kind(Stage))
+
+        await wait_until(staging, timeout, f"{self.worker_id} to stage v{version}")
+
     async def _follow(self) -> None:
         p = self.participant
         async for d in p.directives():

@@ -68,12 +68,19 @@ def test_wrong_checksum_aborts_and_releases_staged_weights(etcd, expected):
             coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
             good = [await stack.enter_async_context(FakeWorker(etcd, f"w{i}")) for i in range(2)]
             bad = await stack.enter_async_context(FakeWorker(etcd, "w-bad", checksum="sum-corrupt"))
+            workers = [*good, bad]
+            for w in workers:
+                w.stage_gate.clear()
             await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 await admin.start_rollout(start_request(1, manifest_checksum=expected), timeout=10)
+            for w in workers:  # all of them are staging when the mismatch shows
+                await w.wait_staging(1)
+            for w in workers:
+                w.stage_gate.set()
             record = await wait_for_rollout(etcd, 1, "ABORTED")
-            workers = [*good, bad]
             for w in workers:  # each participant sees the abort and frees its buffer
+                await w.wait_seen(Abort(1, record.reason))
                 await w.participant.flush(timeout=5)
             return record, await cluster_state(etcd), workers
 
@@ -217,6 +224,7 @@ def test_versions_strictly_increase_and_abort_only_before_commit(etcd):
             admin = await stack.enter_async_context(coordinator.admin())
             worker.stage_gate.clear()
             await admin.start_rollout(start_request(5), timeout=10)
+            await worker.wait_staging(5)
             aborted = await admin.abort_rollout(5, "operator changed their mind", timeout=10)
             again = await admin.abort_rollout(5, "", timeout=10)
             below_tried = await _code_of(admin.start_rollout(start_request(4), timeout=10))
