@@ -26,6 +26,7 @@ from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.admin.server import start_admin_server
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.process import Coordinator
+from epochserve.controlplane.errors import StoreUnavailableError
 from epochserve.controlplane.etcd_launcher import free_port
 from epochserve.controlplane.participants.directives import Abort, Commit, Directive, Fenced, Stage
 from epochserve.controlplane.participants.router import RouterParticipant
@@ -50,9 +51,13 @@ def run(coroutine: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll an async condition every 50 ms; AssertionError naming `what` after `timeout` seconds."""
+    """Poll an async condition every 50 ms; AssertionError naming `what` after `timeout` seconds.
+    A condition that cannot read etcd (just restarted, say) counts as not met yet."""
     deadline = time.monotonic() + timeout
-    while not await condition():
+    while True:
+        with contextlib.suppress(StoreUnavailableError):
+            if await condition():
+                return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
@@ -71,6 +76,7 @@ class FakeWorker:
     etcd_config: EtcdConfig | None = None  # default: the fixture's (a proxy's to partition it)
     fail_stage: str | None = None
     ignore_commits: bool = False
+    register_timeout: float = 10.0
     seen: list[Directive] = field(default_factory=list)
     stale_reports: list[int] = field(default_factory=list)  # versions whose report came back False
     stage_gate: asyncio.Event = field(default_factory=asyncio.Event)
@@ -86,7 +92,7 @@ class FakeWorker:
             identity,
             serving_version=self.serving_version,
             lease_ttl=LEASE_TTL,
-            register_timeout=10.0,
+            register_timeout=self.register_timeout,
         )
 
     async def __aenter__(self) -> FakeWorker:
