@@ -133,17 +133,18 @@ class EtcdServer:
                 raise ConfigError(f"etcd did not become healthy within {timeout}s:\n{tail}")
             time.sleep(_HEALTH_POLL)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds. Stopping a stopped server does nothing."""
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; returns the exit status (-15 after a clean
+        SIGTERM, -9 when it had to be killed). Stopping a stopped server does nothing (None)."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
-            return
+            return None
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout)
+            return process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            return process.wait()
 
     def restart(self, timeout: float = 30.0) -> None:
         self.stop()

@@ -92,10 +92,9 @@ def _staging_step(rollout: RolloutRecord, state: ClusterState, now: float) -> St
     if not missing and not unreadable:
         return Commit(agreed.pop() if agreed else None)
     if deadline is not None and now >= deadline:
-        what = (
-            f"workers {missing} did not stage" if missing else f"worker records {unreadable} are unreadable"
-        )
-        return Abort(f"stage timeout: {what} v{v} in time")
+        if missing:
+            return Abort(f"stage timeout: workers {missing} did not stage v{v} in time")
+        return Abort(f"stage timeout: worker records {unreadable} stayed unreadable")
     return Wait(deadline)
 
 

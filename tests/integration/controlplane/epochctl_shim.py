@@ -11,6 +11,8 @@ import sys
 from epochserve.controlplane.cli import main as cli
 
 cli.SUBCOMMAND_MODULES = tuple(
-    m for m in cli.SUBCOMMAND_MODULES if importlib.util.find_spec(f"epochserve.controlplane.cli.{m}") is not None
+    m
+    for m in cli.SUBCOMMAND_MODULES
+    if importlib.util.find_spec(f"epochserve.controlplane.cli.{m}") is not None
 )
 sys.exit(cli.main())

@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from fixtures.etcd import EtcdCluster
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.admin.server import start_admin_server
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
@@ -38,6 +35,8 @@ from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import RolloutRecord
 from epochserve.controlplane.store.state import ClusterState, read_state
 from epochserve.proto.v1 import admin_pb2 as pb
+from fixtures.etcd import EtcdCluster
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 T = TypeVar("T")
 TOKEN = "test-admin-token-0123456789"
@@ -156,7 +155,9 @@ class FakeRouter:
 
     def __post_init__(self) -> None:
         address = f"127.0.0.1:{free_port()}"
-        self.participant = RouterParticipant(self.etcd.config, self.etcd.cluster, self.router_id, address, lease_ttl=LEASE_TTL)
+        self.participant = RouterParticipant(
+            self.etcd.config, self.etcd.cluster, self.router_id, address, lease_ttl=LEASE_TTL
+        )
 
     async def __aenter__(self) -> FakeRouter:
         await self.participant.start(timeout=10)
@@ -289,7 +290,9 @@ async def cluster_state(etcd: EtcdCluster) -> ClusterState:
         await store.close()
 
 
-async def wait_for_rollout(etcd: EtcdCluster, version: int, phase: str, timeout: float = 20.0) -> RolloutRecord:
+async def wait_for_rollout(
+    etcd: EtcdCluster, version: int, phase: str, timeout: float = 20.0
+) -> RolloutRecord:
     """Until rollouts/<version> is in `phase` (e.g. "DONE"); returns the record."""
     found: list[RolloutRecord] = []
 
@@ -298,22 +301,30 @@ async def wait_for_rollout(etcd: EtcdCluster, version: int, phase: str, timeout:
         found[:] = [stored.value] if stored else []
         return bool(found) and found[0].phase == phase
 
-    await wait_until(reached, timeout, f"v{version} to be {phase} (now {found[0].phase if found else 'absent'})")
+    await wait_until(
+        reached, timeout, f"v{version} to be {phase} (now {found[0].phase if found else 'absent'})"
+    )
     return found[0]
 
 
-async def key_history(etcd: EtcdCluster, key: bytes, is_prefix: bool = False) -> list[tuple[int, bytes, bytes]]:
+async def key_history(
+    etcd: EtcdCluster, key: bytes, is_prefix: bool = False
+) -> list[tuple[int, bytes, bytes]]:
     """Every put on `key` (or under the prefix) since the store began: (revision, key, value).
     etcd keeps all revisions until compaction, which these tests never run."""
     store = EtcdStore(etcd.config)
     try:
         end = prefix_end(key) if is_prefix else key + b"\0"
-        _, entries = await store.get_prefix(key) if is_prefix else (0, [e for e in [await store.get(key)] if e])
+        _, entries = (
+            await store.get_prefix(key) if is_prefix else (0, [e for e in [await store.get(key)] if e])
+        )
         last = max((e.mod_revision for e in entries), default=0)
         puts: list[tuple[int, bytes, bytes]] = []
         if last:
             async for events in store.watch(key, end, 1):
-                puts += [(e.entry.mod_revision, e.entry.key, e.entry.value) for e in events if not e.is_delete]
+                puts += [
+                    (e.entry.mod_revision, e.entry.key, e.entry.value) for e in events if not e.is_delete
+                ]
                 if events and events[-1].entry.mod_revision >= last:
                     break
         return puts

@@ -7,9 +7,6 @@ import contextlib
 import grpc
 import pytest
 from certs import self_signed
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import TOKEN, FakeWorker, InProcessCoordinator, coordinator_config, run, start_request, wait_for_rollout
-
 from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.errors import StoreUnavailableError
 from epochserve.controlplane.etcd_launcher import EtcdServer, EtcdTls, Timing
@@ -17,10 +14,22 @@ from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import (
+    TOKEN,
+    FakeWorker,
+    InProcessCoordinator,
+    coordinator_config,
+    run,
+    start_request,
+    wait_for_rollout,
+)
 
 
 async def _list_workers_code(address: str, metadata, credentials=None) -> grpc.StatusCode:
-    channel = grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
+    channel = (
+        grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
+    )
     async with channel:
         stub = pb_grpc.AdminStub(channel)
         try:
@@ -32,7 +41,9 @@ async def _list_workers_code(address: str, metadata, credentials=None) -> grpc.S
 
 async def _watch_code(address: str, metadata) -> grpc.StatusCode:
     async with grpc.aio.insecure_channel(address) as channel:
-        call = pb_grpc.AdminStub(channel).WatchRollout(pb.WatchRolloutRequest(version=1), metadata=metadata, timeout=5)
+        call = pb_grpc.AdminStub(channel).WatchRollout(
+            pb.WatchRolloutRequest(version=1), metadata=metadata, timeout=5
+        )
         try:
             async for _ in call:
                 pass
@@ -47,14 +58,20 @@ def test_admin_refuses_calls_without_the_right_token(etcd):
             address = coordinator.address
             codes = {
                 "none": await _list_workers_code(address, ()),
-                "wrong": await _list_workers_code(address, (("authorization", "Bearer not-the-token-at-all"),)),
+                "wrong": await _list_workers_code(
+                    address, (("authorization", "Bearer not-the-token-at-all"),)
+                ),
                 "not bearer": await _list_workers_code(address, (("authorization", TOKEN),)),
                 "right": await _list_workers_code(address, (("authorization", f"Bearer {TOKEN}"),)),
                 "stream, wrong": await _watch_code(address, (("authorization", "Bearer nope"),)),
-                "stream, right, unknown rollout": await _watch_code(address, (("authorization", f"Bearer {TOKEN}"),)),
+                "stream, right, unknown rollout": await _watch_code(
+                    address, (("authorization", f"Bearer {TOKEN}"),)
+                ),
             }
             async with grpc.aio.insecure_channel(address) as channel:  # probes need no token
-                health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                health = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
             return codes, health.status
 
     codes, health = run(scenario())
@@ -96,7 +113,9 @@ def test_admin_over_tls_refuses_plaintext_and_forwards_between_replicas(etcd, tm
 
 def test_etcd_over_tls(tmp_path):
     certs = self_signed(tmp_path, "etcd")
-    server = EtcdServer(tmp_path / "etcd", tls=EtcdTls(certs.cert, certs.key, certs.cert), timing=Timing.fast())
+    server = EtcdServer(
+        tmp_path / "etcd", tls=EtcdTls(certs.cert, certs.key, certs.cert), timing=Timing.fast()
+    )
 
     async def scenario():
         secure = EtcdStore(EtcdConfig((server.endpoint,), ca_file=certs.cert, request_timeout=2))

@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import signal
 
+from epochserve.controlplane.admin.client import AdminClient
+from epochserve.controlplane.store.keyspace import Keyspace
+from epochserve.controlplane.store.records import EpochRecord, RolloutRecord
 from harness import (
     CoordinatorProcess,
     FakeWorker,
@@ -18,10 +21,6 @@ from harness import (
     wait_for_rollout,
     wait_until,
 )
-
-from epochserve.controlplane.admin.client import AdminClient
-from epochserve.controlplane.store.keyspace import Keyspace
-from epochserve.controlplane.store.records import EpochRecord, RolloutRecord
 
 
 async def wait_leader(etcd, coordinator_id: str, timeout: float = 15.0) -> int:
@@ -128,7 +127,9 @@ def test_paused_leader_cannot_write_after_losing_the_lead(etcd, tmp_path):
         a.stop(), b.stop()
     assert record.updated_by == "coord-b"
     late_writes = [
-        (rev, r.updated_by) for rev, r in rollout_history(etcd, 1) if rev > lost_lead_at and r.updated_by == "coord-a"
+        (rev, r.updated_by)
+        for rev, r in rollout_history(etcd, 1)
+        if rev > lost_lead_at and r.updated_by == "coord-a"
     ]
     assert late_writes == []
     assert [(e.version, e.committed_by) for _, e in epoch_history(etcd)] == [(1, "coord-b")]

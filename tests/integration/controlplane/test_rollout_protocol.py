@@ -9,6 +9,12 @@ import contextlib
 
 import grpc
 import pytest
+from epochserve.controlplane.errors import ProtocolError
+from epochserve.controlplane.participants.directives import Abort, Commit, Stage
+from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.controlplane.store.keyspace import Keyspace
+from epochserve.controlplane.store.records import EpochRecord, RolloutPhase, WorkerStatus
+from epochserve.proto.v1 import admin_pb2 as pb
 from harness import (
     FakeRouter,
     FakeWorker,
@@ -23,13 +29,6 @@ from harness import (
     wait_until,
 )
 
-from epochserve.controlplane.errors import ProtocolError
-from epochserve.controlplane.participants.directives import Abort, Commit, Stage
-from epochserve.controlplane.store.etcd_config import EtcdConfig
-from epochserve.controlplane.store.keyspace import Keyspace
-from epochserve.controlplane.store.records import EpochRecord, RolloutPhase, WorkerStatus
-from epochserve.proto.v1 import admin_pb2 as pb
-
 
 def test_happy_path_stages_commits_swaps_and_finishes(etcd):
     async def scenario():
@@ -39,7 +38,9 @@ def test_happy_path_stages_commits_swaps_and_finishes(etcd):
             routers = [await stack.enter_async_context(FakeRouter(etcd, f"r{i}")) for i in range(2)]
             await coordinator.wait_leading()
             async with coordinator.admin() as admin:
-                started = await admin.start_rollout(start_request(1, manifest_checksum="sum-good"), timeout=10)
+                started = await admin.start_rollout(
+                    start_request(1, manifest_checksum="sum-good"), timeout=10
+                )
             assert started.phase == pb.ROLLOUT_PHASE_STAGING
             record = await wait_for_rollout(etcd, 1, "DONE")
             state = await cluster_state(etcd)
@@ -52,7 +53,11 @@ def test_happy_path_stages_commits_swaps_and_finishes(etcd):
         assert [type(d) for d in w.seen] == [Stage, Commit]
         assert w.seen[0] == Stage(1, "/ckpt/v1", w.seen[0].drain, "sum-good", catch_up=False)
         stored = state.workers[w.worker_id].value
-        assert (stored.serving_version, stored.serving_checksum, stored.fingerprint) == (1, "sum-good", "fp-1")
+        assert (stored.serving_version, stored.serving_checksum, stored.fingerprint) == (
+            1,
+            "sum-good",
+            "fp-1",
+        )
         assert stored.status is WorkerStatus.READY and stored.staged_version is None
     for r in routers:
         assert r.epochs == [0, 1]  # v-1 then v, nothing else
@@ -234,7 +239,9 @@ def test_versions_strictly_increase_and_abort_only_before_commit(etcd):
             late_abort = await _code_of(admin.abort_rollout(6, "", timeout=10))
             unknown = await _code_of(admin.abort_rollout(99, "", timeout=10))
             missing = await _code_of(admin.get_rollout(99, timeout=10))
-            invalid = await _code_of(admin.start_rollout(pb.StartRolloutRequest(version=7, source="x"), timeout=10))
+            invalid = await _code_of(
+                admin.start_rollout(pb.StartRolloutRequest(version=7, source="x"), timeout=10)
+            )
             return aborted, again, below_tried, late_abort, unknown, missing, invalid, worker
 
     aborted, again, below_tried, late_abort, unknown, missing, invalid, worker = run(scenario())
@@ -304,9 +311,13 @@ def test_watch_rollout_streams_each_phase_in_order(etcd):
 def test_follower_forwards_start_to_the_leader(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            leader = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd, coordinator_id="c-a")))
+            leader = await stack.enter_async_context(
+                InProcessCoordinator(coordinator_config(etcd, coordinator_id="c-a"))
+            )
             await leader.wait_leading()
-            follower = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd, coordinator_id="c-b")))
+            follower = await stack.enter_async_context(
+                InProcessCoordinator(coordinator_config(etcd, coordinator_id="c-b"))
+            )
             await stack.enter_async_context(FakeWorker(etcd, "w0"))
             admin = await stack.enter_async_context(follower.admin())
             started = await admin.start_rollout(start_request(1), timeout=10)

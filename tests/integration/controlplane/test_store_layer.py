@@ -7,8 +7,6 @@ import asyncio
 import contextlib
 
 import pytest
-from harness import FakeWorker, cluster_state, run
-
 from epochserve.controlplane.coordinator.decide import Commit
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.coordinator.writer import RolloutWriter, Timeouts
@@ -18,10 +16,17 @@ from epochserve.controlplane.store.client import EtcdStore, put_op
 from epochserve.controlplane.store.election import Election
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace
-from epochserve.controlplane.store.records import CandidateRecord, Drain, EpochRecord, RolloutPhase, RolloutRecord
+from epochserve.controlplane.store.records import (
+    CandidateRecord,
+    Drain,
+    EpochRecord,
+    RolloutPhase,
+    RolloutRecord,
+)
 from epochserve.controlplane.store.session import Session
 from epochserve.controlplane.store.state import read_state
 from epochserve.controlplane.store.watch import ClusterWatch
+from harness import FakeWorker, cluster_state, run
 
 
 @contextlib.asynccontextmanager
@@ -108,7 +113,9 @@ def test_write_of_a_leader_whose_lease_is_gone_does_not_land(etcd):
     async def scenario():
         async with connected(etcd.config) as store, connected(etcd.config) as other:
             session = await Session.open(store, ttl=30)
-            lead = await Election(store, keyspace, session, CandidateRecord("c0", "127.0.0.1:7000")).campaign()
+            lead = await Election(
+                store, keyspace, session, CandidateRecord("c0", "127.0.0.1:7000")
+            ).campaign()
             writer = RolloutWriter(store, keyspace, "c0", Timeouts(30, 30))
             await writer.start(lead, StartRequest(1, "/ckpt/v1", Drain.FINISH))
             state = await read_state(store, keyspace)
@@ -150,7 +157,10 @@ def test_cluster_watch_applies_each_transaction_whole(etcd):
             follower = asyncio.create_task(follow())
             for v in range(1, 21):
                 epoch = EpochRecord(v, 1.0, "c0")
-                ops = [put_op(keyspace.rollout(v), codec.encode(rollout(v))), put_op(keyspace.epoch(), codec.encode(epoch))]
+                ops = [
+                    put_op(keyspace.rollout(v), codec.encode(rollout(v))),
+                    put_op(keyspace.epoch(), codec.encode(epoch)),
+                ]
                 assert await store.txn([], ops)
             await asyncio.wait_for(follower, 10)
             await watch.stop()
