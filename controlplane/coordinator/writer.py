@@ -2,8 +2,9 @@
 
 Every transaction carries two kinds of guard: "I still lead" (the leader key exists with the
 creation revision this coordinator won it at) and "what I decided on has not changed" (the
-modification revision of each record read). So a coordinator that lost the lead — paused past its
-TTL, partitioned — lands nothing, and two decisions made on the same state cannot both land.
+modification revision of each record read; for a commit or DONE, of every worker and router
+key). So a coordinator that lost the lead — paused past its TTL, partitioned — lands nothing,
+and two decisions made on the same state cannot both land.
 A failed guard returns False after checking which guard failed: NotLeaderError when the lead is
 gone (the caller steps down), False when another write won the race (the caller re-reads).
 """
@@ -137,6 +138,11 @@ class RolloutWriter:
     ) -> tuple[RolloutRecord, list[Any]]:
         """The new rollout record and the other operations of `step` (guards extended in place)."""
         now, v = self._clock(), rollout.version
+        if isinstance(step, Commit | Finish):
+            # Decided on exactly these registrations: a worker or router that registered or
+            # reported after `state` makes the write fail, and the step is decided again.
+            guards.append(unchanged_since(self._keys.workers_prefix(), state.revision))
+            guards.append(unchanged_since(self._keys.routers_prefix(), state.revision))
         if isinstance(step, Commit):
             guards.append(modified_at(self._keys.epoch(), state.epoch_mod_revision))
             committed = rollout.moved_to(

@@ -1,4 +1,4 @@
-"""Test harness of the control plane: protocol-level fake workers and routers (no model), a
+"""Test harness of the control plane: run scenarios, wait on conditions, a
 coordinator in-process or as a real `epochctl coordinator` process, and etcd history readers.
 
 Everything here talks to the real etcd of the fixtures; nothing is mocked.
@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,12 +24,8 @@ from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.process import Coordinator
 from epochserve.controlplane.errors import StoreUnavailableError
 from epochserve.controlplane.etcd_launcher import free_port
-from epochserve.controlplane.participants.directives import Abort, Commit, Directive, Fenced, Stage
-from epochserve.controlplane.participants.router import RouterParticipant
-from epochserve.controlplane.participants.worker import WorkerIdentity, WorkerParticipant
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, prefix_end
-from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import RolloutRecord
 from epochserve.controlplane.store.state import ClusterState, read_state
@@ -60,121 +55,6 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, w
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-@dataclass
-class FakeWorker:
-    """A worker that follows directives instantly: stages by reporting `checksum`, swaps by
-    reporting `fp-<v>`, releases on abort. `stage_gate` holds staging until set; `ignore_commits`
-    makes a worker that never swaps; `fail_stage` reports a stage failure instead."""
-
-    etcd: EtcdCluster
-    worker_id: str
-    checksum: str = "sum-good"
-    serving_version: int = 0
-    etcd_config: EtcdConfig | None = None  # default: the fixture's (a proxy's to partition it)
-    fail_stage: str | None = None
-    ignore_commits: bool = False
-    register_timeout: float = 10.0
-    seen: list[Directive] = field(default_factory=list)
-    stale_reports: list[int] = field(default_factory=list)  # versions whose report came back False
-    stage_gate: asyncio.Event = field(default_factory=asyncio.Event)
-    participant: WorkerParticipant = field(init=False)
-    _task: asyncio.Task[None] | None = None
-
-    def __post_init__(self) -> None:
-        self.stage_gate.set()
-        identity = WorkerIdentity(self.worker_id, f"127.0.0.1:{free_port()}", tp_size=2, capacity=64)
-        self.participant = WorkerParticipant(
-            self.etcd_config or self.etcd.config,
-            self.etcd.cluster,
-            identity,
-            serving_version=self.serving_version,
-            lease_ttl=LEASE_TTL,
-            register_timeout=self.register_timeout,
-        )
-
-    async def __aenter__(self) -> FakeWorker:
-        await self.participant.start(timeout=10)
-        self._task = asyncio.create_task(self._follow())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.participant.close()
-
-    def of_kind(self, kind: type) -> list[Any]:
-        return [d for d in self.seen if isinstance(d, kind)]
-
-    async def wait_seen(self, directive: Directive, timeout: float = 10.0) -> None:
-        async def seen() -> bool:
-            return directive in self.seen
-
-        await wait_until(seen, timeout, f"{self.worker_id} to see {directive}")
-
-    async def wait_staging(self, version: int, timeout: float = 10.0) -> None:
-        """Until this worker was told to stage `version`."""
-
-        async def staging() -> bool:
-            return any(d.version == version for d in self.of_kind(Stage))
-
-        await wait_until(staging, timeout, f"{self.worker_id} to stage v{version}")
-
-    async def _follow(self) -> None:
-        p = self.participant
-        async for d in p.directives():
-            self.seen.append(d)
-            if isinstance(d, Stage):
-                await self.stage_gate.wait()
-                if self.fail_stage:
-                    accepted = await p.report_failure(d.version, self.fail_stage)
-                else:
-                    accepted = await p.report_staged(d.version, self.checksum)
-                if not accepted:
-                    self.stale_reports.append(d.version)
-            elif isinstance(d, Commit) and not self.ignore_commits:
-                await p.report_serving(d.version, f"fp-{d.version}")
-            elif isinstance(d, Abort):
-                await p.report_released(d.version)
-            elif isinstance(d, Fenced):
-                self.ignore_commits = False  # a fenced worker comes back well behaved
-
-
-@dataclass
-class FakeRouter:
-    """A router that switches admission and acks every epoch it observes, recording them."""
-
-    etcd: EtcdCluster
-    router_id: str
-    epochs: list[int] = field(default_factory=list)
-    participant: RouterParticipant = field(init=False)
-    _task: asyncio.Task[None] | None = None
-
-    def __post_init__(self) -> None:
-        address = f"127.0.0.1:{free_port()}"
-        self.participant = RouterParticipant(
-            self.etcd.config, self.etcd.cluster, self.router_id, address, lease_ttl=LEASE_TTL
-        )
-
-    async def __aenter__(self) -> FakeRouter:
-        await self.participant.start(timeout=10)
-        self._task = asyncio.create_task(self._follow())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.participant.close()
-
-    async def _follow(self) -> None:
-        async for epoch in self.participant.epochs():
-            self.epochs.append(epoch)
-            await self.participant.ack_epoch(epoch)
 
 
 def coordinator_config(etcd: EtcdCluster, **overrides: Any) -> CoordinatorConfig:

@@ -14,10 +14,10 @@ from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
+from fakes import FakeWorker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import (
     TOKEN,
-    FakeWorker,
     InProcessCoordinator,
     coordinator_config,
     run,

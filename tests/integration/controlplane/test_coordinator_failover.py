@@ -10,9 +10,9 @@ import signal
 from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import EpochRecord, RolloutRecord
+from fakes import FakeWorker
 from harness import (
     CoordinatorProcess,
-    FakeWorker,
     cluster_state,
     decoded,
     key_history,

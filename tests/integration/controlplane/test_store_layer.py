@@ -26,7 +26,8 @@ from epochserve.controlplane.store.records import (
 from epochserve.controlplane.store.session import Session
 from epochserve.controlplane.store.state import read_state
 from epochserve.controlplane.store.watch import ClusterWatch
-from harness import FakeWorker, cluster_state, run
+from fakes import FakeWorker
+from harness import cluster_state, run
 
 
 @contextlib.asynccontextmanager
