@@ -70,25 +70,37 @@ def epoch_history(etcd) -> list[tuple[int, EpochRecord]]:
     return decoded(run(key_history(etcd, Keyspace(etcd.cluster).epoch())), EpochRecord)
 
 
-def test_killed_leader_is_replaced_and_the_standby_finishes_the_rollout(etcd, tmp_path):
+async def leader_and_standby(etcd, tmp_path, started: list, *standby_flags: str):
+    """coord-a, once it leads, then coord-b campaigning behind it (started in this order so that
+    coord-a surely wins)."""
     a = CoordinatorProcess(etcd, "coord-a", tmp_path)
-    b = CoordinatorProcess(etcd, "coord-b", tmp_path)
+    started.append(a)
+    await a.wait_serving()
+    await wait_leader(etcd, "coord-a")
+    b = CoordinatorProcess(etcd, "coord-b", tmp_path, *standby_flags)
+    started.append(b)
+    await b.wait_serving()
+    await wait_until(_candidate(etcd, "coord-b"), 15, "coord-b to campaign")
+    return a, b
+
+
+def test_killed_leader_is_replaced_and_the_standby_finishes_the_rollout(etcd, tmp_path):
+    started: list[CoordinatorProcess] = []
+
+    async def scenario():
+        a, _ = await leader_and_standby(etcd, tmp_path, started)
+        async with contextlib.AsyncExitStack() as stack:
+            held = await start_staging(etcd, stack, a)
+            a.signal(signal.SIGKILL)  # STAGING is written, the commit is not
+            held.stage_gate.set()
+            await wait_leader(etcd, "coord-b")
+            return await wait_for_rollout(etcd, 1, "DONE")
+
     try:
-
-        async def scenario():
-            await a.wait_serving()
-            await wait_leader(etcd, "coord-a")
-            await b.wait_serving()
-            async with contextlib.AsyncExitStack() as stack:
-                held = await start_staging(etcd, stack, a)
-                a.signal(signal.SIGKILL)  # STAGING is written, the commit is not
-                held.stage_gate.set()
-                await wait_leader(etcd, "coord-b")
-                return await wait_for_rollout(etcd, 1, "DONE")
-
         record = run(scenario())
     finally:
-        a.stop(), b.stop()
+        for process in started:
+            process.stop()
     assert record.updated_by == "coord-b"
     phases = [(r.phase.value, r.updated_by) for _, r in rollout_history(etcd, 1)]
     assert phases == [("STAGING", "coord-a"), ("COMMITTED", "coord-b"), ("DONE", "coord-b")]
@@ -99,32 +111,30 @@ def test_killed_leader_is_replaced_and_the_standby_finishes_the_rollout(etcd, tm
 def test_paused_leader_cannot_write_after_losing_the_lead(etcd, tmp_path):
     """coord-a is paused past its TTL; coord-b is elected and then paused too, so that when
     coord-a resumes the commit is due and nobody else has made it: coord-a must not land it."""
-    a = CoordinatorProcess(etcd, "coord-a", tmp_path)
-    b = CoordinatorProcess(etcd, "coord-b", tmp_path, "--lease-ttl=30")  # survives its own pause
+    started: list[CoordinatorProcess] = []
+
+    async def scenario():
+        a, b = await leader_and_standby(etcd, tmp_path, started, "--lease-ttl=30")  # b outlives its pause
+        async with contextlib.AsyncExitStack() as stack:
+            held = await start_staging(etcd, stack, a)
+            a.signal(signal.SIGSTOP)
+            lost_lead_at = await wait_leader(etcd, "coord-b")
+            b.signal(signal.SIGSTOP)
+            held.stage_gate.set()
+            await wait_staged(etcd, ["w0", "w1", "w2"], 1)  # the commit is due now
+            a.signal(signal.SIGCONT)
+            await wait_until(_logged(a, "coord-a steps down"), 15, "coord-a to step down")
+            b.signal(signal.SIGCONT)
+            record = await wait_for_rollout(etcd, 1, "DONE")
+            await wait_until(_candidate(etcd, "coord-a"), 15, "coord-a to campaign again")
+            return lost_lead_at, record, a.process.poll()
+
     try:
-
-        async def scenario():
-            await a.wait_serving()
-            await wait_leader(etcd, "coord-a")
-            await b.wait_serving()
-            async with contextlib.AsyncExitStack() as stack:
-                held = await start_staging(etcd, stack, a)
-                a.signal(signal.SIGSTOP)
-                lost_lead_at = await wait_leader(etcd, "coord-b")
-                b.signal(signal.SIGSTOP)
-                held.stage_gate.set()
-                await wait_staged(etcd, ["w0", "w1", "w2"], 1)  # the commit is due now
-                a.signal(signal.SIGCONT)
-                await wait_until(_logged(a, "coord-a steps down"), 15, "coord-a to step down")
-                b.signal(signal.SIGCONT)
-                record = await wait_for_rollout(etcd, 1, "DONE")
-                await wait_until(_candidate(etcd, "coord-a"), 15, "coord-a to campaign again")
-                return lost_lead_at, record
-
-        lost_lead_at, record = run(scenario())
-        assert a.process.poll() is None  # alive, now a follower
+        lost_lead_at, record, a_exit = run(scenario())
     finally:
-        a.stop(), b.stop()
+        for process in started:
+            process.stop()
+    assert a_exit is None  # coord-a lives on, as a follower
     assert record.updated_by == "coord-b"
     late_writes = [
         (rev, r.updated_by)
