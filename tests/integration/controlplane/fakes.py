@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from epochserve.controlplane.etcd_launcher import free_port
+from epochserve.controlplane.participants.base import Participant
 from epochserve.controlplane.participants.directives import Abort, Commit, Directive, Fenced, Stage
 from epochserve.controlplane.participants.router import RouterParticipant
 from epochserve.controlplane.participants.worker import WorkerIdentity, WorkerParticipant
@@ -17,8 +18,30 @@ from fixtures.etcd import EtcdCluster
 from harness import LEASE_TTL, wait_until
 
 
+class _Following:
+    """Starts the participant, follows it in a task until the context ends, then deregisters."""
+
+    participant: Participant
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.participant.start(timeout=10)
+        self._task = asyncio.create_task(self._follow())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.participant.close()
+
+    async def _follow(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class FakeWorker:
+class FakeWorker(_Following):
     """A worker that follows directives instantly: stages by reporting `checksum`, swaps by
     reporting `fp-<v>`, releases on abort. `stage_gate` holds staging until set; `ignore_commits`
     makes a worker that never swaps; `fail_stage` reports a stage failure instead."""
@@ -35,7 +58,6 @@ class FakeWorker:
     stale_reports: list[int] = field(default_factory=list)  # versions whose report came back False
     stage_gate: asyncio.Event = field(default_factory=asyncio.Event)
     participant: WorkerParticipant = field(init=False)
-    _task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.stage_gate.set()
@@ -48,18 +70,6 @@ class FakeWorker:
             lease_ttl=LEASE_TTL,
             register_timeout=self.register_timeout,
         )
-
-    async def __aenter__(self) -> FakeWorker:
-        await self.participant.start(timeout=10)
-        self._task = asyncio.create_task(self._follow())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.participant.close()
 
     def of_kind(self, kind: type) -> list[Any]:
         return [d for d in self.seen if isinstance(d, kind)]
@@ -99,32 +109,19 @@ class FakeWorker:
 
 
 @dataclass
-class FakeRouter:
+class FakeRouter(_Following):
     """A router that switches admission and acks every epoch it observes, recording them."""
 
     etcd: EtcdCluster
     router_id: str
     epochs: list[int] = field(default_factory=list)
     participant: RouterParticipant = field(init=False)
-    _task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         address = f"127.0.0.1:{free_port()}"
         self.participant = RouterParticipant(
             self.etcd.config, self.etcd.cluster, self.router_id, address, lease_ttl=LEASE_TTL
         )
-
-    async def __aenter__(self) -> FakeRouter:
-        await self.participant.start(timeout=10)
-        self._task = asyncio.create_task(self._follow())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.participant.close()
 
     async def _follow(self) -> None:
         async for epoch in self.participant.epochs():
