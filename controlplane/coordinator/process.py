@@ -22,7 +22,7 @@ from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.driver import RolloutDriver
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.coordinator.writer import RolloutWriter, Timeouts
-from epochserve.controlplane.errors import NotLeaderError, SessionLostError, StoreUnavailableError
+from epochserve.controlplane.errors import ControlPlaneError, NotLeaderError, SessionLostError
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.election import Election, Leadership
 from epochserve.controlplane.store.keyspace import Keyspace
@@ -94,7 +94,7 @@ class Coordinator:
             while not stop.is_set():
                 try:
                     session = await Session.open(self.store, self.config.lease_ttl)
-                except StoreUnavailableError as e:
+                except ControlPlaneError as e:  # etcd unreachable or refusing: try again
                     log.warning("cannot open a session: %s", e)
                     await _until(asyncio.sleep(_RETRY_PAUSE), stop)
                     continue

@@ -21,7 +21,12 @@ import logging
 import uuid
 from typing import Any
 
-from epochserve.controlplane.errors import DuplicateParticipantError, SessionLostError, StoreUnavailableError
+from epochserve.controlplane.errors import (
+    ControlPlaneError,
+    DuplicateParticipantError,
+    SessionLostError,
+    StoreUnavailableError,
+)
 from epochserve.controlplane.participants.membership import Membership, ParticipantRecord
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.etcd_config import EtcdConfig
@@ -129,7 +134,7 @@ class Participant(abc.ABC):
                     continue
                 try:
                     written = await self._membership.update(self._record(state))
-                except StoreUnavailableError as e:
+                except ControlPlaneError as e:  # unreachable or refused: keep the change, retry
                     log.info("%s: cannot publish yet: %s", self._membership.key.decode(), e)
                     written = False
                     self._dirty.set()
@@ -152,14 +157,14 @@ class Participant(abc.ABC):
                 async with self._write_lock:
                     num_changes = self._num_changes
                     await self._membership.register(self._record(state), self._register_timeout)
-            except StoreUnavailableError as e:
-                log.info("%s: cannot register yet: %s", self._membership.key.decode(), e)
-                await asyncio.sleep(_RETRY_PAUSE)
-                continue
             except DuplicateParticipantError as e:
                 log.error("%s", e)
                 self._fatal = e
                 return
+            except ControlPlaneError as e:  # etcd unreachable, or the new lease lost at once
+                log.info("%s: cannot register yet: %s", self._membership.key.decode(), e)
+                await asyncio.sleep(_RETRY_PAUSE)
+                continue
             await self._mark_published(num_changes)
             self._registered.set()
             reason = await self._follow()
