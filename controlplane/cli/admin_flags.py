@@ -78,6 +78,14 @@ def run_admin(args: argparse.Namespace, command: Callable[[AdminClient], Awaitab
         return EXIT_TIMEOUT if e.code() is grpc.StatusCode.DEADLINE_EXCEEDED else EXIT_FAILED
 
 
+def emit(args: argparse.Namespace, message: Message, text: Callable[[], str]) -> None:
+    """Print `message` as JSON under --json, else the text `text()` renders."""
+    if args.json:
+        print_json(message)
+    else:
+        print(text(), flush=True)
+
+
 def print_json(message: Message | dict[str, Any]) -> None:
     """One JSON object on one line (field names as in the proto, enums by name, all fields)."""
     body = message if isinstance(message, dict) else as_dict(message)

@@ -12,11 +12,14 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from epochserve.controlplane.cli.etcd_flags import add_etcd_flags, etcd_config
 
 from epochserve.errors import ConfigError
+
+if TYPE_CHECKING:  # the config module pulls in the store layer; `--help` should not
+    from epochserve.controlplane.coordinator.config import CoordinatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-async def serve(config: Any) -> int:
+async def serve(config: CoordinatorConfig) -> int:
     """Serve Admin and coordinate until SIGTERM/SIGINT."""
     from epochserve.controlplane.admin.server import start_admin_server
     from epochserve.controlplane.coordinator.process import Coordinator

@@ -19,6 +19,7 @@ from epochserve.controlplane.cli.admin_flags import (
     EXIT_OK,
     EXIT_TIMEOUT,
     add_admin_flags,
+    emit,
     print_json,
     run_admin,
     timeout_of,
@@ -76,7 +77,7 @@ def _start(args: argparse.Namespace) -> int:
 
         timeout = timeout_of(args, waits=False)
         rollout = await admin.start_rollout(request, timeout)
-        print_json(rollout) if args.json else print(f"started {rollout_line(rollout)}", flush=True)
+        emit(args, rollout, lambda: f"started {rollout_line(rollout)}")
         if not args.wait:
             return EXIT_OK
         return await _follow(admin, args, rollout.version, live=False)
@@ -91,7 +92,7 @@ def _status(args: argparse.Namespace) -> int:
         if args.watch:
             return await _follow(admin, args, args.version, live=True)
         status = await admin.get_rollout(args.version, timeout_of(args, waits=False))
-        print_json(status) if args.json else print(status_block(status))
+        emit(args, status, lambda: status_block(status))
         return EXIT_OK
 
     return run_admin(args, command)
@@ -127,7 +128,7 @@ def _abort(args: argparse.Namespace) -> int:
         from epochserve.controlplane.cli.render import rollout_line
 
         rollout = await admin.abort_rollout(args.version, args.reason, timeout_of(args, waits=False))
-        print_json(rollout) if args.json else print(rollout_line(rollout))
+        emit(args, rollout, lambda: rollout_line(rollout))
         return EXIT_OK
 
     return run_admin(args, command)
@@ -138,10 +139,9 @@ def _list(args: argparse.Namespace) -> int:
         from epochserve.controlplane.cli.render import rollouts_table
 
         reply = await admin.list_rollouts(args.limit, timeout_of(args, waits=False))
-        if args.json:
-            print_json(reply)
-        else:
-            print(f"committed epoch v{reply.committed_epoch}\n{rollouts_table(reply.rollouts)}")
+        emit(
+            args, reply, lambda: f"committed epoch v{reply.committed_epoch}\n{rollouts_table(reply.rollouts)}"
+        )
         return EXIT_OK
 
     return run_admin(args, command)

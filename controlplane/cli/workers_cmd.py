@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from epochserve.controlplane.cli.admin_flags import (
-    EXIT_OK,
-    add_admin_flags,
-    print_json,
-    run_admin,
-    timeout_of,
-)
+from epochserve.controlplane.cli.admin_flags import EXIT_OK, add_admin_flags, emit, run_admin, timeout_of
 
 
 def register(subparsers: Any) -> None:
@@ -22,17 +16,21 @@ def register(subparsers: Any) -> None:
 
 def _workers(args: argparse.Namespace) -> int:
     async def command(admin: Any) -> int:
-        from epochserve.controlplane.cli.render import routers_table, workers_table
-
         reply = await admin.list_workers(timeout_of(args, waits=False))
-        if args.json:
-            print_json(reply)
-            return EXIT_OK
-        leader = f"{reply.leader_id} at {reply.leader_address}" if reply.leader_id else "none"
-        print(f"committed epoch v{reply.committed_epoch}; leading coordinator: {leader}\n")
-        print(workers_table(reply.workers))
-        if reply.routers:
-            print("\n" + routers_table(reply.routers))
+        emit(args, reply, lambda: _as_text(reply))
         return EXIT_OK
 
     return run_admin(args, command)
+
+
+def _as_text(reply: Any) -> str:
+    from epochserve.controlplane.cli.render import routers_table, workers_table
+
+    leader = f"{reply.leader_id} at {reply.leader_address}" if reply.leader_id else "none"
+    parts = [
+        f"committed epoch v{reply.committed_epoch}; leading coordinator: {leader}",
+        workers_table(reply.workers),
+    ]
+    if reply.routers:
+        parts.append(routers_table(reply.routers))
+    return "\n\n".join(parts)

@@ -151,6 +151,15 @@ class Participant(abc.ABC):
                 await asyncio.wait_for(self._registered.wait(), _RETRY_PAUSE)
 
     async def _run(self) -> None:
+        try:
+            await self._keep_registered()
+        except Exception as e:  # a bug: surface it to wait_registered() rather than look registered
+            log.exception("%s: participant stopped", self._membership.key.decode())
+            self._fatal = e
+            self._registered.clear()
+            raise
+
+    async def _keep_registered(self) -> None:
         while True:
             state = await self._watch.wait_for(lambda s: True, None)
             try:

@@ -93,8 +93,10 @@ class ClusterWatch:
                         await self._publish(events[-1].entry.mod_revision)
             except ControlPlaneError as e:
                 log.info("cluster watch of %s interrupted (%s); re-reading", self._keyspace.cluster, e)
-                await asyncio.sleep(backoff)
-                backoff = min(2 * backoff, _BACKOFF_MAX)
+            except Exception:  # a bug; a mirror frozen without a word would be worse than a retry
+                log.exception("cluster watch of %s failed; re-reading", self._keyspace.cluster)
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, _BACKOFF_MAX)
 
     def _apply(self, events: list[WatchEvent]) -> None:
         for event in events:
