@@ -106,6 +106,15 @@ class InProcessCoordinator:
         return AdminClient(self.address, token)
 
 
+async def leading(
+    stack: contextlib.AsyncExitStack, etcd: EtcdCluster, **overrides: Any
+) -> InProcessCoordinator:
+    """An in-process coordinator entered on `stack`, once it leads."""
+    coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd, **overrides)))
+    await coordinator.wait_leading()
+    return coordinator
+
+
 def start_request(version: int, drain: int = pb.DRAIN_POLICY_FINISH, **fields: Any) -> pb.StartRolloutRequest:
     fields.setdefault("source", f"/ckpt/v{version}")
     return pb.StartRolloutRequest(version=version, drain=drain, **fields)

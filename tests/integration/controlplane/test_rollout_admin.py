@@ -18,6 +18,7 @@ from harness import (
     coordinator_config,
     decoded,
     key_history,
+    leading,
     run,
     start_request,
     wait_for_rollout,
@@ -30,9 +31,8 @@ def test_start_rollout_admission_rules(etcd):
 
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             worker = await stack.enter_async_context(FakeWorker(etcd, "w0"))
-            await coordinator.wait_leading()
             admin = await stack.enter_async_context(coordinator.admin())
             worker.stage_gate.clear()
             results = await asyncio.gather(
@@ -59,9 +59,8 @@ def test_start_rollout_admission_rules(etcd):
 def test_versions_strictly_increase_and_abort_only_before_commit(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             worker = await stack.enter_async_context(FakeWorker(etcd, "w0"))
-            await coordinator.wait_leading()
             admin = await stack.enter_async_context(coordinator.admin())
             worker.stage_gate.clear()
             await admin.start_rollout(start_request(5), timeout=10)
@@ -94,10 +93,9 @@ def test_versions_strictly_increase_and_abort_only_before_commit(etcd):
 def test_twenty_rollouts_every_watcher_sees_a_strictly_increasing_epoch(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             workers = [await stack.enter_async_context(FakeWorker(etcd, f"w{i}")) for i in range(3)]
             routers = [await stack.enter_async_context(FakeRouter(etcd, f"r{i}")) for i in range(3)]
-            await coordinator.wait_leading()
             admin = await stack.enter_async_context(coordinator.admin())
             for v in range(1, 21):
                 bad = v % 7 == 0  # every seventh rollout aborts on a checksum mismatch
@@ -122,10 +120,9 @@ def test_twenty_rollouts_every_watcher_sees_a_strictly_increasing_epoch(etcd):
 def test_watch_rollout_streams_each_phase_in_order(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             worker = await stack.enter_async_context(FakeWorker(etcd, "w0"))
             await stack.enter_async_context(FakeRouter(etcd, "r0"))
-            await coordinator.wait_leading()
             admin = await stack.enter_async_context(coordinator.admin())
             worker.stage_gate.clear()
             await admin.start_rollout(start_request(1), timeout=10)
@@ -147,10 +144,7 @@ def test_watch_rollout_streams_each_phase_in_order(etcd):
 def test_follower_forwards_start_to_the_leader(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            leader = await stack.enter_async_context(
-                InProcessCoordinator(coordinator_config(etcd, coordinator_id="c-a"))
-            )
-            await leader.wait_leading()
+            await leading(stack, etcd, coordinator_id="c-a")
             follower = await stack.enter_async_context(
                 InProcessCoordinator(coordinator_config(etcd, coordinator_id="c-b"))
             )

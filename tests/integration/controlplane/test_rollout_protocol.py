@@ -15,11 +15,10 @@ from epochserve.controlplane.store.records import EpochRecord, WorkerStatus
 from epochserve.proto.v1 import admin_pb2 as pb
 from fakes import FakeRouter, FakeWorker
 from harness import (
-    InProcessCoordinator,
     cluster_state,
-    coordinator_config,
     decoded,
     key_history,
+    leading,
     run,
     start_request,
     wait_for_rollout,
@@ -30,10 +29,9 @@ from harness import (
 def test_happy_path_stages_commits_swaps_and_finishes(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             workers = [await stack.enter_async_context(FakeWorker(etcd, f"w{i}")) for i in range(3)]
             routers = [await stack.enter_async_context(FakeRouter(etcd, f"r{i}")) for i in range(2)]
-            await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 started = await admin.start_rollout(
                     start_request(1, manifest_checksum="sum-good"), timeout=10
@@ -67,13 +65,12 @@ def test_happy_path_stages_commits_swaps_and_finishes(etcd):
 def test_wrong_checksum_aborts_and_releases_staged_weights(etcd, expected):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             good = [await stack.enter_async_context(FakeWorker(etcd, f"w{i}")) for i in range(2)]
             bad = await stack.enter_async_context(FakeWorker(etcd, "w-bad", checksum="sum-corrupt"))
             workers = [*good, bad]
             for w in workers:
                 w.stage_gate.clear()
-            await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 await admin.start_rollout(start_request(1, manifest_checksum=expected), timeout=10)
             for w in workers:  # all of them are staging when the mismatch shows
@@ -99,10 +96,9 @@ def test_wrong_checksum_aborts_and_releases_staged_weights(etcd, expected):
 def test_stage_failure_aborts_with_the_reason(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             await stack.enter_async_context(FakeWorker(etcd, "w0"))
             failing = await stack.enter_async_context(FakeWorker(etcd, "w1", fail_stage="CUDA out of memory"))
-            await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 await admin.start_rollout(start_request(1), timeout=10)
             return await wait_for_rollout(etcd, 1, "ABORTED"), failing
@@ -115,11 +111,10 @@ def test_stage_failure_aborts_with_the_reason(etcd):
 def test_stage_timeout_aborts_and_leaves_the_epoch(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             await stack.enter_async_context(FakeWorker(etcd, "w0"))
             slow = await stack.enter_async_context(FakeWorker(etcd, "w-slow"))
             slow.stage_gate.clear()  # never finishes staging
-            await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 await admin.start_rollout(start_request(1, stage_timeout_seconds=1.0), timeout=10)
             record = await wait_for_rollout(etcd, 1, "ABORTED")
@@ -136,10 +131,9 @@ def test_stage_timeout_aborts_and_leaves_the_epoch(etcd):
 def test_worker_that_never_swaps_is_fenced_then_catches_up(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             await stack.enter_async_context(FakeWorker(etcd, "w0"))
             stuck = await stack.enter_async_context(FakeWorker(etcd, "w-stuck", ignore_commits=True))
-            await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 await admin.start_rollout(start_request(1, commit_timeout_seconds=1.0), timeout=10)
             record = await wait_for_rollout(etcd, 1, "DONE")
@@ -166,9 +160,8 @@ async def wait_for_serving(etcd, worker_id: str, version: int) -> None:
 def test_late_worker_registers_loading_and_catches_up_before_ready(etcd):
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             await stack.enter_async_context(FakeWorker(etcd, "w0"))
-            await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 await admin.start_rollout(start_request(1), timeout=10)
             await wait_for_rollout(etcd, 1, "DONE")
@@ -193,12 +186,11 @@ def test_worker_whose_lease_expires_during_staging_is_left_behind(etcd, etcd_pro
 
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            coordinator = await stack.enter_async_context(InProcessCoordinator(coordinator_config(etcd)))
+            coordinator = await leading(stack, etcd)
             for i in range(2):
                 await stack.enter_async_context(FakeWorker(etcd, f"w{i}"))
             lost = await stack.enter_async_context(FakeWorker(etcd, "w-lost", etcd_config=cut_off))
             lost.stage_gate.clear()
-            await coordinator.wait_leading()
             async with coordinator.admin() as admin:
                 await admin.start_rollout(start_request(1), timeout=10)
             await wait_until(_async(lambda: bool(lost.of_kind(Stage))), 10, "w-lost to start staging")
