@@ -16,6 +16,7 @@ from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
 from fakes import FakeWorker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from harness import (
     TOKEN,
     InProcessCoordinator,
@@ -52,6 +53,17 @@ async def _watch_code(address: str, metadata) -> grpc.StatusCode:
         return grpc.StatusCode.OK
 
 
+async def _reflected_services(channel: grpc.aio.Channel) -> list[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    call = stub.ServerReflectionInfo(
+        iter([request]), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5
+    )
+    async for reply in call:
+        return sorted(s.name for s in reply.list_services_response.service)
+    return []
+
+
 def test_admin_refuses_calls_without_the_right_token(etcd):
     async def scenario():
         async with InProcessCoordinator(coordinator_config(etcd)) as coordinator:
@@ -72,9 +84,15 @@ def test_admin_refuses_calls_without_the_right_token(etcd):
                 health = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=5
                 )
-            return codes, health.status
+                services = await _reflected_services(channel)
+            return codes, health.status, services
 
-    codes, health = run(scenario())
+    codes, health, services = run(scenario())
+    assert services == [
+        "epochserve.v1.Admin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
     assert codes == {
         "none": grpc.StatusCode.UNAUTHENTICATED,
         "wrong": grpc.StatusCode.UNAUTHENTICATED,
