@@ -17,6 +17,9 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "worker_cmd",
     "generate_cmd",
+    "coordinator_cmd",
+    "rollout_cmd",
+    "workers_cmd",
 )
 
 
