@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from epochserve.controlplane.store.etcd_config import EtcdConfig
-
 from epochserve.errors import ConfigError
 
 _HEALTH_POLL = 0.05  # seconds between health probes while starting

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+
 from epochserve.controlplane.admin.auth import bearer_metadata
 from epochserve.controlplane.tls import channel_credentials
 from epochserve.proto.v1 import admin_pb2 as pb

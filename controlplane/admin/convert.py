@@ -13,9 +13,8 @@ from epochserve.controlplane.store.records import (
     WorkerStatus,
 )
 from epochserve.controlplane.store.state import ClusterState
-from epochserve.proto.v1 import admin_pb2 as pb
-
 from epochserve.errors import InvalidRequestError
+from epochserve.proto.v1 import admin_pb2 as pb
 
 PHASE_TO_PROTO = {
     RolloutPhase.STAGING: pb.ROLLOUT_PHASE_STAGING,

@@ -5,15 +5,15 @@ served at all)."""
 from __future__ import annotations
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from epochserve.controlplane.admin.auth import BearerTokenInterceptor
 from epochserve.controlplane.admin.service import AdminService
 from epochserve.controlplane.coordinator.process import Coordinator
 from epochserve.controlplane.tls import server_credentials
-from epochserve.proto.v1 import admin_pb2, admin_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from epochserve.errors import ConfigError
+from epochserve.proto.v1 import admin_pb2, admin_pb2_grpc
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from epochserve.controlplane.admin import convert
 from epochserve.controlplane.admin.client import open_channel
 from epochserve.controlplane.admin.status import stream_errors, unary_errors

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+
 from epochserve.controlplane.errors import (
     EpochConflictError,
     NotLeaderError,
@@ -27,7 +28,6 @@ from epochserve.controlplane.errors import (
     SessionLostError,
     StoreUnavailableError,
 )
-
 from epochserve.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from epochserve.controlplane.admin.auth import load_token
-from epochserve.controlplane.admin.client import AdminClient
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from epochserve.controlplane.admin.auth import load_token
+from epochserve.controlplane.admin.client import AdminClient
 from epochserve.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epochserve.controlplane.cli.etcd_flags import add_etcd_flags, etcd_config
-
 from epochserve.errors import ConfigError
 
 if TYPE_CHECKING:  # the config module pulls in the store layer; `--help` should not

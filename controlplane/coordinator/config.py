@@ -9,7 +9,6 @@ from pathlib import Path
 
 from epochserve.controlplane.store.etcd_config import EtcdConfig, split_host_port
 from epochserve.controlplane.store.keyspace import check_name
-
 from epochserve.errors import ConfigError
 
 MIN_TOKEN_LENGTH = 16

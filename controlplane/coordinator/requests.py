@@ -9,7 +9,6 @@ from epochserve.controlplane.errors import EpochConflictError, RolloutExistsErro
 from epochserve.controlplane.store.keyspace import check_version
 from epochserve.controlplane.store.records import Drain
 from epochserve.controlplane.store.state import ClusterState
-
 from epochserve.errors import InvalidRequestError
 
 

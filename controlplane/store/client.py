@@ -20,6 +20,7 @@ from typing import Any
 import aetcd
 import grpc
 from aetcd import rpc
+
 from epochserve.controlplane.errors import SessionLostError, StoreRequestError, StoreUnavailableError
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.tls import read_pem

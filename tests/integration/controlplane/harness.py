@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from fixtures.etcd import EtcdCluster
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.admin.server import start_admin_server
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
@@ -30,8 +33,6 @@ from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import RolloutRecord
 from epochserve.controlplane.store.state import ClusterState, read_state
 from epochserve.proto.v1 import admin_pb2 as pb
-from fixtures.etcd import EtcdCluster
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 T = TypeVar("T")
 TOKEN = "test-admin-token-0123456789"

@@ -7,13 +7,6 @@ import contextlib
 import grpc
 import pytest
 from certs import self_signed
-from epochserve.controlplane.admin.client import AdminClient
-from epochserve.controlplane.errors import StoreUnavailableError
-from epochserve.controlplane.etcd_launcher import EtcdServer, EtcdTls, Timing
-from epochserve.controlplane.store.client import EtcdStore
-from epochserve.controlplane.store.etcd_config import EtcdConfig
-from epochserve.proto.v1 import admin_pb2 as pb
-from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
 from fakes import FakeWorker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -25,6 +18,14 @@ from harness import (
     start_request,
     wait_for_rollout,
 )
+
+from epochserve.controlplane.admin.client import AdminClient
+from epochserve.controlplane.errors import StoreUnavailableError
+from epochserve.controlplane.etcd_launcher import EtcdServer, EtcdTls, Timing
+from epochserve.controlplane.store.client import EtcdStore
+from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.proto.v1 import admin_pb2 as pb
+from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
 
 
 async def _list_workers_code(address: str, metadata, credentials=None) -> grpc.StatusCode:

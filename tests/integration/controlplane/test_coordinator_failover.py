@@ -7,9 +7,6 @@ from __future__ import annotations
 import contextlib
 import signal
 
-from epochserve.controlplane.admin.client import AdminClient
-from epochserve.controlplane.store.keyspace import Keyspace
-from epochserve.controlplane.store.records import EpochRecord, RolloutRecord
 from fakes import FakeWorker
 from harness import (
     CoordinatorProcess,
@@ -21,6 +18,10 @@ from harness import (
     wait_for_rollout,
     wait_until,
 )
+
+from epochserve.controlplane.admin.client import AdminClient
+from epochserve.controlplane.store.keyspace import Keyspace
+from epochserve.controlplane.store.records import EpochRecord, RolloutRecord
 
 
 async def wait_leader(etcd, coordinator_id: str, timeout: float = 15.0) -> int:

@@ -7,10 +7,10 @@ import signal
 import stat
 
 import pytest
-from epochserve.controlplane.etcd_launcher import EtcdServer, Timing, find_etcd_binary
-from epochserve.controlplane.store.client import EtcdStore
 from harness import run
 
+from epochserve.controlplane.etcd_launcher import EtcdServer, Timing, find_etcd_binary
+from epochserve.controlplane.store.client import EtcdStore
 from epochserve.errors import ConfigError
 
 

@@ -8,10 +8,6 @@ import asyncio
 import contextlib
 
 import grpc
-from epochserve.controlplane.participants.directives import Abort, Commit
-from epochserve.controlplane.store.keyspace import Keyspace
-from epochserve.controlplane.store.records import EpochRecord, RolloutPhase
-from epochserve.proto.v1 import admin_pb2 as pb
 from fakes import FakeRouter, FakeWorker
 from harness import (
     InProcessCoordinator,
@@ -23,6 +19,11 @@ from harness import (
     start_request,
     wait_for_rollout,
 )
+
+from epochserve.controlplane.participants.directives import Abort, Commit
+from epochserve.controlplane.store.keyspace import Keyspace
+from epochserve.controlplane.store.records import EpochRecord, RolloutPhase
+from epochserve.proto.v1 import admin_pb2 as pb
 
 
 def test_start_rollout_admission_rules(etcd):

@@ -7,12 +7,6 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from epochserve.controlplane.errors import ProtocolError
-from epochserve.controlplane.participants.directives import Abort, Commit, Stage
-from epochserve.controlplane.store.etcd_config import EtcdConfig
-from epochserve.controlplane.store.keyspace import Keyspace
-from epochserve.controlplane.store.records import EpochRecord, WorkerStatus
-from epochserve.proto.v1 import admin_pb2 as pb
 from fakes import FakeRouter, FakeWorker
 from harness import (
     cluster_state,
@@ -24,6 +18,13 @@ from harness import (
     wait_for_rollout,
     wait_until,
 )
+
+from epochserve.controlplane.errors import ProtocolError
+from epochserve.controlplane.participants.directives import Abort, Commit, Stage
+from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.controlplane.store.keyspace import Keyspace
+from epochserve.controlplane.store.records import EpochRecord, WorkerStatus
+from epochserve.proto.v1 import admin_pb2 as pb
 
 
 def test_happy_path_stages_commits_swaps_and_finishes(etcd):

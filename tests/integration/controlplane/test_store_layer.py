@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 
 import pytest
+from fakes import FakeWorker
+from harness import cluster_state, run
+
 from epochserve.controlplane.coordinator.decide import Commit
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.coordinator.writer import RolloutWriter, Timeouts
@@ -26,8 +29,6 @@ from epochserve.controlplane.store.records import (
 from epochserve.controlplane.store.session import Session
 from epochserve.controlplane.store.state import read_state
 from epochserve.controlplane.store.watch import ClusterWatch
-from fakes import FakeWorker
-from harness import cluster_state, run
 
 
 @contextlib.asynccontextmanager

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import threading
 
+from harness import TOKEN, CoordinatorProcess, run, start_request, wait_for_rollout
+
 from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.participants.directives import Commit, Directive, Stage
 from epochserve.controlplane.participants.threaded import SyncRouterParticipant, SyncWorkerParticipant
 from epochserve.controlplane.participants.worker import WorkerIdentity
 from epochserve.controlplane.store.records import Drain
-from harness import TOKEN, CoordinatorProcess, run, start_request, wait_for_rollout
 
 
 def engine_loop(participant: SyncWorkerParticipant, seen: list[Directive], stop: threading.Event) -> None:

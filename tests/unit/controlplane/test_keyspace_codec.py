@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from epochserve.controlplane.errors import SchemaError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.keyspace import KeyKind, Keyspace

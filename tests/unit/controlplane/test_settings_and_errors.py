@@ -6,6 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from epochserve.controlplane.admin.auth import TOKEN_ENV, load_token
 from epochserve.controlplane.admin.status import status_of
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
@@ -19,7 +20,6 @@ from epochserve.controlplane.errors import (
 )
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.records import Drain
-
 from epochserve.errors import ConfigError, InvalidRequestError
 
 ETCD = EtcdConfig(("127.0.0.1:2379",))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from epochserve.controlplane.errors import ProtocolError
 from epochserve.controlplane.participants.directives import Abort, Commit, Fenced, Stage
 from epochserve.controlplane.participants.worker_state import LocalWeights
