@@ -5,7 +5,8 @@ abort a request, or run a function on the engine between two steps (stats, versi
 Commands run between steps, so nothing changes under a running step.
 
 Failure mode: an exception inside a step means the engine's state can no longer be trusted. The
-loop then fails every in-flight request (their sinks receive the exception), stops, and records
+loop then fails every in-flight request (their sinks receive EngineStoppedError, which clients see
+as UNAVAILABLE), stops, and records
 the error in `failure`; the server turns NOT_SERVING and exits non-zero.
 """
 
@@ -128,8 +129,11 @@ class EngineLoop:
         except BaseException as exc:
             logger.exception("engine step failed; failing %d requests", len(self._pending))
             self.failure = exc
+            # The worker can no longer serve: every request in flight ends UNAVAILABLE.
+            error = EngineStoppedError(f"worker failed: {exc}")
+            error.__cause__ = exc
             for pending in self._pending.values():
-                pending.sink(exc)
+                pending.sink(error)
             self._pending.clear()
         finally:
             self._stop.set()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -27,8 +28,12 @@ from epochserve.worker.engine import Engine
 from epochserve.worker.engine_loop import EngineLoop
 from epochserve.worker.responses import WorkerIdentity
 from epochserve.worker.service import WorkerService
+from epochserve.worker.tp_launcher import TPLauncher
 
 logger = logging.getLogger(__name__)
+
+# Longest we wait at shutdown for the engine thread to finish a step (or a collective to fail).
+STEP_WAIT_SECONDS = 10.0
 
 WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
@@ -38,9 +43,11 @@ class WorkerServerConfig:
     engine: EngineConfig
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port (written to ready_file)
-    ready_file: Path | None = None  # JSON {"host", "port", "worker_id"} written once serving
+    ready_file: Path | None = None  # JSON {host, port, worker_id, pid, tp_follower_pids} once serving
     drain_seconds: float = 30.0  # grace for in-flight requests at shutdown
     worker_id: str = ""  # default: HOSTNAME:PORT
+    tp: int = 1  # tensor-parallel ranks (processes; one GPU each on CUDA)
+    collective_timeout_seconds: float = 120.0  # a TP collective slower than this fails the worker
 
 
 def load_tokenizer(model_dir: Path) -> Callable[[str], list[int]] | None:
@@ -53,14 +60,35 @@ def load_tokenizer(model_dir: Path) -> Callable[[str], list[int]] | None:
     return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
 
 
+async def start_engine(config: WorkerServerConfig) -> tuple[Engine, TPLauncher | None]:
+    """Rank 0's engine; with TP > 1 the follower ranks are spawned and joined first."""
+    if config.tp == 1:
+        return await asyncio.to_thread(Engine, config.engine), None
+    launcher = TPLauncher(config.engine, config.tp, config.collective_timeout_seconds)
+    try:
+        engine_config, tp, channel = await asyncio.to_thread(launcher.start)
+        return await asyncio.to_thread(Engine, engine_config, tp, channel), launcher
+    except BaseException:
+        launcher.stop(timeout=0)
+        raise
+
+
 async def serve(config: WorkerServerConfig) -> int:
-    engine = await asyncio.to_thread(Engine, config.engine)
+    engine, launcher = await start_engine(config)
+    try:
+        return await _serve(config, engine, launcher)
+    finally:
+        if launcher is not None:
+            launcher.stop()
+
+
+async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLauncher | None) -> int:
     loop = EngineLoop(engine)
     loop.start()
     server = grpc.aio.server()
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     identity = WorkerIdentity(
-        worker_id=config.worker_id or f"{socket.gethostname()}:{port}", tp_size=1, kernel_mode="torch"
+        worker_id=config.worker_id or f"{socket.gethostname()}:{port}", tp_size=config.tp, kernel_mode="torch"
     )
     service = WorkerService(
         loop, identity, load_tokenizer(config.engine.model_dir), str(config.engine.model_dir)
@@ -82,18 +110,22 @@ async def serve(config: WorkerServerConfig) -> int:
         engine.policy_version,
     )
     if config.ready_file is not None:
-        config.ready_file.write_text(
-            json.dumps({"host": config.host, "port": port, "worker_id": identity.worker_id})
-        )
+        ready = {"host": config.host, "port": port, "worker_id": identity.worker_id, "pid": os.getpid()}
+        ready["tp_follower_pids"] = launcher.follower_pids if launcher else []
+        config.ready_file.write_text(json.dumps(ready))
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    while not stop.is_set() and loop.is_running:
+    dead: list[int] = []
+    while not stop.is_set() and loop.is_running and not dead:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-    failed = loop.failure is not None
-    await _shutdown(server, health_servicer, service, loop, config.drain_seconds)
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        dead = launcher.dead_ranks() if launcher else []
+    if dead:
+        logger.error("TP ranks %s exited: the worker cannot serve any more", dead)
+    failed = loop.failure is not None or bool(dead)
+    await _shutdown(server, health_servicer, service, loop, 0.0 if failed else config.drain_seconds)
     return 1 if failed else 0
 
 
@@ -109,11 +141,16 @@ async def _shutdown(
     for name in ("", WORKER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     deadline = asyncio.get_running_loop().time() + drain_seconds
-    while loop.is_running and asyncio.get_running_loop().time() < deadline:
-        if not await asyncio.wrap_future(loop.call(lambda engine: engine.has_work())):
-            break
-        await asyncio.sleep(0.1)
+    # Every wait below is bounded: a rank stuck in a dead collective must not hang the shutdown.
+    with contextlib.suppress(Exception):
+        while loop.is_running and asyncio.get_running_loop().time() < deadline:
+            has_work = loop.call(lambda engine: engine.has_work())
+            if not await asyncio.wait_for(asyncio.wrap_future(has_work), timeout=STEP_WAIT_SECONDS):
+                break
+            await asyncio.sleep(0.1)
     if loop.is_running:
-        await asyncio.wrap_future(loop.abort_all("worker shutting down"))
+        with contextlib.suppress(Exception):
+            aborted = loop.abort_all("worker shutting down")
+            await asyncio.wait_for(asyncio.wrap_future(aborted), timeout=STEP_WAIT_SECONDS)
     await server.stop(grace=5.0)
-    loop.stop()
+    await asyncio.to_thread(loop.stop, STEP_WAIT_SECONDS)

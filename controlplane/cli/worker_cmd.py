@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--drain-seconds", type=float, default=30.0, help="grace for in-flight requests at shutdown"
     )
     parser.add_argument("--no-prefix-cache", action="store_true", help="disable the prefix cache")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one process, one GPU each)")
+    parser.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=120.0,
+        help="seconds before a stuck TP collective fails the worker",
+    )
     for name, kind, help_text in ENGINE_FLAGS:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
     parser.set_defaults(func=run)
@@ -65,5 +74,12 @@ def run(args: argparse.Namespace) -> int:
         ready_file=args.ready_file,
         drain_seconds=args.drain_seconds,
         worker_id=args.worker_id or "",
+        tp=args.tp,
+        collective_timeout_seconds=args.collective_timeout,
     )
-    return asyncio.run(serve(config))
+    code = asyncio.run(serve(config))
+    if args.tp > 1:
+        # Leave at once: torch.distributed's exit hooks can block on a group whose peers are gone.
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -36,7 +36,7 @@ from epochserve.proto.v1 import admin_pb2 as pb
 
 T = TypeVar("T")
 TOKEN = "test-admin-token-0123456789"
-SHIM = Path(__file__).with_name("epochctl_shim.py")
+EPOCHCTL = [sys.executable, "-m", "epochserve.controlplane.cli.main"]
 LEASE_TTL = 2  # seconds: every lease in these tests
 
 
@@ -129,7 +129,7 @@ class CoordinatorProcess:
         self.port = free_port()
         self.log_path = log_dir / f"{coordinator_id}.log"
         command = [
-            sys.executable, str(SHIM), "--log-level=INFO", "coordinator",
+            *EPOCHCTL, "--log-level=INFO", "coordinator",
             f"--etcd-endpoints={etcd.server.endpoint}", f"--cluster={etcd.cluster}",
             f"--admin-port={self.port}", f"--id={coordinator_id}", f"--lease-ttl={LEASE_TTL}", *extra,
         ]  # fmt: skip

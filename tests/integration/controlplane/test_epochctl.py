@@ -7,11 +7,10 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 
 from fakes import FakeRouter, FakeWorker
-from harness import SHIM, TOKEN, CoordinatorProcess, run, wait_for_rollout
+from harness import EPOCHCTL, TOKEN, CoordinatorProcess, run, wait_for_rollout
 
 
 @dataclass
@@ -32,7 +31,7 @@ async def epochctl(address: str, *args: str, token: str | None = TOKEN, timeout:
     verb = [command, *rest[:1]] if command == "rollout" else [command]
     flags = rest[1:] if command == "rollout" else rest
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(SHIM), *verb, f"--admin={address}", *flags,
+        *EPOCHCTL, *verb, f"--admin={address}", *flags,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), timeout)
