@@ -35,3 +35,7 @@ class ConfigError(EpochserveError):
 
 class VersionMismatchError(EpochserveError):
     """A request pinned to a policy version this worker does not serve (FAILED_PRECONDITION)."""
+
+
+class RequestAbortedError(EpochserveError):
+    """A request was aborted before it started (maps to ABORTED)."""

@@ -99,3 +99,16 @@ def parse_generate_request(
         policy_version=request.policy_version if request.HasField("policy_version") else None,
         min_policy_version=request.min_policy_version if request.HasField("min_policy_version") else None,
     )
+
+
+# A finish's abort_reason starts with this when an abort-drain rollout retired the sample. Routers
+# re-run such requests under the new version when nothing was streamed yet (DESIGN.md §4.8).
+ROLLOUT_ABORT_PREFIX = "rollout:"
+
+
+def rollout_abort_reason(new_version: int) -> str:
+    return f"{ROLLOUT_ABORT_PREFIX} retired by policy version {new_version} (drain=abort)"
+
+
+def is_rollout_abort(abort_reason: str) -> bool:
+    return abort_reason.startswith(ROLLOUT_ABORT_PREFIX)

@@ -9,6 +9,7 @@ from epochserve.errors import (
     ConfigError,
     EpochserveError,
     InvalidRequestError,
+    RequestAbortedError,
     RuntimeGuardError,
     VersionMismatchError,
 )
@@ -19,6 +20,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (VersionMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
     (RuntimeGuardError, grpc.StatusCode.INTERNAL),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RequestAbortedError, grpc.StatusCode.ABORTED),
 ]
 
 

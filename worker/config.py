@@ -34,6 +34,9 @@ class EngineConfig:
     enable_prefix_cache: bool = True
     policy_version: int = 0  # version of the weights loaded at start
     max_n: int = 16  # most samples per request
+    # Stage new policy versions in device memory when it fits (the swap is then a device copy,
+    # milliseconds), else in pinned host memory (no device memory, a slower swap).
+    stage_on_device: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -7,14 +7,16 @@ version change only between steps (set_policy_version), never inside one.
 
 from __future__ import annotations
 
+import enum
 import logging
 import secrets
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import count
+from typing import Literal
 
 from epochserve.errors import InvalidRequestError, VersionMismatchError
-from epochserve.proto.convert import ParsedGenerateRequest
+from epochserve.proto.convert import ParsedGenerateRequest, rollout_abort_reason
 from epochserve.sampling import ModelLimits
 from epochserve.worker.block_manager import BlockManager, BlockUsage
 from epochserve.worker.config import EngineConfig
@@ -26,8 +28,24 @@ from epochserve.worker.sampler import Sampler
 from epochserve.worker.scheduler import Scheduler
 from epochserve.worker.sequence import FinishReason, Sequence, SequenceStatus
 from epochserve.worker.step_plan import PlanChannel
+from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
+
+DrainPolicy = Literal["finish", "abort"]
+
+
+class Admission(enum.Enum):
+    ADMIT = "admit"  # start now
+    HOLD = "hold"  # pinned to a version this worker is about to serve: wait for the swap
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """The engine is retiring its version's work before swapping to `version`."""
+
+    version: int
+    policy: DrainPolicy
 
 
 class Engine:
@@ -47,23 +65,42 @@ class Engine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, self.kv_pool, config.torch_device, channel)
+        updater = RankWeightUpdater(self.model, tp, prefer_device=config.stage_on_device)
+        self.runner = ModelRunner(self.model, self.kv_pool, config.torch_device, updater, channel)
         self.sampler = Sampler()
         self.policy_version = config.policy_version
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
         self._requests: dict[str, list[Sequence]] = {}
         self._seq_ids = count()
+        self.draining: Drain | None = None  # set from a rollout's commit until the swap
 
     # ---- requests ------------------------------------------------------------------------
+    def admission(self, request: ParsedGenerateRequest) -> Admission:
+        """Whether a request can start now (ADMIT), must wait for the swap of a drain (HOLD), or
+        never runs here (VersionMismatchError: pinned to a version this worker does not serve, or
+        retires under drain=abort). During a drain, requests pinned to the next version and
+        unpinned ones wait for the swap, so that a steady stream of new requests cannot keep the
+        old version alive forever.
+        """
+        pinned = request.policy_version
+        if self.draining is not None:
+            if pinned is None or pinned == self.draining.version:
+                return Admission.HOLD
+            if pinned == self.policy_version and self.draining.policy == "finish":
+                return Admission.ADMIT
+        elif pinned is None or pinned == self.policy_version:
+            return Admission.ADMIT
+        raise VersionMismatchError(
+            f"request pinned to policy version {pinned}; this worker serves {self.policy_version}"
+            + (f" and is moving to {self.draining.version}" if self.draining else "")
+        )
+
     def add_request(self, request: ParsedGenerateRequest) -> None:
         """Queue a validated request as n sequences. Raises for a duplicate id or a wrong version pin."""
         if request.request_id in self._requests:
             raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
-        if request.policy_version is not None and request.policy_version != self.policy_version:
-            raise VersionMismatchError(
-                f"request pinned to policy version {request.policy_version}, "
-                f"worker serves {self.policy_version}"
-            )
+        if self.admission(request) is not Admission.ADMIT:
+            raise VersionMismatchError(f"request {request.request_id} cannot start before the version swap")
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
         seqs: list[Sequence] = []
         for index in range(request.n):
@@ -173,6 +210,28 @@ class Engine:
         return SequenceOutput(seq.request_id, seq.sample_index, seq.policy_version, finish=FinishInfo.of(seq))
 
     # ---- versions and stats --------------------------------------------------------------
+    def begin_drain(self, version: int, policy: DrainPolicy) -> list[SequenceOutput]:
+        """Retire the current version's work before swapping to `version` (DESIGN.md §5).
+
+        finish: running sequences complete on the current weights; abort: they end now with an
+        ABORT finish whose reason says a rollout retired them (routers re-run those that streamed
+        nothing). Either way, new requests wait for the swap (see admission).
+        """
+        self.draining = Drain(version, policy)
+        if policy == "finish":
+            return []
+        reason = rollout_abort_reason(version)
+        return [out for request_id in list(self._requests) for out in self.abort_request(request_id, reason)]
+
+    @property
+    def ready_to_swap(self) -> bool:
+        return self.draining is not None and not self.has_work()
+
+    def complete_swap(self, version: int) -> None:
+        """The weights of `version` are live (swapped in place between steps): serve it."""
+        self.set_policy_version(version)
+        self.draining = None
+
     def set_policy_version(self, version: int) -> None:
         """Serve `version` from the next step on. Only between steps and with no work of another
         version in flight; drops every prefix-cache entry of other versions."""

@@ -20,9 +20,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
-from epochserve.errors import EpochserveError
+from epochserve.errors import EpochserveError, InvalidRequestError
 from epochserve.proto.convert import ParsedGenerateRequest
-from epochserve.worker.engine import Engine
+from epochserve.worker.engine import Admission, Engine
+from epochserve.worker.held_requests import HeldRequests
 from epochserve.worker.outputs import SequenceOutput
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ T = TypeVar("T")
 # Receives each output of its request, or an exception that ends the request. Called on the
 # engine thread: it must not block (e.g. loop.call_soon_threadsafe(queue.put_nowait, item)).
 Sink = Callable[[SequenceOutput | BaseException], None]
+Hook = Callable[[Engine], list[SequenceOutput]]
 
 
 class EngineStoppedError(EpochserveError):
@@ -50,8 +52,17 @@ class _Command:
 
 
 class EngineLoop:
-    def __init__(self, engine: Engine, idle_wait_seconds: float = 0.05) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        idle_wait_seconds: float = 0.05,
+        hooks: list[Hook] | None = None,
+        max_hold_seconds: float = 30.0,
+    ) -> None:
         self.engine = engine
+        # Run between steps, on the engine thread (e.g. the rollout agent); outputs are dispatched.
+        self.hooks: list[Hook] = hooks or []
+        self.held = HeldRequests(max_hold_seconds)
         self._commands: queue.Queue[_Command] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
         self._stop = threading.Event()
@@ -78,7 +89,12 @@ class EngineLoop:
 
         def add() -> None:
             try:
-                self.engine.add_request(request)
+                if request.request_id in self._pending:
+                    raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
+                if self.engine.admission(request) is Admission.HOLD:
+                    self.held.hold(request, lambda exc: self._fail_pending(request.request_id, exc))
+                else:
+                    self.engine.add_request(request)
             except EpochserveError as exc:
                 sink(exc)
                 return
@@ -122,6 +138,10 @@ class EngineLoop:
         try:
             while not self._stop.is_set():
                 self._run_commands(block=not self.engine.has_work())
+                for hook in self.hooks:
+                    self._dispatch(hook(self.engine))
+                if self.held:
+                    self.held.release(self.engine)
                 if self.engine.has_work():
                     self._dispatch(self.engine.step())
                 else:
@@ -173,8 +193,14 @@ class EngineLoop:
     def _abort(self, request_id: str, reason: str) -> bool:
         if request_id not in self._pending:
             return False
-        self._dispatch(self.engine.abort_request(request_id, reason))
+        if not self.held.abort(request_id, reason):
+            self._dispatch(self.engine.abort_request(request_id, reason))
         return True
+
+    def _fail_pending(self, request_id: str, error: BaseException) -> None:
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            pending.sink(error)
 
     def _fail_queued_commands(self) -> None:
         """Tell the senders of commands that will never run (a late one is caught by their timeouts)."""

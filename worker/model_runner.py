@@ -20,6 +20,7 @@ from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.scheduler import ScheduledBatch
 from epochserve.worker.sequence import Sequence
 from epochserve.worker.step_plan import PlanChannel, PlanKind, StepPlan
+from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,14 @@ class ModelRunner:
         model: LlamaForCausalLM,
         kv_pool: KVCachePool,
         device: torch.device,
+        updater: RankWeightUpdater,
         channel: PlanChannel | None = None,
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.block_size = kv_pool.block_size
         self.device = device
+        self.updater = updater  # this rank's weight-update state
         self.channel = channel  # set on every rank of a TP group of size > 1
         self._last_send = time.monotonic()
 
@@ -77,6 +80,42 @@ class ModelRunner:
         if self.channel is not None:
             self._send(StepPlan(kind=PlanKind.SHUTDOWN))
 
+    def stage(self, version: int, source: str, manifest_checksum: str | None) -> None:
+        """Every rank starts staging `version` in the background (see RankWeightUpdater)."""
+        plan = StepPlan(
+            kind=PlanKind.STAGE, version=version, source=source, manifest_checksum=manifest_checksum
+        )
+        self._send(plan)
+        self._apply_update(plan)
+
+    def swap(self, version: int) -> str:
+        """Every rank swaps the staged `version` live now; returns the live weights' fingerprint."""
+        plan = StepPlan(kind=PlanKind.SWAP, version=version)
+        self._send(plan)
+        return self._apply_update(plan)
+
+    def drop_staged(self) -> None:
+        plan = StepPlan(kind=PlanKind.DROP)
+        self._send(plan)
+        self._apply_update(plan)
+
+    def fingerprint(self) -> str:
+        """The live weights' fingerprint, over every rank."""
+        plan = StepPlan(kind=PlanKind.FINGERPRINT)
+        self._send(plan)
+        return self._apply_update(plan)
+
+    def _apply_update(self, plan: StepPlan) -> str:
+        if plan.kind is PlanKind.STAGE:
+            self.updater.begin_stage(plan.version, plan.source, plan.manifest_checksum)
+        elif plan.kind is PlanKind.SWAP:
+            return self.updater.swap(plan.version)
+        elif plan.kind is PlanKind.DROP:
+            self.updater.drop()
+        elif plan.kind is PlanKind.FINGERPRINT:
+            return self.updater.fingerprint()
+        return ""
+
     def _send(self, plan: StepPlan) -> None:
         if self.channel is not None:
             self.channel.send(plan)
@@ -114,3 +153,5 @@ class ModelRunner:
                 return
             if plan.kind is PlanKind.STEP:
                 self.run_plan(plan)
+            elif plan.kind is not PlanKind.HEARTBEAT:
+                self._apply_update(plan)

@@ -16,7 +16,7 @@ _FINISH_REASONS = {
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerIdentity:
+class WorkerStamp:
     """What every finish message says about the worker."""
 
     worker_id: str
@@ -42,7 +42,7 @@ def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse
     )
 
 
-def finish_response(output: SequenceOutput, identity: WorkerIdentity) -> common_pb2.GenerateResponse:
+def finish_response(output: SequenceOutput, identity: WorkerStamp) -> common_pb2.GenerateResponse:
     info: FinishInfo | None = output.finish
     assert info is not None and info.reason is not FinishReason.ERROR, "errors end the stream with a status"
     diagnostics = common_pb2.Diagnostics(
@@ -74,9 +74,7 @@ def finish_response(output: SequenceOutput, identity: WorkerIdentity) -> common_
     )
 
 
-def to_responses(
-    outputs: list[SequenceOutput], identity: WorkerIdentity
-) -> list[common_pb2.GenerateResponse]:
+def to_responses(outputs: list[SequenceOutput], identity: WorkerStamp) -> list[common_pb2.GenerateResponse]:
     """Wire messages for outputs of one request: per sample, one chunk with all its new tokens, then
     its finish if it ended (a finish is always a sample's last output)."""
     by_sample: dict[int, list[SequenceOutput]] = {}

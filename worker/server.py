@@ -17,20 +17,24 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from epochserve.errors import ConfigError
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine import Engine
 from epochserve.worker.engine_loop import EngineLoop
-from epochserve.worker.responses import WorkerIdentity
+from epochserve.worker.registration import ControlPlaneSettings, join_control_plane
+from epochserve.worker.responses import WorkerStamp
 from epochserve.worker.service import WorkerService
 from epochserve.worker.tp_launcher import TPLauncher
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Longest we wait at shutdown for the engine thread to finish a step (or a collective to fail).
 STEP_WAIT_SECONDS = 10.0
@@ -48,6 +52,7 @@ class WorkerServerConfig:
     worker_id: str = ""  # default: HOSTNAME:PORT
     tp: int = 1  # tensor-parallel ranks (processes; one GPU each on CUDA)
     collective_timeout_seconds: float = 120.0  # a TP collective slower than this fails the worker
+    control: ControlPlaneSettings | None = None  # None: standalone, no etcd
 
 
 def load_tokenizer(model_dir: Path) -> Callable[[str], list[int]] | None:
@@ -66,11 +71,27 @@ async def start_engine(config: WorkerServerConfig) -> tuple[Engine, TPLauncher |
         return await asyncio.to_thread(Engine, config.engine), None
     launcher = TPLauncher(config.engine, config.tp, config.collective_timeout_seconds)
     try:
-        engine_config, tp, channel = await asyncio.to_thread(launcher.start)
-        return await asyncio.to_thread(Engine, engine_config, tp, channel), launcher
+        engine_config, tp, channel = await _watching_followers(launcher, launcher.start)
+        engine = await _watching_followers(launcher, lambda: Engine(engine_config, tp, channel))
+        return engine, launcher
     except BaseException:
         launcher.stop(timeout=0)
         raise
+
+
+async def _watching_followers(launcher: TPLauncher, fn: Callable[[], T]) -> T:
+    """Run fn in a thread; fail at once if a follower rank dies meanwhile (rather than wait for the
+    rendezvous or a collective to time out)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn))
+    while not task.done():
+        await asyncio.wait([task], timeout=0.5)
+        dead = launcher.dead_ranks()
+        if dead and not task.done():
+            task.cancel()
+            raise ConfigError(
+                f"TP ranks {dead} exited while the worker was starting (see their errors above)"
+            )
+    return task.result()
 
 
 async def serve(config: WorkerServerConfig) -> int:
@@ -87,7 +108,7 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
     loop.start()
     server = grpc.aio.server()
     port = server.add_insecure_port(f"{config.host}:{config.port}")
-    identity = WorkerIdentity(
+    identity = WorkerStamp(
         worker_id=config.worker_id or f"{socket.gethostname()}:{port}", tp_size=config.tp, kernel_mode="torch"
     )
     service = WorkerService(
@@ -100,6 +121,13 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
         [WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     await server.start()
+    participant = None
+    if config.control is not None:
+        listen = f"{config.host}:{port}"
+        participant, agent = await join_control_plane(
+            config.control, loop, identity.worker_id, listen, config.tp
+        )
+        service.is_ready = agent.can_accept_work
     for name in ("", WORKER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info(
@@ -125,6 +153,9 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
     if dead:
         logger.error("TP ranks %s exited: the worker cannot serve any more", dead)
     failed = loop.failure is not None or bool(dead)
+    if participant is not None:  # deregister first: routers stop sending new work here
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(participant.close)
     await _shutdown(server, health_servicer, service, loop, 0.0 if failed else config.drain_seconds)
     return 1 if failed else 0
 

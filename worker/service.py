@@ -21,7 +21,7 @@ from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from epochserve.worker.engine import Engine
 from epochserve.worker.engine_loop import EngineLoop, EngineStoppedError
 from epochserve.worker.outputs import SequenceOutput
-from epochserve.worker.responses import WorkerIdentity, to_responses
+from epochserve.worker.responses import WorkerStamp, to_responses
 from epochserve.worker.sequence import FinishReason
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(
         self,
         loop: EngineLoop,
-        identity: WorkerIdentity,
+        identity: WorkerStamp,
         tokenize: Callable[[str], list[int]] | None = None,
         model_path: str = "",
     ) -> None:
@@ -43,12 +43,16 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.tokenize = tokenize
         self.model_path = model_path
         self.accepting = True  # False once shutdown began: new requests get UNAVAILABLE
+        # With a control plane: False while fenced or catching up (new requests get UNAVAILABLE).
+        self.is_ready: Callable[[], bool] = lambda: True
 
     async def Generate(
         self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.GenerateResponse]:
         if not self.accepting:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is shutting down")
+        if not self.is_ready():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is not ready (catching up or fenced)")
         try:
             parsed = parse_generate_request(request, self.loop.engine.limits, self.tokenize)
         except EpochserveError as exc:

@@ -20,6 +20,10 @@ class PlanKind(enum.Enum):
     STEP = "step"  # run the model over the batch described by the plan
     HEARTBEAT = "heartbeat"  # nothing to run; proves rank 0 is alive
     SHUTDOWN = "shutdown"  # followers leave their loop and exit 0
+    STAGE = "stage"  # start staging `version` from `source` in the background
+    SWAP = "swap"  # make the staged `version` live now, then fingerprint (a collective)
+    DROP = "drop"  # abandon the staged or staging version
+    FINGERPRINT = "fingerprint"  # compute the live weights' fingerprint (a collective)
 
 
 @dataclass(slots=True)
@@ -34,6 +38,10 @@ class StepPlan:
     seq_lens: list[int] = field(default_factory=list)  # [num_seqs]
     query_start_loc: list[int] = field(default_factory=lambda: [0])  # [num_seqs + 1]
     logits_indices: list[int] = field(default_factory=list)  # [num_sampling_seqs]
+    # Weight updates (STAGE, SWAP): the version, and where STAGE reads it from.
+    version: int = 0
+    source: str = ""
+    manifest_checksum: str | None = None
 
 
 class PlanChannel:

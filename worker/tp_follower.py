@@ -17,6 +17,7 @@ from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.model_setup import setup_rank
 from epochserve.worker.step_plan import PlanChannel
 from epochserve.worker.tp_group import die_with_parent, init_tp_group, rank_config
+from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ def follower_main(
     try:
         tp = init_tp_group(rank, world_size, init_method, config.torch_device, timeout_seconds)
         setup = setup_rank(config, tp)
-        runner = ModelRunner(setup.model, setup.kv_pool, config.torch_device, PlanChannel(tp.cpu_group, rank))
+        updater = RankWeightUpdater(setup.model, tp, prefer_device=config.stage_on_device)
+        channel = PlanChannel(tp.cpu_group, rank)
+        runner = ModelRunner(setup.model, setup.kv_pool, config.torch_device, updater, channel)
         runner.serve_plans()
     except Exception:
         logger.exception("TP rank %d failed", rank)

@@ -54,8 +54,11 @@ def init_tp_group(
             "gloo", init_method=init_method, rank=rank, world_size=world_size, timeout=timeout
         )
         cpu_group = dist.group.WORLD
+    update_group = dist.new_group(backend="gloo", timeout=timeout)
     logger.info("TP rank %d/%d joined (%s)", rank, world_size, dist.get_backend())
-    return TensorParallel(rank=rank, size=world_size, group=dist.group.WORLD, cpu_group=cpu_group)
+    return TensorParallel(
+        rank=rank, size=world_size, group=dist.group.WORLD, cpu_group=cpu_group, update_group=update_group
+    )
 
 
 def die_with_parent() -> None:

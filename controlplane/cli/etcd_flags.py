@@ -11,12 +11,13 @@ from epochserve.controlplane.store.etcd_config import EtcdConfig
 ENDPOINTS_ENV = "EPOCHSERVE_ETCD_ENDPOINTS"
 
 
-def add_etcd_flags(parser: argparse.ArgumentParser) -> None:
+def add_etcd_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """required=False: a process that can also run without a control plane (a standalone worker)."""
     group = parser.add_argument_group("etcd")
     group.add_argument(
         "--etcd-endpoints",
         default=os.environ.get(ENDPOINTS_ENV),
-        required=ENDPOINTS_ENV not in os.environ,
+        required=required and ENDPOINTS_ENV not in os.environ,
         metavar="HOST:PORT[,...]",
         help=f"etcd client endpoints (default ${ENDPOINTS_ENV}); several must be IP addresses",
     )

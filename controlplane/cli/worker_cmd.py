@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from epochserve.controlplane.cli.etcd_flags import add_etcd_flags, etcd_config
+
 # The fields of EngineConfig exposed as flags (name, type, help); defaults come from EngineConfig.
 ENGINE_FLAGS: list[tuple[str, Any, str]] = [
     ("device", str, "cpu, cuda or cuda:N"),
@@ -40,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-prefix-cache", action="store_true", help="disable the prefix cache")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one process, one GPU each)")
+    parser.add_argument(
+        "--advertise-address", default="", help="HOST:PORT routers dial (default: --host:port)"
+    )
+    parser.add_argument(
+        "--lease-ttl", type=int, default=10, help="seconds before a silent worker is deregistered"
+    )
+    add_etcd_flags(parser, required=False)
     parser.add_argument(
         "--collective-timeout",
         type=float,
@@ -76,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         worker_id=args.worker_id or "",
         tp=args.tp,
         collective_timeout_seconds=args.collective_timeout,
+        control=control_settings(args),
     )
     code = asyncio.run(serve(config))
     if args.tp > 1:
@@ -83,3 +93,17 @@ def run(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def control_settings(args: argparse.Namespace) -> Any:
+    """ControlPlaneSettings when --etcd-endpoints (or its env) is given; None runs standalone."""
+    if not args.etcd_endpoints:
+        return None
+    from epochserve.worker.registration import ControlPlaneSettings
+
+    return ControlPlaneSettings(
+        etcd=etcd_config(args),
+        cluster=args.cluster,
+        advertise_address=args.advertise_address,
+        lease_ttl=args.lease_ttl,
+    )

@@ -43,7 +43,7 @@ class OutputShard:
     offset: int
 
 
-def _copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+def copy_checked(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
     if tuple(dst.shape) != tuple(src.shape):
         raise ValueError(
             f"{name}: checkpoint slice has shape {tuple(src.shape)}, expected {tuple(dst.shape)}"
@@ -63,16 +63,13 @@ class MergedColumnLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out, input_size, dtype=dtype), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out, dtype=dtype), requires_grad=False) if bias else None
 
-    def load(self, param_name: str, source: WeightSource, shard_id: str | int) -> None:
+    def load(self, param_name: str, source: WeightSource, shard_id: str | int, out: torch.Tensor) -> None:
+        """Copy this rank's rows of checkpoint tensor `shard_id` into `out` (the parameter or its twin)."""
         shard = self.shards[shard_id]
-        param = self.weight if param_name == "weight" else self.bias
-        if param is None:
-            raise ValueError(f"checkpoint has a {param_name} for a layer built without one")
-        _copy_checked(
-            param.data[shard.offset : shard.offset + shard.size],
-            source.read(0, shard.start, shard.size),
-            param_name,
-        )
+        if param_name == "bias" and self.bias is None:
+            raise ValueError("checkpoint has a bias for a layer built without one")
+        rows = out[shard.offset : shard.offset + shard.size]
+        copy_checked(rows, source.read(0, shard.start, shard.size), param_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
@@ -122,14 +119,11 @@ class RowParallelLinear(nn.Module):
         )
         self.bias = nn.Parameter(torch.empty(output_size, dtype=dtype), requires_grad=False) if bias else None
 
-    def load(self, param_name: str, source: WeightSource, shard_id: None = None) -> None:
+    def load(self, param_name: str, source: WeightSource, shard_id: None, out: torch.Tensor) -> None:
         if param_name == "bias":
-            assert self.bias is not None
-            _copy_checked(self.bias.data, source.read(), "bias")
+            copy_checked(out, source.read(), "bias")
             return
-        _copy_checked(
-            self.weight.data, source.read(1, self.tp.rank * self.input_local, self.input_local), "weight"
-        )
+        copy_checked(out, source.read(1, self.tp.rank * self.input_local, self.input_local), "weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.tp.all_reduce(linear(x, self.weight))

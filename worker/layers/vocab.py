@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epochserve.worker.layers.linear import _copy_checked, linear
+from epochserve.worker.layers.linear import copy_checked, linear
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import WeightSource
 
@@ -31,11 +31,9 @@ class _VocabSlice(nn.Module):
     def num_real_rows(self) -> int:
         return max(0, min(self.rows, self.vocab_size - self.vocab_start))
 
-    def load(self, param_name: str, source: WeightSource, shard_id: None = None) -> None:
+    def load(self, param_name: str, source: WeightSource, shard_id: None, out: torch.Tensor) -> None:
         real = self.num_real_rows
-        _copy_checked(
-            self.weight.data[:real], source.read(0, self.vocab_start, real).to(self.weight.dtype), "weight"
-        )
+        copy_checked(out[:real], source.read(0, self.vocab_start, real).to(out.dtype), "weight")
 
 
 class VocabEmbedding(_VocabSlice):

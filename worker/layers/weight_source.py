@@ -15,9 +15,17 @@ class WeightSource(Protocol):
     @property
     def shape(self) -> tuple[int, ...]: ...
 
+    @property
+    def dtype_name(self) -> str:
+        """safetensors' name of the element type: F32, BF16, F16, ..."""
+        ...
+
     def read(self, dim: int | None = None, start: int = 0, length: int | None = None) -> torch.Tensor:
         """The whole tensor (dim None) or `length` entries from `start` along dim 0 or 1."""
         ...
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
 
 
 class TensorSource:
@@ -29,6 +37,10 @@ class TensorSource:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self._tensor.shape)
+
+    @property
+    def dtype_name(self) -> str:
+        return _SAFETENSORS_DTYPES.get(self._tensor.dtype, str(self._tensor.dtype))
 
     def read(self, dim: int | None = None, start: int = 0, length: int | None = None) -> torch.Tensor:
         if dim is None:
@@ -45,6 +57,10 @@ class SafetensorsSource:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self._slice.get_shape())
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self._slice.get_dtype())
 
     def read(self, dim: int | None = None, start: int = 0, length: int | None = None) -> torch.Tensor:
         if dim is None:

@@ -17,7 +17,7 @@ from epochserve.kernels.activation import silu_and_mul_torch
 from epochserve.kernels.rmsnorm import rms_norm_torch
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq
 from epochserve.worker.layers.attention import AttentionMetadata, LayerKVCache, PagedAttention
-from epochserve.worker.layers.linear import RowParallelLinear, column_linear, qkv_linear
+from epochserve.worker.layers.linear import RowParallelLinear, column_linear, copy_checked, qkv_linear
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.vocab import LMHead, VocabEmbedding
 from epochserve.worker.layers.weight_source import WeightSource
@@ -27,7 +27,9 @@ from epochserve.worker.models.config import ModelConfig
 class Loadable(Protocol):
     """A module that fills its parameters from checkpoint tensors (see worker/layers/linear.py)."""
 
-    def load(self, param_name: str, source: WeightSource, shard_id: str | int | None = None) -> None: ...
+    def load(
+        self, param_name: str, source: WeightSource, shard_id: str | int | None, out: torch.Tensor
+    ) -> None: ...
 
 
 class RMSNorm(nn.Module):
@@ -36,8 +38,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size, dtype=dtype), requires_grad=False)
 
-    def load(self, param_name: str, source: WeightSource, shard_id: None = None) -> None:
-        self.weight.data.copy_(source.read())
+    def load(self, param_name: str, source: WeightSource, shard_id: None, out: torch.Tensor) -> None:
+        copy_checked(out, source.read(), "weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm_torch(x, self.weight, self.eps)
@@ -183,27 +185,41 @@ class LlamaForCausalLM(nn.Module):
         """[n, hidden] → [n, vocab] in the lm_head dtype (fp32 by default)."""
         return self.lm_head(hidden)
 
-    def load_weights(self, weights: Iterable[tuple[str, WeightSource]]) -> set[str]:
+    def load_weights(
+        self, weights: Iterable[tuple[str, WeightSource]], targets: dict[str, torch.Tensor] | None = None
+    ) -> set[str]:
         """Load checkpoint tensors by their Hugging Face names; returns the names consumed.
 
-        Raises KeyError for a name this model has no place for. With tied embeddings the
-        embedding table also fills the lm_head (no lm_head.weight in the checkpoint).
+        Writes into the live parameters, or into `targets` (parameter name → a tensor shaped like
+        that parameter: a staging buffer) when given. Raises AttributeError for a name this model
+        has no place for. With tied embeddings the embedding table also fills the lm_head.
         """
         loaded: set[str] = set()
         for name, source in weights:
-            if "rotary_emb.inv_freq" in name:
-                continue
             module_path, param_name = name.rsplit(".", 1)
             shard_id: str | int | None = None
             leaf = module_path.rsplit(".", 1)[-1]
             if leaf in self.STACKED_PARAMS:
                 merged, shard_id = self.STACKED_PARAMS[leaf]
                 module_path = f"{module_path.rsplit('.', 1)[0]}.{merged}"
-            cast(Loadable, self.get_submodule(module_path)).load(param_name, source, shard_id)
+            self._load_one(module_path, param_name, source, shard_id, targets)
             if name == "model.embed_tokens.weight" and self.config.tie_word_embeddings:
-                self.lm_head.load("weight", source)
+                self._load_one("lm_head", "weight", source, None, targets)
             loaded.add(name)
         return loaded
+
+    def _load_one(
+        self,
+        module_path: str,
+        param_name: str,
+        source: WeightSource,
+        shard_id: str | int | None,
+        targets: dict[str, torch.Tensor] | None,
+    ) -> None:
+        module = self.get_submodule(module_path)
+        name = f"{module_path}.{param_name}"
+        out = targets[name] if targets is not None else getattr(module, param_name).data
+        cast(Loadable, module).load(param_name, source, shard_id, out)
 
 
 def checkpoint_names(config: ModelConfig) -> set[str]:

@@ -1,0 +1,126 @@
+"""RankWeightUpdater: one TP rank's side of a weight update: stage in the background, then swap or drop.
+
+Every rank of a worker runs one, driven by the same plans (rank 0 decides, followers follow), so
+the ranks' staging threads meet in the same verification collective and swap in the same step.
+At most one version is staged at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.layers.weight_source import WeightSource
+from epochserve.worker.models.llama import LlamaForCausalLM
+from epochserve.worker.models.loader import iter_checkpoint
+from epochserve.worker.weights.manifest import Manifest, ManifestError
+from epochserve.worker.weights.staging import StagedWeights, stage
+from epochserve.worker.weights.swap import live_fingerprint, swap_in
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    version: int
+    staged: StagedWeights | None  # None when staging failed or was cancelled
+    error: str = ""
+
+
+def checkpoint_tensors(source: str) -> tuple[Manifest, Iterable[tuple[str, WeightSource]]]:
+    """A published checkpoint directory: its manifest and its tensors (read lazily, sliced)."""
+    directory = Path(source)
+    if not directory.is_dir():
+        raise ManifestError(f"checkpoint {source!r} is not a directory on this host")
+    return Manifest.read(directory), iter_checkpoint(directory)
+
+
+class RankWeightUpdater:
+    def __init__(self, model: LlamaForCausalLM, tp: TensorParallel, prefer_device: bool = True) -> None:
+        self.model = model
+        self.tp = tp
+        self.prefer_device = prefer_device
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()
+        self._result: StageResult | None = None
+        self._staged: StagedWeights | None = None
+
+    @property
+    def is_staging(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def begin_stage(self, version: int, source: str, expected_manifest: str | None = None) -> None:
+        """Start staging `version` from `source` on a background thread (live weights untouched)."""
+        if self.is_staging:
+            raise RuntimeError("a staging is already running")
+        self._cancel = threading.Event()
+        self._result = None
+        self._staged = None
+        self._thread = threading.Thread(
+            target=self._stage,
+            args=(version, source, expected_manifest, self._cancel),
+            daemon=True,
+            name=f"stage-v{version}",
+        )
+        self._thread.start()
+
+    def _stage(self, version: int, source: str, expected: str | None, cancel: threading.Event) -> None:
+        manifest = Manifest(version, {})
+        tensors: Iterable[tuple[str, WeightSource]] = []
+        setup_error: Exception | None = None
+        try:
+            manifest, tensors = checkpoint_tensors(source)
+            if manifest.version != version:
+                raise ManifestError(f"{source} holds version {manifest.version}, not {version}")
+            if expected is not None and manifest.checksum != expected:
+                raise ManifestError(f"manifest checksum {manifest.checksum[:12]} differs from the rollout's")
+        except Exception as exc:
+            setup_error = exc  # the rank still joins the verdict collective, reporting its failure
+        try:
+            staged = stage(self.model, self.tp, manifest, tensors, self.prefer_device, cancel, setup_error)
+            self._result = StageResult(version, staged)
+        except Exception as exc:
+            logger.warning("rank %d: staging v%d failed: %s", self.tp.rank, version, exc)
+            self._result = StageResult(version, None, str(exc))
+
+    def wait(self, timeout: float | None = None) -> StageResult | None:
+        """The result once the staging thread is done (None while it runs)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return None
+        return self._result
+
+    def take_result(self) -> StageResult | None:
+        """The finished staging's result, once (None while running or when nothing is pending)."""
+        if self.is_staging or self._result is None:
+            return None
+        result, self._result = self._result, None
+        self._staged = result.staged
+        return result
+
+    def drop(self) -> None:
+        """Abandon the staged or staging version (the thread stops at its next tensor)."""
+        self._cancel.set()
+        self._staged = None
+        self._result = None
+
+    def swap(self, version: int) -> str:
+        """Make the staged `version` live (in place) and return the live fingerprint (a collective)."""
+        if self.is_staging:
+            self.wait()
+        if self._staged is None and self._result is not None:
+            self.take_result()
+        staged = self._staged
+        if staged is None or staged.version != version:
+            raise RuntimeError(f"swap to v{version} without verified staged weights of v{version}")
+        swap_in(self.model, staged)
+        self._staged = None
+        return live_fingerprint(self.model, self.tp)
+
+    def fingerprint(self) -> str:
+        return live_fingerprint(self.model, self.tp)
