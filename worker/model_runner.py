@@ -80,10 +80,16 @@ class ModelRunner:
         if self.channel is not None:
             self._send(StepPlan(kind=PlanKind.SHUTDOWN))
 
-    def stage(self, version: int, source: str, manifest_checksum: str | None) -> None:
+    def stage(
+        self, version: int, source: str, manifest_checksum: str | None, broadcast_rank_base: int | None = None
+    ) -> None:
         """Every rank starts staging `version` in the background (see RankWeightUpdater)."""
         plan = StepPlan(
-            kind=PlanKind.STAGE, version=version, source=source, manifest_checksum=manifest_checksum
+            kind=PlanKind.STAGE,
+            version=version,
+            source=source,
+            manifest_checksum=manifest_checksum,
+            broadcast_rank_base=broadcast_rank_base,
         )
         self._send(plan)
         self._apply_update(plan)
@@ -107,7 +113,9 @@ class ModelRunner:
 
     def _apply_update(self, plan: StepPlan) -> str:
         if plan.kind is PlanKind.STAGE:
-            self.updater.begin_stage(plan.version, plan.source, plan.manifest_checksum)
+            self.updater.begin_stage(
+                plan.version, plan.source, plan.manifest_checksum, plan.broadcast_rank_base
+            )
         elif plan.kind is PlanKind.SWAP:
             return self.updater.swap(plan.version)
         elif plan.kind is PlanKind.DROP:

@@ -50,7 +50,7 @@ async def join_control_plane(
         lease_ttl=settings.lease_ttl,
     )
     await asyncio.to_thread(participant.start)
-    agent = RolloutAgent(participant)
+    agent = RolloutAgent(participant, worker_id)
     loop.hooks.append(agent)
     logger.info(
         "registered as %s in cluster %s (serving v%d)", worker_id, settings.cluster, engine.policy_version

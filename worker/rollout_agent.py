@@ -22,6 +22,7 @@ from epochserve.controlplane.participants.directives import Abort, Commit, Direc
 from epochserve.controlplane.participants.threaded import SyncWorkerParticipant
 from epochserve.worker.engine import Engine
 from epochserve.worker.outputs import SequenceOutput
+from epochserve.worker.weights.broadcast import BroadcastSpec, is_broadcast_source
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ CANCEL_WAIT_SECONDS = 60.0
 
 
 class RolloutAgent:
-    def __init__(self, participant: SyncWorkerParticipant) -> None:
+    def __init__(self, participant: SyncWorkerParticipant, worker_id: str) -> None:
         self.participant = participant
+        self.worker_id = worker_id
         self.staging: int | None = None  # version being staged, not yet reported
         self.committing: int | None = None  # version committed, swap pending
 
@@ -49,11 +51,11 @@ class RolloutAgent:
     def _handle(self, engine: Engine, directive: Directive) -> list[SequenceOutput]:
         updater = engine.runner.updater
         match directive:
-            case Stage(version=version, source=source, manifest_checksum=expected):
+            case Stage(version=version, source=source, manifest_checksum=expected, catch_up=catch_up):
                 if updater.is_staging:  # a cancelled staging still finishing its verdict
                     updater.wait(CANCEL_WAIT_SECONDS)
                 logger.info("staging policy version %d from %s", version, source)
-                engine.runner.stage(version, source, expected)
+                engine.runner.stage(version, source, expected, self._broadcast_rank_base(source, catch_up))
                 self.staging = version
             case Commit(version=version, drain=drain):
                 logger.info("policy version %d committed: draining (%s)", version, drain.value)
@@ -73,6 +75,13 @@ class RolloutAgent:
                     engine.runner.drop_staged()
                     self.staging = None
         return []
+
+    def _broadcast_rank_base(self, source: str, catch_up: bool) -> int | None:
+        """This worker's first rank in a broadcast; None (load the checkpoint instead) when it is
+        not part of it or the broadcast is over (a catch-up after the commit)."""
+        if catch_up or not is_broadcast_source(source):
+            return None
+        return BroadcastSpec.parse(source).rank_base.get(self.worker_id)
 
     def _report_finished_staging(self, engine: Engine) -> None:
         if self.staging is None:

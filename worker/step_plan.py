@@ -42,6 +42,7 @@ class StepPlan:
     version: int = 0
     source: str = ""
     manifest_checksum: str | None = None
+    broadcast_rank_base: int | None = None  # STAGE from a broadcast: this worker's first global rank
 
 
 class PlanChannel:

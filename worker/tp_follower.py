@@ -12,11 +12,12 @@ import sys
 
 import torch.distributed as dist
 
+from epochserve.lifetime import die_with_parent
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.model_setup import setup_rank
 from epochserve.worker.step_plan import PlanChannel
-from epochserve.worker.tp_group import die_with_parent, init_tp_group, rank_config
+from epochserve.worker.tp_group import init_tp_group, rank_config
 from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)

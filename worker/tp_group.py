@@ -7,9 +7,7 @@ dies or stalls makes the others fail with an error instead of waiting forever.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import signal
 import socket
 from dataclasses import replace
 from datetime import timedelta
@@ -21,8 +19,6 @@ from epochserve.worker.config import EngineConfig
 from epochserve.worker.layers.parallel import TensorParallel
 
 logger = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
 
 
 def free_loopback_port() -> int:
@@ -59,12 +55,3 @@ def init_tp_group(
     return TensorParallel(
         rank=rank, size=world_size, group=dist.group.WORLD, cpu_group=cpu_group, update_group=update_group
     )
-
-
-def die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this process when its parent dies (no orphaned ranks)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        logger.warning("prctl(PR_SET_PDEATHSIG) unavailable; a follower may outlive a killed rank 0")

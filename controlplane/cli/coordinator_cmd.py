@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -43,6 +45,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--commit-timeout", type=float, default=300.0, metavar="S", help="COMMITTED timeout (300 s)"
     )
+    p.add_argument(
+        "--ready-file", type=Path, metavar="FILE", help="write {host, port, pid} here once serving"
+    )
     p.set_defaults(func=run)
 
 
@@ -67,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
             commit_timeout=args.commit_timeout,
             **optional,
         )
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, args.ready_file))
     except ConfigError as e:
         print(f"epochctl coordinator: {e}", file=sys.stderr)
         return 2
 
 
-async def serve(config: CoordinatorConfig) -> int:
+async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> int:
     """Serve Admin and coordinate until SIGTERM/SIGINT."""
     from epochserve.controlplane.admin.server import start_admin_server
     from epochserve.controlplane.coordinator.process import Coordinator
@@ -83,6 +88,9 @@ async def serve(config: CoordinatorConfig) -> int:
     log.info(
         "coordinator %s: Admin on %s, cluster %s", config.coordinator_id, config.admin_address, config.cluster
     )
+    if ready_file is not None:
+        ready = {"host": config.admin_host, "port": config.admin_port, "pid": os.getpid()}
+        ready_file.write_text(json.dumps({**ready, "coordinator_id": config.coordinator_id}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

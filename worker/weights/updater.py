@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import WeightSource
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.models.loader import iter_checkpoint
-from epochserve.worker.weights.manifest import Manifest, ManifestError
-from epochserve.worker.weights.staging import StagedWeights, stage
+from epochserve.worker.weights.broadcast import BroadcastSpec, is_broadcast_source, join_group, receive
+from epochserve.worker.weights.manifest import MANIFEST_NAME, Manifest, ManifestError
+from epochserve.worker.weights.staging import StagedWeights, StagingCancelled, stage
 from epochserve.worker.weights.swap import live_fingerprint, swap_in
 
 logger = logging.getLogger(__name__)
@@ -31,12 +33,23 @@ class StageResult:
     error: str = ""
 
 
-def checkpoint_tensors(source: str) -> tuple[Manifest, Iterable[tuple[str, WeightSource]]]:
+def checkpoint_tensors(source: str) -> tuple[Manifest, Iterator[tuple[str, WeightSource]]]:
     """A published checkpoint directory: its manifest and its tensors (read lazily, sliced)."""
     directory = Path(source)
     if not directory.is_dir():
         raise ManifestError(f"checkpoint {source!r} is not a directory on this host")
     return Manifest.read(directory), iter_checkpoint(directory)
+
+
+def wait_for_checkpoint(path: str, cancel: threading.Event, timeout: float) -> str:
+    """The checkpoint a broadcast's publisher writes after sending: wait for its manifest."""
+    deadline = time.monotonic() + timeout
+    while not (Path(path) / MANIFEST_NAME).is_file():
+        if cancel.wait(0.2):
+            raise StagingCancelled("cancelled while waiting for the checkpoint")
+        if time.monotonic() > deadline:
+            raise ManifestError(f"checkpoint {path!r} did not appear within {timeout:.0f} s")
+    return path
 
 
 class RankWeightUpdater:
@@ -48,13 +61,26 @@ class RankWeightUpdater:
         self._cancel = threading.Event()
         self._result: StageResult | None = None
         self._staged: StagedWeights | None = None
+        self._store: object = None  # keeps the broadcast's TCPStore client alive while receiving
+        self.broadcast_timeout = 600.0  # seconds to join a broadcast or wait for its checkpoint
 
     @property
     def is_staging(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def begin_stage(self, version: int, source: str, expected_manifest: str | None = None) -> None:
-        """Start staging `version` from `source` on a background thread (live weights untouched)."""
+    def begin_stage(
+        self,
+        version: int,
+        source: str,
+        expected_manifest: str | None = None,
+        broadcast_rank_base: int | None = None,
+    ) -> None:
+        """Start staging `version` from `source` on a background thread (live weights untouched).
+
+        `source` is a checkpoint directory or a broadcast URL (weights/broadcast.py); for the latter
+        `broadcast_rank_base` is this worker's first global rank, or None when the worker is not
+        part of the broadcast and loads the checkpoint written beside it instead.
+        """
         if self.is_staging:
             raise RuntimeError("a staging is already running")
         self._cancel = threading.Event()
@@ -62,18 +88,20 @@ class RankWeightUpdater:
         self._staged = None
         self._thread = threading.Thread(
             target=self._stage,
-            args=(version, source, expected_manifest, self._cancel),
+            args=(version, source, expected_manifest, broadcast_rank_base, self._cancel),
             daemon=True,
             name=f"stage-v{version}",
         )
         self._thread.start()
 
-    def _stage(self, version: int, source: str, expected: str | None, cancel: threading.Event) -> None:
+    def _stage(
+        self, version: int, source: str, expected: str | None, rank_base: int | None, cancel: threading.Event
+    ) -> None:
         manifest = Manifest(version, {})
-        tensors: Iterable[tuple[str, WeightSource]] = []
+        tensors: Iterator[tuple[str, WeightSource]] = iter([])
         setup_error: Exception | None = None
         try:
-            manifest, tensors = checkpoint_tensors(source)
+            manifest, tensors = self._open_source(version, source, rank_base, cancel)
             if manifest.version != version:
                 raise ManifestError(f"{source} holds version {manifest.version}, not {version}")
             if expected is not None and manifest.checksum != expected:
@@ -86,6 +114,21 @@ class RankWeightUpdater:
         except Exception as exc:
             logger.warning("rank %d: staging v%d failed: %s", self.tp.rank, version, exc)
             self._result = StageResult(version, None, str(exc))
+        finally:
+            for _ in tensors:  # a broadcast must be received to its end, or the sender would hang
+                pass
+
+    def _open_source(
+        self, version: int, source: str, rank_base: int | None, cancel: threading.Event
+    ) -> tuple[Manifest, Iterator[tuple[str, WeightSource]]]:
+        if not is_broadcast_source(source):
+            return checkpoint_tensors(source)
+        spec = BroadcastSpec.parse(source)
+        if rank_base is None:
+            return checkpoint_tensors(wait_for_checkpoint(spec.checkpoint, cancel, self.broadcast_timeout))
+        device = next(self.model.parameters()).device
+        group, self._store = join_group(spec, rank_base + self.tp.rank, version, self.broadcast_timeout)
+        return receive(group, device)
 
     def wait(self, timeout: float | None = None) -> StageResult | None:
         """The result once the staging thread is done (None while it runs)."""
