@@ -49,13 +49,27 @@ def setup_rank(config: EngineConfig, tp: TensorParallel) -> RankSetup:
     max_positions = config.max_model_len or model_config.max_position_embeddings
     lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
     model = build_model(model_config, tp, dtype, device, max_positions, lm_head_dtype)
-    load_checkpoint(model, config.model_dir)
+    if config.load_format == "random":
+        fill_random(model, seed=1234 + tp.rank)
+    else:
+        load_checkpoint(model, config.model_dir)
     kv_heads = model.num_kv_heads_per_rank
     num_blocks = tp.min_over_ranks(_plan_num_blocks(config, model_config, kv_heads))
     kv_pool = KVCachePool(
         model_config.num_layers, num_blocks, config.block_size, kv_heads, model_config.head_dim, dtype, device
     )
     return RankSetup(model_config, model, kv_pool, min(max_positions, num_blocks * config.block_size))
+
+
+@torch.no_grad()
+def fill_random(model: LlamaForCausalLM, seed: int, std: float = 0.02) -> None:
+    """Benchmarks without a checkpoint: N(0, std) weights, norms at 1 (only config.json is read)."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=generator)
 
 
 def _plan_num_blocks(config: EngineConfig, model_config: ModelConfig, kv_heads: int) -> int:
