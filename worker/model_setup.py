@@ -14,6 +14,8 @@ import torch
 from epochserve.errors import ConfigError
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
+from epochserve.worker.layers.context import LayerContext
+from epochserve.worker.layers.ops import TORCH_OPS, TorchOps
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.models.config import ModelConfig
 from epochserve.worker.models.llama import LlamaForCausalLM
@@ -28,6 +30,11 @@ class RankSetup:
     model: LlamaForCausalLM
     kv_pool: KVCachePool
     max_model_len: int  # the model's limit, capped by what the KV pool can hold for one sequence
+
+
+def select_ops(config: EngineConfig) -> TorchOps:
+    """The kernels a rank uses: PyTorch on CPU (and when asked), Triton on CUDA."""
+    return TORCH_OPS
 
 
 def check_head_split(config: ModelConfig, tp_size: int) -> None:
@@ -48,7 +55,8 @@ def setup_rank(config: EngineConfig, tp: TensorParallel) -> RankSetup:
     device, dtype = config.torch_device, config.torch_dtype
     max_positions = config.max_model_len or model_config.max_position_embeddings
     lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
-    model = build_model(model_config, tp, dtype, device, max_positions, lm_head_dtype)
+    ctx = LayerContext(tp=tp, dtype=dtype, ops=select_ops(config))
+    model = build_model(model_config, ctx, device, max_positions, lm_head_dtype)
     if config.load_format == "random":
         fill_random(model, seed=1234 + tp.rank)
     else:
