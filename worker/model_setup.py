@@ -13,13 +13,17 @@ import torch
 
 from epochserve.errors import ConfigError
 from epochserve.worker.config import EngineConfig
+from epochserve.worker.cuda_graphs import DecodeGraphs
 from epochserve.worker.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
 from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.ops import TORCH_OPS, TorchOps
 from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.models.config import ModelConfig
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.models.loader import build_model, load_checkpoint
+from epochserve.worker.step_plan import PlanChannel
+from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,22 @@ class RankSetup:
     model_config: ModelConfig
     model: LlamaForCausalLM
     kv_pool: KVCachePool
+    num_blocks: int  # blocks the block manager hands out; block `num_blocks` is the scratch block
     max_model_len: int  # the model's limit, capped by what the KV pool can hold for one sequence
+
+    def make_runner(
+        self, config: EngineConfig, tp: TensorParallel, channel: PlanChannel | None
+    ) -> ModelRunner:
+        """This rank's ModelRunner; on CUDA with graphs enabled, its decode graphs are captured now
+        (every rank captures in the same order, so their collectives pair up)."""
+        updater = RankWeightUpdater(self.model, tp, prefer_device=config.stage_on_device)
+        runner = ModelRunner(self.model, self.kv_pool, config.torch_device, updater, channel)
+        if config.torch_device.type == "cuda" and config.cuda_graphs:
+            runner.graphs = DecodeGraphs(
+                self.model, self.kv_pool, self.max_model_len, scratch_block=self.num_blocks
+            )
+            runner.graphs.capture()
+        return runner
 
 
 def select_ops(config: EngineConfig) -> TorchOps:
@@ -63,10 +82,18 @@ def setup_rank(config: EngineConfig, tp: TensorParallel) -> RankSetup:
         load_checkpoint(model, config.model_dir)
     kv_heads = model.num_kv_heads_per_rank
     num_blocks = tp.min_over_ranks(_plan_num_blocks(config, model_config, kv_heads))
+    # One block more than the block manager hands out: the scratch block padding rows write to.
     kv_pool = KVCachePool(
-        model_config.num_layers, num_blocks, config.block_size, kv_heads, model_config.head_dim, dtype, device
+        model_config.num_layers,
+        num_blocks + 1,
+        config.block_size,
+        kv_heads,
+        model_config.head_dim,
+        dtype,
+        device,
     )
-    return RankSetup(model_config, model, kv_pool, min(max_positions, num_blocks * config.block_size))
+    max_model_len = min(max_positions, num_blocks * config.block_size)
+    return RankSetup(model_config, model, kv_pool, num_blocks, max_model_len)
 
 
 @torch.no_grad()
