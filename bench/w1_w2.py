@@ -43,45 +43,55 @@ def random_prompts(count: int, length: int, seed: int) -> list[list[int]]:
     return torch.randint(1000, 100000, (count, length), generator=g).tolist()
 
 
-def peer(results: dict) -> None:
-    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
+def hf_config():
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(**{k: v for k, v in LLAMA31_8B.items() if k not in ("architectures", "model_type")})
+    return LlamaConfig(**{k: v for k, v in LLAMA31_8B.items() if k not in ("architectures", "model_type")})
+
+
+def peer_w1(results: dict) -> None:
+    """transformers `generate`, static cache, compiled (its fastest single-request path)."""
+    from transformers import AutoModelForCausalLM
+
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+        model = AutoModelForCausalLM.from_config(hf_config(), dtype=torch.bfloat16).eval()
     prompt = torch.tensor(random_prompts(1, W1_PROMPT, 1), device="cuda")
-    try:
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
-        kwargs = dict(
-            max_new_tokens=W1_NEW, min_new_tokens=W1_NEW, do_sample=False, cache_implementation="static"
+    model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    kwargs = dict(
+        max_new_tokens=W1_NEW, min_new_tokens=W1_NEW, do_sample=False, cache_implementation="static"
+    )
+    for _ in range(2):
+        model.generate(prompt, **kwargs)  # compile and warm up
+    times = [wall(lambda: model.generate(prompt, **kwargs)) for _ in range(3)]
+    results["peer_w1_tokens_per_s"] = W1_NEW / statistics.median(times)
+
+
+def peer_w2(results: dict) -> None:
+    """transformers `generate_batch`: continuous batching over paged attention."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(
+            hf_config(), dtype=torch.bfloat16, attn_implementation="paged|sdpa"
         )
-        for _ in range(2):
-            model.generate(prompt, **kwargs)  # compile and warm up
-        times = [wall(lambda: model.generate(prompt, **kwargs)) for _ in range(3)]
-        results["peer_w1_tokens_per_s"] = W1_NEW / statistics.median(times)
-    except Exception as exc:  # report, keep going
-        results["peer_w1_error"] = repr(exc)[:300]
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
+    model.eval()
+    gen = GenerationConfig(max_new_tokens=W2_NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
+    prompts = random_prompts(W2_REQUESTS, W2_PROMPT, 2)
+    model.generate_batch(inputs=prompts[:8], generation_config=gen)  # warm up
+    start = time.perf_counter()
+    outputs = model.generate_batch(inputs=prompts, generation_config=gen)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(o.generated_tokens) for o in outputs.values())
+    results["peer_w2_output_tokens_per_s"] = tokens / elapsed
+    results["peer_w2_tokens"] = tokens
+
+
+def run_isolated(name: str, fn, results: dict) -> None:
+    """Run one contender, record its error instead of dying, and give its memory back."""
     try:
-        with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(
-                config, dtype=torch.bfloat16, attn_implementation="paged|sdpa"
-            )
-        model.eval()
-        gen = GenerationConfig(max_new_tokens=W2_NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
-        prompts = random_prompts(W2_REQUESTS, W2_PROMPT, 2)
-        model.generate_batch(inputs=prompts[:8], generation_config=gen)  # warm up
-        start = time.perf_counter()
-        outputs = model.generate_batch(inputs=prompts, generation_config=gen)
-        elapsed = time.perf_counter() - start
-        tokens = sum(len(o.generated_tokens) for o in outputs.values())
-        results["peer_w2_output_tokens_per_s"] = tokens / elapsed
-        results["peer_w2_tokens"] = tokens
-        del model
+        fn(results)
     except Exception as exc:
-        results["peer_w2_error"] = repr(exc)[:300]
+        results[f"{name}_error"] = repr(exc)[:300]
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -91,53 +101,26 @@ def engine_runs(model_dir: Path, results: dict, batch_invariant: bool) -> None:
     from fixtures.engine import make_engine, make_request, run_to_completion
 
     engine = make_engine(
-        model_dir,
-        device="cuda",
-        load_format="random",
-        max_model_len=2048,
-        max_num_seqs=256,
-        max_num_batched_tokens=8192,
-        batch_invariant=batch_invariant,
-    )
-    tag = "bi_" if batch_invariant else ""
-    if not batch_invariant:
-        w1 = random_prompts(1, W1_PROMPT, 1)[0]
+        model_dir, device="cuda", load_format="random", max_model_len=2048, max_num_seqs=256,
+        max_num_batched_tokens=8192, batch_invariant=batch_invariant,
+    )  # fmt: skip
 
-        def one() -> None:
-            req = make_request(
-                f"w1-{time.monotonic_ns()}",
-                w1,
-                engine.limits,
-                temperature=0.0,
-                max_tokens=W1_NEW,
-                ignore_eos=True,
-            )
-            run_to_completion(engine, [req])
-
-        one()
-        results["engine_w1_tokens_per_s"] = W1_NEW / statistics.median(wall(one) for _ in range(3))
-    prompts = random_prompts(W2_REQUESTS, W2_PROMPT, 2)
-
-    def batch() -> None:
-        reqs = [
-            make_request(
-                f"w2-{i}-{time.monotonic_ns()}",
-                p,
-                engine.limits,
-                temperature=0.0,
-                max_tokens=W2_NEW,
-                ignore_eos=True,
-            )
-            for i, p in enumerate(prompts)
-        ]
+    def run(prompts: list[list[int]], new_tokens: int) -> None:
+        tag = time.monotonic_ns()
+        reqs = [make_request(f"{tag}-{i}", p, engine.limits, temperature=0.0, max_tokens=new_tokens,
+                             ignore_eos=True) for i, p in enumerate(prompts)]  # fmt: skip
         out = run_to_completion(engine, reqs, max_steps=100_000)
-        assert sum(len(s[0].token_ids) for s in out.values()) == W2_REQUESTS * W2_NEW
+        assert sum(len(s[0].token_ids) for s in out.values()) == len(prompts) * new_tokens
 
-    batch()  # warm up
-    results[f"engine_{tag}w2_output_tokens_per_s"] = W2_REQUESTS * W2_NEW / wall(batch)
-    del engine
-    gc.collect()
-    torch.cuda.empty_cache()
+    if not batch_invariant:
+        w1 = random_prompts(1, W1_PROMPT, 1)
+        run(w1, W1_NEW)
+        times = [wall(lambda: run(w1, W1_NEW)) for _ in range(3)]
+        results["engine_w1_tokens_per_s"] = W1_NEW / statistics.median(times)
+    w2 = random_prompts(W2_REQUESTS, W2_PROMPT, 2)
+    run(w2, W2_NEW)  # warm up
+    tag = "bi_" if batch_invariant else ""
+    results[f"engine_{tag}w2_output_tokens_per_s"] = W2_REQUESTS * W2_NEW / wall(lambda: run(w2, W2_NEW))
 
 
 def main() -> None:
@@ -150,12 +133,13 @@ def main() -> None:
     results.update(measure_ceilings())
     results.update(rooflines(results))
     if not args.skip_peer:
-        peer(results)
+        run_isolated("peer_w1", peer_w1, results)
+        run_isolated("peer_w2", peer_w2, results)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_config(Path(tmp) / "llama8b")
-        engine_runs(model_dir, results, batch_invariant=False)
+        run_isolated("engine", lambda r: engine_runs(model_dir, r, batch_invariant=False), results)
         if not args.skip_batch_invariant:
-            engine_runs(model_dir, results, batch_invariant=True)
+            run_isolated("engine_bi", lambda r: engine_runs(model_dir, r, batch_invariant=True), results)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -166,10 +150,12 @@ def table(r: dict) -> None:
     print(
         f"\nHBM {r['hbm_bytes_per_s'] / 1e12:.2f} TB/s, bf16 {r['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s ({r['device']})"
     )
-    rows = [("W1 tok/s", "engine_w1_tokens_per_s", "peer_w1_tokens_per_s", "w1_tokens_per_s"),
-            ("W2 out tok/s", "engine_w2_output_tokens_per_s", "peer_w2_output_tokens_per_s", "w2_output_tokens_per_s"),
-            ("W2 batch-invariant", "engine_bi_w2_output_tokens_per_s", "peer_w2_output_tokens_per_s",
-             "w2_output_tokens_per_s")]  # fmt: skip
+    w2 = ("peer_w2_output_tokens_per_s", "w2_output_tokens_per_s")
+    rows = [
+        ("W1 tok/s", "engine_w1_tokens_per_s", "peer_w1_tokens_per_s", "w1_tokens_per_s"),
+        ("W2 out tok/s", "engine_w2_output_tokens_per_s", *w2),
+        ("W2 batch-invariant", "engine_bi_w2_output_tokens_per_s", *w2),
+    ]
     print(f"{'workload':20} {'engine':>9} {'peer':>9} {'roofline':>9} {'vs roof':>8} {'vs peer':>8}")
     for name, ours, theirs, roof in rows:
         if ours not in r:

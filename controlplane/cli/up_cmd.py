@@ -12,16 +12,18 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("up", help="run a local cluster (etcd, coordinator, workers, router)")
+    parser = subparsers.add_parser("up", help="run a local cluster: etcd, coordinator, workers, router")
     parser.add_argument("--model", default="smollm2", help="Hugging Face model dir, or 'smollm2' (bundled)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (TP groups)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per worker")
     parser.add_argument("--routers", type=int, default=1, help="router processes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cluster", default="local", help="cluster name (etcd prefix)")
-    parser.add_argument("--workdir", type=Path, default=None, help="logs, etcd data, token (default: a temp dir)")
-    parser.add_argument("--worker-arg", action="append", default=[], help="extra `epochctl worker` flag (repeat)")
-    parser.add_argument("--ready-file", type=Path, default=None, help="write the endpoints here once up (JSON)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="logs, etcd data, token (default: temp dir)"
+    )
+    parser.add_argument("--worker-arg", action="append", default=[], help="extra `epochctl worker` flag")
+    parser.add_argument("--ready-file", type=Path, default=None, help="write the endpoints here (JSON)")
     parser.set_defaults(func=run)
 
 
@@ -45,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cluster = LocalCluster(spec)
-    print(f"starting etcd, coordinator, {args.workers} worker(s) and {args.routers} router(s) in {workdir} ...",
-          file=sys.stderr, flush=True)
+    what = f"etcd, coordinator, {args.workers} worker(s) and {args.routers} router(s)"
+    print(f"starting {what} in {workdir} ...", file=sys.stderr, flush=True)
     try:
         cluster.start()
         endpoints = describe(cluster, workdir)
