@@ -147,9 +147,8 @@ def main() -> None:
 
 
 def table(r: dict) -> None:
-    print(
-        f"\nHBM {r['hbm_bytes_per_s'] / 1e12:.2f} TB/s, bf16 {r['bf16_flop_per_s'] / 1e12:.0f} TFLOP/s ({r['device']})"
-    )
+    hbm, peak = r["hbm_bytes_per_s"] / 1e12, r["bf16_flop_per_s"] / 1e12
+    print(f"\nHBM {hbm:.2f} TB/s, bf16 {peak:.0f} TFLOP/s ({r['device']}, {r['date']})")
     w2 = ("peer_w2_output_tokens_per_s", "w2_output_tokens_per_s")
     rows = [
         ("W1 tok/s", "engine_w1_tokens_per_s", "peer_w1_tokens_per_s", "w1_tokens_per_s"),
