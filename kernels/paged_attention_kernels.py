@@ -21,7 +21,7 @@ import triton.language as tl
 # A finite "minus infinity" for running maxima: exp2(NEG_INIT - NEG_INIT) = 1 and
 # exp2(NEG_INIT - real max) = 0, so fully masked rows and partitions never produce inf - inf = NaN
 # and fold into a running state as exact no-ops.
-NEG_INIT = -1.0e30
+NEG_INIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -119,7 +119,7 @@ def _find_seq(index, starts_ptr, num_seqs, STEP: tl.constexpr):
 
 @triton.jit(do_not_specialize=["num_seqs", "split_tokens", "num_parts"])
 def _paged_attention_kernel(
-    out_ptr,  # [num_tokens, num_heads, head_dim] (loop schedule)
+    out_ptr,  # [num_tokens, num_heads, head_dim] (single and loop schedules)
     part_acc_ptr,  # [num_tokens, num_heads, num_parts, HEAD_DIM_PAD] fp32 (split schedule)
     part_m_ptr,  # [num_tokens, num_heads, num_parts] fp32
     part_l_ptr,  # [num_tokens, num_heads, num_parts] fp32
@@ -151,7 +151,9 @@ def _paged_attention_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
-    SPLIT: tl.constexpr,  # True: this program does partition program_id(2) and writes partials
+    # "single": the whole context in one pass; "loop": partitions folded in-program; "split": this
+    # program does partition program_id(2) only and writes its partial state.
+    SCHEDULE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -179,7 +181,7 @@ def _paged_attention_kernel(
     kv_hi = seq_len - q_len + tl.minimum(q_len, tok0 + BLOCK_Q)
     block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
 
-    if SPLIT:
+    if SCHEDULE == "split":
         part = tl.program_id(2)
         lo = part * split_tokens
         if lo >= kv_hi:
@@ -196,17 +198,26 @@ def _paged_attention_kernel(
         acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
         tl.store(part_acc_ptr + acc_offs, acc, mask=row_mask[:, None])
     else:
-        m_run = tl.full([BLOCK_M], NEG_INIT, tl.float32)
-        l_run = tl.zeros([BLOCK_M], tl.float32)
-        acc_run = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-        for lo in range(0, kv_hi, split_tokens):
-            m, l, acc = _attend_partition(
-                q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, lo,
-                tl.minimum(lo + split_tokens, kv_hi), scale_log2e,
+        if SCHEDULE == "single":
+            # The whole context is one partition: folding it into the initial state would give back
+            # (m, l, acc) exactly, so skipping the fold keeps results identical and saves registers.
+            m_run, l_run, acc_run = _attend_partition(
+                q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, 0, kv_hi, scale_log2e,
                 stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                 HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
             )  # fmt: skip
-            m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m, l, acc)
+        else:
+            m_run = tl.full([BLOCK_M], NEG_INIT, tl.float32)
+            l_run = tl.zeros([BLOCK_M], tl.float32)
+            acc_run = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
+            for lo in range(0, kv_hi, split_tokens):
+                m, l, acc = _attend_partition(
+                    q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, lo,
+                    tl.minimum(lo + split_tokens, kv_hi), scale_log2e,
+                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                    HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
+                )  # fmt: skip
+                m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m, l, acc)
         # Rows past the tile's tokens have l = 0; dividing them by 1 keeps NaN out of registers.
         out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
         o_offs = token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import triton
@@ -31,7 +32,7 @@ from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, 
 # batch ≥ 8 gives ≥ 2 partitions per (sequence, kv head); partial state is ~1.6% of the KV bytes.
 BATCH_INVARIANT_SPLIT_TOKENS = 512
 # Non-invariant decode: aim for this many programs per SM, never splitting below MIN_SPLIT_TOKENS.
-_PROGRAMS_PER_SM = 4
+_PROGRAMS_PER_SM = 16  # many small programs: the last wave's idle SMs cost little
 _MIN_SPLIT_TOKENS = 256
 # The split schedule's fp32 partial buffers may take at most this much; past it the loop schedule
 # runs instead (bit-identical, only less parallel).
@@ -73,6 +74,54 @@ def _auto_split_tokens(num_seqs: int, num_kv_heads: int, max_seq_len: int, block
     return math.ceil(split / block_n) * block_n
 
 
+@dataclass(frozen=True, slots=True)
+class AttentionPlan:
+    """How one call runs: tile shapes, partition length and schedule (see the module docstring)."""
+
+    tiles: AttentionTiles
+    split_tokens: int  # partition length in key positions, a multiple of tiles.block_n
+    num_parts: int  # partitions of the longest sequence
+    schedule: Literal["single", "loop", "split"]
+
+
+def plan_attention(
+    num_tokens: int,
+    num_seqs: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    max_query_len: int,
+    max_seq_len: int,
+    fixed_split_tokens: int | None,
+    num_sms: int,
+    tiles: AttentionTiles | None = None,
+) -> AttentionPlan:
+    """Pick tiles, partition length and schedule from host-side sizes only (no device sync)."""
+    group = num_heads // num_kv_heads
+    is_decode = max_query_len <= 1
+    if tiles is None:
+        tiles = decode_tiles(group) if is_decode or fixed_split_tokens is not None else prefill_tiles(group)
+    if fixed_split_tokens is not None:
+        if fixed_split_tokens <= 0 or fixed_split_tokens % tiles.block_n:
+            raise ValueError(f"fixed_split_tokens must be a positive multiple of {tiles.block_n}")
+        split = fixed_split_tokens
+    elif is_decode:
+        split = _auto_split_tokens(num_seqs, num_kv_heads, max_seq_len, tiles.block_n, num_sms)
+    else:
+        split = max(tiles.block_n, math.ceil(max_seq_len / tiles.block_n) * tiles.block_n)
+    num_parts = max(1, math.ceil(max_seq_len / split))
+    partial_bytes = num_tokens * num_heads * num_parts * (triton.next_power_of_2(head_dim) + 2) * 4
+    schedule: Literal["single", "loop", "split"]
+    if num_parts == 1:
+        schedule = "single"
+    elif is_decode and partial_bytes <= _MAX_PARTIAL_BYTES:
+        schedule = "split"
+    else:
+        schedule = "loop"
+    return AttentionPlan(tiles, split, num_parts, schedule)
+
+
 def _check_inputs(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
     if query.dim() != 3 or key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
         raise ValueError("expected query [T, Hq, D] and caches [blocks, block_size, Hkv, D] of one shape")
@@ -109,57 +158,60 @@ def paged_attention_triton(
     _check_inputs(query, key_cache, value_cache)
     if query.stride(-1) != 1:
         query = query.contiguous()
-    num_tokens, num_heads, head_dim = query.shape
-    num_kv_heads, page_size = key_cache.shape[2], key_cache.shape[1]
-    group = num_heads // num_kv_heads
-    num_seqs = seq_lens.shape[0]
-    is_decode = max_query_len <= 1
-    if tiles is None:
-        invariant_or_decode = is_decode or fixed_split_tokens is not None
-        tiles = decode_tiles(group) if invariant_or_decode else prefill_tiles(group)
-    if fixed_split_tokens is not None:
-        if fixed_split_tokens <= 0 or fixed_split_tokens % tiles.block_n:
-            raise ValueError(f"fixed_split_tokens must be a positive multiple of {tiles.block_n}")
-        split = fixed_split_tokens
-    elif is_decode:
-        split = _auto_split_tokens(num_seqs, num_kv_heads, max_seq_len, tiles.block_n, _num_sms(query.device))
-    else:
-        split = max(tiles.block_n, math.ceil(max_seq_len / tiles.block_n) * tiles.block_n)
-    num_parts = max(1, math.ceil(max_seq_len / split))
-    head_dim_pad = triton.next_power_of_2(head_dim)
-    partial_bytes = num_tokens * num_heads * num_parts * (head_dim_pad + 2) * 4
-    use_split = is_decode and num_parts > 1 and partial_bytes <= _MAX_PARTIAL_BYTES
     if out is None:
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
     elif out.shape != query.shape or out.stride(-1) != 1:
         raise ValueError("out must have the query's shape and a contiguous last dimension")
-    if num_tokens == 0:
-        return out
+    num_tokens, num_heads, head_dim = query.shape
+    num_seqs, num_kv_heads = seq_lens.shape[0], key_cache.shape[2]
+    plan = plan_attention(
+        num_tokens, num_seqs, num_heads, num_kv_heads, head_dim,
+        max_query_len=max_query_len, max_seq_len=max_seq_len, fixed_split_tokens=fixed_split_tokens,
+        num_sms=_num_sms(query.device), tiles=tiles,
+    )  # fmt: skip
+    if num_tokens:
+        _launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, plan, out)
+    return out
 
+
+def _launch(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    plan: AttentionPlan,
+    out: torch.Tensor,
+) -> None:
+    num_tokens, num_heads, head_dim = query.shape
+    num_seqs, num_kv_heads = seq_lens.shape[0], key_cache.shape[2]
+    group, tiles, split = num_heads // num_kv_heads, plan.tiles, plan.schedule == "split"
+    head_dim_pad = triton.next_power_of_2(head_dim)
     block_q = tiles.block_m // group
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_parts if use_split else 1)
-    parts_shape = (num_tokens, num_heads, num_parts) if use_split else (1, 1, 1)
+    grid = (num_tokens // block_q + num_seqs, num_kv_heads, plan.num_parts if split else 1)
+    parts_shape = (num_tokens, num_heads, plan.num_parts) if split else (1, 1, 1)
     part_m = torch.empty(parts_shape, dtype=torch.float32, device=query.device)
     part_l = torch.empty(parts_shape, dtype=torch.float32, device=query.device)
     part_acc = torch.empty((*parts_shape, head_dim_pad), dtype=torch.float32, device=query.device)
     _paged_attention_kernel[grid](
         out, part_acc, part_m, part_l, query, key_cache, value_cache,
         block_tables, seq_lens, query_start_loc,
-        scale * _LOG2E, num_seqs, split, num_parts,
+        scale * _LOG2E, num_seqs, plan.split_tokens, plan.num_parts,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-        BLOCK_M=tiles.block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n, PAGE_SIZE=page_size,
-        SPLIT=use_split, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        BLOCK_M=tiles.block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n, PAGE_SIZE=key_cache.shape[1],
+        SCHEDULE=plan.schedule, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
-    if use_split:
+    if split:
         _reduce_partitions_kernel[(num_tokens, num_kv_heads)](
             out, part_acc, part_m, part_l, seq_lens, query_start_loc,
-            num_seqs, split, num_parts, out.stride(0), out.stride(1),
+            num_seqs, plan.split_tokens, plan.num_parts, out.stride(0), out.stride(1),
             GROUP=group, GROUP_PAD=triton.next_power_of_2(group),
             HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, num_warps=4,
         )  # fmt: skip
-    return out
