@@ -25,16 +25,16 @@ NEG_INIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit
-def _merge_state(m_run, l_run, acc_run, m, l, acc):
+def _merge_state(m_run, l_run, acc_run, m_i, l_i, acc):
     """Fold one partition's (max [R], sum [R], unnormalized output [R, D]) into the running state.
 
     Explicit fma pins the rounding: the compiler cannot fuse these products differently in the two
     kernels that call this (tile loop schedule and reduce), which would break bit-identity.
     """
-    m_new = tl.maximum(m_run, m)
+    m_new = tl.maximum(m_run, m_i)
     alpha = tl.exp2(m_run - m_new)
-    beta = tl.exp2(m - m_new)
-    l_new = tl.fma(l_run, alpha, l * beta)
+    beta = tl.exp2(m_i - m_new)
+    l_new = tl.fma(l_run, alpha, l_i * beta)
     acc_new = tl.fma(acc_run, alpha[:, None], acc * beta[:, None])
     return m_new, l_new, acc_new
 
@@ -65,12 +65,12 @@ def _attend_partition(
 ):
     """Online softmax of the tile's rows over key positions [kv_lo, kv_hi), in tiles of BLOCK_N.
 
-    Returns (m [BLOCK_M], l [BLOCK_M], acc [BLOCK_M, HEAD_DIM_PAD]), all fp32, acc unnormalized.
+    Returns (m_i [BLOCK_M], l_i [BLOCK_M], acc [BLOCK_M, HEAD_DIM_PAD]), all fp32, acc unnormalized.
     """
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_mask = offs_d < HEAD_DIM
-    m = tl.full([BLOCK_M], NEG_INIT, tl.float32)
-    l = tl.zeros([BLOCK_M], tl.float32)
+    m_i = tl.full([BLOCK_M], NEG_INIT, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     for start in range(kv_lo, kv_hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
@@ -86,13 +86,13 @@ def _attend_partition(
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2e  # [BLOCK_M, BLOCK_N]
         # Causal: a row sees keys up to its own position (this also bounds keys by seq_len).
         s = tl.where(offs_n[None, :] <= q_pos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m - m_new)
-        l = l * alpha + tl.sum(p, 1)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m = m_new
-    return m, l, acc
+        m_i = m_new
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -154,14 +154,16 @@ def _paged_attention_kernel(
     # "single": the whole context in one pass; "loop": partitions folded in-program; "split": this
     # program does partition program_id(2) only and writes its partial state.
     SCHEDULE: tl.constexpr,
+    DECODE: tl.constexpr,  # every sequence has at most one new token (max_query_len <= 1)
     DOT_PRECISION: tl.constexpr,
 ):
-    tile = tl.program_id(0)
     kv_head = tl.program_id(1)
-    seq = _find_seq(tile, query_start_loc_ptr, num_seqs, BLOCK_Q)
+    # DECODE: at most one new token per sequence, so program i owns sequence i (no search).
+    seq = tl.program_id(0) if DECODE else _find_seq(tl.program_id(0), query_start_loc_ptr, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    tok0 = (tile - (q_start // BLOCK_Q + seq)) * BLOCK_Q  # first token of the tile, in the sequence
+    # First token of the tile, counted in the sequence.
+    tok0 = 0 if DECODE else (tl.program_id(0) - (q_start // BLOCK_Q + seq)) * BLOCK_Q
     if tok0 >= q_len:
         return
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -186,21 +188,21 @@ def _paged_attention_kernel(
         lo = part * split_tokens
         if lo >= kv_hi:
             return
-        m, l, acc = _attend_partition(
+        m_i, l_i, acc = _attend_partition(
             q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, lo,
             tl.minimum(lo + split_tokens, kv_hi), scale_log2e,
             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
             HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
         )  # fmt: skip
         part_row = (token * num_heads + head) * num_parts + part
-        tl.store(part_m_ptr + part_row, m, mask=row_mask)
-        tl.store(part_l_ptr + part_row, l, mask=row_mask)
+        tl.store(part_m_ptr + part_row, m_i, mask=row_mask)
+        tl.store(part_l_ptr + part_row, l_i, mask=row_mask)
         acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
         tl.store(part_acc_ptr + acc_offs, acc, mask=row_mask[:, None])
     else:
         if SCHEDULE == "single":
             # The whole context is one partition: folding it into the initial state would give back
-            # (m, l, acc) exactly, so skipping the fold keeps results identical and saves registers.
+            # (m_i, l_i, acc) exactly, so skipping the fold keeps results identical and saves registers.
             m_run, l_run, acc_run = _attend_partition(
                 q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, 0, kv_hi, scale_log2e,
                 stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
@@ -211,14 +213,14 @@ def _paged_attention_kernel(
             l_run = tl.zeros([BLOCK_M], tl.float32)
             acc_run = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
             for lo in range(0, kv_hi, split_tokens):
-                m, l, acc = _attend_partition(
+                m_i, l_i, acc = _attend_partition(
                     q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, lo,
                     tl.minimum(lo + split_tokens, kv_hi), scale_log2e,
                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                     HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
                 )  # fmt: skip
-                m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m, l, acc)
-        # Rows past the tile's tokens have l = 0; dividing them by 1 keeps NaN out of registers.
+                m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m_i, l_i, acc)
+        # Rows past the tile's tokens have l_run = 0; dividing them by 1 keeps NaN out of registers.
         out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
         o_offs = token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=qd_mask)
@@ -241,11 +243,12 @@ def _reduce_partitions_kernel(
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
+    DECODE: tl.constexpr,
 ):
     """One program per (token, kv head): fold the token's partitions 0..pos // split_tokens in order."""
     token = tl.program_id(0)
     kv_head = tl.program_id(1)
-    seq = _find_seq(token, query_start_loc_ptr, num_seqs, 1)
+    seq = token if DECODE else _find_seq(token, query_start_loc_ptr, num_seqs, 1)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
     pos = tl.load(seq_lens_ptr + seq) - q_len + (token - q_start)
@@ -261,13 +264,12 @@ def _reduce_partitions_kernel(
     acc_run = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], tl.float32)
     for part in range(0, pos // split_tokens + 1):
         part_row = first_part + part
-        m = tl.load(part_m_ptr + part_row, mask=row_mask, other=NEG_INIT)
-        l = tl.load(part_l_ptr + part_row, mask=row_mask, other=0.0)
+        m_i = tl.load(part_m_ptr + part_row, mask=row_mask, other=NEG_INIT)
+        l_i = tl.load(part_l_ptr + part_row, mask=row_mask, other=0.0)
         acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
         acc = tl.load(part_acc_ptr + acc_offs, mask=row_mask[:, None], other=0.0)
-        m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m, l, acc)
+        m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m_i, l_i, acc)
     out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
     o_offs = token.to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
     o_mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=o_mask)
-

@@ -25,7 +25,6 @@ from typing import Literal
 
 import torch
 import triton
-
 from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, _reduce_partitions_kernel
 
 # Partition length the batch-invariant mode is meant to use: a decode step at 1k-32k context and
@@ -52,12 +51,16 @@ class AttentionTiles:
 
 def decode_tiles(group: int) -> AttentionTiles:
     """Small query tiles for decode (one token × group heads); also the batch-invariant tiles."""
-    return AttentionTiles(block_m=max(16, triton.next_power_of_2(group)), block_n=64, num_warps=4, num_stages=3)
+    return AttentionTiles(
+        block_m=max(16, triton.next_power_of_2(group)), block_n=64, num_warps=4, num_stages=3
+    )
 
 
 def prefill_tiles(group: int) -> AttentionTiles:
     """Larger query tiles for prefill and extend: more rows share each key/value tile."""
-    return AttentionTiles(block_m=max(64, triton.next_power_of_2(group)), block_n=64, num_warps=4, num_stages=2)
+    return AttentionTiles(
+        block_m=max(64, triton.next_power_of_2(group)), block_n=64, num_warps=4, num_stages=2
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,6 +85,7 @@ class AttentionPlan:
     split_tokens: int  # partition length in key positions, a multiple of tiles.block_n
     num_parts: int  # partitions of the longest sequence
     schedule: Literal["single", "loop", "split"]
+    is_decode: bool  # ≤ 1 new token per sequence: one program row per sequence, no tile search
 
 
 def plan_attention(
@@ -119,14 +123,16 @@ def plan_attention(
         schedule = "split"
     else:
         schedule = "loop"
-    return AttentionPlan(tiles, split, num_parts, schedule)
+    return AttentionPlan(tiles, split, num_parts, schedule, is_decode)
 
 
 def _check_inputs(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
     if query.dim() != 3 or key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
         raise ValueError("expected query [T, Hq, D] and caches [blocks, block_size, Hkv, D] of one shape")
     if query.shape[1] % key_cache.shape[2] or query.shape[2] != key_cache.shape[3]:
-        raise ValueError(f"query heads/dim {tuple(query.shape[1:])} do not fit cache {tuple(key_cache.shape)}")
+        raise ValueError(
+            f"query heads/dim {tuple(query.shape[1:])} do not fit cache {tuple(key_cache.shape)}"
+        )
     if key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
         raise ValueError("key/value caches need a contiguous last (head_dim) dimension")
 
@@ -190,7 +196,8 @@ def _launch(
     group, tiles, split = num_heads // num_kv_heads, plan.tiles, plan.schedule == "split"
     head_dim_pad = triton.next_power_of_2(head_dim)
     block_q = tiles.block_m // group
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads, plan.num_parts if split else 1)
+    num_rows = num_seqs if plan.is_decode else num_tokens // block_q + num_seqs
+    grid = (num_rows, num_kv_heads, plan.num_parts if split else 1)
     parts_shape = (num_tokens, num_heads, plan.num_parts) if split else (1, 1, 1)
     part_m = torch.empty(parts_shape, dtype=torch.float32, device=query.device)
     part_l = torch.empty(parts_shape, dtype=torch.float32, device=query.device)
@@ -205,7 +212,8 @@ def _launch(
         block_tables.stride(0),
         GROUP=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         BLOCK_M=tiles.block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n, PAGE_SIZE=key_cache.shape[1],
-        SCHEDULE=plan.schedule, DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        SCHEDULE=plan.schedule, DECODE=plan.is_decode,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
     if split:
@@ -213,5 +221,5 @@ def _launch(
             out, part_acc, part_m, part_l, seq_lens, query_start_loc,
             num_seqs, plan.split_tokens, plan.num_parts, out.stride(0), out.stride(1),
             GROUP=group, GROUP_PAD=triton.next_power_of_2(group),
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, num_warps=4,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, DECODE=plan.is_decode, num_warps=4,
         )  # fmt: skip

@@ -70,7 +70,11 @@ def _prepare(x: torch.Tensor, inplace: bool) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _launch(
-    q: torch.Tensor, k: torch.Tensor | None, positions: torch.Tensor, cos_sin_cache: torch.Tensor, inplace: bool
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     q, q_out = _prepare(q, inplace)
     k, k_out = _prepare(k, inplace) if k is not None else (q, q_out)

@@ -44,6 +44,7 @@ def make_paged_batch(
 ) -> PagedBatch:
     """Pages are drawn in a random order so that neighbouring positions live in distant blocks."""
     gen = torch.Generator().manual_seed(seed)
+    dev_gen = torch.Generator(device=device).manual_seed(seed)  # big tensors are drawn where they live
     blocks_per_seq = [-(-seq_len // block_size) for seq_len, _ in seqs]
     num_blocks = sum(blocks_per_seq) + 3  # spare blocks hold random data nobody should read
     perm = torch.randperm(num_blocks, generator=gen)
@@ -55,24 +56,23 @@ def make_paged_batch(
         block_tables[i, :n] = perm[used : used + n]
         used += n
     cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    key_cache = torch.randn(cache_shape, generator=gen).to(dtype)
-    value_cache = torch.randn(cache_shape, generator=gen).to(dtype)
+    key_cache = torch.randn(cache_shape, generator=dev_gen, device=device).to(dtype)
+    value_cache = torch.randn(cache_shape, generator=dev_gen, device=device).to(dtype)
     num_tokens = sum(q for _, q in seqs)
     if merged_qkv:
         width = (num_heads + 2 * num_kv_heads) * head_dim
-        qkv = torch.randn(num_tokens, width, generator=gen).to(dtype)
+        qkv = torch.randn(num_tokens, width, generator=dev_gen, device=device).to(dtype)
         query = qkv[:, : num_heads * head_dim].view(num_tokens, num_heads, head_dim)
     else:
-        query = torch.randn(num_tokens, num_heads, head_dim, generator=gen).to(dtype)
+        query = torch.randn(num_tokens, num_heads, head_dim, generator=dev_gen, device=device).to(dtype)
     starts = [0]
     for _, q in seqs:
         starts.append(starts[-1] + q)
-    to = dict(device=device)
     return PagedBatch(
-        query=query.to(**to),
-        key_cache=key_cache.to(**to),
-        value_cache=value_cache.to(**to),
-        block_tables=block_tables.to(**to),
+        query=query,
+        key_cache=key_cache,
+        value_cache=value_cache,
+        block_tables=block_tables.to(device),
         seq_lens=torch.tensor([s for s, _ in seqs], dtype=torch.int32, device=device),
         query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
     )

@@ -9,6 +9,7 @@ tests/kernels/test_sm90_compile.py runs it as a test. Must run without TRITON_IN
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -41,15 +42,23 @@ def compile_sm90(fn: Any, args: dict[str, Any], num_warps: int, num_stages: int)
             if value.startswith("*") or name.startswith("stride"):
                 attrs[(i,)] = [["tt.divisibility", 16]]  # what launches see for aligned tensors
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
+    )
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        usage = subprocess.run([f"{_BIN}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+        usage = subprocess.run(
+            [f"{_BIN}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True
+        ).stdout
         sass = subprocess.run([f"{_BIN}/cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
     found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
     assert found, usage
-    report: dict[str, Any] = {"regs": int(found[1]), "stack": int(found[2]), "shared": compiled.metadata.shared}
+    report: dict[str, Any] = {
+        "regs": int(found[1]),
+        "stack": int(found[2]),
+        "shared": compiled.metadata.shared,
+    }
     report.update({op: sass.count(op) for op in _SASS_OPS})
     return report
 
@@ -57,9 +66,8 @@ def compile_sm90(fn: Any, args: dict[str, Any], num_warps: int, num_stages: int)
 def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, schedule: str) -> tuple:
     from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel
 
-    names = ("num_seqs", "split_tokens", "num_parts") + tuple(
-        f"stride_{s}" for s in ("qt", "qh", "ot", "oh", "kb", "ks", "kh", "vb", "vs", "vh", "bt")
-    )
+    strides = ("qt", "qh", "ot", "oh", "kb", "ks", "kh", "vb", "vs", "vh", "bt")
+    names = ("num_seqs", "split_tokens", "num_parts", *(f"stride_{s}" for s in strides))
     args: dict[str, Any] = {n: "i32" for n in names}
     args.update(
         out_ptr=f"*{dtype}", part_acc_ptr="*fp32", part_m_ptr="*fp32", part_l_ptr="*fp32", q_ptr=f"*{dtype}",
@@ -67,7 +75,7 @@ def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, sch
         query_start_loc_ptr="*i32", scale_log2e="fp32", GROUP=_const(group), HEAD_DIM=_const(head_dim),
         HEAD_DIM_PAD=_const(triton.next_power_of_2(head_dim)), BLOCK_M=_const(tiles.block_m),
         BLOCK_Q=_const(tiles.block_m // group), BLOCK_N=_const(tiles.block_n), PAGE_SIZE=_const(page),
-        SCHEDULE=_const(schedule), DOT_PRECISION=_const("tf32"),
+        SCHEDULE=_const(schedule), DECODE=_const(schedule == "split"), DOT_PRECISION=_const("tf32"),
     )  # fmt: skip
     return _paged_attention_kernel, args, tiles.num_warps, tiles.num_stages
 
@@ -76,10 +84,11 @@ def _reduce(dtype: str, group: int, head_dim: int) -> tuple:
     from epochserve.kernels.paged_attention_kernels import _reduce_partitions_kernel
 
     args: dict[str, Any] = dict(
-        out_ptr=f"*{dtype}", part_acc_ptr="*fp32", part_m_ptr="*fp32", part_l_ptr="*fp32", seq_lens_ptr="*i32",
-        query_start_loc_ptr="*i32", num_seqs="i32", split_tokens="i32", num_parts="i32", stride_ot="i32",
-        stride_oh="i32", GROUP=_const(group), GROUP_PAD=_const(triton.next_power_of_2(group)),
-        HEAD_DIM=_const(head_dim), HEAD_DIM_PAD=_const(head_dim),
+        out_ptr=f"*{dtype}", part_acc_ptr="*fp32", part_m_ptr="*fp32", part_l_ptr="*fp32",
+        seq_lens_ptr="*i32", query_start_loc_ptr="*i32", num_seqs="i32", split_tokens="i32",
+        num_parts="i32", stride_ot="i32", stride_oh="i32", GROUP=_const(group),
+        GROUP_PAD=_const(triton.next_power_of_2(group)), HEAD_DIM=_const(head_dim),
+        HEAD_DIM_PAD=_const(head_dim), DECODE=_const(True),
     )  # fmt: skip
     return _reduce_partitions_kernel, args, 4, 3
 
@@ -131,14 +140,17 @@ def cases() -> list[tuple[str, Callable[[], tuple]]]:
 
     out: list[tuple[str, Callable[[], tuple]]] = []
     for dtype, group, head_dim, page in (("bf16", 4, 128, 16), ("fp16", 3, 64, 32), ("bf16", 8, 128, 32)):
-        for schedule in ("single", "loop", "split"):
-            label = f"attention {dtype} G{group} D{head_dim} page{page} decode-tiles {schedule}"
-            out.append((label, lambda a=(dtype, group, head_dim, decode_tiles(group), page, schedule): _attention(*a)))
-        label = f"attention {dtype} G{group} D{head_dim} page{page} prefill-tiles single"
-        out.append((label, lambda a=(dtype, group, head_dim, prefill_tiles(group), page, "single"): _attention(*a)))
-        out.append((f"reduce {dtype} G{group} D{head_dim}", lambda a=(dtype, group, head_dim): _reduce(*a)))
+        decode, prefill = decode_tiles(group), prefill_tiles(group)
+        for tiles, schedule in ((decode, "single"), (decode, "loop"), (decode, "split"), (prefill, "single")):
+            kind = "decode" if tiles is decode else "prefill"
+            label = f"attention {dtype} G{group} D{head_dim} page{page} {kind}-tiles {schedule}"
+            thunk = functools.partial(_attention, dtype, group, head_dim, tiles, page, schedule)
+            out.append((label, thunk))
+        out.append(
+            (f"reduce {dtype} G{group} D{head_dim}", functools.partial(_reduce, dtype, group, head_dim))
+        )
     for dtype, n, k in (("bf16", 6144, 4096), ("bf16", 28672, 4096), ("fp32", 128256, 4096)):
-        out.append((f"matmul {dtype} N{n} K{k}", lambda a=(dtype, n, k): _matmul(*a)))
+        out.append((f"matmul {dtype} N{n} K{k}", functools.partial(_matmul, dtype, n, k)))
     out.extend((label, lambda c=case: c) for label, case in _elementwise())
     return out
 

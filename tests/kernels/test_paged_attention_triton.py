@@ -97,7 +97,7 @@ def test_sequence_alone_equals_sequence_in_batch_bitwise() -> None:
     )  # fmt: skip
     decode_out = run_triton(decodes, fixed_split_tokens=64)  # decode only: split schedule
     assert torch.equal(decode_out, mixed[[40, 48, 49]])
-    for seq in (1, 2):
+    for seq in (0, 1, 2):  # alone: single (40 ≤ 64 positions), split (decode) and loop schedules
         alone = run_triton(sub_batch(batch, seq), fixed_split_tokens=64)
         start, end = int(batch.query_start_loc[seq]), int(batch.query_start_loc[seq + 1])
         assert torch.equal(alone, mixed[start:end])
@@ -133,12 +133,16 @@ def test_tile_override_and_bad_split() -> None:
 
 
 def test_auto_plan_splits_long_decode_but_not_prefill() -> None:
-    decode = plan_attention(8, 8, 32, 8, 128, max_query_len=1, max_seq_len=8192, fixed_split_tokens=None, num_sms=132)
+    decode = plan_attention(
+        8, 8, 32, 8, 128, max_query_len=1, max_seq_len=8192, fixed_split_tokens=None, num_sms=132
+    )
     assert decode.schedule == "split" and decode.split_tokens % decode.tiles.block_n == 0
     assert 8 * 8 * decode.num_parts >= 132  # enough programs for every SM
     prefill = plan_attention(
         4096, 8, 32, 8, 128, max_query_len=512, max_seq_len=8192, fixed_split_tokens=None, num_sms=132
     )
     assert prefill.schedule == "single" and prefill.tiles.block_m >= 64
-    fixed = plan_attention(8, 8, 32, 8, 128, max_query_len=1, max_seq_len=100, fixed_split_tokens=512, num_sms=132)
+    fixed = plan_attention(
+        8, 8, 32, 8, 128, max_query_len=1, max_seq_len=100, fixed_split_tokens=512, num_sms=132
+    )
     assert fixed.split_tokens == 512 and fixed.schedule == "single"

@@ -20,13 +20,17 @@ def qk_views(num_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, 
     gen = torch.Generator().manual_seed(num_tokens * head_dim)
     qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, generator=gen).to(dtype)
     q = qkv[:, : num_heads * head_dim].view(num_tokens, num_heads, head_dim)
-    k = qkv[:, num_heads * head_dim : (num_heads + num_kv_heads) * head_dim].view(num_tokens, num_kv_heads, head_dim)
+    k = qkv[:, num_heads * head_dim : (num_heads + num_kv_heads) * head_dim].view(
+        num_tokens, num_kv_heads, head_dim
+    )
     return qkv, q, k
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(
-    ("head_dim", "rope_type"), [(64, "default"), (128, "llama3"), (96, "linear")], ids=["d64", "d128-llama3", "d96-linear"]
+    ("head_dim", "rope_type"),
+    [(64, "default"), (128, "llama3"), (96, "linear")],
+    ids=["d64", "d128-llama3", "d96-linear"],
 )
 def test_matches_reference(dtype: torch.dtype, head_dim: int, rope_type: str) -> None:
     inv_freq = rope_inv_freq(head_dim, 500000.0, rope_type, factor=8.0, original_max_position_embeddings=64)
