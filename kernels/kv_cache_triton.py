@@ -32,7 +32,7 @@ def _write_kv_cache_kernel(
 ):
     """One program per token copies all its kv heads (one row of ≥ 1 KB: wide, coalesced stores)."""
     token = tl.program_id(0)
-    slot = tl.load(slot_mapping_ptr + token)
+    slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # int64 offsets: caches exceed 2**31 elements
     if slot < 0:  # padding tokens of a CUDA-graph batch own no slot
         return
     block = slot // PAGE_SIZE

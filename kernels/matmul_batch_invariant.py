@@ -9,6 +9,7 @@ for any number of rows (M = 1 or 8192). The reference is F.linear (fp64 in the t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import triton
@@ -98,10 +99,16 @@ def matmul_batch_invariant(
     x: torch.Tensor,  # [M, K]
     weight: torch.Tensor,  # [N, K]
     bias: torch.Tensor | None = None,  # [N]
+    *,
+    fp32_precision: Literal["ieee", "tf32x3"] = "ieee",
+    tiles: MatmulTiles | None = None,
 ) -> torch.Tensor:
     """x @ weight.T (+ bias) → [M, N] in x's dtype, fp32 accumulation; row i depends on x[i] only.
 
     The bias is added to the fp32 accumulator before the single rounding to the output dtype.
+    fp32_precision (fp32 inputs only): "ieee" multiplies on CUDA cores; "tf32x3" splits each operand
+    into a tf32 head and tail on the tensor cores (≈ fp32 accuracy, several times faster on H100).
+    tiles: override the table (benchmarks); choosing it per call from M would break invariance.
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"cannot multiply x {tuple(x.shape)} by weight.T of {tuple(weight.shape)}")
@@ -115,14 +122,14 @@ def matmul_batch_invariant(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
-    t = matmul_tiles(n, k, weight.dtype)
+    t = tiles or matmul_tiles(n, k, weight.dtype)
     grid = (triton.cdiv(m, t.block_m) * triton.cdiv(n, t.block_n),)
     _matmul_kernel[grid](
         x, weight, bias if bias is not None else weight, out, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, EVEN_K=k % t.block_k == 0,
         BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, GROUP_M=t.group_m,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=fp32_precision if x.dtype == torch.float32 else "tf32",
         num_warps=t.num_warps, num_stages=t.num_stages,
     )  # fmt: skip
     return out

@@ -243,12 +243,15 @@ def _reduce_partitions_kernel(
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
-    DECODE: tl.constexpr,
 ):
-    """One program per (token, kv head): fold the token's partitions 0..pos // split_tokens in order."""
+    """One program per (token, kv head): fold the token's partitions 0..pos // split_tokens in order.
+
+    The token's sequence is searched even for decode: a sequence with no new token would otherwise
+    shift every later token onto the wrong sequence.
+    """
     token = tl.program_id(0)
     kv_head = tl.program_id(1)
-    seq = token if DECODE else _find_seq(token, query_start_loc_ptr, num_seqs, 1)
+    seq = _find_seq(token, query_start_loc_ptr, num_seqs, 1)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
     pos = tl.load(seq_lens_ptr + seq) - q_len + (token - q_start)

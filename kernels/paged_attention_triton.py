@@ -135,6 +135,8 @@ def _check_inputs(query: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
         )
     if key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
         raise ValueError("key/value caches need a contiguous last (head_dim) dimension")
+    if query.dtype != key_cache.dtype or query.dtype != value_cache.dtype:
+        raise ValueError(f"query is {query.dtype} but the caches are {key_cache.dtype}/{value_cache.dtype}")
 
 
 def paged_attention_triton(
@@ -221,5 +223,5 @@ def _launch(
             out, part_acc, part_m, part_l, seq_lens, query_start_loc,
             num_seqs, plan.split_tokens, plan.num_parts, out.stride(0), out.stride(1),
             GROUP=group, GROUP_PAD=triton.next_power_of_2(group),
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, DECODE=plan.is_decode, num_warps=4,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, num_warps=4,
         )  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -225,22 +226,27 @@ def test_rotary_and_silu_match_reference(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "n", "k", "tol"),
-    [(torch.bfloat16, 6144, 4096, 1e-2), (torch.float16, 4096, 14336, 2e-3),
-     (torch.bfloat16, 28672, 4096, 1e-2), (torch.float32, 32000, 4096, 1e-5)],
+    ("dtype", "n", "k", "precision", "tol"),
+    [(torch.bfloat16, 6144, 4096, "ieee", 1e-2), (torch.float16, 4096, 14336, "ieee", 2e-3),
+     (torch.bfloat16, 28672, 4096, "ieee", 1e-2), (torch.float32, 32000, 4096, "ieee", 1e-5),
+     (torch.float32, 32000, 4096, "tf32x3", 1e-5)],
 )  # fmt: skip
 def test_matmul_matches_linear_and_rows_are_bit_identical(
-    dtype: torch.dtype, n: int, k: int, tol: float
+    dtype: torch.dtype, n: int, k: int, precision: Literal["ieee", "tf32x3"], tol: float
 ) -> None:
     x = torch.randn(1000, k, device="cuda", dtype=dtype)
     weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
     bias = torch.randn(n, device="cuda", dtype=dtype) if dtype == torch.bfloat16 else None
-    full = matmul_batch_invariant(x, weight, bias)
+
+    def mm(rows: torch.Tensor) -> torch.Tensor:
+        return matmul_batch_invariant(rows, weight, bias, fp32_precision=precision)
+
+    full = mm(x)
     ref = F.linear(x.double(), weight.double(), bias.double() if bias is not None else None)
     assert rel_err(full, ref) < tol
     for rows in (1, 3, 17, 64, 256):
-        assert same_bytes(matmul_batch_invariant(x[:rows], weight, bias), full[:rows]), rows
-    assert same_bytes(matmul_batch_invariant(x[500:501], weight, bias), full[500:501])
+        assert same_bytes(mm(x[:rows]), full[:rows]), rows
+    assert same_bytes(mm(x[500:501]), full[500:501])
 
 
 @pytest.mark.parametrize("op", ["log_softmax", "softmax", "argmax", "cumsum"])

@@ -75,7 +75,8 @@ def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, sch
         query_start_loc_ptr="*i32", scale_log2e="fp32", GROUP=_const(group), HEAD_DIM=_const(head_dim),
         HEAD_DIM_PAD=_const(triton.next_power_of_2(head_dim)), BLOCK_M=_const(tiles.block_m),
         BLOCK_Q=_const(tiles.block_m // group), BLOCK_N=_const(tiles.block_n), PAGE_SIZE=_const(page),
-        SCHEDULE=_const(schedule), DECODE=_const(schedule == "split"), DOT_PRECISION=_const("tf32"),
+        SCHEDULE=_const(schedule), DECODE=_const(schedule == "split"),
+        DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"),
     )  # fmt: skip
     return _paged_attention_kernel, args, tiles.num_warps, tiles.num_stages
 
@@ -88,12 +89,12 @@ def _reduce(dtype: str, group: int, head_dim: int) -> tuple:
         seq_lens_ptr="*i32", query_start_loc_ptr="*i32", num_seqs="i32", split_tokens="i32",
         num_parts="i32", stride_ot="i32", stride_oh="i32", GROUP=_const(group),
         GROUP_PAD=_const(triton.next_power_of_2(group)), HEAD_DIM=_const(head_dim),
-        HEAD_DIM_PAD=_const(head_dim), DECODE=_const(True),
+        HEAD_DIM_PAD=_const(head_dim),
     )  # fmt: skip
     return _reduce_partitions_kernel, args, 4, 3
 
 
-def _matmul(dtype: str, n: int, k: int) -> tuple:
+def _matmul(dtype: str, n: int, k: int, fp32_precision: str = "ieee") -> tuple:
     import torch
     from epochserve.kernels.matmul_batch_invariant import _matmul_kernel, matmul_tiles
 
@@ -103,7 +104,7 @@ def _matmul(dtype: str, n: int, k: int) -> tuple:
         K="i32", stride_xm="i32", stride_wn="i32", stride_om="i32", HAS_BIAS=_const(True),
         EVEN_K=_const(k % t.block_k == 0), BLOCK_M=_const(t.block_m), BLOCK_N=_const(t.block_n),
         BLOCK_K=_const(t.block_k), GROUP_M=_const(t.group_m),
-        DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"),
+        DOT_PRECISION=_const(fp32_precision if dtype == "fp32" else "tf32"),
     )  # fmt: skip
     return _matmul_kernel, args, t.num_warps, t.num_stages
 
@@ -151,6 +152,11 @@ def cases() -> list[tuple[str, Callable[[], tuple]]]:
         )
     for dtype, n, k in (("bf16", 6144, 4096), ("bf16", 28672, 4096), ("fp32", 128256, 4096)):
         out.append((f"matmul {dtype} N{n} K{k}", functools.partial(_matmul, dtype, n, k)))
+    out.append(
+        ("matmul fp32 tf32x3 N128256 K4096", functools.partial(_matmul, "fp32", 128256, 4096, "tf32x3"))
+    )
+    fp32_attention = functools.partial(_attention, "fp32", 4, 128, decode_tiles(4), 16, "split")
+    out.append(("attention fp32 G4 D128 page16 decode-tiles split", fp32_attention))
     out.extend((label, lambda c=case: c) for label, case in _elementwise())
     return out
 

@@ -146,3 +146,15 @@ def test_auto_plan_splits_long_decode_but_not_prefill() -> None:
         8, 8, 32, 8, 128, max_query_len=1, max_seq_len=100, fixed_split_tokens=512, num_sms=132
     )
     assert fixed.split_tokens == 512 and fixed.schedule == "single"
+
+
+def test_sequence_without_new_tokens_is_skipped() -> None:
+    """A sequence with no new token (q = 0) in a split-schedule decode batch: the others' rows must
+    still fold their own partitions (the reduce searches each token's sequence)."""
+    batch = make_paged_batch([(300, 1), (50, 0), (129, 1)], 8, 2, 64, 16, torch.float32, seed=8)
+    out = run_triton(batch, fixed_split_tokens=64)
+    without = PagedBatch(
+        batch.query, batch.key_cache, batch.value_cache, batch.block_tables[[0, 2]], batch.seq_lens[[0, 2]],
+        torch.tensor([0, 1, 2], dtype=torch.int32),
+    )  # fmt: skip
+    torch.testing.assert_close(out, run_reference(without), atol=1e-5, rtol=1e-5)
