@@ -25,6 +25,13 @@ NEG_INIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit
+def _rescale(m_old, m_new):
+    """exp2(m_old - m_new), exactly 1 when the max did not move: folding in a fully masked tile or
+    partition is then an exact no-op whatever the hardware exp2 returns for 0."""
+    return tl.where(m_old == m_new, 1.0, tl.exp2(m_old - m_new))
+
+
+@triton.jit
 def _merge_state(m_run, l_run, acc_run, m_i, l_i, acc):
     """Fold one partition's (max [R], sum [R], unnormalized output [R, D]) into the running state.
 
@@ -32,8 +39,8 @@ def _merge_state(m_run, l_run, acc_run, m_i, l_i, acc):
     kernels that call this (tile loop schedule and reduce), which would break bit-identity.
     """
     m_new = tl.maximum(m_run, m_i)
-    alpha = tl.exp2(m_run - m_new)
-    beta = tl.exp2(m_i - m_new)
+    alpha = _rescale(m_run, m_new)
+    beta = _rescale(m_i, m_new)
     l_new = tl.fma(l_run, alpha, l_i * beta)
     acc_new = tl.fma(acc_run, alpha[:, None], acc * beta[:, None])
     return m_new, l_new, acc_new
@@ -88,7 +95,7 @@ def _attend_partition(
         s = tl.where(offs_n[None, :] <= q_pos[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
+        alpha = _rescale(m_i, m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new

@@ -51,8 +51,8 @@ def sub_batch(batch: PagedBatch, seq: int) -> PagedBatch:
 
 @pytest.mark.parametrize(
     ("num_heads", "num_kv_heads", "head_dim", "block_size"),
-    [(2, 2, 64, 16), (6, 2, 64, 32), (8, 1, 128, 16), (12, 4, 128, 32)],
-    ids=["mha-d64-b16", "gqa3-d64-b32", "mqa8-d128-b16", "gqa3-d128-b32"],
+    [(2, 2, 64, 16), (6, 2, 64, 32), (8, 1, 128, 16), (12, 4, 128, 32), (4, 2, 80, 16)],
+    ids=["mha-d64-b16", "gqa3-d64-b32", "mqa8-d128-b16", "gqa3-d128-b32", "gqa2-d80-b16"],
 )
 @pytest.mark.parametrize("fixed_split_tokens", [None, 64], ids=["auto", "split64"])
 def test_mixed_batch_matches_reference(
