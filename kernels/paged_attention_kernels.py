@@ -190,43 +190,38 @@ def _paged_attention_kernel(
     kv_hi = seq_len - q_len + tl.minimum(q_len, tok0 + BLOCK_Q)
     block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
 
-    if SCHEDULE == "split":
-        part = tl.program_id(2)
-        lo = part * split_tokens
-        if lo >= kv_hi:
-            return
-        m_i, l_i, acc = _attend_partition(
-            q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, lo,
-            tl.minimum(lo + split_tokens, kv_hi), scale_log2e,
-            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
-        )  # fmt: skip
-        part_row = (token * num_heads + head) * num_parts + part
-        tl.store(part_m_ptr + part_row, m_i, mask=row_mask)
-        tl.store(part_l_ptr + part_row, l_i, mask=row_mask)
-        acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
-        tl.store(part_acc_ptr + acc_offs, acc, mask=row_mask[:, None])
-    else:
-        if SCHEDULE == "single":
-            # The whole context is one partition: folding it into the initial state would give back
-            # (m_i, l_i, acc) exactly, so skipping the fold keeps results identical and saves registers.
-            m_run, l_run, acc_run = _attend_partition(
-                q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, 0, kv_hi, scale_log2e,
+    # Every schedule walks the same partitions [lo, lo + split_tokens) with the same code; they differ
+    # in which partitions a program takes and where the state goes. "single" takes the whole context
+    # as one partition: folding it into the initial state would return it unchanged, so it is skipped.
+    first = tl.program_id(2) * split_tokens if SCHEDULE == "split" else 0
+    if SCHEDULE == "split" and first >= kv_hi:  # past this tile's context
+        return
+    if SCHEDULE == "loop":
+        m_run = tl.full([BLOCK_M], NEG_INIT, tl.float32)
+        l_run = tl.zeros([BLOCK_M], tl.float32)
+        acc_run = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
+        for lo in range(0, kv_hi, split_tokens):
+            m_i, l_i, acc = _attend_partition(
+                q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, lo,
+                tl.minimum(lo + split_tokens, kv_hi), scale_log2e,
                 stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                 HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
             )  # fmt: skip
-        else:
-            m_run = tl.full([BLOCK_M], NEG_INIT, tl.float32)
-            l_run = tl.zeros([BLOCK_M], tl.float32)
-            acc_run = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
-            for lo in range(0, kv_hi, split_tokens):
-                m_i, l_i, acc = _attend_partition(
-                    q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, lo,
-                    tl.minimum(lo + split_tokens, kv_hi), scale_log2e,
-                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                    HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
-                )  # fmt: skip
-                m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m_i, l_i, acc)
+            m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m_i, l_i, acc)
+    else:  # one partition: [first, first + split_tokens), or the whole context when "single"
+        last = tl.minimum(first + split_tokens, kv_hi) if SCHEDULE == "split" else kv_hi
+        m_run, l_run, acc_run = _attend_partition(
+            q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, first, last, scale_log2e,
+            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, BLOCK_N, PAGE_SIZE, DOT_PRECISION,
+        )  # fmt: skip
+    if SCHEDULE == "split":
+        part_row = (token * num_heads + head) * num_parts + tl.program_id(2)
+        tl.store(part_m_ptr + part_row, m_run, mask=row_mask)
+        tl.store(part_l_ptr + part_row, l_run, mask=row_mask)
+        acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
+        tl.store(part_acc_ptr + acc_offs, acc_run, mask=row_mask[:, None])
+    else:
         # Rows past the tile's tokens have l_run = 0; dividing them by 1 keeps NaN out of registers.
         out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
         o_offs = token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
