@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import triton
+
 from epochserve.kernels.paged_attention_triton import (
     BATCH_INVARIANT_SPLIT_TOKENS,
     AttentionTiles,

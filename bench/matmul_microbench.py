@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import triton
+
 from epochserve.kernels.matmul_batch_invariant import MatmulTiles, matmul_batch_invariant, matmul_tiles
 
 # (name, N, K, dtype, fp32_precision): the 8B model's per-layer projections and its fp32 lm_head.

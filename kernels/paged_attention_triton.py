@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 import triton
+
 from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, _reduce_partitions_kernel
 
 # Partition length the batch-invariant mode is meant to use: a decode step at 1k-32k context and

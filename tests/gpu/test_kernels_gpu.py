@@ -26,6 +26,8 @@ pytestmark = [
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # shared batch builder
 
+from paged_batch import PagedBatch, make_paged_batch  # noqa: E402
+
 from epochserve.kernels.activation import silu_and_mul_torch  # noqa: E402
 from epochserve.kernels.activation_triton import silu_and_mul_triton  # noqa: E402
 from epochserve.kernels.kv_cache_triton import write_kv_cache_triton  # noqa: E402
@@ -39,7 +41,6 @@ from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch  # noq
 from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton, rms_norm_triton  # noqa: E402
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq  # noqa: E402
 from epochserve.kernels.rotary_triton import apply_rotary_qk_triton  # noqa: E402
-from paged_batch import PagedBatch, make_paged_batch  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16]
 ATTN_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}

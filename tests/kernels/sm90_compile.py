@@ -96,6 +96,7 @@ def _reduce(dtype: str, group: int, head_dim: int) -> tuple:
 
 def _matmul(dtype: str, n: int, k: int, fp32_precision: str = "ieee") -> tuple:
     import torch
+
     from epochserve.kernels.matmul_batch_invariant import _matmul_kernel, matmul_tiles
 
     t = matmul_tiles(n, k, getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]))

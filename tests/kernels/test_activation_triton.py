@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from epochserve.kernels.activation import silu_and_mul_torch
 from epochserve.kernels.activation_triton import silu_and_mul_triton
 

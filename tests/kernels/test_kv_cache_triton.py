@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from epochserve.kernels.kv_cache_triton import write_kv_cache_triton
 from epochserve.kernels.paged_attention import write_kv_cache_torch
 

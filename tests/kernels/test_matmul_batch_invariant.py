@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant, matmul_tiles
 
 

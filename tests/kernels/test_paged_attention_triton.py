@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from paged_batch import PagedBatch, make_paged_batch
+
 from epochserve.kernels.paged_attention import paged_attention_torch
 from epochserve.kernels.paged_attention_triton import (
     AttentionTiles,
     paged_attention_triton,
     plan_attention,
 )
-from paged_batch import PagedBatch, make_paged_batch
 
 # (seq_len, new tokens): decode at length 1, a prefill crossing blocks, extend over a cached prefix,
 # decode over several blocks, a short extend whose tokens cross a block boundary.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch
 from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton, rms_norm_triton
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq
 from epochserve.kernels.rotary_triton import apply_rotary_qk_triton, apply_rotary_triton
 
