@@ -76,6 +76,7 @@ class DecodeGraphs:
             query_start_loc_tensor=self.query_start_loc[: batch + 1],
             max_query_len=1,
             max_seq_len=self.max_seq_len,
+            in_graph=True,
         )
 
     def _forward(self, batch: int) -> torch.Tensor:

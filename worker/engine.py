@@ -243,6 +243,13 @@ class Engine:
         return self.block_manager.usage()
 
     @property
+    def kernel_mode(self) -> str:
+        """What produced the logits: "torch", "triton", "triton+graphs", "batch_invariant"(+graphs)."""
+        ops = self.model.lm_head.ops
+        mode = "batch_invariant" if getattr(ops, "batch_invariant", False) else ops.name
+        return f"{mode}+graphs" if self.runner.graphs is not None else mode
+
+    @property
     def num_running(self) -> int:
         return len(self.scheduler.running)
 

@@ -50,8 +50,10 @@ class TorchOps:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return add_rms_norm_torch(x, residual, weight, eps)
 
-    def rotary(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
-        return apply_rotary_torch(x, positions, cos_sin)
+    def rotary_qk(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return apply_rotary_torch(q, positions, cos_sin), apply_rotary_torch(k, positions, cos_sin)
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         return silu_and_mul_torch(gate_up)
@@ -80,3 +82,81 @@ class TorchOps:
 
 
 TORCH_OPS = TorchOps()
+
+
+@dataclass(frozen=True, slots=True)
+class TritonOps(TorchOps):
+    """Triton kernels (kernels/*_triton.py) on CUDA; the same math as TorchOps, checked against it.
+
+    batch_invariant: every reduction whose order could follow the batch is pinned — matmuls through
+    matmul_batch_invariant (fixed tiles, no split-K), attention with a fixed partition length — so a
+    request's tokens and logprobs are bit-identical whatever shares its batch (docs/kernels.md).
+    """
+
+    name: str = "triton"
+    batch_invariant: bool = False
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.batch_invariant:
+            return F.linear(x, weight, bias)
+        from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
+
+        return matmul_batch_invariant(x, weight, bias)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        from epochserve.kernels.rmsnorm_triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps)
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton
+
+        return add_rms_norm_triton(x, residual, weight, eps)
+
+    def rotary_qk(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from epochserve.kernels.rotary_triton import apply_rotary_qk_triton
+
+        return apply_rotary_qk_triton(q, k, positions, cos_sin)
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        from epochserve.kernels.activation_triton import silu_and_mul_triton
+
+        return silu_and_mul_triton(gate_up)
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        from epochserve.kernels.kv_cache_triton import write_kv_cache_triton
+
+        write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
+
+    def attention(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        from epochserve.kernels.paged_attention_triton import (
+            BATCH_INVARIANT_SPLIT_TOKENS,
+            paged_attention_triton,
+        )
+
+        assert meta.seq_lens_tensor is not None and meta.query_start_loc_tensor is not None
+        # Graphs plan for their capture-time bounds: a fixed partition length keeps that plan valid.
+        fixed = BATCH_INVARIANT_SPLIT_TOKENS if self.batch_invariant or meta.in_graph else None
+        seq_lens, starts = meta.seq_lens_tensor, meta.query_start_loc_tensor
+        return paged_attention_triton(
+            query, key_cache, value_cache, meta.block_tables, seq_lens, starts, scale,
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed,
+        )  # fmt: skip
