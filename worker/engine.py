@@ -63,7 +63,7 @@ class Engine:
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = setup.make_runner(config, tp, channel)
-        self.sampler = Sampler()
+        self.sampler = Sampler(batch_invariant=config.batch_invariant)
         self.policy_version = config.policy_version
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
         self._requests: dict[str, list[Sequence]] = {}

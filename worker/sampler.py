@@ -39,16 +39,25 @@ def filter_logits(
     top_k: torch.Tensor,  # [num_seqs] int64, 0 = off
     top_p: torch.Tensor,  # [num_seqs] fp32, 1 = off
     min_p: torch.Tensor,  # [num_seqs] fp32, 0 = off
+    batch_invariant: bool = False,
 ) -> torch.Tensor:
-    """Set to -inf every token that top-k, then top-p, then min-p removes. The top token always stays."""
+    """Set to -inf every token that top-k, then top-p, then min-p removes. The top token always stays.
+
+    batch_invariant: CUDA's cumsum picks its scan by the number of rows (tests/gpu shows a lone row
+    summing differently), so the top-p prefix sums then run one row per call.
+    """
     vocab = logits.shape[-1]
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
     ranks = torch.arange(vocab, device=logits.device)
     k = torch.where(top_k > 0, top_k, vocab)
     remove = ranks[None, :] >= k[:, None]
     probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
     # top-p: drop a token once the tokens strictly more likely already hold top_p of the mass.
-    mass_before = probs.cumsum(dim=-1) - probs
+    if batch_invariant and probs.shape[0] > 1:
+        cumulative = torch.cat([row.cumsum(dim=-1) for row in probs.split(1)])
+    else:
+        cumulative = probs.cumsum(dim=-1)
+    mass_before = cumulative - probs
     remove |= (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)
     remove[:, 0] = False
     probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
@@ -59,6 +68,9 @@ def filter_logits(
 
 
 class Sampler:
+    def __init__(self, batch_invariant: bool = False) -> None:
+        self.batch_invariant = batch_invariant
+
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: [len(seqs), vocab] fp32 at each sequence's last position."""
         num_seqs, vocab = logits.shape
@@ -78,6 +90,7 @@ class Sampler:
                 torch.tensor([p.top_k for p in params], device=device),
                 torch.tensor([p.top_p for p in params], device=device),
                 torch.tensor([p.min_p for p in params], device=device),
+                self.batch_invariant,
             )
         processed_logprobs = torch.log_softmax(processed, dim=-1)
         token_ids = self._choose(logits, processed_logprobs, seqs)
