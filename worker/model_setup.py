@@ -53,8 +53,12 @@ class RankSetup:
 
 def select_ops(config: EngineConfig) -> TorchOps:
     """The kernels a rank uses: PyTorch on CPU or when asked (kernel_mode="torch"), else Triton on CUDA."""
-    if config.torch_device.type != "cuda" or config.kernel_mode == "torch":
-        if config.batch_invariant and config.torch_device.type == "cuda":
+    # kernel_mode="triton" on CPU runs the kernels in Triton's interpreter (TRITON_INTERPRET=1): slow,
+    # fp32 only, but it tests the GPU path's integration on any machine.
+    on_cuda = config.torch_device.type == "cuda"
+    use_triton = config.kernel_mode == "triton" or (config.kernel_mode == "auto" and on_cuda)
+    if not use_triton:
+        if config.batch_invariant:
             raise ConfigError("batch_invariant needs the Triton kernels (kernel_mode auto or triton)")
         return TORCH_OPS
     return TritonOps(batch_invariant=config.batch_invariant)
