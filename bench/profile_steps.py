@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from gpu_common import cuda_time, write_config  # noqa: E402
+from gpu_common import cuda_time, write_config
 
 
 def phases(engine, steps: int) -> dict[str, float]:

@@ -74,7 +74,7 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: [len(seqs), vocab] fp32 at each sequence's last position. One device sync."""
-        num_seqs, vocab = logits.shape
+        _num_seqs, vocab = logits.shape
         # One reduction instead of an elementwise check: a row sums to a finite value iff every
         # logit is finite (|logit| is far below the overflow point of a 10^6-term sum).
         is_finite = torch.isfinite(logits.sum(dim=-1))
