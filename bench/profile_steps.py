@@ -49,8 +49,9 @@ def main() -> None:
     from fixtures.engine import make_engine, make_request
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine = make_engine(write_config(Path(tmp) / "m"), device="cuda", load_format="random", max_model_len=2048,
-                             max_num_seqs=256, max_num_batched_tokens=8192)  # fmt: skip
+        model_dir = write_config(Path(tmp) / "m")
+        engine = make_engine(model_dir, device="cuda", load_format="random", max_model_len=2048, max_num_seqs=256,
+                             max_num_batched_tokens=8192)  # fmt: skip
         for label, count, prompt_len in (("W1 batch 1", 1, 128), ("W2 batch 256", 256, 512)):
             g = torch.Generator().manual_seed(0)
             for i in range(count):
@@ -68,8 +69,9 @@ def main() -> None:
     w = torch.randn(128256, 4096, device="cuda")
     for m in (1, 256):
         h = torch.randn(m, 4096, device="cuda")
-        fp32 = cuda_time(lambda: h @ w.T)
-        bf16 = cuda_time(lambda: h.bfloat16() @ w.bfloat16().T)
+        fp32 = cuda_time(lambda h=h: h @ w.T)
+        w16 = w.bfloat16()
+        bf16 = cuda_time(lambda h=h: h.bfloat16() @ w16.T)
         print(f"lm_head M={m}: fp32 {fp32 * 1000:.2f} ms, bf16 {bf16 * 1000:.2f} ms")
 
 
