@@ -50,8 +50,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_config(Path(tmp) / "m")
-        engine = make_engine(model_dir, device="cuda", load_format="random", max_model_len=2048, max_num_seqs=256,
-                             max_num_batched_tokens=8192)  # fmt: skip
+        engine = make_engine(model_dir, device="cuda", load_format="random", max_model_len=2048,
+                             max_num_seqs=256, max_num_batched_tokens=8192)  # fmt: skip
         for label, count, prompt_len in (("W1 batch 1", 1, 128), ("W2 batch 256", 256, 512)):
             g = torch.Generator().manual_seed(0)
             for i in range(count):
@@ -67,10 +67,10 @@ def main() -> None:
             while engine.has_work():
                 engine.step()
     w = torch.randn(128256, 4096, device="cuda")
+    w16 = w.bfloat16()
     for m in (1, 256):
         h = torch.randn(m, 4096, device="cuda")
         fp32 = cuda_time(lambda h=h: h @ w.T)
-        w16 = w.bfloat16()
         bf16 = cuda_time(lambda h=h: h.bfloat16() @ w16.T)
         print(f"lm_head M={m}: fp32 {fp32 * 1000:.2f} ms, bf16 {bf16 * 1000:.2f} ms")
 
