@@ -66,14 +66,57 @@ def main() -> None:
             print(label, " ".join(f"{k}={v:.2f}ms" for k, v in result.items()), flush=True)
             while engine.has_work():
                 engine.step()
-    w = torch.randn(128256, 4096, device="cuda")
+    lm_head_precision()
+
+
+def lm_head_precision() -> None:
+    """The fp32 lm_head three ways: cuBLAS IEEE fp32, Triton 3xTF32, cuBLAS bf16 — time and error vs fp64."""
+    from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
+
+    w = torch.randn(128256, 4096, device="cuda") * 0.02
     w16 = w.bfloat16()
     for m in (1, 256):
         h = torch.randn(m, 4096, device="cuda")
-        fp32 = cuda_time(lambda h=h: h @ w.T)
-        bf16 = cuda_time(lambda h=h: h.bfloat16() @ w16.T)
-        print(f"lm_head M={m}: fp32 {fp32 * 1000:.2f} ms, bf16 {bf16 * 1000:.2f} ms")
+        exact = h.double() @ w.double().T
+        variants = {
+            "fp32": lambda h=h: h @ w.T,
+            "tf32x3": lambda h=h: matmul_batch_invariant(h, w, fp32_precision="tf32x3"),
+            "bf16": lambda h=h: (h.bfloat16() @ w16.T).float(),
+        }
+        for name, fn in variants.items():
+            err = ((fn().double() - exact).norm() / exact.norm()).item()
+            print(
+                f"lm_head M={m} {name}: {cuda_time(fn) * 1000:.2f} ms, rel error vs fp64 {err:.2e}",
+                flush=True,
+            )
+
+
+def profile_w2_step() -> None:
+    """torch.profiler over a few batch-256 decode steps: the top host and device costs."""
+    from fixtures.engine import make_engine, make_request
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(write_config(Path(tmp) / "m"), device="cuda", load_format="random",
+                             max_model_len=2048, max_num_seqs=256, max_num_batched_tokens=8192)  # fmt: skip
+        for i in range(256):
+            engine.add_request(make_request(f"p{i}", list(range(1000, 1512)), engine.limits, temperature=0.0,
+                                            max_tokens=64, ignore_eos=True))  # fmt: skip
+        while any(
+            s.num_generated_tokens == 0 for s in engine.scheduler.running + list(engine.scheduler.waiting)
+        ):
+            engine.step()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                engine.step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
-    main()
+    if "--profile" in sys.argv:
+        profile_w2_step()
+    elif "--lm-head" in sys.argv:
+        lm_head_precision()
+    else:
+        main()

@@ -77,8 +77,8 @@ class Sampler:
         _num_seqs, vocab = logits.shape
         # One reduction instead of an elementwise check: a row sums to a finite value iff every
         # logit is finite (|logit| is far below the overflow point of a 10^6-term sum).
+        # A non-finite row only spoils its own results, which the guard below discards.
         is_finite = torch.isfinite(logits.sum(dim=-1))
-        logits = torch.where(is_finite[:, None], logits, torch.zeros((), device=logits.device))
         params = [seq.sampling for seq in seqs]
         processed_logprobs = torch.log_softmax(self._process(logits, params), dim=-1)
         token_ids = self._choose(logits, processed_logprobs, seqs)

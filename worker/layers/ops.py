@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 # to this many rows keeps every row on the gemm path: a request computes the same numbers alone or
 # in a batch (tests/integration/worker/test_smollm2_engine.py checks it).
 CPU_MIN_ROWS = 8
+# From this many rows an fp32 matmul on CUDA goes through 3xTF32 (see TritonOps.linear); below, it
+# is memory-bound and cuBLAS' fp32 reads the weight fastest.
+TF32X3_MIN_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +100,18 @@ class TritonOps(TorchOps):
     batch_invariant: bool = False
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.batch_invariant:
-            return F.linear(x, weight, bias)
         from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
 
-        return matmul_batch_invariant(x, weight, bias)
+        fp32 = x.dtype == torch.float32
+        if self.batch_invariant:
+            # fp32 (the lm_head): 3xTF32 on the tensor cores, within fp32 rounding (2.4e-7 relative
+            # vs fp64 on H100, cuBLAS fp32: 1.2e-6) and the same path for every batch size.
+            return matmul_batch_invariant(x, weight, bias, fp32_precision="tf32x3" if fp32 else "ieee")
+        if fp32 and x.shape[0] >= TF32X3_MIN_ROWS:
+            # Many rows of fp32 (the lm_head of a large decode batch): 3xTF32 is both faster than
+            # cuBLAS' IEEE fp32 (3.95 vs 5.48 ms at 256 x 4096 x 128k, H100) and as accurate.
+            return matmul_batch_invariant(x, weight, bias, fp32_precision="tf32x3")
+        return F.linear(x, weight, bias)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         from epochserve.kernels.rmsnorm_triton import rms_norm_triton
