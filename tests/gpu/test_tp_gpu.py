@@ -49,9 +49,8 @@ def test_tp2_matches_tp1_on_two_gpus(tmp_path):
                 [got] = generate(worker.address, prompt, max_tokens=24, ignore_eos=True, **case).values()
                 want = expected[f"{c}-{i}"][0]
                 assert got.finish.diagnostics.tp_size == 2
-                same = next(
-                    (k for k, (a, b) in enumerate(zip(got.token_ids, want.token_ids, strict=False)) if a != b), None
-                )
+                pairs = enumerate(zip(got.token_ids, want.token_ids, strict=True))
+                same = next((k for k, (a, b) in pairs if a != b), None)
                 if same is None:
                     exact += 1
                     gap = max(abs(a - b) for a, b in zip(got.logprobs, want.logprobs, strict=True))
@@ -59,7 +58,6 @@ def test_tp2_matches_tp1_on_two_gpus(tmp_path):
                     continue
                 logits = hf_next_token_logits(fp32, prompt, want.token_ids[: same + 1])[same]
                 ties.append((logits[want.token_ids[same]] - logits[got.token_ids[same]]).item())
-    print(
-        f"TP=2 vs TP=1: {exact}/{len(prompts) * len(cases)} identical; fp32 margins at first differences {ties}"
-    )
+    total = len(prompts) * len(cases)
+    print(f"TP=2 vs TP=1: {exact}/{total} identical; fp32 margins at first differences {ties}")
     assert all(abs(t) < BF16_LOGIT_TIE for t in ties), ties
