@@ -58,7 +58,9 @@ def peer_w1(results: dict) -> None:
     prompt = torch.tensor(random_prompts(1, W1_PROMPT, 1), device="cuda")
     # A static cache makes `generate` compile the decoding forward itself (its compile_config);
     # wrapping forward in torch.compile by hand breaks its CUDA-graph buffers.
-    kwargs = dict(max_new_tokens=W1_NEW, min_new_tokens=W1_NEW, do_sample=False, cache_implementation="static")
+    kwargs = dict(
+        max_new_tokens=W1_NEW, min_new_tokens=W1_NEW, do_sample=False, cache_implementation="static"
+    )
     for _ in range(2):
         model.generate(prompt, **kwargs)  # compile and warm up
     times = [wall(lambda: model.generate(prompt, **kwargs)) for _ in range(3)]
