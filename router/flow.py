@@ -54,7 +54,7 @@ class RequestFlow:
             async for response in self._run():
                 yield response
         except asyncio.CancelledError:
-            status = "DEADLINE_EXCEEDED" if self.deadline.remaining() == 0 else "CANCELLED"
+            status = "DEADLINE_EXCEEDED" if self.deadline.has_passed else "CANCELLED"
             raise
         except grpc.aio.AioRpcError as exc:
             status = exc.code().name

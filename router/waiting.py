@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 from epochserve.router.errors import WaitDeadlineError
 
+# Waits end this long before the caller's deadline, so that the router answers DEADLINE_EXCEEDED
+# itself, saying what the request waited for, before gRPC cancels the call.
+DEADLINE_MARGIN_SECONDS = 0.02
+
 
 class Changes:
     """Wakes every waiter when something they may be waiting for changed (the committed version,
@@ -50,6 +54,12 @@ class Deadline:
         """Seconds left (never negative), None without a deadline."""
         return None if self.expires_at is None else max(0.0, self.expires_at - time.monotonic())
 
+    @property
+    def has_passed(self) -> bool:
+        """Whether the deadline is (within the margin) over: a cancelled call then timed out."""
+        remaining = self.remaining()
+        return remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS
+
 
 class WaitBudget:
     """How long one wait may still last: until the deadline, and at most `max_wait` seconds."""
@@ -63,13 +73,12 @@ class WaitBudget:
         """Seconds to wait before looking again. Raises WaitDeadlineError once the deadline passed
         and on_limit() once the router's limit did; `what` says what the request waited for."""
         now = time.monotonic()
-        if self.deadline.expires_at is not None and now >= self.deadline.expires_at:
+        expires_at = self.deadline.expires_at
+        if expires_at is not None and now >= expires_at - DEADLINE_MARGIN_SECONDS:
             raise WaitDeadlineError(f"request {self.request_id}: deadline exceeded waiting for {what}")
         if now >= self.limit_at:
             raise on_limit()
         until = (
-            self.limit_at
-            if self.deadline.expires_at is None
-            else min(self.limit_at, self.deadline.expires_at)
+            self.limit_at if expires_at is None else min(self.limit_at, expires_at - DEADLINE_MARGIN_SECONDS)
         )
         return until - now
