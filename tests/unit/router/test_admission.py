@@ -63,7 +63,7 @@ def test_a_hold_ends_with_deadline_exceeded_or_after_the_routers_longest_wait():
     async def scenario():
         a = admission(max_wait=0.2)
         a.switch_to(1)
-        with pytest.raises(WaitDeadlineError, match="r-deadline.*policy version 9"):
+        with pytest.raises(WaitDeadlineError, match=r"r-deadline.*policy version 9"):
             await a.pin("r-deadline", 9, Deadline.after(0.1))
         with pytest.raises(NoWorkerError, match="r-limit"):
             await a.pin("r-limit", 9, NO_DEADLINE)
@@ -79,7 +79,7 @@ def test_a_full_queue_refuses_with_a_retry_hint_and_frees_slots_as_waits_end():
         a.switch_to(1)
         held = [asyncio.ensure_future(a.pin(f"h{i}", 5, NO_DEADLINE)) for i in range(2)]
         await asyncio.sleep(0.02)
-        with pytest.raises(QueueFullError, match="h2.*version 5 is full") as refused:
+        with pytest.raises(QueueFullError, match=r"h2.*version 5 is full") as refused:
             await a.pin("h2", 5, NO_DEADLINE)
         assert refused.value.retry_after_seconds == 0.5
         assert await a.pin("other", 1, NO_DEADLINE) == 1  # other versions' queues are separate

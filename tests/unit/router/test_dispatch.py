@@ -94,7 +94,7 @@ def test_queue_full_and_no_worker_within_the_longest_wait():
             await asyncio.sleep(0.02)
             with pytest.raises(QueueFullError, match="q2"):
                 await c.dispatcher.acquire(ROUTE, state(1, "q2"), Deadline(None))
-            with pytest.raises(NoWorkerError, match="q1.*serving policy version 1"):
+            with pytest.raises(NoWorkerError, match=r"q1.*serving policy version 1"):
                 await first
 
     run(scenario())
@@ -130,10 +130,14 @@ def test_excluded_workers_are_skipped_and_suspects_used_only_as_a_last_resort():
                 assert (await c.dispatcher.acquire(ROUTE, s, Deadline(None)))[0].worker_id == "b"
             b = next(h for h in c.registry.handles if h.worker_id == "b")
             c.registry.mark_suspect(b)
-            picks = {(await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0].worker_id for _ in range(4)}
+            picks = {
+                (await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0].worker_id for _ in range(4)
+            }
             assert picks == {"a"}
             c.registry.mark_suspect(a)
-            picks = {(await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0].worker_id for _ in range(4)}
+            picks = {
+                (await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0].worker_id for _ in range(4)
+            }
             assert picks == {"a", "b"}  # all suspect: better than nothing
 
     run(scenario())

@@ -28,7 +28,9 @@ LIMITS = ModelLimits(vocab_size=512, max_model_len=64, max_n=4)
 
 def request(**fields):
     sampling = fields.pop("sampling", {})
-    return common_pb2.GenerateRequest(request_id="r1", sampling=common_pb2.SamplingParams(**sampling), **fields)
+    return common_pb2.GenerateRequest(
+        request_id="r1", sampling=common_pb2.SamplingParams(**sampling), **fields
+    )
 
 
 @pytest.mark.parametrize(
@@ -54,9 +56,9 @@ def test_the_router_refuses_what_the_worker_refuses_with_the_same_message(fields
 def test_a_text_prompt_passes_to_the_worker_but_its_sampling_and_n_are_checked():
     route = validate_request(request(prompt_text="hello there", n=2, sampling=dict(max_tokens=8)), LIMITS)
     assert route.prompt_text == "hello there" and route.n == 2 and route.cost_tokens > 16
-    with pytest.raises(InvalidRequestError, match="sampling.top_p"):
+    with pytest.raises(InvalidRequestError, match=r"sampling\.top_p"):
         validate_request(request(prompt_text="hi", sampling=dict(top_p=2.0)), LIMITS)
-    with pytest.raises(InvalidRequestError, match="^n:"):
+    with pytest.raises(InvalidRequestError, match=r"^n:"):
         validate_request(request(prompt_text="hi", n=9), LIMITS)
 
 
@@ -68,7 +70,7 @@ def test_before_any_worker_answered_only_limit_free_rules_apply():
 
 
 def test_clients_cannot_pin_a_version_themselves():
-    with pytest.raises(InvalidRequestError, match="policy_version.*min_policy_version"):
+    with pytest.raises(InvalidRequestError, match=r"policy_version.*min_policy_version"):
         validate_request(request(prompt_token_ids=[1], policy_version=3), LIMITS)
 
 
@@ -126,13 +128,16 @@ class FakeRpcError(grpc.RpcError):
 
 def test_rpc_errors_become_typed_errors_with_their_status_and_retry_hint():
     full = error_from_rpc(
-        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", (("grpc-retry-pushback-ms", "1500"),)), "r1"
+        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", (("grpc-retry-pushback-ms", "1500"),)),
+        "r1",
     )
     assert isinstance(full, ResourceExhaustedError) and full.retry_after_seconds == 1.5
     assert full.request_id == "r1" and full.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert isinstance(error_from_rpc(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "x")), UnavailableError)
     assert isinstance(error_from_rpc(FakeRpcError(grpc.StatusCode.ABORTED, "x")), AbortedError)
-    assert isinstance(error_from_rpc(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "x")), InvalidArgumentError)
+    assert isinstance(
+        error_from_rpc(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "x")), InvalidArgumentError
+    )
     other = error_from_rpc(FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "no such service"))
     assert type(other) is GenerationError and other.code == grpc.StatusCode.UNIMPLEMENTED
 
@@ -156,7 +161,9 @@ def test_audit_lines_hold_what_verify_needs(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "audit" / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 2
     line = lines[0]
-    assert line["request_id"] == "r1" and line["policy_version"] == 2 and line["prompt_token_ids"] == [1, 2, 3]
+    assert (
+        line["request_id"] == "r1" and line["policy_version"] == 2 and line["prompt_token_ids"] == [1, 2, 3]
+    )
     assert line["sampling"]["temperature"] == 0.5 and line["sampling"]["top_p"] == 1.0  # defaults resolved
     [sample] = line["samples"]
     assert sample["token_ids"] == [5, 6] and sample["processed_logprobs"] == [-0.5, -0.75]
