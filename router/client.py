@@ -72,6 +72,15 @@ def build_request(
     return request
 
 
+def _with_request_id(request: common_pb2.GenerateRequest) -> common_pb2.GenerateRequest:
+    if request.request_id:
+        return request
+    named = common_pb2.GenerateRequest()
+    named.CopyFrom(request)
+    named.request_id = uuid.uuid4().hex
+    return named
+
+
 def _policy_info(response: generation_pb2.GetPolicyResponse) -> PolicyInfo:
     return PolicyInfo(
         response.policy_version,
@@ -125,7 +134,8 @@ class GenerationClient:
         return self.send(request, timeout)
 
     def send(self, request: common_pb2.GenerateRequest, timeout: float | None = None) -> GenerateResult:
-        """Run a ready-made GenerateRequest to completion."""
+        """Run a ready-made GenerateRequest to completion (a copy gets a request id if it has none)."""
+        request = _with_request_id(request)
         started = time.monotonic()
         assembler = ResponseAssembler()
         for _ in self._events(request, timeout, assembler):
@@ -225,6 +235,8 @@ class AsyncGenerationClient:
         return await self.send(request, timeout)
 
     async def send(self, request: common_pb2.GenerateRequest, timeout: float | None = None) -> GenerateResult:
+        """Run a ready-made GenerateRequest to completion (a copy gets a request id if it has none)."""
+        request = _with_request_id(request)
         started = time.monotonic()
         assembler = ResponseAssembler()
         async for _ in self._events(request, timeout, assembler):
