@@ -1,23 +1,24 @@
 """Attempt: one call of a request on one worker, forwarding what may reach the client.
 
-`responses()` yields the worker's messages to forward and, when it returns, leaves an
-AttemptReport in `report` for router/retry.py. It holds back exactly the messages after which
-the request may still run elsewhere:
+`run(send)` passes the worker's messages to `send` as they arrive and returns an AttemptReport
+for router/retry.py. It holds back exactly the messages after which the request may still run
+elsewhere:
 - a finish whose abort reason says a drain=abort rollout retired the sample (RETIRED);
 - an ABORT finish the router did not ask for (the worker is shutting down) while nothing was
   sent yet (WORKER_LOST).
 Each finish it forwards carries the router's part of the diagnostics (attempts, rerun flag).
 
-The worker call always ends with the attempt: when the consumer stops early (client cancel,
-deadline, an error) closing the generator cancels the call, and the worker frees the sequences.
-The deadline travels as the call's timeout.
+The worker call always ends with the attempt: when it stops early (client cancel, deadline, an
+error in `send`) the call is cancelled, and the worker frees the sequences. The deadline travels
+as the call's timeout. Messages are read and written one by one (call.read / context.write, no
+async-generator layers): each layer costs CPU per message, which on a small machine is latency.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -30,6 +31,9 @@ from epochserve.router.retry import AttemptReport, Outcome, classify_status
 from epochserve.router.waiting import Deadline
 
 logger = logging.getLogger(__name__)
+
+# Forwards one message to the client (the flow's guard and metrics, then context.write).
+Send = Callable[[common_pb2.GenerateResponse], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -63,36 +67,39 @@ class Attempt:
         self.state = state
         self.reservation = reservation
         self.deadline = deadline
-        self.report: AttemptReport | None = None
         self.error: grpc.aio.AioRpcError | None = None  # the worker's status when the call failed
 
-    async def responses(self) -> AsyncGenerator[common_pb2.GenerateResponse, None]:
+    async def run(self, send: Send) -> AttemptReport:
+        """Forward the worker's messages through `send` until the call ends; never raises for the
+        worker's failures (they are the report's outcome); raises what `send` raises."""
         state = self.state
         state.num_attempts += 1
         state.handle = self.handle
         num_finished = 0
         call = self.handle.stub.Generate(self.request, timeout=self.deadline.remaining())
         try:
-            async for response in call:
+            while (response := await call.read()) is not grpc.aio.EOF:
                 if response.HasField("finish"):
                     held_back = self._hold_back(response.finish)
                     if held_back is not None:
-                        self._end(held_back, response.finish.abort_reason)
-                        return
+                        return self._end(held_back, response.finish.abort_reason)
                     self._stamp(response.finish.diagnostics)
                     self.reservation.finish_sequence()
                     num_finished += 1
                 else:
                     self.reservation.consume_tokens(len(response.chunk.token_ids))
-                yield response
+                await send(response)
                 state.has_sent = True
             if num_finished < state.n:
-                self._end(Outcome.WORKER_LOST, f"the stream ended after {num_finished} of {state.n} samples")
-            else:
-                self._end(Outcome.COMPLETED, "")
+                return self._end(
+                    Outcome.WORKER_LOST, f"the stream ended after {num_finished} of {state.n} samples"
+                )
+            return self._end(Outcome.COMPLETED, "")
         except grpc.aio.AioRpcError as exc:
-            self._end(classify_status(exc.code(), exc.details() or ""), f"{exc.code().name}: {exc.details()}")
             self.error = exc
+            return self._end(
+                classify_status(exc.code(), exc.details() or ""), f"{exc.code().name}: {exc.details()}"
+            )
         finally:
             call.cancel()  # a no-op once the call ended; otherwise the worker aborts the request
 
@@ -109,7 +116,7 @@ class Attempt:
         diagnostics.attempts = self.state.num_attempts
         diagnostics.rerun_under_new_version = self.state.is_rerun
 
-    def _end(self, outcome: Outcome, detail: str) -> None:
+    def _end(self, outcome: Outcome, detail: str) -> AttemptReport:
         if outcome is not Outcome.COMPLETED:
             logger.info(
                 "request %s on %s (v%d, attempt %d): %s %s",
@@ -120,6 +127,6 @@ class Attempt:
                 outcome.value,
                 detail,
             )
-        self.report = AttemptReport(
+        return AttemptReport(
             outcome, self.handle.worker_id, detail, self.state.has_sent, self.state.num_attempts
         )

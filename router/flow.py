@@ -12,31 +12,33 @@ audit line of a completed response.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import grpc
 
 from epochserve.errors import InvalidRequestError, RequestAbortedError
 from epochserve.proto.status import status_of
 from epochserve.proto.v1 import common_pb2
-from epochserve.router.attempt import Attempt, FlowState
+from epochserve.router.attempt import Attempt, FlowState, Send
 from epochserve.router.audit import audit_record
 from epochserve.router.core import RouterCore
 from epochserve.router.results import MixedVersionError, ResponseAssembler
-from epochserve.router.retry import Action, Outcome, decide
+from epochserve.router.retry import Action, AttemptReport, Outcome, decide
 from epochserve.router.validation import validate_request
 from epochserve.router.waiting import Deadline
 
 
 class RequestFlow:
-    """One Generate call. Iterate `responses()` once; it raises the error the call ends with."""
+    """One Generate call. `run()` it once: it writes the response through `write` (the server's
+    context.write) and raises the error the call ends with."""
 
-    def __init__(self, core: RouterCore, request: common_pb2.GenerateRequest, deadline: Deadline) -> None:
+    def __init__(
+        self, core: RouterCore, request: common_pb2.GenerateRequest, deadline: Deadline, write: Send
+    ) -> None:
         self.core = core
         self.deadline = deadline
+        self.write = write
         self.request = common_pb2.GenerateRequest()
         self.request.CopyFrom(request)
         if not self.request.request_id:
@@ -48,11 +50,10 @@ class RequestFlow:
         self._last_chunk_at: dict[int, float] = {}  # by sample index
         self._is_pinned = False
 
-    async def responses(self) -> AsyncIterator[common_pb2.GenerateResponse]:
+    async def run(self) -> None:
         status = "OK"
         try:
-            async for response in self._run():
-                yield response
+            await self._run()
         except asyncio.CancelledError:
             status = "DEADLINE_EXCEEDED" if self.deadline.has_passed else "CANCELLED"
             raise
@@ -67,7 +68,7 @@ class RequestFlow:
             seconds = time.monotonic() - self.state.started_at
             self.core.metrics.request_ended(version, status, self.num_tokens, seconds)
 
-    async def _run(self) -> AsyncIterator[common_pb2.GenerateResponse]:
+    async def _run(self) -> None:
         core, state = self.core, self.state
         route = validate_request(self.request, core.registry.limits)
         if state.request_id in core.inflight:
@@ -87,24 +88,21 @@ class RequestFlow:
                 handle, reservation = await core.dispatcher.acquire(route, state, self.deadline)
                 self.request.policy_version = state.version
                 attempt = Attempt(handle, self.request, state, reservation, self.deadline)
-                core.metrics.inflight.labels(handle.worker_id).inc()
+                inflight = core.metrics.inflight.labels(handle.worker_id)
+                inflight.inc()
                 try:
-                    async with contextlib.aclosing(attempt.responses()) as stream:
-                        async for response in stream:
-                            self._observe(response)
-                            yield response
+                    report = await attempt.run(self._send)
                 finally:
                     reservation.release()
-                    core.metrics.inflight.labels(handle.worker_id).dec()
-                if await self._is_done(attempt):
+                    inflight.dec()
+                if await self._is_done(attempt, report):
                     return
         finally:
             core.inflight.pop(state.request_id, None)
 
-    async def _is_done(self, attempt: Attempt) -> bool:
+    async def _is_done(self, attempt: Attempt, report: AttemptReport) -> bool:
         """True when the request completed; False to run it again; raises to end it."""
-        state, report = self.state, attempt.report
-        assert report is not None, "an attempt always reports how it ended"
+        state = self.state
         decision = decide(report, state.request_id, self.core.max_attempts)
         if decision.action is Action.DONE:
             self._write_audit()
@@ -127,6 +125,10 @@ class RequestFlow:
             )
             state.is_rerun = True
         return False
+
+    async def _send(self, response: common_pb2.GenerateResponse) -> None:
+        self._observe(response)
+        await self.write(response)
 
     def _observe(self, response: common_pb2.GenerateResponse) -> None:
         """Check the version guard, then count the response for metrics and the audit log."""

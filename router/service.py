@@ -10,7 +10,6 @@ request id; anything unexpected is INTERNAL and logged with its traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
@@ -32,17 +31,15 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
     def __init__(self, core: RouterCore) -> None:
         self.core = core
 
-    async def Generate(
-        self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[common_pb2.GenerateResponse]:
+    async def Generate(self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        """Server streaming through context.write (router/attempt.py says why not a generator)."""
         if not self.core.is_accepting:
             await abort_with(
                 context, RouterShuttingDownError("the router is shutting down"), request.request_id
             )
-        flow = RequestFlow(self.core, request, Deadline.after(context.time_remaining()))
+        flow = RequestFlow(self.core, request, Deadline.after(context.time_remaining()), context.write)
         try:
-            async for response in flow.responses():
-                yield response
+            await flow.run()
         except Exception as exc:  # CancelledError (client gone) is a BaseException: not caught
             await abort_with(context, exc, flow.state.request_id)
 

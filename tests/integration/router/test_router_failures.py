@@ -60,10 +60,14 @@ async def kill_a_worker_under_load(cluster: LocalCluster) -> tuple[list[Stream],
 
         while not await asyncio.to_thread(victim_is_busy):
             await asyncio.sleep(0.02)
+        # Freeze it first, so that what it already sent reaches the clients: the streams with
+        # tokens at `frozen_at` are then exactly those it had delivered tokens to.
+        victim.signal(signal.SIGSTOP)
+        await asyncio.sleep(0.5)
+        frozen_at = time.monotonic()
         victim.signal(signal.SIGKILL)
-        killed_at = time.monotonic()
         await asyncio.wait_for(asyncio.gather(*tasks), 90)  # none hangs
-    return streams, killed_at
+    return streams, frozen_at
 
 
 def test_a_killed_worker_costs_only_the_streams_that_had_tokens(versions, tmp_path):
@@ -72,7 +76,7 @@ def test_a_killed_worker_costs_only_the_streams_that_had_tokens(versions, tmp_pa
         tmp_path, a_dir, worker_args=("--max-num-seqs", "4"), router_args=("--policy", "round-robin")
     )
     with LocalCluster(spec) as cluster:
-        streams, killed_at = asyncio.run(kill_a_worker_under_load(cluster))
+        streams, frozen_at = asyncio.run(kill_a_worker_under_load(cluster))
         lost = [s for s in streams if s.error is not None]
         done = [s for s in streams if s.error is None]
         assert lost, "streams running on the killed worker end with an error"
@@ -83,7 +87,7 @@ def test_a_killed_worker_costs_only_the_streams_that_had_tokens(versions, tmp_pa
         for s in done:
             [end] = s.finished
             assert len(end.sample.token_ids) == NUM_TOKENS and end.sample.finish_reason == "length"
-        silent = [s for s in streams if not any(t < killed_at for t in s.token_times)]
+        silent = [s for s in streams if not any(t < frozen_at for t in s.token_times)]
         assert all(s.error is None for s in silent), "a stream with nothing delivered re-runs elsewhere"
         moved = [s for s in done if s.finished[0].sample.diagnostics.attempts == 2]
         assert moved and all(s.finished[0].sample.worker_id == "worker-0" for s in moved)
