@@ -48,9 +48,14 @@ class FlowState:
     is_rerun: bool = False  # moved to a newer version after running (Diagnostics.rerun_under_new_version)
     has_sent: bool = False  # something of the response reached the client
     is_abort_requested: bool = False  # the client called Abort
-    excluded: set[str] = field(default_factory=set)  # worker keys this request failed on
+    excluded: set[str] = field(default_factory=set)  # worker keys this request failed on, at `version`
     handle: WorkerHandle | None = None  # the worker of the current attempt
     started_at: float = field(default_factory=time.monotonic)
+
+    def move_to(self, version: int) -> None:
+        """Pin to a newer version; the workers that failed the old one may serve this one."""
+        self.version = version
+        self.excluded.clear()
 
 
 class Attempt:

@@ -4,7 +4,8 @@ take it, and reserve that worker's load (DESIGN.md §4 step 3).
 Versions move under a waiting request. A request pinned to v-1 whose version no READY worker
 serves any more, while admission is at v, moves to v: if it never ran, nothing of it exists yet;
 if it ran (a retry), the move is flagged (Diagnostics.rerun_under_new_version). Requests only
-ever move up, so I2 holds for them too.
+ever move up, so I2 holds for them too. A move forgets the workers the request failed on: they
+failed the old version, and serve the new one afresh.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Dispatcher:
         )
         if state.num_attempts:
             state.is_rerun = True
-        state.version = current
+        state.move_to(current)
 
     def _reserve(
         self, route: RouteRequest, candidates: list[WorkerHandle]

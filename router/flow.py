@@ -112,18 +112,20 @@ class RequestFlow:
         if state.is_abort_requested:
             raise RequestAbortedError(f"request {state.request_id} aborted before it produced anything")
         self.core.metrics.retries.labels(report.outcome.value).inc()
-        state.excluded.add(attempt.handle.key)
         if report.outcome is Outcome.WORKER_LOST:
             self.core.registry.mark_suspect(attempt.handle)
-        if decision.action is Action.RERUN_NEWER_VERSION:
-            state.version = await self.core.admission.pin(
-                state.request_id,
-                state.version + 1,
-                self.deadline,
-                bounded=False,
-                is_aborted=lambda: state.is_abort_requested,
-            )
-            state.is_rerun = True
+        if decision.action is Action.RETRY_SAME_VERSION:
+            state.excluded.add(attempt.handle.key)
+            return False
+        newer = await self.core.admission.pin(
+            state.request_id,
+            state.version + 1,
+            self.deadline,
+            bounded=False,
+            is_aborted=lambda: state.is_abort_requested,
+        )
+        state.move_to(newer)
+        state.is_rerun = True
         return False
 
     async def _send(self, response: common_pb2.GenerateResponse) -> None:

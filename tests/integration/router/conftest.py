@@ -9,7 +9,7 @@ from fixtures.engine import hf_model
 from fixtures.models import build_tiny_model
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, object], Path]:
     """(A: the weights workers start with = version 0, {version: HF model} for 0..3, the root where
     checkpoints of later versions go). Versions 1-3 have weights of their own."""

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from dataclasses import dataclass
 
-from routerkit import PROMPT, cluster_spec, max_logprob_gap, publish
+import pytest
+from fixtures.grpc_client import worker_info
+from routerkit import PROMPT, cluster_spec, max_logprob_gap, publish, wait_until
 
 from epochserve.controlplane.local_cluster import LocalCluster
-from epochserve.router.client import AsyncGenerationClient
+from epochserve.router.client import AsyncGenerationClient, GenerationClient
 from epochserve.router.client_errors import AbortedError, GenerationError
 from epochserve.router.results import GenerateResult
 from epochserve.sampling import SamplingParams
@@ -123,3 +126,30 @@ def test_200_concurrent_requests_across_three_rollouts_are_pure_fresh_and_all_ac
         assert isinstance(result, GenerateResult)
         sample = result.samples[0]
         assert max_logprob_gap(models[result.policy_version], sent.prompt, sample) < 1e-4
+
+
+def test_a_drain_abort_reruns_what_streamed_nothing_and_aborts_what_did(versions, tmp_path):
+    a_dir, models, root = versions
+    spec = cluster_spec(tmp_path, a_dir, num_workers=1, worker_args=("--max-num-seqs", "1"))
+    with LocalCluster(spec) as cluster, GenerationClient(cluster.router_address) as client:
+        worker = cluster.workers[0].address
+        long_running = client.stream(
+            PROMPT, SamplingParams(max_tokens=400, ignore_eos=True), request_id="streaming"
+        )
+        next(long_running)  # it has streamed
+        queued: list[GenerateResult] = []
+        sampling = SamplingParams(temperature=1.0, max_tokens=8, seed=4)
+        thread = threading.Thread(
+            target=lambda: queued.append(client.generate(PROMPT, sampling, request_id="queued"))
+        )
+        thread.start()
+        wait_until(lambda: worker_info(worker).num_waiting_seqs == 1, 30, "the second request to queue")
+        publish(cluster, 1, models[1], root, drain="abort", wait_for="committed")
+        with pytest.raises(AbortedError, match=r"streaming.*drain=abort"):
+            list(long_running)
+        thread.join(60)
+        [result] = queued
+        sample = result.samples[0]
+        assert result.policy_version == 1 and sample.worker_id == "worker-0"
+        assert sample.diagnostics.rerun_under_new_version and sample.diagnostics.attempts == 2
+        assert max_logprob_gap(models[1], PROMPT, sample) < 1e-4

@@ -186,3 +186,17 @@ def test_a_worker_that_left_gets_nothing_new_and_one_back_elsewhere_is_a_new_han
             reservation.release()  # the old one's last request ended: its channel closes
 
     run(scenario())
+
+
+def test_moving_up_forgets_the_workers_that_failed_the_old_version():
+    async def scenario():
+        async with core() as c:
+            c.switch_to(2)
+            c.registry.update(view(1, 2, worker("only", 2)))  # the one worker swapped to v2
+            [only] = c.registry.handles
+            s = state(1, attempts=1)
+            s.excluded.add(only.key)  # it retired the request under v1
+            handle, _ = await asyncio.wait_for(c.dispatcher.acquire(ROUTE, s, Deadline(None)), 1)
+            assert handle is only and (s.version, s.is_rerun, s.excluded) == (2, True, set())
+
+    run(scenario())
