@@ -37,6 +37,9 @@ class EngineConfig:
     # Stage new policy versions in device memory when it fits (the swap is then a device copy,
     # milliseconds), else in pinned host memory (no device memory, a slower swap).
     stage_on_device: bool = True
+    cuda_graphs: bool = True  # CUDA: replay decode steps from captured graphs (DecodeGraphs)
+    # "safetensors": load the checkpoint; "random": N(0, 0.02) weights from config.json alone (benchmarks).
+    load_format: Literal["safetensors", "random"] = "safetensors"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -21,14 +21,12 @@ from epochserve.sampling import ModelLimits
 from epochserve.worker.block_manager import BlockManager, BlockUsage
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
-from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.model_setup import setup_rank
 from epochserve.worker.outputs import FinishInfo, SequenceOutput
 from epochserve.worker.sampler import Sampler
 from epochserve.worker.scheduler import Scheduler
 from epochserve.worker.sequence import FinishReason, Sequence, SequenceStatus
 from epochserve.worker.step_plan import PlanChannel
-from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +56,13 @@ class Engine:
         self.model_config = setup.model_config
         self.model = setup.model
         self.kv_pool = setup.kv_pool
-        num_blocks = setup.kv_pool.num_blocks
         self.limits = ModelLimits(
             vocab_size=self.model_config.vocab_size, max_model_len=setup.max_model_len, max_n=config.max_n
         )
-        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
+        self.block_manager = BlockManager(setup.num_blocks, config.block_size, config.enable_prefix_cache)
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        updater = RankWeightUpdater(self.model, tp, prefer_device=config.stage_on_device)
-        self.runner = ModelRunner(self.model, self.kv_pool, config.torch_device, updater, channel)
+        self.runner = setup.make_runner(config, tp, channel)
         self.sampler = Sampler()
         self.policy_version = config.policy_version
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)

@@ -14,11 +14,12 @@ import time
 
 import torch
 
+from epochserve.worker.cuda_graphs import DecodeGraphs
 from epochserve.worker.kv_cache import KVCachePool
-from epochserve.worker.layers.attention import AttentionMetadata
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.scheduler import ScheduledBatch
 from epochserve.worker.sequence import Sequence
+from epochserve.worker.step_inputs import build_step_inputs
 from epochserve.worker.step_plan import PlanChannel, PlanKind, StepPlan
 from epochserve.worker.weights.updater import RankWeightUpdater
 
@@ -43,6 +44,7 @@ class ModelRunner:
         self.updater = updater  # this rank's weight-update state
         self.channel = channel  # set on every rank of a TP group of size > 1
         self._last_send = time.monotonic()
+        self.graphs: DecodeGraphs | None = None  # set by capture_graphs (CUDA only)
 
     # ---- rank 0 ------------------------------------------------------------------------------
     def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence]]:
@@ -132,19 +134,13 @@ class ModelRunner:
     # ---- every rank ----------------------------------------------------------------------------
     @torch.inference_mode()
     def run_plan(self, plan: StepPlan) -> torch.Tensor:
-        def tensor(values: list, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
-
-        max_blocks = max(len(table) for table in plan.block_tables)
-        tables = [table + [0] * (max_blocks - len(table)) for table in plan.block_tables]
-        meta = AttentionMetadata(
-            slot_mapping=tensor(plan.slot_mapping),
-            block_tables=tensor(tables, torch.int32),
-            seq_lens=plan.seq_lens,
-            query_start_loc=plan.query_start_loc,
-        )
-        hidden = self.model(tensor(plan.input_ids), tensor(plan.positions), self.kv_pool.layers, meta)
-        logits = self.model.compute_logits(hidden.index_select(0, tensor(plan.logits_indices)))
+        """fp32 logits [num_sampling_seqs, vocab]: from a captured CUDA graph for decode steps that
+        fit one, else eagerly."""
+        if self.graphs is not None and self.graphs.can_run(plan):
+            return self.graphs.run(plan)
+        inputs = build_step_inputs(plan, self.device)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
+        logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
         return logits.float()
 
     # ---- followers -----------------------------------------------------------------------------

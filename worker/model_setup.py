@@ -13,11 +13,17 @@ import torch
 
 from epochserve.errors import ConfigError
 from epochserve.worker.config import EngineConfig
+from epochserve.worker.cuda_graphs import DecodeGraphs
 from epochserve.worker.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
+from epochserve.worker.layers.context import LayerContext
+from epochserve.worker.layers.ops import TORCH_OPS, TorchOps
 from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.models.config import ModelConfig
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.models.loader import build_model, load_checkpoint
+from epochserve.worker.step_plan import PlanChannel
+from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +33,27 @@ class RankSetup:
     model_config: ModelConfig
     model: LlamaForCausalLM
     kv_pool: KVCachePool
+    num_blocks: int  # blocks the block manager hands out; block `num_blocks` is the scratch block
     max_model_len: int  # the model's limit, capped by what the KV pool can hold for one sequence
+
+    def make_runner(
+        self, config: EngineConfig, tp: TensorParallel, channel: PlanChannel | None
+    ) -> ModelRunner:
+        """This rank's ModelRunner; on CUDA with graphs enabled, its decode graphs are captured now
+        (every rank captures in the same order, so their collectives pair up)."""
+        updater = RankWeightUpdater(self.model, tp, prefer_device=config.stage_on_device)
+        runner = ModelRunner(self.model, self.kv_pool, config.torch_device, updater, channel)
+        if config.torch_device.type == "cuda" and config.cuda_graphs:
+            runner.graphs = DecodeGraphs(
+                self.model, self.kv_pool, self.max_model_len, scratch_block=self.num_blocks
+            )
+            runner.graphs.capture()
+        return runner
+
+
+def select_ops(config: EngineConfig) -> TorchOps:
+    """The kernels a rank uses: PyTorch on CPU (and when asked), Triton on CUDA."""
+    return TORCH_OPS
 
 
 def check_head_split(config: ModelConfig, tp_size: int) -> None:
@@ -48,14 +74,37 @@ def setup_rank(config: EngineConfig, tp: TensorParallel) -> RankSetup:
     device, dtype = config.torch_device, config.torch_dtype
     max_positions = config.max_model_len or model_config.max_position_embeddings
     lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
-    model = build_model(model_config, tp, dtype, device, max_positions, lm_head_dtype)
-    load_checkpoint(model, config.model_dir)
+    ctx = LayerContext(tp=tp, dtype=dtype, ops=select_ops(config))
+    model = build_model(model_config, ctx, device, max_positions, lm_head_dtype)
+    if config.load_format == "random":
+        fill_random(model, seed=1234 + tp.rank)
+    else:
+        load_checkpoint(model, config.model_dir)
     kv_heads = model.num_kv_heads_per_rank
     num_blocks = tp.min_over_ranks(_plan_num_blocks(config, model_config, kv_heads))
+    # One block more than the block manager hands out: the scratch block padding rows write to.
     kv_pool = KVCachePool(
-        model_config.num_layers, num_blocks, config.block_size, kv_heads, model_config.head_dim, dtype, device
+        model_config.num_layers,
+        num_blocks + 1,
+        config.block_size,
+        kv_heads,
+        model_config.head_dim,
+        dtype,
+        device,
     )
-    return RankSetup(model_config, model, kv_pool, min(max_positions, num_blocks * config.block_size))
+    max_model_len = min(max_positions, num_blocks * config.block_size)
+    return RankSetup(model_config, model, kv_pool, num_blocks, max_model_len)
+
+
+@torch.no_grad()
+def fill_random(model: LlamaForCausalLM, seed: int, std: float = 0.02) -> None:
+    """Benchmarks without a checkpoint: N(0, std) weights, norms at 1 (only config.json is read)."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=generator)
 
 
 def _plan_num_blocks(config: EngineConfig, model_config: ModelConfig, kv_heads: int) -> int:

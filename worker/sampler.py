@@ -5,9 +5,9 @@ processed logprob of a token is the log-softmax of the processed logits at that 
 log-probability under the distribution the token was actually drawn from (DESIGN.md §1). Greedy
 requests (temperature 0) take the argmax and report the same processing at temperature 1.
 
-Sampling noise is counter-based: sequence s draws its token at output position p from an
-exponential race seeded by (request seed, sample index, p). A request therefore replays the same
-tokens whatever else is in the batch, and after a preemption recompute.
+Sampling noise is counter-based (sampling_noise.py): sequence s draws its token at output position p
+with noise keyed by (request seed, sample index, p). A request therefore replays the same tokens
+whatever else is in the batch, after a preemption recompute, and on CPU or GPU alike.
 
 Runtime guards: a row with non-finite logits, or a token outside the processed support or the
 vocabulary, is reported as an error for that sequence alone; no token is returned for it.
@@ -15,11 +15,11 @@ vocabulary, is reported as an error for that sequence alone; no token is returne
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 
+from epochserve.worker.sampling_noise import gumbel_noise, noise_key
 from epochserve.worker.sequence import Sequence
 
 
@@ -32,12 +32,6 @@ class SamplerOutput:
     raw_logprobs: list[float | None]  # [num_seqs]; None unless requested
     top_logprobs: list[tuple[list[int], list[float]] | None]  # [num_seqs]; None unless requested
     errors: list[str | None]  # [num_seqs]; a message when a runtime guard tripped
-
-
-def noise_seed(seed: int, sample_index: int, position: int) -> int:
-    """A 63-bit generator seed for one (request seed, sample, output position)."""
-    data = b"".join(x.to_bytes(8, "little") for x in (seed, sample_index, position))
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
 def filter_logits(
@@ -120,16 +114,11 @@ class Sampler:
 
     @staticmethod
     def _choose(logits: torch.Tensor, processed_logprobs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """Greedy rows: argmax. Sampled rows: argmax(logprob - log E), E ~ Exp(1) seeded per position
-        (the exponential race: picks token i with probability exactly p_i)."""
-        scores = processed_logprobs.clone()
-        vocab = logits.shape[-1]
-        for row, seq in enumerate(seqs):
-            if seq.sampling.is_greedy:
-                scores[row] = logits[row]
-                continue
-            generator = torch.Generator(device=logits.device)
-            generator.manual_seed(noise_seed(seq.seed, seq.sample_index, seq.num_generated_tokens))
-            race = torch.empty(vocab, device=logits.device).exponential_(generator=generator)
-            scores[row] -= race.clamp_min_(torch.finfo(torch.float32).tiny).log_()
-        return scores.argmax(dim=-1)
+        """Greedy rows: argmax of the logits. Sampled rows: argmax of processed logprob + Gumbel noise
+        keyed by (seed, sample, position) — a draw from exactly the processed distribution."""
+        keys = torch.tensor(
+            [noise_key(s.seed, s.sample_index, s.num_generated_tokens) for s in seqs], device=logits.device
+        )
+        sampled = (processed_logprobs + gumbel_noise(keys, logits.shape[-1])).argmax(dim=-1)
+        greedy = torch.tensor([s.sampling.is_greedy for s in seqs], device=logits.device)
+        return torch.where(greedy, logits.argmax(dim=-1), sampled)

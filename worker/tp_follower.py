@@ -14,11 +14,9 @@ import torch.distributed as dist
 
 from epochserve.lifetime import die_with_parent
 from epochserve.worker.config import EngineConfig
-from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.model_setup import setup_rank
 from epochserve.worker.step_plan import PlanChannel
 from epochserve.worker.tp_group import init_tp_group, rank_config
-from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +33,7 @@ def follower_main(
     try:
         tp = init_tp_group(rank, world_size, init_method, config.torch_device, timeout_seconds)
         setup = setup_rank(config, tp)
-        updater = RankWeightUpdater(setup.model, tp, prefer_device=config.stage_on_device)
-        channel = PlanChannel(tp.cpu_group, rank)
-        runner = ModelRunner(setup.model, setup.kv_pool, config.torch_device, updater, channel)
+        runner = setup.make_runner(config, tp, PlanChannel(tp.cpu_group, rank))
         runner.serve_plans()
     except Exception:
         logger.exception("TP rank %d failed", rank)

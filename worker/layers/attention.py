@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from epochserve.kernels.paged_attention import paged_attention_torch, write_kv_cache_torch
+from epochserve.worker.layers.ops import TorchOps
 
 
 @dataclass(slots=True)
@@ -25,6 +25,11 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32
     seq_lens: list[int]  # [num_seqs] context length including this step's tokens
     query_start_loc: list[int]  # [num_seqs + 1] cu_seqlens of the new tokens
+    # The same on the device, and host-side bounds, for kernels that must not sync (Triton, graphs).
+    seq_lens_tensor: torch.Tensor | None = None  # [num_seqs] int32
+    query_start_loc_tensor: torch.Tensor | None = None  # [num_seqs + 1] int32
+    max_query_len: int = 0
+    max_seq_len: int = 0
 
 
 @dataclass(slots=True)
@@ -38,8 +43,9 @@ class LayerKVCache:
 class PagedAttention(nn.Module):
     """Store this step's keys/values in their slots, then attend causally over each sequence's cache."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, ops: TorchOps) -> None:
         super().__init__()
+        self.ops = ops
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -53,7 +59,5 @@ class PagedAttention(nn.Module):
         cache: LayerKVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        write_kv_cache_torch(k, v, cache.key, cache.value, meta.slot_mapping)
-        return paged_attention_torch(
-            q, cache.key, cache.value, meta.block_tables, meta.seq_lens, meta.query_start_loc, self.scale
-        )
+        self.ops.write_kv(k, v, cache.key, cache.value, meta.slot_mapping)
+        return self.ops.attention(q, cache.key, cache.value, meta, self.scale)

@@ -11,26 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.weight_source import WeightSource
-
-# On CPU, MKL multiplies 1-3 rows with a gemv-like kernel whose reduction order differs from its
-# gemm kernel's, so a token's result would depend on how many other tokens share its step. Padding
-# to this many rows keeps every row on the gemm path: a request computes the same numbers alone or
-# in a batch (tests/integration/worker/test_smollm2_engine.py checks it).
-CPU_MIN_ROWS = 8
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear whose per-row result does not depend on the number of rows (see CPU_MIN_ROWS)."""
-    rows = x.shape[0]
-    if x.device.type != "cpu" or x.dim() != 2 or rows >= CPU_MIN_ROWS:
-        return F.linear(x, weight, bias)
-    padded = torch.cat([x, x.new_zeros(CPU_MIN_ROWS - rows, x.shape[1])])
-    return F.linear(padded, weight, bias)[:rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +39,12 @@ class MergedColumnLinear(nn.Module):
     """y = x Wᵀ + b, where W stacks several checkpoint tensors along the output dim (split per rank)."""
 
     def __init__(
-        self, input_size: int, shards: dict[str | int, OutputShard], bias: bool, dtype: torch.dtype
+        self, input_size: int, shards: dict[str | int, OutputShard], bias: bool, ctx: LayerContext
     ) -> None:
         super().__init__()
+        self.ops = ctx.ops
         self.shards = shards
+        dtype = ctx.dtype
         out = sum(s.size for s in shards.values())
         self.weight = nn.Parameter(torch.empty(out, input_size, dtype=dtype), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out, dtype=dtype), requires_grad=False) if bias else None
@@ -72,27 +58,29 @@ class MergedColumnLinear(nn.Module):
         copy_checked(rows, source.read(0, shard.start, shard.size), param_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return self.ops.linear(x, self.weight, self.bias)
 
 
 def column_linear(
-    input_size: int, output_sizes: list[int], bias: bool, tp: TensorParallel, dtype: torch.dtype
-):
+    input_size: int, output_sizes: list[int], bias: bool, ctx: LayerContext
+) -> MergedColumnLinear:
     """Column-parallel linear over several stacked outputs (e.g. gate and up), each split evenly."""
+    tp = ctx.tp
     shards: dict[str | int, OutputShard] = {}
     offset = 0
     for index, full in enumerate(output_sizes):
         size = tp.split(full, "output features")
         shards[index] = OutputShard(start=tp.rank * size, size=size, offset=offset)
         offset += size
-    return MergedColumnLinear(input_size, shards, bias, dtype)
+    return MergedColumnLinear(input_size, shards, bias, ctx)
 
 
 def qkv_linear(
-    hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool, tp: TensorParallel, dtype
+    hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool, ctx: LayerContext
 ) -> MergedColumnLinear:
     """The merged q/k/v projection. Query heads split evenly; kv heads split when there are at least
     as many as ranks, otherwise each rank holds the one kv head its query heads use (replicated)."""
+    tp = ctx.tp
     heads = tp.split(num_heads, "attention heads")
     if num_kv_heads >= tp.size:
         kv_heads = tp.split(num_kv_heads, "key/value heads")
@@ -104,15 +92,17 @@ def qkv_linear(
     q = OutputShard(start=tp.rank * heads * head_dim, size=heads * head_dim, offset=0)
     k = OutputShard(start=kv_first * head_dim, size=kv_heads * head_dim, offset=q.size)
     v = OutputShard(start=kv_first * head_dim, size=kv_heads * head_dim, offset=q.size + k.size)
-    return MergedColumnLinear(hidden_size, {"q": q, "k": k, "v": v}, bias, dtype)
+    return MergedColumnLinear(hidden_size, {"q": q, "k": k, "v": v}, bias, ctx)
 
 
 class RowParallelLinear(nn.Module):
     """y = all_reduce(x_local W_localᵀ) + b, with W's input features split across ranks."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool, tp: TensorParallel, dtype: torch.dtype):
+    def __init__(self, input_size: int, output_size: int, bias: bool, ctx: LayerContext) -> None:
         super().__init__()
+        tp, dtype = ctx.tp, ctx.dtype
         self.tp = tp
+        self.ops = ctx.ops
         self.input_local = tp.split(input_size, "input features")
         self.weight = nn.Parameter(
             torch.empty(output_size, self.input_local, dtype=dtype), requires_grad=False
@@ -126,5 +116,5 @@ class RowParallelLinear(nn.Module):
         copy_checked(out, source.read(1, self.tp.rank * self.input_local, self.input_local), "weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(linear(x, self.weight))
+        y = self.tp.all_reduce(self.ops.linear(x, self.weight))
         return y + self.bias if self.bias is not None else y

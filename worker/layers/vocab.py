@@ -11,17 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epochserve.worker.layers.linear import copy_checked, linear
-from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.layers.context import LayerContext
+from epochserve.worker.layers.linear import copy_checked
 from epochserve.worker.layers.weight_source import WeightSource
 
 
 class _VocabSlice(nn.Module):
     """Rows [vocab_start, vocab_start + rows) of a [vocab, hidden] table; padding rows stay zero."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel, dtype: torch.dtype) -> None:
+    def __init__(self, vocab_size: int, hidden_size: int, ctx: LayerContext, dtype: torch.dtype) -> None:
+        """`dtype` may differ from ctx.dtype: the lm_head's table is fp32 by default."""
         super().__init__()
+        tp = ctx.tp
         self.tp = tp
+        self.ops = ctx.ops
         self.vocab_size = vocab_size
         self.rows = -(-vocab_size // tp.size)  # ceil: the last rank may hold padding rows
         self.vocab_start = tp.rank * self.rows
@@ -51,5 +54,5 @@ class LMHead(_VocabSlice):
     """logits = hidden · Wᵀ in the head's dtype (fp32 by default), gathered over ranks: [n, vocab]."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = linear(hidden.to(self.weight.dtype), self.weight)
+        logits = self.ops.linear(hidden.to(self.weight.dtype), self.weight)
         return self.tp.all_gather_last_dim(logits)[:, : self.vocab_size]

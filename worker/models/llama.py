@@ -13,12 +13,10 @@ from typing import ClassVar, Protocol, cast
 import torch
 from torch import nn
 
-from epochserve.kernels.activation import silu_and_mul_torch
-from epochserve.kernels.rmsnorm import rms_norm_torch
-from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq
+from epochserve.kernels.rotary import rope_cos_sin_cache, rope_inv_freq
 from epochserve.worker.layers.attention import AttentionMetadata, LayerKVCache, PagedAttention
+from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.linear import RowParallelLinear, column_linear, copy_checked, qkv_linear
-from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.vocab import LMHead, VocabEmbedding
 from epochserve.worker.layers.weight_source import WeightSource
 from epochserve.worker.models.config import ModelConfig
@@ -33,22 +31,27 @@ class Loadable(Protocol):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
+    def __init__(self, size: int, eps: float, ctx: LayerContext) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(size, dtype=dtype), requires_grad=False)
+        self.ops = ctx.ops
+        self.weight = nn.Parameter(torch.ones(size, dtype=ctx.dtype), requires_grad=False)
 
     def load(self, param_name: str, source: WeightSource, shard_id: None, out: torch.Tensor) -> None:
         copy_checked(out, source.read(), "weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm_torch(x, self.weight, self.eps)
+        return self.ops.rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual), fused where the kernels allow."""
+        return self.ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Rotary(nn.Module):
     cos_sin: torch.Tensor  # [max_positions, head_dim] fp32 buffer
 
-    def __init__(self, config: ModelConfig, max_positions: int) -> None:
+    def __init__(self, config: ModelConfig, max_positions: int, ctx: LayerContext) -> None:
         super().__init__()
         rope = config.rope
         inv_freq = rope_inv_freq(
@@ -60,26 +63,27 @@ class Rotary(nn.Module):
             rope.high_freq_factor,
             rope.original_max_position_embeddings,
         )
+        self.ops = ctx.ops
         self.register_buffer("cos_sin", rope_cos_sin_cache(inv_freq, max_positions), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return apply_rotary_torch(x, positions, self.cos_sin)
+        return self.ops.rotary(x, positions, self.cos_sin)
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, tp: TensorParallel, rotary: Rotary, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, rotary: Rotary, ctx: LayerContext) -> None:
         super().__init__()
         d = config.head_dim
         self.qkv_proj = qkv_linear(
-            config.hidden_size, d, config.num_heads, config.num_kv_heads, config.qkv_bias, tp, dtype
+            config.hidden_size, d, config.num_heads, config.num_kv_heads, config.qkv_bias, ctx
         )
         self.num_heads = self.qkv_proj.shards["q"].size // d
         self.num_kv_heads = self.qkv_proj.shards["k"].size // d
-        self.o_proj = RowParallelLinear(config.num_heads * d, config.hidden_size, False, tp, dtype)
-        self.q_norm = RMSNorm(d, config.rms_norm_eps, dtype) if config.qk_norm else None
-        self.k_norm = RMSNorm(d, config.rms_norm_eps, dtype) if config.qk_norm else None
+        self.o_proj = RowParallelLinear(config.num_heads * d, config.hidden_size, False, ctx)
+        self.q_norm = RMSNorm(d, config.rms_norm_eps, ctx) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps, ctx) if config.qk_norm else None
         self.rotary = rotary
-        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, d)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, d, ctx.ops)
         self.head_dim = d
 
     def forward(
@@ -102,41 +106,52 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, tp: TensorParallel, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, ctx: LayerContext) -> None:
         super().__init__()
-        self.gate_up_proj = column_linear(
-            config.hidden_size, [config.intermediate_size] * 2, False, tp, dtype
-        )
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, False, tp, dtype)
+        self.ops = ctx.ops
+        self.gate_up_proj = column_linear(config.hidden_size, [config.intermediate_size] * 2, False, ctx)
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, False, ctx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul_torch(self.gate_up_proj(x)))
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, tp: TensorParallel, rotary: Rotary, dtype: torch.dtype) -> None:
+    """Pre-norm block. It takes and returns (delta, residual): the residual stream is carried
+    separately so each "residual + delta, then norm" is one fused step; the sums round to the model
+    dtype exactly where Hugging Face's `x = x + f(norm(x))` does."""
+
+    def __init__(self, config: ModelConfig, rotary: Rotary, ctx: LayerContext) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.self_attn = Attention(config, tp, rotary, dtype)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.mlp = MLP(config, tp, dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
+        self.self_attn = Attention(config, rotary, ctx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
+        self.mlp = MLP(config, ctx)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        self,
+        delta: torch.Tensor,
+        residual: torch.Tensor | None,
+        positions: torch.Tensor,
+        cache: LayerKVCache,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:  # first layer: `delta` is the embedding itself
+            h, residual = self.input_layernorm(delta), delta
+        else:
+            h, residual = self.input_layernorm.add_and_norm(delta, residual)
+        h = self.self_attn(h, positions, cache, meta)
+        h, residual = self.post_attention_layernorm.add_and_norm(h, residual)
+        return self.mlp(h), residual
 
 
 class Decoder(nn.Module):
-    def __init__(
-        self, config: ModelConfig, tp: TensorParallel, max_positions: int, dtype: torch.dtype
-    ) -> None:
+    def __init__(self, config: ModelConfig, max_positions: int, ctx: LayerContext) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, tp, dtype)
-        rotary = Rotary(config, max_positions)
-        self.layers = nn.ModuleList(DecoderLayer(config, tp, rotary, dtype) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, ctx, ctx.dtype)
+        rotary = Rotary(config, max_positions, ctx)
+        self.layers = nn.ModuleList(DecoderLayer(config, rotary, ctx) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -154,15 +169,14 @@ class LlamaForCausalLM(nn.Module):
     def __init__(
         self,
         config: ModelConfig,
-        tp: TensorParallel,
+        ctx: LayerContext,
         max_positions: int,
-        dtype: torch.dtype,
         lm_head_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.config = config
-        self.model = Decoder(config, tp, max_positions, dtype)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tp, lm_head_dtype)
+        self.model = Decoder(config, max_positions, ctx)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, ctx, lm_head_dtype)
 
     def forward(
         self,
@@ -171,10 +185,11 @@ class LlamaForCausalLM(nn.Module):
         caches: list[LayerKVCache],
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
+        delta, residual = self.model.embed_tokens(input_ids), None
         for layer, cache in zip(self.model.layers, caches, strict=True):
-            x = layer(x, positions, cache, meta)
-        return self.model.norm(x)
+            delta, residual = layer(delta, residual, positions, cache, meta)
+        assert residual is not None, "a model has at least one layer"
+        return self.model.norm.add_and_norm(delta, residual)[0]
 
     @property
     def num_kv_heads_per_rank(self) -> int:

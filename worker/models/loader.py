@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 from epochserve.errors import ConfigError
-from epochserve.worker.layers.parallel import TensorParallel
+from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.weight_source import SafetensorsSource, WeightSource
 from epochserve.worker.models.config import ModelConfig
 from epochserve.worker.models.llama import LlamaForCausalLM, checkpoint_names
@@ -48,15 +48,14 @@ def iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, WeightSource]]:
 
 def build_model(
     config: ModelConfig,
-    tp: TensorParallel,
-    dtype: torch.dtype,
+    ctx: LayerContext,
     device: torch.device,
     max_positions: int,
     lm_head_dtype: torch.dtype = torch.float32,
 ) -> LlamaForCausalLM:
     """An unloaded model with its parameters allocated on `device` (at their final addresses)."""
     with device:
-        model = LlamaForCausalLM(config, tp, max_positions, dtype, lm_head_dtype)
+        model = LlamaForCausalLM(config, ctx, max_positions, lm_head_dtype)
     return model.eval()
 
 

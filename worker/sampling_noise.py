@@ -1,0 +1,47 @@
+"""Counter-based sampling noise: the same numbers on any device, for any batch, after any preemption.
+
+Each sampled position has a 63-bit key derived from (request seed, sample index, output position)
+(`noise_key`); the noise of token t at that position is a hash of (key, t). The hash (splitmix64's
+finalizer) is plain int64 arithmetic, vectorized over [rows, vocab], so CPU and GPU compute the very
+same noise, one row never depends on another, and no generator state is kept.
+
+The draw is an exponential race, written as Gumbel-max: the token maximizing
+logprob + Gumbel(key, token) is distributed exactly as softmax(logprobs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def noise_key(seed: int, sample_index: int, position: int) -> int:
+    """A 63-bit key for one (request seed, sample, output position)."""
+    data = b"".join(x.to_bytes(8, "little") for x in (seed, sample_index, position))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic on signed values)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finalizer; int64 products wrap modulo 2^64 on every device."""
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def gumbel_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, vocab] fp32 Gumbel(0, 1) noise for int64 keys [rows]."""
+    tokens = torch.arange(vocab_size, device=keys.device, dtype=torch.int64)
+    bits = _mix(keys[:, None] + tokens[None, :] * _GOLDEN)
+    # 24 high bits → a uniform in (0, 1) that fp32 represents exactly, never 0 or 1.
+    uniform = (_shift_right(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(-torch.log(uniform))

@@ -1,0 +1,48 @@
+"""Device tensors of one step: a StepPlan's lists copied to the device in one transfer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from epochserve.worker.layers.attention import AttentionMetadata
+from epochserve.worker.step_plan import StepPlan
+
+
+@dataclass(slots=True)
+class StepInputs:
+    """Created by build_step_inputs on every rank, consumed by the model's forward."""
+
+    input_ids: torch.Tensor  # [num_tokens] int64
+    positions: torch.Tensor  # [num_tokens] int64
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor  # [num_sampling_seqs] int64
+
+
+def build_step_inputs(plan: StepPlan, device: torch.device) -> StepInputs:
+    """Pack every integer list of the plan into one host tensor, copy it once, slice on the device."""
+    num_seqs = len(plan.seq_lens)
+    max_blocks = max(len(table) for table in plan.block_tables)
+    flat_tables = [b for table in plan.block_tables for b in (*table, *[0] * (max_blocks - len(table)))]
+    parts = [plan.input_ids, plan.positions, plan.slot_mapping, plan.logits_indices, plan.seq_lens,
+             plan.query_start_loc, flat_tables]  # fmt: skip
+    host = torch.tensor([v for part in parts for v in part], dtype=torch.int64)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    values = host.to(device, non_blocking=True)
+    views = list(values.split([len(p) for p in parts]))
+    input_ids, positions, slots, logits_indices, seq_lens, query_start_loc, tables = views
+    meta = AttentionMetadata(
+        slot_mapping=slots,
+        block_tables=tables.view(num_seqs, max_blocks).to(torch.int32),
+        seq_lens=plan.seq_lens,
+        query_start_loc=plan.query_start_loc,
+        seq_lens_tensor=seq_lens.to(torch.int32),
+        query_start_loc_tensor=query_start_loc.to(torch.int32),
+        max_query_len=max(
+            b - a for a, b in zip(plan.query_start_loc, plan.query_start_loc[1:], strict=False)
+        ),
+        max_seq_len=max(plan.seq_lens),
+    )
+    return StepInputs(input_ids, positions, meta, logits_indices)
