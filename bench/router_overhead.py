@@ -3,8 +3,10 @@
 Brings up a local cluster (etcd, coordinator, one worker on a tiny random Llama, one router) and:
   1. latency: the same short request sent one at a time, alternating straight to the worker's
      Worker service and through the router's Generation service, with the same raw gRPC client
-     code; prints p50/p99 end-to-end of each and the router's added p50/p99 (router − direct).
-     Two request shapes: 1 new token (the fixed cost per request) and 16 (plus per-chunk cost).
+     code; prints p50/p99 of the first message (TTFT) and of the end of each, and the router's
+     added p50/p99 (router − direct). Two request shapes: 1 new token (the fixed cost per
+     request) and 16 (plus the cost per chunk, which on a 2-core machine competes with the
+     worker's own CPU).
   2. streams: --streams concurrent requests opened at once through the router (asyncio client),
      counting errors and the router's peak in-flight requests (its Prometheus endpoint).
 Usage: python bench/router_overhead.py [--requests 400] [--streams 1000] [--json OUT]
@@ -17,7 +19,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import tempfile
 import time
 import urllib.request
@@ -54,37 +55,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def time_one(call: Any, request: common_pb2.GenerateRequest) -> float:
+def time_one(call: Any, request: common_pb2.GenerateRequest) -> tuple[float, float]:
+    """(seconds to the first message, seconds to the end) of one streamed request."""
     start = time.perf_counter()
+    first = None
     for _ in call(request, timeout=30):
-        pass
-    return time.perf_counter() - start
+        if first is None:
+            first = time.perf_counter() - start
+    return first or 0.0, time.perf_counter() - start
 
 
 def latency(worker: str, router: str, num_requests: int, max_tokens: int) -> dict[str, float]:
-    """End-to-end seconds of `num_requests` sequential requests each way, alternating."""
+    """Milliseconds (first message and end to end) of `num_requests` sequential requests each way,
+    alternating direct and routed so that both see the same machine state."""
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+    times: dict[str, list[tuple[float, float]]] = {"direct": [], "router": []}
     with grpc.insecure_channel(worker) as wc, grpc.insecure_channel(router) as rc:
-        direct_call = worker_pb2_grpc.WorkerStub(wc).Generate
-        routed_call = generation_pb2_grpc.GenerationStub(rc).Generate
-        direct: list[float] = []
-        routed: list[float] = []
+        calls = {
+            "direct": worker_pb2_grpc.WorkerStub(wc).Generate,
+            "router": generation_pb2_grpc.GenerationStub(rc).Generate,
+        }
         for i in range(num_requests + 20):  # the first 20 of each warm up
-            for call, out in ((direct_call, direct), (routed_call, routed)):
+            for name, call in calls.items():
                 request = common_pb2.GenerateRequest(
-                    request_id=f"lat-{i}-{len(out)}", prompt_token_ids=PROMPT, sampling=sampling
+                    request_id=f"lat-{name}-{i}", prompt_token_ids=PROMPT, sampling=sampling
                 )
-                seconds = time_one(call, request)
+                measured = time_one(call, request)
                 if i >= 20:
-                    out.append(seconds)
-    result = {}
-    for name, values in (("direct", direct), ("router", routed)):
-        result[f"{name}_p50_ms"] = 1000 * percentile(values, 50)
-        result[f"{name}_p99_ms"] = 1000 * percentile(values, 99)
-    result["added_p50_ms"] = result["router_p50_ms"] - result["direct_p50_ms"]
-    result["added_p99_ms"] = result["router_p99_ms"] - result["direct_p99_ms"]
-    paired = [r - d for r, d in zip(routed, direct, strict=True)]
-    result["added_median_of_pairs_ms"] = 1000 * statistics.median(paired)
+                    times[name].append(measured)
+    result: dict[str, float] = {}
+    for which, index in (("ttft", 0), ("e2e", 1)):
+        for name, values in times.items():
+            for q in (50, 99):
+                result[f"{name}_{which}_p{q}_ms"] = 1000 * percentile([v[index] for v in values], q)
+        for q in (50, 99):
+            result[f"added_{which}_p{q}_ms"] = (
+                result[f"router_{which}_p{q}_ms"] - result[f"direct_{which}_p{q}_ms"]
+            )
     return result
 
 
