@@ -75,6 +75,16 @@ def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
     )
 
 
+def run(config: RouterConfig) -> int:
+    """Serve on uvloop when it is installed, else on asyncio's own loop. uvloop takes ~15-20% less
+    CPU per forwarded message (bench/router_overhead.py), which on a small machine is latency."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(config))
+    return uvloop.run(serve(config))
+
+
 async def serve(config: RouterConfig) -> int:
     """Run until SIGTERM/SIGINT (exit code 0) or a control-plane failure (1)."""
     core = build_core(config)
@@ -105,11 +115,12 @@ async def serve(config: RouterConfig) -> int:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = metrics_server.server_port if metrics_server is not None else None
         logger.info(
-            "router %s serving on %s (policy version %d, metrics port %s)",
+            "router %s serving on %s (policy version %d, metrics port %s, %s loop)",
             core.router_id,
             address,
             version,
             metrics_port,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         _write_ready_file(config, port, metrics_port, core.router_id)
         failed = await _wait_for_stop(follower)

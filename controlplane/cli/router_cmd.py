@@ -7,7 +7,6 @@ Exit code 0 after a clean stop (SIGTERM/SIGINT), 1 when the control plane cannot
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,11 +102,11 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from epochserve.router.server import serve
+    from epochserve.router.server import run as serve_router
 
     try:
         config = build_config(args)
     except ConfigError as e:
         print(f"epochctl router: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(config))
+    return serve_router(config)
