@@ -88,13 +88,9 @@ def run(config: RouterConfig) -> int:
 async def serve(config: RouterConfig) -> int:
     """Run until SIGTERM/SIGINT (exit code 0) or a control-plane failure (1)."""
     core = build_core(config)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationService(core), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [GENERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    server, health_servicer = _grpc_server(core)
+    for name in ("", GENERATION_SERVICE):  # until admission knows the committed version
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = bind(server, config)
     await server.start()
     core.router_id, address = config.identity(port)
@@ -114,13 +110,10 @@ async def serve(config: RouterConfig) -> int:
         for name in ("", GENERATION_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = metrics_server.server_port if metrics_server is not None else None
+        loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
         logger.info(
             "router %s serving on %s (policy version %d, metrics port %s, %s loop)",
-            core.router_id,
-            address,
-            version,
-            metrics_port,
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
+            *(core.router_id, address, version, metrics_port, loop_kind),
         )
         _write_ready_file(config, port, metrics_port, core.router_id)
         failed = await _wait_for_stop(follower)
@@ -137,6 +130,17 @@ async def serve(config: RouterConfig) -> int:
             metrics_server.shutdown()
         if core.audit is not None:
             core.audit.close()
+
+
+def _grpc_server(core: RouterCore) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """Generation + health (NOT_SERVING until the first epoch) + reflection, not yet bound."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationService(core), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = [GENERATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(services, server)
+    return server, health_servicer
 
 
 def _write_ready_file(config: RouterConfig, port: int, metrics_port: int | None, router_id: str) -> None:
