@@ -65,7 +65,8 @@ class Dispatcher:
                 what = f"a worker serving policy version {state.version}"
                 no_worker = NoWorkerError(f"request {state.request_id}: no {what}")
                 timeout = budget.next_timeout(what, functools.partial(_same, no_worker))
-                await self.admission.changes.wait(timeout)
+                retry_in = self.registry.seconds_until_retry(state.version)
+                await self.admission.changes.wait(timeout if retry_in is None else min(timeout, retry_in))
 
     def _move_up_if_retired(self, state: FlowState) -> None:
         current = self.admission.version

@@ -114,18 +114,33 @@ class WorkerRegistry:
 
     def candidates(self, version: int, excluded: set[str]) -> list[WorkerHandle]:
         """Handles that may take a request pinned to `version` now, by worker id: READY, serving
-        exactly `version`, not in `excluded` (keys), with room. Suspects only when nothing else."""
+        exactly `version`, with room. Among them, in order of preference: those not in `excluded`
+        (keys the request failed on) and not suspect; those not excluded; and, when nothing else
+        serves the version, excluded ones once no longer suspect — a lone worker that had a
+        hiccup (fenced, then back) is tried again rather than waited on (bounded by max_attempts).
+        """
         now = time.monotonic()
         fit = [
             h
             for h in self._handles.values()
             if h.view.is_ready
             and h.view.serving_version == version
-            and h.key not in excluded
             and (not self.max_seqs_per_worker or h.load.seqs < self.max_seqs_per_worker)
         ]
-        healthy = [h for h in fit if h.suspect_until <= now]
-        return healthy or fit
+        fresh = [h for h in fit if h.key not in excluded]
+        if fresh:
+            return [h for h in fresh if h.suspect_until <= now] or fresh
+        return [h for h in fit if h.suspect_until <= now]
+
+    def seconds_until_retry(self, version: int) -> float | None:
+        """When a suspect worker serving `version` may be tried again (None: none is suspect)."""
+        now = time.monotonic()
+        waits = [
+            h.suspect_until - now
+            for h in self._handles.values()
+            if h.view.serving_version == version and h.suspect_until > now
+        ]
+        return min(waits) if waits else None
 
     def serves(self, version: int) -> bool:
         """Whether any READY worker serves `version` (room and exclusions aside)."""

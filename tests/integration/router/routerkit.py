@@ -1,8 +1,12 @@
 """Helpers of the router integration tests: a local cluster with routers, policy versions with
-different weights, rollouts, waiting, worker info and Prometheus scrapes."""
+different weights, rollouts, waiting, worker info, Prometheus scrapes, a TLS front for a worker."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -91,3 +95,46 @@ def max_logprob_gap(model, prompt: list[int], sample: Sample) -> float:
     reference = torch.log_softmax(hf_next_token_logits(model, prompt, tokens), dim=-1)
     expected = reference[torch.arange(len(tokens)), torch.tensor(tokens)]
     return (expected - torch.tensor(sample.processed_logprobs)).abs().max().item()
+
+
+class TlsTerminator:
+    """A worker that serves TLS, as far as its clients can tell: accepts TLS (ALPN h2) on `port` and
+    forwards the plaintext bytes to `target` (set once the worker is up). Daemon threads."""
+
+    def __init__(self, cert: Path, key: Path, port: int) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.context.set_alpn_protocols(["h2"])
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.target: tuple[str, int] | None = None
+        self.num_connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.listener.accept()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            secure = self.context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            conn.close()
+            return
+        assert self.target is not None, "set the target before clients connect"
+        upstream = socket.create_connection(self.target)
+        self.num_connections += 1
+        threading.Thread(target=_pump, args=(upstream, secure), daemon=True).start()
+        _pump(secure, upstream)
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)

@@ -3,6 +3,7 @@ requests up when their version is retired, exclusions, suspects, per-worker boun
 
 import asyncio
 import contextlib
+import time
 
 import grpc
 import pytest
@@ -123,22 +124,34 @@ def test_excluded_workers_are_skipped_and_suspects_used_only_as_a_last_resort():
         async with core() as c:
             c.switch_to(1)
             c.registry.update(view(1, 1, worker("a", 1), worker("b", 1)))
-            a = next(h for h in c.registry.handles if h.worker_id == "a")
+            a, b = c.registry.handles
             s = state(1)
             s.excluded.add(a.key)
             for _ in range(3):
-                assert (await c.dispatcher.acquire(ROUTE, s, Deadline(None)))[0].worker_id == "b"
-            b = next(h for h in c.registry.handles if h.worker_id == "b")
+                assert (await c.dispatcher.acquire(ROUTE, s, Deadline(None)))[0] is b
             c.registry.mark_suspect(b)
-            picks = {
-                (await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0].worker_id for _ in range(4)
-            }
-            assert picks == {"a"}
+            picks = {(await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0] for _ in range(4)}
+            assert picks == {a}
             c.registry.mark_suspect(a)
-            picks = {
-                (await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0].worker_id for _ in range(4)
-            }
-            assert picks == {"a", "b"}  # all suspect: better than nothing
+            picks = {(await c.dispatcher.acquire(ROUTE, state(1), Deadline(None)))[0] for _ in range(4)}
+            assert picks == {a, b}  # all suspect: better than nothing
+
+    run(scenario())
+
+
+def test_a_lone_worker_that_failed_is_tried_again_once_no_longer_suspect():
+    async def scenario():
+        async with core() as c:
+            c.registry.suspect_seconds = 0.3
+            c.switch_to(1)
+            c.registry.update(view(1, 1, worker("only", 1)))
+            [only] = c.registry.handles
+            s = state(1, attempts=1)
+            s.excluded.add(only.key)  # the request failed on it ...
+            c.registry.mark_suspect(only)  # ... in transport
+            started = time.monotonic()
+            handle, _ = await asyncio.wait_for(c.dispatcher.acquire(ROUTE, s, Deadline(None)), 2)
+            assert handle is only and time.monotonic() - started >= 0.25
 
     run(scenario())
 
