@@ -46,6 +46,11 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
     async def Abort(
         self, request: common_pb2.AbortRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.AbortResponse:
+        """found=True for a request in flight at this router. A waiting request ends ABORTED; a
+        running one is aborted on its worker (its samples finish with ABORT). Failure mode: an
+        Abort that reaches the worker in the millisecond before the request itself finds nothing
+        there, and the request runs on; the client may cancel its call instead, which always holds.
+        """
         state = self.core.inflight.get(request.request_id)
         if state is None:
             return common_pb2.AbortResponse(request_id=request.request_id, found=False)
