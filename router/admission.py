@@ -100,7 +100,7 @@ class Admission:
             while self.version is None or self.version < wanted:
                 if is_aborted():
                     raise RequestAbortedError(f"request {request_id} aborted before it started")
-                timeout = budget.next_timeout(what, lambda: NoWorkerError(f"request {request_id}: no {what}"))
+                timeout = budget.next_timeout(what, NoWorkerError(f"request {request_id}: no {what}"))
                 await self.changes.wait(timeout)
         return self.version
 

@@ -11,7 +11,6 @@ failed the old version, and serve the new one afresh.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 
 from epochserve.errors import RequestAbortedError
@@ -63,8 +62,7 @@ class Dispatcher:
                     queued_on = state.version
                 budget = budget or WaitBudget(state.request_id, deadline, self.max_wait_seconds)
                 what = f"a worker serving policy version {state.version}"
-                no_worker = NoWorkerError(f"request {state.request_id}: no {what}")
-                timeout = budget.next_timeout(what, functools.partial(_same, no_worker))
+                timeout = budget.next_timeout(what, NoWorkerError(f"request {state.request_id}: no {what}"))
                 retry_in = self.registry.seconds_until_retry(state.version)
                 await self.admission.changes.wait(timeout if retry_in is None else min(timeout, retry_in))
 
@@ -92,7 +90,3 @@ class Dispatcher:
             handle.load, route.cost_tokens, route.n, lambda: self.registry.released(handle)
         )
         return handle, reservation
-
-
-def _same(error: Exception) -> Exception:
-    return error

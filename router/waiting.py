@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from epochserve.router.errors import WaitDeadlineError
@@ -69,15 +68,15 @@ class WaitBudget:
         self.deadline = deadline
         self.limit_at = time.monotonic() + max_wait
 
-    def next_timeout(self, what: str, on_limit: Callable[[], Exception]) -> float:
+    def next_timeout(self, what: str, limit_error: Exception) -> float:
         """Seconds to wait before looking again. Raises WaitDeadlineError once the deadline passed
-        and on_limit() once the router's limit did; `what` says what the request waited for."""
+        and `limit_error` once the router's limit did; `what` says what the request waited for."""
         now = time.monotonic()
         expires_at = self.deadline.expires_at
         if expires_at is not None and now >= expires_at - DEADLINE_MARGIN_SECONDS:
             raise WaitDeadlineError(f"request {self.request_id}: deadline exceeded waiting for {what}")
         if now >= self.limit_at:
-            raise on_limit()
+            raise limit_error
         until = (
             self.limit_at if expires_at is None else min(self.limit_at, expires_at - DEADLINE_MARGIN_SECONDS)
         )
