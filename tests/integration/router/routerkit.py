@@ -3,7 +3,6 @@ different weights, rollouts, waiting, worker info, Prometheus scrapes, a TLS fro
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 from fixtures.engine import hf_next_token_logits
+from fixtures.etcd import TcpProxy
 from fixtures.grpc_client import worker_info
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -97,44 +97,37 @@ def max_logprob_gap(model, prompt: list[int], sample: Sample) -> float:
     return (expected - torch.tensor(sample.processed_logprobs)).abs().max().item()
 
 
-class TlsTerminator:
-    """A worker that serves TLS, as far as its clients can tell: accepts TLS (ALPN h2) on `port` and
-    forwards the plaintext bytes to `target` (set once the worker is up). Daemon threads."""
+class TlsFront(TcpProxy):
+    """A worker that serves TLS, as far as its clients can tell: accepts TLS (ALPN h2) on `port`
+    and forwards the plaintext bytes to `target` (set once the worker is up). Daemon threads."""
 
-    def __init__(self, cert: Path, key: Path, port: int) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # before the accept thread starts
         self.context.load_cert_chain(cert, key)
         self.context.set_alpn_protocols(["h2"])
-        self.listener = socket.create_server(("127.0.0.1", port))
-        self.target: tuple[str, int] | None = None
         self.num_connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port=0)
+
+    def set_target(self, port: int) -> None:
+        self._target = ("127.0.0.1", port)
 
     def _accept(self) -> None:
         while True:
-            conn, _ = self.listener.accept()
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, client: socket.socket) -> None:
         try:
-            secure = self.context.wrap_socket(conn, server_side=True)
+            secure = self.context.wrap_socket(client, server_side=True)
         except (ssl.SSLError, OSError):
-            conn.close()
+            client.close()
             return
-        assert self.target is not None, "set the target before clients connect"
-        upstream = socket.create_connection(self.target)
+        upstream = socket.create_connection(self._target)
+        with self._lock:
+            self._open.update((secure, upstream))
         self.num_connections += 1
-        threading.Thread(target=_pump, args=(upstream, secure), daemon=True).start()
-        _pump(secure, upstream)
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (source, sink):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+        threading.Thread(target=self._pipe, args=(upstream, secure), daemon=True).start()
+        self._pipe(secure, upstream)
