@@ -38,6 +38,12 @@ class EngineConfig:
     # milliseconds), else in pinned host memory (no device memory, a slower swap).
     stage_on_device: bool = True
     cuda_graphs: bool = True  # CUDA: replay decode steps from captured graphs (DecodeGraphs)
+    # "auto": Triton kernels on CUDA, PyTorch on CPU; "torch": the PyTorch reference everywhere.
+    kernel_mode: Literal["auto", "torch", "triton"] = "auto"
+    # Bit-identical tokens and logprobs for a request whatever shares its batch (CUDA, Triton
+    # kernels): fixed reduction orders in matmul, attention and norms, prefill chunks at fixed
+    # boundaries. Costs throughput (docs/benchmarks.md).
+    batch_invariant: bool = False
     # "safetensors": load the checkpoint; "random": N(0, 0.02) weights from config.json alone (benchmarks).
     load_format: Literal["safetensors", "random"] = "safetensors"
 

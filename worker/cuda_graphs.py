@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from epochserve.worker.host_buffers import PinnedStaging, pack_int64, padded_rows
 from epochserve.worker.kv_cache import KVCachePool
 from epochserve.worker.layers.attention import AttentionMetadata
 from epochserve.worker.models.llama import LlamaForCausalLM
@@ -55,6 +56,7 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(b + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
+        self.staging = PinnedStaging(device)
         self.pool: Any = None  # the graphs' shared memory pool, made by the first capture
 
     def can_run(self, plan: StepPlan) -> bool:
@@ -76,6 +78,7 @@ class DecodeGraphs:
             query_start_loc_tensor=self.query_start_loc[: batch + 1],
             max_query_len=1,
             max_seq_len=self.max_seq_len,
+            in_graph=True,
         )
 
     def _forward(self, batch: int) -> torch.Tensor:
@@ -88,7 +91,7 @@ class DecodeGraphs:
     def capture(self, before_each: Callable[[int], None] | None = None) -> None:
         """Capture one graph per bucket, largest first (its pool then serves the smaller ones).
         `before_each(batch)`: TP ranks synchronize here so that they capture in lockstep."""
-        self._pad_from(0)
+        self._pad_rows(0, self.max_batch)
         for batch in reversed(self.buckets):
             if before_each is not None:
                 before_each(batch)
@@ -103,33 +106,31 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured %d decode graphs (batch sizes %s)", len(self.graphs), list(self.buckets))
 
-    def _pad_from(self, row: int) -> None:
-        """Rows >= row: a token at position 0 of a one-token sequence in the scratch block."""
-        self.input_ids[row:] = 0
-        self.positions[row:] = 0
-        self.slots[row:] = self.scratch_slot
-        self.block_tables[row:] = self.scratch_block
-        self.seq_lens[row:] = 1
+    def _pad_rows(self, start: int, end: int) -> None:
+        """Rows [start, end): a token at position 0 of a one-token sequence in the scratch block."""
+        if start >= end:
+            return
+        self.input_ids[start:end] = 0
+        self.positions[start:end] = 0
+        self.slots[start:end] = self.scratch_slot
+        self.block_tables[start:end] = self.scratch_block
+        self.seq_lens[start:end] = 1
 
     def run(self, plan: StepPlan) -> torch.Tensor:
         """fp32 logits [num_seqs, vocab] of a decode step, from the smallest bucket that fits."""
-        num_seqs = len(plan.seq_lens)
-        batch = next(b for b in self.buckets if b >= num_seqs)
+        n = len(plan.seq_lens)
+        batch = next(b for b in self.buckets if b >= n)
         # Only the columns this step uses: the kernels read a row no further than its seq_len.
         width = max(len(t) for t in plan.block_tables)
-        tables = [t + [self.scratch_block] * (width - len(t)) for t in plan.block_tables]
-        host = torch.tensor(
-            [*plan.input_ids, *plan.positions, *plan.slot_mapping, *plan.seq_lens], dtype=torch.int64
-        )
-        device_values = host.pin_memory().to(self.input_ids.device, non_blocking=True)
-        ids, positions, slots, lens = device_values.split(num_seqs)
-        self.input_ids[:num_seqs].copy_(ids)
-        self.positions[:num_seqs].copy_(positions)
-        self.slots[:num_seqs].copy_(slots)
-        self.seq_lens[:num_seqs].copy_(lens)
-        self.block_tables[:num_seqs, :width].copy_(
-            torch.tensor(tables, dtype=torch.int32).pin_memory().to(self.input_ids.device, non_blocking=True)
-        )
-        self._pad_from(num_seqs)
+        parts = [plan.input_ids, plan.positions, plan.slot_mapping, plan.seq_lens,
+                 padded_rows(plan.block_tables, width, self.scratch_block)]  # fmt: skip
+        values = self.staging.to_device(pack_int64(parts, 4 * n + n * width))
+        ids, positions, slots, lens, tables = values.split([n, n, n, n, n * width])
+        self.input_ids[:n].copy_(ids)
+        self.positions[:n].copy_(positions)
+        self.slots[:n].copy_(slots)
+        self.seq_lens[:n].copy_(lens)
+        self.block_tables[:n, :width].copy_(tables.view(n, width))
+        self._pad_rows(n, batch)
         self.graphs[batch].replay()
-        return self.logits[batch][:num_seqs]
+        return self.logits[batch][:n]

@@ -63,7 +63,7 @@ class Engine:
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = setup.make_runner(config, tp, channel)
-        self.sampler = Sampler()
+        self.sampler = Sampler(batch_invariant=config.batch_invariant)
         self.policy_version = config.policy_version
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
         self._requests: dict[str, list[Sequence]] = {}
@@ -241,6 +241,13 @@ class Engine:
 
     def block_usage(self) -> BlockUsage:
         return self.block_manager.usage()
+
+    @property
+    def kernel_mode(self) -> str:
+        """What produced the logits: "torch", "triton", "triton+graphs", "batch_invariant"(+graphs)."""
+        ops = self.model.lm_head.ops
+        mode = "batch_invariant" if getattr(ops, "batch_invariant", False) else ops.name
+        return f"{mode}+graphs" if self.runner.graphs is not None else mode
 
     @property
     def num_running(self) -> int:

@@ -15,6 +15,7 @@ import time
 import torch
 
 from epochserve.worker.cuda_graphs import DecodeGraphs
+from epochserve.worker.host_buffers import PinnedStaging
 from epochserve.worker.kv_cache import KVCachePool
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.scheduler import ScheduledBatch
@@ -45,6 +46,7 @@ class ModelRunner:
         self.channel = channel  # set on every rank of a TP group of size > 1
         self._last_send = time.monotonic()
         self.graphs: DecodeGraphs | None = None  # set by capture_graphs (CUDA only)
+        self.staging = PinnedStaging(device)
 
     # ---- rank 0 ------------------------------------------------------------------------------
     def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence]]:
@@ -138,7 +140,7 @@ class ModelRunner:
         fit one, else eagerly."""
         if self.graphs is not None and self.graphs.can_run(plan):
             return self.graphs.run(plan)
-        inputs = build_step_inputs(plan, self.device)
+        inputs = build_step_inputs(plan, self.device, self.staging)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
         return logits.float()

@@ -16,7 +16,7 @@ from epochserve.worker.config import EngineConfig
 from epochserve.worker.cuda_graphs import DecodeGraphs
 from epochserve.worker.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
 from epochserve.worker.layers.context import LayerContext
-from epochserve.worker.layers.ops import TORCH_OPS, TorchOps
+from epochserve.worker.layers.ops import TORCH_OPS, TorchOps, TritonOps
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.models.config import ModelConfig
@@ -52,8 +52,16 @@ class RankSetup:
 
 
 def select_ops(config: EngineConfig) -> TorchOps:
-    """The kernels a rank uses: PyTorch on CPU (and when asked), Triton on CUDA."""
-    return TORCH_OPS
+    """The kernels a rank uses: PyTorch on CPU or when asked (kernel_mode="torch"), else Triton on CUDA."""
+    # kernel_mode="triton" on CPU runs the kernels in Triton's interpreter (TRITON_INTERPRET=1): slow,
+    # fp32 only, but it tests the GPU path's integration on any machine.
+    on_cuda = config.torch_device.type == "cuda"
+    use_triton = config.kernel_mode == "triton" or (config.kernel_mode == "auto" and on_cuda)
+    if not use_triton:
+        if config.batch_invariant:
+            raise ConfigError("batch_invariant needs the Triton kernels (kernel_mode auto or triton)")
+        return TORCH_OPS
+    return TritonOps(batch_invariant=config.batch_invariant)
 
 
 def check_head_split(config: ModelConfig, tp_size: int) -> None:

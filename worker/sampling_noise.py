@@ -38,10 +38,18 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
-def gumbel_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[rows, vocab] fp32 Gumbel(0, 1) noise for int64 keys [rows]."""
+def uniform_bits(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, vocab] int64 in [0, 2^24): the integer noise, bit-identical on every device."""
     tokens = torch.arange(vocab_size, device=keys.device, dtype=torch.int64)
-    bits = _mix(keys[:, None] + tokens[None, :] * _GOLDEN)
+    return _shift_right(_mix(keys[:, None] + tokens[None, :] * _GOLDEN), 40)
+
+
+def gumbel_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, vocab] fp32 Gumbel(0, 1) noise for int64 keys [rows].
+
+    The uniforms are exact on every device; the two logs may differ in the last bit between a CPU
+    and a GPU (their libm differs), never between two calls on one device.
+    """
     # 24 high bits → a uniform in (0, 1) that fp32 represents exactly, never 0 or 1.
-    uniform = (_shift_right(bits, 40).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    uniform = (uniform_bits(keys, vocab_size).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
     return -torch.log(-torch.log(uniform))

@@ -109,7 +109,9 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
     server = grpc.aio.server()
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     identity = WorkerStamp(
-        worker_id=config.worker_id or f"{socket.gethostname()}:{port}", tp_size=config.tp, kernel_mode="torch"
+        worker_id=config.worker_id or f"{socket.gethostname()}:{port}",
+        tp_size=config.tp,
+        kernel_mode=engine.kernel_mode,
     )
     service = WorkerService(
         loop, identity, load_tokenizer(config.engine.model_dir), str(config.engine.model_dir)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from epochserve.worker.host_buffers import PinnedStaging, pack_int64, padded_rows
 from epochserve.worker.layers.attention import AttentionMetadata
 from epochserve.worker.step_plan import StepPlan
 
@@ -20,19 +21,17 @@ class StepInputs:
     logits_indices: torch.Tensor  # [num_sampling_seqs] int64
 
 
-def build_step_inputs(plan: StepPlan, device: torch.device) -> StepInputs:
+def build_step_inputs(plan: StepPlan, device: torch.device, staging: PinnedStaging) -> StepInputs:
     """Pack every integer list of the plan into one host tensor, copy it once, slice on the device."""
     num_seqs = len(plan.seq_lens)
     max_blocks = max(len(table) for table in plan.block_tables)
-    flat_tables = [b for table in plan.block_tables for b in (*table, *[0] * (max_blocks - len(table)))]
-    parts = [plan.input_ids, plan.positions, plan.slot_mapping, plan.logits_indices, plan.seq_lens,
-             plan.query_start_loc, flat_tables]  # fmt: skip
-    host = torch.tensor([v for part in parts for v in part], dtype=torch.int64)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    values = host.to(device, non_blocking=True)
-    views = list(values.split([len(p) for p in parts]))
-    input_ids, positions, slots, logits_indices, seq_lens, query_start_loc, tables = views
+    lists = [plan.input_ids, plan.positions, plan.slot_mapping, plan.logits_indices, plan.seq_lens,
+             plan.query_start_loc]  # fmt: skip
+    sizes = [len(values) for values in lists] + [num_seqs * max_blocks]
+    host = pack_int64([*lists, padded_rows(plan.block_tables, max_blocks, 0)], sum(sizes))
+    input_ids, positions, slots, logits_indices, seq_lens, query_start_loc, tables = staging.to_device(
+        host
+    ).split(sizes)
     meta = AttentionMetadata(
         slot_mapping=slots,
         block_tables=tables.view(num_seqs, max_blocks).to(torch.int32),

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 # to this many rows keeps every row on the gemm path: a request computes the same numbers alone or
 # in a batch (tests/integration/worker/test_smollm2_engine.py checks it).
 CPU_MIN_ROWS = 8
+# From this many rows an fp32 matmul on CUDA goes through 3xTF32 (see TritonOps.linear); below, it
+# is memory-bound and cuBLAS' fp32 reads the weight fastest.
+TF32X3_MIN_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +53,10 @@ class TorchOps:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return add_rms_norm_torch(x, residual, weight, eps)
 
-    def rotary(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
-        return apply_rotary_torch(x, positions, cos_sin)
+    def rotary_qk(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return apply_rotary_torch(q, positions, cos_sin), apply_rotary_torch(k, positions, cos_sin)
 
     def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         return silu_and_mul_torch(gate_up)
@@ -80,3 +85,88 @@ class TorchOps:
 
 
 TORCH_OPS = TorchOps()
+
+
+@dataclass(frozen=True, slots=True)
+class TritonOps(TorchOps):
+    """Triton kernels (kernels/*_triton.py) on CUDA; the same math as TorchOps, checked against it.
+
+    batch_invariant: every reduction whose order could follow the batch is pinned — matmuls through
+    matmul_batch_invariant (fixed tiles, no split-K), attention with a fixed partition length — so a
+    request's tokens and logprobs are bit-identical whatever shares its batch (docs/kernels.md).
+    """
+
+    name: str = "triton"
+    batch_invariant: bool = False
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
+
+        fp32 = x.dtype == torch.float32
+        if self.batch_invariant:
+            # fp32 (the lm_head): 3xTF32 on the tensor cores, within fp32 rounding (2.4e-7 relative
+            # vs fp64 on H100, cuBLAS fp32: 1.2e-6) and the same path for every batch size.
+            return matmul_batch_invariant(x, weight, bias, fp32_precision="tf32x3" if fp32 else "ieee")
+        if fp32 and x.shape[0] >= TF32X3_MIN_ROWS:
+            # Many rows of fp32 (the lm_head of a large decode batch): 3xTF32 is both faster than
+            # cuBLAS' IEEE fp32 (3.95 vs 5.48 ms at 256 x 4096 x 128k, H100) and as accurate.
+            return matmul_batch_invariant(x, weight, bias, fp32_precision="tf32x3")
+        return F.linear(x, weight, bias)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        from epochserve.kernels.rmsnorm_triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps)
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton
+
+        return add_rms_norm_triton(x, residual, weight, eps)
+
+    def rotary_qk(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from epochserve.kernels.rotary_triton import apply_rotary_qk_triton
+
+        return apply_rotary_qk_triton(q, k, positions, cos_sin)
+
+    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        from epochserve.kernels.activation_triton import silu_and_mul_triton
+
+        return silu_and_mul_triton(gate_up)
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        from epochserve.kernels.kv_cache_triton import write_kv_cache_triton
+
+        write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
+
+    def attention(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        from epochserve.kernels.paged_attention_triton import (
+            BATCH_INVARIANT_SPLIT_TOKENS,
+            paged_attention_triton,
+        )
+
+        assert meta.seq_lens_tensor is not None and meta.query_start_loc_tensor is not None
+        # Graphs plan for their capture-time bounds: a fixed partition length keeps that plan valid.
+        fixed = BATCH_INVARIANT_SPLIT_TOKENS if self.batch_invariant or meta.in_graph else None
+        seq_lens, starts = meta.seq_lens_tensor, meta.query_start_loc_tensor
+        return paged_attention_triton(
+            query, key_cache, value_cache, meta.block_tables, seq_lens, starts, scale,
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed,
+        )  # fmt: skip

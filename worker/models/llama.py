@@ -66,8 +66,10 @@ class Rotary(nn.Module):
         self.ops = ctx.ops
         self.register_buffer("cos_sin", rope_cos_sin_cache(inv_freq, max_positions), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.ops.rotary(x, positions, self.cos_sin)
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ops.rotary_qk(q, k, positions, self.cos_sin)
 
 
 class Attention(nn.Module):
@@ -100,7 +102,7 @@ class Attention(nn.Module):
         )
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k = self.rotary(q, k, positions)
         out = self.attn(q, k, v, cache, meta)
         return self.o_proj(out.reshape(n, self.num_heads * d))
 

@@ -71,8 +71,17 @@ def piece_checksum(values: torch.Tensor, first_index: torch.Tensor | int) -> Che
     return Checksum(_unsigned(a), _unsigned(b))
 
 
+# Elements per pass: bounds the int64 temporaries (3 x 8 bytes per element) of a big tensor.
+_CHUNK = 1 << 26
+
+
 def tensor_checksum(tensor: torch.Tensor) -> Checksum:
-    return piece_checksum(tensor, 0)
+    """The checksum of a whole tensor, in chunks of at most _CHUNK elements (same result)."""
+    flat = tensor.detach().contiguous().view(-1)
+    total = Checksum()
+    for start in range(0, flat.numel(), _CHUNK):
+        total = total + piece_checksum(flat[start : start + _CHUNK], start)
+    return total
 
 
 def row_range_checksum(rows: torch.Tensor, first_row: int, row_numel: int) -> Checksum:

@@ -22,6 +22,7 @@ from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import WeightSource
 from epochserve.worker.models.llama import LlamaForCausalLM, checkpoint_names
 from epochserve.worker.weights.checksum import Checksum, from_int64_pair, row_range_checksum, to_int64_pair
+from epochserve.worker.weights.fingerprint import fingerprint
 from epochserve.worker.weights.manifest import Manifest, ManifestError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class StagedWeights:
     manifest_checksum: str
     buffers: dict[str, torch.Tensor]  # parameter name → twin (same shape and dtype)
     location: str  # "gpu" or "host"
+    fingerprint: str  # of the twins: what the live weights' fingerprint will be after the swap
 
 
 def allocate_twins(model: LlamaForCausalLM, prefer_device: bool) -> tuple[dict[str, torch.Tensor], str]:
@@ -112,7 +114,8 @@ def stage(
         error = exc
         logger.warning("rank %d: staging v%d failed: %s", tp.rank, manifest.version, exc)
     _verdict(tp, manifest, partial, error)
-    return StagedWeights(manifest.version, manifest.checksum, buffers, location)
+    # Computed here, in the background, so that the swap's pause does not include it.
+    return StagedWeights(manifest.version, manifest.checksum, buffers, location, fingerprint(buffers, tp))
 
 
 def _check_names(model: LlamaForCausalLM, manifest: Manifest) -> None:

@@ -8,14 +8,11 @@ two workers of the same layout serving the same version report the same fingerpr
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
-import torch.distributed as dist
 
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.models.llama import LlamaForCausalLM
-from epochserve.worker.weights.checksum import tensor_checksum, to_int64_pair
+from epochserve.worker.weights.fingerprint import fingerprint
 from epochserve.worker.weights.staging import StagedWeights
 
 
@@ -33,14 +30,5 @@ def swap_in(model: LlamaForCausalLM, staged: StagedWeights) -> None:
 
 @torch.no_grad()
 def live_fingerprint(model: LlamaForCausalLM, tp: TensorParallel) -> str:
-    """sha256 (32 hex digits) over every rank's per-parameter checksums; a collective on TP > 1."""
-    names = sorted(name for name, _ in model.named_parameters())
-    params = dict(model.named_parameters())
-    local = torch.stack([to_int64_pair(tensor_checksum(params[name])) for name in names])
-    if tp.size > 1:
-        gathered = [torch.empty_like(local) for _ in range(tp.size)]
-        dist.all_gather(gathered, local, group=tp.update_group)
-        local = torch.stack(gathered)
-    digest = hashlib.sha256(",".join(names).encode())
-    digest.update(local.numpy().tobytes())
-    return digest.hexdigest()[:32]
+    """The fingerprint of the live parameters; a collective on TP > 1."""
+    return fingerprint(dict(model.named_parameters()), tp)

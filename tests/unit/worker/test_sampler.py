@@ -133,3 +133,10 @@ def test_non_finite_logits_fail_only_their_row():
     out = Sampler().sample(logits, [seq(SamplingParams(temperature=0.0)) for _ in range(3)])
     assert out.errors[0] is None and out.errors[2] is None
     assert out.errors[1] == "non-finite logits"
+
+
+def test_row_by_row_prefix_sums_give_the_same_filter():
+    torch.manual_seed(5)
+    logits = torch.randn(5, 300) * 2
+    args = (torch.full((5,), 40), torch.full((5,), 0.8), torch.full((5,), 0.01))
+    assert torch.equal(filter_logits(logits, *args), filter_logits(logits, *args, batch_invariant=True))

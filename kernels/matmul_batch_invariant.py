@@ -1,0 +1,135 @@
+"""Batch-invariant matmul in Triton: y = x Wᵀ + b where row i of y depends only on row i of x.
+
+Every output tile accumulates over the whole K dimension in one program, in increasing K order,
+with tile shapes and launch parameters taken from a fixed table keyed on (N, K, dtype) — never on M.
+There is no split-K and no autotuning, so the float operations that produce y[i, j] are the same
+for any number of rows (M = 1 or 8192). The reference is F.linear (fp64 in the tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclass(frozen=True, slots=True)
+class MatmulTiles:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int  # output tiles walked in groups of group_m row-tiles: the weight tile stays in L2
+    num_warps: int
+    num_stages: int
+
+
+def matmul_tiles(n: int, k: int, dtype: torch.dtype) -> MatmulTiles:
+    """The one configuration for a weight of shape [n, k]. Depends on the weight only, by design.
+
+    bf16/fp16: 128-row tiles for the tensor cores; narrow (64-column) tiles for N < 8192 so that a
+    decode step of a few hundred rows still spreads over ≥ 2 programs per SM of an H100.
+    fp32 (the lm_head): CUDA-core FMA tiles, as the fp32 output projection must not round to tf32.
+    """
+    if dtype == torch.float32:
+        return MatmulTiles(block_m=64, block_n=64, block_k=32, group_m=8, num_warps=4, num_stages=3)
+    if n < 8192:
+        return MatmulTiles(block_m=128, block_n=64, block_k=64, group_m=8, num_warps=4, num_stages=4)
+    return MatmulTiles(block_m=128, block_n=128, block_k=64, group_m=8, num_warps=8, num_stages=3)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _matmul_kernel(
+    x_ptr,  # [M, K]
+    w_ptr,  # [N, K]
+    bias_ptr,  # [N]
+    out_ptr,  # [M, N]
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    # Grouped order: GROUP_M row-tiles run next to each other over the same weight columns.
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    tile_m = first_m + (pid % per_group) % group_rows
+    tile_n = (pid % per_group) // group_rows
+
+    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_xm + ks[None, :]
+    w_ptrs = w_ptr + cols.to(tl.int64)[None, :] * stride_wn + ks[:, None]
+    row_mask = rows[:, None] < M
+    col_mask = cols[None, :] < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs, mask=row_mask, other=0.0)
+            w = tl.load(w_ptrs, mask=col_mask, other=0.0)
+        else:
+            k_left = K - k0
+            x = tl.load(x_ptrs, mask=row_mask & (ks[None, :] < k_left), other=0.0)
+            w = tl.load(w_ptrs, mask=col_mask & (ks[:, None] < k_left), other=0.0)
+        acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + cols[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_mask & col_mask)
+
+
+def matmul_batch_invariant(
+    x: torch.Tensor,  # [M, K]
+    weight: torch.Tensor,  # [N, K]
+    bias: torch.Tensor | None = None,  # [N]
+    *,
+    fp32_precision: Literal["ieee", "tf32x3"] = "ieee",
+    tiles: MatmulTiles | None = None,
+) -> torch.Tensor:
+    """x @ weight.T (+ bias) → [M, N] in x's dtype, fp32 accumulation; row i depends on x[i] only.
+
+    The bias is added to the fp32 accumulator before the single rounding to the output dtype.
+    fp32_precision (fp32 inputs only): "ieee" multiplies on CUDA cores; "tf32x3" splits each operand
+    into a tf32 head and tail on the tensor cores (≈ fp32 accuracy, several times faster on H100).
+    tiles: override the table (benchmarks); choosing it per call from M would break invariance.
+    """
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"cannot multiply x {tuple(x.shape)} by weight.T of {tuple(weight.shape)}")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"x is {x.dtype} but weight is {weight.dtype}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if weight.stride(-1) != 1:
+        raise ValueError("weight needs a contiguous last dimension")
+    (m, k), n = x.shape, weight.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    t = tiles or matmul_tiles(n, k, weight.dtype)
+    grid = (triton.cdiv(m, t.block_m) * triton.cdiv(n, t.block_n),)
+    _matmul_kernel[grid](
+        x, weight, bias if bias is not None else weight, out, m, n, k,
+        x.stride(0), weight.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % t.block_k == 0,
+        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, GROUP_M=t.group_m,
+        DOT_PRECISION=fp32_precision if x.dtype == torch.float32 else "tf32",
+        num_warps=t.num_warps, num_stages=t.num_stages,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,284 @@
+"""Triton kernels vs their PyTorch references on CUDA in bf16 and fp16, and batch invariance in bytes.
+
+Run: `python -m pytest -q tests/gpu/test_kernels_gpu.py` (skips without CUDA).
+
+Tolerances, by the relative error ‖out − ref‖ / ‖ref‖ against an fp32 reference on the same
+low-precision inputs: attention rounds the softmax probabilities to the input dtype before the PV
+product (2**-8 relative for bf16, 2**-11 for fp16) and accumulates in fp32: bf16 < 1e-2, fp16 < 2e-3.
+Elementwise kernels round at the same points as the references: within ~2 ulps of the output dtype.
+Invariance checks compare raw bytes, not values.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))  # shared batch builder
+
+from paged_batch import PagedBatch, make_paged_batch  # noqa: E402
+
+from epochserve.kernels.activation import silu_and_mul_torch  # noqa: E402
+from epochserve.kernels.activation_triton import silu_and_mul_triton  # noqa: E402
+from epochserve.kernels.kv_cache_triton import write_kv_cache_triton  # noqa: E402
+from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant  # noqa: E402
+from epochserve.kernels.paged_attention import paged_attention_torch, write_kv_cache_torch  # noqa: E402
+from epochserve.kernels.paged_attention_triton import (  # noqa: E402
+    BATCH_INVARIANT_SPLIT_TOKENS,
+    paged_attention_triton,
+)
+from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch  # noqa: E402
+from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton, rms_norm_triton  # noqa: E402
+from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq  # noqa: E402
+from epochserve.kernels.rotary_triton import apply_rotary_qk_triton  # noqa: E402
+
+DTYPES = [torch.bfloat16, torch.float16]
+ATTN_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+SPLIT = BATCH_INVARIANT_SPLIT_TOKENS
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(out).all(), "non-finite output"
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Elementwise kernels round where the references round; an approximate exp/rsqrt can still flip
+    the last bit before a rounding, and a flipped intermediate can move the output by ~2 ulps."""
+    tol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}[ref.dtype]
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
+    )
+
+
+def attend(
+    batch: PagedBatch, fixed: int | None, max_query_len: int | None = None, **kw: object
+) -> torch.Tensor:
+    return paged_attention_triton(
+        batch.query, batch.key_cache, batch.value_cache, batch.block_tables, batch.seq_lens,
+        batch.query_start_loc, batch.query.shape[-1] ** -0.5,
+        max_query_len=max_query_len or batch.max_query_len, max_seq_len=batch.max_seq_len,
+        fixed_split_tokens=fixed, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def reference(batch: PagedBatch) -> torch.Tensor:
+    seq_lens, starts = batch.reference_args()
+    d = batch.query.shape[-1]
+    return paged_attention_torch(
+        batch.query, batch.key_cache, batch.value_cache, batch.block_tables, seq_lens, starts, d**-0.5
+    )
+
+
+MIXED = [(1, 1), (37, 37), (700, 5), (1300, 1), (34, 4), (300, 300), (4100, 1)]
+DECODE = [(5000, 1), (1, 1), (129, 1), (2048, 1), (3000, 1), (17, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("num_heads", "num_kv_heads", "head_dim", "block_size"),
+    [(8, 8, 64, 16), (12, 4, 64, 32), (32, 4, 128, 16), (32, 8, 128, 16), (24, 8, 128, 32)],
+)
+@pytest.mark.parametrize("fixed", [None, SPLIT])
+@pytest.mark.parametrize("seqs", [MIXED, DECODE], ids=["mixed", "decode"])
+def test_paged_attention_matches_reference(
+    dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
+    fixed: int | None, seqs: list[tuple[int, int]],
+) -> None:  # fmt: skip
+    batch = make_paged_batch(seqs, num_heads, num_kv_heads, head_dim, block_size, dtype, "cuda", seed=7)
+    out = torch.full_like(batch.query, float("nan"))  # poisoned: every element must be written
+    attend(batch, fixed, out=out)
+    assert rel_err(out, reference(batch)) < ATTN_TOL[dtype]
+
+
+def random_batch(n: int, seed: int) -> list[tuple[int, int]]:
+    gen = torch.Generator().manual_seed(seed)
+    seqs = []
+    for _ in range(n):
+        seq_len = int(torch.randint(1, 3000, (1,), generator=gen))
+        is_decode = bool(torch.rand(1, generator=gen) < 0.7)
+        seqs.append((seq_len, 1 if is_decode else int(torch.randint(1, seq_len + 1, (1,), generator=gen))))
+    return seqs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("target", [(2500, 1), (1800, 77)], ids=["decode", "extend"])
+def test_paged_attention_batch_invariant_bytes(dtype: torch.dtype, target: tuple[int, int]) -> None:
+    """One sequence alone, then first/last among 2, 7, 32 and 128 others (decode-only batches too,
+    which take the split schedule): identical bytes for its rows every time."""
+    for others in (2, 7, 32, 128):
+        for decode_only in (False, True):
+            rest = random_batch(others, seed=others)
+            if decode_only:
+                rest = [(s, 1) for s, _ in rest]
+            for seqs, index in (([target, *rest], 0), ([*rest, target], others)):
+                batch = make_paged_batch(seqs, 32, 8, 128, 16, dtype, "cuda", seed=11)
+                alone = PagedBatch(
+                    *_slice_seq(batch, index), torch.tensor([0, target[1]], dtype=torch.int32, device="cuda")
+                )
+                start = int(batch.query_start_loc[index])
+                expected = attend(alone, SPLIT)
+                got = attend(batch, SPLIT)[start : start + target[1]]
+                assert same_bytes(got, expected), (others, decode_only, index)
+
+
+def _slice_seq(batch: PagedBatch, i: int) -> tuple[torch.Tensor, ...]:
+    start, end = int(batch.query_start_loc[i]), int(batch.query_start_loc[i + 1])
+    return (batch.query[start:end], batch.key_cache, batch.value_cache, batch.block_tables[i : i + 1],
+            batch.seq_lens[i : i + 1])  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_attention_chunking_and_schedule_do_not_change_bytes(dtype: torch.dtype) -> None:
+    seqs = [(1500, 1500), (4000, 1), (2100, 1), (300, 1)]
+    batch = make_paged_batch(seqs, 32, 8, 128, 16, dtype, "cuda", seed=12)
+    full = attend(batch, SPLIT)
+    for chunk_start in (700, 1024, 1499):  # the rest of the prompt as an extend chunk
+        n = 1500 - chunk_start
+        chunk = PagedBatch(
+            batch.query[chunk_start:1500], batch.key_cache, batch.value_cache, batch.block_tables[:1],
+            batch.seq_lens[:1], torch.tensor([0, n], dtype=torch.int32, device="cuda"),
+        )  # fmt: skip
+        assert same_bytes(attend(chunk, SPLIT), full[chunk_start:1500]), chunk_start
+    decodes = PagedBatch(
+        batch.query[1500:], batch.key_cache, batch.value_cache, batch.block_tables[1:], batch.seq_lens[1:],
+        torch.tensor([0, 1, 2, 3], dtype=torch.int32, device="cuda"),
+    )  # fmt: skip
+    as_split = attend(decodes, SPLIT, max_query_len=1)
+    as_loop = attend(decodes, SPLIT, max_query_len=2)
+    assert same_bytes(as_split, as_loop) and same_bytes(as_split, full[1500:])
+    short_alone = PagedBatch(*_slice_seq(batch, 3), torch.tensor([0, 1], dtype=torch.int32, device="cuda"))
+    assert same_bytes(attend(short_alone, SPLIT), full[1502:])  # single schedule: 300 < SPLIT
+
+
+def test_paged_attention_replays_in_a_cuda_graph() -> None:
+    """Captured with an upper-bound max_seq_len and a fixed split, replayed on new lengths and queries:
+    same bytes as an eager call on the new inputs."""
+    batch = make_paged_batch([(3000, 1), (100, 1), (2000, 1), (7, 1)], 32, 8, 128, 16, torch.bfloat16, "cuda")
+    out = torch.empty_like(batch.query)
+
+    def step() -> None:
+        paged_attention_triton(
+            batch.query, batch.key_cache, batch.value_cache, batch.block_tables, batch.seq_lens,
+            batch.query_start_loc, 128**-0.5, max_query_len=1, max_seq_len=4096, fixed_split_tokens=SPLIT,
+            out=out,
+        )  # fmt: skip
+
+    step()  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    # Every table row has 188 entries (pages past a sequence's own point at a spare block), so any
+    # length up to 188 * 16 reads allocated memory.
+    batch.seq_lens.copy_(torch.tensor([3001, 2500, 1, 600], dtype=torch.int32))
+    batch.query.copy_(torch.randn_like(batch.query))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert same_bytes(out, attend(batch, SPLIT, max_query_len=1))
+    assert rel_err(out, reference(batch)) < ATTN_TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_write_kv_cache_matches_reference(dtype: torch.dtype) -> None:
+    qkv = torch.randn(300, (32 + 16) * 128, device="cuda", dtype=dtype)
+    key = qkv[:, 32 * 128 : 40 * 128].view(300, 8, 128)
+    value = qkv[:, 40 * 128 :].view(300, 8, 128)
+    slots = torch.randperm(64 * 16, device="cuda")[:300]
+    caches = [torch.randn(64, 16, 8, 128, device="cuda", dtype=dtype) for _ in range(2)]
+    refs = [c.clone() for c in caches]
+    write_kv_cache_torch(key, value, refs[0], refs[1], slots)
+    write_kv_cache_triton(key, value, caches[0], caches[1], slots)
+    assert same_bytes(caches[0], refs[0]) and same_bytes(caches[1], refs[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norms_match_reference_and_are_row_invariant(dtype: torch.dtype) -> None:
+    x = torch.randn(1000, 4096, device="cuda", dtype=dtype)
+    residual = torch.randn(1000, 4096, device="cuda", dtype=dtype) * 4
+    weight = torch.randn(4096, device="cuda", dtype=dtype)
+    out = rms_norm_triton(x, weight, 1e-5)
+    close(out, rms_norm_torch(x, weight, 1e-5))
+    normed, summed = add_rms_norm_triton(x, residual, weight, 1e-5)
+    ref_normed, ref_summed = add_rms_norm_torch(x, residual, weight, 1e-5)
+    assert same_bytes(summed, ref_summed)
+    close(normed, ref_normed)
+    assert same_bytes(rms_norm_triton(x[7:8], weight, 1e-5), out[7:8])
+    assert same_bytes(add_rms_norm_triton(x[3:5], residual[3:5], weight, 1e-5)[0], normed[3:5])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_and_silu_match_reference(dtype: torch.dtype) -> None:
+    cache = rope_cos_sin_cache(rope_inv_freq(128, 500000.0, "llama3", 8.0), 8192).cuda()
+    qkv = torch.randn(257, 48 * 128, device="cuda", dtype=dtype)
+    q, k = qkv[:, : 32 * 128].view(257, 32, 128), qkv[:, 32 * 128 : 40 * 128].view(257, 8, 128)
+    positions = torch.randint(0, 8192, (257,), device="cuda")
+    out_q, out_k = apply_rotary_qk_triton(q, k, positions, cache)
+    close(out_q, apply_rotary_torch(q, positions, cache))
+    close(out_k, apply_rotary_torch(k, positions, cache))
+    gate_up = torch.randn(257, 2 * 14336, device="cuda", dtype=dtype) * 3
+    close(silu_and_mul_triton(gate_up), silu_and_mul_torch(gate_up))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "n", "k", "precision", "tol"),
+    [(torch.bfloat16, 6144, 4096, "ieee", 1e-2), (torch.float16, 4096, 14336, "ieee", 2e-3),
+     (torch.bfloat16, 28672, 4096, "ieee", 1e-2), (torch.float32, 32000, 4096, "ieee", 1e-5),
+     (torch.float32, 32000, 4096, "tf32x3", 1e-5)],
+)  # fmt: skip
+def test_matmul_matches_linear_and_rows_are_bit_identical(
+    dtype: torch.dtype, n: int, k: int, precision: Literal["ieee", "tf32x3"], tol: float
+) -> None:
+    x = torch.randn(1000, k, device="cuda", dtype=dtype)
+    weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    bias = torch.randn(n, device="cuda", dtype=dtype) if dtype == torch.bfloat16 else None
+
+    def mm(rows: torch.Tensor) -> torch.Tensor:
+        return matmul_batch_invariant(rows, weight, bias, fp32_precision=precision)
+
+    full = mm(x)
+    ref = F.linear(x.double(), weight.double(), bias.double() if bias is not None else None)
+    assert rel_err(full, ref) < tol
+    for rows in (1, 3, 17, 64, 256):
+        assert same_bytes(mm(x[:rows]), full[:rows]), rows
+    assert same_bytes(mm(x[500:501]), full[500:501])
+
+
+@pytest.mark.parametrize("op", ["log_softmax", "softmax", "argmax", "top_p_filter"])
+def test_sampler_row_ops_are_row_count_invariant(op: str) -> None:
+    """The batch-invariant mode keeps torch for the sampler's fp32 row ops over the vocabulary
+    (docs/kernels.md): a row's bytes must not depend on how many rows share the call. torch's own
+    cumsum is not (a lone row scans differently on H100, 2026-11-22), so the top-p filter runs its
+    prefix sums one row per call in that mode; this checks the whole filter."""
+    from epochserve.worker.sampler import filter_logits
+
+    logits = torch.randn(256, 128256, device="cuda") * 5
+
+    def top_p(t: torch.Tensor) -> torch.Tensor:
+        n = t.shape[0]
+        args = (torch.full((n,), 50, device="cuda"), torch.full((n,), 0.9, device="cuda"))
+        return filter_logits(t, *args, torch.full((n,), 0.01, device="cuda"), batch_invariant=True)
+
+    fn = {
+        "log_softmax": lambda t: torch.log_softmax(t, dim=-1),
+        "softmax": lambda t: torch.softmax(t, dim=-1),
+        "argmax": lambda t: t.argmax(dim=-1),
+        "top_p_filter": top_p,
+    }[op]
+    full = fn(logits)
+    for rows in (1, 2, 7, 32, 128):
+        assert same_bytes(fn(logits[:rows]), full[:rows]), rows

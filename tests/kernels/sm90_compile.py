@@ -1,0 +1,178 @@
+"""Compile every Triton kernel for an H100 (sm_90) on a machine without a GPU.
+
+The interpreter runs kernels as NumPy and misses what only the real compiler rejects (a non-constexpr
+global, an unsupported op); ptxas ships inside the triton wheel, so the full pipeline runs here.
+`python tests/kernels/sm90_compile.py` prints each kernel's registers, spills, shared memory and key
+SASS instruction counts (HGMMA/HMMA: tensor cores; LDGSTS: async copies; LDL/STL: local memory);
+tests/kernels/test_sm90_compile.py runs it as a test. Must run without TRITON_INTERPRET.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+_SASS_OPS = ("HGMMA", "HMMA", "LDGSTS", "LDG.E.128", "LDL", "STL", "MUFU.EX2")
+
+
+def _const(value: Any) -> tuple[str, Any]:
+    return ("constexpr", value)
+
+
+def compile_sm90(fn: Any, args: dict[str, Any], num_warps: int, num_stages: int) -> dict[str, Any]:
+    """args: name → type string ("*bf16", "i32", "fp32") or _const(value). Returns resource usage."""
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        value = args[name]
+        if isinstance(value, tuple):
+            signature[name], constexprs[name] = "constexpr", value[1]
+        else:
+            signature[name] = value
+            if value.startswith("*") or name.startswith("stride"):
+                attrs[(i,)] = [["tt.divisibility", 16]]  # what launches see for aligned tensors
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
+    )
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run(
+            [f"{_BIN}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True
+        ).stdout
+        sass = subprocess.run([f"{_BIN}/cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage)
+    assert found, usage
+    report: dict[str, Any] = {
+        "regs": int(found[1]),
+        "stack": int(found[2]),
+        "shared": compiled.metadata.shared,
+    }
+    report.update({op: sass.count(op) for op in _SASS_OPS})
+    return report
+
+
+def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, schedule: str) -> tuple:
+    from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel
+
+    strides = ("qt", "qh", "ot", "oh", "kb", "ks", "kh", "vb", "vs", "vh", "bt")
+    names = ("num_seqs", "split_tokens", "num_parts", *(f"stride_{s}" for s in strides))
+    args: dict[str, Any] = {n: "i32" for n in names}
+    args.update(
+        out_ptr=f"*{dtype}", part_acc_ptr="*fp32", part_m_ptr="*fp32", part_l_ptr="*fp32", q_ptr=f"*{dtype}",
+        k_cache_ptr=f"*{dtype}", v_cache_ptr=f"*{dtype}", block_tables_ptr="*i32", seq_lens_ptr="*i32",
+        query_start_loc_ptr="*i32", scale_log2e="fp32", GROUP=_const(group), HEAD_DIM=_const(head_dim),
+        HEAD_DIM_PAD=_const(triton.next_power_of_2(head_dim)), BLOCK_M=_const(tiles.block_m),
+        BLOCK_Q=_const(tiles.block_m // group), BLOCK_N=_const(tiles.block_n), PAGE_SIZE=_const(page),
+        SCHEDULE=_const(schedule), DECODE=_const(schedule == "split"),
+        DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"),
+    )  # fmt: skip
+    return _paged_attention_kernel, args, tiles.num_warps, tiles.num_stages
+
+
+def _reduce(dtype: str, group: int, head_dim: int) -> tuple:
+    from epochserve.kernels.paged_attention_kernels import _reduce_partitions_kernel
+
+    args: dict[str, Any] = dict(
+        out_ptr=f"*{dtype}", part_acc_ptr="*fp32", part_m_ptr="*fp32", part_l_ptr="*fp32",
+        seq_lens_ptr="*i32", query_start_loc_ptr="*i32", num_seqs="i32", split_tokens="i32",
+        num_parts="i32", stride_ot="i32", stride_oh="i32", GROUP=_const(group),
+        GROUP_PAD=_const(triton.next_power_of_2(group)), HEAD_DIM=_const(head_dim),
+        HEAD_DIM_PAD=_const(head_dim),
+    )  # fmt: skip
+    return _reduce_partitions_kernel, args, 4, 3
+
+
+def _matmul(dtype: str, n: int, k: int, fp32_precision: str = "ieee") -> tuple:
+    import torch
+
+    from epochserve.kernels.matmul_batch_invariant import _matmul_kernel, matmul_tiles
+
+    t = matmul_tiles(n, k, getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]))
+    args: dict[str, Any] = dict(
+        x_ptr=f"*{dtype}", w_ptr=f"*{dtype}", bias_ptr=f"*{dtype}", out_ptr=f"*{dtype}", M="i32", N="i32",
+        K="i32", stride_xm="i32", stride_wn="i32", stride_om="i32", HAS_BIAS=_const(True),
+        EVEN_K=_const(k % t.block_k == 0), BLOCK_M=_const(t.block_m), BLOCK_N=_const(t.block_n),
+        BLOCK_K=_const(t.block_k), GROUP_M=_const(t.group_m),
+        DOT_PRECISION=_const(fp32_precision if dtype == "fp32" else "tf32"),
+    )  # fmt: skip
+    return _matmul_kernel, args, t.num_warps, t.num_stages
+
+
+def _elementwise() -> list[tuple[str, tuple]]:
+    from epochserve.kernels.activation_triton import _silu_and_mul_kernel
+    from epochserve.kernels.kv_cache_triton import _write_kv_cache_kernel
+    from epochserve.kernels.rmsnorm_triton import _rms_norm_kernel
+    from epochserve.kernels.rotary_triton import _rotary_kernel
+
+    kv = {n: "i32" for n in _write_kv_cache_kernel.arg_names if n.startswith("stride")}
+    kv.update(key_ptr="*bf16", value_ptr="*bf16", key_cache_ptr="*bf16", value_cache_ptr="*bf16",
+              slot_mapping_ptr="*i64", NUM_KV_HEADS=_const(8), HEAD_DIM=_const(128), BLOCK_H=_const(8),
+              BLOCK_D=_const(128), PAGE_SIZE=_const(16))  # fmt: skip
+    norm = dict(out_ptr="*bf16", summed_ptr="*bf16", x_ptr="*bf16", residual_ptr="*bf16", weight_ptr="*bf16",
+                eps="fp32", inner="i32", stride_x0="i32", stride_x1="i32", stride_r0="i32", stride_r1="i32",
+                HIDDEN=_const(4096), BLOCK=_const(4096), HAS_RESIDUAL=_const(True))  # fmt: skip
+    rot = {n: "i32" for n in _rotary_kernel.arg_names if n.startswith("stride")}
+    rot.update(q_ptr="*bf16", q_out_ptr="*bf16", k_ptr="*bf16", k_out_ptr="*bf16", positions_ptr="*i64",
+               cos_sin_ptr="*fp32", NUM_Q_HEADS=_const(32), NUM_K_HEADS=_const(8), BLOCK_QH=_const(32),
+               BLOCK_KH=_const(8), HALF=_const(64), BLOCK_HALF=_const(64), HAS_K=_const(True))  # fmt: skip
+    silu = dict(out_ptr="*bf16", gate_up_ptr="*bf16", stride_in="i32", intermediate="i32", BLOCK=_const(1024))
+    return [
+        ("write_kv_cache bf16", (_write_kv_cache_kernel, kv, 4, 3)),
+        ("add_rms_norm bf16 4096", (_rms_norm_kernel, norm, 8, 3)),
+        ("rotary_qk bf16 32/8x128", (_rotary_kernel, rot, 4, 3)),
+        ("silu_and_mul bf16", (_silu_and_mul_kernel, silu, 4, 3)),
+    ]
+
+
+def cases() -> list[tuple[str, Callable[[], tuple]]]:
+    """(label, thunk → (kernel, args, num_warps, num_stages)) for the configurations the engine uses."""
+    from epochserve.kernels.paged_attention_triton import decode_tiles, prefill_tiles
+
+    out: list[tuple[str, Callable[[], tuple]]] = []
+    for dtype, group, head_dim, page in (("bf16", 4, 128, 16), ("fp16", 3, 64, 32), ("bf16", 8, 128, 32)):
+        decode, prefill = decode_tiles(group), prefill_tiles(group)
+        for tiles, schedule in ((decode, "single"), (decode, "loop"), (decode, "split"), (prefill, "single")):
+            kind = "decode" if tiles is decode else "prefill"
+            label = f"attention {dtype} G{group} D{head_dim} page{page} {kind}-tiles {schedule}"
+            thunk = functools.partial(_attention, dtype, group, head_dim, tiles, page, schedule)
+            out.append((label, thunk))
+        out.append(
+            (f"reduce {dtype} G{group} D{head_dim}", functools.partial(_reduce, dtype, group, head_dim))
+        )
+    for dtype, n, k in (("bf16", 6144, 4096), ("bf16", 28672, 4096), ("fp32", 128256, 4096)):
+        out.append((f"matmul {dtype} N{n} K{k}", functools.partial(_matmul, dtype, n, k)))
+    out.append(
+        ("matmul fp32 tf32x3 N128256 K4096", functools.partial(_matmul, "fp32", 128256, 4096, "tf32x3"))
+    )
+    fp32_attention = functools.partial(_attention, "fp32", 4, 128, decode_tiles(4), 16, "split")
+    out.append(("attention fp32 G4 D128 page16 decode-tiles split", fp32_attention))
+    out.extend((label, lambda c=case: c) for label, case in _elementwise())
+    return out
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: this compiles for the GPU", file=sys.stderr)
+        return 2
+    for label, thunk in cases():
+        kernel, args, num_warps, num_stages = thunk()
+        r = compile_sm90(kernel, args, num_warps, num_stages)
+        ops = " ".join(f"{op}={r[op]}" for op in _SASS_OPS if r[op])
+        print(f"{label:58s} regs={r['regs']:3d} stack={r['stack']} smem={r['shared']:6d} {ops}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
