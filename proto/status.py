@@ -7,10 +7,12 @@ import grpc
 from epochserve.errors import (
     CapacityError,
     ConfigError,
+    DeadlineExceededError,
     EpochserveError,
     InvalidRequestError,
     RequestAbortedError,
     RuntimeGuardError,
+    UnavailableError,
     VersionMismatchError,
 )
 
@@ -21,7 +23,13 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (RuntimeGuardError, grpc.StatusCode.INTERNAL),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (RequestAbortedError, grpc.StatusCode.ABORTED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
+
+# Trailing metadata key of gRPC's retry pushback: how long a client should wait before retrying
+# (milliseconds, as a decimal string). gRPC's own retry policy honours it; our client reads it.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
@@ -33,3 +41,12 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, EpochserveError):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
+
+
+def trailing_metadata_of(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that goes with exc's status: a retry hint for a CapacityError that has
+    one (`retry_after_seconds`), nothing otherwise."""
+    retry_after = getattr(exc, "retry_after_seconds", None)
+    if isinstance(exc, CapacityError) and retry_after is not None:
+        return ((RETRY_PUSHBACK_KEY, str(max(0, round(retry_after * 1000)))),)
+    return ()

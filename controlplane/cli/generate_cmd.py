@@ -1,4 +1,8 @@
-"""`epochctl generate`: send one prompt to a worker (or router) and print tokens, logprobs, version."""
+"""`epochctl generate`: send one prompt to a router (or a worker) and print tokens, logprobs, version.
+
+The target is asked through the Generation service first (router/client.py); a target that does
+not serve it (UNIMPLEMENTED: a worker) is asked through the Worker service instead.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from epochserve.router.results import Sample
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--n", type=int, default=1, help="samples of the prompt")
+    parser.add_argument(
+        "--min-policy-version", type=int, default=None, help="router: wait until this version is committed"
+    )
     parser.add_argument("--raw-logprobs", action="store_true", help="also print raw (unprocessed) logprobs")
     parser.add_argument("--top-logprobs", type=int, default=0, help="also print the N most likely tokens")
     parser.add_argument(
@@ -44,6 +54,8 @@ def build_request(args: argparse.Namespace) -> Any:
         if getattr(args, field) is not None:
             setattr(sampling, field, getattr(args, field))
     request = common_pb2.GenerateRequest(sampling=sampling, n=args.n)
+    if args.min_policy_version is not None:
+        request.min_policy_version = args.min_policy_version
     if args.token_ids is not None:
         request.prompt_token_ids.extend(int(t) for t in args.token_ids.split(",") if t.strip())
     else:
@@ -54,13 +66,49 @@ def build_request(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
+    from epochserve.router.client import GenerationClient
+    from epochserve.router.client_errors import GenerationError
+
+    request = build_request(args)
+    with GenerationClient(args.target, timeout=args.timeout, wait_for_ready=False) as client:
+        try:
+            result = client.send(request)
+        except GenerationError as exc:
+            if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                print(f"error: {exc.code.name}: {exc.details}", file=sys.stderr)
+                return 1
+            return _run_on_worker(args, request)
+    samples = {s.sample_index: _sample_dict(result.request_id, s) for s in result.samples}
+    return _print(args, samples, args.tokenizer)
+
+
+def _sample_dict(request_id: str, sample: Sample) -> dict[str, Any]:
+    """A router's sample in the output format of a worker's (plus the router's diagnostics)."""
+    return {
+        "sample_index": sample.sample_index,
+        "token_ids": list(sample.token_ids),
+        "logprobs": list(sample.processed_logprobs),
+        "raw_logprobs": list(sample.raw_logprobs),
+        "request_id": request_id,
+        "policy_version": sample.policy_version,
+        "finish_reason": sample.finish_reason,
+        "worker_id": sample.worker_id,
+        "seed": sample.diagnostics.seed,
+        "attempts": sample.diagnostics.attempts,
+        "rerun_under_new_version": sample.diagnostics.rerun_under_new_version,
+    }
+
+
+def _run_on_worker(args: argparse.Namespace, request: Any) -> int:
+    import grpc
+
     from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 
     samples: dict[int, dict[str, Any]] = {}
     with grpc.insecure_channel(args.target) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         try:
-            for response in stub.Generate(build_request(args), timeout=args.timeout):
+            for response in stub.Generate(request, timeout=args.timeout):
                 sample = samples.setdefault(
                     response.sample_index,
                     {
@@ -87,7 +135,11 @@ def run(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-    decode = _decoder(model_path)
+    return _print(args, samples, model_path)
+
+
+def _print(args: argparse.Namespace, samples: dict[int, dict[str, Any]], model_path: Path | None) -> int:
+    decode = _decoder(model_path) if model_path is not None else None
     for sample in (samples[i] for i in sorted(samples)):
         if decode is not None:
             sample["text"] = decode(sample["token_ids"])

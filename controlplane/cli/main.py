@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "coordinator_cmd",
     "rollout_cmd",
     "workers_cmd",
+    "router_cmd",
 )
 
 

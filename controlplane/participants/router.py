@@ -29,7 +29,7 @@ from epochserve.controlplane.errors import ProtocolError
 from epochserve.controlplane.participants.base import Participant
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace
-from epochserve.controlplane.store.records import RouterRecord, WorkerStatus
+from epochserve.controlplane.store.records import RolloutPhase, RouterRecord, WorkerStatus
 from epochserve.controlplane.store.state import ClusterState, Stored
 
 
@@ -52,6 +52,8 @@ class ClusterView:
     revision: int
     committed_epoch: int  # 0 before the first commit
     workers: tuple[WorkerView, ...]  # by worker id
+    # Whether the rollout of committed_epoch is DONE (True for epoch 0: nothing to roll out).
+    is_committed_done: bool = False
 
     def serving(self, version: int) -> list[WorkerView]:
         """READY workers serving exactly `version`."""
@@ -70,7 +72,10 @@ class ClusterView:
             )
             for w in (s.value for _, s in sorted(state.workers.items()))
         )
-        return cls(state.revision, state.committed_version, workers)
+        committed = state.committed_version
+        rollout = state.rollouts.get(committed)
+        is_done = committed == 0 or (rollout is not None and rollout.value.phase is RolloutPhase.DONE)
+        return cls(state.revision, committed, workers, is_done)
 
 
 class RouterParticipant(Participant):

@@ -1,0 +1,178 @@
+"""W4 router benchmark (DESIGN.md §8): latency the router adds, and concurrent streams through it.
+
+Brings up a local cluster (etcd, coordinator, one worker on a tiny random Llama, one router) and:
+  1. latency: the same short request sent one at a time, alternating straight to the worker's
+     Worker service and through the router's Generation service, with the same raw gRPC client
+     code; prints p50/p99 of the first message (TTFT) and of the end of each, and the router's
+     added p50/p99 (router − direct). Two request shapes: 1 new token (the fixed cost per
+     request) and 16 (plus the cost per chunk, which on a 2-core machine competes with the
+     worker's own CPU).
+  2. streams: --streams concurrent requests opened at once through the router (asyncio client),
+     counting errors and the router's peak in-flight requests (its Prometheus endpoint).
+Usage: python bench/router_overhead.py [--requests 400] [--streams 1000] [--json OUT]
+Numbers go to docs/benchmarks.md (device, date, commit); they are not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
+from epochserve.proto.v1 import common_pb2, generation_pb2_grpc, worker_pb2_grpc
+from epochserve.router.client import AsyncGenerationClient
+from epochserve.router.client_errors import GenerationError
+from epochserve.sampling import SamplingParams
+
+PROMPT = [5, 17, 33, 9, 100, 200, 300, 7]
+
+
+def tiny_llama(out_dir: Path) -> Path:
+    """A seeded random 2-layer Llama (fp32 safetensors): the worker's cost stays small and steady."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=2, bos_token_id=1,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out_dir)
+    return out_dir
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def time_one(call: Any, request: common_pb2.GenerateRequest) -> tuple[float, float]:
+    """(seconds to the first message, seconds to the end) of one streamed request."""
+    start = time.perf_counter()
+    first = None
+    for _ in call(request, timeout=30):
+        if first is None:
+            first = time.perf_counter() - start
+    return first or 0.0, time.perf_counter() - start
+
+
+def latency(worker: str, router: str, num_requests: int, max_tokens: int) -> dict[str, float]:
+    """Milliseconds (first message and end to end) of `num_requests` sequential requests each way,
+    alternating direct and routed so that both see the same machine state."""
+    sampling = common_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+    times: dict[str, list[tuple[float, float]]] = {"direct": [], "router": []}
+    with grpc.insecure_channel(worker) as wc, grpc.insecure_channel(router) as rc:
+        calls = {
+            "direct": worker_pb2_grpc.WorkerStub(wc).Generate,
+            "router": generation_pb2_grpc.GenerationStub(rc).Generate,
+        }
+        for i in range(num_requests + 20):  # the first 20 of each warm up
+            for name, call in calls.items():
+                request = common_pb2.GenerateRequest(
+                    request_id=f"lat-{name}-{i}", prompt_token_ids=PROMPT, sampling=sampling
+                )
+                measured = time_one(call, request)
+                if i >= 20:
+                    times[name].append(measured)
+    result: dict[str, float] = {}
+    for which, index in (("ttft", 0), ("e2e", 1)):
+        for name, values in times.items():
+            for q in (50, 99):
+                result[f"{name}_{which}_p{q}_ms"] = 1000 * percentile([v[index] for v in values], q)
+        for q in (50, 99):
+            result[f"added_{which}_p{q}_ms"] = (
+                result[f"router_{which}_p{q}_ms"] - result[f"direct_{which}_p{q}_ms"]
+            )
+    return result
+
+
+async def streams(router: str, metrics_port: int, num_streams: int, max_tokens: int) -> dict[str, Any]:
+    """num_streams requests opened at once through the router; errors by status, peak in flight."""
+    peak = 0
+    stop = asyncio.Event()
+
+    async def watch_inflight() -> None:
+        nonlocal peak
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        while not stop.is_set():
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+            inflight = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("epochserve_router_inflight_requests{")
+            )
+            peak = max(peak, int(inflight))
+            await asyncio.sleep(0.2)
+
+    errors: dict[str, int] = {}
+    num_tokens = 0
+    async with AsyncGenerationClient(router, timeout=600) as client:
+        sampling = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=1.0, seed=1)
+
+        async def one(i: int) -> None:
+            nonlocal num_tokens
+            try:
+                result = await client.generate(PROMPT[: 3 + i % 6], sampling, request_id=f"stream-{i}")
+                num_tokens += sum(len(s.token_ids) for s in result.samples)
+            except GenerationError as exc:
+                errors[exc.code.name] = errors.get(exc.code.name, 0) + 1
+
+        watcher = asyncio.ensure_future(watch_inflight())
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(num_streams)))
+        elapsed = time.perf_counter() - start
+        stop.set()
+        await watcher
+    return {
+        "streams": num_streams,
+        "errors": errors,
+        "peak_inflight_at_router": peak,
+        "seconds": elapsed,
+        "output_tokens_per_s": num_tokens / elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=400, help="sequential requests per path and shape")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams through the router")
+    parser.add_argument("--stream-tokens", type=int, default=16, help="new tokens per concurrent stream")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        spec = LocalClusterSpec(
+            model_dir=tiny_llama(root / "model"),
+            workdir=root / "cluster",
+            worker_args=("--max-num-seqs", "256", "--block-size", "16"),
+            num_routers=1,
+            fast_etcd=True,
+        )
+        with LocalCluster(spec) as cluster:
+            worker, router = cluster.workers[0].address, cluster.router_address
+            results: dict[str, Any] = {"machine": platform.processor() or platform.machine()}
+            for max_tokens in (1, 16):
+                results[f"latency_{max_tokens}_token"] = latency(worker, router, args.requests, max_tokens)
+                print(
+                    f"latency, {max_tokens} new token(s):", json.dumps(results[f"latency_{max_tokens}_token"])
+                )
+            metrics_port = int(cluster.routers[0].info["metrics_port"])
+            results["streams"] = asyncio.run(streams(router, metrics_port, args.streams, args.stream_tokens))
+            print("concurrent streams:", json.dumps(results["streams"]))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Attempt: one call of a request on one worker, forwarding what may reach the client.
+
+`run(send)` passes the worker's messages to `send` as they arrive and returns an AttemptReport
+for router/retry.py. It holds back exactly the messages after which the request may still run
+elsewhere:
+- a finish whose abort reason says a drain=abort rollout retired the sample (RETIRED);
+- an ABORT finish the router did not ask for (the worker is shutting down) while nothing was
+  sent yet (WORKER_LOST).
+Each finish it forwards carries the router's part of the diagnostics (attempts, rerun flag).
+
+The worker call always ends with the attempt: when it stops early (client cancel, deadline, an
+error in `send`) the call is cancelled, and the worker frees the sequences. The deadline travels
+as the call's timeout. Messages are read and written one by one (call.read / context.write, no
+async-generator layers): each layer costs CPU per message, which on a small machine is latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from epochserve.proto.convert import is_rollout_abort
+from epochserve.proto.v1 import common_pb2
+from epochserve.router.load import Reservation
+from epochserve.router.registry import WorkerHandle
+from epochserve.router.retry import AttemptReport, Outcome, classify_status
+from epochserve.router.waiting import Deadline
+
+logger = logging.getLogger(__name__)
+
+# Forwards one message to the client (the flow's guard and metrics, then context.write).
+Send = Callable[[common_pb2.GenerateResponse], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class FlowState:
+    """One request's progress through the router. Created by router/flow.py at admission; the
+    flow and its attempts update it; the service reads it to serve Abort."""
+
+    request_id: str
+    n: int
+    version: int = 0  # the pinned policy version
+    num_attempts: int = 0  # worker calls started
+    is_rerun: bool = False  # moved to a newer version after running (Diagnostics.rerun_under_new_version)
+    has_sent: bool = False  # something of the response reached the client
+    is_abort_requested: bool = False  # the client called Abort
+    excluded: set[str] = field(default_factory=set)  # worker keys this request failed on, at `version`
+    handle: WorkerHandle | None = None  # the worker of the current attempt
+    started_at: float = field(default_factory=time.monotonic)
+
+    def move_to(self, version: int) -> None:
+        """Pin to a newer version; the workers that failed the old one may serve this one."""
+        self.version = version
+        self.excluded.clear()
+
+
+class Attempt:
+    def __init__(
+        self,
+        handle: WorkerHandle,
+        request: common_pb2.GenerateRequest,
+        state: FlowState,
+        reservation: Reservation,
+        deadline: Deadline,
+    ) -> None:
+        self.handle = handle
+        self.request = request  # pinned: policy_version set
+        self.state = state
+        self.reservation = reservation
+        self.deadline = deadline
+        self.error: grpc.aio.AioRpcError | None = None  # the worker's status when the call failed
+
+    async def run(self, send: Send) -> AttemptReport:
+        """Forward the worker's messages through `send` until the call ends; never raises for the
+        worker's failures (they are the report's outcome); raises what `send` raises."""
+        state = self.state
+        state.num_attempts += 1
+        state.handle = self.handle
+        num_finished = 0
+        call = self.handle.stub.Generate(self.request, timeout=self.deadline.remaining())
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                if response.HasField("finish"):
+                    held_back = self._hold_back(response.finish)
+                    if held_back is not None:
+                        return self._end(held_back, response.finish.abort_reason)
+                    self._stamp(response.finish.diagnostics)
+                    self.reservation.finish_sequence()
+                    num_finished += 1
+                else:
+                    self.reservation.consume_tokens(len(response.chunk.token_ids))
+                await send(response)
+                state.has_sent = True
+            if num_finished < state.n:
+                return self._end(
+                    Outcome.WORKER_LOST, f"the stream ended after {num_finished} of {state.n} samples"
+                )
+            return self._end(Outcome.COMPLETED, "")
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+            return self._end(
+                classify_status(exc.code(), exc.details() or ""), f"{exc.code().name}: {exc.details()}"
+            )
+        finally:
+            call.cancel()  # a no-op once the call ended; otherwise the worker aborts the request
+
+    def _hold_back(self, finish: common_pb2.GenerateFinish) -> Outcome | None:
+        if finish.finish_reason != common_pb2.FINISH_REASON_ABORT:
+            return None
+        if is_rollout_abort(finish.abort_reason):
+            return Outcome.RETIRED
+        if not self.state.is_abort_requested and not self.state.has_sent:
+            return Outcome.WORKER_LOST
+        return None
+
+    def _stamp(self, diagnostics: common_pb2.Diagnostics) -> None:
+        diagnostics.attempts = self.state.num_attempts
+        diagnostics.rerun_under_new_version = self.state.is_rerun
+
+    def _end(self, outcome: Outcome, detail: str) -> AttemptReport:
+        if outcome is not Outcome.COMPLETED:
+            logger.info(
+                "request %s on %s (v%d, attempt %d): %s %s",
+                self.state.request_id,
+                self.handle.worker_id,
+                self.state.version,
+                self.state.num_attempts,
+                outcome.value,
+                detail,
+            )
+        return AttemptReport(
+            outcome, self.handle.worker_id, detail, self.state.has_sent, self.state.num_attempts
+        )

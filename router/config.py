@@ -1,0 +1,78 @@
+"""RouterConfig: every setting of one `epochctl router` process, validated on construction.
+
+`epochctl router` flags map one to one onto these fields (controlplane/cli/router_cmd.py).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.controlplane.store.keyspace import check_name
+from epochserve.errors import ConfigError
+from epochserve.router.admission import QueueLimits
+from epochserve.router.channels import ClientTls
+from epochserve.router.policies import DEFAULT_POLICY, POLICIES
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS of the Generation server. With `client_ca_file`, clients must present a certificate
+    signed by it (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    etcd: EtcdConfig
+    cluster: str = "default"  # the etcd prefix /epochserve/<cluster>/
+    host: str = "127.0.0.1"  # interface the Generation service binds
+    port: int = 50050  # 0: a free port, written to ready_file
+    advertise_address: str = ""  # HOST:PORT registered in etcd; default host:port
+    router_id: str = ""  # default HOSTNAME:PORT (a restart on the same port takes its place)
+    metrics_port: int | None = None  # Prometheus endpoint (0: a free port); None: off
+    metrics_host: str = "127.0.0.1"
+    policy: str = DEFAULT_POLICY
+    queue: QueueLimits = field(default_factory=QueueLimits)
+    max_attempts: int = 3  # worker calls one request may start
+    max_seqs_per_worker: int = 0  # sequences in flight per worker before requests queue here; 0: no bound
+    audit_log: Path | None = None  # JSONL of every completed response
+    tls: ServerTls | None = None  # client ↔ router
+    worker_tls: ClientTls | None = None  # router → worker (workers must serve TLS)
+    lease_ttl: int = 10  # seconds before a silent router is deregistered
+    drain_seconds: float = 30.0  # grace for requests in flight at shutdown
+    ready_file: Path | None = None  # JSON {host, port, metrics_port, router_id, pid} once serving
+
+    def __post_init__(self) -> None:
+        try:
+            check_name("cluster", self.cluster)
+            if self.router_id:
+                check_name("router id", self.router_id)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port {self.port}: must be in 0..65535 (0: pick a free one)")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics port {self.metrics_port}: must be in 0..65535")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy {self.policy!r}: choose one of {sorted(POLICIES)}")
+        if self.max_attempts < 1 or self.max_seqs_per_worker < 0:
+            raise ConfigError("max_attempts must be >= 1 and max_seqs_per_worker >= 0")
+        if self.lease_ttl < 1 or self.drain_seconds < 0:
+            raise ConfigError("lease TTL must be >= 1 s and drain seconds >= 0")
+
+    def identity(self, bound_port: int) -> tuple[str, str]:
+        """(router id, advertised address) once the server is bound to `bound_port`."""
+        address = self.advertise_address or f"{self.host}:{bound_port}"
+        router_id = self.router_id or _safe_name(f"{socket.gethostname()}:{bound_port}")
+        return router_id, address
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._:-" else "-" for c in name).lstrip("._:-")
+    return (cleaned or "router")[:128]

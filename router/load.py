@@ -1,0 +1,61 @@
+"""Per-worker load as one router sees it, and the reservation a dispatched request holds.
+
+A Reservation adds the request's estimated cost when the request is dispatched, gives tokens back
+as they stream out, and returns the rest when the request ends however it ends (release() is
+idempotent), so the counters never drift. Routers do not share load: each balances its own
+requests, which is enough when clients spread over routers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """What this router has outstanding on one worker."""
+
+    tokens: int = 0  # estimated tokens still to process
+    seqs: int = 0  # sequences running or queued there
+    requests: int = 0
+
+
+class Reservation:
+    """One request's share of a worker's load. Created by the dispatcher, released by the flow."""
+
+    def __init__(
+        self, load: WorkerLoad, tokens: int, seqs: int, on_release: Callable[[], None] | None = None
+    ) -> None:
+        self._load = load
+        self._tokens = tokens
+        self._seqs = seqs
+        self._on_release = on_release
+        self.is_released = False
+        load.tokens += tokens
+        load.seqs += seqs
+        load.requests += 1
+
+    def consume_tokens(self, num_tokens: int) -> None:
+        """num_tokens streamed back: that much less work remains (never below zero)."""
+        taken = min(num_tokens, self._tokens)
+        self._tokens -= taken
+        self._load.tokens -= taken
+
+    def finish_sequence(self) -> None:
+        """One sample ended on the worker."""
+        if self._seqs > 0:
+            self._seqs -= 1
+            self._load.seqs -= 1
+
+    def release(self) -> None:
+        """Return everything still held (idempotent)."""
+        if self.is_released:
+            return
+        self.is_released = True
+        self._load.tokens -= self._tokens
+        self._load.seqs -= self._seqs
+        self._load.requests -= 1
+        self._tokens = self._seqs = 0
+        if self._on_release is not None:
+            self._on_release()

@@ -1,0 +1,101 @@
+"""The Generation gRPC service (router, public): Generate, Abort, GetPolicy.
+
+This is the router's server edge: every error a call ends with becomes a gRPC status here and
+nowhere else (`abort_with`). Epochserve errors map through epochserve.proto.status (with the
+queue-full retry hint as trailing metadata); a worker's own status (INVALID_ARGUMENT for a text
+prompt, INTERNAL from a runtime guard, ...) reaches the client unchanged, prefixed with the
+request id; anything unexpected is INTERNAL and logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from epochserve.errors import EpochserveError
+from epochserve.proto.status import status_of, trailing_metadata_of
+from epochserve.proto.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from epochserve.router.core import RouterCore
+from epochserve.router.errors import RouterShuttingDownError
+from epochserve.router.flow import RequestFlow
+from epochserve.router.waiting import Deadline
+
+logger = logging.getLogger(__name__)
+
+ABORT_TIMEOUT_SECONDS = 5.0
+
+
+class GenerationService(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, core: RouterCore) -> None:
+        self.core = core
+
+    async def Generate(self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
+        """Server streaming through context.write (router/attempt.py says why not a generator)."""
+        if not self.core.is_accepting:
+            await abort_with(
+                context, RouterShuttingDownError("the router is shutting down"), request.request_id
+            )
+        flow = RequestFlow(self.core, request, Deadline.after(context.time_remaining()), context.write)
+        try:
+            await flow.run()
+        except Exception as exc:  # CancelledError (client gone) is a BaseException: not caught
+            await abort_with(context, exc, flow.state.request_id)
+
+    async def Abort(
+        self, request: common_pb2.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.AbortResponse:
+        """found=True for a request in flight at this router. A waiting request ends ABORTED; a
+        running one is aborted on its worker (its samples finish with ABORT). Failure mode: an
+        Abort that reaches the worker in the millisecond before the request itself finds nothing
+        there, and the request runs on; the client may cancel its call instead, which always holds.
+        """
+        state = self.core.inflight.get(request.request_id)
+        if state is None:
+            return common_pb2.AbortResponse(request_id=request.request_id, found=False)
+        state.is_abort_requested = True
+        self.core.admission.changes.notify()  # a waiting request sees the flag at once
+        if state.handle is not None:
+            try:
+                await state.handle.stub.Abort(request, timeout=ABORT_TIMEOUT_SECONDS)
+            except grpc.aio.AioRpcError as exc:  # the flow still ends: its worker call fails too
+                logger.info(
+                    "abort of %s on %s: %s", request.request_id, state.handle.worker_id, exc.code().name
+                )
+        logger.info("request %s aborted by the client", request.request_id)
+        return common_pb2.AbortResponse(request_id=request.request_id, found=True)
+
+    async def GetPolicy(
+        self, request: generation_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> generation_pb2.GetPolicyResponse:
+        version = self.core.admission.version
+        if version is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the router has not read the committed version yet"
+            )
+            raise AssertionError("unreachable: abort raises")
+        view = self.core.registry.view
+        return generation_pb2.GetPolicyResponse(
+            policy_version=version,
+            rollout_done=view.committed_epoch == version and view.is_committed_done,
+            num_workers_serving=len(view.serving(version)),
+            num_workers=len(view.workers),
+            router_id=self.core.router_id,
+        )
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, request_id: str) -> NoReturn:
+    """End the call with exc's status (module docstring)."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        code, details = exc.code(), exc.details() or ""
+        if request_id and request_id not in details:
+            details = f"request {request_id}: {details}"
+    else:
+        code, details = status_of(exc), str(exc)
+        context.set_trailing_metadata(trailing_metadata_of(exc))
+        if not isinstance(exc, EpochserveError):
+            logger.error("request %s failed unexpectedly", request_id, exc_info=exc)
+            details = f"request {request_id}: internal error: {exc!r}"
+    await context.abort(code, details)
+    raise AssertionError("unreachable: abort raises")
