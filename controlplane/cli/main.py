@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "rollout_cmd",
     "workers_cmd",
     "router_cmd",
+    "up_cmd",
 )
 
 
