@@ -191,7 +191,8 @@ def test_a_sharded_checkpoint_loads_like_a_single_file(llama_dir, tmp_path):
 
     sharded = tmp_path / "sharded"
     AutoModelForCausalLM.from_pretrained(llama_dir).save_pretrained(sharded, max_shard_size="100KB")
-    assert len(list(sharded.glob("*.safetensors"))) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    assert (sharded / "model.safetensors.index.json").is_file()
     results = []
     for model_dir in (llama_dir, sharded):
         engine = make_engine(model_dir, block_size=4, num_kv_blocks=64)
