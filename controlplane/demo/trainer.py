@@ -63,7 +63,7 @@ class Trainer:
                 continue
             loss = -r.advantage * self._token_logprobs(r.prompt_ids, r.token_ids).sum() / num_tokens
             loss.backward()
-            total += float(loss)
+            total += loss.item()
         self.optimizer.step()
         self.model.eval()
         return total
