@@ -28,8 +28,9 @@ def up(smollm2_dir, tmp_path):
     ready = tmp_path / "up.json"
     log = (tmp_path / "up.log").open("wb")
     process = subprocess.Popen(
-        [*EPOCHCTL, "up", "--model", str(smollm2_dir), "--workers", "2", "--workdir", str(tmp_path / "cluster"),
-         "--ready-file", str(ready), "--worker-arg=--lease-ttl", "--worker-arg=3"],
+        [*EPOCHCTL, "up", "--model", str(smollm2_dir), "--workers", "2",
+         "--workdir", str(tmp_path / "cluster"), "--ready-file", str(ready),
+         "--worker-arg=--lease-ttl", "--worker-arg=3"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 300
@@ -44,7 +45,9 @@ def up(smollm2_dir, tmp_path):
 
 def test_rl_loop_under_load_with_a_worker_killed(up, smollm2_dir):
     process, endpoints, tmp_path = up
-    router, token = endpoints["routers"][0], open(endpoints["admin_token_file"]).read().strip()
+    router = endpoints["routers"][0]
+    with open(endpoints["admin_token_file"]) as token_file:
+        token = token_file.read().strip()
     pids = dict(endpoints["pids"])
     load = BackgroundLoad(router)
     load.start()
