@@ -45,8 +45,8 @@ def read_speed(path: Path) -> float:
     return path.stat().st_size / (time.perf_counter() - start)
 
 
-def hf_tensors(engine) -> dict[str, torch.Tensor]:
-    """A new version: random tensors under the checkpoint names of the engine's model."""
+def hf_tensors(model_config, device: str = "cuda") -> dict[str, torch.Tensor]:
+    """A new version: random tensors under the checkpoint names of the model."""
     from epochserve.worker.models.llama import checkpoint_names
 
     shapes = {"model.embed_tokens.weight": (LLAMA31_8B["vocab_size"], LLAMA31_8B["hidden_size"])}
@@ -57,7 +57,7 @@ def hf_tensors(engine) -> dict[str, torch.Tensor]:
                  "mlp.down_proj": (h, i), "input_layernorm": (h,),
                  "post_attention_layernorm": (h,)}  # fmt: skip
     out = {}
-    for name in checkpoint_names(engine.model_config):
+    for name in checkpoint_names(model_config):
         if name in shapes:
             shape = shapes[name]
         elif name == "lm_head.weight":
@@ -66,7 +66,7 @@ def hf_tensors(engine) -> dict[str, torch.Tensor]:
             shape = (h,)
         else:
             shape = per_layer[name.split(".", 3)[3].rsplit(".", 1)[0]]
-        out[name] = torch.randn(shape, dtype=torch.bfloat16, device="cuda") * 0.02
+        out[name] = torch.randn(shape, dtype=torch.bfloat16, device=device) * 0.02
     return out
 
 
@@ -107,7 +107,7 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d")}
     engine = make_engine(write_config(args.dir / "base"), device="cuda", load_format="random",
                          max_model_len=2048, kv_cache_memory_fraction=0.3)  # fmt: skip
-    tensors = hf_tensors(engine)
+    tensors = hf_tensors(engine.model_config)
     weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     start = time.perf_counter()
     checkpoint = PolicyPublisher.save_checkpoint(1, tensors, args.dir / "v1", config_from=args.dir / "base")
