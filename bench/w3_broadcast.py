@@ -90,7 +90,8 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
     gb = results["bytes"] / 1e9
     rate = gb / results["send_seconds"]
-    print(f"\n{results['device']} {results['date']}: {gb:.1f} GB; manifest {results['manifest_seconds']:.2f} s; "
+    print(f"\n{results['device']} {results['date']}: {gb:.1f} GB; "
+          f"manifest {results['manifest_seconds']:.2f} s; "
           f"broadcast {results['send_seconds']:.2f} s ({rate:.0f} GB/s); broadcast start to verified on "
           f"the worker {results['broadcast_to_staged_seconds']:.2f} s (ok: {ok})")  # fmt: skip
 
