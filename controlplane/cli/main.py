@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "workers_cmd",
     "router_cmd",
     "up_cmd",
+    "loadtest_cmd",
 )
 
 
