@@ -88,12 +88,12 @@ class LoadDriver:
         self.plan = plan
         self.state = state
         self.clock = clock
-        self._sending_over = asyncio.Event()
+        self.sending_over = asyncio.Event()  # set once no more requests will be sent
         self._num_taken = 0
 
     def stop(self) -> None:
         """Stop sending now; requests in flight still get the drain timeout."""
-        self._sending_over.set()
+        self.sending_over.set()
 
     async def run(self) -> None:
         """Send until the plan's bound or stop(), then drain; returns when every request ended or
@@ -105,7 +105,7 @@ class LoadDriver:
         try:
             if self.plan.concurrency is not None:
                 tasks = {asyncio.ensure_future(self._caller()) for _ in range(self.plan.concurrency)}
-                await self._sending_over.wait()
+                await self.sending_over.wait()
             else:
                 await self._arrivals(tasks)
             self.state.sending_stopped_at = self.clock()
@@ -123,10 +123,12 @@ class LoadDriver:
     def _take(self) -> WorkItem | None:
         """The next item, or None once the run must stop sending (and from then on)."""
         limit = self.plan.num_requests
-        if self._sending_over.is_set() or (limit is not None and self._num_taken >= limit):
-            self._sending_over.set()
+        if self.sending_over.is_set() or (limit is not None and self._num_taken >= limit):
+            self.sending_over.set()
             return None
         self._num_taken += 1
+        if limit is not None and self._num_taken >= limit:
+            self.sending_over.set()  # the drain starts now, not when a caller asks for more
         return self.workload.next_item()
 
     async def _caller(self) -> None:
@@ -141,7 +143,7 @@ class LoadDriver:
             delay = next_at - self.clock()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):  # wakes early when sending is stopped
-                    await asyncio.wait_for(self._sending_over.wait(), delay)
+                    await asyncio.wait_for(self.sending_over.wait(), delay)
             item = self._take()
             if item is None:
                 return

@@ -4,9 +4,9 @@
     result = asyncio.run(run_load(config, workload, versions))   # then report.write_report(...)
 
 Order: the target must answer GetPolicy first (LoadtestError otherwise, before anything is sent);
-then the watcher, the soak driver and the progress display start beside the load driver. When
-the load has drained, rollouts stop being started (one under way is followed to its end, within
-its timeout), the watcher polls once more and everything is stopped. The caller owns `versions`,
+then the watcher, the soak driver and the progress display start beside the load driver. Once
+sending stops no rollout is started; when the load has drained, one under way is followed to its
+end (within its timeout), the watcher polls once more and everything is stopped. The caller owns `versions`,
 so that a script may mark events (a worker killed) on the run's timeline from another thread.
 """
 
@@ -70,17 +70,17 @@ async def run_load(
         soak = RolloutDriver(config.soak, versions) if config.soak is not None else None
         if soak is not None:
             result.rollouts = soak.rollouts
-        stop_side, stop_soak = asyncio.Event(), asyncio.Event()
+        stop_side = asyncio.Event()
         side = [asyncio.ensure_future(watcher.run(stop_side))]
         if config.progress:
             display = ProgressDisplay(state, lambda: watcher.latest, lambda: result.rollouts, sys.stderr)
             side.append(asyncio.ensure_future(display.run(stop_side)))
-        soak_task = asyncio.ensure_future(soak.run(stop_soak)) if soak is not None else None
+        # No rollout starts once sending stopped: no request could observe it.
+        soak_task = asyncio.ensure_future(soak.run(driver.sending_over)) if soak is not None else None
         if soak_task is not None:  # a soak that breaks (a bad source) ends the run: it was its point
             soak_task.add_done_callback(lambda task: _stop_on_failure(task, driver))
         with _sigint_stops(driver.stop, handle_sigint):
             await driver.run()
-        stop_soak.set()
         if soak_task is not None:
             await _finish_soak(soak_task, config, result)
         await watcher.poll()
