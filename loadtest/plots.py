@@ -56,7 +56,7 @@ def plot_throughput(report: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     tl = report["timeline"]
     width = tl["bucket_seconds"]
-    times = [i * width for i in range(len(tl["completed"]))]
+    times = [(i + 0.5) * width for i in range(len(tl["completed"]))]  # each bucket at its middle
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
     top.plot(times, [c / width for c in tl["completed"]], label="completed req/s")
     top.plot(times, [e / width for e in tl["errors"]], label="errors/s", color="tab:red", alpha=0.7)
