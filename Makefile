@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/epochctl demo
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

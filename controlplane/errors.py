@@ -62,6 +62,12 @@ class EpochConflictError(ControlPlaneError):
     a second rollout while one is in flight, or an abort after the commit."""
 
 
+class RolloutBusyError(EpochConflictError):
+    """A start or abort met a rollout in motion: another rollout is in flight, or the rollout
+    records kept changing under the write. Unlike other epoch conflicts, the same request can
+    succeed later, so the Admin API marks it retryable (admin/status.py)."""
+
+
 class DuplicateParticipantError(ControlPlaneError):
     """Another live process holds the registration of this worker or router id."""
 

@@ -42,6 +42,20 @@ _DRAINS = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}
 _PHASES_DONE = {"committed": pb.ROLLOUT_PHASE_COMMITTED, "done": pb.ROLLOUT_PHASE_DONE}
 
 
+def without_tied_head(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A tied model's state_dict() lists the embedding twice (also as lm_head.weight); a checkpoint
+    of it holds it once, as Hugging Face saves it. A separate lm_head stays."""
+    out = dict(tensors)
+    head, embed = out.get("lm_head.weight"), out.get("model.embed_tokens.weight")
+    if (
+        head is not None
+        and embed is not None
+        and (head.data_ptr() == embed.data_ptr() or torch.equal(head, embed))
+    ):
+        del out["lm_head.weight"]
+    return out
+
+
 class RolloutAbortedError(EpochserveError):
     """The rollout was aborted: nothing changed in the fleet. `reason` says why."""
 
@@ -88,6 +102,7 @@ class PolicyPublisher:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        tensors = without_tied_head(tensors)
         manifest = manifest_of_tensors(version, tensors.items())
         cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         save_file(cpu, str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -141,6 +156,7 @@ class PolicyPublisher:
         sender = BroadcastPublisher(self, host, "nccl" if device.type == "cuda" else "gloo", bucket_bytes)
         checkpoint = Path(checkpoint_dir).resolve()
         spec = asyncio.run(sender.plan(checkpoint))
+        tensors = without_tied_head(tensors)
         manifest = manifest_of_tensors(version, tensors.items())
         errors: list[BaseException] = []
 

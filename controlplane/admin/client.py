@@ -11,6 +11,7 @@ from types import TracebackType
 import grpc
 
 from epochserve.controlplane.admin.auth import bearer_metadata
+from epochserve.controlplane.admin.status import REASON_KEY
 from epochserve.controlplane.tls import channel_credentials
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
@@ -25,6 +26,11 @@ def open_channel(address: str, *, tls: bool, ca_file: Path | None) -> grpc.aio.C
 
 def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The server's `epochserve-reason` for a failed call, e.g. ROLLOUT_BUSY; "" when it gave none."""
+    return next((str(v) for k, v in error.trailing_metadata() or () if k == REASON_KEY), "")
 
 
 class AdminClient:

@@ -7,7 +7,10 @@
     NotLeaderError, StoreUnavailableError,
     SessionLostError                          UNAVAILABLE (retry: a leader is being elected / etcd is back)
     anything else                             INTERNAL (logged with its traceback)
-A status returned by the leader to a forwarded call is passed through unchanged. A missing or wrong
+A RolloutBusyError (another rollout in flight, or records that kept changing) is a
+FAILED_PRECONDITION that can pass later; its status carries the trailing metadata
+`epochserve-reason: ROLLOUT_BUSY` so that clients can retry it rather than give up. A status returned
+by the leader to a forwarded call is passed through unchanged, reason included. A missing or wrong
 token never gets here: auth.py refuses it with UNAUTHENTICATED first.
 """
 
@@ -23,6 +26,7 @@ import grpc
 from epochserve.controlplane.errors import (
     EpochConflictError,
     NotLeaderError,
+    RolloutBusyError,
     RolloutExistsError,
     RolloutNotFoundError,
     SessionLostError,
@@ -32,6 +36,9 @@ from epochserve.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+REASON_KEY = "epochserve-reason"  # trailing metadata: why a call failed, where the code is ambiguous
+ROLLOUT_BUSY = "ROLLOUT_BUSY"  # REASON_KEY of a FAILED_PRECONDITION that may pass once a rollout ends
 
 _STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -54,11 +61,20 @@ def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"
 
 
+def reason_of(error: Exception) -> tuple[tuple[str, str], ...]:
+    """The REASON_KEY trailing metadata that goes with `error`'s status (empty when it has none)."""
+    if isinstance(error, grpc.aio.AioRpcError):  # keep the leader's reason on a forwarded call
+        return tuple((k, str(v)) for k, v in error.trailing_metadata() or () if k == REASON_KEY)
+    if isinstance(error, RolloutBusyError):
+        return ((REASON_KEY, ROLLOUT_BUSY),)
+    return ()
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> NoReturn:
     code, details = status_of(error)
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s failed", method, exc_info=error)
-    await context.abort(code, details)
+    await context.abort(code, details, trailing_metadata=reason_of(error))
     raise AssertionError("context.abort returned")  # it always raises
 
 

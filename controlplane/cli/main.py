@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "workers_cmd",
     "router_cmd",
     "up_cmd",
+    "verify_cmd",
+    "demo_cmd",
     "loadtest_cmd",
 )
 

@@ -57,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
             args.ready_file.write_text(json.dumps({**endpoints, "pid": _pid()}))
         print("cluster is up; Ctrl-C stops everything", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
-            dead = [p.name for p in cluster.workers + cluster.routers if not p.is_running]
-            if dead:
-                print(f"stopped: {dead} exited (logs in {workdir})", file=sys.stderr)
-                return 1
+            restart_dead(cluster, workdir)
         return 0
     finally:
         print("stopping the cluster ...", file=sys.stderr, flush=True)
@@ -80,6 +77,7 @@ def describe(cluster: object, workdir: Path) -> dict[str, object]:
         "admin_token_file": str(token_file),
         "routers": [r.address for r in cluster.routers],
         "workers": {w.info.get("worker_id", w.name): w.address for w in cluster.workers},
+        "pids": pids(cluster),
         "cluster": cluster.spec.cluster,
         "workdir": str(workdir),
     }
@@ -89,3 +87,37 @@ def _pid() -> int:
     import os
 
     return os.getpid()
+
+
+def restart_dead(cluster: object, workdir: Path) -> None:
+    """Supervise: a worker or router that exited is started again (a worker first loads the
+    committed version, then turns ready; a router takes its old port back)."""
+    from epochserve.controlplane.local_cluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    restarted = False
+    for index, worker in enumerate(cluster.workers):
+        if not worker.is_running:
+            print(f"{worker.name} exited ({worker.returncode}); restarting it", file=sys.stderr, flush=True)
+            cluster.restart_worker(index)
+            restarted = True
+    for index, router in enumerate(cluster.routers):
+        if not router.is_running:
+            print(f"{router.name} exited ({router.returncode}); restarting it", file=sys.stderr, flush=True)
+            cluster.restart_router(index)
+            restarted = True
+    if restarted:  # where the processes are now (WORKDIR/pids.json)
+        (workdir / "pids.json").write_text(json.dumps(pids(cluster)))
+
+
+def pids(cluster: object) -> dict[str, int | None]:
+    from epochserve.controlplane.local_cluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    processes = [*cluster.workers, *cluster.routers]
+    if cluster.coordinator is not None:
+        processes.append(cluster.coordinator)
+    out: dict[str, int | None] = {p.name: p.pid for p in processes}
+    if cluster.etcd is not None:
+        out["etcd"] = cluster.etcd.pid
+    return out

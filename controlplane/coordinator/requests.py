@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from epochserve.controlplane.errors import EpochConflictError, RolloutExistsError
+from epochserve.controlplane.errors import EpochConflictError, RolloutBusyError, RolloutExistsError
 from epochserve.controlplane.store.keyspace import check_version
 from epochserve.controlplane.store.records import Drain
 from epochserve.controlplane.store.state import ClusterState
@@ -43,7 +43,7 @@ def check_startable(state: ClusterState, request: StartRequest) -> None:
     of a start reads as a duplicate rather than as "a rollout is in flight":
     - rollouts/<v> exists, whatever its phase (versions are used once) → RolloutExistsError;
     - v is not above the committed epoch → EpochConflictError;
-    - another rollout is in flight → EpochConflictError;
+    - another rollout is in flight → RolloutBusyError (an EpochConflictError that may pass later);
     - v is not above every version tried before (versions strictly increase) → EpochConflictError.
     """
     v = request.version
@@ -53,6 +53,6 @@ def check_startable(state: ClusterState, request: StartRequest) -> None:
         raise EpochConflictError(f"v{v} is not above the committed epoch v{state.committed_version}")
     flying = state.in_flight()
     if flying is not None:
-        raise EpochConflictError(f"rollout v{flying.value.version} is in flight ({flying.value.phase})")
+        raise RolloutBusyError(f"rollout v{flying.value.version} is in flight ({flying.value.phase})")
     if v <= state.highest_version:
         raise EpochConflictError(f"v{v} is not above v{state.highest_version}, the highest version tried")

@@ -19,7 +19,12 @@ from typing import Any
 
 from epochserve.controlplane.coordinator.decide import Abort, Commit, Fence, Finish, Step
 from epochserve.controlplane.coordinator.requests import StartRequest, check_startable
-from epochserve.controlplane.errors import EpochConflictError, NotLeaderError, RolloutNotFoundError
+from epochserve.controlplane.errors import (
+    EpochConflictError,
+    NotLeaderError,
+    RolloutBusyError,
+    RolloutNotFoundError,
+)
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, delete_op, modified_at, put_op, unchanged_since
 from epochserve.controlplane.store.election import Leadership
@@ -62,7 +67,8 @@ class RolloutWriter:
 
     async def start(self, leadership: Leadership, request: StartRequest) -> RolloutRecord:
         """Create `rollouts/<v>` in STAGING. Raises RolloutExistsError / EpochConflictError (see
-        check_startable), NotLeaderError, StoreUnavailableError."""
+        check_startable; RolloutBusyError when the rollouts kept changing), NotLeaderError,
+        StoreUnavailableError."""
         for _ in range(_MAX_ATTEMPTS):
             state = await self._read_as_leader(leadership)
             check_startable(state, request)
@@ -91,11 +97,12 @@ class RolloutWriter:
                     "rollout v%d: STAGING from %s (drain=%s)", record.version, record.source, record.drain
                 )
                 return record
-        raise EpochConflictError(f"v{request.version}: the rollouts kept changing; try again")
+        raise RolloutBusyError(f"v{request.version}: the rollouts kept changing; try again")
 
     async def abort(self, leadership: Leadership, version: int, reason: str) -> RolloutRecord:
         """Abort a STAGING rollout (AbortRollout). Aborting an ABORTED one returns it unchanged.
-        Raises RolloutNotFoundError, EpochConflictError once committed, NotLeaderError."""
+        Raises RolloutNotFoundError, EpochConflictError once committed, RolloutBusyError when the
+        record kept changing under the abort, NotLeaderError."""
         for _ in range(_MAX_ATTEMPTS):
             state = await self._read_as_leader(leadership)
             stored = state.rollouts.get(version)
@@ -109,7 +116,7 @@ class RolloutWriter:
                 )
             if await self.apply(leadership, stored, state, Abort(reason)):
                 return (await read_state(self._store, self._keys)).rollouts[version].value
-        raise EpochConflictError(f"v{version}: the rollout kept changing; try again")
+        raise RolloutBusyError(f"v{version}: the rollout kept changing; try again")
 
     async def apply(
         self, leadership: Leadership, rollout: Stored[RolloutRecord], state: ClusterState, step: Step

@@ -1,18 +1,23 @@
 """The slice of the coordinator's Admin API that the operator uses, as a typed interface.
 
-The handler logic (driver.py) depends only on `RolloutAdmin`; a gRPC-backed implementation maps
-Admin's messages to `RolloutSnapshot` and its status codes to the errors below:
+The handler logic (driver.py) depends only on `RolloutAdmin`; the gRPC implementation
+(grpc_admin.py) maps Admin's messages to `RolloutSnapshot` and its status codes to the errors below:
 
-| Admin status                                   | raised here            | operator does          |
-|------------------------------------------------|------------------------|------------------------|
-| UNAVAILABLE, DEADLINE_EXCEEDED, broken stream   | AdminUnavailableError  | retry (TemporaryError) |
+| Admin status                                    | raised here            | operator does          |
+|-------------------------------------------------|------------------------|------------------------|
+| UNAVAILABLE, DEADLINE_EXCEEDED, broken stream,  | AdminUnavailableError  | retry (TemporaryError) |
+|   any code not listed here                      |                        |                        |
 | ALREADY_EXISTS on StartRollout                  | RolloutExistsError     | adopt the rollout      |
-| FAILED_PRECONDITION: another rollout in flight  | RolloutBusyError       | retry later            |
-| FAILED_PRECONDITION / INVALID_ARGUMENT: version | RolloutRejectedError   | phase Rejected, stop   |
-|   not above the current epoch, bad source       |                        |                        |
-| NOT_FOUND on Get/Abort                          | RolloutNotFoundError   | nothing to mirror      |
-| FAILED_PRECONDITION on Abort after commit       | RolloutCommittedError  | keep the rollout       |
-| UNAUTHENTICATED                                 | AdminAuthError         | retry (token may land) |
+| FAILED_PRECONDITION with the trailer            | RolloutBusyError       | retry later            |
+|   `epochserve-reason: ROLLOUT_BUSY` (another    |                        |                        |
+|   rollout in flight)                            |                        |                        |
+| FAILED_PRECONDITION / INVALID_ARGUMENT on       | RolloutRejectedError   | phase Rejected, stop   |
+|   StartRollout: version not above the epoch,    |                        |                        |
+|   bad source                                    |                        |                        |
+| NOT_FOUND on Get/Watch/Abort                    | RolloutNotFoundError   | nothing to mirror      |
+| FAILED_PRECONDITION on Abort (no trailer):      | RolloutCommittedError  | keep the rollout       |
+|   the rollout committed                         |                        |                        |
+| UNAUTHENTICATED, PERMISSION_DENIED              | AdminAuthError         | retry (token may land) |
 """
 
 from __future__ import annotations
@@ -120,7 +125,8 @@ class RolloutAdmin(Protocol):
         ...
 
     async def abort_rollout(self, version: int) -> RolloutSnapshot:
-        """Abort an uncommitted rollout; raises RolloutCommittedError/NotFoundError."""
+        """Abort an uncommitted rollout; raises RolloutCommittedError/NotFoundError, or
+        RolloutBusyError when the record kept changing under the abort (retry)."""
         ...
 
 

@@ -1,10 +1,7 @@
-"""The seam where the operator gets its Admin API client.
+"""The seam where the operator gets its Admin API client: `default_connector` is what it runs with.
 
-`default_connector` is what the operator runs with. Until the Admin gRPC API exists (issue 5) it
-returns `UnwiredConnector`, whose sessions fail with AdminNotWiredError: PolicyRollouts stay
-Pending and are retried, deleting one is not blocked (nothing can have started), and EpochCluster
-reconcile is unaffected. The gRPC-backed connector replaces
-it here and nowhere else.
+Tests hand the driver other RolloutAdmins (an in-memory one); production code changes the transport
+here and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,30 +9,33 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from epochserve.operators.rollouts.admin import (
-    AdminConnector,
-    AdminTarget,
-    AdminUnavailableError,
-    RolloutAdmin,
-)
+from epochserve.controlplane.admin.client import AdminClient
+from epochserve.operators.rollouts.admin import AdminConnector, AdminTarget, RolloutAdmin
+from epochserve.operators.rollouts.grpc_admin import GrpcRolloutAdmin
 
 
-class AdminNotWiredError(AdminUnavailableError):
-    """This build has no Admin API transport, so no rollout can have been started through it."""
+class GrpcConnector:
+    """An AdminConnector that opens one gRPC channel per session and closes it with the session.
 
+    Plaintext: the coordinators the operator deploys serve the Admin API without TLS, on the
+    cluster network behind their Service, and authenticate every call by the bearer token.
+    Opening a session never fails; an unreachable address surfaces on the first call as
+    AdminUnavailableError.
+    """
 
-class UnwiredConnector:
-    """An AdminConnector with no transport yet: every session raises AdminUnavailableError."""
+    def __init__(self, call_timeout_s: float = 30.0, watch_timeout_s: float = 3600.0) -> None:
+        self.call_timeout_s = call_timeout_s
+        self.watch_timeout_s = watch_timeout_s
 
     def connect(self, target: AdminTarget) -> AbstractAsyncContextManager[RolloutAdmin]:
-        return self._refuse(target)
+        return self._session(target)
 
     @asynccontextmanager
-    async def _refuse(self, target: AdminTarget) -> AsyncIterator[RolloutAdmin]:
-        raise AdminNotWiredError(f"no Admin API client is wired into this operator build ({target.address})")
-        yield  # pragma: no cover  (makes this an async generator)
+    async def _session(self, target: AdminTarget) -> AsyncIterator[RolloutAdmin]:
+        async with AdminClient(target.address, target.token) as client:
+            yield GrpcRolloutAdmin(client, self.call_timeout_s, self.watch_timeout_s)
 
 
 def default_connector() -> AdminConnector:
     """The connector `python -m epochserve.operators` uses."""
-    return UnwiredConnector()
+    return GrpcConnector()

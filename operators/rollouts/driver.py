@@ -8,6 +8,7 @@ restart, broken stream): they read the rollout's state from the Admin API before
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -37,6 +38,8 @@ from epochserve.operators.rollouts.status import (
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], str]
+# Seconds a finalizer waits before it looks for the rollout a second time (see finalize_rollout).
+START_RECHECK_DELAY_S = 2.0
 
 
 class StatusSink(Protocol):
@@ -59,6 +62,13 @@ class StatusMirror:
         self.last = {**self.last, **status}
 
 
+async def _find(admin: RolloutAdmin, version: int) -> RolloutSnapshot | None:
+    try:
+        return await admin.get_rollout(version)
+    except RolloutNotFoundError:
+        return None
+
+
 async def _start_or_adopt(
     admin: RolloutAdmin, request: RolloutRequest, mirror: StatusMirror, clock: Clock
 ) -> RolloutSnapshot | None:
@@ -69,9 +79,8 @@ async def _start_or_adopt(
     Raises RolloutBusyError (after writing a Pending status) while another rollout is in flight.
     """
     generation, version = request.generation, request.version
-    try:
-        snapshot = await admin.get_rollout(version)
-    except RolloutNotFoundError:
+    snapshot = await _find(admin, version)
+    if snapshot is None:
         await mirror.publish(pending_status(mirror.last, generation, f"starting version {version}", clock()))
         try:
             snapshot = await admin.start_rollout(version, request.source, request.drain)
@@ -129,21 +138,28 @@ class FinalizeOutcome(Enum):
 
 
 async def finalize_rollout(
-    admin: RolloutAdmin, request: RolloutRequest, previous: Mapping[str, Any]
+    admin: RolloutAdmin,
+    request: RolloutRequest,
+    previous: Mapping[str, Any],
+    recheck_delay_s: float = START_RECHECK_DELAY_S,
 ) -> FinalizeOutcome:
     """Abort the rollout if it has not committed; a committed one is never undone.
 
     A rollout this PolicyRollout never owned (status Rejected, or another source) is left alone.
-    An AbortRollout that loses the race against the commit reports KEPT_COMMITTED. Raises
-    AdminUnavailableError when the Admin API cannot be asked (the finalizer then stays and retries).
+    An AbortRollout that loses the race against the commit reports KEPT_COMMITTED. While the status
+    is still Pending (or empty) the daemon may have a StartRollout in flight that lands after the
+    first look, so a missing rollout is looked up once more after `recheck_delay_s`; a start that
+    lands later than that is not seen. Raises AdminUnavailableError when the Admin API cannot be
+    asked, RolloutBusyError when the abort kept losing races (the finalizer then stays and retries).
     """
-    if previous.get("phase") == "Rejected":
+    phase = previous.get("phase")
+    if phase == "Rejected":
         return FinalizeOutcome.NOTHING
-    try:
-        snapshot = await admin.get_rollout(request.version)
-    except RolloutNotFoundError:
-        return FinalizeOutcome.NOTHING
-    if snapshot.source != request.source or snapshot.phase is RolloutPhase.ABORTED:
+    snapshot = await _find(admin, request.version)
+    if snapshot is None and phase in (None, "Pending"):
+        await asyncio.sleep(recheck_delay_s)
+        snapshot = await _find(admin, request.version)
+    if snapshot is None or snapshot.source != request.source or snapshot.phase is RolloutPhase.ABORTED:
         return FinalizeOutcome.NOTHING
     if snapshot.phase.is_committed:
         return FinalizeOutcome.KEPT_COMMITTED

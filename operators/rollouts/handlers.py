@@ -17,7 +17,6 @@ from kubernetes.client.exceptions import ApiException
 from epochserve.operators.context import context_of
 from epochserve.operators.names import GROUP, ROLLOUT_PLURAL, VERSION
 from epochserve.operators.rollouts.admin import AdminAuthError, AdminUnavailableError, RolloutBusyError
-from epochserve.operators.rollouts.connect import AdminNotWiredError
 from epochserve.operators.rollouts.driver import drive_rollout, finalize_rollout
 from epochserve.operators.rollouts.request import RolloutRequest, parse_rollout
 from epochserve.operators.rollouts.targets import KubeStatusSink, resolve_target
@@ -64,9 +63,6 @@ async def abort_uncommitted(
             return
         async with context.connector.connect(target) as admin:
             outcome = await finalize_rollout(admin, request, dict(status))
-    except AdminNotWiredError:
-        logger.warning("no Admin API client in this build: no rollout can have started; releasing")
-        return
     except _RETRYABLE as error:
         raise kopf.TemporaryError(f"{type(error).__name__}: {error}", delay=RETRY_DELAY_S) from error
     logger.info("PolicyRollout %s deleted: version %d %s", request.name, request.version, outcome.value)

@@ -73,7 +73,9 @@ class AdminServicer:
         """Start rolling out a new policy version. ALREADY_EXISTS when a rollout of this version was
         already started (whatever its outcome: versions are used once); FAILED_PRECONDITION when the
         version is not above the committed epoch and every version tried before, or another rollout is
-        in flight; INVALID_ARGUMENT for a malformed request.
+        in flight; INVALID_ARGUMENT for a malformed request. A FAILED_PRECONDITION that can pass later
+        (another rollout in flight, or rollouts that kept changing under the start) carries the
+        trailing metadata `epochserve-reason: ROLLOUT_BUSY`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +99,7 @@ class AdminServicer:
     def AbortRollout(self, request, context):
         """Abort a rollout that has not committed. FAILED_PRECONDITION once it is COMMITTED or DONE
         (a committed epoch is never taken back); aborting an ABORTED rollout returns it unchanged.
+        FAILED_PRECONDITION with `epochserve-reason: ROLLOUT_BUSY`: the rollout kept changing; retry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -8,16 +8,10 @@ from fixtures.engine import (
     hf_greedy,
     hf_model,
     hf_next_token_logits,
+    hf_processed_logprobs,
     make_engine,
     make_request,
     run_to_completion,
-)
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 TEXTS = [
@@ -81,17 +75,10 @@ def test_sampled_processed_and_raw_logprobs_match_hf(smol):
     ]
     results = run_to_completion(engine, requests)
     for c, case in enumerate(CASES):
-        processors = LogitsProcessorList([TemperatureLogitsWarper(case["temperature"])])
-        if case.get("top_k"):
-            processors.append(TopKLogitsWarper(case["top_k"]))
-        if case.get("top_p"):
-            processors.append(TopPLogitsWarper(case["top_p"]))
-        if case.get("min_p"):
-            processors.append(MinPLogitsWarper(case["min_p"]))
         for i, prompt in enumerate(prompts[:3]):
             sample = results[f"s{c}-{i}"][0]
             logits = hf_next_token_logits(reference, prompt, sample.token_ids)
-            processed = torch.log_softmax(processors(None, logits.clone()), dim=-1)
+            processed = hf_processed_logprobs(logits, **case)
             raw = torch.log_softmax(logits, dim=-1)
             for pos, token in enumerate(sample.token_ids):
                 assert math.isfinite(processed[pos, token]), (case, pos, "outside the processed support")

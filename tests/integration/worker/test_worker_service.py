@@ -95,6 +95,10 @@ def test_streams_every_sample_with_version_and_diagnostics(stub, worker):
         assert finish.worker_id == worker.info["worker_id"] == finish.diagnostics.worker_id
         assert finish.diagnostics.seed == 9 and finish.diagnostics.policy_version == 0
         assert finish.diagnostics.kernel_mode == "torch" and finish.diagnostics.tp_size == 1
+        # The rest of the trace: queue/prefill/decode times and prefix-cache hits (issue 8).
+        d = finish.diagnostics
+        assert d.queue_seconds >= 0 and d.prefill_seconds > 0 and d.decode_seconds > 0
+        assert d.prefix_cache_hit_blocks == 0 and d.attempts == 1 and d.num_preemptions == 0
     # The last message of each sample is its finish.
     last = {}
     for r in responses:

@@ -8,12 +8,13 @@ import grpc
 import pytest
 
 from epochserve.controlplane.admin.auth import TOKEN_ENV, load_token
-from epochserve.controlplane.admin.status import status_of
+from epochserve.controlplane.admin.status import reason_of, status_of
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.errors import (
     EpochConflictError,
     NotLeaderError,
+    RolloutBusyError,
     RolloutExistsError,
     RolloutNotFoundError,
     StoreUnavailableError,
@@ -110,6 +111,7 @@ def test_bad_start_requests_name_the_field(kwargs, field):
         (InvalidRequestError("version", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
         (RolloutExistsError("v1"), grpc.StatusCode.ALREADY_EXISTS),
         (EpochConflictError("v1"), grpc.StatusCode.FAILED_PRECONDITION),
+        (RolloutBusyError("v1 in flight"), grpc.StatusCode.FAILED_PRECONDITION),
         (RolloutNotFoundError("v1"), grpc.StatusCode.NOT_FOUND),
         (NotLeaderError("no"), grpc.StatusCode.UNAVAILABLE),
         (StoreUnavailableError("down"), grpc.StatusCode.UNAVAILABLE),
@@ -118,3 +120,13 @@ def test_bad_start_requests_name_the_field(kwargs, field):
 )
 def test_errors_map_to_one_status_each(error, code):
     assert status_of(error)[0] == code
+
+
+def test_only_a_conflict_that_can_pass_later_is_marked_busy():
+    busy = reason_of(RolloutBusyError("rollout v1 is in flight"))
+    assert busy == (("epochserve-reason", "ROLLOUT_BUSY"),)
+    assert reason_of(EpochConflictError("v1 is not above the committed epoch v2")) == ()
+    forwarded = grpc.aio.AioRpcError(
+        grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(*busy, ("other", "x"))
+    )
+    assert reason_of(forwarded) == busy  # a follower passes the leader's reason on, and only it

@@ -7,48 +7,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from fixtures.policy_rollouts import RecordingSink, policy_rollout
 from memory_admin_testkit import InMemoryAdmin
 
 from epochserve.operators.rollouts.admin import AdminUnavailableError, RolloutBusyError, RolloutPhase
 from epochserve.operators.rollouts.driver import FinalizeOutcome, drive_rollout, finalize_rollout
 from epochserve.operators.rollouts.request import RolloutRequest, parse_rollout
 from epochserve.operators.spec import SpecError
-
-
-class RecordingSink:
-    """StatusSink that keeps every status written, merged as a merge patch would."""
-
-    def __init__(self) -> None:
-        self.writes: list[dict[str, Any]] = []
-        self.current: dict[str, Any] = {}
-        self._changed = asyncio.Event()
-
-    async def write(self, status: dict[str, Any]) -> None:
-        self.writes.append(status)
-        self.current = {**self.current, **status}
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
-        async with asyncio.timeout(5):
-            while not predicate(self.current):
-                self._changed.clear()
-                await self._changed.wait()
-
-    @property
-    def phases(self) -> list[str]:
-        seen: list[str] = []
-        for status in self.writes:
-            if not seen or seen[-1] != status["phase"]:
-                seen.append(status["phase"])
-        return seen
-
-
-def _request(version: int = 2, source: str = "/models/v2", generation: int = 1) -> RolloutRequest:
-    body = {
-        "metadata": {"name": f"demo-v{version}", "namespace": "ns", "generation": generation},
-        "spec": {"clusterRef": {"name": "demo"}, "version": version, "source": source, "drain": "abort"},
-    }
-    return parse_rollout(body)
 
 
 def _run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -64,7 +29,7 @@ async def _until_staging(
     admin: InMemoryAdmin, sink: RecordingSink, request: RolloutRequest | None = None
 ) -> asyncio.Task[str]:
     """Start driving a fresh PolicyRollout in the background; return once its status shows Staging."""
-    task = asyncio.create_task(drive_rollout(admin, request or _request(), sink, {}, _clock()))
+    task = asyncio.create_task(drive_rollout(admin, request or policy_rollout(), sink, {}, _clock()))
     await sink.wait_for(lambda s: s.get("phase") == "Staging")
     return task
 
@@ -72,7 +37,7 @@ async def _until_staging(
 def test_phases_mirror_the_rollout_with_per_worker_progress():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(("w-0", "w-1")), RecordingSink()
-        task = await _until_staging(admin, sink, _request(generation=3))
+        task = await _until_staging(admin, sink, policy_rollout(generation=3))
         await admin.report_staged(2, "w-0")
         await sink.wait_for(lambda s: s["workers"][0].get("stagedVersion") == 2)
         assert sink.current["workers"] == [
@@ -105,7 +70,7 @@ def test_delete_before_commit_aborts_the_rollout():
         admin, sink = InMemoryAdmin(), RecordingSink()
         task = await _until_staging(admin, sink)
         await admin.report_staged(2, "w-0")
-        assert await finalize_rollout(admin, _request(), sink.current) is FinalizeOutcome.ABORTED
+        assert await finalize_rollout(admin, policy_rollout(), sink.current) is FinalizeOutcome.ABORTED
         assert admin.abort_calls == [2]
         assert admin.rollouts[2].phase is RolloutPhase.ABORTED
         assert admin.epoch == 1
@@ -126,7 +91,7 @@ def test_delete_after_commit_keeps_the_rollout(finished):
         if finished:
             await admin.finish(2)
         assert (
-            await finalize_rollout(admin, _request(), {"phase": "Committed"})
+            await finalize_rollout(admin, policy_rollout(), {"phase": "Committed"})
             is FinalizeOutcome.KEPT_COMMITTED
         )
         assert admin.abort_calls == []
@@ -148,9 +113,30 @@ def test_abort_that_loses_the_race_with_commit_keeps_the_rollout():
 
         admin.abort_rollout = commit_then_abort  # type: ignore[method-assign]
         assert (
-            await finalize_rollout(admin, _request(), {"phase": "Staging"}) is FinalizeOutcome.KEPT_COMMITTED
+            await finalize_rollout(admin, policy_rollout(), {"phase": "Staging"})
+            is FinalizeOutcome.KEPT_COMMITTED
         )
         assert admin.rollouts[2].phase is RolloutPhase.COMMITTED
+
+    _run(scenario)
+
+
+def test_delete_while_the_start_is_in_flight_aborts_it_on_the_second_look():
+    async def scenario() -> None:
+        admin = InMemoryAdmin()
+        real_get = admin.get_rollout
+
+        async def start_lands_after_the_first_look(version: int):
+            try:
+                return await real_get(version)
+            finally:  # the daemon's StartRollout, cancelled by the delete, still reaches the server
+                if version not in admin.rollouts:
+                    await admin.start_rollout(version, "/models/v2", "abort")
+
+        admin.get_rollout = start_lands_after_the_first_look  # type: ignore[method-assign]
+        outcome = await finalize_rollout(admin, policy_rollout(), {"phase": "Pending"}, recheck_delay_s=0.01)
+        assert outcome is FinalizeOutcome.ABORTED
+        assert admin.abort_calls == [2] and admin.rollouts[2].phase is RolloutPhase.ABORTED
 
     _run(scenario)
 
@@ -158,11 +144,15 @@ def test_abort_that_loses_the_race_with_commit_keeps_the_rollout():
 def test_delete_of_a_never_started_or_foreign_rollout_touches_nothing():
     async def scenario() -> None:
         admin = InMemoryAdmin()
-        assert await finalize_rollout(admin, _request(), {}) is FinalizeOutcome.NOTHING
-        await admin.start_rollout(2, "nccl", "finish")
-        assert await finalize_rollout(admin, _request(source="/models/v2"), {}) is FinalizeOutcome.NOTHING
         assert (
-            await finalize_rollout(admin, _request(source="nccl"), {"phase": "Rejected"})
+            await finalize_rollout(admin, policy_rollout(), {}, recheck_delay_s=0) is FinalizeOutcome.NOTHING
+        )
+        await admin.start_rollout(2, "nccl", "finish")
+        assert (
+            await finalize_rollout(admin, policy_rollout(source="/models/v2"), {}) is FinalizeOutcome.NOTHING
+        )
+        assert (
+            await finalize_rollout(admin, policy_rollout(source="nccl"), {"phase": "Rejected"})
             is FinalizeOutcome.NOTHING
         )
         assert admin.abort_calls == []
@@ -176,7 +166,9 @@ def test_operator_restart_adopts_the_running_rollout_without_starting_it_again()
         admin, sink = InMemoryAdmin(), RecordingSink()
         await admin.start_rollout(2, "/models/v2", "abort")
         await admin.commit(2)
-        task = asyncio.create_task(drive_rollout(admin, _request(), sink, {"phase": "Staging"}, _clock()))
+        task = asyncio.create_task(
+            drive_rollout(admin, policy_rollout(), sink, {"phase": "Staging"}, _clock())
+        )
         await sink.wait_for(lambda s: s.get("phase") == "Committed")
         await admin.finish(2)
         assert await task == "Done"
@@ -189,7 +181,7 @@ def test_operator_restart_adopts_the_running_rollout_without_starting_it_again()
 def test_final_status_returns_without_calling_the_admin_api():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(), RecordingSink()
-        assert await drive_rollout(admin, _request(), sink, {"phase": "Done"}) == "Done"
+        assert await drive_rollout(admin, policy_rollout(), sink, {"phase": "Done"}) == "Done"
         assert admin.start_calls == [] and sink.writes == []
 
     _run(scenario)
@@ -198,7 +190,7 @@ def test_final_status_returns_without_calling_the_admin_api():
 def test_version_not_above_the_epoch_is_rejected_for_good():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(epoch=5), RecordingSink()
-        assert await drive_rollout(admin, _request(version=3), sink, {}, _clock()) == "Rejected"
+        assert await drive_rollout(admin, policy_rollout(version=3), sink, {}, _clock()) == "Rejected"
         assert sink.current["phase"] == "Rejected"
         assert "not above the epoch 5" in sink.current["message"]
         accepted = next(c for c in sink.current["conditions"] if c["type"] == "Accepted")
@@ -212,7 +204,9 @@ def test_same_version_from_another_source_is_rejected_not_adopted():
     async def scenario() -> None:
         admin, sink = InMemoryAdmin(), RecordingSink()
         await admin.start_rollout(2, "nccl", "finish")
-        assert await drive_rollout(admin, _request(source="/models/v2"), sink, {}, _clock()) == "Rejected"
+        assert (
+            await drive_rollout(admin, policy_rollout(source="/models/v2"), sink, {}, _clock()) == "Rejected"
+        )
         assert "already rolled out from 'nccl'" in sink.current["message"]
         assert admin.start_calls == [2]
 
@@ -224,7 +218,7 @@ def test_busy_admin_leaves_the_rollout_pending_and_raises_for_retry():
         admin, sink = InMemoryAdmin(), RecordingSink()
         await admin.start_rollout(2, "/models/v2", "finish")
         with pytest.raises(RolloutBusyError):
-            await drive_rollout(admin, _request(version=3, source="/models/v3"), sink, {}, _clock())
+            await drive_rollout(admin, policy_rollout(version=3, source="/models/v3"), sink, {}, _clock())
         assert sink.current["phase"] == "Pending"
         assert sink.current["message"].startswith("waiting: another rollout is in flight")
         assert 3 not in admin.rollouts
@@ -242,7 +236,7 @@ def test_broken_watch_raises_and_the_retry_resumes_the_mirror():
         admin.stream_broken = False
         await admin.commit(2)
         await admin.finish(2)
-        assert await drive_rollout(admin, _request(), sink, sink.current, _clock()) == "Done"
+        assert await drive_rollout(admin, policy_rollout(), sink, sink.current, _clock()) == "Done"
         assert admin.start_calls == [2]
 
     _run(scenario)

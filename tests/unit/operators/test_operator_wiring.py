@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import kopf
 import pytest
 from crd_schema_testkit import as_stored, example
@@ -14,8 +12,7 @@ from epochserve.operators.__main__ import build_parser
 from epochserve.operators.cluster_handlers import reconcile_cluster
 from epochserve.operators.config import OperatorConfig
 from epochserve.operators.context import OperatorContext
-from epochserve.operators.rollouts.admin import AdminTarget
-from epochserve.operators.rollouts.connect import AdminNotWiredError, default_connector
+from epochserve.operators.rollouts.connect import default_connector
 
 
 def _handlers() -> dict[tuple[str, str | None], object]:
@@ -90,15 +87,6 @@ def test_operator_config_from_env():
         "tls",
     )
     assert OperatorConfig.from_env({"EPOCHSERVE_OPERATOR_NAMESPACE": "ops"}).managed_etcd is None
-
-
-def test_unwired_connector_refuses_every_session():
-    async def scenario() -> None:
-        async with default_connector().connect(AdminTarget("demo-coordinator.ns.svc:50060", "t")):
-            pytest.fail("an unwired connector opened a session")
-
-    with pytest.raises(AdminNotWiredError, match=r"demo-coordinator\.ns\.svc:50060"):
-        asyncio.run(scenario())
 
 
 def test_entry_point_arguments():

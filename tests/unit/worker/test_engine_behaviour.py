@@ -184,3 +184,19 @@ def test_non_finite_logits_fail_only_that_request(llama_dir, tmp_path):
     assert "non-finite" in results["bad"][0].finish.error
     assert len(results["good"][0].token_ids) == 4
     assert torch.isfinite(torch.tensor(results["good"][0].logprobs)).all()
+
+
+def test_a_sharded_checkpoint_loads_like_a_single_file(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(llama_dir).save_pretrained(sharded, max_shard_size="100KB")
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    assert (sharded / "model.safetensors.index.json").is_file()
+    results = []
+    for model_dir in (llama_dir, sharded):
+        engine = make_engine(model_dir, block_size=4, num_kv_blocks=64)
+        req = make_request("s", PROMPT, engine.limits, temperature=0.0, max_tokens=8, ignore_eos=True)
+        results.append(run_to_completion(engine, [req])["s"][0])
+    assert results[0].token_ids == results[1].token_ids
+    assert results[0].logprobs == results[1].logprobs

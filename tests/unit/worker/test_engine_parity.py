@@ -8,16 +8,10 @@ from fixtures.engine import (
     hf_greedy,
     hf_model,
     hf_next_token_logits,
+    hf_processed_logprobs,
     make_engine,
     make_request,
     run_to_completion,
-)
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 KINDS = ["llama", "llama3", "qwen2", "qwen3"]
@@ -48,17 +42,6 @@ def test_greedy_is_token_identical_to_hf_generate(tiny):
         assert results[f"g{i}"][0].token_ids == hf_greedy(reference, prompt, 12), (
             f"prompt {i} (len {len(prompt)})"
         )
-
-
-def hf_processed_logprobs(logits, temperature, top_k, top_p, min_p):
-    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
-    if top_k:
-        processors.append(TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
-    if min_p:
-        processors.append(MinPLogitsWarper(min_p))
-    return torch.log_softmax(processors(None, logits.clone()), dim=-1)
 
 
 SAMPLING_CASES = [

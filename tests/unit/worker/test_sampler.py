@@ -4,28 +4,11 @@ import math
 
 import pytest
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    MinPLogitsWarper,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from fixtures.engine import hf_processed
 
 from epochserve.sampling import SamplingParams
 from epochserve.worker.sampler import Sampler, filter_logits
 from epochserve.worker.sequence import Sequence
-
-
-def hf_processed(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
-    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
-    if top_k:
-        processors.append(TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
-    if min_p:
-        processors.append(MinPLogitsWarper(min_p))
-    return processors(None, logits.clone())
 
 
 def seq(params, seed=0, sample_index=0):
