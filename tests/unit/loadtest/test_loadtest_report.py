@@ -1,9 +1,10 @@
 """The report of a crafted run: the JSON numbers, the Markdown verdict, and files and plots written;
-preparing soak versions from a source checkpoint; the CLI's flag checks."""
+preparing soak versions from a source checkpoint; the CLI's flag checks; the progress line."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 
 import pytest
@@ -15,10 +16,12 @@ from epochserve.controlplane.cli import loadtest_cmd
 from epochserve.errors import ConfigError
 from epochserve.loadtest.config import LoadPlan, LoadtestConfig
 from epochserve.loadtest.driver import RunState
+from epochserve.loadtest.progress import ProgressDisplay
 from epochserve.loadtest.records import RequestRecord, RolloutRecord, VersionLog
 from epochserve.loadtest.report import check_and_write
 from epochserve.loadtest.runner import RunResult
 from epochserve.loadtest.versions import VersionPublisher
+from epochserve.router.client import PolicyInfo
 from epochserve.worker.weights.manifest import MANIFEST_NAME, Manifest
 
 
@@ -110,3 +113,21 @@ def test_cli_flags_map_onto_the_config_and_bad_combinations_are_refused(tmp_path
         with pytest.raises(ConfigError):
             loadtest_cmd.build_config(parse(*argv))
     assert loadtest_cmd.run(parse("--concurrency", "0", "--duration", "1")) == loadtest_cmd.EXIT_USAGE
+
+
+def test_progress_writes_plain_lines_with_counts_rates_and_version_off_a_terminal():
+    state = RunState(0.0)
+    state.records.extend(
+        [completed("a", [2]), failed("b", "ABORTED"), RequestRecord(0, "c", 1, 4, None, 0.0)]
+    )
+    state.num_completed, state.num_errors = 1, 1
+    state.count_tokens(1.0, 40)
+    stream = io.StringIO()
+    rollouts = [RolloutRecord(2, "finish", "/ckpt", outcome="done")]
+    policy = PolicyInfo(2, True, 2, 2, "router-0")
+    display = ProgressDisplay(state, lambda: policy, lambda: rollouts, stream, clock=lambda: 2.0)
+    display.show()
+    line = stream.getvalue()
+    assert line.endswith("\n") and "\r" not in line  # a plain line: not a terminal
+    assert "sent 3  ok 1  err 1  open 1" in line and "0.5 req/s  20 tok/s" in line
+    assert "v2 DONE" in line and "rollouts 1 done, 0 not" in line
