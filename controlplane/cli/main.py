@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "up_cmd",
     "verify_cmd",
     "demo_cmd",
+    "loadtest_cmd",
 )
 
 

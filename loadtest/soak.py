@@ -1,0 +1,132 @@
+"""RolloutDriver: soak mode's rollouts, started through the Admin API while the load runs.
+
+Every `rollout_every_seconds` (measured from one start to the next, or right after the previous
+rollout ended when it took longer) it rolls out the next version: one above the committed epoch
+and every version any rollout used before (asked with ListRollouts each time, so rollouts by
+anybody else are stepped over), from the next source in turn, with the next drain policy in turn
+(finish, abort, finish, ...). It follows each rollout with WatchRollout and records when this
+process observed COMMITTED and DONE; a DONE goes into the VersionLog for the freshness check.
+
+Failure modes: a refused StartRollout (another rollout in flight, a version taken meanwhile) and
+a watch that times out are recorded on the rollout ("failed", "timed_out") and the soak goes on;
+a watch cut by a coordinator failover is resumed until the rollout's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from epochserve.controlplane.admin.client import AdminClient
+from epochserve.errors import EpochserveError
+from epochserve.loadtest.config import DrainName, SoakConfig
+from epochserve.loadtest.records import RolloutRecord, VersionLog
+from epochserve.loadtest.versions import VersionPublisher
+from epochserve.proto.v1 import admin_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+CALL_TIMEOUT_SECONDS = 30.0
+_DRAINS = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}
+
+
+class RolloutDriver:
+    def __init__(
+        self, config: SoakConfig, versions: VersionLog, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self.versions = versions
+        self.clock = clock
+        self.publisher = VersionPublisher(config.publish_dir)
+        self.rollouts: list[RolloutRecord] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Roll out versions until `stop` is set; a rollout under way when it is set is followed to
+        its end. Returns once no rollout of ours is in flight."""
+        config = self.config
+        next_at = self.clock() + config.rollout_every_seconds
+        # Read (or hash) the sources' manifests now, off the event loop, so that the first rollout
+        # starts on time; a bad source fails here, before any rollout.
+        await asyncio.to_thread(self.publisher.warm_up, config.sources)
+        async with AdminClient(config.admin, config.token, tls=config.tls, ca_file=config.ca_file) as admin:
+            while not await _stopped_before(stop, next_at - self.clock()):
+                index = len(self.rollouts)
+                started = self.clock()
+                await self._rollout(
+                    admin,
+                    config.sources[index % len(config.sources)],
+                    config.drains[index % len(config.drains)],
+                )
+                next_at = max(started + config.rollout_every_seconds, self.clock())
+
+    async def _rollout(self, admin: AdminClient, source: Path, drain: DrainName) -> None:
+        version = await self._next_version(admin)
+        record = RolloutRecord(version, drain, str(source))
+        self.rollouts.append(record)
+        try:
+            path, checksum = await asyncio.to_thread(self.publisher.prepare, version, source)
+            record.source = str(path)
+            record.started_at = self.clock()
+            request = pb.StartRolloutRequest(
+                version=version, source=str(path), drain=_DRAINS[drain], manifest_checksum=checksum
+            )
+            await admin.start_rollout(request, CALL_TIMEOUT_SECONDS)
+            logger.info("soak: rollout of v%d started (drain=%s)", version, drain)
+            await self._follow(admin, record)
+        except grpc.aio.AioRpcError as exc:
+            record.outcome = "timed_out" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else "failed"
+            record.reason = f"{exc.code().name}: {exc.details()}"
+            logger.warning("soak: rollout of v%d %s: %s", version, record.outcome, record.reason)
+        except (EpochserveError, OSError) as exc:  # the version could not be prepared
+            record.outcome, record.reason = "failed", f"preparing {source}: {exc}"
+            logger.warning("soak: rollout of v%d failed: %s", version, record.reason)
+        record.ended_at = self.clock()
+
+    async def _next_version(self, admin: AdminClient) -> int:
+        reply = await admin.list_rollouts(None, CALL_TIMEOUT_SECONDS)
+        return max([reply.committed_epoch, *(r.version for r in reply.rollouts)]) + 1
+
+    async def _follow(self, admin: AdminClient, record: RolloutRecord) -> None:
+        """Watch until DONE or ABORTED (resuming a watch cut short) or the rollout timeout."""
+        deadline = self.clock() + self.config.rollout_timeout_seconds
+        while record.outcome == "running":
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                record.outcome, record.reason = "timed_out", "no DONE or ABORTED within the rollout timeout"
+                return
+            try:
+                async for status in admin.watch_rollout(record.version, remaining):
+                    self._observe(record, status.rollout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                await asyncio.sleep(0.5)
+
+    def _observe(self, record: RolloutRecord, rollout: pb.Rollout) -> None:
+        now = self.clock()
+        if (
+            rollout.phase in (pb.ROLLOUT_PHASE_COMMITTED, pb.ROLLOUT_PHASE_DONE)
+            and record.committed_at is None
+        ):
+            record.committed_at = now
+        if rollout.phase == pb.ROLLOUT_PHASE_DONE:
+            record.done_at, record.outcome = now, "done"
+            self.versions.observe_done(record.version, now)
+            logger.info("soak: v%d DONE", record.version)
+        elif rollout.phase == pb.ROLLOUT_PHASE_ABORTED:
+            record.outcome, record.reason = "aborted", rollout.reason
+            logger.warning("soak: v%d ABORTED: %s", record.version, rollout.reason)
+
+
+async def _stopped_before(stop: asyncio.Event, delay: float) -> bool:
+    """Wait up to `delay` seconds; True as soon as `stop` is set."""
+    if delay > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return stop.is_set()
