@@ -10,6 +10,7 @@ its etcd transactions on top (tens of ms, tests/integration/rollouts measure it 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import sys
@@ -25,9 +26,29 @@ from gpu_common import write_config
 from w3_weight_update import hf_tensors
 
 
+def trace_broadcasts(device: int) -> list[tuple[float, float, int]]:
+    """Record (start, end, bytes) of every broadcast call of weights/broadcast.py in this process;
+    the first one includes creating the NCCL communicator."""
+    from epochserve.worker.weights import broadcast
+
+    calls: list[tuple[float, float, int]] = []
+    untraced = broadcast._broadcast
+
+    def traced(group, tensor: torch.Tensor) -> None:
+        start = time.time()
+        untraced(group, tensor)
+        torch.cuda.synchronize(device)
+        calls.append((start, time.time(), tensor.numel() * tensor.element_size()))
+
+    broadcast._broadcast = traced
+    return calls
+
+
 def worker(model_dir: str, source: str, queue) -> None:
     torch.cuda.set_device(1)
     from fixtures.engine import make_engine
+
+    calls = trace_broadcasts(1)
 
     engine = make_engine(Path(model_dir), device="cuda:1", load_format="random", max_model_len=2048,
                          kv_cache_memory_fraction=0.3, cuda_graphs=False)  # fmt: skip
@@ -41,6 +62,7 @@ def worker(model_dir: str, source: str, queue) -> None:
             result.staged is not None,
             result.error,
             result.staged.location if result.staged else "",
+            calls,
         )
     )
 
@@ -75,13 +97,20 @@ def main() -> None:
         manifest = manifest_of_tensors(1, tensors.items())
         torch.cuda.synchronize()
         results["manifest_seconds"] = time.time() - start
+        calls = trace_broadcasts(0)
         group, _store = join_group(spec, 0, 1, 300, is_master=True)
         sent_at = time.time()
         broadcast.send(group, manifest, tensors, torch.device("cuda:0"))
         torch.cuda.synchronize()
         results["send_seconds"] = time.time() - sent_at
-        _kind, staged_at, ok, error, location = queue.get(timeout=300)
+        _kind, staged_at, ok, error, location, worker_calls = queue.get(timeout=300)
         child.join(60)
+        buckets = calls[2:]  # after the manifest's length and text
+        results["first_broadcast_seconds"] = calls[0][1] - calls[0][0]  # includes communicator setup
+        results["bucket_seconds"] = [round(end - begin, 4) for begin, end, _ in buckets]
+        results["bucket_gaps_seconds"] = [round(b[0] - a[1], 4) for a, b in itertools.pairwise(buckets)]
+        results["worker_first_broadcast_seconds"] = worker_calls[0][1] - worker_calls[0][0]
+        results["worker_last_bucket_to_staged_seconds"] = staged_at - worker_calls[-1][1]
         results.update(bytes=nbytes, staged_ok=ok, error=error, location=location,
                        broadcast_to_staged_seconds=staged_at - sent_at,
                        publish_data_path_seconds=staged_at - start)  # fmt: skip

@@ -26,6 +26,7 @@ class LocalClusterSpec:
     tp: int = 1
     worker_tps: tuple[int, ...] = ()  # per-worker TP sizes, overriding `tp` where given
     device: str = "cpu"
+    one_gpu_per_worker: bool = False  # CUDA: worker i sees only its own GPUs (CUDA_VISIBLE_DEVICES)
     cluster: str = "local"
     worker_args: tuple[str, ...] = ()  # extra `epochctl worker` flags
     coordinator_args: tuple[str, ...] = ()
@@ -96,15 +97,21 @@ class LocalCluster:
         env = {"EPOCHSERVE_ADMIN_TOKEN": self.token}
         return ManagedProcess("coordinator-0", args, self.spec.workdir, env=env)
 
+    def _tp(self, index: int) -> int:
+        return self.spec.worker_tps[index] if index < len(self.spec.worker_tps) else self.spec.tp
+
     def _worker(self, index: int) -> ManagedProcess:
         spec = self.spec
         args = [
             "worker", "--model", str(spec.model_dir), "--port", "0", "--worker-id", f"worker-{index}",
-            "--tp", str(spec.worker_tps[index] if index < len(spec.worker_tps) else spec.tp),
-            "--device", spec.device,
+            "--tp", str(self._tp(index)), "--device", spec.device,
             "--etcd-endpoints", self.etcd_endpoint, "--cluster", spec.cluster, *spec.worker_args,
         ]  # fmt: skip
-        return ManagedProcess(f"worker-{index}", args, spec.workdir)
+        env = {}
+        if spec.one_gpu_per_worker:
+            first = sum(self._tp(i) for i in range(index))
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + rank) for rank in range(self._tp(index)))
+        return ManagedProcess(f"worker-{index}", args, spec.workdir, env=env)
 
     def restart_worker(self, index: int) -> ManagedProcess:
         """Start worker `index` again (after it died or was stopped) and wait until it serves."""

@@ -125,7 +125,7 @@ def write_report(
     report: dict[str, Any], records: list[RequestRecord], origin: float, out_dir: Path
 ) -> dict[str, Path]:
     """Write report.json, report.md, requests.jsonl and the PNG plots into `out_dir`; returns the
-    paths by kind. Plots need matplotlib (the `loadtest` extra)."""
+    paths by kind. The text files come first, so a long run's numbers survive a failing plot."""
     from epochserve.loadtest.plots import plot_latency_cdfs, plot_throughput
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,14 +136,14 @@ def write_report(
         "latency_cdf": out_dir / "latency_cdf.png",
         "throughput": out_dir / "throughput.png",
     }
-    plot_latency_cdfs(latencies(records), paths["latency_cdf"])
-    plot_throughput(report, paths["throughput"])
     report["files"] = {kind: path.name for kind, path in paths.items()}
     paths["json"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     paths["markdown"].write_text(render_markdown(report))
     with paths["requests"].open("w") as out:
         for record in records:
             out.write(json.dumps(request_line(record, origin)) + "\n")
+    plot_latency_cdfs(latencies(records), paths["latency_cdf"])
+    plot_throughput(report, paths["throughput"])
     return paths
 
 

@@ -41,6 +41,7 @@ from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch  # noq
 from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton, rms_norm_triton  # noqa: E402
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq  # noqa: E402
 from epochserve.kernels.rotary_triton import apply_rotary_qk_triton  # noqa: E402
+from epochserve.worker.weights.checksum import piece_checksum, piece_checksum_torch  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16]
 ATTN_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -282,3 +283,14 @@ def test_sampler_row_ops_are_row_count_invariant(op: str) -> None:
     full = fn(logits)
     for rows in (1, 2, 7, 32, 128):
         assert same_bytes(fn(logits[:rows]), full[:rows]), rows
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weight_checksum_kernel_matches_reference_bit_for_bit(dtype: torch.dtype) -> None:
+    # 2**25 + 5 elements: thousands of programs, and a last one that ends mid-block
+    values = torch.randn(2**25 + 5, device="cuda").to(dtype)
+    reference = piece_checksum_torch(values.cpu(), 3_000_000_001)
+    assert piece_checksum(values, 3_000_000_001) == reference  # dispatches to the kernel on CUDA
+    # a CPU piece and a GPU piece of one tensor add up to the whole
+    whole = piece_checksum_torch(values.cpu(), 0)
+    assert piece_checksum_torch(values[:1000].cpu(), 0) + piece_checksum(values[1000:], 1000) == whole

@@ -10,7 +10,9 @@ row-major order, the checksum is the pair
 printed as 32 hex digits. Integer sums are exact and order-free, so CPU and GPU, one rank or many,
 agree bit for bit. A changes with any single changed element; B also catches moved or swapped
 elements, rows and tensors. It detects corruption (flipped bits, truncation, wrong tensors); it is
-not a cryptographic hash and does not defend against tampering. On a GPU it runs at memory speed.
+not a cryptographic hash and does not defend against tampering. On a GPU a Triton kernel
+(kernels/checksum_triton.py) sums it in one pass at memory speed; the torch code here is its
+reference and the CPU path.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ def _unsigned(value: int) -> int:
 def piece_checksum(values: torch.Tensor, first_index: torch.Tensor | int) -> Checksum:
     """Checksum contribution of `values`, whose elements sit at global indices `first_index + k`
     (an int for a contiguous piece) or at the given index tensor (same shape as values)."""
+    if values.is_cuda and isinstance(first_index, int):
+        from epochserve.kernels.checksum_triton import checksum_sums_triton
+
+        a, b = checksum_sums_triton(values, first_index).tolist()
+        return Checksum(_unsigned(a), _unsigned(b))
+    return piece_checksum_torch(values, first_index)
+
+
+def piece_checksum_torch(values: torch.Tensor, first_index: torch.Tensor | int) -> Checksum:
+    """piece_checksum in torch ops: the reference of the Triton kernel, and the CPU path."""
     words = _words(values).flatten()
     if isinstance(first_index, int):
         weights = torch.arange(first_index + 1, first_index + 1 + words.numel(), device=words.device)
@@ -76,8 +88,10 @@ _CHUNK = 1 << 26
 
 
 def tensor_checksum(tensor: torch.Tensor) -> Checksum:
-    """The checksum of a whole tensor, in chunks of at most _CHUNK elements (same result)."""
+    """The checksum of a whole tensor (torch: in chunks of at most _CHUNK elements, same result)."""
     flat = tensor.detach().contiguous().view(-1)
+    if flat.is_cuda:  # the kernel needs no temporaries, so no chunks
+        return piece_checksum(flat, 0)
     total = Checksum()
     for start in range(0, flat.numel(), _CHUNK):
         total = total + piece_checksum(flat[start : start + _CHUNK], start)
