@@ -229,6 +229,7 @@ class BroadcastPublisher:
         self, spec: BroadcastSpec, manifest: Manifest, tensors: Mapping[str, torch.Tensor], version: int
     ) -> None:
         device = next(iter(tensors.values())).device
-        group, _store = join_group(spec, 0, version, self.publisher.timeout, is_master=True)
-        broadcast.send(group, manifest, tensors, device, self.bucket_bytes)
+        handles = list(join_group(spec, 0, version, self.publisher.timeout, is_master=True))
+        broadcast.send(handles[0], manifest, tensors, device, self.bucket_bytes)
+        broadcast.release_in_background(handles)
         logger.info("broadcast of policy version %d sent to %d ranks", version, spec.world_size - 1)

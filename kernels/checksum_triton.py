@@ -9,6 +9,8 @@ are added by torch (int64 sums wrap the same way).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -19,7 +21,8 @@ _BLOCKS_PER_PROGRAM = 16
 _UNSIGNED_VIEW = {1: torch.uint8, 2: torch.uint16, 4: torch.uint32, 8: torch.int64}
 
 
-@triton.jit
+# Sizes and offsets vary per tensor and per rank: specialising on them would compile again for each.
+@triton.jit(do_not_specialize=["n", "first_index"])
 def _checksum_partials_kernel(
     words_ptr,  # [n] unsigned words (int64 for 8-byte elements: their bits are used as they are)
     partials_ptr,  # [num_programs, 2] int64: this program's (Σ u_i, Σ (i + 1) u_i)
@@ -50,7 +53,9 @@ def checksum_sums_triton(values: torch.Tensor, first_index: int) -> torch.Tensor
     per_program = _BLOCK * _BLOCKS_PER_PROGRAM
     num_programs = max(1, triton.cdiv(n, per_program))
     partials = torch.empty((num_programs, 2), dtype=torch.int64, device=values.device)
-    _checksum_partials_kernel[(num_programs,)](
-        words, partials, n, first_index, BLOCK=_BLOCK, BLOCKS_PER_PROGRAM=_BLOCKS_PER_PROGRAM, num_warps=4
-    )
+    # Triton launches on the thread's current device; staging threads never set theirs.
+    with torch.cuda.device(values.device) if values.is_cuda else contextlib.nullcontext():
+        _checksum_partials_kernel[(num_programs,)](
+            words, partials, n, first_index, BLOCK=_BLOCK, BLOCKS_PER_PROGRAM=_BLOCKS_PER_PROGRAM, num_warps=4
+        )
     return partials.sum(dim=0)

@@ -13,6 +13,8 @@ where a worker outside the broadcast (joined late, or restarting) loads the vers
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +28,10 @@ from epochserve.worker.weights.manifest import DTYPE_NAMES, Manifest, ManifestEr
 
 SCHEME = "nccl"
 DEFAULT_BUCKET_BYTES = 1 << 30
+# A version's group is used for one broadcast, so its setup counts as much as its bandwidth: NCCL
+# sets up every channel (CTA) when the communicator is created, and on 2 H200s 4 channels instead of
+# the default 24 cut setup from 0.3-0.9 s to ~0.1 s for 30% less bandwidth (docs/benchmarks.md, W3).
+BROADCAST_CHANNELS = int(os.environ.get("EPOCHSERVE_BROADCAST_CHANNELS", "4"))
 _DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
@@ -76,8 +82,16 @@ def join_group(spec: BroadcastSpec, rank: int, version: int, timeout_seconds: fl
     if spec.backend == "nccl":
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = timeout
+        if BROADCAST_CHANNELS > 0:
+            options.config.max_ctas = BROADCAST_CHANNELS
         return dist.ProcessGroupNCCL(prefixed, rank, spec.world_size, options), store
     return dist.ProcessGroupGloo(prefixed, rank, spec.world_size, timeout), store
+
+
+def release_in_background(handles: list) -> None:
+    """Drop the group and store in `handles` (their only holder) on a thread of its own: a NCCL
+    group's destructor waits for its watchdog thread (~0.5 s), pure latency on a rollout's path."""
+    threading.Thread(target=handles.clear, name="release-broadcast-group", daemon=True).start()
 
 
 def _broadcast(group, tensor: torch.Tensor) -> None:

@@ -18,7 +18,13 @@ from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import WeightSource
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.models.loader import iter_checkpoint
-from epochserve.worker.weights.broadcast import BroadcastSpec, is_broadcast_source, join_group, receive
+from epochserve.worker.weights.broadcast import (
+    BroadcastSpec,
+    is_broadcast_source,
+    join_group,
+    receive,
+    release_in_background,
+)
 from epochserve.worker.weights.manifest import MANIFEST_NAME, Manifest, ManifestError
 from epochserve.worker.weights.staging import StagedWeights, StagingCancelled, stage
 from epochserve.worker.weights.swap import live_fingerprint, swap_in
@@ -61,7 +67,7 @@ class RankWeightUpdater:
         self._cancel = threading.Event()
         self._result: StageResult | None = None
         self._staged: StagedWeights | None = None
-        self._store: object = None  # keeps the broadcast's TCPStore client alive while receiving
+        self._handles: list = []  # the broadcast's group and TCPStore client, alive while receiving
         self.broadcast_timeout = 600.0  # seconds to join a broadcast or wait for its checkpoint
 
     @property
@@ -117,6 +123,7 @@ class RankWeightUpdater:
         finally:
             for _ in tensors:  # a broadcast must be received to its end, or the sender would hang
                 pass
+            release_in_background(self._handles)  # the exhausted receiver no longer holds the group
 
     def _open_source(
         self, version: int, source: str, rank_base: int | None, cancel: threading.Event
@@ -127,8 +134,8 @@ class RankWeightUpdater:
         if rank_base is None:
             return checkpoint_tensors(wait_for_checkpoint(spec.checkpoint, cancel, self.broadcast_timeout))
         device = next(self.model.parameters()).device
-        group, self._store = join_group(spec, rank_base + self.tp.rank, version, self.broadcast_timeout)
-        return receive(group, device)
+        self._handles = list(join_group(spec, rank_base + self.tp.rank, version, self.broadcast_timeout))
+        return receive(self._handles[0], device)
 
     def wait(self, timeout: float | None = None) -> StageResult | None:
         """The result once the staging thread is done (None while it runs)."""
