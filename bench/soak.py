@@ -41,7 +41,7 @@ import torch
 
 from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
 from epochserve.loadtest.config import LoadPlan, LoadtestConfig, SoakConfig
-from epochserve.loadtest.records import VersionLog
+from epochserve.loadtest.records import RequestRecord, VersionLog
 from epochserve.loadtest.render import render_markdown, verdict
 from epochserve.loadtest.report import check_and_write
 from epochserve.loadtest.runner import run_load
@@ -88,8 +88,11 @@ def worker_args(device: str, max_num_seqs: int) -> tuple[str, ...]:
     return args + (("--block-size", "16") if device == "cpu" else ("--kv-cache-memory-fraction", "0.8"))
 
 
-def kill_and_restart(cluster: LocalCluster, versions: VersionLog, at: float, down: float) -> threading.Thread:
-    """From another thread: SIGKILL the last worker `at` seconds from now, restart it `down` s later."""
+def kill_and_restart(
+    cluster: LocalCluster, versions: VersionLog, at: float, down: float, restarted_at: list[float]
+) -> threading.Thread:
+    """From another thread: SIGKILL the last worker `at` seconds from now, restart it `down` s later
+    (its ready file appears once it serves; `restarted_at` gets that moment, monotonic)."""
     index = len(cluster.workers) - 1
     name = f"worker-{index}"
 
@@ -101,12 +104,25 @@ def kill_and_restart(cluster: LocalCluster, versions: VersionLog, at: float, dow
         time.sleep(down)
         started = time.monotonic()
         cluster.restart_worker(index)
-        versions.mark(time.monotonic(), f"{name} serving again")
+        restarted_at.append(time.monotonic())
+        versions.mark(restarted_at[0], f"{name} serving again")
         print(f"soak: {name} back after {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=chaos, name="chaos", daemon=True)
     thread.start()
     return thread
+
+
+def samples_after(records: list[RequestRecord], worker_id: str, origin: float, at: float) -> int:
+    """Samples `worker_id` finished for requests sent after `at`: the restarted worker must take
+    load again, not merely come up (a silent second death passes every purity check)."""
+    return sum(
+        1
+        for record in records
+        if origin + record.sent_at > at
+        for sample in record.samples
+        if sample.worker_id == worker_id
+    )
 
 
 def machine(device: str) -> str:
@@ -160,15 +176,26 @@ def main() -> int:
             vocab_size=vocab_size, n=args.n, seed=0,
         )  # fmt: skip
         versions = VersionLog()
+        restarted_at: list[float] = []
         if args.kill_at > 0:
-            kill_and_restart(cluster, versions, args.kill_at * duration, args.down)
+            kill_and_restart(cluster, versions, args.kill_at * duration, args.down, restarted_at)
         result = asyncio.run(run_load(config, workload, versions))
     report, _ = check_and_write(result)
     cluster_line = f"{args.workers} workers ({args.model}, {args.device}), 1 router; logs in {root}"
     print(f"machine: {about}\ncluster: {cluster_line}\n")
     print(render_markdown(report))
     print(f"report files in {out}", file=sys.stderr)
-    return 0 if verdict(report).startswith("PASS") else 1
+    ok = verdict(report).startswith("PASS")
+    if args.kill_at > 0:
+        killed = f"worker-{args.workers - 1}"
+        served = (
+            samples_after(result.state.records, killed, result.state.origin, restarted_at[0])
+            if restarted_at
+            else 0
+        )
+        print(f"\n{killed} after its restart: {served} samples of requests sent after it came back")
+        ok = ok and served > 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from epochserve.lifetime import die_with_parent
+from epochserve.lifetime import popen_tied_to_parent
 
 EPOCHCTL = [sys.executable, "-m", "epochserve.controlplane.cli.main"]
 
@@ -33,12 +33,11 @@ class ManagedProcess:
     def start(self) -> None:
         self.ready_file.unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = popen_tied_to_parent(
                 [*EPOCHCTL, *self.args, "--ready-file", str(self.ready_file)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                preexec_fn=die_with_parent,
             )
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
