@@ -29,4 +29,7 @@ def die_with_parent() -> None:
 def popen_tied_to_parent(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """subprocess.Popen(args, **kwargs) of a child the kernel kills when this process dies, whatever
     thread asks (see _spawner)."""
-    return _spawner.submit(subprocess.Popen, args, preexec_fn=die_with_parent, **kwargs).result()
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, preexec_fn=die_with_parent, **kwargs)
+
+    return _spawner.submit(spawn).result()
