@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from epochserve.lifetime import die_with_launcher
+
 # Subcommand module names under epochserve.controlplane.cli, in the order `--help` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "worker_cmd",
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_launcher()  # when a local launcher (epochctl up, tests) started this process
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

@@ -20,6 +20,13 @@ from epochserve.lifetime import popen_tied_to_parent
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 
+# What epochctl does first thing, then a long sleep.
+CHILD = [
+    sys.executable,
+    "-c",
+    "from epochserve.lifetime import die_with_launcher; die_with_launcher(); import time; time.sleep(60)",
+]
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -41,36 +48,38 @@ def _wait_until_dead(pid: int, seconds: float) -> bool:
 
 def test_a_child_started_from_a_thread_outlives_the_thread() -> None:
     started: list[subprocess.Popen[bytes]] = []
-    thread = threading.Thread(target=lambda: started.append(popen_tied_to_parent(["sleep", "30"])))
+    thread = threading.Thread(target=lambda: started.append(popen_tied_to_parent(CHILD)))
     thread.start()
     thread.join(10)
     child = started[0]
     try:
-        time.sleep(0.5)
+        time.sleep(2.0)  # the child's interpreter starts and arms the parent-death signal
         assert child.poll() is None, f"the child died with its starting thread (exit {child.returncode})"
     finally:
         child.kill()
         child.wait(10)
 
 
-def test_a_child_dies_when_its_parent_process_dies() -> None:
-    parent_code = (
-        "import threading, sys, time\n"
+def test_a_child_dies_when_its_launcher_dies() -> None:
+    launcher_code = (
+        "import sys, threading, time\n"
         "from epochserve.lifetime import popen_tied_to_parent\n"
+        f"child_args = {CHILD!r}\n"
         "box = []\n"
-        "t = threading.Thread(target=lambda: box.append(popen_tied_to_parent(['sleep', '60'])))\n"
+        "t = threading.Thread(target=lambda: box.append(popen_tied_to_parent(child_args)))\n"
         "t.start(); t.join()\n"
+        "time.sleep(2.0)\n"  # the child arms the signal
         "print(box[0].pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True)
     try:
-        assert parent.stdout is not None
-        grandchild = int(parent.stdout.readline())
-        assert _alive(grandchild)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        assert _wait_until_dead(grandchild, 10), "the child outlived its parent"
+        assert launcher.stdout is not None
+        child = int(launcher.stdout.readline())
+        assert _alive(child)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(10)
+        assert _wait_until_dead(child, 10), "the child outlived its launcher"
     finally:
-        parent.kill()
-        parent.wait(10)
+        launcher.kill()
+        launcher.wait(10)
