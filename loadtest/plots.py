@@ -87,7 +87,9 @@ def _mark_rollouts(report: dict[str, Any], axes: tuple[Any, Any]) -> None:
                 ax.axvline(rollout["committed_at"], color="grey", linestyle=":", linewidth=1)
             if rollout["outcome"] == "aborted" and rollout["ended_at"] is not None:
                 ax.axvline(rollout["ended_at"], color="tab:red", linestyle="--", linewidth=1)
-    for marker in report["markers"]:
+    for index, marker in enumerate(report["markers"]):
         for ax in axes:
             ax.axvline(marker["at"], color="black", linestyle="-.", linewidth=1)
-        axes[1].annotate(marker["label"], (marker["at"], 0.9), xycoords=("data", "axes fraction"), fontsize=7)
+        height = 0.92 - 0.07 * (index % 3)  # staggered: a kill and its restart are seconds apart
+        where = (marker["at"], height)
+        axes[1].annotate(marker["label"], where, xycoords=("data", "axes fraction"), fontsize=7)
