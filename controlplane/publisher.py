@@ -16,6 +16,7 @@ import asyncio
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class PublishResult:
     version: int
     phase: str  # "committed" or "done"
     manifest_checksum: str
+    reached_at: float = 0.0  # time.monotonic() when the publisher saw `phase` (before any wait for saving)
 
 
 class PolicyPublisher:
@@ -193,9 +195,8 @@ class PolicyPublisher:
                 if phase == pb.ROLLOUT_PHASE_ABORTED:
                     raise RolloutAbortedError(request.version, status.rollout.reason or "unknown")
                 if phase == target or phase == pb.ROLLOUT_PHASE_DONE:
-                    return PublishResult(
-                        request.version, pb.RolloutPhase.Name(phase).split("_")[-1].lower(), checksum
-                    )
+                    name = pb.RolloutPhase.Name(phase).split("_")[-1].lower()
+                    return PublishResult(request.version, name, checksum, time.monotonic())
         raise TimeoutError(f"rollout of policy version {request.version} did not reach {wait_for} in time")
 
 
@@ -223,13 +224,15 @@ class BroadcastPublisher:
         for worker in ready:
             rank_base[worker.worker_id] = next_rank
             next_rank += worker.tp_size
-        return BroadcastSpec(self.host, free_port(), self.backend, next_rank, rank_base, str(checkpoint))
+        return BroadcastSpec(
+            self.host, free_port(), self.backend, next_rank, rank_base, str(checkpoint), self.bucket_bytes
+        )
 
     def send(
         self, spec: BroadcastSpec, manifest: Manifest, tensors: Mapping[str, torch.Tensor], version: int
     ) -> None:
         device = next(iter(tensors.values())).device
         handles = list(join_group(spec, 0, version, self.publisher.timeout, is_master=True))
-        broadcast.send(handles[0], manifest, tensors, device, self.bucket_bytes)
+        broadcast.send(handles[0], manifest, tensors, device, spec.bucket_bytes)
         broadcast.release_in_background(handles)
         logger.info("broadcast of policy version %d sent to %d ranks", version, spec.world_size - 1)

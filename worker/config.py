@@ -60,6 +60,8 @@ class EngineConfig:
             raise ValueError("num_kv_blocks must be >= 1")
         if self.policy_version < 0 or self.max_n < 1:
             raise ValueError("policy_version must be >= 0 and max_n >= 1")
+        if self.load_format not in ("safetensors", "random"):
+            raise ValueError(f"load_format must be safetensors or random, got {self.load_format!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype}")
 

@@ -80,6 +80,8 @@ def setup_rank(config: EngineConfig, tp: TensorParallel) -> RankSetup:
     model_config = ModelConfig.from_dir(config.model_dir)
     check_head_split(model_config, tp.size)
     device, dtype = config.torch_device, config.torch_dtype
+    if device.type == "cuda":  # cuda:N: graph capture, Triton launches and NCCL use the current device
+        torch.cuda.set_device(device)
     max_positions = config.max_model_len or model_config.max_position_embeddings
     lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
     ctx = LayerContext(tp=tp, dtype=dtype, ops=select_ops(config))

@@ -25,6 +25,7 @@ ENGINE_FLAGS: list[tuple[str, Any, str]] = [
     ("num_kv_blocks", int, "exact KV pool size in blocks (overrides the budgets)"),
     ("policy_version", int, "policy version of the weights loaded at start"),
     ("max_n", int, "most samples per request"),
+    ("load_format", str, "safetensors (default), or random: weights of the right shapes (benchmarks)"),
 ]
 
 

@@ -3,7 +3,7 @@
 The publisher (rank 0 of a process group of its own) and every TP rank of every worker (ranks
 base_w + r) meet through a TCPStore the publisher hosts. The source of such a rollout is a URL:
 
-    nccl://HOST:PORT?backend=nccl&world=5&ranks=worker-a:1,worker-b:3&checkpoint=/ckpt/v7
+    nccl://HOST:PORT?backend=nccl&world=5&ranks=worker-a:1,worker-b:3&checkpoint=/ckpt/v7&bucket=1073741824
 
 On the wire: the manifest (length, then JSON bytes), then every tensor of the manifest in name
 order, packed as raw bytes into buckets of at most `bucket_bytes`. Both sides derive the same bucket
@@ -43,6 +43,7 @@ class BroadcastSpec:
     world_size: int
     rank_base: dict[str, int]  # worker id → global rank of its TP rank 0
     checkpoint: str  # where the version is also written, for workers outside the broadcast
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES  # both sides derive the same bucket plan from it
 
     def to_source(self) -> str:
         query = {
@@ -50,6 +51,7 @@ class BroadcastSpec:
             "world": str(self.world_size),
             "ranks": ",".join(f"{w}:{r}" for w, r in sorted(self.rank_base.items())),
             "checkpoint": self.checkpoint,
+            "bucket": str(self.bucket_bytes),
         }
         return f"{SCHEME}://{self.host}:{self.port}?{urlencode(query)}"
 
@@ -67,6 +69,7 @@ class BroadcastSpec:
             world_size=int(query["world"]),
             rank_base={w: int(r) for w, r in ranks.items()},
             checkpoint=query.get("checkpoint", ""),
+            bucket_bytes=int(query.get("bucket", DEFAULT_BUCKET_BYTES)),
         )
 
 

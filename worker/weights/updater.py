@@ -135,7 +135,7 @@ class RankWeightUpdater:
             return checkpoint_tensors(wait_for_checkpoint(spec.checkpoint, cancel, self.broadcast_timeout))
         device = next(self.model.parameters()).device
         self._handles = list(join_group(spec, rank_base + self.tp.rank, version, self.broadcast_timeout))
-        return receive(self._handles[0], device)
+        return receive(self._handles[0], device, spec.bucket_bytes)
 
     def wait(self, timeout: float | None = None) -> StageResult | None:
         """The result once the staging thread is done (None while it runs)."""

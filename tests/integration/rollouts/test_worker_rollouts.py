@@ -247,8 +247,8 @@ def test_publish_tensors_over_gloo_into_tp2_and_tp1_workers(versions, tmp_path):
     checkpoint = tmp_path / "B-broadcast"
     with LocalCluster(spec) as cluster:
         publisher = PolicyPublisher(cluster.admin_address, cluster.token, timeout=120)
-        result = publisher.publish_tensors(
-            1, b_model.state_dict(), checkpoint, config_from=a_dir, wait_for="done"
+        result = publisher.publish_tensors(  # 16 KiB buckets: many, some packed, some one big tensor
+            1, b_model.state_dict(), checkpoint, config_from=a_dir, wait_for="done", bucket_bytes=16384
         )
         assert result.phase == "done"
         addresses = [w.address for w in cluster.workers]
