@@ -11,7 +11,7 @@ workers that restart) is timed apart.
 The worker starts from random weights of the shape (`--load-format random`); every version is new
 random weights. The first version pays one-time costs (CUDA and Triton compiles); the others are
 the steady state.
-Usage: python bench/w3_publish_e2e.py [--device cpu|cuda] [--versions 3] [--json OUT]
+Usage: python bench/w3_publish_e2e.py [--device cpu|cuda] [--versions 3] [--bucket-bytes N] [--json OUT]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--versions", type=int, default=3)
+    parser.add_argument("--bucket-bytes", type=int, default=None, help="broadcast buckets (default 1 GiB)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     gpu = args.device == "cuda"
@@ -78,8 +79,10 @@ def main() -> int:
             if gpu:
                 torch.cuda.synchronize()
             start = time.monotonic()
+            extra = {"bucket_bytes": args.bucket_bytes} if args.bucket_bytes else {}
+            checkpoint = root / f"ckpt-v{version}"
             result = publisher.publish_tensors(
-                version, tensors, root / f"ckpt-v{version}", config_from=model_dir, wait_for="committed"
+                version, tensors, checkpoint, config_from=model_dir, wait_for="committed", **extra
             )
             returned = time.monotonic()
             rows.append(
