@@ -32,10 +32,12 @@ def test_a_30_second_soak_with_two_rollouts_adds_up_with_no_violation(tmp_path):
         model_dir=start,
         workdir=tmp_path / "cluster",
         num_workers=2,
-        worker_args=("--lease-ttl", "2", "--block-size", "4", "--max-num-seqs", "8"),
+        # Nothing is killed here, so leases need not be short; 5 s rides out a starved CPU on CI
+        # (with 2 s every process once lost its lease at the same moment, and requests failed over).
+        worker_args=("--lease-ttl", "5", "--block-size", "4", "--max-num-seqs", "8"),
         fast_etcd=True,
         num_routers=1,
-        router_args=("--lease-ttl", "2"),
+        router_args=("--lease-ttl", "5"),
     )
     out = tmp_path / "report"
     with LocalCluster(spec) as cluster:
