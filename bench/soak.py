@@ -19,15 +19,9 @@ code 1 when a violation was found. Timings are not pass/fail; they go to docs/be
 
 from __future__ import annotations
 
-import os
-
-# Before grpc is imported: this process forks (restart_worker's Popen runs a preexec_fn) while its
-# load generator has gRPC calls open, and with gRPC's fork support on such a child can crash
-# between fork and exec (SIGSEGV, an empty log). Nothing here uses gRPC in a forked child.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
 import argparse
 import asyncio
+import os
 import platform
 import signal
 import subprocess

@@ -123,7 +123,9 @@ class RankWeightUpdater:
         finally:
             for _ in tensors:  # a broadcast must be received to its end, or the sender would hang
                 pass
-            release_in_background(self._handles)  # the exhausted receiver no longer holds the group
+            handles, self._handles = self._handles, []
+            if handles:  # a broadcast: the exhausted receiver no longer holds its group
+                release_in_background(handles)
 
     def _open_source(
         self, version: int, source: str, rank_base: int | None, cancel: threading.Event
