@@ -81,9 +81,13 @@ def main() -> int:
             start = time.monotonic()
             extra = {"bucket_bytes": args.bucket_bytes} if args.bucket_bytes else {}
             checkpoint = root / f"ckpt-v{version}"
-            result = publisher.publish_tensors(
-                version, tensors, checkpoint, config_from=model_dir, wait_for="committed", **extra
-            )
+            try:
+                result = publisher.publish_tensors(
+                    version, tensors, checkpoint, config_from=model_dir, wait_for="committed", **extra
+                )
+            except Exception:
+                print(f"v{version} failed; the worker's log ends:\n{cluster.workers[0].log_tail()}")
+                raise
             returned = time.monotonic()
             rows.append(
                 {

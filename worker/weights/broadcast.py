@@ -100,7 +100,15 @@ def release_in_background(handles: list) -> None:
 def _broadcast(group, tensor: torch.Tensor) -> None:
     options = dist.BroadcastOptions()
     options.rootRank = 0
-    group.broadcast([tensor], options).wait()
+    group.broadcast([tensor], options).wait()  # on a GPU: orders this thread's stream after it, no more
+
+
+def _until_sent(device: torch.device) -> None:
+    """Block the host until every broadcast this thread queued has completed. NCCL work runs
+    asynchronously to the host, and releasing a group (release_in_background) with collectives still
+    in flight cut them short: the worker received garbage from the third or fourth 1 GiB bucket on."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 def _buckets(manifest: Manifest, bucket_bytes: int) -> list[list[str]]:
@@ -139,6 +147,7 @@ def send(
     for names in _buckets(manifest, bucket_bytes):
         parts = [tensors[n].detach().to(device).contiguous().view(-1).view(torch.uint8) for n in names]
         _broadcast(group, torch.cat(parts) if len(parts) > 1 else parts[0].clone())
+    _until_sent(device)
 
 
 def receive(
@@ -161,5 +170,6 @@ def receive(
                 raw = bucket[offset : offset + nbytes]
                 yield name, TensorSource(raw.view(_DTYPES[entry.dtype]).view(entry.shape))
                 offset += nbytes
+        _until_sent(device)
 
     return manifest, tensors()
