@@ -102,10 +102,13 @@ def matmul_batch_invariant(
     *,
     fp32_precision: Literal["ieee", "tf32x3"] = "ieee",
     tiles: MatmulTiles | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """x @ weight.T (+ bias) → [M, N] in x's dtype, fp32 accumulation; row i depends on x[i] only.
+    """x @ weight.T (+ bias) → [M, N] in out_dtype (default x's dtype), fp32 accumulation; row i
+    depends on x[i] only.
 
-    The bias is added to the fp32 accumulator before the single rounding to the output dtype.
+    The bias is added to the fp32 accumulator before the single rounding to the output dtype
+    (none for out_dtype=float32: 16-bit inputs then give exact products summed in fp32).
     fp32_precision (fp32 inputs only): "ieee" multiplies on CUDA cores; "tf32x3" splits each operand
     into a tf32 head and tail on the tensor cores (≈ fp32 accuracy, several times faster on H100).
     tiles: override the table (benchmarks); choosing it per call from M would break invariance.
@@ -119,7 +122,7 @@ def matmul_batch_invariant(
     if weight.stride(-1) != 1:
         raise ValueError("weight needs a contiguous last dimension")
     (m, k), n = x.shape, weight.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
     t = tiles or matmul_tiles(n, k, weight.dtype)

@@ -21,8 +21,9 @@ from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.model_runner import ModelRunner
 from epochserve.worker.models.config import ModelConfig
 from epochserve.worker.models.llama import LlamaForCausalLM
-from epochserve.worker.models.loader import build_model, load_checkpoint
+from epochserve.worker.models.loader import build_model, checkpoint_dtype, load_checkpoint
 from epochserve.worker.step_plan import PlanChannel
+from epochserve.worker.weights.manifest import DTYPE_NAMES
 from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,17 @@ def select_ops(config: EngineConfig) -> TorchOps:
     return TritonOps(batch_invariant=config.batch_invariant)
 
 
+def head_table_dtype(config: EngineConfig, model_config: ModelConfig, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the lm_head's table is stored in (its arithmetic is fp32 either way, see
+    layers/vocab.py): the model's dtype when the checkpoint's table has it (or there is no
+    checkpoint), fp32 when the checkpoint keeps the table at a precision the model's dtype lacks."""
+    if config.lm_head_dtype == "model" or dtype == torch.float32 or config.load_format == "random":
+        return dtype
+    name = "model.embed_tokens.weight" if model_config.tie_word_embeddings else "lm_head.weight"
+    stored = checkpoint_dtype(config.model_dir, name)
+    return dtype if stored == DTYPE_NAMES.get(dtype) else torch.float32
+
+
 def check_head_split(config: ModelConfig, tp_size: int) -> None:
     """Refuse at start, with the reason, a TP size the model's heads cannot be split over."""
     if config.num_heads % tp_size:
@@ -80,12 +92,13 @@ def setup_rank(config: EngineConfig, tp: TensorParallel) -> RankSetup:
     model_config = ModelConfig.from_dir(config.model_dir)
     check_head_split(model_config, tp.size)
     device, dtype = config.torch_device, config.torch_dtype
-    if device.type == "cuda":  # cuda:N: graph capture, Triton launches and NCCL use the current device
+    if device.type == "cuda" and device.index is not None:  # graphs, Triton and NCCL use the current device
         torch.cuda.set_device(device)
     max_positions = config.max_model_len or model_config.max_position_embeddings
-    lm_head_dtype = torch.float32 if config.lm_head_dtype == "float32" else dtype
     ctx = LayerContext(tp=tp, dtype=dtype, ops=select_ops(config))
-    model = build_model(model_config, ctx, device, max_positions, lm_head_dtype)
+    fp32_logits = config.lm_head_dtype == "float32"
+    table_dtype = head_table_dtype(config, model_config, dtype)
+    model = build_model(model_config, ctx, device, max_positions, table_dtype, fp32_logits)
     if config.load_format == "random":
         fill_random(model, seed=1234 + tp.rank)
     else:

@@ -15,7 +15,7 @@ from epochserve.controlplane.cli.etcd_flags import add_etcd_flags, etcd_config
 ENGINE_FLAGS: list[tuple[str, Any, str]] = [
     ("device", str, "cpu, cuda or cuda:N"),
     ("dtype", str, "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16"),
-    ("lm_head_dtype", str, "float32 (default; logprobs never pass through bf16) or model"),
+    ("lm_head_dtype", str, "float32 (default: fp32 math and logits, never bf16) or model"),
     ("block_size", int, "tokens per KV block"),
     ("max_num_seqs", int, "sequences running at once"),
     ("max_num_batched_tokens", int, "tokens per engine step"),

@@ -5,6 +5,8 @@ Run on a GPU machine: `python -P -m pytest -q -s tests/gpu/test_engine_gpu.py` (
 Models: a small random Llama (4 layers, GQA 8/2, standard 0.02 init) built by transformers.
 - fp32 on the GPU: the engine (Triton kernels, whose fp32 dots use TF32, and CUDA graphs) must
   match transformers' fp32 greedy tokens exactly and its logprobs within 2e-2.
+- The checkpoint is saved in bf16, so both sides hold the same numbers, and the engine keeps its
+  lm_head table in bf16 with fp32 arithmetic (layers/vocab.py), transformers an fp32 copy of it.
 - bf16 weights, fp32 lm_head on both sides: two correct bf16 implementations may pick different
   tokens where the top two logits are closer than their rounding. Greedy sequences must be
   identical up to such a near-tie: at the first difference, transformers' own fp32 margin between
@@ -37,7 +39,7 @@ def model_dir(tmp_path_factory):
     return build_tiny_model(
         "llama", tmp_path_factory.mktemp("gpu") / "llama", vocab_size=4096, hidden_size=256,
         intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-        max_position_embeddings=2048, initializer_range=0.02,
+        max_position_embeddings=2048, initializer_range=0.02, save_dtype=torch.bfloat16,
     )  # fmt: skip
 
 
@@ -92,6 +94,7 @@ def test_fp32_on_gpu_matches_transformers(model_dir):
 
 def test_bf16_greedy_matches_transformers_up_to_near_ties(model_dir):
     engine = make_engine(model_dir, device="cuda", dtype="bfloat16")
+    assert engine.model.lm_head.weight.dtype == torch.bfloat16 and engine.model.lm_head.fp32_logits
     reference = hf_model(model_dir, torch.bfloat16, fp32_head=True)
     fp32 = hf_model(model_dir, torch.bfloat16, fp32_head=False).float()
     batch = prompts(12)

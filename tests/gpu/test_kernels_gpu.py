@@ -259,6 +259,27 @@ def test_matmul_matches_linear_and_rows_are_bit_identical(
     assert same_bytes(mm(x[500:501]), full[500:501])
 
 
+@pytest.mark.parametrize("batch_invariant", [False, True])
+def test_lm_head_on_a_bf16_table_is_fp32_arithmetic(batch_invariant: bool) -> None:
+    """TritonOps.linear_fp32 on a bf16 table (cuBLAS with fp32 output, or the batch-invariant kernel
+    storing its fp32 accumulator): bf16 products are exact, so against fp64 only fp32 sums round —
+    the same bound as an fp32 matmul of the upcast operands (1e-5), 1000x inside a bf16 output."""
+    from epochserve.worker.layers.ops import TritonOps
+
+    ops = TritonOps(batch_invariant=batch_invariant)
+    hidden = torch.randn(300, 4096, device="cuda", dtype=torch.bfloat16)
+    table = (torch.randn(32000, 4096, device="cuda") / 64).to(torch.bfloat16)
+    logits = ops.linear_fp32(hidden, table)
+    ref = F.linear(hidden.double(), table.double())
+    assert logits.dtype == torch.float32 and rel_err(logits, ref) < 1e-5
+    assert rel_err(F.linear(hidden, table), ref) > 1e-4  # what a bf16 output projection would give
+    for rows in (1, 7, 64):
+        if batch_invariant:
+            assert same_bytes(ops.linear_fp32(hidden[:rows], table), logits[:rows]), rows
+        else:
+            assert rel_err(ops.linear_fp32(hidden[:rows], table), ref[:rows]) < 1e-5
+
+
 @pytest.mark.parametrize("op", ["log_softmax", "softmax", "argmax", "top_p_filter"])
 def test_sampler_row_ops_are_row_count_invariant(op: str) -> None:
     """The batch-invariant mode keeps torch for the sampler's fp32 row ops over the vocabulary

@@ -43,3 +43,17 @@ def test_tile_table_ignores_rows_and_rejects_bad_shapes() -> None:
     assert matmul_tiles(4096, 4096, torch.bfloat16) != matmul_tiles(28672, 4096, torch.bfloat16)
     with pytest.raises(ValueError):
         matmul_batch_invariant(torch.randn(3, 8), torch.randn(4, 9))
+
+
+def test_fp32_out_from_16_bit_operands_is_the_unrounded_accumulator() -> None:
+    """The lm_head's path: 16-bit table and hidden state, fp32 logits. Products of 16-bit values
+    are exact in fp32, so against fp64 only the fp32 sums round (1e-5, as for fp32 operands), far
+    inside the 1e-3 of a 16-bit output."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 200, generator=gen).to(torch.float16)
+    weight = (torch.randn(130, 200, generator=gen) / 200**0.5).to(torch.float16)
+    out = matmul_batch_invariant(x, weight, out_dtype=torch.float32)
+    assert out.dtype == torch.float32
+    ref = F.linear(x.double(), weight.double())
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert (matmul_batch_invariant(x, weight).double() - ref).abs().max() > 1e-5  # fp16 out rounds

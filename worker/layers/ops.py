@@ -45,6 +45,15 @@ class TorchOps:
         padded = torch.cat([x, x.new_zeros(CPU_MIN_ROWS - rows, x.shape[1])])
         return F.linear(padded, weight, bias)[:rows]
 
+    def linear_fp32(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x · Wᵀ in fp32 arithmetic, fp32 out (the lm_head), for an fp32 table or a 16-bit one whose
+        values fp32 holds exactly. The reference: both operands upcast, an fp32 matmul."""
+        if x.is_cuda and weight.dtype != torch.float32 and x.dtype == weight.dtype:
+            # Same numbers without an fp32 copy of the table: 16-bit products are exact in fp32 and
+            # cuBLAS sums them in fp32 (the output type), so only the order of the sums differs.
+            return torch.mm(x, weight.t(), out_dtype=torch.float32)
+        return self.linear(x.float(), weight.float())
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm_torch(x, weight, eps)
 
@@ -112,6 +121,16 @@ class TritonOps(TorchOps):
             # cuBLAS' IEEE fp32 (3.95 vs 5.48 ms at 256 x 4096 x 128k, H100) and as accurate.
             return matmul_batch_invariant(x, weight, bias, fp32_precision="tf32x3")
         return F.linear(x, weight, bias)
+
+    def linear_fp32(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if weight.dtype == torch.float32 or x.dtype != weight.dtype:
+            return self.linear(x.float(), weight.float())
+        if self.batch_invariant:
+            from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
+
+            # 16-bit operands on the tensor cores, fp32 accumulator stored as it is (never rounded).
+            return matmul_batch_invariant(x, weight, out_dtype=torch.float32)
+        return TorchOps.linear_fp32(self, x, weight)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         from epochserve.kernels.rmsnorm_triton import rms_norm_triton

@@ -173,12 +173,13 @@ class LlamaForCausalLM(nn.Module):
         config: ModelConfig,
         ctx: LayerContext,
         max_positions: int,
-        lm_head_dtype: torch.dtype = torch.float32,
+        head_table_dtype: torch.dtype = torch.float32,
+        fp32_logits: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
         self.model = Decoder(config, max_positions, ctx)
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size, ctx, lm_head_dtype)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, ctx, head_table_dtype, fp32_logits)
 
     def forward(
         self,
@@ -199,7 +200,7 @@ class LlamaForCausalLM(nn.Module):
         return attention.num_kv_heads
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[n, hidden] → [n, vocab] in the lm_head dtype (fp32 by default)."""
+        """[n, hidden] → [n, vocab], fp32 by default (see LMHead)."""
         return self.lm_head(hidden)
 
     def load_weights(

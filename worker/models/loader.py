@@ -46,16 +46,26 @@ def iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, WeightSource]]:
                 yield name, SafetensorsSource(handle.get_slice(name))
 
 
+def checkpoint_dtype(model_dir: Path, name: str) -> str | None:
+    """The safetensors dtype name (F32, BF16, ...) of tensor `name`, from the file headers alone."""
+    for path in safetensors_files(model_dir):
+        with safe_open(str(path), framework="pt") as handle:
+            if name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                return str(handle.get_slice(name).get_dtype())
+    return None
+
+
 def build_model(
     config: ModelConfig,
     ctx: LayerContext,
     device: torch.device,
     max_positions: int,
-    lm_head_dtype: torch.dtype = torch.float32,
+    head_table_dtype: torch.dtype = torch.float32,
+    fp32_logits: bool = True,
 ) -> LlamaForCausalLM:
     """An unloaded model with its parameters allocated on `device` (at their final addresses)."""
     with device:
-        model = LlamaForCausalLM(config, ctx, max_positions, lm_head_dtype)
+        model = LlamaForCausalLM(config, ctx, max_positions, head_table_dtype, fp32_logits)
     return model.eval()
 
 
