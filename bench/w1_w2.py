@@ -97,13 +97,14 @@ def run_isolated(name: str, fn, results: dict) -> None:
     torch.cuda.empty_cache()
 
 
-def engine_runs(model_dir: Path, results: dict, batch_invariant: bool) -> None:
+def engine_runs(model_dir: Path, results: dict, batch_invariant: bool, async_scheduling: str = "auto"):
+    """W1 (unless batch_invariant) and W2 on one engine; with async_scheduling="off", W1 alone."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from fixtures.engine import make_engine, make_request, run_to_completion
 
     engine = make_engine(
         model_dir, device="cuda", load_format="random", max_model_len=2048, max_num_seqs=256,
-        max_num_batched_tokens=8192, batch_invariant=batch_invariant,
+        max_num_batched_tokens=8192, batch_invariant=batch_invariant, async_scheduling=async_scheduling,
     )  # fmt: skip
 
     def run(prompts: list[list[int]], new_tokens: int) -> None:
@@ -114,12 +115,16 @@ def engine_runs(model_dir: Path, results: dict, batch_invariant: bool) -> None:
         assert sum(len(s[0].token_ids) for s in out.values()) == len(prompts) * new_tokens
 
     if not batch_invariant:
-        w1 = random_prompts(1, W1_PROMPT, 1)
-        run(w1, W1_NEW)
-        times = [wall(lambda: run(w1, W1_NEW)) for _ in range(3)]
-        results["engine_w1_tokens_per_s"] = W1_NEW / statistics.median(times)
+        # Fresh prompts for every run: a prompt seen before would be served from the prefix cache.
+        run(random_prompts(1, W1_PROMPT, 100), W1_NEW)  # warm up
+        fresh = [random_prompts(1, W1_PROMPT, seed) for seed in (1, 3, 4)]
+        times = [wall(lambda prompt=prompt: run(prompt, W1_NEW)) for prompt in fresh]
+        sync = "_sync" if async_scheduling == "off" else ""
+        results[f"engine_w1{sync}_tokens_per_s"] = W1_NEW / statistics.median(times)
+        if sync:
+            return
     w2 = random_prompts(W2_REQUESTS, W2_PROMPT, 2)
-    run(w2, W2_NEW)  # warm up
+    run(random_prompts(W2_REQUESTS, W2_PROMPT, 200), 16)  # warm up on other prompts (no prefix-cache hits)
     tag = "bi_" if batch_invariant else ""
     results[f"engine_{tag}w2_output_tokens_per_s"] = W2_REQUESTS * W2_NEW / wall(lambda: run(w2, W2_NEW))
 
@@ -143,6 +148,8 @@ def main() -> None:
         run_isolated("peer_w2", peer_w2, results)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_config(Path(tmp) / "llama8b")
+        sync_w1 = lambda r: engine_runs(model_dir, r, batch_invariant=False, async_scheduling="off")  # noqa: E731
+        run_isolated("engine_sync", sync_w1, results)
         run_isolated("engine", lambda r: engine_runs(model_dir, r, batch_invariant=False), results)
         if not args.skip_batch_invariant:
             run_isolated("engine_bi", lambda r: engine_runs(model_dir, r, batch_invariant=True), results)
@@ -158,6 +165,7 @@ def table(r: dict) -> None:
     w2 = ("peer_w2_output_tokens_per_s", "w2_output_tokens_per_s")
     rows = [
         ("W1 tok/s", "engine_w1_tokens_per_s", "peer_w1_tokens_per_s", "w1_tokens_per_s"),
+        ("W1, no run-ahead", "engine_w1_sync_tokens_per_s", "peer_w1_tokens_per_s", "w1_tokens_per_s"),
         ("W2 out tok/s", "engine_w2_output_tokens_per_s", *w2),
         ("W2 batch-invariant", "engine_bi_w2_output_tokens_per_s", *w2),
     ]

@@ -47,6 +47,10 @@ class EngineConfig:
     batch_invariant: bool = False
     # "safetensors": load the checkpoint; "random": N(0, 0.02) weights from config.json alone (benchmarks).
     load_format: Literal["safetensors", "random"] = "safetensors"
+    # Prepare and queue decode step N+1 while step N runs on the device, instead of waiting for N's
+    # tokens first (Engine.step). The same outputs as the synchronous path (tests compare them).
+    # "auto": on for CUDA; single-rank workers only (TP followers would need the tokens too).
+    async_scheduling: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -63,6 +67,8 @@ class EngineConfig:
             raise ValueError("policy_version must be >= 0 and max_n >= 1")
         if self.load_format not in ("safetensors", "random"):
             raise ValueError(f"load_format must be safetensors or random, got {self.load_format!r}")
+        if self.async_scheduling not in ("auto", "on", "off"):
+            raise ValueError(f"async_scheduling must be auto, on or off, got {self.async_scheduling!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype}")
 

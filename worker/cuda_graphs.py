@@ -116,8 +116,9 @@ class DecodeGraphs:
         self.block_tables[start:end] = self.scratch_block
         self.seq_lens[start:end] = 1
 
-    def run(self, plan: StepPlan) -> torch.Tensor:
-        """fp32 logits [num_seqs, vocab] of a decode step, from the smallest bucket that fits."""
+    def run(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits [num_seqs, vocab] of a decode step, from the smallest bucket that fits;
+        `input_ids` (on the device) replaces the plan's tokens."""
         n = len(plan.seq_lens)
         batch = next(b for b in self.buckets if b >= n)
         # Only the columns this step uses: the kernels read a row no further than its seq_len.
@@ -126,7 +127,7 @@ class DecodeGraphs:
                  padded_rows(plan.block_tables, width, self.scratch_block)]  # fmt: skip
         values = self.staging.to_device(pack_int64(parts, 4 * n + n * width))
         ids, positions, slots, lens, tables = values.split([n, n, n, n, n * width])
-        self.input_ids[:n].copy_(ids)
+        self.input_ids[:n].copy_(ids if input_ids is None else input_ids)
         self.positions[:n].copy_(positions)
         self.slots[:n].copy_(slots)
         self.seq_lens[:n].copy_(lens)

@@ -3,6 +3,14 @@
 One thread drives it (see engine_loop.py): add_request / abort_request / step are not
 thread-safe. Each step runs the whole model once over a ScheduledBatch; weights and the policy
 version change only between steps (set_policy_version), never inside one.
+
+Async scheduling (run-ahead): when the step after a decode step is certain — the same sequences,
+one token each, none able to end by length, nothing waiting, blocks free — the engine queues it
+on the device behind the running one, its input tokens taken on the device from the running
+step's samples, and only then waits for those samples. The host's work (planning, launching,
+sampling bookkeeping) then overlaps the GPU's. The sequences hold a placeholder for the token in
+flight until it arrives. A sequence that stops meanwhile has its run-ahead row discarded. The
+outputs are those of the synchronous path (tests/unit/worker/test_async_scheduling.py).
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ from epochserve.worker.config import EngineConfig
 from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
 from epochserve.worker.model_setup import setup_rank
 from epochserve.worker.outputs import FinishInfo, SequenceOutput
-from epochserve.worker.sampler import Sampler
-from epochserve.worker.scheduler import Scheduler
+from epochserve.worker.sampler import PendingSample, Sampler
+from epochserve.worker.scheduler import ScheduledBatch, Scheduler
 from epochserve.worker.sequence import FinishReason, Sequence, SequenceStatus
 from epochserve.worker.step_plan import PlanChannel
 
@@ -36,6 +44,18 @@ DrainPolicy = Literal["finish", "abort"]
 class Admission(enum.Enum):
     ADMIT = "admit"  # start now
     HOLD = "hold"  # pinned to a version this worker is about to serve: wait for the swap
+
+
+PLACEHOLDER_TOKEN = -1  # stands for a token still on the device (never reaches a model or a client)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchedStep:
+    """A step queued on the device. Created by Engine._launch, consumed by Engine._resolve."""
+
+    batch: ScheduledBatch
+    seqs: list[Sequence]  # the sampling sequences, in logits row order
+    sample: PendingSample | None  # None when no sequence samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +89,11 @@ class Engine:
         self._requests: dict[str, list[Sequence]] = {}
         self._seq_ids = count()
         self.draining: Drain | None = None  # set from a rollout's commit until the swap
+        on_cuda = config.torch_device.type == "cuda"
+        wanted = config.async_scheduling == "on" or (config.async_scheduling == "auto" and on_cuda)
+        self.run_ahead = wanted and channel is None
+        self._launched: LaunchedStep | None = None  # the step in flight between two calls to step()
+        self.num_run_ahead_steps = 0  # steps queued behind a running one (diagnostics, tests)
 
     # ---- requests ------------------------------------------------------------------------
     def admission(self, request: ParsedGenerateRequest) -> Admission:
@@ -118,8 +143,9 @@ class Engine:
             self.scheduler.add(seq)
 
     def abort_request(self, request_id: str, reason: str) -> list[SequenceOutput]:
-        """Finish every unfinished sample of a request with ABORT; frees their blocks at once."""
-        outputs = []
+        """Finish every unfinished sample of a request with ABORT; frees their blocks at once.
+        The step in flight, if any, is resolved first: its outputs come first in the list."""
+        outputs = self._flush()
         for seq in self._requests.pop(request_id, []):
             if not seq.is_finished:
                 seq.abort_reason = reason
@@ -127,7 +153,7 @@ class Engine:
         return outputs
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._launched is not None
 
     def idle(self) -> None:
         """Called by the loop when there is no work (TP: heartbeats to the followers)."""
@@ -139,20 +165,86 @@ class Engine:
 
     # ---- stepping ------------------------------------------------------------------------
     def step(self) -> list[SequenceOutput]:
-        """Run one batch through the model and sample; returns what each sampling sequence got."""
-        batch = self.scheduler.schedule()
-        if batch.is_empty():
-            return []
-        logits, sampling_seqs = self.runner.execute(batch)
+        """Run one batch through the model and sample; returns what each sampling sequence got.
+
+        With run-ahead, a call may leave its decode step in flight and return nothing; the next
+        call queues the step after it, then returns the outputs of the one in flight."""
+        launched, self._launched = self._launched, None
+        if launched is None:
+            batch = self.scheduler.schedule()
+            if batch.is_empty():
+                return []
+            launched = self._launch(batch)
+            if self.run_ahead and self._can_run_ahead(launched):
+                self._launched = launched  # resolved by the next call, behind its successor
+                return []
+            return self._resolve(launched, placeholders=False)
+        if not self._can_run_ahead(launched):
+            return self._resolve(launched, placeholders=False)
+        assert launched.sample is not None
+        self._launched = self._launch(self._next_decode(launched.seqs), launched.sample.token_ids)
+        self.num_run_ahead_steps += 1
+        return self._resolve(launched, placeholders=True)
+
+    def _launch(self, batch: ScheduledBatch, input_ids=None) -> LaunchedStep:
+        """Queue the model and the sampling of `batch` on the device; the host does not wait."""
+        logits, sampling_seqs = self.runner.execute(batch, input_ids)
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += num_new
-            self.block_manager.register_computed(seq)
-        if not sampling_seqs:
+        sample = self.sampler.launch(logits, sampling_seqs) if sampling_seqs else None
+        return LaunchedStep(batch, sampling_seqs, sample)
+
+    def _can_run_ahead(self, launched: LaunchedStep) -> bool:
+        """Whether the step after `launched` is certain: every sequence of it samples, all are still
+        running and none can end by length on this token, nothing else waits, and one more token
+        each fits in the free blocks. (A stop token may still end one: its next row is discarded.)"""
+        seqs = launched.seqs
+        if launched.sample is None or len(seqs) != len(launched.batch.seqs):
+            return False
+        if self.scheduler.waiting or self.scheduler.running != seqs:
+            return False
+        if len(seqs) > self.scheduler.max_num_batched_tokens:
+            return False
+        max_len = self.limits.max_model_len
+        if any(s.num_generated_tokens + 1 >= s.max_tokens or s.num_tokens + 1 >= max_len for s in seqs):
+            return False
+        needed = sum(self.block_manager.num_blocks_needed(s, 1) for s in seqs)
+        return self.block_manager.can_allocate(needed)
+
+    def _next_decode(self, seqs: list[Sequence]) -> ScheduledBatch:
+        """The decode step after the one in flight: a placeholder for each sequence's coming token."""
+        batch = ScheduledBatch()
+        for seq in seqs:
+            seq.output_token_ids.append(PLACEHOLDER_TOKEN)
+            self.block_manager.allocate(seq, 1)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(1)
+        return batch
+
+    def _flush(self) -> list[SequenceOutput]:
+        """Resolve the step in flight, if any (before anything changes the sequences it holds)."""
+        launched, self._launched = self._launched, None
+        return self._resolve(launched, placeholders=False) if launched is not None else []
+
+    def _resolve(self, launched: LaunchedStep, placeholders: bool) -> list[SequenceOutput]:
+        """Wait for a launched step's samples and apply them. placeholders: each sequence holds one
+        for this step's token (its successor is in flight), which the token replaces."""
+        if launched.sample is None:
+            self._register_computed(launched.batch.seqs)
             return []
-        sampled = self.sampler.sample(logits, sampling_seqs)
+        sampled = self.sampler.collect(launched.sample)
+        for i, seq in enumerate(launched.seqs):
+            if placeholders:
+                seq.output_token_ids.pop()
+            if not seq.is_finished and sampled.errors[i] is None:
+                seq.output_token_ids.append(sampled.token_ids[i])
+        # Blocks are indexed only once every token in them is real (never a placeholder).
+        self._register_computed([s for s in launched.batch.seqs if s.num_computed_tokens <= s.num_tokens])
         now = time.monotonic()
         outputs = []
-        for i, seq in enumerate(sampling_seqs):
+        for i, seq in enumerate(launched.seqs):
+            if seq.is_finished:  # ended while this step ran (a stop token in the step before)
+                continue
             error = sampled.errors[i]
             if error is not None:
                 seq.error = error
@@ -160,7 +252,6 @@ class Engine:
                 outputs.append(self._finish(seq, FinishReason.ERROR))
                 continue
             token = sampled.token_ids[i]
-            seq.output_token_ids.append(token)
             seq.processed_logprobs.append(sampled.processed_logprobs[i])
             raw = sampled.raw_logprobs[i]
             top = sampled.top_logprobs[i]
@@ -185,6 +276,11 @@ class Engine:
                 output = replace(output, finish=self._finish(seq, finish).finish)
             outputs.append(output)
         return outputs
+
+    def _register_computed(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            if not seq.is_finished:
+                self.block_manager.register_computed(seq)
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         if token in seq.sampling.stop_token_ids or (

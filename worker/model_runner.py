@@ -69,11 +69,19 @@ class ModelRunner:
                 sampling_seqs.append(seq)
         return plan, sampling_seqs
 
-    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[Sequence]]:
-        """Run one step on every rank; returns (fp32 logits [num_sampling_seqs, vocab], those seqs)."""
+    def execute(
+        self, batch: ScheduledBatch, input_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[Sequence]]:
+        """Queue one step on every rank; returns (fp32 logits [num_sampling_seqs, vocab], those seqs).
+
+        input_ids: a decode step's tokens already on the device (the previous step's samples, when
+        the engine runs a step ahead); they replace the plan's placeholders. Single rank only."""
         plan, sampling_seqs = self.plan(batch)
+        if input_ids is not None:
+            assert self.channel is None, "followers would not see device-side input ids"
+            assert len(plan.input_ids) == len(plan.seq_lens) == input_ids.numel(), "a decode step only"
         self._send(plan)
-        return self.run_plan(plan), sampling_seqs
+        return self.run_plan(plan, input_ids), sampling_seqs
 
     def heartbeat(self) -> None:
         """Called by rank 0 while idle: keeps followers' waits short of the collective timeout."""
@@ -135,12 +143,14 @@ class ModelRunner:
 
     # ---- every rank ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def run_plan(self, plan: StepPlan) -> torch.Tensor:
+    def run_plan(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 logits [num_sampling_seqs, vocab]: from a captured CUDA graph for decode steps that
-        fit one, else eagerly."""
+        fit one, else eagerly. `input_ids` (device) replaces the plan's, as in execute."""
         if self.graphs is not None and self.graphs.can_run(plan):
-            return self.graphs.run(plan)
+            return self.graphs.run(plan, input_ids)
         inputs = build_step_inputs(plan, self.device, self.staging)
+        if input_ids is not None:
+            inputs.input_ids = input_ids
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
         return logits.float()

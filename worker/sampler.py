@@ -35,6 +35,31 @@ class SamplerOutput:
     errors: list[str | None]  # [num_seqs]; a message when a runtime guard tripped
 
 
+@dataclass(slots=True)
+class PendingSample:
+    """Sampler.launch's results, queued on the device and on their way to the host. Created by
+    launch, consumed by collect (which waits for the copy alone, not for work queued after it)."""
+
+    token_ids: torch.Tensor  # [num_seqs] int64 on the device: a run-ahead step's inputs
+    host: torch.Tensor  # [4, num_seqs] float64 on the host: token, processed and raw logprob, finite
+    top: tuple[torch.Tensor, torch.Tensor] | None  # host copies of the top-k values and ids, if asked
+    copied: torch.cuda.Event | None  # set once `host` and `top` hold their values (CUDA)
+    params: list[SamplingParams]
+    vocab: int
+
+
+def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Per-row parameters on the device without a host wait: torch.tensor(..., device="cuda")
+    synchronizes the stream, which would stall a step launched ahead until the one before ends."""
+    host = torch.tensor(values, dtype=dtype)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+
+
+def _to_host(values: torch.Tensor) -> torch.Tensor:
+    # non_blocking: into pinned memory, ordered after the sampling kernels, without a host wait.
+    return values.to("cpu", non_blocking=values.is_cuda)
+
+
 def filter_logits(
     logits: torch.Tensor,  # [num_seqs, vocab] fp32, already divided by temperature
     top_k: torch.Tensor,  # [num_seqs] int64, 0 = off
@@ -74,6 +99,11 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: [len(seqs), vocab] fp32 at each sequence's last position. One device sync."""
+        return self.collect(self.launch(logits, seqs))
+
+    def launch(self, logits: torch.Tensor, seqs: list[Sequence]) -> PendingSample:
+        """Queue the sampling of every row and the copy of its results to the host; no host wait.
+        Sampling noise is keyed by each sequence's num_generated_tokens as it is now."""
         _num_seqs, vocab = logits.shape
         # One reduction instead of an elementwise check: a row sums to a finite value iff every
         # logit is finite (|logit| is far below the overflow point of a 10^6-term sum).
@@ -90,9 +120,27 @@ class Sampler:
             else chosen
         )
         # Everything the host needs in one transfer (token ids < 2^24 are exact in float64).
-        host = torch.stack([token_ids.double(), chosen.double(), raw.double(), is_finite.double()]).tolist()
+        host = _to_host(torch.stack([token_ids.double(), chosen.double(), raw.double(), is_finite.double()]))
+        max_top = max(p.num_top_logprobs for p in params)
+        top = None
+        if max_top:
+            values, ids = processed_logprobs.topk(min(max_top, vocab), dim=-1)
+            top = (_to_host(values), _to_host(ids))
+        copied = None
+        if logits.is_cuda:
+            copied = torch.cuda.Event()
+            copied.record()
+        return PendingSample(token_ids, host, top, copied, params, vocab)
+
+    def collect(self, pending: PendingSample) -> SamplerOutput:
+        """The host's view of a launched sampling: waits for its copy (and nothing queued later)."""
+        if pending.copied is not None:
+            pending.copied.synchronize()
+        params, vocab = pending.params, pending.vocab
+        host = pending.host.tolist()
+        wants_raw = [p.return_raw_logprobs for p in params]
         tokens = [int(t) for t in host[0]]
-        top = self._top_logprobs(processed_logprobs, params)
+        top = self._top_logprobs(pending.top, params)
         errors: list[str | None] = []
         for token, logprob, ok in zip(tokens, host[1], host[3], strict=True):
             if not ok:
@@ -114,27 +162,26 @@ class Sampler:
         device = logits.device
         processed = logits
         if any(p.temperature not in (0.0, 1.0) for p in params):
-            temperature = torch.tensor([1.0 if p.is_greedy else p.temperature for p in params], device=device)
+            temperatures = [1.0 if p.is_greedy else p.temperature for p in params]
+            temperature = _on_device(temperatures, torch.float32, device)
             processed = logits / temperature[:, None]
         if any(p.has_filters for p in params):
             processed = filter_logits(
                 processed,
-                torch.tensor([p.top_k for p in params], device=device),
-                torch.tensor([p.top_p for p in params], device=device),
-                torch.tensor([p.min_p for p in params], device=device),
+                _on_device([p.top_k for p in params], torch.int64, device),
+                _on_device([p.top_p for p in params], torch.float32, device),
+                _on_device([p.min_p for p in params], torch.float32, device),
                 self.batch_invariant,
             )
         return processed
 
     @staticmethod
     def _top_logprobs(
-        processed_logprobs: torch.Tensor, params: list[SamplingParams]
+        top_k: tuple[torch.Tensor, torch.Tensor] | None, params: list[SamplingParams]
     ) -> list[tuple[list[int], list[float]] | None]:
         top: list[tuple[list[int], list[float]] | None] = [None] * len(params)
-        max_top = max(p.num_top_logprobs for p in params)
-        if max_top:
-            values, ids = processed_logprobs.topk(min(max_top, processed_logprobs.shape[-1]), dim=-1)
-            values_list, ids_list = values.tolist(), ids.tolist()
+        if top_k is not None:
+            values_list, ids_list = top_k[0].tolist(), top_k[1].tolist()
             for i, p in enumerate(params):
                 if p.num_top_logprobs:
                     top[i] = (ids_list[i][: p.num_top_logprobs], values_list[i][: p.num_top_logprobs])
@@ -148,13 +195,9 @@ class Sampler:
         sampled_rows = [i for i, s in enumerate(seqs) if not s.sampling.is_greedy]
         if not sampled_rows:
             return greedy
-        rows = torch.tensor(sampled_rows, device=logits.device)
-        keys = torch.tensor(
-            [
-                noise_key(seqs[i].seed, seqs[i].sample_index, seqs[i].num_generated_tokens)
-                for i in sampled_rows
-            ],
-            device=logits.device,
-        )
-        noisy = processed_logprobs.index_select(0, rows) + gumbel_noise(keys, logits.shape[-1])
+        rows = _on_device(sampled_rows, torch.int64, logits.device)
+        sampled = [seqs[i] for i in sampled_rows]
+        keys = [noise_key(s.seed, s.sample_index, s.num_generated_tokens) for s in sampled]
+        keys_on_device = _on_device(keys, torch.int64, logits.device)
+        noisy = processed_logprobs.index_select(0, rows) + gumbel_noise(keys_on_device, logits.shape[-1])
         return greedy.index_copy(0, rows, noisy.argmax(dim=-1))

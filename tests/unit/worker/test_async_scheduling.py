@@ -1,0 +1,107 @@
+"""Async scheduling (Engine run-ahead) gives exactly the outputs of the synchronous path.
+
+The same event-driven script runs on two engines, run-ahead off and on: requests of every kind
+(greedy and seeded sampling with filters, n > 1 sharing a prompt, raw and top logprobs, max_tokens
+from 1 up, stop tokens that end a sequence while its successor step is already queued, requests
+arriving while others decode, a client abort). Every sample must return the same token ids, the
+same logprobs (bit for bit) and the same finish; an aborted one may hold one token more with
+run-ahead (the step in flight when the abort came), never a different one. CPU results do not
+depend on the batch (layers/ops.py pads rows), so any difference is the scheduling's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures.engine import SampleResult, make_engine, make_request, run_to_completion
+
+from epochserve.worker.engine import PLACEHOLDER_TOKEN
+
+
+def _prompts(vocab: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(11)
+    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in (1, 5, 9, 16, 23)]
+
+
+def _run(model_dir, mode: str, stop: int):
+    """Drive one engine through the script; returns its results and the engine."""
+    engine = make_engine(model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode)
+    limits, prompts = engine.limits, _prompts(engine.model_config.vocab_size)
+    first = [
+        make_request("greedy-long", prompts[0], limits, temperature=0.0, max_tokens=20, ignore_eos=True),
+        make_request("one-token", prompts[1], limits, temperature=0.0, max_tokens=1),
+        make_request("stops", prompts[2], limits, temperature=0.0, max_tokens=30, stop_token_ids=[stop]),
+        make_request("sampled-n3", prompts[3], limits, n=3, seed=5, temperature=0.9, top_k=40, top_p=0.9,
+                     max_tokens=12, return_raw_logprobs=True, num_top_logprobs=3),
+        make_request("to-abort", prompts[4], limits, seed=1, max_tokens=25),
+    ]  # fmt: skip
+    later = [
+        make_request("late-greedy", prompts[2], limits, temperature=0.0, max_tokens=7),  # prefix-cache hit
+        make_request("late-sampled", prompts[0], limits, seed=9, min_p=0.05, max_tokens=9),
+    ]
+    results: dict[str, dict[int, SampleResult]] = {}
+
+    def add(request) -> None:
+        engine.add_request(request)
+        results[request.request_id] = {i: SampleResult() for i in range(request.n)}
+
+    def record(outputs) -> None:
+        for out in outputs:
+            sample = results[out.request_id][out.sample_index]
+            assert PLACEHOLDER_TOKEN not in out.token_ids
+            sample.token_ids += out.token_ids
+            sample.logprobs += out.processed_logprobs
+            sample.raw_logprobs += out.raw_logprobs
+            sample.top_logprobs += out.top_logprobs
+            if out.finish is not None:
+                sample.finish = out.finish
+
+    for request in first:
+        add(request)
+    for _ in range(500):
+        if not engine.has_work():
+            break
+        record(engine.step())
+        greedy = results["greedy-long"][0].token_ids
+        if len(greedy) >= 4 and "late-greedy" not in results:
+            for request in later:
+                add(request)
+        if len(results["to-abort"][0].token_ids) >= 6 and results["to-abort"][0].finish is None:
+            record(engine.abort_request("to-abort", "client cancelled"))
+    assert not engine.has_work()
+    usage = engine.block_usage()
+    assert usage.num_free == usage.num_total, "every block returned"
+    return results, engine
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dirs):
+    return tiny_model_dirs["llama"]
+
+
+def test_run_ahead_returns_exactly_the_synchronous_outputs(model_dir):
+    probe = make_engine(model_dir, block_size=4, num_kv_blocks=256, async_scheduling="off")
+    prompt = _prompts(probe.model_config.vocab_size)[2]
+    request = make_request("p", prompt, probe.limits, temperature=0.0, max_tokens=10, ignore_eos=True)
+    greedy = run_to_completion(probe, [request])["p"][0].token_ids
+    stop_token = greedy[5]  # "stops" ends after 6 tokens (or earlier if it appears sooner)
+
+    sync, sync_engine = _run(model_dir, "off", stop_token)
+    ahead, ahead_engine = _run(model_dir, "on", stop_token)
+    assert sync_engine.num_run_ahead_steps == 0
+    assert ahead_engine.num_run_ahead_steps >= 10, "run-ahead must actually have happened"
+    assert sync.keys() == ahead.keys()
+    assert sync["stops"][0].finish.reason.name == "STOP" and len(sync["stops"][0].token_ids) <= 6
+    for request_id, samples in sync.items():
+        for index, expected in samples.items():
+            got = ahead[request_id][index]
+            if request_id == "to-abort":
+                assert got.finish.reason == expected.finish.reason
+                n = len(expected.token_ids)
+                assert got.token_ids[:n] == expected.token_ids and len(got.token_ids) - n in (0, 1)
+                assert got.logprobs[:n] == expected.logprobs
+                continue
+            assert got.token_ids == expected.token_ids, (request_id, index)
+            assert got.logprobs == expected.logprobs, (request_id, index)
+            assert got.raw_logprobs == expected.raw_logprobs and got.top_logprobs == expected.top_logprobs
+            assert got.finish.reason == expected.finish.reason, (request_id, index)
