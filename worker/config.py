@@ -49,7 +49,7 @@ class EngineConfig:
     load_format: Literal["safetensors", "random"] = "safetensors"
     # Prepare and queue decode step N+1 while step N runs on the device, instead of waiting for N's
     # tokens first (Engine.step). The same outputs as the synchronous path (tests compare them).
-    # "auto": on for CUDA; single-rank workers only (TP followers would need the tokens too).
+    # "auto": on for CUDA. TP ranks receive the run-ahead step's tokens by a device broadcast.
     async_scheduling: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:

@@ -91,7 +91,7 @@ class Engine:
         self.draining: Drain | None = None  # set from a rollout's commit until the swap
         on_cuda = config.torch_device.type == "cuda"
         wanted = config.async_scheduling == "on" or (config.async_scheduling == "auto" and on_cuda)
-        self.run_ahead = wanted and channel is None
+        self.run_ahead = wanted
         self._launched: LaunchedStep | None = None  # the step in flight between two calls to step()
         self.num_run_ahead_steps = 0  # steps queued behind a running one (diagnostics, tests)
 

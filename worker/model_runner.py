@@ -13,10 +13,12 @@ import logging
 import time
 
 import torch
+import torch.distributed as dist
 
 from epochserve.worker.cuda_graphs import DecodeGraphs
 from epochserve.worker.host_buffers import PinnedStaging
 from epochserve.worker.kv_cache import KVCachePool
+from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.scheduler import ScheduledBatch
 from epochserve.worker.sequence import Sequence
@@ -37,6 +39,7 @@ class ModelRunner:
         device: torch.device,
         updater: RankWeightUpdater,
         channel: PlanChannel | None = None,
+        tp: TensorParallel = SINGLE_DEVICE,
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
@@ -44,6 +47,7 @@ class ModelRunner:
         self.device = device
         self.updater = updater  # this rank's weight-update state
         self.channel = channel  # set on every rank of a TP group of size > 1
+        self.tp = tp
         self._last_send = time.monotonic()
         self.graphs: DecodeGraphs | None = None  # set by capture_graphs (CUDA only)
         self.staging = PinnedStaging(device)
@@ -78,8 +82,8 @@ class ModelRunner:
         the engine runs a step ahead); they replace the plan's placeholders. Single rank only."""
         plan, sampling_seqs = self.plan(batch)
         if input_ids is not None:
-            assert self.channel is None, "followers would not see device-side input ids"
             assert len(plan.input_ids) == len(plan.seq_lens) == input_ids.numel(), "a decode step only"
+            plan.input_ids_on_device = True
         self._send(plan)
         return self.run_plan(plan, input_ids), sampling_seqs
 
@@ -146,6 +150,8 @@ class ModelRunner:
     def run_plan(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 logits [num_sampling_seqs, vocab]: from a captured CUDA graph for decode steps that
         fit one, else eagerly. `input_ids` (device) replaces the plan's, as in execute."""
+        if plan.input_ids_on_device and self.tp.size > 1:
+            input_ids = self._share_input_ids(input_ids, len(plan.input_ids))
         if self.graphs is not None and self.graphs.can_run(plan):
             return self.graphs.run(plan, input_ids)
         inputs = build_step_inputs(plan, self.device, self.staging)
@@ -154,6 +160,14 @@ class ModelRunner:
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
         return logits.float()
+
+    def _share_input_ids(self, input_ids: torch.Tensor | None, count: int) -> torch.Tensor:
+        """Rank 0's device-side input tokens on every rank: queued like the model's collectives,
+        in the same order on every rank, without a host wait."""
+        if input_ids is None:  # a follower
+            input_ids = torch.empty(count, dtype=torch.int64, device=self.device)
+        dist.broadcast(input_ids, src=0, group=self.tp.group)
+        return input_ids
 
     # ---- followers -----------------------------------------------------------------------------
     def serve_plans(self) -> None:

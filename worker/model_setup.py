@@ -43,7 +43,7 @@ class RankSetup:
         """This rank's ModelRunner; on CUDA with graphs enabled, its decode graphs are captured now
         (every rank captures in the same order, so their collectives pair up)."""
         updater = RankWeightUpdater(self.model, tp, prefer_device=config.stage_on_device)
-        runner = ModelRunner(self.model, self.kv_pool, config.torch_device, updater, channel)
+        runner = ModelRunner(self.model, self.kv_pool, config.torch_device, updater, channel, tp)
         if config.torch_device.type == "cuda" and config.cuda_graphs:
             runner.graphs = DecodeGraphs(
                 self.model, self.kv_pool, self.max_model_len, scratch_block=self.num_blocks

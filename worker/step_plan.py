@@ -38,6 +38,9 @@ class StepPlan:
     seq_lens: list[int] = field(default_factory=list)  # [num_seqs]
     query_start_loc: list[int] = field(default_factory=lambda: [0])  # [num_seqs + 1]
     logits_indices: list[int] = field(default_factory=list)  # [num_sampling_seqs]
+    # A run-ahead decode step: input_ids are placeholders; the tokens (the previous step's samples,
+    # still on rank 0's device) reach every rank by a broadcast over the TP group.
+    input_ids_on_device: bool = False
     # Weight updates (STAGE, SWAP): the version, and where STAGE reads it from.
     version: int = 0
     source: str = ""

@@ -26,7 +26,7 @@ ENGINE_FLAGS: list[tuple[str, Any, str]] = [
     ("policy_version", int, "policy version of the weights loaded at start"),
     ("max_n", int, "most samples per request"),
     ("load_format", str, "safetensors (default), or random: weights of the right shapes (benchmarks)"),
-    ("async_scheduling", str, "auto (on for a one-GPU worker), on or off: prepare step N+1 while N runs"),
+    ("async_scheduling", str, "auto (on for CUDA), on or off: prepare step N+1 while step N runs"),
 ]
 
 

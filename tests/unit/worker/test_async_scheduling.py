@@ -23,9 +23,8 @@ def _prompts(vocab: int) -> list[list[int]]:
     return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in (1, 5, 9, 16, 23)]
 
 
-def _run(model_dir, mode: str, stop: int):
+def _run(engine, stop: int):
     """Drive one engine through the script; returns its results and the engine."""
-    engine = make_engine(model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode)
     limits, prompts = engine.limits, _prompts(engine.model_config.vocab_size)
     first = [
         make_request("greedy-long", prompts[0], limits, temperature=0.0, max_tokens=20, ignore_eos=True),
@@ -80,16 +79,28 @@ def model_dir(tiny_model_dirs):
 
 
 def test_run_ahead_returns_exactly_the_synchronous_outputs(model_dir):
-    probe = make_engine(model_dir, block_size=4, num_kv_blocks=256, async_scheduling="off")
-    prompt = _prompts(probe.model_config.vocab_size)[2]
-    request = make_request("p", prompt, probe.limits, temperature=0.0, max_tokens=10, ignore_eos=True)
-    greedy = run_to_completion(probe, [request])["p"][0].token_ids
-    stop_token = greedy[5]  # "stops" ends after 6 tokens (or earlier if it appears sooner)
+    stop_token = _stop_token(model_dir)
 
-    sync, sync_engine = _run(model_dir, "off", stop_token)
-    ahead, ahead_engine = _run(model_dir, "on", stop_token)
+    sync, sync_engine = _run(_engine(model_dir, "off"), stop_token)
+    ahead, ahead_engine = _run(_engine(model_dir, "on"), stop_token)
+    _assert_same(sync, ahead)
     assert sync_engine.num_run_ahead_steps == 0
     assert ahead_engine.num_run_ahead_steps >= 10, "run-ahead must actually have happened"
+
+
+def _engine(model_dir, mode: str, **overrides):
+    return make_engine(model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode, **overrides)
+
+
+def _stop_token(model_dir) -> int:
+    """A token "stops" generates: its greedy 6th (it then ends while run-ahead is active)."""
+    probe = _engine(model_dir, "off")
+    prompt = _prompts(probe.model_config.vocab_size)[2]
+    request = make_request("p", prompt, probe.limits, temperature=0.0, max_tokens=10, ignore_eos=True)
+    return run_to_completion(probe, [request])["p"][0].token_ids[5]
+
+
+def _assert_same(sync, ahead) -> None:
     assert sync.keys() == ahead.keys()
     assert sync["stops"][0].finish.reason.name == "STOP" and len(sync["stops"][0].token_ids) <= 6
     for request_id, samples in sync.items():
@@ -105,3 +116,27 @@ def test_run_ahead_returns_exactly_the_synchronous_outputs(model_dir):
             assert got.logprobs == expected.logprobs, (request_id, index)
             assert got.raw_logprobs == expected.raw_logprobs and got.top_logprobs == expected.top_logprobs
             assert got.finish.reason == expected.finish.reason, (request_id, index)
+
+
+def test_run_ahead_over_tensor_parallel_ranks(model_dir):
+    """TP=2 over gloo: the run-ahead step's tokens reach the follower by a broadcast, and the outputs
+    are those of the synchronous TP=2 path."""
+    from epochserve.worker.config import EngineConfig
+    from epochserve.worker.engine import Engine
+    from epochserve.worker.tp_launcher import TPLauncher
+
+    stop_token = _stop_token(model_dir)
+    results = {}
+    for mode in ("off", "on"):
+        config = EngineConfig(model_dir=model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode)
+        launcher = TPLauncher(config, 2, timeout_seconds=60)
+        engine = Engine(*launcher.start())
+        try:
+            results[mode], done = _run(engine, stop_token)
+        finally:
+            engine.close()
+            launcher.stop()
+            torch.distributed.destroy_process_group()  # this process was rank 0
+        assert launcher.dead_ranks() == [1] and launcher.followers[0].exitcode == 0
+        assert (done.num_run_ahead_steps >= 10) == (mode == "on")
+    _assert_same(results["off"], results["on"])
