@@ -36,6 +36,10 @@ SWEEP = [
     MatmulTiles(64, 64, 64, 8, 4, 4),
     MatmulTiles(128, 256, 64, 8, 8, 3),
     MatmulTiles(64, 128, 64, 8, 4, 4),
+    MatmulTiles(128, 128, 64, 8, 8, 4),
+    MatmulTiles(128, 256, 64, 8, 8, 4),
+    MatmulTiles(256, 128, 64, 8, 8, 3),
+    MatmulTiles(128, 128, 64, 8, 4, 3),
 ]
 
 
