@@ -8,6 +8,7 @@ dies or stalls makes the others fail with an error instead of waiting forever.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import replace
 from datetime import timedelta
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from epochserve.worker.config import EngineConfig
+from epochserve.worker.layers.one_shot_all_reduce import OneShotAllReduce
 from epochserve.worker.layers.parallel import TensorParallel
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,11 @@ def init_tp_group(
         )
         cpu_group = dist.group.WORLD
     update_group = dist.new_group(backend="gloo", timeout=timeout)
+    small_all_reduce = None
+    if device.type == "cuda" and os.environ.get("EPOCHSERVE_ONE_SHOT_ALL_REDUCE", "1") == "1":
+        small_all_reduce = OneShotAllReduce(dist.group.WORLD, device)
     logger.info("TP rank %d/%d joined (%s)", rank, world_size, dist.get_backend())
     return TensorParallel(
-        rank=rank, size=world_size, group=dist.group.WORLD, cpu_group=cpu_group, update_group=update_group
-    )
+        rank=rank, size=world_size, group=dist.group.WORLD, cpu_group=cpu_group, update_group=update_group,
+        small_all_reduce=small_all_reduce,
+    )  # fmt: skip

@@ -6,6 +6,7 @@ a no-op, so single-device models pay nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ class TensorParallel:
     # gloo group for weight-update collectives, which run on staging threads while the engine
     # thread uses cpu_group: one group per thread keeps each group's collectives in one order.
     update_group: Any = None
+    # CUDA: a one-kernel all-reduce for small messages (layers/one_shot_all_reduce.py), else None.
+    small_all_reduce: Callable[[torch.Tensor], torch.Tensor | None] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.size:
@@ -34,9 +37,14 @@ class TensorParallel:
         return total // self.size
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum x over the TP ranks, in place."""
-        if self.size > 1:
-            dist.all_reduce(x, group=self.group)
+        """Sum x over the TP ranks: the result (x itself, or a new tensor for small messages on CUDA)."""
+        if self.size == 1:
+            return x
+        if self.small_all_reduce is not None:
+            summed = self.small_all_reduce(x)
+            if summed is not None:
+                return summed
+        dist.all_reduce(x, group=self.group)
         return x
 
     def min_over_ranks(self, value: int) -> int:
