@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # The CPU wheel these machines carry; GPU images already have their own torch.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# `python -m` puts the working directory first on sys.path, where the top-level kernels/ folder
+# would shadow Hugging Face's `kernels` package (transformers imports it); children inherit this.
+SAFE_PATH := PYTHONSAFEPATH=1
 
 .PHONY: run test lint proto
 
@@ -16,12 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/epochctl demo
+	$(SAFE_PATH) $(VENV)/bin/epochctl demo
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) scripts/typecheck.py
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(SAFE_PATH) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

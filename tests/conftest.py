@@ -1,8 +1,17 @@
 """Shared fixtures live in tests/fixtures/, one module per kind of real component."""
 
 import os
+import sys
+from pathlib import Path
 
-import torch
+# The repo root must not be on sys.path (`python -m pytest` puts it there): its kernels/ folder would
+# shadow Hugging Face's `kernels` package, which transformers imports. Children started with
+# `python -m` inherit the same rule. The package itself imports as epochserve.* from the install.
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO_ROOT]
+os.environ["PYTHONSAFEPATH"] = "1"
+
+import torch  # noqa: E402
 
 # Triton kernels run on the CPU through the interpreter; the flag must be set before any module
 # defines a kernel (tests/kernels import them), and only where there is no GPU to run them on.
