@@ -8,10 +8,11 @@ elsewhere:
   sent yet (WORKER_LOST).
 Each finish it forwards carries the router's part of the diagnostics (attempts, rerun flag).
 
-The worker call always ends with the attempt: when it stops early (client cancel, deadline, an
-error in `send`) the call is cancelled, and the worker frees the sequences. The deadline travels
-as the call's timeout. Messages are read and written one by one (call.read / context.write, no
-async-generator layers): each layer costs CPU per message, which on a small machine is latency.
+The request runs on the worker's Session stream (router/session.py), and always ends with the
+attempt: when it stops early (client cancel, deadline, an error in `send`) it is cancelled there,
+and the worker frees the sequences. The remaining deadline travels with the request. Messages are
+read and written one by one (no async-generator layers): each layer costs CPU per message, which
+on a small machine is latency.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from epochserve.proto.v1 import common_pb2
 from epochserve.router.load import Reservation
 from epochserve.router.registry import WorkerHandle
 from epochserve.router.retry import AttemptReport, Outcome, classify_status
+from epochserve.router.session import SessionCall
 from epochserve.router.waiting import Deadline
 
 logger = logging.getLogger(__name__)
@@ -80,25 +82,20 @@ class Attempt:
         state = self.state
         state.num_attempts += 1
         state.handle = self.handle
-        num_finished = 0
-        call = self.handle.stub.Generate(self.request, timeout=self.deadline.remaining())
+        call: SessionCall | None = None
         try:
-            while (response := await call.read()) is not grpc.aio.EOF:
+            call = await self.handle.session.start(self.request, self.deadline)
+            while (response := await call.read()) is not None:
                 if response.HasField("finish"):
                     held_back = self._hold_back(response.finish)
                     if held_back is not None:
                         return self._end(held_back, response.finish.abort_reason)
                     self._stamp(response.finish.diagnostics)
                     self.reservation.finish_sequence()
-                    num_finished += 1
                 else:
                     self.reservation.consume_tokens(len(response.chunk.token_ids))
                 await send(response)
                 state.has_sent = True
-            if num_finished < state.n:
-                return self._end(
-                    Outcome.WORKER_LOST, f"the stream ended after {num_finished} of {state.n} samples"
-                )
             return self._end(Outcome.COMPLETED, "")
         except grpc.aio.AioRpcError as exc:
             self.error = exc
@@ -106,7 +103,8 @@ class Attempt:
                 classify_status(exc.code(), exc.details() or ""), f"{exc.code().name}: {exc.details()}"
             )
         finally:
-            call.cancel()  # a no-op once the call ended; otherwise the worker aborts the request
+            if call is not None:
+                call.cancel()  # a no-op once the request ended; otherwise the worker aborts it
 
     def _hold_back(self, finish: common_pb2.GenerateFinish) -> Outcome | None:
         if finish.finish_reason != common_pb2.FINISH_REASON_ABORT:

@@ -27,6 +27,7 @@ import grpc
 from epochserve.controlplane.participants.router import ClusterView, WorkerView
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 from epochserve.router.load import WorkerLoad
+from epochserve.router.session import WorkerSession
 from epochserve.router.waiting import Changes
 from epochserve.sampling import ModelLimits
 
@@ -43,6 +44,7 @@ class WorkerHandle:
     view: WorkerView
     channel: grpc.aio.Channel
     stub: worker_pb2_grpc.WorkerStub
+    session: WorkerSession  # the one Session stream this router's requests there share
     load: WorkerLoad = field(default_factory=WorkerLoad)
     limits: ModelLimits | None = None  # read with GetWorkerInfo after it appeared
     suspect_until: float = 0.0  # time.monotonic(): avoid until then (a call failed in transport)
@@ -162,13 +164,15 @@ class WorkerRegistry:
         for task in list(self._tasks):
             task.cancel()
         for handle in [*self._handles.values(), *self._retiring]:
+            await handle.session.close()
             await handle.channel.close()
         self._handles.clear()
         self._retiring.clear()
 
     def _add(self, worker: WorkerView) -> WorkerHandle:
         channel = self._dial(worker.address)
-        handle = WorkerHandle(worker, channel, worker_pb2_grpc.WorkerStub(channel))
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        handle = WorkerHandle(worker, channel, stub, WorkerSession(stub, worker.worker_id))
         logger.info(
             "worker %s at %s joined (serving v%d)", worker.worker_id, worker.address, worker.serving_version
         )
@@ -196,6 +200,7 @@ class WorkerRegistry:
 
     async def _close(self, handle: WorkerHandle) -> None:
         with contextlib.suppress(Exception):
+            await handle.session.close()
             await handle.channel.close()
         if handle.worker_id not in self._handles:
             self._on_closed(handle.worker_id)

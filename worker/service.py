@@ -1,4 +1,4 @@
-"""The Worker gRPC service (rank 0): Generate, Abort, GetWorkerInfo over an EngineLoop.
+"""The Worker gRPC service (rank 0): Generate, Session, Abort, GetWorkerInfo over an EngineLoop.
 
 Error mapping happens here, at the edge, through epochserve.proto.status. A request that fails
 validation gets INVALID_ARGUMENT naming the field; a runtime guard (non-finite logits) fails only
@@ -9,8 +9,10 @@ frees its sequences and blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import NoReturn
 
 import grpc
 
@@ -23,6 +25,7 @@ from epochserve.worker.engine_loop import EngineLoop, EngineStoppedError
 from epochserve.worker.outputs import SequenceOutput
 from epochserve.worker.responses import WorkerStamp, to_responses
 from epochserve.worker.sequence import FinishReason
+from epochserve.worker.session import RequestFailed, SessionServer
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +52,42 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Generate(
         self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.GenerateResponse]:
-        if not self.accepting:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is shutting down")
-        if not self.is_ready():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is not ready (catching up or fenced)")
         try:
-            parsed = parse_generate_request(request, self.loop.engine.limits, self.tokenize)
+            parsed = self.admit(request)
+            reason = lambda: (  # noqa: E731
+                "client cancelled or deadline exceeded" if context.cancelled() else "request failed"
+            )
+            async with contextlib.aclosing(self.responses(parsed, reason)) as responses:
+                async for response in responses:
+                    yield response
+        except RequestFailed as exc:
+            await context.abort(exc.code, exc.details)
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[worker_pb2.SessionRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        await SessionServer(self, context).serve()
+
+    def admit(self, request: common_pb2.GenerateRequest) -> ParsedGenerateRequest:
+        """The request, validated; raises RequestFailed (UNAVAILABLE, INVALID_ARGUMENT) instead."""
+        if not self.accepting:
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker is shutting down")
+        if not self.is_ready():
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker is not ready (catching up or fenced)")
+        try:
+            return parse_generate_request(request, self.loop.engine.limits, self.tokenize)
         except EpochserveError as exc:
-            await context.abort(status_of(exc), str(exc))
+            raise RequestFailed(status_of(exc), str(exc)) from exc
+
+    async def responses(
+        self, parsed: ParsedGenerateRequest, abort_reason: Callable[[], str]
+    ) -> AsyncGenerator[common_pb2.GenerateResponse, None]:
+        """Run the request; yield its responses until every sample finished. Raises RequestFailed
+        when it fails (engine stopped, runtime guard). Closed early (cancelled, deadline, the
+        consumer gone), it aborts the request in the engine with `abort_reason()`, which frees
+        the sequences and their blocks. Use under contextlib.aclosing."""
         outputs: asyncio.Queue[SequenceOutput | BaseException] = asyncio.Queue()
         event_loop = asyncio.get_running_loop()
 
@@ -66,27 +97,24 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         try:
             self.loop.submit(parsed, sink)
         except EngineStoppedError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
         num_unfinished = parsed.n
         try:
             while num_unfinished:
                 batch = await self._next_outputs(outputs)
                 error = next((item for item in batch if isinstance(item, BaseException)), None)
                 if error is not None:
-                    await self._fail(context, parsed, error)
+                    self._fail(parsed, error)
                 results = [item for item in batch if isinstance(item, SequenceOutput)]
                 guard = next((o for o in results if o.finish and o.finish.reason is FinishReason.ERROR), None)
                 if guard is not None and guard.finish is not None:
-                    await self._fail(
-                        context, parsed, RuntimeGuardError(parsed.request_id, guard.finish.error)
-                    )
+                    self._fail(parsed, RuntimeGuardError(parsed.request_id, guard.finish.error))
                 for response in to_responses(results, self.identity):
                     yield response
                 num_unfinished -= sum(1 for o in results if o.finish is not None)
         finally:
             if num_unfinished:  # cancelled, deadline, or failed: free the sequences and their blocks
-                reason = "client cancelled or deadline exceeded" if context.cancelled() else "request failed"
-                self.loop.abort(parsed.request_id, reason)
+                self.loop.abort(parsed.request_id, abort_reason())
 
     async def _next_outputs(
         self, outputs: asyncio.Queue[SequenceOutput | BaseException]
@@ -104,12 +132,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             batch.append(outputs.get_nowait())
         return batch
 
-    async def _fail(
-        self, context: grpc.aio.ServicerContext, parsed: ParsedGenerateRequest, exc: BaseException
-    ) -> None:
-        self.loop.abort(parsed.request_id, "request failed")
+    def _fail(self, parsed: ParsedGenerateRequest, exc: BaseException) -> NoReturn:
         logger.warning("request %s failed: %s", parsed.request_id, exc)
-        await context.abort(status_of(exc), f"request {parsed.request_id}: {exc}")
+        raise RequestFailed(status_of(exc), f"request {parsed.request_id}: {exc}")
 
     async def Abort(
         self, request: common_pb2.AbortRequest, context: grpc.aio.ServicerContext

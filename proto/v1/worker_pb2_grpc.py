@@ -50,6 +50,11 @@ class WorkerStub:
                 request_serializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.GetWorkerInfoRequest.SerializeToString,
                 response_deserializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.GetWorkerInfoResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/epochserve.v1.Worker/Session',
+                request_serializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+                response_deserializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -76,6 +81,16 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Many requests over one long-lived stream (a router keeps one per worker): a request costs one
+        message each way instead of a call's setup and teardown, which on a small CPU is most of the
+        latency a router adds. Same rules and statuses as Generate, per request; the stream's end
+        (router gone, worker gone) ends every request on it: the worker aborts them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +108,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.GetWorkerInfo,
                     request_deserializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.GetWorkerInfoRequest.FromString,
                     response_serializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.GetWorkerInfoResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.SessionRequest.FromString,
+                    response_serializer=epochserve_dot_proto_dot_v1_dot_worker__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +196,33 @@ class Worker:
             '/epochserve.v1.Worker/GetWorkerInfo',
             epochserve_dot_proto_dot_v1_dot_worker__pb2.GetWorkerInfoRequest.SerializeToString,
             epochserve_dot_proto_dot_v1_dot_worker__pb2.GetWorkerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/epochserve.v1.Worker/Session',
+            epochserve_dot_proto_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+            epochserve_dot_proto_dot_v1_dot_worker__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,178 @@
+"""A real worker's Session stream (many requests over one call, as a router sends them): the
+same outputs as Generate, per-request errors that leave the stream up, and every way a request
+can end early (cancel, its timeout, the stream's end) frees its blocks."""
+
+import queue
+import threading
+
+import grpc
+import pytest
+from fixtures.models import build_tiny_model
+from fixtures.processes import running_worker
+
+from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+VOCAB = 512
+LONG = dict(prompt_token_ids=list(range(3, 40)), max_tokens=3900, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worker_session")
+    model_dir = build_tiny_model("llama", root / "model", max_position_embeddings=4096)
+    with (
+        running_worker(model_dir, root, "--block-size", "16", "--max-n", "4") as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        yield worker_pb2_grpc.WorkerStub(channel)
+
+
+class Session:
+    """A Session call driven from the test: send() requests, next_for(stream_id) responses."""
+
+    _END = object()
+
+    def __init__(self, stub):
+        self._outgoing: queue.Queue = queue.Queue()
+        self.call = stub.Session(iter(self._outgoing.get, self._END), timeout=60)
+        self._by_stream: dict[int, queue.Queue] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._route, daemon=True).start()
+
+    def _queue(self, stream_id):
+        with self._lock:
+            return self._by_stream.setdefault(stream_id, queue.Queue())
+
+    def _route(self):
+        try:
+            for message in self.call:
+                self._queue(message.stream_id).put(message)
+        except grpc.RpcError:
+            pass  # the test ended the call
+
+    def generate(self, stream_id, request_id, timeout_ms=0, n=1, **fields):
+        sampling = {k: fields.pop(k) for k in list(fields) if k != "prompt_token_ids"}
+        request = common_pb2.GenerateRequest(
+            request_id=request_id, n=n, sampling=common_pb2.SamplingParams(**sampling), **fields
+        )
+        self._outgoing.put(
+            worker_pb2.SessionRequest(stream_id=stream_id, generate=request, timeout_ms=timeout_ms)
+        )
+        return request
+
+    def cancel(self, stream_id):
+        cancel = worker_pb2.SessionCancel(reason="test cancel")
+        self._outgoing.put(worker_pb2.SessionRequest(stream_id=stream_id, cancel=cancel))
+
+    def next_for(self, stream_id, timeout=30):
+        return self._queue(stream_id).get(timeout=timeout)
+
+    def until_finished(self, stream_id, n=1):
+        messages = []
+        while sum(m.response.HasField("finish") for m in messages) < n:
+            message = self.next_for(stream_id)
+            assert not message.HasField("error"), message.error.details
+            messages.append(message)
+        return [m.response for m in messages]
+
+    def end(self):
+        self._outgoing.put(self._END)
+
+
+def info(stub):
+    return stub.GetWorkerInfo(worker_pb2.GetWorkerInfoRequest(), timeout=10)
+
+
+def wait_for_idle_pool(stub, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = info(stub)
+        if now.num_running_seqs == 0 and now.kv_cache.num_blocks_free == now.kv_cache.num_blocks_total:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"blocks not returned: {info(stub)}")
+
+
+def samples(responses):
+    """{sample_index: (token ids, logprobs)} of a response stream."""
+    out: dict[int, tuple[list[int], list[float]]] = {}
+    for r in responses:
+        tokens, logprobs = out.setdefault(r.sample_index, ([], []))
+        if r.HasField("chunk"):
+            tokens.extend(r.chunk.token_ids)
+            logprobs.extend(r.chunk.logprobs)
+    return out
+
+
+def test_interleaved_requests_get_exactly_their_generate_outputs(stub):
+    session = Session(stub)
+    shapes = {
+        1: dict(prompt_token_ids=[5, 6, 7, 8], max_tokens=12, seed=3, temperature=0.8, n=2, ignore_eos=True),
+        2: dict(prompt_token_ids=[9, 10, 11], max_tokens=7, seed=4, temperature=1.0, top_p=0.9),
+        3: dict(prompt_token_ids=[12, 13], max_tokens=9, temperature=0.0, ignore_eos=True),
+    }
+    requests = {sid: session.generate(sid, f"s{sid}", **dict(fields)) for sid, fields in shapes.items()}
+    over_session = {sid: session.until_finished(sid, requests[sid].n) for sid in shapes}
+    session.end()
+    for sid, request in requests.items():
+        assert {r.request_id for r in over_session[sid]} == {request.request_id}
+        direct = samples(list(stub.Generate(request, timeout=60)))
+        got = samples(over_session[sid])
+        assert sorted(got) == sorted(direct) == list(range(request.n))
+        for index, (tokens, logprobs) in direct.items():
+            assert tokens and got[index][0] == tokens
+            # Run alone vs. beside the other two: fp32 rows may round differently in a batch.
+            assert got[index][1] == pytest.approx(logprobs, abs=1e-4)
+
+
+def test_a_bad_request_fails_alone_and_the_session_goes_on(stub):
+    session = Session(stub)
+    session.generate(1, "bad", prompt_token_ids=[5, VOCAB], max_tokens=3)
+    error = session.next_for(1)
+    assert error.HasField("error")
+    assert error.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "prompt_token_ids" in error.error.details
+    session.generate(2, "good", prompt_token_ids=[5, 6], max_tokens=3, ignore_eos=True)
+    good = session.until_finished(2)
+    assert sum(len(r.chunk.token_ids) for r in good if r.HasField("chunk")) == 3
+    session.end()
+
+
+def test_cancel_frees_the_request_and_leaves_the_others_running(stub):
+    session = Session(stub)
+    session.generate(1, "to-cancel", **LONG)
+    session.generate(2, "keeps-running", prompt_token_ids=[5, 6, 7], max_tokens=40, ignore_eos=True)
+    assert session.next_for(1).response.HasField("chunk")
+    session.cancel(1)
+    kept = session.until_finished(2)
+    assert sum(len(r.chunk.token_ids) for r in kept if r.HasField("chunk")) == 40
+    wait_for_idle_pool(stub)
+    session.end()
+
+
+def test_a_requests_timeout_ends_it_with_deadline_exceeded(stub):
+    session = Session(stub)
+    session.generate(1, "slow", timeout_ms=300, **LONG)
+    message = session.next_for(1)
+    while not message.HasField("error"):
+        assert not message.response.HasField("finish"), "the long request finished within 300 ms"
+        message = session.next_for(1)
+    assert message.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert "slow" in message.error.details
+    wait_for_idle_pool(stub)
+    session.end()
+
+
+@pytest.mark.parametrize("how", ["half-close", "cancel"])
+def test_the_end_of_the_session_aborts_its_requests(stub, how):
+    session = Session(stub)
+    session.generate(1, f"orphan-{how}", n=2, **LONG)
+    assert session.next_for(1).response.HasField("chunk")
+    assert info(stub).num_running_seqs == 2
+    if how == "cancel":
+        session.call.cancel()  # the router's process died or closed its channel
+    else:
+        session.end()
+    wait_for_idle_pool(stub)

@@ -1,0 +1,114 @@
+"""The worker's end of a Session stream: many requests of one router over one long-lived call.
+
+A router keeps one Session per worker (router/session.py) because setting up and tearing down a
+gRPC call per request is most of the latency a router adds on a small CPU. Each request on the
+stream runs exactly as a Generate call would (WorkerService.admit / responses: same validation,
+same statuses, same aborts), its messages tagged with the stream_id the router gave it.
+
+Failure modes, each ending every affected request in the engine (its blocks freed):
+- the router cancels one request (client gone, deadline): it is aborted, nothing more is sent;
+- the request's own timeout (the router's remaining deadline) passes: DEADLINE_EXCEEDED;
+- the stream ends (router gone, connection lost): every request on it is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from epochserve.proto.v1 import common_pb2, worker_pb2
+
+if TYPE_CHECKING:
+    from epochserve.worker.service import WorkerService
+
+logger = logging.getLogger(__name__)
+
+
+class RequestFailed(Exception):
+    """A request ends with this gRPC status instead of finishing (the service's edge maps it)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class SessionServer:
+    """Serves one Session call. Created by WorkerService.Session; `serve()` returns when the stream
+    ends, after every request it started has been aborted or has finished."""
+
+    def __init__(self, service: WorkerService, context: grpc.aio.ServicerContext) -> None:
+        self.service = service
+        self.context = context
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # by stream_id
+        self._cancel_reasons: dict[int, str] = {}
+        self._write_lock = asyncio.Lock()  # one write at a time on the call
+
+    async def serve(self) -> None:
+        try:
+            while (message := await self.context.read()) is not grpc.aio.EOF:
+                assert isinstance(message, worker_pb2.SessionRequest)
+                if message.HasField("generate"):
+                    self._start(message)
+                elif message.HasField("cancel"):
+                    self._cancel(message.stream_id, message.cancel.reason)
+        finally:
+            for stream_id in list(self._tasks):
+                self._cancel(stream_id, "the router's session ended")
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _start(self, message: worker_pb2.SessionRequest) -> None:
+        stream_id = message.stream_id
+        if stream_id in self._tasks:
+            detail = f"stream_id {stream_id} is already in use on this session"
+            self._spawn_error(stream_id, RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, detail))
+            return
+        timeout = message.timeout_ms / 1000 if message.timeout_ms else None
+        task = asyncio.ensure_future(self._run(stream_id, message.generate, timeout))
+        self._tasks[stream_id] = task
+        task.add_done_callback(lambda _: self._forget(stream_id, task))
+
+    def _forget(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(stream_id) is task:
+            del self._tasks[stream_id]
+        self._cancel_reasons.pop(stream_id, None)
+        if not task.cancelled() and task.exception() is not None:  # a write on a broken stream
+            logger.info("session stream %d ended: %r", stream_id, task.exception())
+
+    def _cancel(self, stream_id: int, reason: str) -> None:
+        task = self._tasks.get(stream_id)
+        if task is not None and not task.done():
+            self._cancel_reasons[stream_id] = reason
+            task.cancel()
+
+    async def _run(self, stream_id: int, request: common_pb2.GenerateRequest, timeout: float | None) -> None:
+        def abort_reason() -> str:
+            return self._cancel_reasons.get(stream_id, "request failed")
+
+        try:
+            parsed = self.service.admit(request)
+            async with asyncio.timeout(timeout):
+                async with contextlib.aclosing(self.service.responses(parsed, abort_reason)) as responses:
+                    async for response in responses:
+                        await self._write(worker_pb2.SessionResponse(stream_id=stream_id, response=response))
+        except RequestFailed as exc:
+            await self._write_error(stream_id, exc)
+        except TimeoutError:
+            detail = f"request {request.request_id}: deadline exceeded on the worker"
+            await self._write_error(stream_id, RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, detail))
+
+    def _spawn_error(self, stream_id: int, error: RequestFailed) -> None:
+        task = asyncio.ensure_future(self._write_error(stream_id, error))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a broken stream: nothing to add
+
+    async def _write_error(self, stream_id: int, error: RequestFailed) -> None:
+        failure = worker_pb2.SessionError(code=error.code.value[0], details=error.details)
+        await self._write(worker_pb2.SessionResponse(stream_id=stream_id, error=failure))
+
+    async def _write(self, message: worker_pb2.SessionResponse) -> None:
+        async with self._write_lock:
+            await self.context.write(message)
