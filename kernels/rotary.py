@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from epochserve.kernels.paged_attention import write_kv_cache_torch
+
 
 def rope_inv_freq(
     head_dim: int,
@@ -61,3 +63,20 @@ def apply_rotary_torch(
     x1, x2 = x[..., :half], x[..., half:]
     # (x * cos_full + rotate_half(x) * sin_full), written per half to avoid building full-width copies.
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rotary_store_kv_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """The reference: rotate q and k, store k and v (every slot must be a real one)."""
+    write_kv_cache_torch(
+        apply_rotary_torch(k, positions, cos_sin_cache), v, key_cache, value_cache, slot_mapping
+    )
+    return apply_rotary_torch(q, positions, cos_sin_cache)

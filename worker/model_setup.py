@@ -7,6 +7,7 @@ block count (every rank must hold every block id rank 0 hands out).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,9 @@ def select_ops(config: EngineConfig) -> TorchOps:
         if config.batch_invariant:
             raise ConfigError("batch_invariant needs the Triton kernels (kernel_mode auto or triton)")
         return TORCH_OPS
-    return TritonOps(batch_invariant=config.batch_invariant)
+    # EPOCHSERVE_FUSED_GEMV=0 turns the fused down projection off (benchmarks compare the two).
+    fused_gemv = os.environ.get("EPOCHSERVE_FUSED_GEMV", "1") == "1"
+    return TritonOps(batch_invariant=config.batch_invariant, fused_gemv=fused_gemv)
 
 
 def head_table_dtype(config: EngineConfig, model_config: ModelConfig, dtype: torch.dtype) -> torch.dtype:

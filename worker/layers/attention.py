@@ -42,7 +42,8 @@ class LayerKVCache:
 
 
 class PagedAttention(nn.Module):
-    """Store this step's keys/values in their slots, then attend causally over each sequence's cache."""
+    """Rotate this step's queries and keys, store keys/values in their slots, then attend causally
+    over each sequence's cache."""
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, ops: TorchOps) -> None:
         super().__init__()
@@ -57,8 +58,10 @@ class PagedAttention(nn.Module):
         q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
         k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
         v: torch.Tensor,
+        positions: torch.Tensor,  # [num_tokens]
+        cos_sin: torch.Tensor,  # [max_positions, head_dim] fp32 RoPE table
         cache: LayerKVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        self.ops.write_kv(k, v, cache.key, cache.value, meta.slot_mapping)
+        q = self.ops.rotary_store_kv(q, k, v, positions, cos_sin, cache.key, cache.value, meta.slot_mapping)
         return self.ops.attention(q, cache.key, cache.value, meta, self.scale)

@@ -96,13 +96,24 @@ def qkv_linear(
 
 
 class RowParallelLinear(nn.Module):
-    """y = all_reduce(x_local W_localᵀ) + b, with W's input features split across ranks."""
+    """y = all_reduce(x_local W_localᵀ) + b, with W's input features split across ranks.
 
-    def __init__(self, input_size: int, output_size: int, bias: bool, ctx: LayerContext) -> None:
+    silu_and_mul_first: the input is a gate-up projection's output and x = silu(gate) * up (the
+    MLP's down projection), computed inside the product where the kernels allow."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool,
+        ctx: LayerContext,
+        silu_and_mul_first: bool = False,
+    ) -> None:
         super().__init__()
         tp, dtype = ctx.tp, ctx.dtype
         self.tp = tp
         self.ops = ctx.ops
+        self.silu_and_mul_first = silu_and_mul_first
         self.input_local = tp.split(input_size, "input features")
         self.weight = nn.Parameter(
             torch.empty(output_size, self.input_local, dtype=dtype), requires_grad=False
@@ -116,5 +127,8 @@ class RowParallelLinear(nn.Module):
         copy_checked(out, source.read(1, self.tp.rank * self.input_local, self.input_local), "weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(self.ops.linear(x, self.weight))
+        if self.silu_and_mul_first:
+            y = self.tp.all_reduce(self.ops.silu_and_mul_linear(x, self.weight))
+        else:
+            y = self.tp.all_reduce(self.ops.linear(x, self.weight))
         return y + self.bias if self.bias is not None else y

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from epochserve.kernels.activation import silu_and_mul_torch
-from epochserve.kernels.paged_attention import paged_attention_torch, write_kv_cache_torch
+from epochserve.kernels.paged_attention import paged_attention_torch
 from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch
-from epochserve.kernels.rotary import apply_rotary_torch
+from epochserve.kernels.rotary import rotary_store_kv_torch
 
 if TYPE_CHECKING:
     from epochserve.worker.layers.attention import AttentionMetadata
@@ -62,23 +62,23 @@ class TorchOps:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return add_rms_norm_torch(x, residual, weight, eps)
 
-    def rotary_qk(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return apply_rotary_torch(q, positions, cos_sin), apply_rotary_torch(k, positions, cos_sin)
-
-    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul_torch(gate_up)
-
-    def write_kv(
+    def rotary_store_kv(
         self,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
-    ) -> None:
-        write_kv_cache_torch(key, value, key_cache, value_cache, slot_mapping)
+    ) -> torch.Tensor:
+        """Rotate q and k by their positions, store k and v in their cache slots; the rotated q."""
+        return rotary_store_kv_torch(q, k, v, positions, cos_sin, key_cache, value_cache, slot_mapping)
+
+    def silu_and_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The MLP's down projection of its gate-up output: silu(gate) * up, then · Wᵀ."""
+        return self.linear(silu_and_mul_torch(gate_up), weight)
 
     def attention(
         self,
@@ -107,6 +107,7 @@ class TritonOps(TorchOps):
 
     name: str = "triton"
     batch_invariant: bool = False
+    fused_gemv: bool = True  # silu_and_mul_linear of a few rows in one kernel (benchmarks compare)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
@@ -144,29 +145,32 @@ class TritonOps(TorchOps):
 
         return add_rms_norm_triton(x, residual, weight, eps)
 
-    def rotary_qk(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        from epochserve.kernels.rotary_triton import apply_rotary_qk_triton
-
-        return apply_rotary_qk_triton(q, k, positions, cos_sin)
-
-    def silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        from epochserve.kernels.activation_triton import silu_and_mul_triton
-
-        return silu_and_mul_triton(gate_up)
-
-    def write_kv(
+    def rotary_store_kv(
         self,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
-    ) -> None:
-        from epochserve.kernels.kv_cache_triton import write_kv_cache_triton
+    ) -> torch.Tensor:
+        # One launch; per-token arithmetic, so batch-invariant as it is. Negative slots (padded
+        # rows of a CUDA-graph batch) are skipped.
+        from epochserve.kernels.rotary_kv_cache_triton import rotary_store_kv_triton
 
-        write_kv_cache_triton(key, value, key_cache, value_cache, slot_mapping)
+        return rotary_store_kv_triton(q, k, v, positions, cos_sin, key_cache, value_cache, slot_mapping)
+
+    def silu_and_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        from epochserve.kernels.activation_triton import silu_and_mul_triton
+        from epochserve.kernels.silu_mul_gemv_triton import MAX_ROWS, silu_and_mul_gemv_triton
+
+        if self.fused_gemv and not self.batch_invariant and gate_up.shape[0] <= MAX_ROWS:
+            # A few rows (small decode batches): a memory-bound product with the activation in
+            # its prologue — one launch instead of two, no activation round trip.
+            return silu_and_mul_gemv_triton(gate_up, weight)
+        return self.linear(silu_and_mul_triton(gate_up), weight)
 
     def attention(
         self,

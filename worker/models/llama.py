@@ -49,6 +49,8 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
+    """The RoPE table, shared by every layer; PagedAttention applies it as it stores the keys."""
+
     cos_sin: torch.Tensor  # [max_positions, head_dim] fp32 buffer
 
     def __init__(self, config: ModelConfig, max_positions: int, ctx: LayerContext) -> None:
@@ -63,13 +65,7 @@ class Rotary(nn.Module):
             rope.high_freq_factor,
             rope.original_max_position_embeddings,
         )
-        self.ops = ctx.ops
         self.register_buffer("cos_sin", rope_cos_sin_cache(inv_freq, max_positions), persistent=False)
-
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ops.rotary_qk(q, k, positions, self.cos_sin)
 
 
 class Attention(nn.Module):
@@ -102,20 +98,20 @@ class Attention(nn.Module):
         )
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(q, k, positions)
-        out = self.attn(q, k, v, cache, meta)
+        out = self.attn(q, k, v, positions, self.rotary.cos_sin, cache, meta)
         return self.o_proj(out.reshape(n, self.num_heads * d))
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig, ctx: LayerContext) -> None:
         super().__init__()
-        self.ops = ctx.ops
         self.gate_up_proj = column_linear(config.hidden_size, [config.intermediate_size] * 2, False, ctx)
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, False, ctx)
+        self.down_proj = RowParallelLinear(
+            config.intermediate_size, config.hidden_size, False, ctx, silu_and_mul_first=True
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj(x))  # silu(gate) * up, then down
 
 
 class DecoderLayer(nn.Module):
