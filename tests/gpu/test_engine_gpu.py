@@ -2,7 +2,10 @@
 
 Run on a GPU machine: `python -P -m pytest -q -s tests/gpu/test_engine_gpu.py` (skips without CUDA).
 
-Models: a small random Llama (4 layers, GQA 8/2, standard 0.02 init) built by transformers.
+Models: a small random Llama (4 layers, GQA 8/2, standard 0.02 init) built by transformers, and
+for the bf16 greedy and logprob checks also SmolLM2-135M-Instruct (a trained model: 30 layers, GQA
+9/3, tied embeddings), saved in bf16, when it has been prepared on the machine (bundled.py's
+cache; bench/device_decode.sh prepares it from a carried wheel).
 - fp32 on the GPU: the engine (Triton kernels, whose fp32 dots use TF32, and CUDA graphs) must
   match transformers' fp32 greedy tokens exactly and its logprobs within 2e-2.
 - The checkpoint is saved in bf16, so both sides hold the same numbers, and the engine keeps its
@@ -41,6 +44,23 @@ def model_dir(tmp_path_factory):
         intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
         max_position_embeddings=2048, initializer_range=0.02, save_dtype=torch.bfloat16,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["random-llama", "smollm2"])
+def bf16_model_dir(request, model_dir, tmp_path_factory):
+    """The random Llama, then SmolLM2 in bf16 (both sides of a comparison then hold the same numbers)."""
+    if request.param == "random-llama":
+        return model_dir
+    from transformers import AutoModelForCausalLM
+
+    from epochserve.worker.models.bundled import smollm2_dir
+
+    source = smollm2_dir()
+    if not (source / "config.json").is_file():
+        pytest.skip(f"SmolLM2 is not prepared at {source}")
+    out = tmp_path_factory.mktemp("gpu") / "smollm2-bf16"
+    AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(out)
+    return out
 
 
 def hf_model(model_dir, dtype: torch.dtype, fp32_head: bool):
@@ -92,7 +112,8 @@ def test_fp32_on_gpu_matches_transformers(model_dir):
         assert (picked.cpu() - torch.tensor(sample.logprobs)).abs().max() < 2e-2
 
 
-def test_bf16_greedy_matches_transformers_up_to_near_ties(model_dir):
+def test_bf16_greedy_matches_transformers_up_to_near_ties(bf16_model_dir):
+    model_dir = bf16_model_dir
     engine = make_engine(model_dir, device="cuda", dtype="bfloat16")
     assert engine.model.lm_head.weight.dtype == torch.bfloat16 and engine.model.lm_head.fp32_logits
     reference = hf_model(model_dir, torch.bfloat16, fp32_head=True)
@@ -107,13 +128,17 @@ def test_bf16_greedy_matches_transformers_up_to_near_ties(model_dir):
         at = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b)
         logits = hf_next_token_logits(fp32, prompt, [*theirs[:at], theirs[at]])[at]
         ties.append((logits[theirs[at]] - logits[ours[at]]).item())
-    print(f"bf16 greedy: {exact}/{len(batch)} identical; fp32 margins at the first difference: {ties}")
+    print(
+        f"bf16 greedy ({model_dir.name}): {exact}/{len(batch)} identical; "
+        f"fp32 margins at the first difference: {ties}"
+    )
     assert all(abs(t) < BF16_LOGIT_TIE for t in ties), ties
 
 
-def test_processed_logprobs_within_bf16_tolerance_of_fp32_recompute(model_dir):
+def test_processed_logprobs_within_bf16_tolerance_of_fp32_recompute(bf16_model_dir):
     from transformers.generation.logits_process import TopPLogitsWarper
 
+    model_dir = bf16_model_dir
     engine = make_engine(model_dir, device="cuda", dtype="bfloat16")
     fp32 = hf_model(model_dir, torch.bfloat16, fp32_head=False).float()
     batch = prompts(8, seed=1)
@@ -130,7 +155,8 @@ def test_processed_logprobs_within_bf16_tolerance_of_fp32_recompute(model_dir):
         ]
         gaps += (expected.cpu() - torch.tensor(sample.logprobs)).abs().tolist()
     print(
-        f"|Δ processed logprob| vs fp32 recompute: median {statistics.median(gaps):.4f}, max {max(gaps):.4f}"
+        f"|Δ processed logprob| vs fp32 recompute ({model_dir.name}): median {statistics.median(gaps):.4f}, "
+        f"max {max(gaps):.4f}"
     )
     assert max(gaps) < BF16_LOGPROB_TOLERANCE
 

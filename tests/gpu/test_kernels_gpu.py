@@ -40,7 +40,9 @@ from epochserve.kernels.paged_attention_triton import (  # noqa: E402
 from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch  # noqa: E402
 from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton, rms_norm_triton  # noqa: E402
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq  # noqa: E402
+from epochserve.kernels.rotary_kv_cache_triton import rotary_store_kv_triton  # noqa: E402
 from epochserve.kernels.rotary_triton import apply_rotary_qk_triton  # noqa: E402
+from epochserve.kernels.silu_mul_gemv_triton import MAX_ROWS, silu_and_mul_gemv_triton  # noqa: E402
 from epochserve.worker.weights.checksum import piece_checksum, piece_checksum_torch  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16]
@@ -233,6 +235,39 @@ def test_rotary_and_silu_match_reference(dtype: torch.dtype) -> None:
     close(out_k, apply_rotary_torch(k, positions, cache))
     gate_up = torch.randn(257, 2 * 14336, device="cuda", dtype=dtype) * 3
     close(silu_and_mul_triton(gate_up), silu_and_mul_torch(gate_up))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_store_kv_is_the_two_kernels_in_bytes(dtype: torch.dtype) -> None:
+    """One launch does what rotary then write_kv_cache do, with the same rounding: equal bytes."""
+    cache = rope_cos_sin_cache(rope_inv_freq(128, 500000.0, "llama3", 8.0), 8192).cuda()
+    qkv = torch.randn(300, 48 * 128, device="cuda", dtype=dtype)
+    q, k, v = (t.view(300, -1, 128) for t in qkv.split([32 * 128, 8 * 128, 8 * 128], -1))
+    positions = torch.randint(0, 8192, (300,), device="cuda")
+    slots = torch.randperm(64 * 16, device="cuda")[:300]
+    slots[7] = -1  # a padded graph row: rotated q, nothing stored
+    caches = [torch.randn(64, 16, 8, 128, device="cuda", dtype=dtype) for _ in range(2)]
+    refs = [c.clone() for c in caches]
+    ref_q, ref_k = apply_rotary_qk_triton(q, k, positions, cache)
+    write_kv_cache_triton(ref_k, v, refs[0], refs[1], slots)
+    out_q = rotary_store_kv_triton(q, k, v, positions, cache, caches[0], caches[1], slots)
+    assert same_bytes(out_q, ref_q)
+    assert same_bytes(caches[0], refs[0]) and same_bytes(caches[1], refs[1])
+    close(out_q, apply_rotary_torch(q, positions, cache))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", list(range(1, MAX_ROWS + 1)))
+def test_silu_and_mul_gemv_matches_the_two_step_product(dtype: torch.dtype, rows: int) -> None:
+    """Against an fp64 product of the same rounded activation: fp32 accumulation of 14336 terms,
+    then one rounding to the output dtype (bf16 < 1e-2, fp16 < 2e-3 relative); each row's bytes do
+    not depend on the other rows."""
+    gate_up = torch.randn(rows, 2 * 14336, device="cuda", dtype=dtype) * 3
+    weight = torch.randn(4096, 14336, device="cuda", dtype=dtype) / 14336**0.5
+    act = silu_and_mul_triton(gate_up)
+    out = silu_and_mul_gemv_triton(gate_up, weight)
+    assert rel_err(out, act.double() @ weight.double().T) < ATTN_TOL[dtype]
+    assert same_bytes(silu_and_mul_gemv_triton(gate_up[-1:], weight), out[-1:])
 
 
 @pytest.mark.parametrize(
