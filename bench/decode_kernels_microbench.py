@@ -1,11 +1,12 @@
-"""The decode step's fused kernels against the launches they replace, timed inside CUDA graphs
-(as the engine runs them), 8B shapes, bf16.
+"""The batch-1 decode step's kernels against their alternatives, timed inside CUDA graphs (as the
+engine runs them), 8B shapes, bf16.
 
-  down projection: silu_and_mul_triton + cuBLAS (F.linear)  vs  silu_and_mul_gemv_triton (tiles swept)
+  projections: cuBLAS (down: silu_and_mul_triton + cuBLAS)  vs  gemv_triton (tiles swept)
   attention input: apply_rotary_qk_triton + write_kv_cache_triton  vs  rotary_store_kv_triton
+  decode attention: partition lengths of the split schedule, short contexts under a 2048 bound
 
-Each graph runs the op 32 times over 4 weight copies (470 MB: nothing stays in L2); the time per
-op is the graph's replay time / 32 (median of replays). Bandwidth counts the weight bytes once.
+Each graph runs the op 32 times (projections: over 4 weight copies, so nothing stays in L2); the
+time per op is the graph's replay time / 32 (median of replays). Bandwidth counts weight bytes once.
 python bench/decode_kernels_microbench.py
 """
 
@@ -24,14 +25,11 @@ from gpu_common import measure_ceilings
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, HEAD_DIM = 4096, 14336, 32, 8, 128
 REPS = 32
-TILES = [
-    (16, 512, 4, 3),
-    (16, 512, 8, 3),
-    (32, 256, 4, 4),
-    (32, 512, 8, 3),
-    (16, 1024, 8, 2),
-    (64, 256, 8, 3),
-]
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of gemv_triton; the engine's default first.
+TILES = [(16, 1024, 8, 2), (16, 2048, 8, 1), (8, 2048, 8, 2), (16, 1024, 16, 2), (32, 1024, 8, 2),
+         (16, 512, 8, 3), (8, 1024, 4, 3)]  # fmt: skip
+# name → (N, K) of the 8B model's projections at batch 1.
+SHAPES = {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
 def graph_us(op: Callable[[int], object], replays: int = 30) -> float:
@@ -57,33 +55,62 @@ def graph_us(op: Callable[[int], object], replays: int = 30) -> float:
     return statistics.median(times)
 
 
-def down_projection(bytes_per_us: float) -> None:
+def projections(bytes_per_us: float) -> None:
+    """Each projection at 1 row: cuBLAS (the down projection: SiLU-and-mul + cuBLAS) vs gemv_triton."""
     from epochserve.kernels.activation_triton import silu_and_mul_triton
-    from epochserve.kernels.silu_mul_gemv_triton import silu_and_mul_gemv_triton
+    from epochserve.kernels.gemv_triton import gemv_triton
 
-    weights = [torch.randn(HIDDEN, INTERMEDIATE, device="cuda", dtype=torch.bfloat16) / 120 for _ in range(4)]
-    weight_bytes = weights[0].numel() * 2
-    print(f"\ndown projection ({HIDDEN}x{INTERMEDIATE} bf16, {weight_bytes / 1e6:.0f} MB), us per call")
-    print(f"{'rows':>4} {'silu+cuBLAS':>12} " + " ".join(f"{t!s:>18}" for t in TILES))
-    for rows in (1, 2, 4):
-        gate_up = torch.randn(rows, 2 * INTERMEDIATE, device="cuda", dtype=torch.bfloat16) * 3
-        base = graph_us(lambda i, g=gate_up: F.linear(silu_and_mul_triton(g), weights[i % 4]))
+    print("\nprojections at 1 row, us per call (fraction of copy bandwidth); the Triton columns are tiles")
+    print(f"{'':8} {'cuBLAS':>12} " + " ".join(f"{t!s:>17}" for t in TILES))
+    for name, (n, k) in SHAPES.items():
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(4)]
+        fused = name == "down"
+        x = torch.randn(1, 2 * k if fused else k, device="cuda", dtype=torch.bfloat16) * 3
+        nbytes = n * k * 2
+
+        def cublas(i: int, x: torch.Tensor = x, fused: bool = fused, weights: list = weights) -> object:
+            return F.linear(silu_and_mul_triton(x) if fused else x, weights[i % 4])
+
+        def cell(us: float, nbytes: int = nbytes) -> str:
+            return f"{us:6.1f} ({nbytes / us / bytes_per_us:4.0%})"
+
         cells = []
         for block_n, block_k, warps, stages in TILES:
 
-            def fused(
-                i: int, g: torch.Tensor = gate_up, t: tuple = (block_n, block_k, warps, stages)
-            ) -> object:
-                return silu_and_mul_gemv_triton(
-                    g, weights[i % 4], block_n=t[0], block_k=t[1], num_warps=t[2], num_stages=t[3]
-                )
+            def triton_gemv(i: int, x: torch.Tensor = x, fused: bool = fused, weights: list = weights,
+                            t: tuple = (block_n, block_k, warps, stages)) -> object:  # fmt: skip
+                return gemv_triton(x, weights[i % 4], silu_and_mul=fused, block_n=t[0], block_k=t[1],
+                                   num_warps=t[2], num_stages=t[3])  # fmt: skip
 
-            us = graph_us(fused)
-            cells.append(f"{us:7.1f} ({weight_bytes / us / bytes_per_us:4.0%} BW)")
-        print(
-            f"{rows:>4} {base:7.1f} ({weight_bytes / base / bytes_per_us:3.0%}) "
-            + " ".join(f"{c:>18}" for c in cells)
-        )
+            cells.append(cell(graph_us(triton_gemv)))
+        print(f"{name:8} {cell(graph_us(cublas)):>12} " + " ".join(f"{c:>17}" for c in cells))
+        del weights
+
+
+def decode_attention() -> None:
+    """Batch-1 decode attention as a graph captured for a 2048-position bound runs it, by partition
+    length (the split schedule: partitions + a reduce kernel; 2048: one partition, no reduce)."""
+    from epochserve.kernels.paged_attention_triton import paged_attention_triton
+
+    bound, block = 2048, 16
+    kv_cache = [torch.randn(bound // block, block, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+                for _ in range(2)]  # fmt: skip
+    table = torch.arange(bound // block, device="cuda", dtype=torch.int32)[None, :]
+    query = torch.randn(1, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    starts = torch.tensor([0, 1], device="cuda", dtype=torch.int32)
+    splits = (512, 256, 128, 64, 2048)
+    print("\ndecode attention, batch 1, graph bound 2048, us per call by partition length " + str(splits))
+    for context in (136, 260, 384, 1000):
+        lens = torch.tensor([context], device="cuda", dtype=torch.int32)
+
+        def attend(i: int, split: int, lens: torch.Tensor = lens) -> object:
+            return paged_attention_triton(
+                query, kv_cache[0], kv_cache[1], table, lens, starts, HEAD_DIM**-0.5,
+                max_query_len=1, max_seq_len=bound, fixed_split_tokens=split,
+            )  # fmt: skip
+
+        times = [graph_us(lambda i, s=split: attend(i, s)) for split in splits]
+        print(f"context {context:5d}: " + "  ".join(f"{t:6.2f}" for t in times))
 
 
 def attention_input() -> None:
@@ -127,8 +154,9 @@ def main() -> None:
     ceilings = measure_ceilings()
     bandwidth = ceilings["hbm_bytes_per_s"] / 1e12  # TB/s, copy (read + write)
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth:.2f} TB/s")
-    down_projection(bandwidth * 1e6)  # bytes per us
+    projections(bandwidth * 1e6)  # bytes per us
     attention_input()
+    decode_attention()
 
 
 if __name__ == "__main__":

@@ -68,8 +68,11 @@ def hf_model(model_dir, dtype: torch.dtype, fp32_head: bool):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).cuda().eval()
     if fp32_head:
-        model.lm_head.float()
-        model.lm_head.register_forward_pre_hook(lambda _module, args: (args[0].float(),))
+        # A new fp32 copy of the table (with tied embeddings, .float() on the head would also
+        # turn the shared embedding table, and so every layer's input, into fp32).
+        head = model.lm_head
+        head.weight = torch.nn.Parameter(head.weight.detach().float().clone(), requires_grad=False)
+        head.register_forward_pre_hook(lambda _module, args: (args[0].float(),))
     return model
 
 

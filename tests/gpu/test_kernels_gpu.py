@@ -30,6 +30,7 @@ from paged_batch import PagedBatch, make_paged_batch  # noqa: E402
 
 from epochserve.kernels.activation import silu_and_mul_torch  # noqa: E402
 from epochserve.kernels.activation_triton import silu_and_mul_triton  # noqa: E402
+from epochserve.kernels.gemv_triton import MAX_ROWS, gemv_triton, silu_and_mul_gemv_triton  # noqa: E402
 from epochserve.kernels.kv_cache_triton import write_kv_cache_triton  # noqa: E402
 from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant  # noqa: E402
 from epochserve.kernels.paged_attention import paged_attention_torch, write_kv_cache_torch  # noqa: E402
@@ -42,7 +43,6 @@ from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton, rms_norm_trit
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq  # noqa: E402
 from epochserve.kernels.rotary_kv_cache_triton import rotary_store_kv_triton  # noqa: E402
 from epochserve.kernels.rotary_triton import apply_rotary_qk_triton  # noqa: E402
-from epochserve.kernels.silu_mul_gemv_triton import MAX_ROWS, silu_and_mul_gemv_triton  # noqa: E402
 from epochserve.worker.weights.checksum import piece_checksum, piece_checksum_torch  # noqa: E402
 
 DTYPES = [torch.bfloat16, torch.float16]
@@ -268,6 +268,14 @@ def test_silu_and_mul_gemv_matches_the_two_step_product(dtype: torch.dtype, rows
     out = silu_and_mul_gemv_triton(gate_up, weight)
     assert rel_err(out, act.double() @ weight.double().T) < ATTN_TOL[dtype]
     assert same_bytes(silu_and_mul_gemv_triton(gate_up[-1:], weight), out[-1:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 6144, 4096), (1, 4096, 4096), (3, 1000, 333)])
+def test_gemv_matches_linear(dtype: torch.dtype, rows: int, n: int, k: int) -> None:
+    x = torch.randn(rows, k, device="cuda", dtype=dtype)
+    weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    assert rel_err(gemv_triton(x, weight), x.double() @ weight.double().T) < ATTN_TOL[dtype]
 
 
 @pytest.mark.parametrize(

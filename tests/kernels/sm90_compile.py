@@ -112,11 +112,11 @@ def _matmul(dtype: str, n: int, k: int, fp32_precision: str = "ieee") -> tuple:
 
 def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.activation_triton import _silu_and_mul_kernel
+    from epochserve.kernels.gemv_triton import _gemv_kernel
     from epochserve.kernels.kv_cache_triton import _write_kv_cache_kernel
     from epochserve.kernels.rmsnorm_triton import _rms_norm_kernel
     from epochserve.kernels.rotary_kv_cache_triton import _rotary_store_kv_kernel
     from epochserve.kernels.rotary_triton import _rotary_kernel
-    from epochserve.kernels.silu_mul_gemv_triton import _silu_and_mul_gemv_kernel
 
     kv = {n: "i32" for n in _write_kv_cache_kernel.arg_names if n.startswith("stride")}
     kv.update(key_ptr="*bf16", value_ptr="*bf16", key_cache_ptr="*bf16", value_cache_ptr="*bf16",
@@ -135,16 +135,17 @@ def _elementwise() -> list[tuple[str, tuple]]:
                   value_cache_ptr="*bf16", positions_ptr="*i64", slot_mapping_ptr="*i64", cos_sin_ptr="*fp32",
                   NUM_Q_HEADS=_const(32), NUM_KV_HEADS=_const(8), BLOCK_QH=_const(32), BLOCK_KH=_const(8),
                   HALF=_const(64), BLOCK_HALF=_const(64), PAGE_SIZE=_const(16))  # fmt: skip
-    gemv = dict(out_ptr="*bf16", gate_up_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
-                stride_gm="i32", stride_wn="i32", stride_om="i32", BLOCK_M=_const(1), BLOCK_N=_const(32),
-                BLOCK_K=_const(256))  # fmt: skip
+    gemv = dict(out_ptr="*bf16", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
+                stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(True),
+                BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
     return [
         ("write_kv_cache bf16", (_write_kv_cache_kernel, kv, 4, 3)),
         ("add_rms_norm bf16 4096", (_rms_norm_kernel, norm, 8, 3)),
         ("rotary_qk bf16 32/8x128", (_rotary_kernel, rot, 4, 3)),
         ("silu_and_mul bf16", (_silu_and_mul_kernel, silu, 4, 3)),
         ("rotary_store_kv bf16 32/8x128", (_rotary_store_kv_kernel, rot_kv, 4, 3)),
-        ("silu_and_mul_gemv bf16 N4096 K14336", (_silu_and_mul_gemv_kernel, gemv, 4, 4)),
+        ("silu_and_mul gemv bf16 N4096 K14336", (_gemv_kernel, gemv, 8, 2)),
+        ("gemv bf16 N6144 K4096", (_gemv_kernel, {**gemv, "SILU_AND_MUL": _const(False)}, 8, 2)),
     ]
 
 

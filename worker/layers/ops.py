@@ -30,6 +30,9 @@ CPU_MIN_ROWS = 8
 # From this many rows an fp32 matmul on CUDA goes through 3xTF32 (see TritonOps.linear); below, it
 # is memory-bound and cuBLAS' fp32 reads the weight fastest.
 TF32X3_MIN_ROWS = 64
+# Rows up to which the MLP's down projection runs as one fused GEMV (kernels/gemv_triton.py): it
+# beats SiLU-and-mul + cuBLAS at 1 row and loses from 2 (H200, bench/decode_kernels_microbench.py).
+GEMV_MAX_ROWS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +167,11 @@ class TritonOps(TorchOps):
 
     def silu_and_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         from epochserve.kernels.activation_triton import silu_and_mul_triton
-        from epochserve.kernels.silu_mul_gemv_triton import MAX_ROWS, silu_and_mul_gemv_triton
+        from epochserve.kernels.gemv_triton import silu_and_mul_gemv_triton
 
-        if self.fused_gemv and not self.batch_invariant and gate_up.shape[0] <= MAX_ROWS:
-            # A few rows (small decode batches): a memory-bound product with the activation in
-            # its prologue — one launch instead of two, no activation round trip.
+        if self.fused_gemv and not self.batch_invariant and gate_up.shape[0] <= GEMV_MAX_ROWS:
+            # One row (batch-1 decode): a memory-bound product with the activation in its
+            # prologue — one launch instead of two, no activation round trip.
             return silu_and_mul_gemv_triton(gate_up, weight)
         return self.linear(silu_and_mul_triton(gate_up), weight)
 

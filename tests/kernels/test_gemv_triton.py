@@ -1,5 +1,5 @@
-"""silu_and_mul_gemv_triton vs silu_and_mul_linear_torch (kernels/activation.py): the down
-projection of a few rows with the activation in its prologue.
+"""gemv_triton vs F.linear, and silu_and_mul_gemv_triton vs silu_and_mul_linear_torch
+(kernels/activation.py): products of a few rows, the second with the activation in its prologue.
 
 Tolerances: fp32 uses IEEE dots, so only the order of the K-long sums differs from the reference
 (relative 1e-5 at K ≈ 1.5k); fp16 rounds the activation where the reference does and accumulates in
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from epochserve.kernels.activation import silu_and_mul_linear_torch, silu_and_mul_torch
-from epochserve.kernels.silu_mul_gemv_triton import MAX_ROWS, silu_and_mul_gemv_triton
+from epochserve.kernels.gemv_triton import MAX_ROWS, gemv_triton, silu_and_mul_gemv_triton
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -53,3 +53,15 @@ def test_refuses_too_many_rows_and_mismatched_shapes() -> None:
         silu_and_mul_gemv_triton(torch.zeros(MAX_ROWS + 1, 8), torch.zeros(4, 4))
     with pytest.raises(ValueError, match="expected"):
         silu_and_mul_gemv_triton(torch.zeros(2, 8), torch.zeros(4, 5))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_plain_gemv_matches_linear(rows: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 700, generator=gen).to(dtype)
+    weight = (torch.randn(45, 700, generator=gen) / 700**0.5).to(dtype)
+    out = gemv_triton(x, weight, block_n=16, block_k=256)
+    assert out.shape == (rows, 45) and out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert rel_err(out, x.double() @ weight.double().T) < tol

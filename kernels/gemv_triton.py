@@ -1,0 +1,100 @@
+"""Matrix-vector products for a few rows (decode steps of small batches), optionally with the MLP's
+SiLU-and-mul in the prologue (references: F.linear, and silu_and_mul_linear_torch in
+kernels/activation.py).
+
+Why: a decode step of a few sequences reads each projection's whole weight for a handful of rows:
+a memory-bound product, where what counts is keeping enough loads in flight and, per launch, the
+fixed cost (a batch-1 step launches ~300 kernels). `silu_and_mul_gemv_triton` computes silu(gate)
+* up while loading the down projection's weight: one launch instead of two, no activation round
+trip. The activation is rounded to the input dtype exactly where silu_and_mul_triton rounds it;
+products accumulate in fp32 (CUDA-core FMAs: a few rows give the tensor cores nothing to do) and
+the result is rounded once, as a matmul's is.
+
+Each program owns BLOCK_N output features of every row and walks K in BLOCK_K steps, summing each
+step's products in a fixed tree: no split-K, nothing is summed across programs, and a row's result
+does not depend on the other rows. Tiles: bench/decode_kernels_microbench.py (H200, 2026-12-03).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Rows one launch takes (the kernel's unrolled row loop); the engine uses it for fewer (ops.py).
+MAX_ROWS = 4
+
+
+@triton.jit
+def _gemv_kernel(
+    out_ptr,  # [M, N]
+    x_ptr,  # [M, K], or [M, 2 * K] (gate first) with SILU_AND_MUL
+    weight_ptr,  # [N, K]
+    M, N, K, stride_xm, stride_wn, stride_om,
+    SILU_AND_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, BLOCK_M)
+    col_ok = cols < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        w = tl.load(
+            weight_ptr + cols[:, None] * stride_wn + ks[None, :],
+            mask=col_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        for m in tl.static_range(BLOCK_M):
+            x_mask = k_ok & (tl.full([BLOCK_K], m, tl.int32) < M)  # padded rows (M=3 → 4) load zeros
+            x = tl.load(x_ptr + m * stride_xm + ks, mask=x_mask, other=0.0)
+            if SILU_AND_MUL:
+                up = tl.load(x_ptr + m * stride_xm + K + ks, mask=x_mask, other=0.0)
+                g = x.to(tl.float32)
+                # As silu_and_mul_triton: silu rounded to the input dtype, then the product too.
+                silu = (g / (1.0 + tl.exp(-g))).to(x.dtype)
+                x = (silu.to(tl.float32) * up.to(tl.float32)).to(up.dtype)
+            part = tl.sum(w * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_N]: this K step of row m
+            acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
+    out_ptrs = out_ptr + rows[:, None] * stride_om + cols[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < M) & col_ok[None, :])
+
+
+def gemv_triton(
+    x: torch.Tensor,  # [M, K], M <= MAX_ROWS
+    weight: torch.Tensor,  # [N, K]
+    *,
+    silu_and_mul: bool = False,
+    block_n: int = 16,
+    block_k: int = 1024,
+    num_warps: int = 8,
+    num_stages: int = 2,
+) -> torch.Tensor:
+    """x @ weight.T for a few rows, [M, N] in x's dtype; with silu_and_mul, x is [M, 2K] (gate
+    first) and the product is of silu(gate) * up. Tile arguments are for benchmarks; the defaults
+    are what the engine runs (best of the sweep on the 8B shapes, H200)."""
+    width = 2 * weight.shape[1] if silu_and_mul else weight.shape[1]
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != width:
+        raise ValueError(f"expected [M, {width}] and [N, K], got {tuple(x.shape)}, {tuple(weight.shape)}")
+    if x.shape[0] > MAX_ROWS:
+        raise ValueError(f"at most {MAX_ROWS} rows, got {x.shape[0]}")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"x is {x.dtype} but the weight is {weight.dtype}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if weight.stride(-1) != 1:
+        raise ValueError("the weight needs a contiguous last dimension")
+    (m, _), (n, k) = x.shape, weight.shape
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m:
+        _gemv_kernel[(triton.cdiv(n, block_n),)](
+            out, x, weight, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
+            SILU_AND_MUL=silu_and_mul, BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=block_k,
+            num_warps=num_warps, num_stages=num_stages,
+        )  # fmt: skip
+    return out
+
+
+def silu_and_mul_gemv_triton(gate_up: torch.Tensor, weight: torch.Tensor, **tiles: int) -> torch.Tensor:
+    """(silu(gate) * up) @ weight.T for a few rows: the MLP's down projection in one launch."""
+    return gemv_triton(gate_up, weight, silu_and_mul=True, **tiles)
