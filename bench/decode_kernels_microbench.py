@@ -58,7 +58,7 @@ def graph_us(op: Callable[[int], object], replays: int = 30) -> float:
 def projections(bytes_per_us: float) -> None:
     """Each projection at 1 row: cuBLAS (the down projection: SiLU-and-mul + cuBLAS) vs gemv_triton."""
     from epochserve.kernels.activation_triton import silu_and_mul_triton
-    from epochserve.kernels.gemv_triton import gemv_triton
+    from epochserve.kernels.gemv_triton import GemvTiles, gemv_triton
 
     print("\nprojections at 1 row, us per call (fraction of copy bandwidth); the Triton columns are tiles")
     print(f"{'':8} {'cuBLAS':>12} " + " ".join(f"{t!s:>17}" for t in TILES))
@@ -79,8 +79,7 @@ def projections(bytes_per_us: float) -> None:
 
             def triton_gemv(i: int, x: torch.Tensor = x, fused: bool = fused, weights: list = weights,
                             t: tuple = (block_n, block_k, warps, stages)) -> object:  # fmt: skip
-                return gemv_triton(x, weights[i % 4], silu_and_mul=fused, block_n=t[0], block_k=t[1],
-                                   num_warps=t[2], num_stages=t[3])  # fmt: skip
+                return gemv_triton(x, weights[i % 4], silu_and_mul=fused, tiles=GemvTiles(*t))
 
             cells.append(cell(graph_us(triton_gemv)))
         print(f"{name:8} {cell(graph_us(cublas)):>12} " + " ".join(f"{c:>17}" for c in cells))

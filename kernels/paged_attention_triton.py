@@ -31,9 +31,13 @@ from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, 
 # Partition length the batch-invariant mode is meant to use: a decode step at 1k-32k context and
 # batch ≥ 8 gives ≥ 2 partitions per (sequence, kv head); partial state is ~1.6% of the KV bytes.
 BATCH_INVARIANT_SPLIT_TOKENS = 512
-# Non-invariant decode: aim for this many programs per SM, never splitting below MIN_SPLIT_TOKENS.
+# Non-invariant decode: aim for this many programs per SM, with partitions of at least one key tile
+# and at most _MAX_DECODE_PARTS of them for the longest sequence. Short partitions matter to short
+# contexts at small batch (a CUDA graph plans for its length bound, so the actual contexts use only
+# the first few partitions): batch 1 at 136-384 positions under a 2048 bound, 6.7-7.4 us with 64-token
+# partitions against 8.8-13.2 us with 512 (H200, bench/decode_kernels_microbench.py, 2026-12-03).
 _PROGRAMS_PER_SM = 16  # many small programs: the last wave's idle SMs cost little
-_MIN_SPLIT_TOKENS = 256
+_MAX_DECODE_PARTS = 256  # bounds the grid and the fp32 partial states of a long length bound
 # The split schedule's fp32 partial buffers may take at most this much; past it the loop schedule
 # runs instead (bit-identical, only less parallel).
 _MAX_PARTIAL_BYTES = 1 << 30
@@ -74,7 +78,7 @@ def _num_sms(device: torch.device) -> int:
 def _auto_split_tokens(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int, sms: int) -> int:
     """Non-invariant decode: partition length that gives ~_PROGRAMS_PER_SM programs per SM."""
     parts = max(1, math.ceil(_PROGRAMS_PER_SM * sms / max(1, num_seqs * num_kv_heads)))
-    split = max(_MIN_SPLIT_TOKENS, math.ceil(max_seq_len / parts))
+    split = max(block_n, math.ceil(max_seq_len / parts), math.ceil(max_seq_len / _MAX_DECODE_PARTS))
     return math.ceil(split / block_n) * block_n
 
 

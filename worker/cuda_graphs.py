@@ -77,8 +77,7 @@ class DecodeGraphs:
             seq_lens_tensor=self.seq_lens[:batch],
             query_start_loc_tensor=self.query_start_loc[: batch + 1],
             max_query_len=1,
-            max_seq_len=self.max_seq_len,
-            in_graph=True,
+            max_seq_len=self.max_seq_len,  # kernels plan for the capture-time bound
         )
 
     def _forward(self, batch: int) -> torch.Tensor:

@@ -15,8 +15,10 @@ cache; bench/device_decode.sh prepares it from a carried wheel).
   identical up to such a near-tie: at the first difference, transformers' own fp32 margin between
   the two tokens must be below BF16_LOGIT_TIE (else it is a bug), and the rest is not compared.
 - Processed logprobs of sampled sequences against transformers' fp32 recompute on the same bf16
-  weights: max |Δ| below BF16_LOGPROB_TOLERANCE (bf16 activations between layers round each layer
-  by ~2^-8 relative); the observed median/max are printed for docs/benchmarks.md.
+  weights: no further from it than transformers' own bf16 forward (median within 2x + 1e-3; max
+  within 2x, or BF16_LOGPROB_TOLERANCE, whichever is larger). bf16 activations round each layer by
+  ~2^-8 relative, so a deep trained model (SmolLM2: 30 layers) drifts more than the random 4-layer
+  one; the observed median/max of both are printed for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -144,24 +146,33 @@ def test_processed_logprobs_within_bf16_tolerance_of_fp32_recompute(bf16_model_d
     model_dir = bf16_model_dir
     engine = make_engine(model_dir, device="cuda", dtype="bfloat16")
     fp32 = hf_model(model_dir, torch.bfloat16, fp32_head=False).float()
+    bf16 = hf_model(model_dir, torch.bfloat16, fp32_head=True)  # transformers' own bf16 forward
     batch = prompts(8, seed=1)
     requests = [make_request(f"s{i}", p, engine.limits, temperature=1.0, top_p=0.95, seed=i, max_tokens=32,
                              ignore_eos=True) for i, p in enumerate(batch)]  # fmt: skip
     results = run_to_completion(engine, requests)
-    gaps = []
+
+    def processed(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+        logits = hf_next_token_logits(model, prompt, tokens)
+        logprobs = torch.log_softmax(TopPLogitsWarper(0.95)(None, logits.clone()), dim=-1)
+        return logprobs[torch.arange(len(tokens)), torch.tensor(tokens, device="cuda")].cpu()
+
+    gaps, hf_gaps = [], []
     for i, prompt in enumerate(batch):
         sample = results[f"s{i}"][0]
-        logits = hf_next_token_logits(fp32, prompt, sample.token_ids)
-        processed = torch.log_softmax(TopPLogitsWarper(0.95)(None, logits.clone()), dim=-1)
-        expected = processed[
-            torch.arange(len(sample.token_ids)), torch.tensor(sample.token_ids, device="cuda")
+        expected = processed(fp32, prompt, sample.token_ids)
+        gaps += (expected - torch.tensor(sample.logprobs)).abs().tolist()
+        hf_gaps += [
+            g for g in (expected - processed(bf16, prompt, sample.token_ids)).abs().tolist() if g < 1e9
         ]
-        gaps += (expected.cpu() - torch.tensor(sample.logprobs)).abs().tolist()
+    ours, hf = (f"median {statistics.median(g):.4f}, max {max(g):.4f}" for g in (gaps, hf_gaps))
     print(
-        f"|Δ processed logprob| vs fp32 recompute ({model_dir.name}): median {statistics.median(gaps):.4f}, "
-        f"max {max(gaps):.4f}"
+        f"|Δ processed logprob| vs fp32 recompute ({model_dir.name}): engine {ours}; transformers bf16 {hf}"
     )
-    assert max(gaps) < BF16_LOGPROB_TOLERANCE
+    # bf16 activations round each layer by ~2^-8: a deep trained model drifts further from fp32 than a
+    # 4-layer random one. The engine may drift no more than transformers' own bf16 forward does.
+    assert statistics.median(gaps) < 2 * statistics.median(hf_gaps) + 1e-3
+    assert max(gaps) < max(BF16_LOGPROB_TOLERANCE, 2 * max(hf_gaps))
 
 
 def _target_and_others(engine, others: int, seed: int):

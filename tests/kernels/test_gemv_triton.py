@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from epochserve.kernels.activation import silu_and_mul_linear_torch, silu_and_mul_torch
-from epochserve.kernels.gemv_triton import MAX_ROWS, gemv_triton, silu_and_mul_gemv_triton
+from epochserve.kernels.gemv_triton import MAX_ROWS, GemvTiles, gemv_triton, silu_and_mul_gemv_triton
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -31,7 +31,7 @@ def test_matches_reference(rows: int, n: int, k: int, dtype: torch.dtype) -> Non
     wide = (torch.randn(rows, 2 * k + 8, generator=gen) * 2).to(dtype)
     gate_up = wide[:, : 2 * k]  # strided rows, as a slice of a wider buffer
     weight = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype)
-    out = silu_and_mul_gemv_triton(gate_up, weight, block_n=32, block_k=128)
+    out = silu_and_mul_gemv_triton(gate_up, weight, tiles=GemvTiles(32, 128, 4, 2))
     assert out.shape == (rows, n) and out.dtype == dtype
     if dtype == torch.float32:
         assert rel_err(out, silu_and_mul_linear_torch(gate_up, weight)) < 1e-5
@@ -61,7 +61,7 @@ def test_plain_gemv_matches_linear(rows: int, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 700, generator=gen).to(dtype)
     weight = (torch.randn(45, 700, generator=gen) / 700**0.5).to(dtype)
-    out = gemv_triton(x, weight, block_n=16, block_k=256)
+    out = gemv_triton(x, weight, tiles=GemvTiles(16, 256, 4, 2))
     assert out.shape == (rows, 45) and out.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     assert rel_err(out, x.double() @ weight.double().T) < tol

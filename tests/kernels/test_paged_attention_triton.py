@@ -149,6 +149,16 @@ def test_auto_plan_splits_long_decode_but_not_prefill() -> None:
     assert fixed.split_tokens == 512 and fixed.schedule == "single"
 
 
+@pytest.mark.parametrize(("bound", "split"), [(2048, 64), (8192, 64), (131072, 512)])
+def test_auto_plan_for_a_batch_1_graph_keeps_short_contexts_split(bound: int, split: int) -> None:
+    """A graph plans for its length bound: partitions stay one key tile long while the bound allows
+    (a short context then still spreads over several programs), at most 256 of them."""
+    plan = plan_attention(
+        1, 1, 32, 8, 128, max_query_len=1, max_seq_len=bound, fixed_split_tokens=None, num_sms=132
+    )
+    assert plan.split_tokens == split and plan.num_parts == min(256, bound // 64)
+
+
 def test_sequence_without_new_tokens_is_skipped() -> None:
     """A sequence with no new token (q = 0) in a split-schedule decode batch: the others' rows must
     still fold their own partitions (the reduce searches each token's sequence)."""

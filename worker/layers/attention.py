@@ -30,7 +30,6 @@ class AttentionMetadata:
     query_start_loc_tensor: torch.Tensor | None = None  # [num_seqs + 1] int32
     max_query_len: int = 0
     max_seq_len: int = 0
-    in_graph: bool = False  # a CUDA-graph step: kernels plan for the capture-time bounds
 
 
 @dataclass(slots=True)

@@ -30,9 +30,11 @@ CPU_MIN_ROWS = 8
 # From this many rows an fp32 matmul on CUDA goes through 3xTF32 (see TritonOps.linear); below, it
 # is memory-bound and cuBLAS' fp32 reads the weight fastest.
 TF32X3_MIN_ROWS = 64
-# Rows up to which the MLP's down projection runs as one fused GEMV (kernels/gemv_triton.py): it
-# beats SiLU-and-mul + cuBLAS at 1 row and loses from 2 (H200, bench/decode_kernels_microbench.py).
+# Rows up to which 16-bit projections run through gemv_triton (the down projection with SiLU-and-mul
+# fused): faster than cuBLAS at 1 row, slower from 2 (H200, bench/decode_kernels_microbench.py).
 GEMV_MAX_ROWS = 1
+# Larger weights stay on cuBLAS, which streams them near the bandwidth at any row count.
+GEMV_MAX_WEIGHT_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +126,23 @@ class TritonOps(TorchOps):
             # Many rows of fp32 (the lm_head of a large decode batch): 3xTF32 is both faster than
             # cuBLAS' IEEE fp32 (3.95 vs 5.48 ms at 256 x 4096 x 128k, H100) and as accurate.
             return matmul_batch_invariant(x, weight, bias, fp32_precision="tf32x3")
+        if self._takes_gemv(x, weight) and bias is None and weight.numel() * 2 <= GEMV_MAX_WEIGHT_BYTES:
+            from epochserve.kernels.gemv_triton import gemv_triton
+
+            # One row through the smaller projections (qkv, o_proj): cuBLAS reads them at 73% and 60%
+            # of bandwidth at batch 1; this kernel at 79% and 74% (H200). The gate-up projection stays
+            # on cuBLAS, which reads its 235 MB at ~97%.
+            return gemv_triton(x, weight)
         return F.linear(x, weight, bias)
+
+    def _takes_gemv(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        return (
+            self.fused_gemv
+            and not self.batch_invariant
+            and x.shape[0] <= GEMV_MAX_ROWS
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and x.dtype == weight.dtype
+        )
 
     def linear_fp32(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if weight.dtype == torch.float32 or x.dtype != weight.dtype:
@@ -169,7 +187,7 @@ class TritonOps(TorchOps):
         from epochserve.kernels.activation_triton import silu_and_mul_triton
         from epochserve.kernels.gemv_triton import silu_and_mul_gemv_triton
 
-        if self.fused_gemv and not self.batch_invariant and gate_up.shape[0] <= GEMV_MAX_ROWS:
+        if self._takes_gemv(gate_up, weight):
             # One row (batch-1 decode): a memory-bound product with the activation in its
             # prologue — one launch instead of two, no activation round trip.
             return silu_and_mul_gemv_triton(gate_up, weight)
@@ -189,8 +207,8 @@ class TritonOps(TorchOps):
         )
 
         assert meta.seq_lens_tensor is not None and meta.query_start_loc_tensor is not None
-        # Graphs plan for their capture-time bounds: a fixed partition length keeps that plan valid.
-        fixed = BATCH_INVARIANT_SPLIT_TOKENS if self.batch_invariant or meta.in_graph else None
+        # A graph's plan follows its capture-time bounds (meta.max_seq_len, its batch): valid at replay.
+        fixed = BATCH_INVARIANT_SPLIT_TOKENS if self.batch_invariant else None
         seq_lens, starts = meta.seq_lens_tensor, meta.query_start_loc_tensor
         return paged_attention_triton(
             query, key_cache, value_cache, meta.block_tables, seq_lens, starts, scale,
