@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from epochserve.kernels.rotary_triton import _rotate_heads
+from epochserve.kernels.rotary_triton import _cos_sin, _rotate_heads
 
 
 @triton.jit
@@ -29,12 +29,9 @@ def _rotary_store_kv_kernel(
     """One program per token: rotate its q heads into q_out; rotate its k heads and copy its v
     heads straight into the token's cache slot."""
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    dims = tl.arange(0, BLOCK_HALF)[None, :]
-    row = cos_sin_ptr + pos * stride_cs + dims
-    dt = q_ptr.dtype.element_ty
-    cos = tl.load(row, mask=dims < HALF, other=0.0).to(dt).to(tl.float32)
-    sin = tl.load(row + HALF, mask=dims < HALF, other=0.0).to(dt).to(tl.float32)
+    cos, sin = _cos_sin(
+        cos_sin_ptr, positions_ptr, token, stride_cs, q_ptr.dtype.element_ty, HALF, BLOCK_HALF
+    )
     _rotate_heads(q_ptr, q_out_ptr, token, stride_qt, stride_qh, stride_qot, stride_qoh, cos, sin,
                   NUM_Q_HEADS, BLOCK_QH, HALF, BLOCK_HALF)  # fmt: skip
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)

@@ -35,6 +35,18 @@ def _rotate_heads(
 
 
 @triton.jit
+def _cos_sin(cos_sin_ptr, positions_ptr, token, stride_cs, dt, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """The token's cos and sin rows [1, BLOCK_HALF], cast to x's dtype first (the reference does
+    `cos_sin.to(x.dtype)`), then to fp32 for the arithmetic."""
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    dims = tl.arange(0, BLOCK_HALF)[None, :]
+    row = cos_sin_ptr + pos * stride_cs + dims
+    cos = tl.load(row, mask=dims < HALF, other=0.0).to(dt).to(tl.float32)
+    sin = tl.load(row + HALF, mask=dims < HALF, other=0.0).to(dt).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
 def _rotary_kernel(
     q_ptr, q_out_ptr, k_ptr, k_out_ptr, positions_ptr, cos_sin_ptr,
     stride_qt, stride_qh, stride_qot, stride_qoh, stride_kt, stride_kh, stride_kot, stride_koh,
@@ -44,13 +56,9 @@ def _rotary_kernel(
 ):  # fmt: skip
     """One program per token: reads its cos/sin row once, rotates q's heads (and k's)."""
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    dims = tl.arange(0, BLOCK_HALF)[None, :]
-    row = cos_sin_ptr + pos * stride_cs + dims
-    # Cast to x's dtype first (the reference does `cos_sin.to(x.dtype)`), then compute in fp32.
-    dt = q_ptr.dtype.element_ty
-    cos = tl.load(row, mask=dims < HALF, other=0.0).to(dt).to(tl.float32)
-    sin = tl.load(row + HALF, mask=dims < HALF, other=0.0).to(dt).to(tl.float32)
+    cos, sin = _cos_sin(
+        cos_sin_ptr, positions_ptr, token, stride_cs, q_ptr.dtype.element_ty, HALF, BLOCK_HALF
+    )
     _rotate_heads(q_ptr, q_out_ptr, token, stride_qt, stride_qh, stride_qot, stride_qoh, cos, sin,
                   NUM_Q_HEADS, BLOCK_QH, HALF, BLOCK_HALF)  # fmt: skip
     if HAS_K:

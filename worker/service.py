@@ -119,15 +119,22 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def _next_outputs(
         self, outputs: asyncio.Queue[SequenceOutput | BaseException]
     ) -> list[SequenceOutput | BaseException]:
-        """Wait for at least one output, then take everything already queued."""
+        """Wait for at least one output, then take everything already queued.
+
+        asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands as
+        the queue yields (bpo-42130), and a request's deadline (a cancellation of its task, e.g. a
+        Session's timeout) would then be lost while its engine steps keep the queue busy."""
         while True:
+            get = asyncio.ensure_future(outputs.get())
             try:
-                first = await asyncio.wait_for(outputs.get(), timeout=LIVENESS_CHECK_SECONDS)
+                await asyncio.wait({get}, timeout=LIVENESS_CHECK_SECONDS)
+            finally:
+                get.cancel()  # a no-op once done; cancelled here, it never takes an item
+            if get.done() and not get.cancelled():
                 break
-            except TimeoutError:
-                if not self.loop.is_running:
-                    return [EngineStoppedError("engine loop stopped")]
-        batch = [first]
+            if not self.loop.is_running:
+                return [EngineStoppedError("engine loop stopped")]
+        batch = [get.result()]
         while not outputs.empty():
             batch.append(outputs.get_nowait())
         return batch

@@ -2,16 +2,16 @@
 
 import math
 import signal
-import time
 
 import grpc
 import pytest
+from fixtures.grpc_client import info_of, wait_for_idle_pool
 from fixtures.models import build_tiny_model
 from fixtures.processes import running_worker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from epochserve.proto.v1 import common_pb2, worker_pb2_grpc
 
 VOCAB = 512
 
@@ -29,20 +29,6 @@ def worker(tmp_path_factory):
 def stub(worker):
     with grpc.insecure_channel(worker.address) as channel:
         yield worker_pb2_grpc.WorkerStub(channel)
-
-
-def info(stub):
-    return stub.GetWorkerInfo(worker_pb2.GetWorkerInfoRequest(), timeout=10)
-
-
-def wait_for_idle_pool(stub, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = info(stub)
-        if now.num_running_seqs == 0 and now.kv_cache.num_blocks_free == now.kv_cache.num_blocks_total:
-            return now
-        time.sleep(0.05)
-    raise AssertionError(f"blocks not returned: {info(stub)}")
 
 
 def generate(stub, prompt=(5, 6, 7, 8), timeout=60, **sampling):
@@ -110,7 +96,7 @@ def test_cancel_frees_the_sequence_and_its_blocks(stub):
     stream = generate(stub, request_id="cancel", prompt=range(3, 40), max_tokens=3900, ignore_eos=True)
     first = next(stream)
     assert first.HasField("chunk")
-    in_flight = info(stub)
+    in_flight = info_of(stub)
     assert in_flight.num_running_seqs == 1
     assert in_flight.kv_cache.num_blocks_free < in_flight.kv_cache.num_blocks_total
     stream.cancel()

@@ -7,6 +7,7 @@ import threading
 
 import grpc
 import pytest
+from fixtures.grpc_client import info_of, wait_for_idle_pool
 from fixtures.models import build_tiny_model
 from fixtures.processes import running_worker
 
@@ -77,22 +78,6 @@ class Session:
 
     def end(self):
         self._outgoing.put(self._END)
-
-
-def info(stub):
-    return stub.GetWorkerInfo(worker_pb2.GetWorkerInfoRequest(), timeout=10)
-
-
-def wait_for_idle_pool(stub, timeout=30.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = info(stub)
-        if now.num_running_seqs == 0 and now.kv_cache.num_blocks_free == now.kv_cache.num_blocks_total:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"blocks not returned: {info(stub)}")
 
 
 def samples(responses):
@@ -170,7 +155,7 @@ def test_the_end_of_the_session_aborts_its_requests(stub, how):
     session = Session(stub)
     session.generate(1, f"orphan-{how}", n=2, **LONG)
     assert session.next_for(1).response.HasField("chunk")
-    assert info(stub).num_running_seqs == 2
+    assert info_of(stub).num_running_seqs == 2
     if how == "cancel":
         session.call.cancel()  # the router's process died or closed its channel
     else:
