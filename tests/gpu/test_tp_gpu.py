@@ -3,7 +3,7 @@
 bf16 weights: the row-parallel layers sum two bf16 partial products where TP=1 sums one, so greedy
 sequences may part at a near-tie; they must agree up to the first position where the fp32 margin of
 the two candidates is below BF16_LOGIT_TIE, and processed logprobs must agree within
-BF16_LOGPROB_TOLERANCE (the bf16 tolerance of tests/gpu/test_engine_gpu.py).
+BF16_LOGPROB_TOLERANCE (the bound test_engine_gpu.py puts on the random Llama of its kind).
 """
 
 from __future__ import annotations
