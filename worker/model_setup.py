@@ -63,9 +63,9 @@ def select_ops(config: EngineConfig) -> TorchOps:
         if config.batch_invariant:
             raise ConfigError("batch_invariant needs the Triton kernels (kernel_mode auto or triton)")
         return TORCH_OPS
-    # EPOCHSERVE_FUSED_GEMV=0 turns the fused down projection off (benchmarks compare the two).
-    fused_gemv = os.environ.get("EPOCHSERVE_FUSED_GEMV", "1") == "1"
-    return TritonOps(batch_invariant=config.batch_invariant, fused_gemv=fused_gemv)
+    # EPOCHSERVE_GEMV=0 keeps 1-row projections on cuBLAS (benchmarks compare the two).
+    use_gemv = os.environ.get("EPOCHSERVE_GEMV", "1") == "1"
+    return TritonOps(batch_invariant=config.batch_invariant, use_gemv=use_gemv)
 
 
 def head_table_dtype(config: EngineConfig, model_config: ModelConfig, dtype: torch.dtype) -> torch.dtype:

@@ -33,7 +33,8 @@ TF32X3_MIN_ROWS = 64
 # Rows up to which 16-bit projections run through gemv_triton (the down projection with SiLU-and-mul
 # fused): faster than cuBLAS at 1 row, slower from 2 (H200, bench/decode_kernels_microbench.py).
 GEMV_MAX_ROWS = 1
-# Larger weights stay on cuBLAS, which streams them near the bandwidth at any row count.
+# Plain products of larger weights (the gate-up projection) stay on cuBLAS, which streams them near
+# the bandwidth at any row count.
 GEMV_MAX_WEIGHT_BYTES = 64 << 20
 
 
@@ -112,7 +113,7 @@ class TritonOps(TorchOps):
 
     name: str = "triton"
     batch_invariant: bool = False
-    fused_gemv: bool = True  # silu_and_mul_linear of a few rows in one kernel (benchmarks compare)
+    use_gemv: bool = True  # 1-row projections through gemv_triton (benchmarks compare with cuBLAS)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
@@ -137,7 +138,7 @@ class TritonOps(TorchOps):
 
     def _takes_gemv(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         return (
-            self.fused_gemv
+            self.use_gemv
             and not self.batch_invariant
             and x.shape[0] <= GEMV_MAX_ROWS
             and x.dtype in (torch.bfloat16, torch.float16)
