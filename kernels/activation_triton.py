@@ -10,6 +10,15 @@ _BLOCK = 1024
 
 
 @triton.jit
+def _silu_and_mul(gate, up):
+    """silu(gate) * up, rounded where `F.silu(gate) * up` rounds: silu to gate's dtype, then the
+    product. Shared by this module's kernel and gemv_triton's fused prologue."""
+    g = gate.to(tl.float32)
+    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    return (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
+
+
+@triton.jit
 def _silu_and_mul_kernel(
     out_ptr,  # [num_tokens, intermediate] contiguous
     gate_up_ptr,  # [num_tokens, 2 * intermediate], gate first
@@ -22,11 +31,7 @@ def _silu_and_mul_kernel(
     mask = cols < intermediate
     gate = tl.load(gate_up_ptr + token * stride_in + cols, mask=mask, other=0.0)
     up = tl.load(gate_up_ptr + token * stride_in + intermediate + cols, mask=mask, other=0.0)
-    g = gate.to(tl.float32)
-    # silu is rounded to the input dtype before the multiply, as F.silu(gate) * up does.
-    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
-    out = silu.to(tl.float32) * up.to(tl.float32)
-    tl.store(out_ptr + token * intermediate + cols, out.to(gate.dtype), mask=mask)
+    tl.store(out_ptr + token * intermediate + cols, _silu_and_mul(gate, up), mask=mask)
 
 
 def silu_and_mul_triton(gate_up: torch.Tensor) -> torch.Tensor:

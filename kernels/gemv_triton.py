@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from epochserve.kernels.activation_triton import _silu_and_mul
+
 # Rows one launch takes (the kernel's unrolled row loop); the engine uses it for fewer (ops.py).
 MAX_ROWS = 4
 
@@ -52,10 +54,7 @@ def _gemv_kernel(
             x = tl.load(x_ptr + m * stride_xm + ks, mask=x_mask, other=0.0)
             if SILU_AND_MUL:
                 up = tl.load(x_ptr + m * stride_xm + K + ks, mask=x_mask, other=0.0)
-                g = x.to(tl.float32)
-                # As silu_and_mul_triton: silu rounded to the input dtype, then the product too.
-                silu = (g / (1.0 + tl.exp(-g))).to(x.dtype)
-                x = (silu.to(tl.float32) * up.to(tl.float32)).to(up.dtype)
+                x = _silu_and_mul(x, up)  # rounded exactly as silu_and_mul_triton rounds it
             part = tl.sum(w * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_N]: this K step of row m
             acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
     out_ptrs = out_ptr + rows[:, None] * stride_om + cols[None, :]

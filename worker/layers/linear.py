@@ -128,7 +128,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.silu_and_mul_first:
-            y = self.tp.all_reduce(self.ops.silu_and_mul_linear(x, self.weight))
+            partial = self.ops.silu_and_mul_linear(x, self.weight)
         else:
-            y = self.tp.all_reduce(self.ops.linear(x, self.weight))
+            partial = self.ops.linear(x, self.weight)
+        y = self.tp.all_reduce(partial)
         return y + self.bias if self.bias is not None else y
