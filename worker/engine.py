@@ -83,7 +83,7 @@ class Engine:
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = setup.make_runner(config, tp, channel)
-        self.sampler = Sampler(batch_invariant=config.batch_invariant)
+        self.sampler = Sampler(batch_invariant=config.batch_invariant, ops=self.model.lm_head.ops)
         self.policy_version = config.policy_version
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
         self._requests: dict[str, list[Sequence]] = {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from epochserve.sampling import SamplingParams
+from epochserve.worker.layers.ops import TORCH_OPS, TorchOps
 from epochserve.worker.sampling_noise import gumbel_noise, noise_key
 from epochserve.worker.sequence import Sequence
 
@@ -94,8 +95,9 @@ def filter_logits(
 
 
 class Sampler:
-    def __init__(self, batch_invariant: bool = False) -> None:
+    def __init__(self, batch_invariant: bool = False, ops: TorchOps = TORCH_OPS) -> None:
         self.batch_invariant = batch_invariant
+        self.ops = ops  # softmax_stats: PyTorch, or one Triton pass over each row on CUDA
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: [len(seqs), vocab] fp32 at each sequence's last position. One device sync."""
@@ -105,26 +107,25 @@ class Sampler:
         """Queue the sampling of every row and the copy of its results to the host; no host wait.
         Sampling noise is keyed by each sequence's num_generated_tokens as it is now."""
         _num_seqs, vocab = logits.shape
-        # One reduction instead of an elementwise check: a row sums to a finite value iff every
-        # logit is finite (|logit| is far below the overflow point of a 10^6-term sum).
-        # A non-finite row only spoils its own results, which the guard below discards.
-        is_finite = torch.isfinite(logits.sum(dim=-1))
+        # Per row: argmax, logsumexp and finiteness in one pass, never the whole log-softmax table
+        # (ops.softmax_stats; a logprob is `logit - logsumexp`). A non-finite row only spoils its own
+        # results, which the guard in collect discards.
+        greedy, raw_lse, is_finite = self.ops.softmax_stats(logits)
         params = [seq.sampling for seq in seqs]
-        processed_logprobs = torch.log_softmax(self._process(logits, params), dim=-1)
-        token_ids = self._choose(logits, processed_logprobs, seqs)
-        chosen = processed_logprobs.gather(1, token_ids[:, None])[:, 0]
-        wants_raw = [p.return_raw_logprobs for p in params]
-        raw = (
-            torch.log_softmax(logits, dim=-1).gather(1, token_ids[:, None])[:, 0]
-            if any(wants_raw)
-            else chosen
-        )
+        processed = self._process(logits, params)
+        lse = raw_lse if processed is logits else self.ops.softmax_stats(processed)[1]
+        token_ids = self._choose(greedy, processed, lse, seqs)
+        chosen = processed.gather(1, token_ids[:, None])[:, 0] - lse
+        wants_raw = any(p.return_raw_logprobs for p in params)
+        raw = chosen
+        if wants_raw and processed is not logits:
+            raw = logits.gather(1, token_ids[:, None])[:, 0] - raw_lse
         # Everything the host needs in one transfer (token ids < 2^24 are exact in float64).
         host = _to_host(torch.stack([token_ids.double(), chosen.double(), raw.double(), is_finite.double()]))
         max_top = max(p.num_top_logprobs for p in params)
         top = None
         if max_top:
-            values, ids = processed_logprobs.topk(min(max_top, vocab), dim=-1)
+            values, ids = (processed - lse[:, None]).topk(min(max_top, vocab), dim=-1)
             top = (_to_host(values), _to_host(ids))
         copied = None
         if logits.is_cuda:
@@ -188,16 +189,17 @@ class Sampler:
         return top
 
     @staticmethod
-    def _choose(logits: torch.Tensor, processed_logprobs: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """Greedy rows: argmax of the logits. Sampled rows: argmax of processed logprob + Gumbel noise
-        keyed by (seed, sample, position) — a draw from exactly the processed distribution."""
-        greedy = logits.argmax(dim=-1)
+    def _choose(greedy: torch.Tensor, processed: torch.Tensor, lse: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """Greedy rows: the argmax of the logits (`greedy`). Sampled rows: argmax of processed logprob
+        + Gumbel noise keyed by (seed, sample, position) — a draw from exactly the processed
+        distribution."""
         sampled_rows = [i for i, s in enumerate(seqs) if not s.sampling.is_greedy]
         if not sampled_rows:
             return greedy
-        rows = _on_device(sampled_rows, torch.int64, logits.device)
+        rows = _on_device(sampled_rows, torch.int64, processed.device)
         sampled = [seqs[i] for i in sampled_rows]
         keys = [noise_key(s.seed, s.sample_index, s.num_generated_tokens) for s in sampled]
-        keys_on_device = _on_device(keys, torch.int64, logits.device)
-        noisy = processed_logprobs.index_select(0, rows) + gumbel_noise(keys_on_device, logits.shape[-1])
+        keys_on_device = _on_device(keys, torch.int64, processed.device)
+        logprobs = processed.index_select(0, rows) - lse.index_select(0, rows)[:, None]
+        noisy = logprobs + gumbel_noise(keys_on_device, processed.shape[-1])
         return greedy.index_copy(0, rows, noisy.argmax(dim=-1))

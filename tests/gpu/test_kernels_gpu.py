@@ -324,12 +324,28 @@ def test_lm_head_on_a_bf16_table_is_fp32_arithmetic(batch_invariant: bool) -> No
             assert rel_err(ops.linear_fp32(hidden[:rows], table), ref[:rows]) < 1e-5
 
 
-@pytest.mark.parametrize("op", ["log_softmax", "softmax", "argmax", "top_p_filter"])
+def test_softmax_stats_match_reference_on_a_llama3_vocabulary() -> None:
+    """The sampler's per-row statistics on CUDA (see tests/kernels/test_softmax_stats_triton.py)."""
+    from epochserve.kernels.softmax_stats import softmax_stats_torch
+    from epochserve.kernels.softmax_stats_triton import softmax_stats_triton
+
+    logits = torch.randn(37, 128256, device="cuda") * 6
+    logits[3, 1000:] = float("-inf")  # a filtered row
+    logits[5, 77] = float("nan")
+    argmax, lse, finite = softmax_stats_triton(logits)
+    ref_argmax, ref_lse, ref_finite = softmax_stats_torch(logits)
+    assert torch.equal(finite, ref_finite) and not finite[5]
+    assert torch.equal(argmax[ref_finite], ref_argmax[ref_finite])
+    torch.testing.assert_close(lse[ref_finite], ref_lse[ref_finite], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["log_softmax", "softmax", "argmax", "top_p_filter", "softmax_stats"])
 def test_sampler_row_ops_are_row_count_invariant(op: str) -> None:
     """The batch-invariant mode keeps torch for the sampler's fp32 row ops over the vocabulary
     (docs/kernels.md): a row's bytes must not depend on how many rows share the call. torch's own
     cumsum is not (a lone row scans differently on H100, 2026-11-22), so the top-p filter runs its
     prefix sums one row per call in that mode; this checks the whole filter."""
+    from epochserve.kernels.softmax_stats_triton import softmax_stats_triton
     from epochserve.worker.sampler import filter_logits
 
     logits = torch.randn(256, 128256, device="cuda") * 5
@@ -344,6 +360,7 @@ def test_sampler_row_ops_are_row_count_invariant(op: str) -> None:
         "softmax": lambda t: torch.softmax(t, dim=-1),
         "argmax": lambda t: t.argmax(dim=-1),
         "top_p_filter": top_p,
+        "softmax_stats": lambda t: torch.stack([x.double() for x in softmax_stats_triton(t)], dim=1),
     }[op]
     full = fn(logits)
     for rows in (1, 2, 7, 32, 128):

@@ -117,6 +117,7 @@ def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.rmsnorm_triton import _rms_norm_kernel
     from epochserve.kernels.rotary_kv_cache_triton import _rotary_store_kv_kernel
     from epochserve.kernels.rotary_triton import _rotary_kernel
+    from epochserve.kernels.softmax_stats_triton import CHUNK, _chunk_stats_kernel, _combine_kernel
 
     kv = {n: "i32" for n in _write_kv_cache_kernel.arg_names if n.startswith("stride")}
     kv.update(key_ptr="*bf16", value_ptr="*bf16", key_cache_ptr="*bf16", value_cache_ptr="*bf16",
@@ -138,7 +139,13 @@ def _elementwise() -> list[tuple[str, tuple]]:
     gemv = dict(out_ptr="*bf16", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                 stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(True),
                 BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
+    chunk_stats = dict(logits_ptr="*fp32", max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32",
+                       finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32", CHUNK=_const(CHUNK))
+    combine = dict(max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32", finite_ptr="*i32", argmax_ptr="*i64",
+                   lse_ptr="*fp32", all_finite_ptr="*i32", num_chunks="i32", vocab="i32", CHUNKS=_const(32))
     return [
+        ("softmax_stats chunks fp32", (_chunk_stats_kernel, chunk_stats, 8, 3)),
+        ("softmax_stats combine fp32", (_combine_kernel, combine, 1, 3)),
         ("write_kv_cache bf16", (_write_kv_cache_kernel, kv, 4, 3)),
         ("add_rms_norm bf16 4096", (_rms_norm_kernel, norm, 8, 3)),
         ("rotary_qk bf16 32/8x128", (_rotary_kernel, rot, 4, 3)),
