@@ -5,7 +5,7 @@ Prints, per (shape, M): time, TFLOP/s, weight-read GB/s, and the Triton/cuBLAS t
 ceilings (bf16 matmul peak from an 8192³ product, HBM copy bandwidth) are measured in the same run.
 --sweep also times a few tile configurations per shape (the table in matmul_tiles is keyed on N, K
 and dtype only: pick the configuration with the best total over the row counts you care about).
-Usage: python bench/matmul_microbench.py [--rows 1,64,256,2048,8192] [--sweep] [--json OUT]
+Usage: python bench/matmul_microbench.py [--rows 1,64,256,2048,8192] [--sweep] [--shapes qkv,down] [--json OUT]
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ SWEEP = [
     MatmulTiles(128, 256, 64, 8, 8, 4),
     MatmulTiles(256, 128, 64, 8, 8, 3),
     MatmulTiles(128, 128, 64, 8, 4, 3),
+    MatmulTiles(256, 128, 64, 8, 8, 4),
+    MatmulTiles(128, 256, 64, 8, 8, 2),
+    MatmulTiles(256, 64, 64, 8, 8, 4),
 ]
 
 
@@ -93,12 +96,14 @@ def main() -> None:
     )
     parser.add_argument("--rows", default="1,16,64,256,512,2048,8192")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = [int(r) for r in args.rows.split(",")]
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     result.update(triton=triton.__version__, ceilings=ceilings(), shapes=[], tables={})
-    for name, n, k, dtype, precision in SHAPES:
+    wanted = set(args.shapes.split(",")) if args.shapes else {s[0] for s in SHAPES}
+    for name, n, k, dtype, precision in (s for s in SHAPES if s[0] in wanted):
         timed, table = time_shape(name, n, k, dtype, precision, rows, args.sweep)
         result["shapes"].extend(timed)
         result["tables"][name] = table
