@@ -5,7 +5,8 @@ Prints, per (shape, M): time, TFLOP/s, weight-read GB/s, and the Triton/cuBLAS t
 ceilings (bf16 matmul peak from an 8192³ product, HBM copy bandwidth) are measured in the same run.
 --sweep also times a few tile configurations per shape (the table in matmul_tiles is keyed on N, K
 and dtype only: pick the configuration with the best total over the row counts you care about).
-Usage: python bench/matmul_microbench.py [--rows 1,64,256,2048,8192] [--sweep] [--shapes qkv,down] [--json OUT]
+Usage: python bench/matmul_microbench.py [--rows 1,64,256,2048,8192] [--sweep] [--shapes qkv,down]
+                                         [--json OUT]
 """
 
 from __future__ import annotations

@@ -49,7 +49,10 @@ def _chunk_stats_kernel(
 
 @triton.jit
 def _combine_kernel(
-    max_ptr, index_ptr, sum_ptr, finite_ptr,  # [rows, num_chunks] from _chunk_stats_kernel
+    max_ptr,
+    index_ptr,
+    sum_ptr,
+    finite_ptr,  # [rows, num_chunks] from _chunk_stats_kernel
     argmax_ptr,  # [rows] int64
     lse_ptr,  # [rows] fp32
     all_finite_ptr,  # [rows] int32
@@ -64,7 +67,8 @@ def _combine_kernel(
     tops = tl.load(max_ptr + part, mask=valid, other=float("-inf"))
     top = tl.max(tops, axis=0)
     # The first chunk holding the row's max holds its first index: chunks are in vocabulary order.
-    index = tl.min(tl.where(valid & (tops == top), tl.load(index_ptr + part, mask=valid, other=0), vocab), axis=0)
+    firsts = tl.load(index_ptr + part, mask=valid, other=0)
+    index = tl.min(tl.where(valid & (tops == top), firsts, vocab), axis=0)
     sums = tl.load(sum_ptr + part, mask=valid, other=0.0)
     shift = tl.where(top == float("-inf"), 0.0, top)
     total = tl.sum(sums * tl.exp(tops - shift), axis=0)

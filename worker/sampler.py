@@ -189,7 +189,9 @@ class Sampler:
         return top
 
     @staticmethod
-    def _choose(greedy: torch.Tensor, processed: torch.Tensor, lse: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    def _choose(
+        greedy: torch.Tensor, processed: torch.Tensor, lse: torch.Tensor, seqs: list[Sequence]
+    ) -> torch.Tensor:
         """Greedy rows: the argmax of the logits (`greedy`). Sampled rows: argmax of processed logprob
         + Gumbel noise keyed by (seed, sample, position) — a draw from exactly the processed
         distribution."""

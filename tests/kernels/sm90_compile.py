@@ -140,9 +140,11 @@ def _elementwise() -> list[tuple[str, tuple]]:
                 stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(True),
                 BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
     chunk_stats = dict(logits_ptr="*fp32", max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32",
-                       finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32", CHUNK=_const(CHUNK))
+                       finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32",
+                       CHUNK=_const(CHUNK))  # fmt: skip
     combine = dict(max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32", finite_ptr="*i32", argmax_ptr="*i64",
-                   lse_ptr="*fp32", all_finite_ptr="*i32", num_chunks="i32", vocab="i32", CHUNKS=_const(32))
+                   lse_ptr="*fp32", all_finite_ptr="*i32", num_chunks="i32", vocab="i32",
+                   CHUNKS=_const(32))  # fmt: skip
     return [
         ("softmax_stats chunks fp32", (_chunk_stats_kernel, chunk_stats, 8, 3)),
         ("softmax_stats combine fp32", (_combine_kernel, combine, 1, 3)),
