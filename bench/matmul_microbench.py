@@ -44,6 +44,10 @@ SWEEP = [
     MatmulTiles(256, 128, 64, 8, 8, 4),
     MatmulTiles(128, 256, 64, 8, 8, 2),
     MatmulTiles(256, 64, 64, 8, 8, 4),
+    MatmulTiles(128, 256, 64, 8, 8, 3, tma=True),
+    MatmulTiles(128, 128, 64, 8, 8, 4, tma=True),
+    MatmulTiles(256, 128, 64, 8, 8, 3, tma=True),
+    MatmulTiles(128, 256, 64, 8, 8, 4, tma=True),
 ]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import tempfile
 import time
@@ -65,9 +66,18 @@ def time_one(call: Any, request: common_pb2.GenerateRequest) -> tuple[float, flo
     return first or 0.0, time.perf_counter() - start
 
 
-def latency(worker: str, router: str, num_requests: int, max_tokens: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def latency(
+    worker: str, router: str, num_requests: int, max_tokens: int, router_pid: int
+) -> dict[str, float]:
     """Milliseconds (first message and end to end) of `num_requests` sequential requests each way,
-    alternating direct and routed so that both see the same machine state."""
+    alternating direct and routed so that both see the same machine state; and the router's CPU
+    time per routed request (it idles during the direct ones)."""
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
     times: dict[str, list[tuple[float, float]]] = {"direct": [], "router": []}
     with grpc.insecure_channel(worker) as wc, grpc.insecure_channel(router) as rc:
@@ -76,6 +86,8 @@ def latency(worker: str, router: str, num_requests: int, max_tokens: int) -> dic
             "router": generation_pb2_grpc.GenerationStub(rc).Generate,
         }
         for i in range(num_requests + 20):  # the first 20 of each warm up
+            if i == 20:
+                cpu_start = cpu_seconds(router_pid)
             for name, call in calls.items():
                 request = common_pb2.GenerateRequest(
                     request_id=f"lat-{name}-{i}", prompt_token_ids=PROMPT, sampling=sampling
@@ -83,7 +95,9 @@ def latency(worker: str, router: str, num_requests: int, max_tokens: int) -> dic
                 measured = time_one(call, request)
                 if i >= 20:
                     times[name].append(measured)
-    result: dict[str, float] = {}
+    result: dict[str, float] = {
+        "router_cpu_ms_per_request": 1000 * (cpu_seconds(router_pid) - cpu_start) / num_requests
+    }
     for which, index in (("ttft", 0), ("e2e", 1)):
         for name, values in times.items():
             for q in (50, 99):
@@ -163,7 +177,10 @@ def main() -> None:
             worker, router = cluster.workers[0].address, cluster.router_address
             results: dict[str, Any] = {"machine": platform.processor() or platform.machine()}
             for max_tokens in (1, 16):
-                results[f"latency_{max_tokens}_token"] = latency(worker, router, args.requests, max_tokens)
+                router_pid = cluster.routers[0].process.pid  # type: ignore[union-attr]
+                results[f"latency_{max_tokens}_token"] = latency(
+                    worker, router, args.requests, max_tokens, router_pid
+                )
                 print(
                     f"latency, {max_tokens} new token(s):", json.dumps(results[f"latency_{max_tokens}_token"])
                 )

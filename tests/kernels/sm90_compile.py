@@ -110,6 +110,24 @@ def _matmul(dtype: str, n: int, k: int, fp32_precision: str = "ieee") -> tuple:
     return _matmul_kernel, args, t.num_warps, t.num_stages
 
 
+def _matmul_tma(n: int, k: int) -> tuple:
+    """The prefill tiles' persistent TMA kernel (bf16, the 8B shapes, 132 SMs)."""
+    import torch
+
+    from epochserve.kernels.matmul_batch_invariant import PREFILL_MIN_ROWS, _matmul_tma_kernel, matmul_tiles
+
+    t = matmul_tiles(n, k, torch.bfloat16, PREFILL_MIN_ROWS)
+    assert t.tma
+    args: dict[str, Any] = dict(
+        x_desc=f"tensordesc<bf16[{t.block_m}, {t.block_k}]>",
+        w_desc=f"tensordesc<bf16[{t.block_n}, {t.block_k}]>",
+        out_desc=f"tensordesc<bf16[{t.block_m}, {t.block_n}]>", bias_ptr="*bf16", M="i32", N="i32", K="i32",
+        HAS_BIAS=_const(False), BLOCK_M=_const(t.block_m), BLOCK_N=_const(t.block_n),
+        BLOCK_K=_const(t.block_k), GROUP_M=_const(t.group_m), NUM_PROGRAMS=_const(132),
+    )  # fmt: skip
+    return _matmul_tma_kernel, args, t.num_warps, t.num_stages
+
+
 def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.activation_triton import _silu_and_mul_kernel
     from epochserve.kernels.gemv_triton import _gemv_kernel
@@ -175,6 +193,8 @@ def cases() -> list[tuple[str, Callable[[], tuple]]]:
         )
     for dtype, n, k in (("bf16", 6144, 4096), ("bf16", 28672, 4096), ("fp32", 128256, 4096)):
         out.append((f"matmul {dtype} N{n} K{k}", functools.partial(_matmul, dtype, n, k)))
+    for n, k in ((6144, 4096), (4096, 14336)):
+        out.append((f"matmul tma bf16 N{n} K{k} prefill", functools.partial(_matmul_tma, n, k)))
     out.append(
         ("matmul fp32 tf32x3 N128256 K4096", functools.partial(_matmul, "fp32", 128256, 4096, "tf32x3"))
     )

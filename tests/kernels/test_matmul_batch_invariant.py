@@ -6,11 +6,18 @@ by 1e-5. fp16 operands are exact products accumulated in fp32, one rounding at t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant, matmul_tiles
+from epochserve.kernels.matmul_batch_invariant import (
+    PREFILL_MIN_ROWS,
+    MatmulTiles,
+    matmul_batch_invariant,
+    matmul_tiles,
+)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.float16, 1e-3)])
@@ -57,3 +64,29 @@ def test_fp32_out_from_16_bit_operands_is_the_unrounded_accumulator() -> None:
     ref = F.linear(x.double(), weight.double())
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
     assert (matmul_batch_invariant(x, weight).double() - ref).abs().max() > 1e-5  # fp16 out rounds
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_tma_kernel_is_the_pointer_kernel(bias: bool) -> None:
+    """Prefill tiles run persistent programs fed by tensor descriptors (_matmul_tma_kernel): same
+    tiles, K order and result as the pointer-load kernel, here with ragged M, N and K tails and
+    more tiles than programs."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(70, 96, generator=gen).half()
+    weight = (torch.randn(200, 96, generator=gen) / 96**0.5).half()
+    b = torch.randn(200, generator=gen).half() if bias else None
+    tiles = MatmulTiles(block_m=32, block_n=64, block_k=32, group_m=2, num_warps=4, num_stages=2)
+    pointer = matmul_batch_invariant(x, weight, b, tiles=tiles)
+    tma = matmul_batch_invariant(x, weight, b, tiles=replace(tiles, tma=True))
+    assert torch.equal(tma, pointer)
+    ref = F.linear(x.double(), weight.double(), b.double() if b is not None else None)
+    torch.testing.assert_close(tma.double(), ref, atol=1e-3, rtol=1e-3)
+
+
+def test_prefill_rows_take_the_tma_tiles_and_keep_their_bits() -> None:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(PREFILL_MIN_ROWS + 6, 40, generator=gen).half()
+    weight = (torch.randn(72, 40, generator=gen) / 40**0.5).half()
+    assert matmul_tiles(72, 40, torch.float16, x.shape[0]).tma
+    full = matmul_batch_invariant(x, weight)
+    assert torch.equal(matmul_batch_invariant(x[-5:], weight), full[-5:])  # decode tiles, same bits
