@@ -32,8 +32,10 @@ from epochserve.router.waiting import Deadline
 
 logger = logging.getLogger(__name__)
 
-# What a call's queue holds: the worker's messages, or the error that ended the stream.
-Message: TypeAlias = worker_pb2.SessionResponse | grpc.aio.AioRpcError
+# What a call's queue holds: the worker's messages, the error that ended the stream, or the
+# deadline's wake-up.
+Message: TypeAlias = worker_pb2.SessionResponse | grpc.aio.AioRpcError | None
+_DEADLINE_PASSED = None
 _STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
@@ -150,24 +152,27 @@ class SessionCall:
         self._stream_id = stream_id
         self._queue = queue
         self._num_unfinished = num_samples
-        self._deadline = deadline
         self._is_over = False
+        # One timer for the whole call, not a wait_for per message (a task and a timer each); when
+        # it fires it wakes a waiting read, and no read returns a message after it.
+        remaining = deadline.remaining()
+        self._deadline_passed = remaining is not None and remaining <= 0
+        self._timer = (
+            None if remaining is None else asyncio.get_running_loop().call_later(remaining, self._expire)
+        )
 
     async def read(self) -> common_pb2.GenerateResponse | None:
         """The request's next message; None after its last finish."""
         if self._num_unfinished == 0:
             self._end()
             return None
-        try:
-            remaining = self._deadline.remaining()
-            message = await (
-                self._queue.get() if remaining is None else asyncio.wait_for(self._queue.get(), remaining)
-            )
-        except TimeoutError:
+        message = _DEADLINE_PASSED if self._deadline_passed else await self._queue.get()
+        if message is _DEADLINE_PASSED:
             self.cancel("deadline exceeded")
-            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         if isinstance(message, grpc.aio.AioRpcError):
             self._is_over = True
+            self._stop_timer()
             raise message
         if message.HasField("error"):
             self._end()
@@ -181,8 +186,18 @@ class SessionCall:
         """Stop the request on the worker unless it ended; a no-op afterwards."""
         if not self._is_over:
             self._is_over = True
+            self._stop_timer()
             self._session._cancel(self._stream_id, reason)
+
+    def _expire(self) -> None:
+        self._deadline_passed = True
+        self._queue.put_nowait(_DEADLINE_PASSED)
 
     def _end(self) -> None:
         self._is_over = True
+        self._stop_timer()
         self._session._finish(self._stream_id)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()

@@ -121,20 +121,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     ) -> list[SequenceOutput | BaseException]:
         """Wait for at least one output, then take everything already queued.
 
-        asyncio.wait, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands as
+        asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands as
         the queue yields (bpo-42130), and a request's deadline (a cancellation of its task, e.g. a
-        Session's timeout) would then be lost while its engine steps keep the queue busy."""
+        Session's timeout) would then be lost while its engine steps keep the queue busy. It costs
+        one timer per wait, where asyncio.wait on a get() costs a task too."""
         while True:
-            get = asyncio.ensure_future(outputs.get())
             try:
-                await asyncio.wait({get}, timeout=LIVENESS_CHECK_SECONDS)
-            finally:
-                get.cancel()  # a no-op once done; cancelled here, it never takes an item
-            if get.done() and not get.cancelled():
+                async with asyncio.timeout(LIVENESS_CHECK_SECONDS):
+                    first = await outputs.get()
                 break
-            if not self.loop.is_running:
-                return [EngineStoppedError("engine loop stopped")]
-        batch = [get.result()]
+            except TimeoutError:
+                if not self.loop.is_running:
+                    return [EngineStoppedError("engine loop stopped")]
+        batch = [first]
         while not outputs.empty():
             batch.append(outputs.get_nowait())
         return batch

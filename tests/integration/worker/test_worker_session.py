@@ -2,8 +2,10 @@
 same outputs as Generate, per-request errors that leave the stream up, and every way a request
 can end early (cancel, its timeout, the stream's end) frees its blocks."""
 
+import asyncio
 import queue
 import threading
+import time
 
 import grpc
 import pytest
@@ -12,19 +14,24 @@ from fixtures.models import build_tiny_model
 from fixtures.processes import running_worker
 
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from epochserve.router.session import WorkerSession
+from epochserve.router.waiting import Deadline
 
 VOCAB = 512
 LONG = dict(prompt_token_ids=list(range(3, 40)), max_tokens=3900, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def stub(tmp_path_factory):
+def address(tmp_path_factory):
     root = tmp_path_factory.mktemp("worker_session")
     model_dir = build_tiny_model("llama", root / "model", max_position_embeddings=4096)
-    with (
-        running_worker(model_dir, root, "--block-size", "16", "--max-n", "4") as server,
-        grpc.insecure_channel(server.address) as channel,
-    ):
+    with running_worker(model_dir, root, "--block-size", "16", "--max-n", "4") as server:
+        yield server.address
+
+
+@pytest.fixture(scope="module")
+def stub(address):
+    with grpc.insecure_channel(address) as channel:
         yield worker_pb2_grpc.WorkerStub(channel)
 
 
@@ -160,4 +167,41 @@ def test_the_end_of_the_session_aborts_its_requests(stub, how):
         session.call.cancel()  # the router's process died or closed its channel
     else:
         session.end()
+    wait_for_idle_pool(stub)
+
+
+def test_the_routers_session_call_ends_at_its_deadline_and_the_session_goes_on(address, stub):
+    """The router's side (router/session.py): a call whose deadline passes mid-stream raises
+    DEADLINE_EXCEEDED at once (one timer per call, whichever of it and the worker's own timeout
+    comes first), the worker frees the request, and the next call on the same stream runs."""
+
+    async def run() -> tuple[int, float, int]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            session = WorkerSession(worker_pb2_grpc.WorkerStub(channel), "worker-under-test")
+            sampling = common_pb2.SamplingParams(max_tokens=3900, ignore_eos=True)
+            slow = common_pb2.GenerateRequest(
+                request_id="router-deadline", prompt_token_ids=list(range(3, 40)), sampling=sampling
+            )
+            call = await session.start(slow, Deadline.after(0.4))
+            started, messages = time.monotonic(), 0
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                while await call.read() is not None:
+                    messages += 1
+            assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            elapsed = time.monotonic() - started
+            short = common_pb2.GenerateRequest(
+                request_id="after-deadline",
+                prompt_token_ids=[5, 6, 7],
+                sampling=common_pb2.SamplingParams(max_tokens=5, ignore_eos=True),
+            )
+            call = await session.start(short, Deadline.after(30))
+            tokens = 0
+            while (response := await call.read()) is not None:
+                tokens += len(response.chunk.token_ids)
+            await session.close()
+            return messages, elapsed, tokens
+
+    messages, elapsed, tokens = asyncio.run(run())
+    assert messages > 0 and elapsed < 5.0
+    assert tokens == 5
     wait_for_idle_pool(stub)
