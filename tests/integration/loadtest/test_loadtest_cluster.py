@@ -32,12 +32,13 @@ def test_a_30_second_soak_with_two_rollouts_adds_up_with_no_violation(tmp_path):
         model_dir=start,
         workdir=tmp_path / "cluster",
         num_workers=2,
-        # Nothing is killed here, so leases need not be short; 5 s rides out a starved CPU on CI
-        # (with 2 s every process once lost its lease at the same moment, and requests failed over).
-        worker_args=("--lease-ttl", "5", "--block-size", "4", "--max-num-seqs", "8"),
+        # Nothing is killed here, so leases take the production default (10 s): with 2 s, and once
+        # with 5 s (a full `make test` on 2 cores, 2026-12-03), every process lost its lease at the
+        # same starved moment and requests failed over to UNAVAILABLE.
+        worker_args=("--lease-ttl", "10", "--block-size", "4", "--max-num-seqs", "8"),
         fast_etcd=True,
         num_routers=1,
-        router_args=("--lease-ttl", "5"),
+        router_args=("--lease-ttl", "10"),
     )
     out = tmp_path / "report"
     with LocalCluster(spec) as cluster:
