@@ -176,8 +176,8 @@ def main() -> None:
         with LocalCluster(spec) as cluster:
             worker, router = cluster.workers[0].address, cluster.router_address
             results: dict[str, Any] = {"machine": platform.processor() or platform.machine()}
+            router_pid = cluster.routers[0].process.pid  # type: ignore[union-attr]
             for max_tokens in (1, 16):
-                router_pid = cluster.routers[0].process.pid  # type: ignore[union-attr]
                 results[f"latency_{max_tokens}_token"] = latency(
                     worker, router, args.requests, max_tokens, router_pid
                 )

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from epochserve.kernels import device_info
+
 
 @dataclass(frozen=True, slots=True)
 class MatmulTiles:
@@ -149,9 +151,8 @@ def _matmul_tma_kernel(
 
 
 def _tma_ready(*tensors: torch.Tensor) -> bool:
-    """TMA needs Hopper or later, 16-byte aligned bases and row strides (the interpreter: anything)."""
-    on_cuda = tensors[0].is_cuda
-    if on_cuda and torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+    """TMA needs Hopper or later, 16-byte aligned bases and row strides."""
+    if not device_info.has_tma(tensors[0].device):
         return False
     return all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in tensors)
 
@@ -161,7 +162,7 @@ def _launch_tma(x, weight, bias, out, t: MatmulTiles) -> None:
 
     (m, k), n = x.shape, weight.shape[0]
     tiles = triton.cdiv(m, t.block_m) * triton.cdiv(n, t.block_n)
-    programs = min(tiles, _num_sms(x.device))
+    programs = min(tiles, device_info.num_sms(x.device))
     _matmul_tma_kernel[(programs,)](
         TensorDescriptor.from_tensor(x, [t.block_m, t.block_k]),
         TensorDescriptor.from_tensor(weight, [t.block_n, t.block_k]),
@@ -170,12 +171,6 @@ def _launch_tma(x, weight, bias, out, t: MatmulTiles) -> None:
         HAS_BIAS=bias is not None, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
         GROUP_M=t.group_m, NUM_PROGRAMS=programs, num_warps=t.num_warps, num_stages=t.num_stages,
     )  # fmt: skip
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: a few programs, each walking several tiles
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def matmul_batch_invariant(

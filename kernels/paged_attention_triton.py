@@ -18,7 +18,6 @@ batch) cannot change a result either.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +25,7 @@ from typing import Literal
 import torch
 import triton
 
+from epochserve.kernels import device_info
 from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, _reduce_partitions_kernel
 
 # Partition length the batch-invariant mode is meant to use: a decode step at 1k-32k context and
@@ -66,13 +66,6 @@ def prefill_tiles(group: int) -> AttentionTiles:
     return AttentionTiles(
         block_m=max(64, triton.next_power_of_2(group)), block_n=64, num_warps=4, num_stages=2
     )
-
-
-@functools.lru_cache(maxsize=8)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # interpreter runs: any small number exercises the same code paths
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _auto_split_tokens(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int, sms: int) -> int:
@@ -180,7 +173,7 @@ def paged_attention_triton(
     plan = plan_attention(
         num_tokens, num_seqs, num_heads, num_kv_heads, head_dim,
         max_query_len=max_query_len, max_seq_len=max_seq_len, fixed_split_tokens=fixed_split_tokens,
-        num_sms=_num_sms(query.device), tiles=tiles,
+        num_sms=device_info.num_sms(query.device), tiles=tiles,
     )  # fmt: skip
     if num_tokens:
         _launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, plan, out)
