@@ -4,12 +4,14 @@ Brings up a local cluster (etcd, coordinator, one worker on a tiny random Llama,
   1. latency: the same short request sent one at a time, alternating straight to the worker's
      Worker service and through the router's Generation service, with the same raw gRPC client
      code; prints p50/p99 of the first message (TTFT) and of the end of each, and the router's
-     added p50/p99 (router − direct). Two request shapes: 1 new token (the fixed cost per
-     request) and 16 (plus the cost per chunk, which on a 2-core machine competes with the
-     worker's own CPU).
+     added p50/p99 (router − direct). With --compare-grpc-session, also through a second router
+     that reaches the worker over gRPC Session instead of the session link. Two request shapes:
+     1 new token (the fixed cost per request) and 16 (plus the cost per chunk, which on a 2-core
+     machine competes with the worker's own CPU).
   2. streams: --streams concurrent requests opened at once through the router (asyncio client),
      counting errors and the router's peak in-flight requests (its Prometheus endpoint).
-Usage: python bench/router_overhead.py [--requests 400] [--streams 1000] [--json OUT]
+Usage: python bench/router_overhead.py [--requests 400] [--streams 1000] [--compare-grpc-session]
+       [--json OUT]
 Numbers go to docs/benchmarks.md (device, date, commit); they are not pass/fail.
 """
 
@@ -73,39 +75,45 @@ def cpu_seconds(pid: int) -> float:
 
 
 def latency(
-    worker: str, router: str, num_requests: int, max_tokens: int, router_pid: int
+    worker: str, routers: dict[str, tuple[str, int]], num_requests: int, max_tokens: int
 ) -> dict[str, float]:
-    """Milliseconds (first message and end to end) of `num_requests` sequential requests each way,
-    alternating direct and routed so that both see the same machine state; and the router's CPU
-    time per routed request (it idles during the direct ones)."""
+    """Milliseconds (first message and end to end) of `num_requests` sequential requests straight
+    to the worker and through each router ({name: (address, pid)}), alternating so that all see
+    the same machine state; and each router's CPU time per routed request (it idles meanwhile)."""
     sampling = common_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
-    times: dict[str, list[tuple[float, float]]] = {"direct": [], "router": []}
-    with grpc.insecure_channel(worker) as wc, grpc.insecure_channel(router) as rc:
-        calls = {
-            "direct": worker_pb2_grpc.WorkerStub(wc).Generate,
-            "router": generation_pb2_grpc.GenerationStub(rc).Generate,
-        }
-        for i in range(num_requests + 20):  # the first 20 of each warm up
-            if i == 20:
-                cpu_start = cpu_seconds(router_pid)
-            for name, call in calls.items():
-                request = common_pb2.GenerateRequest(
-                    request_id=f"lat-{name}-{i}", prompt_token_ids=PROMPT, sampling=sampling
-                )
-                measured = time_one(call, request)
-                if i >= 20:
-                    times[name].append(measured)
-    result: dict[str, float] = {
-        "router_cpu_ms_per_request": 1000 * (cpu_seconds(router_pid) - cpu_start) / num_requests
-    }
+    channels = [grpc.insecure_channel(worker), *(grpc.insecure_channel(a) for a, _ in routers.values())]
+    calls = {"direct": worker_pb2_grpc.WorkerStub(channels[0]).Generate}
+    for name, channel in zip(routers, channels[1:], strict=True):
+        calls[name] = generation_pb2_grpc.GenerationStub(channel).Generate
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
+    cpu = dict.fromkeys(routers, 0.0)
+    for i in range(num_requests + 20):  # the first 20 of each warm up
+        for name, call in calls.items():
+            request = common_pb2.GenerateRequest(
+                request_id=f"lat-{name}-{i}", prompt_token_ids=PROMPT, sampling=sampling
+            )
+            pid = routers[name][1] if name in routers else None
+            cpu_before = cpu_seconds(pid) if pid else 0.0
+            measured = time_one(call, request)
+            if i >= 20:
+                times[name].append(measured)
+                if pid:
+                    cpu[name] += cpu_seconds(pid) - cpu_before
+    for channel in channels:
+        channel.close()
+    result: dict[str, float] = {}
+    for name in routers:
+        result[f"{name}_cpu_ms_per_request"] = 1000 * cpu[name] / num_requests
     for which, index in (("ttft", 0), ("e2e", 1)):
         for name, values in times.items():
             for q in (50, 99):
                 result[f"{name}_{which}_p{q}_ms"] = 1000 * percentile([v[index] for v in values], q)
-        for q in (50, 99):
-            result[f"added_{which}_p{q}_ms"] = (
-                result[f"router_{which}_p{q}_ms"] - result[f"direct_{which}_p{q}_ms"]
-            )
+        for name in routers:
+            for q in (50, 99):
+                added = result[f"{name}_{which}_p{q}_ms"] - result[f"direct_{which}_p{q}_ms"]
+                result[f"added_{which}_p{q}_ms" if name == "router" else f"{name}_added_{which}_p{q}_ms"] = (
+                    added
+                )
     return result
 
 
@@ -162,6 +170,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="sequential requests per path and shape")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams through the router")
     parser.add_argument("--stream-tokens", type=int, default=16, help="new tokens per concurrent stream")
+    parser.add_argument(
+        "--compare-grpc-session",
+        action="store_true",
+        help="also route through a second router that reaches the worker over gRPC Session",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,11 +189,12 @@ def main() -> None:
         with LocalCluster(spec) as cluster:
             worker, router = cluster.workers[0].address, cluster.router_address
             results: dict[str, Any] = {"machine": platform.processor() or platform.machine()}
-            router_pid = cluster.routers[0].process.pid  # type: ignore[union-attr]
+            routers = {"router": (router, cluster.routers[0].process.pid)}  # type: ignore[union-attr]
+            if args.compare_grpc_session:
+                old = cluster.add_router("--no-session-link")
+                routers["grpc_session"] = (old.address, old.process.pid)  # type: ignore[union-attr]
             for max_tokens in (1, 16):
-                results[f"latency_{max_tokens}_token"] = latency(
-                    worker, router, args.requests, max_tokens, router_pid
-                )
+                results[f"latency_{max_tokens}_token"] = latency(worker, routers, args.requests, max_tokens)
                 print(
                     f"latency, {max_tokens} new token(s):", json.dumps(results[f"latency_{max_tokens}_token"])
                 )

@@ -20,6 +20,7 @@ FIELD_MANAGER = "epochserve-operator"
 MANAGED_BY = "epochserve-operator"
 
 WORKER_PORT = 50051
+WORKER_SESSION_PORT = 50052  # the session link routers prefer to gRPC Session (docs/router.md)
 ROUTER_PORT = 50050
 ROUTER_METRICS_PORT = 9090
 ADMIN_PORT = 50060

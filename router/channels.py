@@ -9,6 +9,7 @@ workers) accept, so they never answer with GOAWAY "too many pings".
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,13 @@ class ClientTls:
             private_key=read_pem(self.key_file),
             certificate_chain=read_pem(self.cert_file),
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same trust and client certificate for a plain TLS connection (the session link)."""
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
     def options(self) -> tuple[tuple[str, str], ...]:
         return () if self.server_name is None else (("grpc.ssl_target_name_override", self.server_name),)

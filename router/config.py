@@ -43,7 +43,8 @@ class RouterConfig:
     max_seqs_per_worker: int = 0  # sequences in flight per worker before requests queue here; 0: no bound
     audit_log: Path | None = None  # JSONL of every completed response
     tls: ServerTls | None = None  # client ↔ router
-    worker_tls: ClientTls | None = None  # router → worker (workers must serve TLS)
+    worker_tls: ClientTls | None = None  # router → worker, gRPC and session links (workers serve TLS)
+    use_session_link: bool = True  # False: gRPC Session even to workers with a session link
     lease_ttl: int = 10  # seconds before a silent router is deregistered
     drain_seconds: float = 30.0  # grace for requests in flight at shutdown
     ready_file: Path | None = None  # JSON {host, port, metrics_port, router_id, pid} once serving

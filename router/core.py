@@ -14,6 +14,7 @@ import grpc
 from epochserve.router.admission import Admission, QueueLimits
 from epochserve.router.attempt import FlowState
 from epochserve.router.audit import AuditLog
+from epochserve.router.channels import ClientTls
 from epochserve.router.dispatch import Dispatcher
 from epochserve.router.metrics import RouterMetrics
 from epochserve.router.policies import Policy
@@ -45,12 +46,19 @@ class RouterCore:
         max_seqs_per_worker: int = 0,
         metrics: RouterMetrics | None = None,
         audit: AuditLog | None = None,
+        use_session_link: bool = True,
+        link_tls: ClientTls | None = None,
     ) -> RouterCore:
         metrics = metrics or RouterMetrics()
         changes = Changes()
         admission = Admission(limits, changes, on_depth=metrics.set_queue_depth)
         registry = WorkerRegistry(
-            changes, dial, max_seqs_per_worker=max_seqs_per_worker, on_closed=metrics.worker_closed
+            changes,
+            dial,
+            max_seqs_per_worker=max_seqs_per_worker,
+            on_closed=metrics.worker_closed,
+            use_session_link=use_session_link,
+            link_tls=link_tls,
         )
         dispatcher = Dispatcher(admission, registry, policy, limits.max_wait_seconds)
         return cls(router_id, admission, registry, dispatcher, metrics, max_attempts, audit)

@@ -26,6 +26,7 @@ import grpc
 
 from epochserve.controlplane.participants.router import ClusterView, WorkerView
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
+from epochserve.router.channels import ClientTls
 from epochserve.router.load import WorkerLoad
 from epochserve.router.session import WorkerSession
 from epochserve.router.waiting import Changes
@@ -71,8 +72,12 @@ class WorkerRegistry:
         max_seqs_per_worker: int = 0,
         suspect_seconds: float = 2.0,
         on_closed: Callable[[str], None] | None = None,
+        use_session_link: bool = True,
+        link_tls: ClientTls | None = None,
     ) -> None:
         self.changes = changes
+        self.use_session_link = use_session_link  # False: always gRPC Session (comparisons, debugging)
+        self.link_tls = link_tls  # TLS of the session links (the router's TLS to workers)
         self.view = ClusterView(0, 0, ())
         self.max_seqs_per_worker = max_seqs_per_worker  # 0: no bound (the workers queue)
         self.suspect_seconds = suspect_seconds
@@ -172,7 +177,8 @@ class WorkerRegistry:
     def _add(self, worker: WorkerView) -> WorkerHandle:
         channel = self._dial(worker.address)
         stub = worker_pb2_grpc.WorkerStub(channel)
-        handle = WorkerHandle(worker, channel, stub, WorkerSession(stub, worker.worker_id))
+        session = WorkerSession(stub, worker.worker_id, tls=self.link_tls)
+        handle = WorkerHandle(worker, channel, stub, session)
         logger.info(
             "worker %s at %s joined (serving v%d)", worker.worker_id, worker.address, worker.serving_version
         )
@@ -196,6 +202,8 @@ class WorkerRegistry:
                 await asyncio.sleep(0.5 * (attempt + 1))
                 continue
             handle.limits = ModelLimits(info.vocab_size, info.max_model_len, info.max_n or 1)
+            if info.session_port and self.use_session_link:
+                handle.session.use_link(host_of(handle.view.address), info.session_port)
             return
 
     async def _close(self, handle: WorkerHandle) -> None:
@@ -209,3 +217,9 @@ class WorkerRegistry:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def host_of(address: str) -> str:
+    """The host of "HOST:PORT" ("[::1]:50051" gives "::1")."""
+    host = address.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host

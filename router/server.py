@@ -55,6 +55,8 @@ def build_core(config: RouterConfig) -> RouterCore:
         max_seqs_per_worker=config.max_seqs_per_worker,
         metrics=RouterMetrics(),
         audit=audit,
+        use_session_link=config.use_session_link,
+        link_tls=config.worker_tls,
     )
 
 

@@ -2,7 +2,10 @@
 
 Why: a gRPC call's setup and teardown per request is most of the latency a router adds (W4 in
 docs/benchmarks.md); over a Session a request costs one message each way. The worker runs each
-request on the stream exactly as a Generate call (worker/session.py).
+request on the stream exactly as a Generate call (worker/session.py). The stream is the worker's
+session link when it reports one (`use_link`, from GetWorkerInfo), else the Worker.Session gRPC
+call (router/session_link.py: the two transports, the link's keepalive); a link that cannot be
+opened (refused, TLS failure, no greeting) falls back to gRPC Session for LINK_RETRY_SECONDS.
 
 `start(request, deadline)` returns a SessionCall that reads like the unary-stream call it
 replaces: `read()` gives the request's messages, then None after its n-th finish, and raises
@@ -19,15 +22,21 @@ new stream. A write that cannot be sent fails that call with UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-from collections.abc import Coroutine
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import grpc
 
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from epochserve.router.channels import ClientTls
+from epochserve.router.session_link import (
+    DEFAULT_KEEPALIVE,
+    GrpcTransport,
+    Keepalive,
+    LinkTransport,
+    Transport,
+)
 from epochserve.router.waiting import Deadline
 
 logger = logging.getLogger(__name__)
@@ -36,6 +45,7 @@ logger = logging.getLogger(__name__)
 # deadline's wake-up.
 Message: TypeAlias = worker_pb2.SessionResponse | grpc.aio.AioRpcError | None
 _DEADLINE_PASSED = None
+LINK_RETRY_SECONDS = 30.0  # after a session link failed to open, gRPC Session this long
 _STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
@@ -47,29 +57,51 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 class WorkerSession:
     """Use from the router's event loop only. `close()` ends the stream (every open call fails)."""
 
-    def __init__(self, stub: worker_pb2_grpc.WorkerStub, worker_id: str) -> None:
+    def __init__(
+        self,
+        stub: worker_pb2_grpc.WorkerStub,
+        worker_id: str,
+        *,
+        tls: ClientTls | None = None,
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
+    ) -> None:
         self.stub = stub
         self.worker_id = worker_id
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self.tls = tls  # of the session link: the router's TLS to workers
+        self.keepalive = keepalive
+        self.link_address: tuple[str, int] | None = None  # (host, port): use_link
+        self._transport: Transport | None = None
+        self._opening = asyncio.Lock()  # one transport opened at a time
+        self._link_retry_at = 0.0  # loop time: a failed link is not dialled again before
         self._queues: dict[int, asyncio.Queue[Message]] = {}  # open calls by stream_id
         self._stream_ids = itertools.count(1)
-        self._write_lock = asyncio.Lock()  # one write at a time on the call
-        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def transport_kind(self) -> str:
+        """ "link", "grpc", or "" while nothing is open (for logs and tests)."""
+        if self._transport is None:
+            return ""
+        return "link" if isinstance(self._transport, LinkTransport) else "grpc"
+
+    def use_link(self, host: str, port: int) -> None:
+        """The worker serves a session link there: open it instead of gRPC Session from now on (an
+        idle gRPC Session is replaced at the next start)."""
+        self.link_address = (host, port)
 
     async def start(self, request: common_pb2.GenerateRequest, deadline: Deadline) -> SessionCall:
         """Send `request` (pinned) to the worker; raises AioRpcError(UNAVAILABLE) if it cannot."""
-        call = self._call if self._call is not None else self._open()
         stream_id = next(self._stream_ids)
-        queue: asyncio.Queue[Message] = asyncio.Queue()
-        self._queues[stream_id] = queue
         remaining = deadline.remaining()
         message = worker_pb2.SessionRequest(
             stream_id=stream_id,
             generate=request,
             timeout_ms=0 if remaining is None else max(1, round(remaining * 1000)),
         )
+        queue: asyncio.Queue[Message] = asyncio.Queue()
         try:
-            await self._write(call, message)
+            transport = await self._ready_transport()
+            self._queues[stream_id] = queue
+            await transport.send(message)
         except Exception as exc:
             self._queues.pop(stream_id, None)
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"session to {self.worker_id}: {exc!r}") from exc
@@ -77,64 +109,80 @@ class WorkerSession:
         return SessionCall(self, stream_id, queue, num_samples, deadline)
 
     async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+            self._lost(self._transport, "the router closed the session")
 
-    def _open(self) -> grpc.aio.StreamStreamCall:
-        call = self.stub.Session()
-        self._call = call
-        self._spawn(self._read(call))
-        logger.debug("session to %s opened", self.worker_id)
-        return call
+    async def _ready_transport(self) -> Transport:
+        transport = self._transport
+        if transport is not None and not self._wants_link(transport):
+            return transport
+        async with self._opening:
+            transport = self._transport
+            if transport is not None and self._wants_link(transport):
+                self._transport = None  # idle: nothing is lost
+                transport.close()
+            if self._transport is None:
+                self._transport = await self._open()
+            return self._transport
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
-        """Route the worker's messages to their calls until the stream ends; then fail the rest."""
-        try:
-            while (message := await call.read()) is not grpc.aio.EOF:
-                queue = self._queues.get(message.stream_id)
-                if queue is not None:  # else: a call that was cancelled or timed out
-                    queue.put_nowait(message)
-            why = "the worker ended the session"
-        except grpc.aio.AioRpcError as exc:
-            why = f"{exc.code().name}: {exc.details()}"
-        finally:
-            if self._call is call:
-                self._call = None
-            lost = rpc_error(grpc.StatusCode.UNAVAILABLE, f"session to worker {self.worker_id} lost ({why})")
-            for queue in self._queues.values():
-                queue.put_nowait(lost)
-            self._queues.clear()
-            logger.info("session to %s ended: %s", self.worker_id, why)
+    def _wants_link(self, transport: Transport) -> bool:
+        """A gRPC Session with no calls open, while a link is known and worth trying."""
+        return (
+            isinstance(transport, GrpcTransport)
+            and self.link_address is not None
+            and not self._queues
+            and asyncio.get_running_loop().time() >= self._link_retry_at
+        )
+
+    async def _open(self) -> Transport:
+        """The session link when the worker has one (and it answers), else gRPC Session."""
+        if self.link_address is not None and asyncio.get_running_loop().time() >= self._link_retry_at:
+            host, port = self.link_address
+            try:
+                transport = await LinkTransport.open(
+                    host, port, self.tls, self._route, self._lost, lambda: bool(self._queues), self.keepalive
+                )
+                logger.debug("session link to %s at %s:%d opened", self.worker_id, host, port)
+                return transport
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                self._link_retry_at = asyncio.get_running_loop().time() + LINK_RETRY_SECONDS
+                logger.warning(
+                    "session link to %s at %s:%d failed (%r): using gRPC Session for %g s",
+                    *(self.worker_id, host, port, exc, LINK_RETRY_SECONDS),
+                )
+        logger.debug("gRPC session to %s opened", self.worker_id)
+        return GrpcTransport(self.stub, self._route, self._lost)
+
+    def _route(self, message: worker_pb2.SessionResponse) -> None:
+        queue = self._queues.get(message.stream_id)
+        if queue is not None:  # else: a pong, or a call that was cancelled or timed out
+            queue.put_nowait(message)
+
+    def _lost(self, transport: Transport, why: str) -> None:
+        """Fail every open call (their transport ended); the next start opens a new one."""
+        if transport is not self._transport:
+            return  # one replaced while idle
+        self._transport = None
+        lost = rpc_error(grpc.StatusCode.UNAVAILABLE, f"session to worker {self.worker_id} lost ({why})")
+        for queue in self._queues.values():
+            queue.put_nowait(lost)
+        self._queues.clear()
+        logger.info("session to %s ended: %s", self.worker_id, why)
 
     def _cancel(self, stream_id: int, reason: str) -> None:
         """Forget the call and tell the worker to stop it (in the background: never blocks)."""
-        if self._queues.pop(stream_id, None) is None or self._call is None:
+        transport = self._transport
+        if self._queues.pop(stream_id, None) is None or transport is None:
             return  # finished, failed, or its stream is gone (the worker aborted it then)
         message = worker_pb2.SessionRequest(
             stream_id=stream_id, cancel=worker_pb2.SessionCancel(reason=reason)
         )
-        self._spawn(self._write_quietly(self._call, message))
+        task = asyncio.ensure_future(transport.send(message))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a broken stream: aborted there
 
     def _finish(self, stream_id: int) -> None:
         self._queues.pop(stream_id, None)
-
-    async def _write(self, call: grpc.aio.StreamStreamCall, message: worker_pb2.SessionRequest) -> None:
-        async with self._write_lock:
-            await call.write(message)
-
-    async def _write_quietly(
-        self, call: grpc.aio.StreamStreamCall, message: worker_pb2.SessionRequest
-    ) -> None:
-        with contextlib.suppress(Exception):  # a broken stream: the worker aborts everything anyway
-            await self._write(call, message)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 class SessionCall:

@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from epochserve.controlplane.tls import server_credentials, server_ssl_context
 from epochserve.errors import ConfigError
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 from epochserve.worker.config import EngineConfig
@@ -31,6 +32,7 @@ from epochserve.worker.engine_loop import EngineLoop
 from epochserve.worker.registration import ControlPlaneSettings, join_control_plane
 from epochserve.worker.responses import WorkerStamp
 from epochserve.worker.service import WorkerService
+from epochserve.worker.session_link import SessionLinkServer
 from epochserve.worker.tp_launcher import TPLauncher
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,13 @@ class WorkerServerConfig:
     tp: int = 1  # tensor-parallel ranks (processes; one GPU each on CUDA)
     collective_timeout_seconds: float = 120.0  # a TP collective slower than this fails the worker
     control: ControlPlaneSettings | None = None  # None: standalone, no etcd
+    session_port: int = 0  # the session link's port (0: a free one; -1: none, routers use gRPC Session)
+    tls_cert_file: Path | None = None  # with tls_key_file: serve gRPC and the session link over TLS
+    tls_key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("worker TLS: give both a certificate and its key, or neither")
 
 
 def load_tokenizer(model_dir: Path) -> Callable[[str], list[int]] | None:
@@ -107,7 +116,7 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
     loop = EngineLoop(engine)
     loop.start()
     server = grpc.aio.server()
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = _bind(server, config)
     identity = WorkerStamp(
         worker_id=config.worker_id or f"{socket.gethostname()}:{port}",
         tp_size=config.tp,
@@ -116,6 +125,14 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
     service = WorkerService(
         loop, identity, load_tokenizer(config.engine.model_dir), str(config.engine.model_dir)
     )
+    link = None
+    if config.session_port >= 0:
+        tls = None
+        if config.tls_cert_file is not None and config.tls_key_file is not None:
+            tls = server_ssl_context(config.tls_cert_file, config.tls_key_file)
+        link = SessionLinkServer(service, config.host, config.session_port, tls)
+        await link.start()
+        service.session_port = link.port
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -133,14 +150,16 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
     for name in ("", WORKER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info(
-        "worker %s serving on %s:%d (policy version %d)",
+        "worker %s serving on %s:%d, session link on port %s (policy version %d)",
         identity.worker_id,
         config.host,
         port,
+        link.port if link is not None else "-",
         engine.policy_version,
     )
     if config.ready_file is not None:
         ready = {"host": config.host, "port": port, "worker_id": identity.worker_id, "pid": os.getpid()}
+        ready["session_port"] = link.port if link is not None else 0
         ready["tp_follower_pids"] = launcher.follower_pids if launcher else []
         config.ready_file.write_text(json.dumps(ready))
 
@@ -159,7 +178,17 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
         with contextlib.suppress(Exception):
             await asyncio.to_thread(participant.close)
     await _shutdown(server, health_servicer, service, loop, 0.0 if failed else config.drain_seconds)
+    if link is not None:
+        await link.close()
     return 1 if failed else 0
+
+
+def _bind(server: grpc.aio.Server, config: WorkerServerConfig) -> int:
+    """Listen on config.host:port (TLS when configured); returns the bound port."""
+    target = f"{config.host}:{config.port}"
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return server.add_insecure_port(target)
+    return server.add_secure_port(target, server_credentials(config.tls_cert_file, config.tls_key_file))
 
 
 async def _shutdown(

@@ -25,7 +25,7 @@ from epochserve.worker.engine_loop import EngineLoop, EngineStoppedError
 from epochserve.worker.outputs import SequenceOutput
 from epochserve.worker.responses import WorkerStamp, to_responses
 from epochserve.worker.sequence import FinishReason
-from epochserve.worker.session import RequestFailed, SessionServer
+from epochserve.worker.session import RequestFailed, serve_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.accepting = True  # False once shutdown began: new requests get UNAVAILABLE
         # With a control plane: False while fenced or catching up (new requests get UNAVAILABLE).
         self.is_ready: Callable[[], bool] = lambda: True
+        self.session_port = 0  # the session link's port, reported in GetWorkerInfo (0: none)
 
     async def Generate(
         self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -68,7 +69,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         request_iterator: AsyncIterator[worker_pb2.SessionRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        await SessionServer(self, context).serve()
+        await serve_grpc(self, context)
 
     def admit(self, request: common_pb2.GenerateRequest) -> ParsedGenerateRequest:
         """The request, validated; raises RequestFailed (UNAVAILABLE, INVALID_ARGUMENT) instead."""
@@ -186,4 +187,5 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             num_waiting_seqs=engine.num_waiting,
             eos_token_ids=sorted(engine.eos_token_ids),
             max_n=engine.limits.max_n,
+            session_port=self.session_port,
         )

@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--worker-tls-ca", type=Path, metavar="FILE", help="dial workers over TLS, trusting this CA"
     )
+    p.add_argument(
+        "--no-session-link",
+        action="store_true",
+        help="reach workers over gRPC Session even where they serve a session link (comparisons)",
+    )
     p.add_argument("--lease-ttl", type=int, default=10, metavar="S", help="registration lease TTL (10)")
     p.add_argument(
         "--drain-seconds", type=float, default=30.0, help="grace for requests in flight at shutdown"
@@ -95,6 +100,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         audit_log=args.audit_log,
         tls=ServerTls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None,
         worker_tls=ClientTls(ca_file=args.worker_tls_ca) if args.worker_tls_ca else None,
+        use_session_link=not args.no_session_link,
         lease_ttl=args.lease_ttl,
         drain_seconds=args.drain_seconds,
         ready_file=args.ready_file,

@@ -35,6 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face model directory, or 'smollm2' (bundled)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one)")
+    parser.add_argument(
+        "--session-port",
+        type=int,
+        default=0,
+        help="port of the session link routers prefer to gRPC Session (0: a free one; -1: none)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve gRPC and the session link over TLS"
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of --tls-cert")
     parser.add_argument("--worker-id", default=None, help="default: HOSTNAME:PORT")
     parser.add_argument(
         "--ready-file", type=Path, default=None, help="write {host, port, worker_id} here once serving"
@@ -88,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         tp=args.tp,
         collective_timeout_seconds=args.collective_timeout,
         control=control_settings(args),
+        session_port=args.session_port,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
     )
     code = asyncio.run(serve(config))
     if args.tp > 1:

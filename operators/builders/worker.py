@@ -26,6 +26,7 @@ from epochserve.operators.names import (
     CONFIG_HASH_ANNOTATION,
     MODEL_MOUNT,
     WORKER_PORT,
+    WORKER_SESSION_PORT,
     component_name,
     selector_labels,
 )
@@ -41,10 +42,12 @@ def model_dir(spec: ClusterSpec) -> str:
 
 
 def worker_args(spec: ClusterSpec) -> list[str]:
-    """`epochctl worker ...` arguments; rank 0 serves gRPC on WORKER_PORT."""
+    """`epochctl worker ...` arguments; rank 0 serves gRPC on WORKER_PORT and the session link on
+    WORKER_SESSION_PORT."""
     workers = spec.workers
     args = ["worker", "--model", model_dir(spec), "--tp", str(workers.tp)]
-    args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT), "--device", "cuda"]
+    args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT), "--session-port", str(WORKER_SESSION_PORT)]
+    args += ["--device", "cuda"]
     args += [*etcd_args(spec), "--worker-id", "$(POD_NAME)"]
     if workers.batch_invariant:
         args.append("--batch-invariant")
@@ -98,7 +101,10 @@ def _worker_container(spec: ClusterSpec, tls_mounts: list[Manifest]) -> Manifest
         "command": ["epochctl"],
         "args": worker_args(spec),
         "env": env,
-        "ports": [{"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "grpc", "containerPort": WORKER_PORT, "protocol": "TCP"},
+            {"name": "session", "containerPort": WORKER_SESSION_PORT, "protocol": "TCP"},
+        ],
         # GPUs are an extended resource: requests must equal limits, and both equal tp.
         "resources": resources(workers.resources, {workers.gpu_resource_name: str(workers.tp)}),
         "startupProbe": grpc_probe(WORKER_PORT, STARTUP_PROBE_PERIOD_S, startup_failures),
@@ -168,7 +174,7 @@ def worker_statefulset(spec: ClusterSpec) -> Manifest:
 def worker_objects(spec: ClusterSpec) -> list[Manifest]:
     """Headless Service (stable pod DNS), PodDisruptionBudget and StatefulSet of the workers."""
     return [
-        service(spec, "worker", [("grpc", WORKER_PORT)], headless=True),
+        service(spec, "worker", [("grpc", WORKER_PORT), ("session", WORKER_SESSION_PORT)], headless=True),
         pod_disruption_budget(spec, "worker"),
         worker_statefulset(spec),
     ]

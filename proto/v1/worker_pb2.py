@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from epochserve.proto.v1 import common_pb2 as epochserve_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n epochserve/proto/v1/worker.proto\x12\repochserve.v1\x1a epochserve/proto/v1/common.proto\"\xa3\x01\n\x0eSessionRequest\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x32\n\x08generate\x18\x02 \x01(\x0b\x32\x1e.epochserve.v1.GenerateRequestH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.epochserve.v1.SessionCancelH\x00\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x42\x06\n\x04kind\"\x1f\n\rSessionCancel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x8f\x01\n\x0fSessionResponse\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x33\n\x08response\x18\x02 \x01(\x0b\x32\x1f.epochserve.v1.GenerateResponseH\x00\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.epochserve.v1.SessionErrorH\x00\x42\x06\n\x04kind\"-\n\x0cSessionError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\"\x16\n\x14GetWorkerInfoRequest\"\xa9\x01\n\x0cKvCacheUsage\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x18\n\x10num_blocks_total\x18\x02 \x01(\r\x12\x17\n\x0fnum_blocks_free\x18\x03 \x01(\r\x12\x19\n\x11num_blocks_cached\x18\x04 \x01(\r\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x04\"\xe5\x02\n\x15GetWorkerInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x04\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x12\n\nmodel_path\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x0f\n\x07tp_size\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x13\n\x0bkernel_mode\x18\n \x01(\t\x12-\n\x08kv_cache\x18\x0b \x01(\x0b\x32\x1b.epochserve.v1.KvCacheUsage\x12\x18\n\x10num_running_seqs\x18\x0c \x01(\r\x12\x18\n\x10num_waiting_seqs\x18\r \x01(\r\x12\x15\n\reos_token_ids\x18\x0e \x03(\r\x12\r\n\x05max_n\x18\x0f \x01(\r2\xc5\x02\n\x06Worker\x12M\n\x08Generate\x12\x1e.epochserve.v1.GenerateRequest\x1a\x1f.epochserve.v1.GenerateResponse0\x01\x12\x42\n\x05\x41\x62ort\x12\x1b.epochserve.v1.AbortRequest\x1a\x1c.epochserve.v1.AbortResponse\x12Z\n\rGetWorkerInfo\x12#.epochserve.v1.GetWorkerInfoRequest\x1a$.epochserve.v1.GetWorkerInfoResponse\x12L\n\x07Session\x12\x1d.epochserve.v1.SessionRequest\x1a\x1e.epochserve.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n epochserve/proto/v1/worker.proto\x12\repochserve.v1\x1a epochserve/proto/v1/common.proto\"\xcf\x01\n\x0eSessionRequest\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x32\n\x08generate\x18\x02 \x01(\x0b\x32\x1e.epochserve.v1.GenerateRequestH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.epochserve.v1.SessionCancelH\x00\x12*\n\x04ping\x18\x05 \x01(\x0b\x32\x1a.epochserve.v1.SessionPingH\x00\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x42\x06\n\x04kind\"\x1f\n\rSessionCancel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xbb\x01\n\x0fSessionResponse\x12\x11\n\tstream_id\x18\x01 \x01(\x04\x12\x33\n\x08response\x18\x02 \x01(\x0b\x32\x1f.epochserve.v1.GenerateResponseH\x00\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.epochserve.v1.SessionErrorH\x00\x12*\n\x04pong\x18\x04 \x01(\x0b\x32\x1a.epochserve.v1.SessionPingH\x00\x42\x06\n\x04kind\"\x1f\n\x0bSessionPing\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"-\n\x0cSessionError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\"\x16\n\x14GetWorkerInfoRequest\"\xa9\x01\n\x0cKvCacheUsage\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x18\n\x10num_blocks_total\x18\x02 \x01(\r\x12\x17\n\x0fnum_blocks_free\x18\x03 \x01(\r\x12\x19\n\x11num_blocks_cached\x18\x04 \x01(\r\x12\x1c\n\x14prefix_cache_queries\x18\x05 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x06 \x01(\x04\"\xfb\x02\n\x15GetWorkerInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x04\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x12\n\nmodel_path\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x15\n\rmax_model_len\x18\x06 \x01(\r\x12\x0f\n\x07tp_size\x18\x07 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x13\n\x0bkernel_mode\x18\n \x01(\t\x12-\n\x08kv_cache\x18\x0b \x01(\x0b\x32\x1b.epochserve.v1.KvCacheUsage\x12\x18\n\x10num_running_seqs\x18\x0c \x01(\r\x12\x18\n\x10num_waiting_seqs\x18\r \x01(\r\x12\x15\n\reos_token_ids\x18\x0e \x03(\r\x12\r\n\x05max_n\x18\x0f \x01(\r\x12\x14\n\x0csession_port\x18\x10 \x01(\r2\xc5\x02\n\x06Worker\x12M\n\x08Generate\x12\x1e.epochserve.v1.GenerateRequest\x1a\x1f.epochserve.v1.GenerateResponse0\x01\x12\x42\n\x05\x41\x62ort\x12\x1b.epochserve.v1.AbortRequest\x1a\x1c.epochserve.v1.AbortResponse\x12Z\n\rGetWorkerInfo\x12#.epochserve.v1.GetWorkerInfoRequest\x1a$.epochserve.v1.GetWorkerInfoResponse\x12L\n\x07Session\x12\x1d.epochserve.v1.SessionRequest\x1a\x1e.epochserve.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'epochserve.proto.v1.worker_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSIONREQUEST']._serialized_start=86
-  _globals['_SESSIONREQUEST']._serialized_end=249
-  _globals['_SESSIONCANCEL']._serialized_start=251
-  _globals['_SESSIONCANCEL']._serialized_end=282
-  _globals['_SESSIONRESPONSE']._serialized_start=285
-  _globals['_SESSIONRESPONSE']._serialized_end=428
-  _globals['_SESSIONERROR']._serialized_start=430
-  _globals['_SESSIONERROR']._serialized_end=475
-  _globals['_GETWORKERINFOREQUEST']._serialized_start=477
-  _globals['_GETWORKERINFOREQUEST']._serialized_end=499
-  _globals['_KVCACHEUSAGE']._serialized_start=502
-  _globals['_KVCACHEUSAGE']._serialized_end=671
-  _globals['_GETWORKERINFORESPONSE']._serialized_start=674
-  _globals['_GETWORKERINFORESPONSE']._serialized_end=1031
-  _globals['_WORKER']._serialized_start=1034
-  _globals['_WORKER']._serialized_end=1359
+  _globals['_SESSIONREQUEST']._serialized_end=293
+  _globals['_SESSIONCANCEL']._serialized_start=295
+  _globals['_SESSIONCANCEL']._serialized_end=326
+  _globals['_SESSIONRESPONSE']._serialized_start=329
+  _globals['_SESSIONRESPONSE']._serialized_end=516
+  _globals['_SESSIONPING']._serialized_start=518
+  _globals['_SESSIONPING']._serialized_end=549
+  _globals['_SESSIONERROR']._serialized_start=551
+  _globals['_SESSIONERROR']._serialized_end=596
+  _globals['_GETWORKERINFOREQUEST']._serialized_start=598
+  _globals['_GETWORKERINFOREQUEST']._serialized_end=620
+  _globals['_KVCACHEUSAGE']._serialized_start=623
+  _globals['_KVCACHEUSAGE']._serialized_end=792
+  _globals['_GETWORKERINFORESPONSE']._serialized_start=795
+  _globals['_GETWORKERINFORESPONSE']._serialized_end=1174
+  _globals['_WORKER']._serialized_start=1177
+  _globals['_WORKER']._serialized_end=1502
 # @@protoc_insertion_point(module_scope)

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SessionRequest(_message.Message):
-    __slots__ = ("stream_id", "generate", "cancel", "timeout_ms")
+    __slots__ = ("stream_id", "generate", "cancel", "ping", "timeout_ms")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     stream_id: int
     generate: _common_pb2.GenerateRequest
     cancel: SessionCancel
+    ping: SessionPing
     timeout_ms: int
-    def __init__(self, stream_id: _Optional[int] = ..., generate: _Optional[_Union[_common_pb2.GenerateRequest, _Mapping]] = ..., cancel: _Optional[_Union[SessionCancel, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, stream_id: _Optional[int] = ..., generate: _Optional[_Union[_common_pb2.GenerateRequest, _Mapping]] = ..., cancel: _Optional[_Union[SessionCancel, _Mapping]] = ..., ping: _Optional[_Union[SessionPing, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class SessionCancel(_message.Message):
     __slots__ = ("reason",)
@@ -26,14 +28,22 @@ class SessionCancel(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("stream_id", "response", "error")
+    __slots__ = ("stream_id", "response", "error", "pong")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
     stream_id: int
     response: _common_pb2.GenerateResponse
     error: SessionError
-    def __init__(self, stream_id: _Optional[int] = ..., response: _Optional[_Union[_common_pb2.GenerateResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ...) -> None: ...
+    pong: SessionPing
+    def __init__(self, stream_id: _Optional[int] = ..., response: _Optional[_Union[_common_pb2.GenerateResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ..., pong: _Optional[_Union[SessionPing, _Mapping]] = ...) -> None: ...
+
+class SessionPing(_message.Message):
+    __slots__ = ("sequence",)
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class SessionError(_message.Message):
     __slots__ = ("code", "details")
@@ -64,7 +74,7 @@ class KvCacheUsage(_message.Message):
     def __init__(self, block_size: _Optional[int] = ..., num_blocks_total: _Optional[int] = ..., num_blocks_free: _Optional[int] = ..., num_blocks_cached: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
 
 class GetWorkerInfoResponse(_message.Message):
-    __slots__ = ("worker_id", "policy_version", "architecture", "model_path", "vocab_size", "max_model_len", "tp_size", "device", "dtype", "kernel_mode", "kv_cache", "num_running_seqs", "num_waiting_seqs", "eos_token_ids", "max_n")
+    __slots__ = ("worker_id", "policy_version", "architecture", "model_path", "vocab_size", "max_model_len", "tp_size", "device", "dtype", "kernel_mode", "kv_cache", "num_running_seqs", "num_waiting_seqs", "eos_token_ids", "max_n", "session_port")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +90,7 @@ class GetWorkerInfoResponse(_message.Message):
     NUM_WAITING_SEQS_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_N_FIELD_NUMBER: _ClassVar[int]
+    SESSION_PORT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     policy_version: int
     architecture: str
@@ -95,4 +106,5 @@ class GetWorkerInfoResponse(_message.Message):
     num_waiting_seqs: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     max_n: int
-    def __init__(self, worker_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., architecture: _Optional[str] = ..., model_path: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., tp_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kernel_mode: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCacheUsage, _Mapping]] = ..., num_running_seqs: _Optional[int] = ..., num_waiting_seqs: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_n: _Optional[int] = ...) -> None: ...
+    session_port: int
+    def __init__(self, worker_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., architecture: _Optional[str] = ..., model_path: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., tp_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kernel_mode: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCacheUsage, _Mapping]] = ..., num_running_seqs: _Optional[int] = ..., num_waiting_seqs: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_n: _Optional[int] = ..., session_port: _Optional[int] = ...) -> None: ...

@@ -86,6 +86,9 @@ class WorkerServicer:
         message each way instead of a call's setup and teardown, which on a small CPU is most of the
         latency a router adds. Same rules and statuses as Generate, per request; the stream's end
         (router gone, worker gone) ends every request on it: the worker aborts them.
+        The same messages also travel over the worker's session link (GetWorkerInfoResponse.
+        session_port): length-prefixed frames on a plain TCP (or TLS) connection, which a router
+        prefers because each message costs a fraction of a gRPC stream message (docs/router.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

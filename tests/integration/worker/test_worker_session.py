@@ -1,9 +1,13 @@
 """A real worker's Session stream (many requests over one call, as a router sends them): the
 same outputs as Generate, per-request errors that leave the stream up, and every way a request
-can end early (cancel, its timeout, the stream's end) frees its blocks."""
+can end early (cancel, its timeout, the stream's end) frees its blocks. Every test of the stream
+runs over both of its transports: the gRPC Session call and the session link (framed TCP)."""
 
 import asyncio
+import contextlib
 import queue
+import socket
+import struct
 import threading
 import time
 
@@ -13,6 +17,7 @@ from fixtures.grpc_client import info_of, wait_for_idle_pool
 from fixtures.models import build_tiny_model
 from fixtures.processes import running_worker
 
+from epochserve.proto.framing import MAGIC, encode
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from epochserve.router.session import WorkerSession
 from epochserve.router.waiting import Deadline
@@ -22,11 +27,23 @@ LONG = dict(prompt_token_ids=list(range(3, 40)), max_tokens=3900, ignore_eos=Tru
 
 
 @pytest.fixture(scope="module")
-def address(tmp_path_factory):
+def worker(tmp_path_factory):
     root = tmp_path_factory.mktemp("worker_session")
     model_dir = build_tiny_model("llama", root / "model", max_position_embeddings=4096)
     with running_worker(model_dir, root, "--block-size", "16", "--max-n", "4") as server:
-        yield server.address
+        yield server
+
+
+@pytest.fixture(scope="module")
+def address(worker):
+    return worker.address
+
+
+@pytest.fixture(scope="module")
+def session_port(worker):
+    port = int(worker.info["session_port"])
+    assert port > 0, "the worker serves a session link by default"
+    return port
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +53,11 @@ def stub(address):
 
 
 class Session:
-    """A Session call driven from the test: send() requests, next_for(stream_id) responses."""
+    """A Session driven from the test: send() requests, next_for(stream_id) responses. Subclasses
+    are its transports: `_put(message)` sends, `_incoming()` yields what the worker sends, `end()`
+    half-closes (the router is done), `drop()` cuts it (the router's process died)."""
 
-    _END = object()
-
-    def __init__(self, stub):
-        self._outgoing: queue.Queue = queue.Queue()
-        self.call = stub.Session(iter(self._outgoing.get, self._END), timeout=60)
+    def __init__(self):
         self._by_stream: dict[int, queue.Queue] = {}
         self._lock = threading.Lock()
         threading.Thread(target=self._route, daemon=True).start()
@@ -52,25 +67,20 @@ class Session:
             return self._by_stream.setdefault(stream_id, queue.Queue())
 
     def _route(self):
-        try:
-            for message in self.call:
-                self._queue(message.stream_id).put(message)
-        except grpc.RpcError:
-            pass  # the test ended the call
+        for message in self._incoming():
+            self._queue(message.stream_id).put(message)
 
     def generate(self, stream_id, request_id, timeout_ms=0, n=1, **fields):
         sampling = {k: fields.pop(k) for k in list(fields) if k != "prompt_token_ids"}
         request = common_pb2.GenerateRequest(
             request_id=request_id, n=n, sampling=common_pb2.SamplingParams(**sampling), **fields
         )
-        self._outgoing.put(
-            worker_pb2.SessionRequest(stream_id=stream_id, generate=request, timeout_ms=timeout_ms)
-        )
+        self._put(worker_pb2.SessionRequest(stream_id=stream_id, generate=request, timeout_ms=timeout_ms))
         return request
 
     def cancel(self, stream_id):
         cancel = worker_pb2.SessionCancel(reason="test cancel")
-        self._outgoing.put(worker_pb2.SessionRequest(stream_id=stream_id, cancel=cancel))
+        self._put(worker_pb2.SessionRequest(stream_id=stream_id, cancel=cancel))
 
     def next_for(self, stream_id, timeout=30):
         return self._queue(stream_id).get(timeout=timeout)
@@ -83,8 +93,69 @@ class Session:
             messages.append(message)
         return [m.response for m in messages]
 
+
+class GrpcSession(Session):
+    _END = object()
+
+    def __init__(self, stub, session_port):
+        self._outgoing: queue.Queue = queue.Queue()
+        self.call = stub.Session(iter(self._outgoing.get, self._END), timeout=60)
+        super().__init__()
+
+    def _put(self, message):
+        self._outgoing.put(message)
+
+    def _incoming(self):
+        with contextlib.suppress(grpc.RpcError):  # the test ended the call
+            yield from self.call
+
     def end(self):
         self._outgoing.put(self._END)
+
+    def drop(self):
+        self.call.cancel()
+
+
+class LinkSession(Session):
+    """The session link from a plain blocking socket: the wire format written out by hand."""
+
+    def __init__(self, stub, session_port):
+        self.sock = socket.create_connection(("127.0.0.1", session_port), timeout=60)
+        self.sock.sendall(MAGIC)
+        assert self._read_exactly(len(MAGIC)) == MAGIC, "the worker greets with MAGIC"
+        super().__init__()
+
+    def _read_exactly(self, size):
+        data = b""
+        while len(data) < size:
+            part = self.sock.recv(size - len(data))
+            if not part:
+                raise EOFError
+            data += part
+        return data
+
+    def _put(self, message):
+        self.sock.sendall(encode(message))
+
+    def _incoming(self):
+        try:
+            while True:
+                length = int.from_bytes(self._read_exactly(4), "big")
+                yield worker_pb2.SessionResponse.FromString(self._read_exactly(length))
+        except (EOFError, OSError):
+            pass  # the test ended the link
+
+    def end(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def drop(self):
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        self.sock.close()
+
+
+@pytest.fixture(params=[GrpcSession, LinkSession], ids=["grpc", "link"])
+def open_session(request, stub, session_port):
+    return lambda: request.param(stub, session_port)
 
 
 def samples(responses):
@@ -98,8 +169,8 @@ def samples(responses):
     return out
 
 
-def test_interleaved_requests_get_exactly_their_generate_outputs(stub):
-    session = Session(stub)
+def test_interleaved_requests_get_exactly_their_generate_outputs(stub, open_session):
+    session = open_session()
     shapes = {
         1: dict(prompt_token_ids=[5, 6, 7, 8], max_tokens=12, seed=3, temperature=0.8, n=2, ignore_eos=True),
         2: dict(prompt_token_ids=[9, 10, 11], max_tokens=7, seed=4, temperature=1.0, top_p=0.9),
@@ -119,8 +190,8 @@ def test_interleaved_requests_get_exactly_their_generate_outputs(stub):
             assert got[index][1] == pytest.approx(logprobs, abs=1e-4)
 
 
-def test_a_bad_request_fails_alone_and_the_session_goes_on(stub):
-    session = Session(stub)
+def test_a_bad_request_fails_alone_and_the_session_goes_on(stub, open_session):
+    session = open_session()
     session.generate(1, "bad", prompt_token_ids=[5, VOCAB], max_tokens=3)
     error = session.next_for(1)
     assert error.HasField("error")
@@ -132,8 +203,8 @@ def test_a_bad_request_fails_alone_and_the_session_goes_on(stub):
     session.end()
 
 
-def test_cancel_frees_the_request_and_leaves_the_others_running(stub):
-    session = Session(stub)
+def test_cancel_frees_the_request_and_leaves_the_others_running(stub, open_session):
+    session = open_session()
     session.generate(1, "to-cancel", **LONG)
     session.generate(2, "keeps-running", prompt_token_ids=[5, 6, 7], max_tokens=40, ignore_eos=True)
     assert session.next_for(1).response.HasField("chunk")
@@ -144,8 +215,8 @@ def test_cancel_frees_the_request_and_leaves_the_others_running(stub):
     session.end()
 
 
-def test_a_requests_timeout_ends_it_with_deadline_exceeded(stub):
-    session = Session(stub)
+def test_a_requests_timeout_ends_it_with_deadline_exceeded(stub, open_session):
+    session = open_session()
     session.generate(1, "slow", timeout_ms=300, **LONG)
     message = session.next_for(1)
     while not message.HasField("error"):
@@ -158,19 +229,31 @@ def test_a_requests_timeout_ends_it_with_deadline_exceeded(stub):
 
 
 @pytest.mark.parametrize("how", ["half-close", "cancel"])
-def test_the_end_of_the_session_aborts_its_requests(stub, how):
-    session = Session(stub)
+def test_the_end_of_the_session_aborts_its_requests(stub, open_session, how):
+    session = open_session()
     session.generate(1, f"orphan-{how}", n=2, **LONG)
     assert session.next_for(1).response.HasField("chunk")
-    assert info_of(stub).num_running_seqs == 2
+    info = info_of(stub)
+    assert info.num_running_seqs + info.num_waiting_seqs == 2  # the second may still wait its turn
     if how == "cancel":
-        session.call.cancel()  # the router's process died or closed its channel
+        session.drop()  # the router's process died or closed its channel
     else:
         session.end()
     wait_for_idle_pool(stub)
 
 
-def test_the_routers_session_call_ends_at_its_deadline_and_the_session_goes_on(address, stub):
+def test_a_ping_is_answered_with_its_sequence(open_session):
+    session = open_session()
+    session._put(worker_pb2.SessionRequest(ping=worker_pb2.SessionPing(sequence=41)))
+    pong = session.next_for(0)
+    assert pong.HasField("pong") and pong.pong.sequence == 41
+    session.end()
+
+
+@pytest.mark.parametrize("transport", ["grpc", "link"])
+def test_the_routers_session_call_ends_at_its_deadline_and_the_session_goes_on(
+    address, stub, session_port, transport
+):
     """The router's side (router/session.py): a call whose deadline passes mid-stream raises
     DEADLINE_EXCEEDED at once (one timer per call, whichever of it and the worker's own timeout
     comes first), the worker frees the request, and the next call on the same stream runs."""
@@ -178,11 +261,14 @@ def test_the_routers_session_call_ends_at_its_deadline_and_the_session_goes_on(a
     async def run() -> tuple[int, float, int]:
         async with grpc.aio.insecure_channel(address) as channel:
             session = WorkerSession(worker_pb2_grpc.WorkerStub(channel), "worker-under-test")
+            if transport == "link":
+                session.use_link("127.0.0.1", session_port)
             sampling = common_pb2.SamplingParams(max_tokens=3900, ignore_eos=True)
             slow = common_pb2.GenerateRequest(
                 request_id="router-deadline", prompt_token_ids=list(range(3, 40)), sampling=sampling
             )
             call = await session.start(slow, Deadline.after(0.4))
+            assert session.transport_kind == transport
             started, messages = time.monotonic(), 0
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 while await call.read() is not None:

@@ -54,6 +54,11 @@ def test_worker_statefulset_requests_tp_gpus_with_grpc_probes_and_drain():
     args = container["args"]
     assert args[0] == "worker"
     assert _flag(args, "--tp") == "2" and _flag(args, "--port") == "50051"
+    # The session link: a fixed port, declared on the container and the headless Service.
+    assert _flag(args, "--session-port") == "50052"
+    assert {"name": "session", "containerPort": 50052, "protocol": "TCP"} in container["ports"]
+    headless = _by_kind(objects, "Service", "demo-worker")
+    assert {p["name"]: p["port"] for p in headless["spec"]["ports"]} == {"grpc": 50051, "session": 50052}
     assert _flag(args, "--model") == "/models/smollm2-135m-instruct"
     assert _flag(args, "--worker-id") == "$(POD_NAME)"
     assert _flag(args, "--etcd-endpoints") == "$(ETCD_ENDPOINTS)"
