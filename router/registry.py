@@ -177,7 +177,8 @@ class WorkerRegistry:
     def _add(self, worker: WorkerView) -> WorkerHandle:
         channel = self._dial(worker.address)
         stub = worker_pb2_grpc.WorkerStub(channel)
-        session = WorkerSession(stub, worker.worker_id, tls=self.link_tls)
+        link_host = host_of(worker.address) if self.use_session_link else None
+        session = WorkerSession(stub, worker.worker_id, link_host=link_host, tls=self.link_tls)
         handle = WorkerHandle(worker, channel, stub, session)
         logger.info(
             "worker %s at %s joined (serving v%d)", worker.worker_id, worker.address, worker.serving_version
@@ -202,8 +203,6 @@ class WorkerRegistry:
                 await asyncio.sleep(0.5 * (attempt + 1))
                 continue
             handle.limits = ModelLimits(info.vocab_size, info.max_model_len, info.max_n or 1)
-            if info.session_port and self.use_session_link:
-                handle.session.use_link(host_of(handle.view.address), info.session_port)
             return
 
     async def _close(self, handle: WorkerHandle) -> None:

@@ -3,9 +3,11 @@
 Why: a gRPC call's setup and teardown per request is most of the latency a router adds (W4 in
 docs/benchmarks.md); over a Session a request costs one message each way. The worker runs each
 request on the stream exactly as a Generate call (worker/session.py). The stream is the worker's
-session link when it reports one (`use_link`, from GetWorkerInfo), else the Worker.Session gRPC
-call (router/session_link.py: the two transports, the link's keepalive); a link that cannot be
-opened (refused, TLS failure, no greeting) falls back to gRPC Session for LINK_RETRY_SECONDS.
+session link when it serves one (on `link_host`, at the port its GetWorkerInfo reports when the
+stream opens, so a worker restarted on another port is found), else the Worker.Session gRPC call
+(router/session_link.py: the two transports, the link's keepalive). A link that cannot be opened
+(refused, TLS failure, no greeting) falls back to gRPC Session for LINK_RETRY_SECONDS; then an
+idle gRPC Session is replaced by the link when it opens.
 
 `start(request, deadline)` returns a SessionCall that reads like the unary-stream call it
 replaces: `read()` gives the request's messages, then None after its n-th finish, and raises
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 Message: TypeAlias = worker_pb2.SessionResponse | grpc.aio.AioRpcError | None
 _DEADLINE_PASSED = None
 LINK_RETRY_SECONDS = 30.0  # after a session link failed to open, gRPC Session this long
+LINK_OPEN_TIMEOUT_SECONDS = 5.0  # GetWorkerInfo for the link's port
 _STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
@@ -62,6 +65,7 @@ class WorkerSession:
         stub: worker_pb2_grpc.WorkerStub,
         worker_id: str,
         *,
+        link_host: str | None = None,
         tls: ClientTls | None = None,
         keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
@@ -69,7 +73,7 @@ class WorkerSession:
         self.worker_id = worker_id
         self.tls = tls  # of the session link: the router's TLS to workers
         self.keepalive = keepalive
-        self.link_address: tuple[str, int] | None = None  # (host, port): use_link
+        self.link_host = link_host  # where the worker's session link is; None: gRPC Session only
         self._transport: Transport | None = None
         self._opening = asyncio.Lock()  # one transport opened at a time
         self._link_retry_at = 0.0  # loop time: a failed link is not dialled again before
@@ -82,11 +86,6 @@ class WorkerSession:
         if self._transport is None:
             return ""
         return "link" if isinstance(self._transport, LinkTransport) else "grpc"
-
-    def use_link(self, host: str, port: int) -> None:
-        """The worker serves a session link there: open it instead of gRPC Session from now on (an
-        idle gRPC Session is replaced at the next start)."""
-        self.link_address = (host, port)
 
     async def start(self, request: common_pb2.GenerateRequest, deadline: Deadline) -> SessionCall:
         """Send `request` (pinned) to the worker; raises AioRpcError(UNAVAILABLE) if it cannot."""
@@ -118,41 +117,59 @@ class WorkerSession:
         if transport is not None and not self._wants_link(transport):
             return transport
         async with self._opening:
-            transport = self._transport
-            if transport is not None and self._wants_link(transport):
+            current = self._transport
+            if current is not None and not self._wants_link(current):
+                return current  # opened while this call waited
+            link = await self._open_link() if self.link_host is not None else None
+            if link is not None and current is not None:
+                if self._queues:  # calls started on the gRPC Session meanwhile: keep it
+                    link.close()
+                    return current
                 self._transport = None  # idle: nothing is lost
-                transport.close()
-            if self._transport is None:
-                self._transport = await self._open()
+                current.close()
+            if link is not None:
+                self._transport = link
+            elif current is None:
+                logger.debug("gRPC session to %s opened", self.worker_id)
+                self._transport = GrpcTransport(self.stub, self._route, self._lost)
+            assert self._transport is not None
             return self._transport
 
     def _wants_link(self, transport: Transport) -> bool:
-        """A gRPC Session with no calls open, while a link is known and worth trying."""
+        """A gRPC Session with no calls open, while a link may be there and is worth trying."""
         return (
             isinstance(transport, GrpcTransport)
-            and self.link_address is not None
+            and self.link_host is not None
             and not self._queues
             and asyncio.get_running_loop().time() >= self._link_retry_at
         )
 
-    async def _open(self) -> Transport:
-        """The session link when the worker has one (and it answers), else gRPC Session."""
-        if self.link_address is not None and asyncio.get_running_loop().time() >= self._link_retry_at:
-            host, port = self.link_address
-            try:
-                transport = await LinkTransport.open(
-                    host, port, self.tls, self._route, self._lost, lambda: bool(self._queues), self.keepalive
-                )
-                logger.debug("session link to %s at %s:%d opened", self.worker_id, host, port)
-                return transport
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                self._link_retry_at = asyncio.get_running_loop().time() + LINK_RETRY_SECONDS
-                logger.warning(
-                    "session link to %s at %s:%d failed (%r): using gRPC Session for %g s",
-                    *(self.worker_id, host, port, exc, LINK_RETRY_SECONDS),
-                )
-        logger.debug("gRPC session to %s opened", self.worker_id)
-        return GrpcTransport(self.stub, self._route, self._lost)
+    async def _open_link(self) -> LinkTransport | None:
+        """The worker's session link, or None (logged; not tried again for LINK_RETRY_SECONDS)."""
+        loop = asyncio.get_running_loop()
+        if self.link_host is None or loop.time() < self._link_retry_at:
+            return None
+        host, port = self.link_host, 0
+        try:
+            info = await self.stub.GetWorkerInfo(
+                worker_pb2.GetWorkerInfoRequest(), timeout=LINK_OPEN_TIMEOUT_SECONDS
+            )
+            port = info.session_port
+            if not port:
+                self._link_retry_at = loop.time() + LINK_RETRY_SECONDS
+                return None  # the worker serves none
+            transport = await LinkTransport.open(
+                host, port, self.tls, self._route, self._lost, lambda: bool(self._queues), self.keepalive
+            )
+            logger.debug("session link to %s at %s:%d opened", self.worker_id, host, port)
+            return transport
+        except (OSError, ConnectionError, TimeoutError, grpc.aio.AioRpcError) as exc:
+            self._link_retry_at = loop.time() + LINK_RETRY_SECONDS
+            logger.warning(
+                "session link to %s at %s:%d failed (%r): using gRPC Session for %g s",
+                *(self.worker_id, host, port, exc, LINK_RETRY_SECONDS),
+            )
+            return None
 
     def _route(self, message: worker_pb2.SessionResponse) -> None:
         queue = self._queues.get(message.stream_id)

@@ -1,7 +1,8 @@
 """The router's WorkerSession against real worker processes, on the session link: the link is
-what it uses once the worker reports one (GetWorkerInfo), a silent worker (SIGSTOP) fails the
-link's calls with UNAVAILABLE within the keepalive instead of hanging them, a link that cannot be
-opened falls back to gRPC Session, and a worker serving TLS is reached over a TLS link."""
+what it uses when the worker serves one, a silent worker (SIGSTOP) fails the link's calls with
+UNAVAILABLE within the keepalive instead of hanging them, a link that cannot be opened (a TLS
+front that forwards gRPC only) falls back to gRPC Session, and a worker serving TLS is reached over
+a TLS link."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import time
 
 import grpc
 import pytest
-from fixtures.grpc_client import info_of, wait_for_idle_pool
+from fixtures.grpc_client import wait_for_idle_pool
 from fixtures.models import build_tiny_model
 from fixtures.processes import running_worker
 from integration.controlplane.certs import self_signed
+from routerkit import TlsFront
 
 from epochserve.proto.framing import MAGIC
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -53,14 +55,13 @@ async def run_to_end(session: WorkerSession, request_id: str, max_tokens: int) -
 def test_a_silent_worker_fails_the_links_calls_within_the_keepalive(model_dir, tmp_path):
     with running_worker(model_dir, tmp_path, "--block-size", "16") as worker:
         stub = worker_pb2_grpc.WorkerStub(grpc.insecure_channel(worker.address))
-        port = info_of(stub).session_port
         pid = int(worker.info["pid"])
 
         async def run() -> tuple[grpc.StatusCode, str, float, int]:
             async with grpc.aio.insecure_channel(worker.address) as channel:
                 keepalive = Keepalive(interval=0.3, timeout=0.5)
-                session = WorkerSession(worker_pb2_grpc.WorkerStub(channel), "w", keepalive=keepalive)
-                session.use_link(HOST, port)
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                session = WorkerSession(stub, "w", link_host=HOST, keepalive=keepalive)
                 call = await session.start(request("long", 3900), Deadline.after(None))
                 assert session.transport_kind == "link"
                 assert (await call.read()) is not None
@@ -88,21 +89,24 @@ def test_a_silent_worker_fails_the_links_calls_within_the_keepalive(model_dir, t
 
 
 def test_a_link_that_cannot_be_opened_falls_back_to_grpc_session(model_dir, tmp_path):
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind((HOST, 0))
-        closed_port = probe.getsockname()[1]
+    """A TLS front forwards the worker's gRPC port only: the router's TLS link to the worker's
+    (plaintext) link port fails its handshake, and the request runs over gRPC Session instead."""
+    cert = self_signed(tmp_path, "front")
+    front = TlsFront(cert.cert, cert.key)
     with running_worker(model_dir, tmp_path) as worker:
+        front.set_target(int(worker.info["port"]))
+        tls = ClientTls(ca_file=cert.cert)
 
         async def run() -> tuple[str, int]:
-            async with grpc.aio.insecure_channel(worker.address) as channel:
-                session = WorkerSession(worker_pb2_grpc.WorkerStub(channel), "w")
-                session.use_link(HOST, closed_port)
+            async with aio_channel(front.endpoint, (), tls) as channel:
+                session = WorkerSession(worker_pb2_grpc.WorkerStub(channel), "w", link_host=HOST, tls=tls)
                 tokens = await run_to_end(session, "fallback", 3)
                 kind = session.transport_kind
                 await session.close()
                 return kind, tokens
 
         assert asyncio.run(run()) == ("grpc", 3)
+        assert front.num_connections >= 1
 
 
 def test_a_worker_serving_tls_is_reached_over_a_tls_link(model_dir, tmp_path):
@@ -115,11 +119,9 @@ def test_a_worker_serving_tls_is_reached_over_a_tls_link(model_dir, tmp_path):
         async def run() -> tuple[str, int, int]:
             async with aio_channel(worker.address, (), tls) as channel:
                 stub = worker_pb2_grpc.WorkerStub(channel)
-                info = await stub.GetWorkerInfo(
-                    worker_pb2.GetWorkerInfoRequest(), timeout=10
-                )  # gRPC over TLS too
-                session = WorkerSession(stub, "w", tls=tls)
-                session.use_link(HOST, info.session_port)
+                request = worker_pb2.GetWorkerInfoRequest()
+                info = await stub.GetWorkerInfo(request, timeout=10)  # gRPC is over TLS too
+                session = WorkerSession(stub, "w", link_host=HOST, tls=tls)
                 tokens = await run_to_end(session, "over-tls", 5)
                 kind = session.transport_kind
                 await session.close()

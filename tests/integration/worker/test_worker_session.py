@@ -251,18 +251,17 @@ def test_a_ping_is_answered_with_its_sequence(open_session):
 
 
 @pytest.mark.parametrize("transport", ["grpc", "link"])
-def test_the_routers_session_call_ends_at_its_deadline_and_the_session_goes_on(
-    address, stub, session_port, transport
-):
+def test_the_routers_session_call_ends_at_its_deadline_and_the_session_goes_on(address, stub, transport):
     """The router's side (router/session.py): a call whose deadline passes mid-stream raises
     DEADLINE_EXCEEDED at once (one timer per call, whichever of it and the worker's own timeout
     comes first), the worker frees the request, and the next call on the same stream runs."""
 
     async def run() -> tuple[int, float, int]:
         async with grpc.aio.insecure_channel(address) as channel:
-            session = WorkerSession(worker_pb2_grpc.WorkerStub(channel), "worker-under-test")
-            if transport == "link":
-                session.use_link("127.0.0.1", session_port)
+            link_host = "127.0.0.1" if transport == "link" else None
+            session = WorkerSession(
+                worker_pb2_grpc.WorkerStub(channel), "worker-under-test", link_host=link_host
+            )
             sampling = common_pb2.SamplingParams(max_tokens=3900, ignore_eos=True)
             slow = common_pb2.GenerateRequest(
                 request_id="router-deadline", prompt_token_ids=list(range(3, 40)), sampling=sampling
