@@ -79,6 +79,7 @@ class WorkerSession:
         self._link_retry_at = 0.0  # loop time: a failed link is not dialled again before
         self._queues: dict[int, asyncio.Queue[Message]] = {}  # open calls by stream_id
         self._stream_ids = itertools.count(1)
+        self._cancels: set[asyncio.Task[None]] = set()  # cancel messages being sent (referenced: not GC'd)
 
     @property
     def transport_kind(self) -> str:
@@ -111,6 +112,9 @@ class WorkerSession:
         if self._transport is not None:
             self._transport.close()
             self._lost(self._transport, "the router closed the session")
+        for task in list(self._cancels):
+            task.cancel()
+        await asyncio.gather(*self._cancels, return_exceptions=True)
 
     async def _ready_transport(self) -> Transport:
         transport = self._transport
@@ -196,7 +200,13 @@ class WorkerSession:
             stream_id=stream_id, cancel=worker_pb2.SessionCancel(reason=reason)
         )
         task = asyncio.ensure_future(transport.send(message))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a broken stream: aborted there
+        self._cancels.add(task)
+        task.add_done_callback(self._cancel_sent)
+
+    def _cancel_sent(self, task: asyncio.Task[None]) -> None:
+        self._cancels.discard(task)
+        if not task.cancelled():
+            task.exception()  # a broken stream: the worker aborted the request there
 
     def _finish(self, stream_id: int) -> None:
         self._queues.pop(stream_id, None)

@@ -54,6 +54,7 @@ class SessionServer:
         self._send = send
         self._tasks: dict[int, asyncio.Task[None]] = {}  # by stream_id
         self._cancel_reasons: dict[int, str] = {}
+        self._writes: set[asyncio.Task[None]] = set()  # pongs and early errors (referenced: not GC'd)
 
     def handle(self, message: worker_pb2.SessionRequest) -> None:
         if message.HasField("generate"):
@@ -113,7 +114,13 @@ class SessionServer:
 
     def _spawn_write(self, write: Awaitable[None]) -> None:
         task = asyncio.ensure_future(write)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a broken stream: nothing to add
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # a broken stream: nothing to add
 
     async def _write_error(self, stream_id: int, error: RequestFailed) -> None:
         failure = worker_pb2.SessionError(code=error.code.value[0], details=error.details)
