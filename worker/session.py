@@ -133,7 +133,16 @@ async def serve_grpc(service: WorkerService, context: grpc.aio.ServicerContext) 
 
     async def send(message: worker_pb2.SessionResponse) -> None:
         async with write_lock:
-            await context.write(message)
+            # A request's timeout or cancel must not cut a write short: gRPC would still be sending
+            # it when the request's next write (its error) starts. Finish it, then let the
+            # cancellation through.
+            write = asyncio.ensure_future(context.write(message))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await write
+                raise
 
     server = SessionServer(service, send)
     try:
