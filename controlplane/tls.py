@@ -34,7 +34,8 @@ def channel_credentials(ca_file: Path | None) -> grpc.ChannelCredentials:
 
 def server_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """An asyncio server's TLS context from a certificate chain and private key (PEM files)."""
-    read_pem(cert_file), read_pem(key_file)  # the same clear errors as the gRPC credentials
+    for path in (cert_file, key_file):
+        read_pem(path)  # the same clear errors as the gRPC credentials
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert_file, key_file)

@@ -25,6 +25,8 @@ from typing import Any
 import grpc
 
 from epochserve.controlplane.participants.router import ClusterView, WorkerView
+from epochserve.controlplane.store.etcd_config import split_host_port
+from epochserve.errors import ConfigError
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 from epochserve.router.channels import ClientTls
 from epochserve.router.load import WorkerLoad
@@ -177,7 +179,7 @@ class WorkerRegistry:
     def _add(self, worker: WorkerView) -> WorkerHandle:
         channel = self._dial(worker.address)
         stub = worker_pb2_grpc.WorkerStub(channel)
-        link_host = host_of(worker.address) if self.use_session_link else None
+        link_host = self._link_host(worker.address) if self.use_session_link else None
         session = WorkerSession(stub, worker.worker_id, link_host=link_host, tls=self.link_tls)
         handle = WorkerHandle(worker, channel, stub, session)
         logger.info(
@@ -185,6 +187,15 @@ class WorkerRegistry:
         )
         self._spawn(self._read_limits(handle))
         return handle
+
+    @staticmethod
+    def _link_host(address: str) -> str | None:
+        """The host of a worker's address, where its session link listens; None when the address
+        is malformed (its gRPC dial fails on its own; no link is tried)."""
+        try:
+            return split_host_port(address)[0]
+        except ConfigError:
+            return None
 
     def _retire(self, handle: WorkerHandle) -> None:
         logger.info("worker %s at %s left", handle.worker_id, handle.view.address)
@@ -216,9 +227,3 @@ class WorkerRegistry:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def host_of(address: str) -> str:
-    """The host of "HOST:PORT" ("[::1]:50051" gives "::1")."""
-    host = address.rpartition(":")[0]
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host

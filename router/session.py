@@ -124,7 +124,7 @@ class WorkerSession:
             current = self._transport
             if current is not None and not self._wants_link(current):
                 return current  # opened while this call waited
-            link = await self._open_link() if self.link_host is not None else None
+            link = await self._open_link()
             if link is not None and current is not None:
                 if self._queues:  # calls started on the gRPC Session meanwhile: keep it
                     link.close()

@@ -28,7 +28,7 @@ import grpc
 
 from epochserve.proto.framing import FramedLink
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
-from epochserve.router.channels import ClientTls
+from epochserve.router.channels import WORKER_CHANNEL_OPTIONS, ClientTls
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,15 @@ CONNECT_TIMEOUT_SECONDS = 5.0  # TCP connect, TLS handshake and the worker's MAG
 
 @dataclass(frozen=True, slots=True)
 class Keepalive:
-    interval: float = 60.0  # seconds of silence (with calls open) before a ping
-    timeout: float = 20.0  # seconds a ping may go unanswered before the link is dropped
+    interval: float  # seconds of silence (with calls open) before a ping
+    timeout: float  # seconds a ping may go unanswered before the link is dropped
 
 
-DEFAULT_KEEPALIVE = Keepalive()  # as the router's gRPC channels to workers (router/channels.py)
+_CHANNEL = dict(WORKER_CHANNEL_OPTIONS)
+# The same pings as the router's gRPC channels to workers.
+DEFAULT_KEEPALIVE = Keepalive(
+    interval=_CHANNEL["grpc.keepalive_time_ms"] / 1000, timeout=_CHANNEL["grpc.keepalive_timeout_ms"] / 1000
+)
 
 
 class GrpcTransport:
