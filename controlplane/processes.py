@@ -17,7 +17,9 @@ from typing import Any
 
 from epochserve.lifetime import popen_tied_to_parent
 
-EPOCHCTL = [sys.executable, "-m", "epochserve.controlplane.cli.main"]
+# -P: never put the working directory on the import path, where a checkout's top-level kernels/
+# folder would shadow Hugging Face's `kernels` package (transformers imports it).
+EPOCHCTL = [sys.executable, "-P", "-m", "epochserve.controlplane.cli.main"]
 
 
 class ManagedProcess:

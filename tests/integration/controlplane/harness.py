@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -27,6 +26,7 @@ from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.process import Coordinator
 from epochserve.controlplane.errors import StoreUnavailableError
 from epochserve.controlplane.etcd_launcher import free_port
+from epochserve.controlplane.processes import EPOCHCTL
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, prefix_end
 from epochserve.controlplane.store.keyspace import Keyspace
@@ -36,7 +36,6 @@ from epochserve.proto.v1 import admin_pb2 as pb
 
 T = TypeVar("T")
 TOKEN = "test-admin-token-0123456789"
-EPOCHCTL = [sys.executable, "-m", "epochserve.controlplane.cli.main"]
 LEASE_TTL = 2  # seconds: every lease in these tests
 
 

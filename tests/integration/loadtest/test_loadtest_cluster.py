@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from fixtures.models import build_tiny_model
 
 from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
+from epochserve.controlplane.processes import EPOCHCTL
 
-EPOCHCTL = [sys.executable, "-m", "epochserve.controlplane.cli.main"]
 DURATION_SECONDS = 30
 ROLLOUT_EVERY_SECONDS = 12  # rollouts at ~12 s and ~24 s; the next would come after the load
 
