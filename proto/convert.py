@@ -50,6 +50,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
         ignore_eos=msg.ignore_eos,
         num_top_logprobs=msg.num_top_logprobs,
         return_raw_logprobs=msg.return_raw_logprobs,
+        return_support_size=msg.return_support_size,
     )
 
 
@@ -63,6 +64,7 @@ def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
         ignore_eos=params.ignore_eos,
         num_top_logprobs=params.num_top_logprobs,
         return_raw_logprobs=params.return_raw_logprobs,
+        return_support_size=params.return_support_size,
     )
     if params.max_tokens is not None:
         msg.max_tokens = params.max_tokens

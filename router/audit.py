@@ -5,9 +5,9 @@ Each line holds what `epochctl verify` needs to recompute the logprobs under the
     {"schema": 1, "time": <unix s>, "router_id", "request_id", "policy_version",
      "prompt_token_ids": [...], "prompt_text": "", "n",
      "sampling": {temperature, top_p, top_k, min_p, max_tokens, seed, stop_token_ids, ignore_eos,
-                  num_top_logprobs, return_raw_logprobs},      # defaults resolved
+                  num_top_logprobs, return_raw_logprobs, return_support_size},  # as forwarded
      "samples": [{sample_index, policy_version, token_ids, processed_logprobs, raw_logprobs,
-                  top_logprobs, finish_reason, abort_reason, num_prompt_tokens, worker_id,
+                  top_logprobs, support_sizes, finish_reason, abort_reason, num_prompt_tokens, worker_id,
                   diagnostics: {worker_id, tp_size, policy_version, seed, kernel_mode, ...}}]}
 
 Only responses that completed (status OK) are written; failed requests have no complete output.

@@ -46,6 +46,11 @@ class RequestFlow:
         n = request.n if request.HasField("n") else 1
         self.state = FlowState(self.request.request_id, n)
         self.assembler = ResponseAssembler() if core.audit is not None else None
+        # The audit log always holds support sizes (verify rebuilds each token's exact support);
+        # a client that did not ask for them does not get them.
+        self._strip_support_sizes = self.assembler is not None and not request.sampling.return_support_size
+        if self.assembler is not None:
+            self.request.sampling.return_support_size = True
         self.num_tokens = 0
         self._last_chunk_at: dict[int, float] = {}  # by sample index
         self._is_pinned = False
@@ -152,6 +157,8 @@ class RequestFlow:
             self.num_tokens += num_tokens
         if self.assembler is not None:
             self.assembler.add(response)
+            if self._strip_support_sizes and response.HasField("chunk"):
+                response.chunk.ClearField("support_sizes")
 
     def _write_audit(self) -> None:
         if self.core.audit is None or self.assembler is None:

@@ -64,6 +64,7 @@ class Sample:
     processed_logprobs: tuple[float, ...]  # fp32 log-softmax of the distribution sampled from
     raw_logprobs: tuple[float, ...]  # unprocessed; empty unless requested
     top_logprobs: tuple[TopLogprobs, ...]  # one per token when requested
+    support_sizes: tuple[int, ...]  # tokens each processed distribution kept; empty unless requested
     finish_reason: FinishReasonName
     abort_reason: str
     num_prompt_tokens: int
@@ -116,6 +117,7 @@ class _Partial:
     processed_logprobs: list[float] = field(default_factory=list)
     raw_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    support_sizes: list[int] = field(default_factory=list)
 
 
 class ResponseAssembler:
@@ -152,6 +154,7 @@ class ResponseAssembler:
             partial.top_logprobs.extend(
                 TopLogprobs(tuple(t.token_ids), tuple(t.logprobs)) for t in chunk.top_logprobs
             )
+            partial.support_sizes.extend(chunk.support_sizes)
             return TokenChunk(
                 response.request_id,
                 response.sample_index,
@@ -198,6 +201,7 @@ def _finish(response: common_pb2.GenerateResponse, partial: _Partial) -> Sample:
         processed_logprobs=tuple(partial.processed_logprobs),
         raw_logprobs=tuple(partial.raw_logprobs),
         top_logprobs=tuple(partial.top_logprobs),
+        support_sizes=tuple(partial.support_sizes),
         finish_reason=finish_reason_name(finish.finish_reason),
         abort_reason=finish.abort_reason,
         num_prompt_tokens=finish.num_prompt_tokens,

@@ -255,6 +255,7 @@ class Engine:
             seq.processed_logprobs.append(sampled.processed_logprobs[i])
             raw = sampled.raw_logprobs[i]
             top = sampled.top_logprobs[i]
+            support = sampled.support_sizes[i]
             if raw is not None:
                 seq.raw_logprobs.append(raw)
             if top is not None:
@@ -270,6 +271,7 @@ class Engine:
                 token_ids=(token,),
                 processed_logprobs=(sampled.processed_logprobs[i],),
                 raw_logprobs=() if raw is None else (raw,),
+                support_sizes=() if support is None else (support,),
                 top_logprobs=() if top is None else ((tuple(top[0]), tuple(top[1])),),
             )
             if finish is not None:

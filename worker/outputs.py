@@ -60,4 +60,5 @@ class SequenceOutput:
     processed_logprobs: tuple[float, ...] = ()
     raw_logprobs: tuple[float, ...] = ()  # empty unless requested
     top_logprobs: tuple[tuple[tuple[int, ...], tuple[float, ...]], ...] = ()  # empty unless requested
+    support_sizes: tuple[int, ...] = ()  # empty unless requested
     finish: FinishInfo | None = None

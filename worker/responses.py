@@ -32,6 +32,7 @@ def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse
         chunk.token_ids.extend(output.token_ids)
         chunk.logprobs.extend(output.processed_logprobs)
         chunk.raw_logprobs.extend(output.raw_logprobs)
+        chunk.support_sizes.extend(output.support_sizes)
         for ids, logprobs in output.top_logprobs:
             chunk.top_logprobs.add(token_ids=ids, logprobs=logprobs)
     return common_pb2.GenerateResponse(

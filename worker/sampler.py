@@ -33,6 +33,7 @@ class SamplerOutput:
     processed_logprobs: list[float]  # [num_seqs]
     raw_logprobs: list[float | None]  # [num_seqs]; None unless requested
     top_logprobs: list[tuple[list[int], list[float]] | None]  # [num_seqs]; None unless requested
+    support_sizes: list[int | None]  # [num_seqs]; tokens the processed distribution kept, if asked
     errors: list[str | None]  # [num_seqs]; a message when a runtime guard tripped
 
 
@@ -42,7 +43,8 @@ class PendingSample:
     launch, consumed by collect (which waits for the copy alone, not for work queued after it)."""
 
     token_ids: torch.Tensor  # [num_seqs] int64 on the device: a run-ahead step's inputs
-    host: torch.Tensor  # [4, num_seqs] float64 on the host: token, processed and raw logprob, finite
+    host: torch.Tensor  # [5, num_seqs] float64 on the host: token, processed and raw logprob, finite,
+    # support size
     top: tuple[torch.Tensor, torch.Tensor] | None  # host copies of the top-k values and ids, if asked
     copied: torch.cuda.Event | None  # set once `host` and `top` hold their values (CUDA)
     params: list[SamplingParams]
@@ -70,6 +72,13 @@ def filter_logits(
 ) -> torch.Tensor:
     """Set to -inf every token that top-k, then top-p, then min-p removes. The top token always stays.
 
+    The boundary rule (README "What logprobs mean"; epochserve/sampling/reference.py is the trainer's
+    copy): tokens ranked by logit, ties by the lower id (a stable sort); top-k keeps the first k;
+    top-p keeps a token iff the mass of the tokens ranked before it is < top_p; min-p keeps a token
+    iff its probability is >= min_p x the top token's. Probabilities and prefix sums are fp64: an
+    fp32 sum over a 128k vocabulary is off by up to ~1e-5, so the boundary token was decided by
+    rounding; fp64's error (~vocab x 2^-53, 3e-11 at 256k) cannot move a margin above 1e-9.
+
     batch_invariant: CUDA's cumsum picks its scan by the number of rows (tests/gpu shows a lone row
     summing differently), so the top-p prefix sums then run one row per call.
     """
@@ -78,17 +87,17 @@ def filter_logits(
     ranks = torch.arange(vocab, device=logits.device)
     k = torch.where(top_k > 0, top_k, vocab)
     remove = ranks[None, :] >= k[:, None]
-    probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
-    # top-p: drop a token once the tokens strictly more likely already hold top_p of the mass.
+    sorted64 = sorted_logits.double()
+    probs = sorted64.masked_fill(remove, float("-inf")).softmax(dim=-1)
     if batch_invariant and probs.shape[0] > 1:
         cumulative = torch.cat([row.cumsum(dim=-1) for row in probs.split(1)])
     else:
         cumulative = probs.cumsum(dim=-1)
-    mass_before = cumulative - probs
-    remove |= (mass_before >= top_p[:, None]) & (top_p[:, None] < 1.0)
-    remove[:, 0] = False
-    probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
-    remove |= probs < min_p[:, None] * probs[:, :1]
+    # cumulative[:, r - 1] is the mass ranked before rank r (rank 0 always stays).
+    top_p64 = top_p.double()[:, None]
+    remove[:, 1:] |= (cumulative[:, :-1] >= top_p64) & (top_p64 < 1.0)
+    # min-p: p_r >= min_p * p_0  <=>  exp(z_r - z_0) >= min_p (the normalisation cancels).
+    remove |= (sorted64 - sorted64[:, :1]).exp() < min_p.double()[:, None]
     remove[:, 0] = False
     filtered = sorted_logits.masked_fill(remove, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, filtered)
@@ -120,8 +129,12 @@ class Sampler:
         raw = chosen
         if wants_raw and processed is not logits:
             raw = logits.gather(1, token_ids[:, None])[:, 0] - raw_lse
-        # Everything the host needs in one transfer (token ids < 2^24 are exact in float64).
-        host = _to_host(torch.stack([token_ids.double(), chosen.double(), raw.double(), is_finite.double()]))
+        support = token_ids  # a placeholder row unless a sequence asked for its support size
+        if any(p.return_support_size for p in params):
+            support = (processed != float("-inf")).sum(dim=-1)
+        # Everything the host needs in one transfer (counts and token ids are exact in float64).
+        rows = [token_ids, chosen, raw, is_finite, support]
+        host = _to_host(torch.stack([row.double() for row in rows]))
         max_top = max(p.num_top_logprobs for p in params)
         top = None
         if max_top:
@@ -155,7 +168,10 @@ class Sampler:
         raw_out: list[float | None] = [
             r if want else None for r, want in zip(host[2], wants_raw, strict=True)
         ]
-        return SamplerOutput(tokens, host[1], raw_out, top, errors)
+        support: list[int | None] = [
+            int(size) if p.return_support_size else None for size, p in zip(host[4], params, strict=True)
+        ]
+        return SamplerOutput(tokens, host[1], raw_out, top, support, errors)
 
     def _process(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         """Temperature (1 for greedy rows), then top-k, top-p, min-p; logits pass through untouched

@@ -38,18 +38,27 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
+# Bits of uniform noise per token. (bits + 0.5) / 2^23 is exact in fp32 and lies strictly inside
+# (0, 1); with 24 bits, bits + 0.5 needs 25 and the top value rounded to 1.0, whose noise is +inf:
+# that token won the race wherever it was, inside the processed support or not.
+NOISE_BITS = 23
+
+
 def uniform_bits(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[rows, vocab] int64 in [0, 2^24): the integer noise, bit-identical on every device."""
+    """[rows, vocab] int64 in [0, 2^NOISE_BITS): the integer noise, bit-identical on every device."""
     tokens = torch.arange(vocab_size, device=keys.device, dtype=torch.int64)
-    return _shift_right(_mix(keys[:, None] + tokens[None, :] * _GOLDEN), 40)
+    return _shift_right(_mix(keys[:, None] + tokens[None, :] * _GOLDEN), 64 - NOISE_BITS)
+
+
+def uniforms(bits: torch.Tensor) -> torch.Tensor:
+    """fp32 (bits + 0.5) / 2^NOISE_BITS: exact, never 0 or 1."""
+    return (bits.to(torch.float32) + 0.5) * (1.0 / (1 << NOISE_BITS))
 
 
 def gumbel_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[rows, vocab] fp32 Gumbel(0, 1) noise for int64 keys [rows].
+    """[rows, vocab] fp32 Gumbel(0, 1) noise for int64 keys [rows]; always finite.
 
     The uniforms are exact on every device; the two logs may differ in the last bit between a CPU
     and a GPU (their libm differs), never between two calls on one device.
     """
-    # 24 high bits → a uniform in (0, 1) that fp32 represents exactly, never 0 or 1.
-    uniform = (uniform_bits(keys, vocab_size).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
-    return -torch.log(-torch.log(uniform))
+    return -torch.log(-torch.log(uniforms(uniform_bits(keys, vocab_size))))

@@ -97,7 +97,9 @@ def live_records(args: argparse.Namespace) -> list[Any]:
     from epochserve.sampling import SamplingParams
 
     rng = random.Random(0)
-    sampling = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=16, ignore_eos=True)
+    sampling = SamplingParams(
+        temperature=1.0, top_p=0.95, max_tokens=16, ignore_eos=True, return_support_size=True
+    )
     records = []
     with GenerationClient(args.live) as client:
         for i in range(args.requests):
@@ -106,7 +108,8 @@ def live_records(args: argparse.Namespace) -> list[Any]:
                 prompt, SamplingParams(**{**_fields(sampling), "seed": i}), n=2, timeout=300
             )
             samples = tuple(
-                VerifiedSample(s.policy_version, s.token_ids, s.processed_logprobs) for s in result.samples
+                VerifiedSample(s.policy_version, s.token_ids, s.processed_logprobs, s.support_sizes)
+                for s in result.samples
             )
             records.append(ResponseRecord(result.request_id, tuple(prompt), "", sampling, samples))
     return records
@@ -135,6 +138,13 @@ def print_report(report: Any, ok: bool) -> None:
         print(f"{name:8} {s.num_sequences:10d} {s.num_tokens:10d} {s.mean_abs_delta:10.2e} "
               f"{s.max_abs_delta:10.2e} {s.kl_new_old:10.2e} {s.token_clip_rate:10.2%} "
               f"{s.sequence_clip_rate:10.2%}")  # fmt: skip
+    if report.boundary.num_positions:
+        print(f"top-p/min-p boundary within the logits' noise at {report.boundary.num_positions} "
+              f"position(s): checked with the engine's support sizes (the rule alone would differ "
+              f"there by up to {report.boundary.max_abs_delta_by_rule:.2e})")  # fmt: skip
+    if report.num_tokens_without_support_sizes:
+        print(f"{report.num_tokens_without_support_sizes} token(s) without support sizes: "
+              f"checked by the boundary rule alone")  # fmt: skip
     if report.mixed_version_responses:
         print(f"responses mixing versions: {report.mixed_version_responses}")
     print("PASS" if ok else "FAIL")

@@ -16,6 +16,7 @@ class VerifiedSample:
     policy_version: int
     token_ids: tuple[int, ...]
     processed_logprobs: tuple[float, ...]
+    support_sizes: tuple[int, ...] = ()  # the engine's, per token; empty in records without them
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,10 @@ def read_audit_log(path: Path) -> Iterator[ResponseRecord]:
                 raw = json.loads(line)
                 samples = tuple(
                     VerifiedSample(
-                        int(s["policy_version"]), tuple(s["token_ids"]), tuple(s["processed_logprobs"])
+                        int(s["policy_version"]),
+                        tuple(s["token_ids"]),
+                        tuple(s["processed_logprobs"]),
+                        tuple(s.get("support_sizes", ())),
                     )
                     for s in raw["samples"]
                 )

@@ -1,41 +1,33 @@
 """Recompute processed logprobs with Hugging Face transformers under a named version's weights.
 
-The processing is the engine's contract (README "What logprobs mean"): temperature (1 for greedy),
-then top-k, top-p, min-p with transformers' own warpers, then an fp32 log-softmax. Models load in
-fp32, one version at a time (the last one stays loaded).
+transformers runs the model (fp32, one version loaded at a time: the last one stays); the processing
+is the trainer's reference, epochserve.sampling.reference: the engine's exact boundary rule, or the
+engine's own support sizes where the response carries them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from epochserve.sampling import SamplingParams
+from epochserve.sampling.reference import rule_support_sizes, scaled_logits, token_logprobs
 
 logger = logging.getLogger(__name__)
 
 
-def processors(params: SamplingParams) -> Any:
-    from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+@dataclass(frozen=True, slots=True)
+class Recomputed:
+    """A trainer's recompute of one sample's tokens."""
 
-    chain = LogitsProcessorList([TemperatureLogitsWarper(1.0 if params.is_greedy else params.temperature)])
-    if params.top_k:
-        chain.append(TopKLogitsWarper(params.top_k))
-    if params.top_p < 1.0:
-        chain.append(TopPLogitsWarper(params.top_p))
-    if params.min_p > 0.0:
-        chain.append(MinPLogitsWarper(params.min_p))
-    return chain
+    logprobs: list[float]  # with the engine's support sizes where given, else the rule's
+    rule_logprobs: list[float]  # the rule alone applied to the trainer's logits
+    boundary_positions: list[int]  # where the rule kept another number of tokens than the engine
 
 
 class Recomputer:
@@ -61,17 +53,29 @@ class Recomputer:
         return self._loaded[1]
 
     @torch.no_grad()
-    def processed_logprobs(
-        self, version: int, prompt: Sequence[int], tokens: Sequence[int], params: SamplingParams
-    ) -> list[float]:
-        """The processed logprob of each of `tokens` after `prompt`, under `version`'s weights."""
+    def recompute(
+        self,
+        version: int,
+        prompt: Sequence[int],
+        tokens: Sequence[int],
+        params: SamplingParams,
+        support_sizes: Sequence[int] = (),
+    ) -> Recomputed:
+        """The processed logprob of each of `tokens` after `prompt`, under `version`'s weights.
+        support_sizes: the engine's, one per token, or empty when the response has none."""
         if not tokens:
-            return []
+            return Recomputed([], [], [])
+        if support_sizes and len(support_sizes) != len(tokens):
+            raise ValueError(f"{len(support_sizes)} support sizes for {len(tokens)} tokens")
         model = self.model(version)
         ids = torch.tensor([list(prompt) + list(tokens)], device=self.device)
         logits = model(ids).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
-        logprobs = torch.log_softmax(processors(params)(None, logits), dim=-1)
-        picked = logprobs[
-            torch.arange(len(tokens), device=self.device), torch.tensor(list(tokens), device=self.device)
-        ]
-        return [float(x) for x in picked.cpu()]
+        token_ids = torch.tensor(list(tokens), device=self.device)
+        rule_sizes = rule_support_sizes(scaled_logits(logits, params), params)
+        rule = token_logprobs(logits, token_ids, params, rule_sizes).tolist()
+        if not support_sizes:
+            return Recomputed(rule, rule, [])
+        engine_sizes = torch.tensor(list(support_sizes), device=self.device)
+        exact = token_logprobs(logits, token_ids, params, engine_sizes).tolist()
+        boundary = (rule_sizes != engine_sizes).nonzero()[:, 0].tolist()
+        return Recomputed(exact, rule, boundary)

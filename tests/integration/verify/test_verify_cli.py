@@ -30,8 +30,18 @@ def audited(tmp_path_factory):
 
         def batch(seed):
             for i in range(4):
-                params = SamplingParams(temperature=0.9, top_k=50, max_tokens=6, seed=seed + i)
-                client.generate([5, 6, 7 + i, 8], params, n=2)
+                asks = i == 0  # support sizes reach a client that asks; the audit log always has them
+                params = SamplingParams(
+                    temperature=0.9,
+                    top_k=50,
+                    top_p=0.9,
+                    max_tokens=6,
+                    seed=seed + i,
+                    return_support_size=asks,
+                )
+                result = client.generate([5, 6, 7 + i, 8], params, n=2)
+                for sample in result.samples:
+                    assert len(sample.support_sizes) == (len(sample.token_ids) if asks else 0)
 
         batch(0)
         publisher = PolicyPublisher(cluster.admin_address, cluster.token, timeout=120)
@@ -57,6 +67,25 @@ def test_the_real_audit_log_passes(audited):
     report = json.loads(done.stdout)
     assert report["ok"] and set(report["by_version"]) == {"0", "1"}
     assert report["overall"]["num_sequences"] == 16 and report["overall"]["max_abs_delta"] < 1e-4
+    assert report["num_tokens_without_support_sizes"] == 0
+    for line in audit.read_text().splitlines():
+        for sample in json.loads(line)["samples"]:
+            assert len(sample["support_sizes"]) == len(sample["token_ids"])
+            assert all(1 <= size <= 50 for size in sample["support_sizes"])
+
+
+def test_verify_takes_the_engines_support_and_counts_where_the_rule_departs(audited, tmp_path):
+    audit, a, b, _, _ = audited
+    planted = tmp_path / "support.jsonl"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    sample = records[0]["samples"][0]
+    sample["support_sizes"][0] += 1 if sample["support_sizes"][0] < 50 else -1  # one token more or fewer
+    planted.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = verify("--audit-log", str(planted), "--model", str(a), "--version-dir", f"1={b}", "--no-admin")
+    report = json.loads(done.stdout)
+    assert report["boundary"]["num_positions"] == 1
+    # the recompute used the planted support, so it now disagrees with the logprob the engine sent
+    assert report["overall"]["max_abs_delta"] > 1e-6
 
 
 def test_version_sources_come_from_the_coordinator(audited):

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.timeout(30)  # a driver that hangs fails here, not afte
 
 def finished(rid: str, index: int, version: int, num_tokens: int, at: float) -> SampleFinished:
     diagnostics = Diagnostics("w0", 1, version, 7, "eager", 0, 0.0, 0.0, 0.0, 1, False, 0)
-    sample = Sample(index, version, (5,) * num_tokens, (-0.5,) * num_tokens, (), (), "length", "", 3, "w0",
-                    diagnostics)  # fmt: skip
+    sample = Sample(index, version, (5,) * num_tokens, (-0.5,) * num_tokens, (), (), (), "length", "", 3,
+                    "w0", diagnostics)  # fmt: skip
     return SampleFinished(rid, sample, at)
 
 

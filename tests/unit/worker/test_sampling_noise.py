@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from epochserve.worker.sampling_noise import gumbel_noise, noise_key
+from epochserve.worker.sampling_noise import NOISE_BITS, gumbel_noise, noise_key, uniform_bits, uniforms
 
 
 def test_a_row_depends_only_on_its_key():
@@ -27,3 +27,15 @@ def test_noise_is_standard_gumbel():
     assert abs(noise.mean().item() - euler_gamma) < 0.01
     assert abs(noise.var().item() - math.pi**2 / 6) < 0.02
     assert torch.isfinite(noise).all()
+
+
+def test_every_uniform_lies_strictly_inside_zero_one_so_no_noise_is_infinite():
+    # The extreme bit patterns: with one more bit, the top one rounded to 1.0 and its noise to +inf,
+    # which made that token win the draw whatever its probability (outside the support included).
+    bits = torch.tensor([0, 1, 2 ** (NOISE_BITS - 1), 2**NOISE_BITS - 2, 2**NOISE_BITS - 1])
+    values = uniforms(bits)
+    assert torch.equal(values.double(), (bits.double() + 0.5) / 2**NOISE_BITS)  # exact
+    assert (values > 0).all() and (values < 1).all()
+    assert torch.isfinite(-torch.log(-torch.log(values))).all()
+    drawn = uniform_bits(torch.tensor([noise_key(5, 0, p) for p in range(8)]), 100_000)
+    assert drawn.min() >= 0 and drawn.max() < 2**NOISE_BITS

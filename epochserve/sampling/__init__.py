@@ -2,6 +2,8 @@
 
 Both the router and the worker validate a request with these same rules (DESIGN.md §6), so a bad
 request is refused with the same INVALID_ARGUMENT message wherever it lands. Pure Python: no torch.
+The trainer's side of the processing — the processed log-softmax rebuilt from full logits — is in
+`epochserve.sampling.reference` (needs torch).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class SamplingParams:
     ignore_eos: bool = False
     num_top_logprobs: int = 0
     return_raw_logprobs: bool = False
+    return_support_size: bool = False  # per token: how many tokens the processed distribution kept
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
