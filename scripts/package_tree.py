@@ -23,8 +23,9 @@ def build_tree(dest: Path) -> None:
     root.mkdir(parents=True)
     # The root package is a real folder here (its subpackages are linked into it), so link its
     # files one by one rather than the folder itself.
-    for path in (REPO / mapping.pop("epochserve")).glob("*.py"):
-        os.symlink(path, root / path.name)
+    for path in (REPO / mapping.pop("epochserve")).iterdir():
+        if path.suffix == ".py" or (path / "__init__.py").is_file():  # modules and subpackages
+            os.symlink(path, root / path.name, target_is_directory=path.is_dir())
     for package, folder in sorted(mapping.items()):
         os.symlink(REPO / folder, dest.joinpath(*package.split(".")), target_is_directory=True)
 

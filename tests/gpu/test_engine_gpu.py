@@ -207,6 +207,26 @@ def test_batch_invariance_in_bytes(model_dir, batch_invariant):
         assert not any(differs)
 
 
+def test_top_p_support_sizes_are_batch_invariant_in_bytes(model_dir):
+    """batch_invariant keeps its guarantee with the fp64 top-p boundary: the target's tokens,
+    processed logprobs and support sizes are the same bytes alone and among 2/7/32 top-p others."""
+    engine = make_engine(model_dir, device="cuda", dtype="bfloat16", batch_invariant=True,
+                         enable_prefix_cache=False)  # fmt: skip
+
+    def target_alone_or_among(others: int):
+        target = make_request("target", prompts(1, seed=98)[0], engine.limits, temperature=1.2, top_p=0.9,
+                              seed=7, max_tokens=24, ignore_eos=True, return_support_size=True)  # fmt: skip
+        rest = [make_request(f"o{others}-{i}", p, engine.limits, temperature=1.0, top_p=0.8, min_p=0.01,
+                             seed=i, max_tokens=8 + i % 20, ignore_eos=True)
+                for i, p in enumerate(prompts(others, seed=others))]  # fmt: skip
+        sample = run_to_completion(engine, [target, *rest])["target"][0]
+        assert len(sample.support_sizes) == 24
+        return (*_bytes(sample), torch.tensor(sample.support_sizes).numpy().tobytes())
+
+    alone = target_alone_or_among(0)
+    assert all(target_alone_or_among(others) == alone for others in (2, 7, 32))
+
+
 def test_sampling_noise_is_the_same_on_cpu_and_gpu():
     from epochserve.worker.sampling_noise import gumbel_noise, noise_key, uniform_bits
 
