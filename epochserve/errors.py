@@ -30,7 +30,16 @@ class RuntimeGuardError(EpochserveError):
 
 
 class ConfigError(EpochserveError):
-    """A process was started with settings it cannot run with (bad model dir, bad head split)."""
+    """A process was started with settings it cannot run with (bad model dir, bad head split).
+    `epochctl` prints the message as one line and exits with 2, as for argparse's own errors."""
+
+
+class PortInUseError(EpochserveError):
+    """A server's port is taken by another process; the server refuses to share it."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} is in use")
+        self.port = port
 
 
 class VersionMismatchError(EpochserveError):

@@ -62,7 +62,8 @@ async def run_load(
     async with AsyncGenerationClient(config.target, timeout=config.plan.request_timeout_seconds) as client:
         watcher = PolicyWatcher(client, versions, config.policy_poll_seconds)
         try:
-            await client.get_policy(timeout=FIRST_POLL_TIMEOUT_SECONDS)
+            # Not waiting for the channel: a wrong or dead address fails in about a second.
+            await client.get_policy(timeout=FIRST_POLL_TIMEOUT_SECONDS, wait_for_ready=False)
         except GenerationError as exc:
             raise LoadtestError(f"the target {config.target} does not answer GetPolicy: {exc}") from None
         await watcher.poll()

@@ -17,6 +17,7 @@ import grpc
 
 from epochserve.controlplane.tls import channel_credentials, read_pem
 from epochserve.errors import ConfigError
+from epochserve.net import EXCLUSIVE_PORT
 
 MB = 1 << 20
 
@@ -46,6 +47,7 @@ CLIENT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 
 # The router's server: accept the clients' pings above; ping idle clients to drop dead ones.
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    EXCLUSIVE_PORT,
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -47,6 +47,7 @@ class PolicyInfo:
     num_workers_serving: int
     num_workers: int
     router_id: str
+    model_path: str  # the workers' model directory (on their machines); "" until one answered
 
 
 def build_request(
@@ -88,6 +89,7 @@ def _policy_info(response: generation_pb2.GetPolicyResponse) -> PolicyInfo:
         response.num_workers_serving,
         response.num_workers,
         response.router_id,
+        response.model_path,
     )
 
 
@@ -166,10 +168,12 @@ class GenerationClient:
             raise error_from_rpc(exc, request_id) from None
         return bool(response.found)
 
-    def get_policy(self, timeout: float = 10.0) -> PolicyInfo:
+    def get_policy(self, timeout: float = 10.0, wait_for_ready: bool | None = None) -> PolicyInfo:
+        """wait_for_ready: None takes the client's; False fails at once when nothing listens."""
+        wait = self.wait_for_ready if wait_for_ready is None else wait_for_ready
         try:
             response = self._stub.GetPolicy(
-                generation_pb2.GetPolicyRequest(), timeout=timeout, wait_for_ready=self.wait_for_ready
+                generation_pb2.GetPolicyRequest(), timeout=timeout, wait_for_ready=wait
             )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
@@ -266,10 +270,12 @@ class AsyncGenerationClient:
             raise error_from_rpc(exc, request_id) from None
         return bool(response.found)
 
-    async def get_policy(self, timeout: float = 10.0) -> PolicyInfo:
+    async def get_policy(self, timeout: float = 10.0, wait_for_ready: bool | None = None) -> PolicyInfo:
+        """wait_for_ready: None takes the client's; False fails at once when nothing listens."""
+        wait = self.wait_for_ready if wait_for_ready is None else wait_for_ready
         try:
             response = await self._stub.GetPolicy(
-                generation_pb2.GetPolicyRequest(), timeout=timeout, wait_for_ready=self.wait_for_ready
+                generation_pb2.GetPolicyRequest(), timeout=timeout, wait_for_ready=wait
             )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from None

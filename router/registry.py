@@ -50,6 +50,7 @@ class WorkerHandle:
     session: WorkerSession  # the one Session stream this router's requests there share
     load: WorkerLoad = field(default_factory=WorkerLoad)
     limits: ModelLimits | None = None  # read with GetWorkerInfo after it appeared
+    model_path: str = ""  # the model directory it reported with its limits
     suspect_until: float = 0.0  # time.monotonic(): avoid until then (a call failed in transport)
     is_removed: bool = False  # left the cluster (or moved): no new requests
 
@@ -104,6 +105,11 @@ class WorkerRegistry:
             max_model_len=min(lim.max_model_len for lim in known),
             max_n=min(lim.max_n for lim in known),
         )
+
+    @property
+    def model_path(self) -> str:
+        """The model directory a known worker reported; "" before any answered."""
+        return next((h.model_path for h in self._handles.values() if h.model_path), "")
 
     def update(self, view: ClusterView) -> None:
         """Take the workers of `view` (a newer revision than the last one)."""
@@ -214,6 +220,7 @@ class WorkerRegistry:
                 await asyncio.sleep(0.5 * (attempt + 1))
                 continue
             handle.limits = ModelLimits(info.vocab_size, info.max_model_len, info.max_n or 1)
+            handle.model_path = info.model_path
             return
 
     async def _close(self, handle: WorkerHandle) -> None:

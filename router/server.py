@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 
 from epochserve.controlplane.participants.router import RouterParticipant
 from epochserve.controlplane.tls import read_pem
+from epochserve.net import bind_grpc, port_errors
 from epochserve.proto.v1 import generation_pb2, generation_pb2_grpc
 from epochserve.router.audit import AuditLog
 from epochserve.router.channels import SERVER_OPTIONS, WORKER_CHANNEL_OPTIONS, aio_channel
@@ -62,10 +63,8 @@ def build_core(config: RouterConfig) -> RouterCore:
 
 def bind(server: grpc.aio.Server, config: RouterConfig) -> int:
     """Listen on config.host:port (TLS when configured); returns the bound port."""
-    target = f"{config.host}:{config.port}"
-    if config.tls is None:
-        return server.add_insecure_port(target)
-    return server.add_secure_port(target, _server_credentials(config.tls))
+    credentials = None if config.tls is None else _server_credentials(config.tls)
+    return bind_grpc(server, config.host, config.port, credentials)
 
 
 def _server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
@@ -106,9 +105,10 @@ async def serve(config: RouterConfig) -> int:
         follower.start()
         version = await follower.wait_first_epoch(FIRST_EPOCH_TIMEOUT_SECONDS)
         if config.metrics_port is not None:
-            metrics_server, _ = start_http_server(
-                config.metrics_port, config.metrics_host, core.metrics.registry
-            )
+            with port_errors(config.metrics_port):
+                metrics_server, _ = start_http_server(
+                    config.metrics_port, config.metrics_host, core.metrics.registry
+                )
         for name in ("", GENERATION_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = metrics_server.server_port if metrics_server is not None else None

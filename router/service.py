@@ -82,6 +82,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             num_workers_serving=len(view.serving(version)),
             num_workers=len(view.workers),
             router_id=self.core.router_id,
+            model_path=self.core.registry.model_path,
         )
 
 

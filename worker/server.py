@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from epochserve.controlplane.tls import server_credentials, server_ssl_context
 from epochserve.errors import ConfigError
+from epochserve.net import EXCLUSIVE_PORT, bind_grpc
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine import Engine
@@ -104,19 +105,26 @@ async def _watching_followers(launcher: TPLauncher, fn: Callable[[], T]) -> T:
 
 
 async def serve(config: WorkerServerConfig) -> int:
+    # The port first: a taken one fails at once (PortInUseError), not after loading the model.
+    server = grpc.aio.server(options=[EXCLUSIVE_PORT])
+    port = _bind(server, config)
     engine, launcher = await start_engine(config)
     try:
-        return await _serve(config, engine, launcher)
+        return await _serve(config, engine, launcher, server, port)
     finally:
         if launcher is not None:
             launcher.stop()
 
 
-async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLauncher | None) -> int:
+async def _serve(
+    config: WorkerServerConfig,
+    engine: Engine,
+    launcher: TPLauncher | None,
+    server: grpc.aio.Server,
+    port: int,
+) -> int:
     loop = EngineLoop(engine)
     loop.start()
-    server = grpc.aio.server()
-    port = _bind(server, config)
     identity = WorkerStamp(
         worker_id=config.worker_id or f"{socket.gethostname()}:{port}",
         tp_size=config.tp,
@@ -185,10 +193,10 @@ async def _serve(config: WorkerServerConfig, engine: Engine, launcher: TPLaunche
 
 def _bind(server: grpc.aio.Server, config: WorkerServerConfig) -> int:
     """Listen on config.host:port (TLS when configured); returns the bound port."""
-    target = f"{config.host}:{config.port}"
-    if config.tls_cert_file is None or config.tls_key_file is None:
-        return server.add_insecure_port(target)
-    return server.add_secure_port(target, server_credentials(config.tls_cert_file, config.tls_key_file))
+    credentials = None
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        credentials = server_credentials(config.tls_cert_file, config.tls_key_file)
+    return bind_grpc(server, config.host, config.port, credentials)
 
 
 async def _shutdown(

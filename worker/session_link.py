@@ -16,6 +16,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from epochserve.net import port_errors
 from epochserve.proto.framing import FramedLink
 from epochserve.proto.v1 import worker_pb2
 from epochserve.worker.session import SessionServer
@@ -41,7 +42,10 @@ class SessionLinkServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, self.host, self.requested_port, ssl=self.tls)
+        with port_errors(self.requested_port):
+            self._server = await loop.create_server(
+                self._accept, self.host, self.requested_port, ssl=self.tls
+            )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

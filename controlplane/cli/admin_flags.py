@@ -9,48 +9,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from epochserve.controlplane.admin.auth import load_token
 from epochserve.controlplane.admin.client import AdminClient
+from epochserve.controlplane.cli.cluster_flags import add_admin_connection_flags, admin_address, token_file
+from epochserve.controlplane.cli.exit_codes import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE
 from epochserve.errors import ConfigError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
-ADMIN_ENV = "EPOCHSERVE_ADMIN"
 CALL_TIMEOUT = 30.0  # seconds, default deadline of one call
 WAIT_TIMEOUT = 900.0  # seconds, default limit of --wait / --watch
 
 
-def add_admin_flags(parser: argparse.ArgumentParser) -> None:
+def add_admin_flags(parser: argparse.ArgumentParser, waits: bool = False) -> None:
+    """The connection flags, --json and --timeout; `waits`: the command has --wait or --watch."""
     group = parser.add_argument_group("admin connection")
-    group.add_argument(
-        "--admin",
-        default=os.environ.get(ADMIN_ENV, "127.0.0.1:7070"),
-        metavar="HOST:PORT",
-        help=f"a coordinator's Admin address (default ${ADMIN_ENV} or 127.0.0.1:7070)",
-    )
-    group.add_argument(
-        "--token-file", type=Path, metavar="FILE", help="bearer token (else $EPOCHSERVE_ADMIN_TOKEN)"
-    )
-    group.add_argument(
-        "--ca", type=Path, metavar="FILE", help="CA of the coordinator's certificate (enables TLS)"
-    )
-    group.add_argument("--tls", action="store_true", help="use TLS trusting the system's CAs")
+    add_admin_connection_flags(group)
     group.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
-    group.add_argument(
-        "--timeout",
-        type=float,
-        metavar="S",
-        help=f"seconds before giving up: per call ({CALL_TIMEOUT:g}), for --wait/--watch ({WAIT_TIMEOUT:g})",
-    )
+    limit = f"per call (default {CALL_TIMEOUT:g})"
+    if waits:
+        limit += f", for --wait/--watch (default {WAIT_TIMEOUT:g})"
+    group.add_argument("--timeout", type=float, metavar="S", help=f"seconds before giving up: {limit}")
 
 
 def timeout_of(args: argparse.Namespace, waits: bool) -> float:
@@ -64,7 +50,7 @@ def run_admin(args: argparse.Namespace, command: Callable[[AdminClient], Awaitab
 
     async def main() -> int:
         async with AdminClient(
-            args.admin, load_token(args.token_file), tls=args.tls, ca_file=args.ca
+            admin_address(args), load_token(token_file(args)), tls=args.tls, ca_file=args.ca
         ) as admin:
             return await command(admin)
 
@@ -93,4 +79,29 @@ def print_json(message: Message | dict[str, Any]) -> None:
 
 
 def as_dict(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """Field names as in the proto and every field, like the text: 64-bit integers as numbers (proto's
+    JSON mapping writes them as strings) and enums by their short lowercase names (WORKER_STATUS_READY
+    is "ready")."""
+    body = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return _plain(message.DESCRIPTOR, body)
+
+
+def _plain(descriptor: Descriptor, body: dict[str, Any]) -> dict[str, Any]:
+    for field in descriptor.fields:
+        if field.name not in body:
+            continue
+        values = body[field.name] if field.is_repeated else [body[field.name]]
+        if field.message_type is not None:
+            values = [_plain(field.message_type, v) for v in values]
+        elif field.enum_type is not None:
+            prefix = _upper_snake(field.enum_type.name) + "_"
+            values = [v.removeprefix(prefix).lower() for v in values]
+        elif field.cpp_type in (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64):
+            values = [int(v) for v in values]
+        body[field.name] = values if field.is_repeated else values[0]
+    return body
+
+
+def _upper_snake(name: str) -> str:
+    """RolloutPhase → ROLLOUT_PHASE, the prefix of its values."""
+    return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(name)).upper()

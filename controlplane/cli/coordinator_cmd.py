@@ -12,12 +12,10 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from epochserve.controlplane.cli.etcd_flags import add_etcd_flags, etcd_config
-from epochserve.errors import ConfigError
 
 if TYPE_CHECKING:  # the config module pulls in the store layer; `--help` should not
     from epochserve.controlplane.coordinator.config import CoordinatorConfig
@@ -55,27 +53,23 @@ def run(args: argparse.Namespace) -> int:
     from epochserve.controlplane.admin.auth import load_token
     from epochserve.controlplane.coordinator.config import CoordinatorConfig
 
-    try:
-        optional = {"coordinator_id": args.coordinator_id} if args.coordinator_id else {}
-        config = CoordinatorConfig(
-            cluster=args.cluster,
-            etcd=etcd_config(args),
-            token=load_token(args.token_file),
-            admin_host=args.admin_host,
-            admin_port=args.admin_port,
-            advertise_address=args.advertise_address,
-            tls_cert_file=args.tls_cert,
-            tls_key_file=args.tls_key,
-            peer_ca_file=args.peer_ca,
-            lease_ttl=args.lease_ttl,
-            stage_timeout=args.stage_timeout,
-            commit_timeout=args.commit_timeout,
-            **optional,
-        )
-        return asyncio.run(serve(config, args.ready_file))
-    except ConfigError as e:
-        print(f"epochctl coordinator: {e}", file=sys.stderr)
-        return 2
+    optional = {"coordinator_id": args.coordinator_id} if args.coordinator_id else {}
+    config = CoordinatorConfig(
+        cluster=args.cluster,
+        etcd=etcd_config(args),
+        token=load_token(args.token_file),
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        advertise_address=args.advertise_address,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        peer_ca_file=args.peer_ca,
+        lease_ttl=args.lease_ttl,
+        stage_timeout=args.stage_timeout,
+        commit_timeout=args.commit_timeout,
+        **optional,
+    )
+    return asyncio.run(serve(config, args.ready_file))  # a ConfigError is main's: one line, exit 2
 
 
 async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> int:

@@ -11,17 +11,23 @@ answer; 2 bad flags. The report is printed (Markdown) and written to --out (docs
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from epochserve.controlplane.cli.cluster_flags import (
+    add_admin_connection_flags,
+    add_router_flag,
+    admin_address,
+    router_address,
+    token_file,
+)
+from epochserve.controlplane.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("loadtest", help="drive load at a router; latency, purity under rollouts, soak")
-    p.add_argument("--target", default="127.0.0.1:50050", help="HOST:PORT of a router (Generation service)")
+    add_router_flag(p, what="a router (Generation service)")
     loop = p.add_mutually_exclusive_group(required=True)
     loop.add_argument("--concurrency", type=int, help="closed loop: requests kept in flight")
     loop.add_argument("--rate", type=float, help="open loop: mean requests/s, Poisson arrivals")
@@ -36,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--vocab-size", type=int, default=512, help="synthetic prompt ids are below this")
     w.add_argument("--n", type=int, default=1, help="samples per request (a group)")
     w.add_argument("--seed", type=int, default=0, help="seeds the workload, sampling and arrivals")
-    w.add_argument("--temperature", type=float, default=1.0)
-    w.add_argument("--top-p", type=float, default=1.0)
+    w.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    w.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1: off)")
     w.add_argument("--no-ignore-eos", action="store_true", help="let EOS end samples early")
     r = p.add_argument_group("run")
     r.add_argument("--timeout", type=float, default=300.0, metavar="S", help="deadline of each request")
@@ -61,17 +67,7 @@ def _soak_flags(p: argparse.ArgumentParser) -> None:
     s.add_argument("--drains", default="finish,abort", help="drain policies, in turn (default finish,abort)")
     s.add_argument("--publish-dir", type=Path, help="where versions are prepared (default OUT/versions)")
     s.add_argument("--rollout-timeout", type=float, default=300.0, metavar="S", help="per rollout")
-    s.add_argument(
-        "--admin", default=os.environ.get("EPOCHSERVE_ADMIN", "127.0.0.1:7070"), metavar="HOST:PORT",
-        help="a coordinator's Admin address (default $EPOCHSERVE_ADMIN or 127.0.0.1:7070)",
-    )  # fmt: skip
-    s.add_argument(
-        "--token-file", type=Path, metavar="FILE", help="bearer token (else $EPOCHSERVE_ADMIN_TOKEN)"
-    )
-    s.add_argument(
-        "--ca", type=Path, metavar="FILE", help="CA of the coordinator's certificate (enables TLS)"
-    )
-    s.add_argument("--tls", action="store_true", help="use TLS trusting the system's CAs")
+    add_admin_connection_flags(s)
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -93,7 +89,7 @@ def build_config(args: argparse.Namespace) -> Any:
         if not set(drains) <= {"finish", "abort"}:
             raise ConfigError(f"--drains takes finish and abort, got {args.drains!r}")
         soak = SoakConfig(
-            admin=args.admin, token=load_token(args.token_file), sources=tuple(args.source),
+            admin=admin_address(args), token=load_token(token_file(args)), sources=tuple(args.source),
             rollout_every_seconds=args.rollout_every, publish_dir=args.publish_dir or args.out / "versions",
             drains=drains, tls=args.tls, ca_file=args.ca, rollout_timeout_seconds=args.rollout_timeout,
         )  # fmt: skip
@@ -101,7 +97,7 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ConfigError("--source needs --rollout-every (soak mode)")
     labels = dict(label.partition("=")[::2] for label in args.label)
     return LoadtestConfig(
-        target=args.target, plan=plan, out_dir=args.out, soak=soak, strict_groups=args.strict_groups,
+        target=router_address(args), plan=plan, out_dir=args.out, soak=soak, strict_groups=args.strict_groups,
         bucket_seconds=args.bucket, progress=not args.no_progress, labels=labels,
     )  # fmt: skip
 

@@ -13,6 +13,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from epochserve import __version__
+from epochserve.controlplane.cli.exit_codes import EXIT_FAILED, EXIT_USAGE
+from epochserve.errors import ConfigError, EpochserveError
 from epochserve.lifetime import die_with_launcher
 
 # Subcommand module names under epochserve.controlplane.cli, in the order `--help` lists them.
@@ -32,12 +35,36 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="epochctl", description="Run and operate an epochserve cluster.")
-    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO).")
+    parser.add_argument("--version", action="version", version=f"epochctl {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(f"epochserve.controlplane.cli.{name}")
         module.register(subparsers)
+    explain(parser)
     return parser
+
+
+def explain(parser: argparse.ArgumentParser) -> None:
+    """Every command's `--help` opens with what it does (its one-line help where it has no
+    description) and every flag's help names its default."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if sub.description is None and helps.get(name):
+                    sub.description = str(helps[name])[0].upper() + str(helps[name])[1:] + "."
+                explain(sub)
+        elif action.option_strings and action.help and not _names_default(action):
+            action.help += f" (default {action.default})"
+
+
+def _names_default(action: argparse.Action) -> bool:
+    default = action.default
+    if default in (None, False, [], (), argparse.SUPPRESS) or action.help == argparse.SUPPRESS:
+        return True
+    shown = {str(default), f"{default:g}"} if isinstance(default, float) else {str(default)}
+    return "default" in str(action.help) or any(text in str(action.help) for text in shown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except EpochserveError as exc:  # a mistake the user can fix: one line naming it, no traceback
+        logging.getLogger(__name__).debug("epochctl %s failed", args.command, exc_info=True)
+        print(f"epochctl {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     return code
 
 

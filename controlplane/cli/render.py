@@ -37,10 +37,11 @@ def rollout_line(r: pb.Rollout) -> str:
 
 
 def progress_line(s: pb.RolloutStatus) -> str:
-    """One line of progress, for --wait."""
+    """One line of progress, for --wait; the reason once there is one (why it aborted)."""
+    reason = f"  ({s.rollout.reason})" if s.rollout.reason else ""
     return (
         f"v{s.rollout.version} {phase_name(s.rollout.phase)}: staged {s.num_staged}/{s.num_ready_workers}, "
-        f"serving {s.num_serving}/{s.num_ready_workers}, routers acked {s.num_acked}/{len(s.routers)}"
+        f"serving {s.num_serving}/{s.num_ready_workers}, routers acked {s.num_acked}/{len(s.routers)}{reason}"
     )
 
 

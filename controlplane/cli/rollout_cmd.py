@@ -14,16 +14,8 @@ import argparse
 import sys
 from typing import Any
 
-from epochserve.controlplane.cli.admin_flags import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    add_admin_flags,
-    emit,
-    print_json,
-    run_admin,
-    timeout_of,
-)
+from epochserve.controlplane.cli.admin_flags import add_admin_flags, emit, print_json, run_admin, timeout_of
+from epochserve.controlplane.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 
 
 def register(subparsers: Any) -> None:
@@ -56,7 +48,7 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--limit", type=int, help="at most this many")
     listing.set_defaults(func=_list)
     for parser in (start, status, abort, listing):
-        add_admin_flags(parser)
+        add_admin_flags(parser, waits=parser in (start, status))
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -105,6 +97,7 @@ async def _follow(admin: Any, args: argparse.Namespace, version: int, live: bool
 
     redraw = live and not args.json and sys.stdout.isatty()
     phase = pb.ROLLOUT_PHASE_UNSPECIFIED
+    last_line = ""
     async for status in admin.watch_rollout(version, timeout_of(args, waits=True)):
         phase = status.rollout.phase
         if args.json:
@@ -114,8 +107,9 @@ async def _follow(admin: Any, args: argparse.Namespace, version: int, live: bool
                 ("\x1b[H\x1b[2J" if redraw else "") + status_block(status) + ("" if redraw else "\n"),
                 flush=True,
             )
-        else:
-            print(progress_line(status), flush=True)
+        elif (line := progress_line(status)) != last_line:  # a watch may repeat a status; print changes
+            print(line, flush=True)
+            last_line = line
     if phase == pb.ROLLOUT_PHASE_DONE:
         return EXIT_OK
     if phase == pb.ROLLOUT_PHASE_ABORTED:

@@ -7,7 +7,6 @@ Exit code 0 after a clean stop (SIGTERM/SIGINT), 1 when the control plane cannot
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,9 +109,4 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
 def run(args: argparse.Namespace) -> int:
     from epochserve.router.server import run as serve_router
 
-    try:
-        config = build_config(args)
-    except ConfigError as e:
-        print(f"epochctl router: {e}", file=sys.stderr)
-        return 2
-    return serve_router(config)
+    return serve_router(build_config(args))  # a ConfigError is main's: one line, exit 2

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from epochserve.controlplane.cli.admin_flags import add_admin_flags
+from epochserve.controlplane.cli.cluster_flags import admin_address, token_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,7 +80,7 @@ def version_dirs(args: argparse.Namespace) -> dict[int, Path]:
 
         async def fetch() -> dict[int, Path]:
             async with AdminClient(
-                args.admin, load_token(args.token_file), tls=args.tls, ca_file=args.ca
+                admin_address(args), load_token(token_file(args)), tls=args.tls, ca_file=args.ca
             ) as admin:
                 return await rollout_dirs(admin)
 

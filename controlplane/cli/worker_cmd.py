@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from epochserve.controlplane.cli.etcd_flags import add_etcd_flags, etcd_config
+from epochserve.errors import ConfigError
 
 # The fields of EngineConfig exposed as flags (name, type, help); defaults come from EngineConfig.
 ENGINE_FLAGS: list[tuple[str, Any, str]] = [
@@ -33,7 +34,7 @@ ENGINE_FLAGS: list[tuple[str, Any, str]] = [
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("worker", help="serve a model as a worker")
     parser.add_argument("--model", required=True, help="Hugging Face model directory, or 'smollm2' (bundled)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one)")
     parser.add_argument(
         "--session-port",
@@ -73,11 +74,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def resolve_model(model: str) -> Path:
+    """The model directory --model names; ConfigError, before anything starts, when it is none."""
     if model == "smollm2":
         from epochserve.worker.models.bundled import prepare_smollm2
 
         return prepare_smollm2(progress=True)
-    return Path(model)
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"--model {model}: no such directory (a Hugging Face model directory, or 'smollm2')"
+        )
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--model {model}: no config.json there, so not a Hugging Face model directory")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from epochserve.controlplane.cli.admin_flags import EXIT_OK, add_admin_flags, emit, run_admin, timeout_of
+from epochserve.controlplane.cli.admin_flags import add_admin_flags, emit, run_admin, timeout_of
+from epochserve.controlplane.cli.exit_codes import EXIT_OK
 
 
 def register(subparsers: Any) -> None:

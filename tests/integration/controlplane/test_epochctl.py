@@ -68,6 +68,15 @@ async def run_commands(etcd, coordinator: CoordinatorProcess, bad_token) -> dict
         await wait_for_rollout(etcd, 3, "DONE")
         good.checksum = "sum-corrupt"
         await cli("start aborted", "rollout", "start", "--version=4", *start, "--wait")
+        await cli(
+            "start aborted text",
+            "rollout",
+            "start",
+            "--version=5",
+            "--source=/ckpt/v5",
+            "--drain=finish",
+            "--wait",
+        )
         await cli("list json", "rollout", "list", "--json")
         await cli("list text", "rollout", "list", "--limit=2")
         await cli("wrong token", "workers", "--token-file", str(bad_token))
@@ -96,22 +105,22 @@ def check_listings(r: dict[str, Result]) -> None:
     assert r["workers text"].code == 0 and "leading coordinator: coord-cli" in r["workers text"].out
     assert "w0" in r["workers text"].out and "w1" in r["workers text"].out
     listing = r["list json"].json_lines()[0]
-    assert [(x["version"], x["phase"].removeprefix("ROLLOUT_PHASE_")) for x in listing["rollouts"]] == [
-        ("4", "ABORTED"), ("3", "DONE"), ("2", "ABORTED"), ("1", "DONE"),
+    assert [(x["version"], x["phase"]) for x in listing["rollouts"]] == [
+        (5, "aborted"), (4, "aborted"), (3, "done"), (2, "aborted"), (1, "done"),
     ]  # fmt: skip
-    assert listing["committed_epoch"] == "3"
+    assert listing["committed_epoch"] == 3
+    assert [w["status"] for w in workers["workers"]] == ["ready", "ready"]  # as the table says
     text = r["list text"].out
-    assert "committed epoch v3" in text and "v4" in text and "v3" in text and "v2" not in text
+    assert "committed epoch v3" in text
+    assert [line.split()[0] for line in text.splitlines()[2:]] == ["v5", "v4"]  # --limit=2, newest first
 
 
 def check_rollout_lifecycle(r: dict[str, Result]) -> None:
     lines = r["start wait"].json_lines()  # the started rollout, then each status until DONE
     assert r["start wait"].code == 0
-    assert (
-        lines[0]["phase"] == "ROLLOUT_PHASE_STAGING" and lines[-1]["rollout"]["phase"] == "ROLLOUT_PHASE_DONE"
-    )
+    assert lines[0]["phase"] == "staging" and lines[-1]["rollout"]["phase"] == "done"
     status = r["status json"].json_lines()[0]
-    assert (status["num_serving"], status["num_acked"], status["committed_epoch"]) == (2, 1, "1")
+    assert (status["num_serving"], status["num_acked"], status["committed_epoch"]) == (2, 1, 1)
     assert (
         r["status text"].code == 0 and "v1 DONE" in r["status text"].out and "serving" in r["status text"].out
     )
@@ -119,10 +128,16 @@ def check_rollout_lifecycle(r: dict[str, Result]) -> None:
     assert r["start held"].code == 0 and "started v2 STAGING" in r["start held"].out
     aborted = r["abort staging"].json_lines()[0]
     assert r["abort staging"].code == 0
-    assert (aborted["phase"], aborted["reason"]) == ("ROLLOUT_PHASE_ABORTED", "bad batch")
+    assert (aborted["phase"], aborted["reason"]) == ("aborted", "bad batch")
     assert r["status staging"].code == 0 and "v3 STAGING" in r["status staging"].out
     assert r["start aborted"].code == 1
-    assert r["start aborted"].json_lines()[-1]["rollout"]["phase"] == "ROLLOUT_PHASE_ABORTED"
+    assert r["start aborted"].json_lines()[-1]["rollout"]["phase"] == "aborted"
+    # In text, --wait prints each change of progress once and ends with why it aborted.
+    text = r["start aborted text"]
+    progress = text.out.splitlines()[1:]
+    assert text.code == 1 and len(progress) == len(set(progress)) >= 1
+    reason = r["list json"].json_lines()[0]["rollouts"][0]["reason"]
+    assert reason and progress[-1].startswith("v5 ABORTED") and reason in progress[-1]
 
 
 def check_refusals(r: dict[str, Result]) -> None:

@@ -124,7 +124,7 @@ def test_progress_writes_plain_lines_with_counts_rates_and_version_off_a_termina
     state.count_tokens(1.0, 40)
     stream = io.StringIO()
     rollouts = [RolloutRecord(2, "finish", "/ckpt", outcome="done")]
-    policy = PolicyInfo(2, True, 2, 2, "router-0")
+    policy = PolicyInfo(2, True, 2, 2, "router-0", "/models/m")
     display = ProgressDisplay(state, lambda: policy, lambda: rollouts, stream, clock=lambda: 2.0)
     display.show()
     line = stream.getvalue()
