@@ -206,5 +206,5 @@ def _sample_record(sample: Sample) -> SampleRecord:
     diagnostics = sample.diagnostics
     return SampleRecord(
         sample.sample_index, sample.policy_version, diagnostics.policy_version, len(sample.token_ids),
-        sample.worker_id, diagnostics.attempts, diagnostics.rerun_under_new_version,
+        sample.worker_id, diagnostics.attempts, diagnostics.rerun_under_new_version, sample.num_prompt_tokens,
     )  # fmt: skip

@@ -66,6 +66,7 @@ def plot_throughput(report: dict[str, Any], path: Path) -> None:
     bottom.set_xlabel("seconds since the start")
     _mark_rollouts(report, (top, bottom))
     for ax in (top, bottom):
+        ax.set_ylim(bottom=0)  # rates: a floor above 0 would magnify small changes
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper right", fontsize="small")
     top.set_title("throughput over time (vertical lines: rollouts DONE / committed / aborted, events)")

@@ -31,6 +31,7 @@ class SampleRecord:
     worker_id: str
     attempts: int
     rerun_under_new_version: bool
+    num_prompt_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -74,6 +75,19 @@ class RequestRecord:
     @property
     def num_output_tokens(self) -> int:
         return sum(s.num_tokens for s in self.samples)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """The prompt's length (once per request: its samples share one prefill)."""
+        return self.samples[0].num_prompt_tokens if self.samples else 0
+
+    @property
+    def tpot_seconds(self) -> float | None:
+        """Time per output token after the first: (end - first token) / (longest sample - 1)."""
+        longest = max((s.num_tokens for s in self.samples), default=0)
+        if self.ended_at is None or self.first_token_at is None or longest < 2:
+            return None
+        return (self.ended_at - self.first_token_at) / (longest - 1)
 
     @property
     def ttft_seconds(self) -> float | None:
@@ -120,6 +134,12 @@ class VersionLog:
         self.done_at: dict[int, float] = {}
         self.pinned_at: dict[int, float] = {}  # the router's GetPolicy first named it
         self.markers: list[Marker] = []
+
+    @property
+    def initial(self) -> int | None:
+        """The version the router pinned to when this process first asked: serving before the run."""
+        with self._lock:
+            return min(self.pinned_at, key=self.pinned_at.__getitem__) if self.pinned_at else None
 
     def observe_done(self, version: int, at: float) -> None:
         with self._lock:

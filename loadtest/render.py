@@ -48,16 +48,22 @@ def _mode(config: dict[str, Any]) -> str:
 def _counts(report: dict[str, Any]) -> str:
     c, t = report["counts"], report["throughput"]
     return (
-        "## Requests\n\n| sent | completed | errors | unfinished | skipped | req/s | output tok/s |\n"
-        "|---|---|---|---|---|---|---|\n"
+        "## Requests\n\n| sent | completed | errors | unfinished | skipped | req/s | input tok/s | "
+        "output tok/s |\n|---|---|---|---|---|---|---|---|\n"
         f"| {c['sent']} | {c['completed']} | {c['errors']} | {c['unfinished']} | {c['skipped']} | "
-        f"{t['requests_per_second']:.2f} | {t['output_tokens_per_second']:.1f} |"
+        f"{t['requests_per_second']:.2f} | {t['input_tokens_per_second']:.1f} | "
+        f"{t['output_tokens_per_second']:.1f} |"
     )
 
 
 def _latency(report: dict[str, Any]) -> str:
     rows = ["## Latency (ms)\n\n| | count | mean | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|---|"]
-    names = {"ttft": "time to first token", "inter_token": "inter-token", "e2e": "end to end"}
+    names = {
+        "ttft": "time to first token",
+        "inter_token": "inter-token",
+        "tpot": "time per output token",
+        "e2e": "end to end",
+    }
     for key, label in names.items():
         s = report["latency_seconds"][key]
         if s is None:
@@ -106,8 +112,11 @@ def _rollouts(report: dict[str, Any]) -> str:
                 f"\n| {r['version']} | {r['drain']} | {r['outcome']} | {_seconds(r['started_at'])} | "
                 f"{_seconds(r['committed_at'])} | {_seconds(r['done_at'])} | {r['reason']} |"
             )
-    observed = ", ".join(f"v{v} at {t:.2f} s" for v, t in done.items())
-    lines.append(f"DONE observed (the freshness check's times): {observed or 'none'}.")
+    if done:
+        observed = ", ".join(f"v{v} at {t:.2f} s" for v, t in done.items())
+        lines.append(f"DONE observed (the freshness check's times): {observed}.")
+    elif not report["rollouts"]:
+        lines.append("No rollout during the run.")
     if report["markers"]:
         lines.append(
             "Events: " + ", ".join(f"{m['label']} at {m['at']:.2f} s" for m in report["markers"]) + "."

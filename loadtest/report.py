@@ -74,7 +74,7 @@ def _request_counts(records: list[RequestRecord], num_skipped: int) -> dict[str,
 
 def _latency(records: list[RequestRecord]) -> dict[str, Any]:
     lat = latencies(records)
-    summaries = {"ttft": lat.ttft, "inter_token": lat.inter_token, "e2e": lat.e2e}
+    summaries = {"ttft": lat.ttft, "inter_token": lat.inter_token, "tpot": lat.tpot, "e2e": lat.e2e}
     return {name: (None if (s := Summary.of(v)) is None else s.to_json()) for name, v in summaries.items()}
 
 
@@ -115,7 +115,8 @@ def _rollouts(result: RunResult) -> dict[str, Any]:
         "rollouts": rollouts,
         "versions": {
             "pinned_at": {str(v): rel(t) for v, t in sorted(versions.pinned_at.items())},
-            "done_at": {str(v): rel(t) for v, t in sorted(versions.done_at.items())},
+            # The version serving when the run began was not rolled out during it: left out.
+            "done_at": {str(v): rel(t) for v, t in sorted(versions.done_at.items()) if v != versions.initial},
         },
         "markers": [{"at": rel(m.at), "label": m.label} for m in versions.markers],
     }

@@ -64,6 +64,8 @@ class Throughput:
     num_output_tokens: int  # of completed responses, all samples
     requests_per_second: float
     output_tokens_per_second: float
+    num_input_tokens: int = 0  # prompt tokens of completed responses, once per request
+    input_tokens_per_second: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,14 +79,18 @@ def throughput(records: Iterable[RequestRecord]) -> Throughput:
     window = (max(ends) - min(starts)) if starts and ends else 0.0
     completed = [r for r in records if r.outcome == "completed"]
     tokens = sum(r.num_output_tokens for r in completed)
+    prompts = sum(r.num_prompt_tokens for r in completed)
     rate = (lambda x: x / window) if window > 0 else (lambda x: 0.0)
-    return Throughput(window, len(completed), tokens, rate(len(completed)), rate(tokens))
+    return Throughput(
+        window, len(completed), tokens, rate(len(completed)), rate(tokens), prompts, rate(prompts)
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Latencies:
     ttft: list[float]
     inter_token: list[float]
+    tpot: list[float]  # time per output token, one per request
     e2e: list[float]
 
 
@@ -92,6 +98,7 @@ def latencies(records: Iterable[RequestRecord]) -> Latencies:
     """The latency samples of completed requests (errors would mix a different population in)."""
     ttft: list[float] = []
     inter_token: list[float] = []
+    tpot: list[float] = []
     e2e: list[float] = []
     for record in records:
         if record.outcome != "completed":
@@ -100,8 +107,10 @@ def latencies(records: Iterable[RequestRecord]) -> Latencies:
             ttft.append(record.ttft_seconds)
         if record.latency_seconds is not None:
             e2e.append(record.latency_seconds)
+        if record.tpot_seconds is not None:
+            tpot.append(record.tpot_seconds)
         inter_token.extend(record.inter_token_seconds)
-    return Latencies(ttft, inter_token, e2e)
+    return Latencies(ttft, inter_token, tpot, e2e)
 
 
 @dataclass(frozen=True, slots=True)

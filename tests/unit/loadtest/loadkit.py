@@ -7,9 +7,10 @@ from epochserve.loadtest.records import RequestRecord, SampleRecord
 
 def sample(index: int, version: int, num_tokens: int = 4, *, diagnostics_version: int | None = None,
            worker: str = "w0", attempts: int = 1, rerun: bool = False) -> SampleRecord:  # fmt: skip
+    """A finished sample of a 10-token prompt."""
     return SampleRecord(
         index, version, version if diagnostics_version is None else diagnostics_version, num_tokens, worker,
-        attempts, rerun,
+        attempts, rerun, 10,
     )  # fmt: skip
 
 

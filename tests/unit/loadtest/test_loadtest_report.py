@@ -31,6 +31,7 @@ def crafted_run(tmp_path, records: list[RequestRecord]) -> RunResult:
     state.records.extend(records)
     state.count_tokens(100.5, 12)
     versions = VersionLog()
+    versions.observe_pinned(0, 100.0)  # v0 served when the run began
     versions.observe_done(0, 100.0)
     versions.observe_done(1, 102.0)
     versions.mark(101.0, "worker-1 killed")
@@ -49,18 +50,34 @@ def test_report_numbers_files_and_plots(tmp_path):
         "sent": 3, "completed": 2, "errors": 1, "unfinished": 0, "skipped": 0, "accounted": True
     }  # fmt: skip
     assert report["throughput"]["output_tokens_per_second"] == pytest.approx(12 / 4.0)
+    assert report["throughput"]["input_tokens_per_second"] == pytest.approx(2 * 10 / 4.0)  # once per request
+    # TPOT: (end - first token) / (tokens - 1): a (1.0 - 0.1) / 2, b (1.5 - 0.1) / 5
+    assert report["latency_seconds"]["tpot"]["max"] == pytest.approx(0.45)
+    assert report["latency_seconds"]["tpot"]["count"] == 2
     assert report["errors_by_status"] == {"ABORTED": 1}
     assert report["responses_by_version"] == {"0": 1, "1": 1}
     assert report["latency_seconds"]["e2e"]["max"] == pytest.approx(1.5)
-    assert report["versions"]["done_at"] == {"0": 0.0, "1": 2.0}
+    assert report["versions"]["done_at"] == {"1": 2.0}  # v0 was not rolled out during the run
     assert report["rollouts"][0]["committed_at"] == pytest.approx(1.8)
     assert report["purity"]["num_violations"] == 0
     assert json.loads(paths["json"].read_text())["counts"]["sent"] == 3
     markdown = paths["markdown"].read_text()
     assert "PASS" in markdown and "| ABORTED | 1 |" in markdown and "worker-1 killed" in markdown
+    assert "time per output token" in markdown and "input tok/s" in markdown
+    assert "DONE observed (the freshness check's times): v1 at 2.00 s." in markdown
     assert len(paths["requests"].read_text().splitlines()) == 3
     for kind in ("latency_cdf", "throughput"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[kind].stat().st_size > 10_000
+
+
+def test_a_run_without_rollouts_says_so_and_lists_no_version(tmp_path):
+    run = crafted_run(tmp_path, [completed("a", [0], sent_at=100.0, ended_at=101.0)])
+    run.versions.done_at.pop(1)
+    run.rollouts.clear()
+    report, paths = check_and_write(run)
+    assert report["versions"]["done_at"] == {}
+    markdown = paths["markdown"].read_text()
+    assert "No rollout during the run." in markdown and "DONE observed" not in markdown
 
 
 def test_a_stale_response_fails_the_report(tmp_path):
