@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,9 @@ from epochserve.sampling import SamplingParams
 from epochserve.worker.layers.ops import TritonOps
 from epochserve.worker.sampler import Sampler, filter_logits
 from epochserve.worker.sequence import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_common import cuda_time
 
 VOCAB = 128_256
 
@@ -35,18 +39,8 @@ def filter_fp32_prefix_sums(logits, top_k, top_p, min_p):
     return torch.empty_like(logits).scatter_(1, order, sorted_logits.masked_fill(remove, float("-inf")))
 
 
-def median_ms(fn, repeats: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def median_ms(fn) -> float:
+    return 1000 * cuda_time(fn, repeats=30, warmup=3)
 
 
 def sequences(num: int, params: SamplingParams) -> list[Sequence]:
