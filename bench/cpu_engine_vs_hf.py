@@ -1,4 +1,4 @@
-"""CPU parity benchmark (DESIGN.md §8): the engine vs transformers `generate` on SmolLM2.
+"""CPU parity benchmark (docs/design.md §8): the engine vs transformers `generate` on SmolLM2.
 
 16 requests x 64 new tokens (greedy, EOS ignored), the same prompts for every contender:
   - engine: all 16 submitted at once (continuous batching, paged KV);

@@ -1,4 +1,4 @@
-"""W4 router benchmark (DESIGN.md §8): latency the router adds, and concurrent streams through it.
+"""W4 router benchmark (docs/design.md §8): latency the router adds, and concurrent streams through it.
 
 Brings up a local cluster (etcd, coordinator, one worker on a tiny random Llama, one router) and:
   1. latency: the same short request sent one at a time, alternating straight to the worker's

@@ -1,4 +1,4 @@
-"""W1 and W2 (DESIGN.md §8, 8B Llama-3.1 shape, random bf16 weights) at TP=1 and TP=N on one host.
+"""W1 and W2 (docs/design.md §8, 8B Llama-3.1 shape, random bf16 weights) at TP=1 and TP=N on one host.
 
 TP ranks are real processes (TPLauncher: one per GPU, NCCL all-reduce), as `epochctl worker --tp N`
 runs them. Also measures one NCCL all-reduce of a 4096-wide bf16 row (the per-layer cost TP adds).

@@ -1,4 +1,4 @@
-"""W1 (latency) and W2 (throughput) of DESIGN.md §8 on an 8B Llama-3.1 shape with random bf16 weights.
+"""W1 (latency) and W2 (throughput) of docs/design.md §8 on an 8B Llama-3.1 shape with random bf16 weights.
 
 One run measures, on the same GPU: the HBM copy bandwidth and bf16 matmul peak (the roofline's
 inputs), transformers as the peer (W1: `generate` with a static cache, compiled; W2: `generate_batch`

@@ -1,4 +1,4 @@
-"""W3 of DESIGN.md §8 on one GPU: staging a new 8B version from a local checkpoint, and the pause.
+"""W3 of docs/design.md §8 on one GPU: staging a new 8B version from a local checkpoint, and the pause.
 
 Measures, on the 8B Llama-3.1 shape (random bf16 weights): the disk's sequential read speed; staging
 v1 from a safetensors checkpoint on that disk (read, verify every tensor against the manifest, into

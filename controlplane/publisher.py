@@ -1,4 +1,4 @@
-"""PolicyPublisher: how a trainer publishes policy version v to the fleet (DESIGN.md §5).
+"""PolicyPublisher: how a trainer publishes policy version v to the fleet (docs/design.md §5).
 
     publisher = PolicyPublisher("coordinator:7070", token)
     path = publisher.save_checkpoint(v, model.state_dict(), "/shared/ckpt/v7", config_from="/shared/base")

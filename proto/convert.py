@@ -1,6 +1,6 @@
 """Conversions between epochserve.v1 messages and the plain types of epochserve.sampling.
 
-parse_generate_request applies the contract's rules (DESIGN.md §6) in one place for the router and
+parse_generate_request applies the contract's rules (docs/design.md §6) in one place for the router and
 the worker: every refusal is an InvalidRequestError naming the offending field.
 """
 
@@ -104,7 +104,7 @@ def parse_generate_request(
 
 
 # A finish's abort_reason starts with this when an abort-drain rollout retired the sample. Routers
-# re-run such requests under the new version when nothing was streamed yet (DESIGN.md §4.8).
+# re-run such requests under the new version when nothing was streamed yet (docs/design.md §4.8).
 ROLLOUT_ABORT_PREFIX = "rollout:"
 
 

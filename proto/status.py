@@ -1,4 +1,5 @@
-"""The one mapping from epochserve errors to gRPC status codes (DESIGN.md §6), used at every server edge."""
+"""The one mapping from epochserve errors to gRPC status codes (docs/design.md §6), used at every
+server edge."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Admission: the version new requests are pinned to, and the bounded per-version queues.
 
-I2 (DESIGN.md §1) is decided here. `switch_to(v)` moves admission to committed version v; from
+I2 (docs/design.md §1) is decided here. `switch_to(v)` moves admission to committed version v; from
 that call on, `pin()` returns >= v for every new request, and the router acks v to the control
 plane only after the call (router/epochs.py). Versions only go up.
 

@@ -2,7 +2,7 @@
 
 Keepalive: a worker or router that vanishes without closing its connections (host down, network
 partition) is noticed by HTTP/2 pings within keepalive time + timeout, and its streams fail with
-UNAVAILABLE instead of hanging (DESIGN.md I5). A process that dies on the same host is noticed at
+UNAVAILABLE instead of hanging (docs/design.md §1 I5). A process that dies on the same host is noticed at
 once (the kernel resets its sockets). Ping intervals stay above what default gRPC servers (the
 workers) accept, so they never answer with GOAWAY "too many pings".
 """

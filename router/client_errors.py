@@ -1,4 +1,4 @@
-"""Typed errors of the Generation client: one class per gRPC status a router returns (DESIGN.md §6).
+"""Typed errors of the Generation client: one class per gRPC status a router returns (docs/design.md §6).
 
 Every error keeps the gRPC status (`code`), the server's message (`details`, which names the
 request) and the request id the client sent. Catch GenerationError for all of them.

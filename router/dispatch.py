@@ -1,5 +1,5 @@
 """Dispatcher: find a worker for a pinned request, waiting in the version's queue when none can
-take it, and reserve that worker's load (DESIGN.md §4 step 3).
+take it, and reserve that worker's load (docs/design.md §4 step 3).
 
 Versions move under a waiting request. A request pinned to v-1 whose version no READY worker
 serves any more, while admission is at v, moves to v: if it never ran, nothing of it exists yet;

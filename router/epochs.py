@@ -1,4 +1,4 @@
-"""ControlPlaneFollower: feeds a router from its RouterParticipant (DESIGN.md §5 step 4).
+"""ControlPlaneFollower: feeds a router from its RouterParticipant (docs/design.md §5 step 4).
 
 Two loops on the router's event loop:
 - epochs: for each committed epoch the participant observes (strictly increasing), switch

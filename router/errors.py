@@ -1,5 +1,5 @@
 """The router's errors. Each subclasses a shared type of epochserve.errors, so that the one mapping
-in epochserve.proto.status turns it into the status DESIGN.md §6 names; every message names the
+in epochserve.proto.status turns it into the status docs/design.md §6 names; every message names the
 request id, so that a client can tell which request of many failed and why.
 """
 

@@ -1,4 +1,4 @@
-"""RequestFlow: everything the router does for one Generate call (DESIGN.md §4 steps 1-3, 7-8).
+"""RequestFlow: everything the router does for one Generate call (docs/design.md §4 steps 1-3, 7-8).
 
     validate → pin (admission) → dispatch (policy) → attempt on a worker → forward
                                     ↑                          │ nothing sent yet and the worker

@@ -1,6 +1,6 @@
 """Retry decisions: what the router does after one attempt of a request on a worker (pure logic).
 
-The rule behind every branch (DESIGN.md §4 step 8, §6): a request may start again only while
+The rule behind every branch (docs/design.md §4 step 8, §6): a request may start again only while
 nothing of it has reached the client, because a response must come from one worker and one
 policy version (I1) — never stitched. Once something was sent, the request ends with an explicit
 error naming it (I5).

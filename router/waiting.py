@@ -3,7 +3,7 @@
 Every wait of a request in the router (for its version to be committed, for a worker serving its
 version) ends one of three ways: the condition came true; the caller's deadline ran out
 (WaitDeadlineError → DEADLINE_EXCEEDED); or the router's own limit ran out (the caller gives the
-error, UNAVAILABLE) — so that a request without a deadline cannot wait forever (DESIGN.md I5).
+error, UNAVAILABLE) — so that a request without a deadline cannot wait forever (docs/design.md §1 I5).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Blocks hold `block_size` token positions. A sequence's block_table lists its blo
 Blocks are reference-counted: the `n` samples of a request, and requests with a common prefix,
 share full prompt blocks. A full block whose keys/values are computed is indexed by the prefix
 cache under (policy_version, hash of every token up to the end of the block). The version in the
-key means that blocks computed under weights v-1 can never be hit under v (DESIGN.md §1): a prefix
+key means that blocks computed under weights v-1 can never be hit under v (docs/design.md §1): a prefix
 cache that outlived a weight update was one of the 2026 post-mortem's silent mismatches.
 
 Free blocks (refcount 0) stay indexed until they are reused, least recently freed first, so a

@@ -22,7 +22,7 @@ class EngineConfig:
     # Weights and KV dtype. "auto": float32 on CPU (bf16 matmul is ~50x slower there), bfloat16 on CUDA.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # The output projection's arithmetic. float32 by default so logits and logprobs never pass
-    # through bf16 (DESIGN.md §1; its table keeps the checkpoint's precision, layers/vocab.py);
+    # through bf16 (docs/design.md §1; its table keeps the checkpoint's precision, layers/vocab.py);
     # "model" computes in the weights' dtype and is for experiments only.
     lm_head_dtype: Literal["float32", "model"] = "float32"
     block_size: int = 16  # tokens per KV block

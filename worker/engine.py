@@ -305,7 +305,7 @@ class Engine:
 
     # ---- versions and stats --------------------------------------------------------------
     def begin_drain(self, version: int, policy: DrainPolicy) -> list[SequenceOutput]:
-        """Retire the current version's work before swapping to `version` (DESIGN.md §5).
+        """Retire the current version's work before swapping to `version` (docs/design.md §5).
 
         finish: running sequences complete on the current weights; abort: they end now with an
         ABORT finish whose reason says a rollout retired them (routers re-run those that streamed

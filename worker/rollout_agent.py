@@ -1,4 +1,4 @@
-"""RolloutAgent: rank 0's side of weight-update rollouts (DESIGN.md §5), run between engine steps.
+"""RolloutAgent: rank 0's side of weight-update rollouts (docs/design.md §5), run between engine steps.
 
 It turns the control plane's directives into engine actions and reports back:
 

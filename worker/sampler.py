@@ -2,7 +2,7 @@
 
 Processing, in the order Hugging Face `generate` applies it: temperature, top-k, top-p, min-p. The
 processed logprob of a token is the log-softmax of the processed logits at that position, i.e. the
-log-probability under the distribution the token was actually drawn from (DESIGN.md §1). Greedy
+log-probability under the distribution the token was actually drawn from (docs/design.md §1). Greedy
 requests (temperature 0) take the argmax and report the same processing at temperature 1.
 
 Sampling noise is counter-based (sampling_noise.py): sequence s draws its token at output position p

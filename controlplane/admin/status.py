@@ -1,4 +1,4 @@
-"""The one place where the Admin service turns errors into gRPC status codes (DESIGN.md §6).
+"""The one place where the Admin service turns errors into gRPC status codes (docs/design.md §6).
 
     InvalidRequestError                       INVALID_ARGUMENT
     RolloutExistsError                        ALREADY_EXISTS

@@ -1,6 +1,6 @@
 """The rollout state machine as a pure function: (rollout, cluster state, now) → the next step.
 
-DESIGN.md §5, per phase:
+docs/design.md §5, per phase:
 
     STAGING    all READY workers staged v with one agreed checksum  → Commit
                a READY worker failed to stage v, or checksums differ → Abort

@@ -1,7 +1,7 @@
 """RouterParticipant: a router's side of rollouts (asyncio). SyncRouterParticipant wraps it for threads.
 
 A router registers `routers/<id>` under a lease, follows the committed epoch and the workers, and
-acks each epoch once its admission has switched to it (DESIGN.md §1 I2: the coordinator reports a
+acks each epoch once its admission has switched to it (docs/design.md §1 I2: the coordinator reports a
 rollout DONE only after every live router acked v). Usage:
 
     router = RouterParticipant(etcd, "prod", "r0", "10.0.0.9:7000")

@@ -1,4 +1,4 @@
-"""The etcd keyspace of one cluster (DESIGN.md §6). The only module that knows key strings.
+"""The etcd keyspace of one cluster (docs/design.md §6). The only module that knows key strings.
 
 Everything lives under `/epochserve/<cluster>/`:
 

@@ -14,7 +14,7 @@ from epochserve.controlplane.store.keyspace import MAX_VERSION, check_name, chec
 
 
 class RolloutPhase(enum.StrEnum):
-    """Lifecycle of one rollout (DESIGN.md §5): STAGING → COMMITTED → DONE, or STAGING → ABORTED."""
+    """Lifecycle of one rollout (docs/design.md §5): STAGING → COMMITTED → DONE, or STAGING → ABORTED."""
 
     STAGING = "STAGING"
     COMMITTED = "COMMITTED"

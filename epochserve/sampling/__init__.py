@@ -1,6 +1,6 @@
 """Sampling parameters and request rules shared by the worker, the router and clients.
 
-Both the router and the worker validate a request with these same rules (DESIGN.md §6), so a bad
+Both the router and the worker validate a request with these same rules (docs/design.md §6), so a bad
 request is refused with the same INVALID_ARGUMENT message wherever it lands. Pure Python: no torch.
 The trainer's side of the processing — the processed log-softmax rebuilt from full logits — is in
 `epochserve.sampling.reference` (needs torch).

@@ -34,7 +34,7 @@ DrainPolicy = Literal["finish", "abort"]
 
 
 class RolloutPhase(Enum):
-    """The coordinator's rollout state machine (DESIGN.md §5)."""
+    """The coordinator's rollout state machine (docs/design.md §5)."""
 
     STAGING = "STAGING"
     COMMITTED = "COMMITTED"

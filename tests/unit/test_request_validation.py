@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN.md §6 is refused with an InvalidRequestError naming its field."""
+"""Every bad input of docs/design.md §6 is refused with an InvalidRequestError naming its field."""
 
 import math
 

@@ -1,6 +1,6 @@
 """Token embedding and the output projection (lm_head), split over the vocabulary across ranks.
 
-The lm_head's arithmetic is fp32 by default (DESIGN.md §1): products and sums in fp32, fp32 logits,
+The lm_head's arithmetic is fp32 by default (docs/design.md §1): products and sums in fp32, fp32 logits,
 so softmax and logprobs never pass through bf16 — a bf16 output projection was one of the four
 silent train-inference mismatches of the 2026 post-mortem. Its *table* keeps the checkpoint's
 precision: a bf16 value is exact in fp32, so an fp32 copy of a bf16 table holds the same numbers

@@ -1,4 +1,4 @@
-"""Fingerprint: one short digest of a worker's weights, across all its TP ranks (DESIGN.md I4)."""
+"""Fingerprint: one short digest of a worker's weights, across all its TP ranks (docs/design.md §1 I4)."""
 
 from __future__ import annotations
 

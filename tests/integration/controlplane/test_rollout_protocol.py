@@ -1,4 +1,4 @@
-"""The rollout state machine end to end (DESIGN.md §5): an in-process coordinator, protocol-level
+"""The rollout state machine end to end (docs/design.md §5): an in-process coordinator, protocol-level
 fake workers and routers, a real etcd. Each test asserts the records, the epoch and what every
 participant saw."""
 

@@ -1,5 +1,5 @@
-"""A RolloutAdmin that keeps rollouts in memory and follows the coordinator's contract (DESIGN.md
-§5, issue 5): one rollout in flight, versions strictly above the epoch, STAGING -> COMMITTED ->
+"""A RolloutAdmin that keeps rollouts in memory and follows the coordinator's contract (docs/design.md
+§5): one rollout in flight, versions strictly above the epoch, STAGING -> COMMITTED ->
 DONE or ABORTED, abort only before commit, watches that end after a terminal phase. The test plays
 the workers and the coordinator through `report_staged`, `commit`, `finish` and `fail`."""
 
