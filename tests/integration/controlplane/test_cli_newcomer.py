@@ -91,11 +91,10 @@ def test_an_ordinary_mistake_is_one_line_and_exit_code_2_with_nothing_started(ar
     assert list(tmp_path.iterdir()) == []  # no workdir, etcd data or log was made
 
 
-def test_loadtest_of_a_dead_address_fails_within_seconds(tmp_path):
-    import time
-
-    started = time.monotonic()
+def test_loadtest_of_a_dead_address_fails_at_once(tmp_path):
     done = epochctl("loadtest", "--target", "127.0.0.1:9", "--concurrency", "1", "--duration", "5",
                     "--out", str(tmp_path / "report"))  # fmt: skip
     assert done.returncode == 1 and "does not answer GetPolicy" in done.stderr
-    assert time.monotonic() - started < 20  # the process's start-up included; it waited 30 s before
+    # Refused at once (UNAVAILABLE), not after waiting 30 s for a channel to become ready (which
+    # ended as DEADLINE_EXCEEDED): no timing needed to tell the two apart.
+    assert "UNAVAILABLE" in done.stderr and "DEADLINE_EXCEEDED" not in done.stderr
