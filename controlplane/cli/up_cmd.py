@@ -1,9 +1,11 @@
 """`epochctl up`: a whole cluster on this machine — etcd, coordinators, workers, routers — until
 Ctrl-C or SIGTERM, restarting whatever of it exits (Supervisor).
 
-What it prints once everything is up (and writes to --ready-file) is kept current in two files: the
-ready file, and WORKDIR/pids.json ({process name: pid}); both are rewritten, whole, each time every
-restarted process is ready again.
+What it prints once everything is up is kept current in two files: the ready file (--ready-file,
+else WORKDIR/up.json) and WORKDIR/pids.json ({process name: pid}); both are rewritten, whole, each
+time every restarted process is ready again. It also prints `export` lines (stderr) with which
+other commands find the cluster (cli/cluster_flags.py). On exit the ready file is removed, and so is
+the workdir unless it was given (--workdir) or kept (--keep).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -41,14 +44,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cluster", default="local", help="cluster name (etcd prefix)")
     parser.add_argument(
-        "--workdir", type=Path, default=None, help="logs, etcd data, token (default: temp dir)"
+        "--workdir",
+        type=Path,
+        default=None,
+        help="logs, etcd data, token (default: a temp dir, removed on exit)",
     )
+    parser.add_argument("--keep", action="store_true", help="keep the temp workdir (logs) after exit")
     parser.add_argument("--worker-arg", action="append", default=[], help="extra `epochctl worker` flag")
     parser.add_argument(
         "--coordinator-arg", action="append", default=[], help="extra `epochctl coordinator` flag"
     )
     parser.add_argument("--router-arg", action="append", default=[], help="extra `epochctl router` flag")
-    parser.add_argument("--ready-file", type=Path, default=None, help="write the endpoints here (JSON)")
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write the endpoints here, JSON (default WORKDIR/up.json)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -56,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from epochserve.controlplane.cli.worker_cmd import resolve_model
     from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
 
+    model_dir = resolve_model(args.model)  # a wrong --model fails here, before anything starts
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="epochserve-up-"))
+    ready_file = args.ready_file or workdir / "up.json"
     spec = LocalClusterSpec(
-        model_dir=resolve_model(args.model),
+        model_dir=model_dir,
         workdir=workdir,
         num_workers=args.workers,
         tp=args.tp,
@@ -75,24 +89,34 @@ def run(args: argparse.Namespace) -> int:
     _stop_on_signals(stop, started)
     what = f"etcd, {args.coordinators} coordinator(s), {args.workers} worker(s) and {args.routers} router(s)"
     say(f"starting {what} in {workdir} ...")
+    failed = True  # until it ends as asked: a failure keeps the workdir, whose logs tell why
     try:
         try:
             cluster.start()
             started.set()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the cluster was up (_stop_on_signals)
+            failed = False
             return 130  # what a shell reports for a Ctrl-C
         _write_token(cluster, workdir)
-        print(json.dumps(describe(cluster, workdir), indent=2), flush=True)
-        published = Published(cluster, workdir, args.ready_file)
+        endpoints = describe(cluster, workdir)
+        print(json.dumps(endpoints, indent=2), flush=True)
+        published = Published(cluster, workdir, ready_file)
         published.write()
-        say("cluster is up; it restarts whatever of it exits; Ctrl-C stops everything")
+        say(f"cluster is up; point other commands at it with\n{exports(endpoints, ready_file)}")
+        say("it restarts whatever of it exits; Ctrl-C stops everything")
         supervisor = Supervisor(cluster, on_settled=published.write)
         while not stop.wait(POLL_INTERVAL):
             supervisor.check(stop)
+        failed = False
         return 0
     finally:
         say("stopping the cluster ...")
         cluster.stop()
+        ready_file.unlink(missing_ok=True)  # its addresses reach nothing any more
+        if args.workdir is None and not args.keep and not failed:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"logs and etcd data stay in {workdir}")
 
 
 def say(text: str) -> None:
@@ -129,11 +153,26 @@ def describe(cluster: LocalCluster, workdir: Path) -> dict[str, object]:
         "admins": cluster.admin_addresses,
         "admin_token_file": str(workdir / "admin-token"),
         "routers": [r.address for r in cluster.routers],
+        "metrics": [f"http://{r.info['host']}:{r.info['metrics_port']}/metrics" for r in cluster.routers],
         "workers": {w.info.get("worker_id", w.name): w.address for w in cluster.workers},
         "pids": pids(cluster),
         "cluster": cluster.spec.cluster,
         "workdir": str(workdir),
     }
+
+
+def exports(endpoints: dict[str, Any], ready_file: Path) -> str:
+    """Shell lines that point `generate`, `workers`, `rollout`, `loadtest` and `verify` at this
+    cluster (EPOCHSERVE_UP alone is enough; the others serve tools that do not read it)."""
+    from epochserve.controlplane.cli import cluster_flags as flags
+
+    values = {
+        flags.UP_ENV: ready_file,
+        flags.ROUTER_ENV: endpoints["routers"][0] if endpoints["routers"] else "",
+        flags.ADMIN_ENV: endpoints["admin"],
+        flags.TOKEN_FILE_ENV: endpoints["admin_token_file"],
+    }
+    return "\n".join(f"  export {name}={value}" for name, value in values.items() if value)
 
 
 def pids(cluster: LocalCluster) -> dict[str, int | None]:
@@ -146,7 +185,7 @@ def pids(cluster: LocalCluster) -> dict[str, int | None]:
 class Published:
     """The ready file (when asked for) and WORKDIR/pids.json, rewritten from the cluster as it is."""
 
-    def __init__(self, cluster: LocalCluster, workdir: Path, ready_file: Path | None) -> None:
+    def __init__(self, cluster: LocalCluster, workdir: Path, ready_file: Path) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.ready_file = ready_file
@@ -154,8 +193,7 @@ class Published:
     def write(self) -> None:
         endpoints = describe(self.cluster, self.workdir)
         _replace(self.workdir / "pids.json", endpoints["pids"])
-        if self.ready_file is not None:
-            _replace(self.ready_file, {**endpoints, "pid": os.getpid()})
+        _replace(self.ready_file, {**endpoints, "pid": os.getpid()})
 
 
 def _replace(path: Path, body: Any) -> None:
