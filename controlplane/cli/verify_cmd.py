@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from epochserve.controlplane.cli.admin_flags import add_admin_flags
-from epochserve.controlplane.cli.cluster_flags import admin_address, token_file
+from epochserve.controlplane.cli.cluster_flags import admin_address, router_address, token_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("verify", help="recompute returned logprobs with transformers and compare")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audit-log", type=Path, help="a router's --audit-log file (JSON lines)")
-    source.add_argument("--live", metavar="ROUTER", help="send --requests requests through this router now")
+    source.add_argument(
+        "--live",
+        nargs="?",
+        const="",
+        metavar="ROUTER",
+        help="send --requests requests through a router now (without ROUTER: --up's, $EPOCHSERVE_ROUTER's)",
+    )
     parser.add_argument("--requests", type=int, default=8, help="--live: requests to send (n=2 each)")
     parser.add_argument(
         "--model", type=Path, required=True, help="weights of the start version (0) and tokenizer"
@@ -49,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         dirs = version_dirs(args)
-        records = list(read_audit_log(args.audit_log)) if args.audit_log else live_records(args)
+        records = list(read_audit_log(args.audit_log)) if args.audit_log is not None else live_records(args)
     except (ValueError, OSError) as exc:
         print(f"epochctl verify: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +108,7 @@ def live_records(args: argparse.Namespace) -> list[Any]:
         temperature=1.0, top_p=0.95, max_tokens=16, ignore_eos=True, return_support_size=True
     )
     records = []
-    with GenerationClient(args.live) as client:
+    with GenerationClient(router_address(args, flag="live")) as client:
         for i in range(args.requests):
             prompt = [rng.randrange(100, 30000) for _ in range(rng.randrange(4, 40))]
             result = client.generate(
