@@ -43,8 +43,7 @@ class PendingSample:
     launch, consumed by collect (which waits for the copy alone, not for work queued after it)."""
 
     token_ids: torch.Tensor  # [num_seqs] int64 on the device: a run-ahead step's inputs
-    host: torch.Tensor  # [5, num_seqs] float64 on the host: token, processed and raw logprob, finite,
-    # support size
+    host: torch.Tensor  # [5, num_seqs] float64, host: token, processed/raw logprob, finite, support size
     top: tuple[torch.Tensor, torch.Tensor] | None  # host copies of the top-k values and ids, if asked
     copied: torch.cuda.Event | None  # set once `host` and `top` hold their values (CUDA)
     params: list[SamplingParams]
