@@ -41,9 +41,10 @@ class EngineConfig:
     cuda_graphs: bool = True  # CUDA: replay decode steps from captured graphs (DecodeGraphs)
     # "auto": Triton kernels on CUDA, PyTorch on CPU; "torch": the PyTorch reference everywhere.
     kernel_mode: Literal["auto", "torch", "triton"] = "auto"
-    # Bit-identical tokens and logprobs for a request whatever shares its batch (CUDA, Triton
-    # kernels): fixed reduction orders in matmul, attention and norms, prefill chunks at fixed
-    # boundaries. Costs throughput (docs/benchmarks.md).
+    # Bit-identical tokens and logprobs for a request whatever shares its batch: fixed reduction
+    # orders in matmul, attention and norms (CUDA: the Triton kernels; CPU: PyTorch's products in
+    # fixed 16-row slices, layers/ops.py). Costs throughput (docs/benchmarks.md). Off, a request
+    # alone and in a batch agree to fp32 rounding (or the model dtype's), not to the bit.
     batch_invariant: bool = False
     # "safetensors": load the checkpoint; "random": N(0, 0.02) weights from config.json alone (benchmarks).
     load_format: Literal["safetensors", "random"] = "safetensors"

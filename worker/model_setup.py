@@ -60,9 +60,11 @@ def select_ops(config: EngineConfig) -> TorchOps:
     on_cuda = config.torch_device.type == "cuda"
     use_triton = config.kernel_mode == "triton" or (config.kernel_mode == "auto" and on_cuda)
     if not use_triton:
-        if config.batch_invariant:
-            raise ConfigError("batch_invariant needs the Triton kernels (kernel_mode auto or triton)")
-        return TORCH_OPS
+        if not config.batch_invariant:
+            return TORCH_OPS
+        if on_cuda:  # torch's CUDA kernels (cuBLAS, SDPA) choose their reduction order by shape
+            raise ConfigError("batch_invariant on CUDA needs the Triton kernels (kernel_mode auto or triton)")
+        return TorchOps(batch_invariant=True)
     # EPOCHSERVE_GEMV=0 keeps 1-row projections on cuBLAS (benchmarks compare the two).
     use_gemv = os.environ.get("EPOCHSERVE_GEMV", "1") == "1"
     return TritonOps(batch_invariant=config.batch_invariant, use_gemv=use_gemv)

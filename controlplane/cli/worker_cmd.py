@@ -54,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--drain-seconds", type=float, default=30.0, help="grace for in-flight requests at shutdown"
     )
     parser.add_argument("--no-prefix-cache", action="store_true", help="disable the prefix cache")
+    parser.add_argument(
+        "--batch-invariant",
+        action="store_true",
+        help="a request's tokens and logprobs are the same bits whatever shares its batch (costs throughput)",
+    )
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one process, one GPU each)")
     parser.add_argument(
         "--advertise-address", default="", help="HOST:PORT routers dial (default: --host:port)"
@@ -95,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name, _, _ in ENGINE_FLAGS if getattr(args, name) is not None}
     engine = EngineConfig(
-        model_dir=resolve_model(args.model), enable_prefix_cache=not args.no_prefix_cache, **overrides
+        model_dir=resolve_model(args.model),
+        enable_prefix_cache=not args.no_prefix_cache,
+        batch_invariant=args.batch_invariant,
+        **overrides,
     )
     config = WorkerServerConfig(
         engine=engine,

@@ -23,11 +23,15 @@ from epochserve.kernels.softmax_stats import softmax_stats_torch
 if TYPE_CHECKING:
     from epochserve.worker.layers.attention import AttentionMetadata
 
-# On CPU, MKL multiplies 1-3 rows with a gemv-like kernel whose reduction order differs from its
-# gemm kernel's, so a token's result would depend on how many other tokens share its step. Padding
-# to this many rows keeps every row on the gemm path: a request computes the same numbers alone or
-# in a batch (tests/integration/worker/test_smollm2_engine.py checks it).
-CPU_MIN_ROWS = 8
+# batch_invariant on CPU: MKL picks its sgemm kernel, and how its threads split the work, by the
+# product's shape. Measured on a 2-core Sapphire Rapids: a row's sums run in another order at 1, 2-15
+# and >= 16 rows, and for K = 1536 again at 57-128 rows, so a token's numbers would follow how many
+# tokens share its step. Every product then runs as slices of exactly this many rows (the last one
+# zero-padded): one shape, one kernel, one order of the sums, and a row's bits do not depend on its
+# place in the slice (tests/unit/worker/test_linear_batch_invariance.py checks both where it runs).
+# 16: a decode step of up to 16 sequences is still one product (memory-bound: the weights are read
+# once either way); a prefill of T tokens pays T / 16 products instead of one.
+CPU_INVARIANT_ROWS = 16
 # From this many rows an fp32 matmul on CUDA goes through 3xTF32 (see TritonOps.linear); below, it
 # is memory-bound and cuBLAS' fp32 reads the weight fastest.
 TF32X3_MIN_ROWS = 64
@@ -41,16 +45,21 @@ GEMV_MAX_WEIGHT_BYTES = 64 << 20
 
 @dataclass(frozen=True, slots=True)
 class TorchOps:
-    """Pure PyTorch: the reference every other path is checked against."""
+    """Pure PyTorch: the reference every other path is checked against.
+
+    batch_invariant (CPU): products run in fixed-size row slices (CPU_INVARIANT_ROWS), so a request's
+    tokens and logprobs are bit-identical whatever shares its batch; the other ops are row-wise or
+    per sequence already (attention: one SDPA call per sequence). Without it a row's low bits follow
+    the batch's size: a request alone and in a batch agree to fp32 rounding, not to the bit.
+    """
 
     name: str = "torch"
+    batch_invariant: bool = False
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        rows = x.shape[0]
-        if x.device.type != "cpu" or x.dim() != 2 or rows >= CPU_MIN_ROWS:
-            return F.linear(x, weight, bias)
-        padded = torch.cat([x, x.new_zeros(CPU_MIN_ROWS - rows, x.shape[1])])
-        return F.linear(padded, weight, bias)[:rows]
+        if self.batch_invariant and x.device.type == "cpu":
+            return linear_in_row_slices(x, weight, bias)
+        return F.linear(x, weight, bias)
 
     def linear_fp32(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x · Wᵀ in fp32 arithmetic, fp32 out (the lm_head), for an fp32 table or a 16-bit one whose
@@ -107,6 +116,20 @@ class TorchOps:
 TORCH_OPS = TorchOps()
 
 
+def linear_in_row_slices(
+    x: torch.Tensor,  # [num_tokens, in_features]
+    weight: torch.Tensor,  # [out_features, in_features]
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """F.linear computed CPU_INVARIANT_ROWS rows at a time: row i's result depends on row i only."""
+    num_rows = x.shape[0]
+    padding = -num_rows % CPU_INVARIANT_ROWS
+    if padding:
+        x = torch.cat([x, x.new_zeros(padding, *x.shape[1:])])
+    parts = [F.linear(part, weight, bias) for part in x.split(CPU_INVARIANT_ROWS)]
+    return torch.cat(parts)[:num_rows]
+
+
 @dataclass(frozen=True, slots=True)
 class TritonOps(TorchOps):
     """Triton kernels (kernels/*_triton.py) on CUDA; the same math as TorchOps, checked against it.
@@ -117,7 +140,6 @@ class TritonOps(TorchOps):
     """
 
     name: str = "triton"
-    batch_invariant: bool = False
     use_gemv: bool = True  # 1-row projections through gemv_triton (benchmarks compare with cuBLAS)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

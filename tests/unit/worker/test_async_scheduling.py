@@ -5,8 +5,10 @@ The same event-driven script runs on two engines, run-ahead off and on: requests
 from 1 up, stop tokens that end a sequence while its successor step is already queued, requests
 arriving while others decode, a client abort). Every sample must return the same token ids, the
 same logprobs (bit for bit) and the same finish; an aborted one may hold one token more with
-run-ahead (the step in flight when the abort came), never a different one. CPU results do not
-depend on the batch (layers/ops.py pads rows), so any difference is the scheduling's.
+run-ahead (the step in flight when the abort came), never a different one. The engines run
+batch-invariant: a run-ahead step still carries the row of a sequence that stopped, so without it
+that step's product would have another shape and its rows other low bits (layers/ops.py); with
+it, any difference is the scheduling's.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ def test_run_ahead_returns_exactly_the_synchronous_outputs(model_dir):
 
 
 def _engine(model_dir, mode: str, **overrides):
-    return make_engine(model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode, **overrides)
+    return make_engine(
+        model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode, batch_invariant=True, **overrides
+    )
 
 
 def _stop_token(model_dir) -> int:
@@ -128,7 +132,9 @@ def test_run_ahead_over_tensor_parallel_ranks(model_dir):
     stop_token = _stop_token(model_dir)
     results = {}
     for mode in ("off", "on"):
-        config = EngineConfig(model_dir=model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode)
+        config = EngineConfig(
+            model_dir=model_dir, block_size=4, num_kv_blocks=256, async_scheduling=mode, batch_invariant=True
+        )
         launcher = TPLauncher(config, 2, timeout_seconds=60)
         engine = Engine(*launcher.start())
         try:
