@@ -8,8 +8,11 @@ anybody else are stepped over), from the next source in turn, with the next drai
 process observed COMMITTED and DONE; a DONE goes into the VersionLog for the freshness check.
 
 Failure modes: a refused StartRollout (another rollout in flight, a version taken meanwhile) and
-a watch that times out are recorded on the rollout ("failed", "timed_out") and the soak goes on;
-a watch cut by a coordinator failover is resumed until the rollout's timeout.
+a watch that times out are recorded on the rollout ("failed", "timed_out") and the soak goes on.
+UNAVAILABLE is the Admin API's "try again" (a leader being elected, etcd slower than the
+coordinator's request timeout): ListRollouts and StartRollout are sent again and a cut watch is
+resumed, until the rollout's timeout. A StartRollout that failed that way may still have landed, so
+ALREADY_EXISTS on a repeated start adopts the rollout when it has our source.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -31,8 +35,10 @@ from epochserve.loadtest.versions import VersionPublisher
 from epochserve.proto.v1 import admin_pb2 as pb
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CALL_TIMEOUT_SECONDS = 30.0
+RETRY_PAUSE_SECONDS = 0.5  # between attempts after UNAVAILABLE
 _DRAINS = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}
 
 
@@ -66,7 +72,8 @@ class RolloutDriver:
                 next_at = max(started + config.rollout_every_seconds, self.clock())
 
     async def _rollout(self, admin: AdminClient, source: Path, drain: DrainName) -> None:
-        version = await self._next_version(admin)
+        deadline = self.clock() + self.config.rollout_timeout_seconds
+        version = await self._until_available(deadline, lambda: self._next_version(admin))
         record = RolloutRecord(version, drain, str(source))
         self.rollouts.append(record)
         try:
@@ -76,9 +83,9 @@ class RolloutDriver:
             request = pb.StartRolloutRequest(
                 version=version, source=str(path), drain=_DRAINS[drain], manifest_checksum=checksum
             )
-            await admin.start_rollout(request, CALL_TIMEOUT_SECONDS)
+            await self._start(admin, request, deadline)
             logger.info("soak: rollout of v%d started (drain=%s)", version, drain)
-            await self._follow(admin, record)
+            await self._follow(admin, record, deadline)
         except grpc.aio.AioRpcError as exc:
             record.outcome = "timed_out" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else "failed"
             record.reason = f"{exc.code().name}: {exc.details()}"
@@ -92,9 +99,35 @@ class RolloutDriver:
         reply = await admin.list_rollouts(None, CALL_TIMEOUT_SECONDS)
         return max([reply.committed_epoch, *(r.version for r in reply.rollouts)]) + 1
 
-    async def _follow(self, admin: AdminClient, record: RolloutRecord) -> None:
-        """Watch until DONE or ABORTED (resuming a watch cut short) or the rollout timeout."""
-        deadline = self.clock() + self.config.rollout_timeout_seconds
+    async def _start(self, admin: AdminClient, request: pb.StartRolloutRequest, deadline: float) -> None:
+        """StartRollout, sent again after UNAVAILABLE. An attempt that failed that way may still have
+        landed (the coordinator stopped waiting for etcd, which wrote it later): ALREADY_EXISTS for a
+        rollout with our source, a directory prepared for this rollout alone, is that attempt's."""
+        try:
+            await self._until_available(deadline, lambda: admin.start_rollout(request, CALL_TIMEOUT_SECONDS))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            status = await self._until_available(
+                deadline, lambda: admin.get_rollout(request.version, CALL_TIMEOUT_SECONDS)
+            )
+            if status.rollout.source != request.source:
+                raise
+            logger.info("soak: v%d was started by an attempt that seemed to fail", request.version)
+
+    async def _until_available(self, deadline: float, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, again after each UNAVAILABLE until `deadline`; any other error is raised."""
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or self.clock() + RETRY_PAUSE_SECONDS > deadline:
+                    raise
+                logger.info("soak: %s; trying again", exc.details())
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+    async def _follow(self, admin: AdminClient, record: RolloutRecord, deadline: float) -> None:
+        """Watch until DONE or ABORTED (resuming a watch cut short) or `deadline`."""
         while record.outcome == "running":
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -106,7 +139,7 @@ class RolloutDriver:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
     def _observe(self, record: RolloutRecord, rollout: pb.Rollout) -> None:
         now = self.clock()

@@ -66,7 +66,7 @@ def test_a_30_second_soak_with_two_rollouts_adds_up_with_no_violation(tmp_path):
     assert [(r["version"], r["drain"], r["outcome"]) for r in rollouts] == [
         (1, "finish", "done"),
         (2, "abort", "done"),
-    ]
+    ], rollouts  # with each rollout's reason
     assert set(report["versions"]["done_at"]) == {"1", "2"}  # v0 served before the run began
     assert set(report["responses_by_version"]) == {"0", "1", "2"}
     assert sum(report["responses_by_version"].values()) == counts["completed"]
