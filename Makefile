@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # would shadow Hugging Face's `kernels` package (transformers imports it); children inherit this.
 SAFE_PATH := PYTHONSAFEPATH=1
 
-.PHONY: run test lint proto
+.PHONY: run test test-fast lint proto
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) scripts/typecheck.py
 	$(SAFE_PATH) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop, not a set-up command: unit and kernel tests without the ones that start processes
+# (the marker is in tests/conftest.py), well under a minute on 2 cores. `make test` runs everything.
+test-fast: $(VENV)/.installed
+	$(SAFE_PATH) $(PY) -m pytest -q -m "not processes" tests/unit tests/kernels $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

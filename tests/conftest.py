@@ -11,6 +11,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO_ROOT]
 os.environ["PYTHONSAFEPATH"] = "1"
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # Triton kernels run on the CPU through the interpreter; the flag must be set before any module
@@ -19,3 +20,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest_plugins = ["fixtures.etcd", "fixtures.models"]
+
+# Every test in these tiers starts real processes (etcd, coordinator, workers, routers): marked
+# `processes` here, so that `make test-fast` (-m "not processes") leaves them out without a list to
+# keep. A unit or kernel test that starts such processes carries the marker itself.
+_PROCESS_TIERS = (_REPO_ROOT / "tests" / "integration", _REPO_ROOT / "tests" / "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.path.is_relative_to(tier) for tier in _PROCESS_TIERS):
+            item.add_marker(pytest.mark.processes)

@@ -14,6 +14,8 @@ import triton
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
+pytestmark = pytest.mark.processes  # a compiler run in a process of its own (~40 s on 2 cores)
+
 
 @pytest.mark.skipif(not PTXAS.exists(), reason="this triton wheel ships no ptxas")
 def test_all_kernels_compile_for_sm90_without_spills() -> None:

@@ -18,7 +18,10 @@ import pytest
 
 from epochserve.lifetime import popen_tied_to_parent
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's"),
+    pytest.mark.processes,  # children and launchers of their own
+]
 
 # What epochctl does first thing, then a long sleep.
 CHILD = [

@@ -122,6 +122,7 @@ def _assert_same(sync, ahead) -> None:
             assert got.finish.reason == expected.finish.reason, (request_id, index)
 
 
+@pytest.mark.processes  # rank 1 runs in a process of its own
 def test_run_ahead_over_tensor_parallel_ranks(model_dir):
     """TP=2 over gloo: the run-ahead step's tokens reach the follower by a broadcast, and the outputs
     are those of the synchronous TP=2 path."""
