@@ -85,3 +85,22 @@ def test_support_sizes_make_the_trainers_recompute_exact_at_every_position(tp, w
                 num_positions += MAX_TOKENS
     # Boundary positions are rare (the nearest mass lies within 1e-5 of top_p at ~1% of them).
     assert num_boundary <= 0.05 * num_positions, (num_boundary, num_positions)
+
+
+def test_the_same_prompts_alone_and_in_a_batch_of_16_keep_the_same_support(wide_model):
+    """batch_invariant (CPU: products in fixed row slices): a request's logits are the same bits
+    alone and among 15 others, so its top-p support, tokens and logprobs are too."""
+    from fixtures.engine import make_engine, make_request, run_to_completion
+
+    engine = make_engine(wide_model, batch_invariant=True, enable_prefix_cache=False)
+    batch = [torch.randint(3, 32768, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+             for n in range(2, 34, 2)]  # fmt: skip
+    case = dict(temperature=1.2, top_p=0.9, max_tokens=12, ignore_eos=True, return_support_size=True)
+    requests = [make_request(f"r{i}", p, engine.limits, seed=i, **case) for i, p in enumerate(batch)]
+    together = run_to_completion(engine, requests)
+    assert len(requests) == 16
+    for i, request in enumerate(requests):
+        alone = run_to_completion(engine, [request])[request.request_id][0]
+        among = together[request.request_id][0]
+        assert alone.support_sizes == among.support_sizes and len(alone.support_sizes) == 12
+        assert (alone.token_ids, alone.logprobs) == (among.token_ids, among.logprobs), i
