@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shlex
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.models import build_tiny_model
-from up_kit import ProcessTracker, wait_until
+from up_kit import ProcessTracker, user_env, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 README = REPO / "README.md"
@@ -45,15 +44,6 @@ def walkthrough() -> list[list[str]]:
             if argv:
                 commands.append(argv)
     return commands
-
-
-def user_env(tmp_path: Path) -> dict[str, str]:
-    """A shell with nothing of ours exported (the test process sets PYTHONSAFEPATH and, without a
-    GPU, TRITON_INTERPRET); temporary directories land under tmp_path."""
-    ours = ("PYTHONSAFEPATH", "TRITON_INTERPRET")
-    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("EPOCHSERVE_")}
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    return {**env, "TMPDIR": str(tmp_path / "tmp")}
 
 
 @pytest.fixture()

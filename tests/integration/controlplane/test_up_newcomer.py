@@ -5,25 +5,17 @@ workdir and ready file."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from up_kit import ProcessTracker, wait_until
+from up_kit import ProcessTracker, user_env, wait_until
 
 EPOCHCTL_SCRIPT = str(Path(sys.executable).with_name("epochctl"))  # the console script a user runs
 START_TIMEOUT = 300.0  # seconds: SmolLM2 prepared and loaded on a busy 2-core machine
 COMMAND_TIMEOUT = 180.0
-
-
-def user_env(tmp_path: Path) -> dict[str, str]:
-    """A shell with nothing of ours exported; temp dirs land under tmp_path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPOCHSERVE_") and k != "PYTHONSAFEPATH"}
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    return {**env, "TMPDIR": str(tmp_path / "tmp")}
 
 
 class Up:

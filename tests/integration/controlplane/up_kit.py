@@ -1,8 +1,9 @@
-"""Helpers of the `epochctl up` supervision test: waiting on conditions, light load through a router,
+"""Helpers of the `epochctl up` tests: a user's shell, waiting on conditions, light load through a router,
 and a record of every process a launcher started (to check that none is left after it stopped)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,15 @@ from epochserve.router.client_errors import GenerationError
 from epochserve.sampling import SamplingParams
 
 PROMPT = [5, 17, 33, 9, 100, 200, 300, 7, 8, 11]
+
+
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """A shell with nothing of ours exported (the test process sets PYTHONSAFEPATH and, without a
+    GPU, TRITON_INTERPRET); temporary directories land under tmp_path."""
+    ours = ("PYTHONSAFEPATH", "TRITON_INTERPRET")
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("EPOCHSERVE_")}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {**env, "TMPDIR": str(tmp_path / "tmp")}
 
 
 def wait_until(
