@@ -21,7 +21,7 @@ import torch
 from epochserve.proto.convert import ParsedGenerateRequest
 from epochserve.sampling import SamplingParams
 from epochserve.worker.config import EngineConfig
-from epochserve.worker.engine import Engine
+from epochserve.worker.engine.engine import Engine
 from epochserve.worker.models.bundled import prepare_smollm2
 
 NUM_REQUESTS = 16

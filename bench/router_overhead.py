@@ -31,10 +31,10 @@ from typing import Any
 import grpc
 import torch
 
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+from epochserve.client.errors import GenerationError
+from epochserve.client.generation import AsyncGenerationClient
 from epochserve.proto.v1 import common_pb2, generation_pb2_grpc, worker_pb2_grpc
-from epochserve.router.client import AsyncGenerationClient
-from epochserve.router.client_errors import GenerationError
 from epochserve.sampling import SamplingParams
 
 PROMPT = [5, 17, 33, 9, 100, 200, 300, 7]

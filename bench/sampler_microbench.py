@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from epochserve.sampling import SamplingParams
+from epochserve.worker.engine.sampler import Sampler, filter_logits
+from epochserve.worker.engine.sequence import Sequence
 from epochserve.worker.layers.ops import TritonOps
-from epochserve.worker.sampler import Sampler, filter_logits
-from epochserve.worker.sequence import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import cuda_time

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
 from epochserve.loadtest.config import LoadPlan, LoadtestConfig, SoakConfig
 from epochserve.loadtest.records import RequestRecord, VersionLog
 from epochserve.loadtest.render import render_markdown, verdict

@@ -46,8 +46,8 @@ def run_workloads(engine, results: dict, tag: str) -> None:
 
 def main() -> None:
     from epochserve.worker.config import EngineConfig
-    from epochserve.worker.engine import Engine
-    from epochserve.worker.tp_launcher import TPLauncher
+    from epochserve.worker.engine.engine import Engine
+    from epochserve.worker.tp.launcher import TPLauncher
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--tp", type=int, default=2)

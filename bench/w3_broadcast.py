@@ -124,7 +124,7 @@ def publish(spec, version: int, tensors: dict[str, torch.Tensor], queue) -> dict
 
 
 def main() -> None:
-    from epochserve.controlplane.etcd_launcher import free_port
+    from epochserve.net import free_port
     from epochserve.worker.models.config import ModelConfig
     from epochserve.worker.weights.broadcast import BroadcastSpec
 

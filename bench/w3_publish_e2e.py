@@ -49,8 +49,8 @@ def trainer_weights(config: dict, device: str, seed: int) -> dict[str, torch.Ten
 
 
 def main() -> int:
-    from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
-    from epochserve.controlplane.publisher import PolicyPublisher
+    from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+    from epochserve.client.publisher import PolicyPublisher
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

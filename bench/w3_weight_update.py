@@ -98,7 +98,7 @@ def pause(engine, prefer_device: bool, source: str, version: int) -> tuple[float
 def main() -> None:
     from fixtures.engine import make_engine
 
-    from epochserve.controlplane.publisher import PolicyPublisher
+    from epochserve.client.publisher import PolicyPublisher
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "epochserve-w3")

@@ -72,3 +72,10 @@ def _is_taken(host: str, port: int) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (another process may still take it later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

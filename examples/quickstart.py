@@ -17,9 +17,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
-from epochserve.controlplane.publisher import PolicyPublisher
-from epochserve.router.client import GenerationClient
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+from epochserve.client.generation import GenerationClient
+from epochserve.client.publisher import PolicyPublisher
 from epochserve.sampling import SamplingParams
 from epochserve.worker.models.bundled import prepare_smollm2
 

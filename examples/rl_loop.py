@@ -1,4 +1,4 @@
-"""A small, real RL loop on SmolLM2 through an epochserve cluster (see controlplane/demo/rl_loop.py).
+"""A small, real RL loop on SmolLM2 through an epochserve cluster (see app/demo/rl_loop.py).
 
     .venv/bin/epochctl up --workers 2 --ready-file /tmp/up.json     # in one shell
     .venv/bin/python examples/rl_loop.py --up /tmp/up.json --steps 3
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from epochserve.controlplane.demo.rl_loop import LoopConfig, format_step, run_rl_loop
+from epochserve.app.demo.rl_loop import LoopConfig, format_step, run_rl_loop
 from epochserve.worker.models.bundled import prepare_smollm2
 
 

@@ -1,6 +1,6 @@
 """LoadtestConfig: everything one `epochctl loadtest` run needs, validated on construction.
 
-The CLI (controlplane/cli/loadtest_cmd.py) maps its flags onto these fields; bench/soak.py
+The CLI (app/cli/loadtest_cmd.py) maps its flags onto these fields; bench/soak.py
 builds one directly. Times are seconds, rates requests per second.
 """
 

@@ -21,12 +21,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
+from epochserve.client.errors import GenerationError
+from epochserve.client.generation import AsyncGenerationClient
 from epochserve.loadtest.config import LoadPlan
 from epochserve.loadtest.records import MIXED_VERSIONS, Outcome, RequestRecord, SampleRecord
 from epochserve.loadtest.workload import WorkItem, Workload
-from epochserve.router.client import AsyncGenerationClient
-from epochserve.router.client_errors import GenerationError
-from epochserve.router.results import MixedVersionError, Sample, TokenChunk
+from epochserve.proto.results import MixedVersionError, Sample, TokenChunk
 from epochserve.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from epochserve.client.errors import GenerationError
+from epochserve.client.generation import AsyncGenerationClient, PolicyInfo
 from epochserve.loadtest.records import VersionLog
-from epochserve.router.client import AsyncGenerationClient, PolicyInfo
-from epochserve.router.client_errors import GenerationError
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from epochserve.client.generation import PolicyInfo
 from epochserve.loadtest.driver import RunState
 from epochserve.loadtest.records import RolloutRecord
-from epochserve.router.client import PolicyInfo
 
 TTY_INTERVAL_SECONDS = 0.5
 

@@ -16,7 +16,7 @@ from typing import Literal
 Outcome = Literal["completed", "error", "unfinished"]
 RolloutOutcome = Literal["done", "aborted", "failed", "timed_out", "running"]
 # Pseudo status of a response the client refused because its messages named two policy versions
-# (router/results.py MixedVersionError): an I1 violation seen by the client, not a server status.
+# (proto/results.py MixedVersionError): an I1 violation seen by the client, not a server status.
 MIXED_VERSIONS = "MIXED_VERSIONS"
 
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from epochserve.client.errors import GenerationError
+from epochserve.client.generation import AsyncGenerationClient
 from epochserve.errors import EpochserveError
 from epochserve.loadtest.config import LoadtestConfig
 from epochserve.loadtest.driver import LoadDriver, RunState
@@ -28,8 +30,6 @@ from epochserve.loadtest.progress import ProgressDisplay
 from epochserve.loadtest.records import RolloutRecord, VersionLog
 from epochserve.loadtest.soak import RolloutDriver
 from epochserve.loadtest.workload import Workload
-from epochserve.router.client import AsyncGenerationClient
-from epochserve.router.client_errors import GenerationError
 
 FIRST_POLL_TIMEOUT_SECONDS = 30.0
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from epochserve.proto.convert import sampling_from_proto
+from epochserve.proto.results import Sample
 from epochserve.proto.v1 import common_pb2
-from epochserve.router.results import Sample
 
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1

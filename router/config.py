@@ -1,6 +1,6 @@
 """RouterConfig: every setting of one `epochctl router` process, validated on construction.
 
-`epochctl router` flags map one to one onto these fields (controlplane/cli/router_cmd.py).
+`epochctl router` flags map one to one onto these fields (app/cli/router_cmd.py).
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from epochserve.channels import ClientTls
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import check_name
 from epochserve.errors import ConfigError
 from epochserve.router.admission import QueueLimits
-from epochserve.router.channels import ClientTls
 from epochserve.router.policies import DEFAULT_POLICY, POLICIES
 
 

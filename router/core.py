@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from epochserve.channels import ClientTls
 from epochserve.router.admission import Admission, QueueLimits
 from epochserve.router.attempt import FlowState
 from epochserve.router.audit import AuditLog
-from epochserve.router.channels import ClientTls
 from epochserve.router.dispatch import Dispatcher
 from epochserve.router.metrics import RouterMetrics
 from epochserve.router.policies import Policy

@@ -18,12 +18,12 @@ import uuid
 import grpc
 
 from epochserve.errors import InvalidRequestError, RequestAbortedError
+from epochserve.proto.results import MixedVersionError, ResponseAssembler
 from epochserve.proto.status import status_of
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.attempt import Attempt, FlowState, Send
 from epochserve.router.audit import audit_record
 from epochserve.router.core import RouterCore
-from epochserve.router.results import MixedVersionError, ResponseAssembler
 from epochserve.router.retry import Action, AttemptReport, Outcome, decide
 from epochserve.router.validation import validate_request
 from epochserve.router.waiting import Deadline

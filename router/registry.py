@@ -24,11 +24,11 @@ from typing import Any
 
 import grpc
 
+from epochserve.channels import ClientTls
 from epochserve.controlplane.participants.router import ClusterView, WorkerView
 from epochserve.controlplane.store.etcd_config import split_host_port
 from epochserve.errors import ConfigError
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
-from epochserve.router.channels import ClientTls
 from epochserve.router.load import WorkerLoad
 from epochserve.router.session import WorkerSession
 from epochserve.router.waiting import Changes

@@ -25,18 +25,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from epochserve.channels import SERVER_OPTIONS, WORKER_CHANNEL_OPTIONS, aio_channel
 from epochserve.controlplane.participants.router import RouterParticipant
-from epochserve.controlplane.tls import read_pem
 from epochserve.net import bind_grpc, port_errors
 from epochserve.proto.v1 import generation_pb2, generation_pb2_grpc
 from epochserve.router.audit import AuditLog
-from epochserve.router.channels import SERVER_OPTIONS, WORKER_CHANNEL_OPTIONS, aio_channel
 from epochserve.router.config import RouterConfig, ServerTls
 from epochserve.router.core import RouterCore
 from epochserve.router.epochs import ControlPlaneFollower
 from epochserve.router.metrics import RouterMetrics
 from epochserve.router.policies import make_policy
 from epochserve.router.service import GenerationService
+from epochserve.tls import read_pem
 
 logger = logging.getLogger(__name__)
 

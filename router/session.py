@@ -2,7 +2,7 @@
 
 Why: a gRPC call's setup and teardown per request is most of the latency a router adds (W4 in
 docs/benchmarks.md); over a Session a request costs one message each way. The worker runs each
-request on the stream exactly as a Generate call (worker/session.py). The stream is the worker's
+request on the stream exactly as a Generate call (worker/serving/session.py). The stream is the worker's
 session link when it serves one (on `link_host`, at the port its GetWorkerInfo reports when the
 stream opens, so a worker restarted on another port is found), else the Worker.Session gRPC call
 (router/session_link.py: the two transports, the link's keepalive). A link that cannot be opened
@@ -30,8 +30,8 @@ from typing import TypeAlias
 
 import grpc
 
+from epochserve.channels import ClientTls
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from epochserve.router.channels import ClientTls
 from epochserve.router.session_link import (
     DEFAULT_KEEPALIVE,
     GrpcTransport,

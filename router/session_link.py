@@ -9,7 +9,7 @@ transport at a time:
   reached).
 Both deliver each message to `on_message` and call `on_lost(transport, why)` once when they end.
 
-Keepalive on the link (gRPC keeps its channels alive itself, router/channels.py): while calls are
+Keepalive on the link (gRPC keeps its channels alive itself, epochserve/channels.py): while calls are
 open and nothing arrived for `Keepalive.interval` seconds, the router pings; no answer within
 `Keepalive.timeout` closes the link, so a silent worker's calls fail with UNAVAILABLE instead of
 hanging. A worker process that dies is noticed at once (its kernel closes the connection).
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from epochserve.channels import WORKER_CHANNEL_OPTIONS, ClientTls
 from epochserve.proto.framing import FramedLink
 from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
-from epochserve.router.channels import WORKER_CHANNEL_OPTIONS, ClientTls
 
 logger = logging.getLogger(__name__)
 

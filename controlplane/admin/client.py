@@ -12,9 +12,9 @@ import grpc
 
 from epochserve.controlplane.admin.auth import bearer_metadata
 from epochserve.controlplane.admin.status import REASON_KEY
-from epochserve.controlplane.tls import channel_credentials
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
+from epochserve.tls import channel_credentials
 
 
 def open_channel(address: str, *, tls: bool, ca_file: Path | None) -> grpc.aio.Channel:

@@ -11,9 +11,9 @@ from grpc_reflection.v1alpha import reflection
 from epochserve.controlplane.admin.auth import BearerTokenInterceptor
 from epochserve.controlplane.admin.service import AdminService
 from epochserve.controlplane.coordinator.process import Coordinator
-from epochserve.controlplane.tls import server_credentials
 from epochserve.net import EXCLUSIVE_PORT, bind_grpc
 from epochserve.proto.v1 import admin_pb2, admin_pb2_grpc
+from epochserve.tls import server_credentials
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from epochserve.controlplane.aio import Interrupted, cancel_on
+from epochserve.aio import Interrupted, cancel_on
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.driver import RolloutDriver
 from epochserve.controlplane.coordinator.requests import StartRequest

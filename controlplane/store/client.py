@@ -23,7 +23,7 @@ from aetcd import rpc
 
 from epochserve.controlplane.errors import SessionLostError, StoreRequestError, StoreUnavailableError
 from epochserve.controlplane.store.etcd_config import EtcdConfig
-from epochserve.controlplane.tls import read_pem
+from epochserve.tls import read_pem
 
 # Reconnect quickly after an etcd restart (gRPC's default backoff grows to two minutes), and ping
 # idle connections so that a dead peer is noticed on long watch streams. etcd refuses pings more

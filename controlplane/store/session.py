@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from epochserve.controlplane.aio import Interrupted, cancel_on
+from epochserve.aio import Interrupted, cancel_on
 from epochserve.controlplane.errors import ControlPlaneError, SessionLostError
 from epochserve.controlplane.store.client import EtcdStore
 

@@ -2,7 +2,7 @@
 sampled from. This is the reference implementation a trainer copies (README "What logprobs mean");
 `epochctl verify` uses it.
 
-The rule, exactly as the engine applies it (worker/sampler.py):
+The rule, exactly as the engine applies it (worker/engine/sampler.py):
 1. processed logits z = fp32 logits / fp32 temperature (temperature 1 for greedy requests);
 2. rank the tokens by z, ties broken by the lower token id;
 3. top-k keeps the first k; top-p keeps a token iff the probability mass of the tokens ranked

@@ -10,8 +10,8 @@ import time
 import pytest
 from fixtures.processes import EPOCHCTL
 
-from epochserve.controlplane.demo.background_load import BackgroundLoad
-from epochserve.controlplane.demo.rl_loop import LoopConfig, run_rl_loop
+from epochserve.app.demo.background_load import BackgroundLoad
+from epochserve.app.demo.rl_loop import LoopConfig, run_rl_loop
 
 
 def alive(pid: int) -> bool:

@@ -14,8 +14,8 @@ import threading
 import pytest
 import torch
 
-from epochserve.controlplane.etcd_launcher import free_port
-from epochserve.controlplane.publisher import BroadcastPublisher, PolicyPublisher
+from epochserve.client.publisher import BroadcastPublisher, PolicyPublisher
+from epochserve.net import free_port
 from epochserve.worker.weights import broadcast
 from epochserve.worker.weights.broadcast import BroadcastSpec
 from epochserve.worker.weights.manifest import manifest_of_tensors

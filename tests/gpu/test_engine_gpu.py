@@ -228,7 +228,7 @@ def test_top_p_support_sizes_are_batch_invariant_in_bytes(model_dir):
 
 
 def test_sampling_noise_is_the_same_on_cpu_and_gpu():
-    from epochserve.worker.sampling_noise import gumbel_noise, noise_key, uniform_bits
+    from epochserve.worker.engine.sampling_noise import gumbel_noise, noise_key, uniform_bits
 
     keys = torch.tensor([noise_key(3, i, 5) for i in range(4)])
     assert torch.equal(uniform_bits(keys, 50000), uniform_bits(keys.cuda(), 50000).cpu())

@@ -346,7 +346,7 @@ def test_sampler_row_ops_are_row_count_invariant(op: str) -> None:
     cumsum is not (a lone row scans differently on H100, 2026-11-22), so the top-p filter runs its
     prefix sums one row per call in that mode; this checks the whole filter."""
     from epochserve.kernels.softmax_stats_triton import softmax_stats_triton
-    from epochserve.worker.sampler import filter_logits
+    from epochserve.worker.engine.sampler import filter_logits
 
     logits = torch.randn(256, 128256, device="cuda") * 5
 

@@ -12,7 +12,7 @@ from fixtures.boundary_rows import min_p_row, top_p_row
 
 from epochserve.sampling import SamplingParams
 from epochserve.sampling.reference import rule_support_sizes
-from epochserve.worker.sampler import filter_logits
+from epochserve.worker.engine.sampler import filter_logits
 
 pytestmark = [
     pytest.mark.gpu,

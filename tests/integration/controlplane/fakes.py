@@ -11,12 +11,12 @@ from typing import Any, Self
 from fixtures.etcd import EtcdCluster
 from harness import LEASE_TTL, wait_until
 
-from epochserve.controlplane.etcd_launcher import free_port
 from epochserve.controlplane.participants.base import Participant
 from epochserve.controlplane.participants.directives import Abort, Commit, Directive, Fenced, Stage
 from epochserve.controlplane.participants.router import RouterParticipant
 from epochserve.controlplane.participants.worker import WorkerIdentity, WorkerParticipant
 from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.net import free_port
 
 
 class _Following:

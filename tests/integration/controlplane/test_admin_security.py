@@ -19,9 +19,9 @@ from harness import (
     wait_for_rollout,
 )
 
+from epochserve.app.local.etcd_launcher import EtcdServer, EtcdTls, Timing
 from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.errors import StoreUnavailableError
-from epochserve.controlplane.etcd_launcher import EtcdServer, EtcdTls, Timing
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.proto.v1 import admin_pb2 as pb

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from fixtures.processes import EPOCHCTL
 
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
 
 TIMEOUT = 120  # seconds for one command: a process that loads a model on a busy 2-core machine
 

@@ -9,7 +9,7 @@ import stat
 import pytest
 from harness import run
 
-from epochserve.controlplane.etcd_launcher import EtcdServer, Timing, find_etcd_binary
+from epochserve.app.local.etcd_launcher import EtcdServer, Timing, find_etcd_binary
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.errors import ConfigError
 

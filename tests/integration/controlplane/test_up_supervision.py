@@ -23,9 +23,9 @@ from fixtures.models import build_tiny_model
 from safetensors.torch import load_file
 from up_kit import Load, ProcessTracker, is_alive, wait_until
 
+from epochserve.app.local.processes import EPOCHCTL
+from epochserve.client.publisher import PolicyPublisher
 from epochserve.controlplane.admin.client import AdminClient
-from epochserve.controlplane.processes import EPOCHCTL
-from epochserve.controlplane.publisher import PolicyPublisher
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.worker.weights.manifest import Manifest
 
@@ -242,7 +242,7 @@ def test_etcd_dies_with_the_process_that_started_it(tmp_path):
     """A launcher killed with SIGKILL (no chance to stop anything) takes its etcd along."""
     script = (
         "import sys, time; from pathlib import Path\n"
-        "from epochserve.controlplane.etcd_launcher import EtcdServer\n"
+        "from epochserve.app.local.etcd_launcher import EtcdServer\n"
         "server = EtcdServer(Path(sys.argv[1])); server.start()\n"
         "print(server.pid, flush=True); time.sleep(600)\n"
     )

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from epochserve.router.client import GenerationClient
-from epochserve.router.client_errors import GenerationError
+from epochserve.client.errors import GenerationError
+from epochserve.client.generation import GenerationClient
 from epochserve.sampling import SamplingParams
 
 PROMPT = [5, 17, 33, 9, 100, 200, 300, 7, 8, 11]

@@ -15,8 +15,8 @@ import subprocess
 import pytest
 from fixtures.models import build_tiny_model
 
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
-from epochserve.controlplane.processes import EPOCHCTL
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+from epochserve.app.local.processes import EPOCHCTL
 
 DURATION_SECONDS = 30
 ROLLOUT_EVERY_SECONDS = 12  # rollouts at ~12 s and ~24 s; the next would come after the load

@@ -24,10 +24,10 @@ from harness import (
     wait_for_rollout,
 )
 
-from epochserve.controlplane.etcd_launcher import free_port
 from epochserve.controlplane.participants.directives import Abort
 from epochserve.controlplane.participants.router import RouterParticipant
 from epochserve.controlplane.store.records import Drain
+from epochserve.net import free_port
 from epochserve.operators.rollouts.admin import (
     AdminAuthError,
     AdminTarget,

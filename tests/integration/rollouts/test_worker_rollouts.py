@@ -16,9 +16,9 @@ from fixtures.engine import hf_model, hf_next_token_logits, make_engine, make_re
 from fixtures.grpc_client import generate, worker_info
 from fixtures.models import build_tiny_model
 
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+from epochserve.client.publisher import PolicyPublisher, RolloutAbortedError
 from epochserve.controlplane.admin.client import AdminClient
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
-from epochserve.controlplane.publisher import PolicyPublisher, RolloutAbortedError
 from epochserve.proto.convert import is_rollout_abort
 from epochserve.proto.v1 import common_pb2, worker_pb2_grpc
 

@@ -17,10 +17,10 @@ from fixtures.etcd import TcpProxy
 from fixtures.grpc_client import worker_info
 from prometheus_client.parser import text_string_to_metric_families
 
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
-from epochserve.controlplane.processes import ManagedProcess
-from epochserve.controlplane.publisher import PolicyPublisher
-from epochserve.router.results import Sample
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+from epochserve.app.local.processes import ManagedProcess
+from epochserve.client.publisher import PolicyPublisher
+from epochserve.proto.results import Sample
 
 WORKER_ARGS = ("--lease-ttl", "2", "--block-size", "4")
 ROUTER_ARGS = ("--lease-ttl", "2")

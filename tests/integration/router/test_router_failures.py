@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from fixtures.grpc_client import worker_info
 from routerkit import PROMPT, cluster_spec, wait_until
 
-from epochserve.controlplane.local_cluster import LocalCluster
-from epochserve.router.client import AsyncGenerationClient, GenerationClient
-from epochserve.router.client_errors import GenerationError, UnavailableError
-from epochserve.router.results import GenerateResult, SampleFinished, TokenChunk
+from epochserve.app.local.cluster import LocalCluster
+from epochserve.client.errors import GenerationError, UnavailableError
+from epochserve.client.generation import AsyncGenerationClient, GenerationClient
+from epochserve.proto.results import GenerateResult, SampleFinished, TokenChunk
 from epochserve.sampling import SamplingParams
 
 NUM_TOKENS = 120

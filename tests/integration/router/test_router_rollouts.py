@@ -19,10 +19,10 @@ import pytest
 from fixtures.grpc_client import worker_info
 from routerkit import PROMPT, cluster_spec, max_logprob_gap, publish, wait_until
 
-from epochserve.controlplane.local_cluster import LocalCluster
-from epochserve.router.client import AsyncGenerationClient, GenerationClient
-from epochserve.router.client_errors import AbortedError, GenerationError
-from epochserve.router.results import GenerateResult
+from epochserve.app.local.cluster import LocalCluster
+from epochserve.client.errors import AbortedError, GenerationError
+from epochserve.client.generation import AsyncGenerationClient, GenerationClient
+from epochserve.proto.results import GenerateResult
 from epochserve.sampling import SamplingParams
 
 NUM_CONCURRENT = 200

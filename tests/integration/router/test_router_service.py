@@ -19,16 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from integration.controlplane.certs import self_signed
 from routerkit import PROMPT, cluster_spec, max_logprob_gap, publish, scrape, wait_until, wait_worker_idle
 
-from epochserve.controlplane.local_cluster import LocalCluster
-from epochserve.router.channels import ClientTls
-from epochserve.router.client import AsyncGenerationClient, GenerationClient
-from epochserve.router.client_errors import (
+from epochserve.app.local.cluster import LocalCluster
+from epochserve.channels import ClientTls
+from epochserve.client.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
 )
-from epochserve.router.results import TokenChunk
+from epochserve.client.generation import AsyncGenerationClient, GenerationClient
+from epochserve.proto.results import TokenChunk
 from epochserve.sampling import SamplingParams
 
 LONG = SamplingParams(temperature=1.0, max_tokens=480, ignore_eos=True, seed=5)

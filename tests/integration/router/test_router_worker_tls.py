@@ -7,8 +7,8 @@ from __future__ import annotations
 from integration.controlplane.certs import self_signed
 from routerkit import PROMPT, TlsFront, cluster_spec
 
-from epochserve.controlplane.local_cluster import LocalCluster
-from epochserve.router.client import GenerationClient
+from epochserve.app.local.cluster import LocalCluster
+from epochserve.client.generation import GenerationClient
 from epochserve.sampling import SamplingParams
 
 

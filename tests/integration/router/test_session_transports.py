@@ -20,9 +20,9 @@ from fixtures.processes import running_worker
 from integration.controlplane.certs import self_signed
 from routerkit import TlsFront
 
+from epochserve.channels import ClientTls, aio_channel
 from epochserve.proto.framing import MAGIC
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from epochserve.router.channels import ClientTls, aio_channel
 from epochserve.router.session import WorkerSession
 from epochserve.router.session_link import Keepalive
 from epochserve.router.waiting import Deadline

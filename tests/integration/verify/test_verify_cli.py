@@ -10,9 +10,9 @@ from fixtures.engine import hf_model
 from fixtures.models import build_tiny_model
 from fixtures.processes import EPOCHCTL
 
-from epochserve.controlplane.local_cluster import LocalCluster, LocalClusterSpec
-from epochserve.controlplane.publisher import PolicyPublisher
-from epochserve.router.client import GenerationClient
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+from epochserve.client.generation import GenerationClient
+from epochserve.client.publisher import PolicyPublisher
 from epochserve.sampling import SamplingParams
 
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from epochserve.controlplane.cli.admin_flags import as_dict
-from epochserve.controlplane.cli.cluster_flags import admin_address, router_address, token_file
-from epochserve.controlplane.cli.generate_cmd import parse_token_ids
-from epochserve.controlplane.cli.main import build_parser
+from epochserve.app.cli.admin_flags import as_dict
+from epochserve.app.cli.cluster_flags import admin_address, router_address, token_file
+from epochserve.app.cli.generate_cmd import parse_token_ids
+from epochserve.app.cli.main import build_parser
 from epochserve.errors import ConfigError
 from epochserve.proto.v1 import admin_pb2 as pb
 

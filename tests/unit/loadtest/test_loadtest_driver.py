@@ -9,12 +9,12 @@ import random
 import grpc
 import pytest
 
+from epochserve.client.errors import AbortedError
 from epochserve.loadtest.config import LoadPlan
 from epochserve.loadtest.driver import LoadDriver, RunState
 from epochserve.loadtest.records import MIXED_VERSIONS
 from epochserve.loadtest.workload import LengthDistribution, SyntheticWorkload
-from epochserve.router.client_errors import AbortedError
-from epochserve.router.results import Diagnostics, MixedVersionError, Sample, SampleFinished, TokenChunk
+from epochserve.proto.results import Diagnostics, MixedVersionError, Sample, SampleFinished, TokenChunk
 
 pytestmark = pytest.mark.timeout(30)  # a driver that hangs fails here, not after ten minutes
 

@@ -12,7 +12,8 @@ import torch
 from loadkit import completed, failed
 from safetensors.torch import save_file
 
-from epochserve.controlplane.cli import loadtest_cmd
+from epochserve.app.cli import loadtest_cmd
+from epochserve.client.generation import PolicyInfo
 from epochserve.errors import ConfigError
 from epochserve.loadtest.config import LoadPlan, LoadtestConfig
 from epochserve.loadtest.driver import RunState
@@ -21,7 +22,6 @@ from epochserve.loadtest.records import RequestRecord, RolloutRecord, VersionLog
 from epochserve.loadtest.report import check_and_write
 from epochserve.loadtest.runner import RunResult
 from epochserve.loadtest.versions import VersionPublisher
-from epochserve.router.client import PolicyInfo
 from epochserve.worker.weights.manifest import MANIFEST_NAME, Manifest
 
 

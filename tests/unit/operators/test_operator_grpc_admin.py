@@ -9,7 +9,7 @@ import asyncio
 import grpc
 import pytest
 
-from epochserve.controlplane.etcd_launcher import free_port
+from epochserve.net import free_port
 from epochserve.operators.rollouts import admin as errors
 from epochserve.operators.rollouts.admin import AdminTarget
 from epochserve.operators.rollouts.connect import GrpcConnector, default_connector

@@ -6,12 +6,7 @@ import json
 import grpc
 import pytest
 
-from epochserve.errors import InvalidRequestError, RuntimeGuardError
-from epochserve.proto.convert import parse_generate_request
-from epochserve.proto.v1 import common_pb2
-from epochserve.router.audit import AuditLog, audit_record
-from epochserve.router.client import build_request
-from epochserve.router.client_errors import (
+from epochserve.client.errors import (
     AbortedError,
     GenerationError,
     InvalidArgumentError,
@@ -19,7 +14,12 @@ from epochserve.router.client_errors import (
     UnavailableError,
     error_from_rpc,
 )
-from epochserve.router.results import MixedVersionError, ResponseAssembler
+from epochserve.client.generation import build_request
+from epochserve.errors import InvalidRequestError, RuntimeGuardError
+from epochserve.proto.convert import parse_generate_request
+from epochserve.proto.results import MixedVersionError, ResponseAssembler
+from epochserve.proto.v1 import common_pb2
+from epochserve.router.audit import AuditLog, audit_record
 from epochserve.router.validation import validate_request
 from epochserve.sampling import ModelLimits, SamplingParams
 

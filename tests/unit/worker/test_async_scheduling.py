@@ -17,7 +17,7 @@ import pytest
 import torch
 from fixtures.engine import SampleResult, make_engine, make_request, run_to_completion
 
-from epochserve.worker.engine import PLACEHOLDER_TOKEN
+from epochserve.worker.engine.engine import PLACEHOLDER_TOKEN
 
 
 def _prompts(vocab: int) -> list[list[int]]:
@@ -127,8 +127,8 @@ def test_run_ahead_over_tensor_parallel_ranks(model_dir):
     """TP=2 over gloo: the run-ahead step's tokens reach the follower by a broadcast, and the outputs
     are those of the synchronous TP=2 path."""
     from epochserve.worker.config import EngineConfig
-    from epochserve.worker.engine import Engine
-    from epochserve.worker.tp_launcher import TPLauncher
+    from epochserve.worker.engine.engine import Engine
+    from epochserve.worker.tp.launcher import TPLauncher
 
     stop_token = _stop_token(model_dir)
     results = {}

@@ -4,8 +4,8 @@ import pytest
 
 from epochserve.errors import CapacityError
 from epochserve.sampling import SamplingParams
-from epochserve.worker.block_manager import BlockManager
-from epochserve.worker.sequence import Sequence
+from epochserve.worker.engine.block_manager import BlockManager
+from epochserve.worker.engine.sequence import Sequence
 
 BS = 4
 

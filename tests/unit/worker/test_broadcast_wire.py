@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from epochserve.controlplane.etcd_launcher import free_port
+from epochserve.net import free_port
 from epochserve.worker.weights import broadcast
 from epochserve.worker.weights.broadcast import BroadcastSpec, join_group
 from epochserve.worker.weights.manifest import manifest_of_tensors

@@ -5,7 +5,7 @@ import torch
 from fixtures.engine import make_engine, make_request, run_to_completion
 
 from epochserve.errors import InvalidRequestError, VersionMismatchError
-from epochserve.worker.sequence import FinishReason
+from epochserve.worker.engine.sequence import FinishReason
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import torch
 
 from epochserve.errors import ConfigError
 from epochserve.worker.config import EngineConfig
+from epochserve.worker.engine.model_setup import select_ops
 from epochserve.worker.layers.ops import CPU_INVARIANT_ROWS, TorchOps
-from epochserve.worker.model_setup import select_ops
 
 # (out_features, in_features): SmolLM2's projections (qkv, gate-up, down) and a tiny model's.
 SHAPES = [(960, 576), (3072, 576), (576, 1536), (256, 64)]
@@ -47,7 +47,7 @@ def test_batch_invariant_runs_on_cpu_torch_and_refuses_cuda_torch(tmp_path):
 
 def test_the_worker_cli_takes_batch_invariant():
     # The Kubernetes operator starts workers with --batch-invariant when a cluster asks for it.
-    from epochserve.controlplane.cli.main import build_parser
+    from epochserve.app.cli.main import build_parser
 
     args = build_parser().parse_args(["worker", "--model", "smollm2", "--batch-invariant"])
     assert args.batch_invariant is True

@@ -13,12 +13,12 @@ import torch
 from fixtures.models import build_tiny_model
 
 from epochserve.worker.config import EngineConfig
+from epochserve.worker.engine.model_setup import head_table_dtype
 from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.ops import TORCH_OPS
 from epochserve.worker.layers.parallel import SINGLE_DEVICE
 from epochserve.worker.layers.vocab import LMHead
 from epochserve.worker.layers.weight_source import TensorSource
-from epochserve.worker.model_setup import head_table_dtype
 from epochserve.worker.models.config import ModelConfig
 
 

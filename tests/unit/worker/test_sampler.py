@@ -7,8 +7,8 @@ import torch
 from fixtures.engine import hf_processed
 
 from epochserve.sampling import SamplingParams
-from epochserve.worker.sampler import Sampler, filter_logits
-from epochserve.worker.sequence import Sequence
+from epochserve.worker.engine.sampler import Sampler, filter_logits
+from epochserve.worker.engine.sequence import Sequence
 
 
 def seq(params, seed=0, sample_index=0):

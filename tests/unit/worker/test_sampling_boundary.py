@@ -13,8 +13,8 @@ from fixtures.boundary_rows import min_p_row, top_p_row
 
 from epochserve.sampling import SamplingParams
 from epochserve.sampling.reference import processed_logprobs, rule_support_sizes, token_logprobs
-from epochserve.worker.sampler import Sampler, filter_logits
-from epochserve.worker.sequence import Sequence
+from epochserve.worker.engine.sampler import Sampler, filter_logits
+from epochserve.worker.engine.sequence import Sequence
 
 VOCAB = 131_072
 MARGINS = [1e-9, 1e-8, 1e-7, 1e-6, 1e-5]

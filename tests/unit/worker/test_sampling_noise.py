@@ -4,7 +4,13 @@ import math
 
 import torch
 
-from epochserve.worker.sampling_noise import NOISE_BITS, gumbel_noise, noise_key, uniform_bits, uniforms
+from epochserve.worker.engine.sampling_noise import (
+    NOISE_BITS,
+    gumbel_noise,
+    noise_key,
+    uniform_bits,
+    uniforms,
+)
 
 
 def test_a_row_depends_only_on_its_key():

@@ -1,9 +1,9 @@
 """Scheduler: token budget, chunked prefill, FCFS admission, preemption, sibling samples."""
 
 from epochserve.sampling import SamplingParams
-from epochserve.worker.block_manager import BlockManager
-from epochserve.worker.scheduler import Scheduler
-from epochserve.worker.sequence import Sequence, SequenceStatus
+from epochserve.worker.engine.block_manager import BlockManager
+from epochserve.worker.engine.scheduler import Scheduler
+from epochserve.worker.engine.sequence import Sequence, SequenceStatus
 
 BS = 4
 

@@ -1,0 +1,88 @@
+"""Verify responses: recompute every sampled token's processed logprob under the version the response
+names, and summarize the mismatch per version and overall.
+
+Where a response carries the engine's support sizes, the recompute uses them, so a top-p or min-p
+boundary that lies within the logits' rounding noise is the engine's at every position; those
+positions are counted apart (`boundary`), with the mismatch the rule alone would have shown there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+from epochserve.app.verify.audit import ResponseRecord
+from epochserve.app.verify.recompute import Recomputer
+from epochserve.app.verify.stats import MismatchStats, mismatch_stats
+
+
+@dataclass(frozen=True, slots=True)
+class BoundaryStats:
+    """Positions where the trainer's logits put a boundary on the other side of its threshold."""
+
+    num_positions: int = 0
+    max_abs_delta_by_rule: float = 0.0  # there, |engine - rule-only recompute|; 0 with support sizes
+
+
+@dataclass
+class VerifyReport:
+    overall: MismatchStats
+    by_version: dict[int, MismatchStats]
+    mixed_version_responses: list[str] = field(default_factory=list)  # request ids (I1 violations)
+    boundary: BoundaryStats = BoundaryStats()
+    num_tokens_without_support_sizes: int = 0  # checked by the rule alone (older audit records)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "overall": self.overall.to_dict(),
+            "by_version": {str(v): s.to_dict() for v, s in sorted(self.by_version.items())},
+            "mixed_version_responses": self.mixed_version_responses,
+            "boundary": asdict(self.boundary),
+            "num_tokens_without_support_sizes": self.num_tokens_without_support_sizes,
+        }
+
+
+def verify(
+    records: Iterable[ResponseRecord],
+    recomputer: Recomputer,
+    tokenize: Callable[[str], list[int]] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Records are grouped by version so each version's weights load once."""
+    by_version: dict[int, list[tuple[ResponseRecord, int]]] = {}
+    mixed: list[str] = []
+    for record in records:
+        versions = {s.policy_version for s in record.samples}
+        if len(versions) > 1:
+            mixed.append(record.request_id)
+        for index, sample in enumerate(record.samples):
+            by_version.setdefault(sample.policy_version, []).append((record, index))
+    pairs_by_version: dict[int, list[tuple[tuple[float, ...], list[float]]]] = {}
+    boundary_deltas: list[float] = []
+    without_sizes = done = 0
+    for version in sorted(by_version):
+        for record, index in by_version[version]:
+            sample = record.samples[index]
+            prompt = list(record.prompt_token_ids)
+            if not prompt and tokenize is not None:
+                prompt = tokenize(record.prompt_text)
+            trainer = recomputer.recompute(
+                version, prompt, sample.token_ids, record.sampling, sample.support_sizes
+            )
+            pairs_by_version.setdefault(version, []).append((sample.processed_logprobs, trainer.logprobs))
+            boundary_deltas += [
+                abs(sample.processed_logprobs[i] - trainer.rule_logprobs[i])
+                for i in trainer.boundary_positions
+            ]
+            without_sizes += 0 if sample.support_sizes else len(sample.token_ids)
+            done += 1
+            if progress is not None:
+                progress(done)
+    all_pairs = [pair for pairs in pairs_by_version.values() for pair in pairs]
+    return VerifyReport(
+        overall=mismatch_stats(all_pairs),
+        by_version={v: mismatch_stats(p) for v, p in pairs_by_version.items()},
+        mixed_version_responses=mixed,
+        boundary=BoundaryStats(len(boundary_deltas), max(boundary_deltas, default=0.0)),
+        num_tokens_without_support_sizes=without_sizes,
+    )

@@ -1,0 +1,182 @@
+"""BlockManager: the paged KV pool's bookkeeping and the version-keyed prefix cache.
+
+Pure CPU bookkeeping: never touches tensors, so it tests in milliseconds.
+
+Blocks hold `block_size` token positions. A sequence's block_table lists its blocks in order.
+Blocks are reference-counted: the `n` samples of a request, and requests with a common prefix,
+share full prompt blocks. A full block whose keys/values are computed is indexed by the prefix
+cache under (policy_version, hash of every token up to the end of the block). The version in the
+key means that blocks computed under weights v-1 can never be hit under v (docs/design.md §1): a prefix
+cache that outlived a weight update was one of the 2026 post-mortem's silent mismatches.
+
+Free blocks (refcount 0) stay indexed until they are reused, least recently freed first, so a
+repeated prompt can hit blocks nobody holds any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import numpy as np
+
+from epochserve.errors import CapacityError
+from epochserve.worker.engine.sequence import Sequence
+
+CacheKey = tuple[int, bytes]  # (policy_version, chained block hash)
+
+
+def chain_hash(parent: bytes, token_ids: Seq[int]) -> bytes:
+    """Hash of a block's tokens chained to the hash of everything before it (128-bit blake2b)."""
+    data = parent + np.asarray(token_ids, dtype=np.int64).tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass(slots=True)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    cache_key: CacheKey | None = None  # set once the block is full and computed
+
+
+@dataclass(frozen=True, slots=True)
+class BlockUsage:
+    block_size: int
+    num_total: int
+    num_free: int  # refcount 0 (cached-but-free blocks included)
+    num_cached: int  # indexed by the prefix cache
+    prefix_cache_queries: int  # prompt blocks looked up since start
+    prefix_cache_hits: int
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_cache: bool = True) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(
+                f"need at least one block of at least one token, got {num_blocks} x {block_size}"
+            )
+        self.block_size = block_size
+        self.enable_prefix_cache = enable_prefix_cache
+        self.policy_version = 0
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU order
+        self._cached: dict[CacheKey, int] = {}
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
+
+    # ---- queries -------------------------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    def usage(self) -> BlockUsage:
+        return BlockUsage(
+            self.block_size,
+            len(self.blocks),
+            len(self._free),
+            len(self._cached),
+            self.prefix_cache_queries,
+            self.prefix_cache_hits,
+        )
+
+    def num_blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        """Blocks to add so that seq can hold num_computed + num_new_tokens positions."""
+        total = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size)
+        return max(0, total - len(seq.block_table))
+
+    def can_allocate(self, num_blocks: int) -> bool:
+        return num_blocks <= len(self._free)
+
+    # ---- allocation ----------------------------------------------------------------------
+    def admit(self, seq: Sequence) -> int:
+        """First allocation of a waiting sequence: reuse its cached prefix blocks; returns their number.
+
+        At least one token is always left to compute, since the step must produce logits; a fully
+        cached prompt therefore recomputes its last block into a fresh block (never writing into a
+        shared one).
+        """
+        assert not seq.block_table and seq.num_computed_tokens == 0, "admit() takes a sequence without blocks"
+        if not self.enable_prefix_cache:
+            return 0
+        max_hit_blocks = (seq.num_tokens - 1) // self.block_size
+        for block_hash in self._block_hashes(seq, max_hit_blocks):
+            self.prefix_cache_queries += 1
+            block_id = self._cached.get((self.policy_version, block_hash))
+            if block_id is None:
+                break
+            self.prefix_cache_hits += 1
+            self._take(block_id)
+            seq.block_table.append(block_id)
+        seq.num_computed_tokens = len(seq.block_table) * self.block_size
+        return len(seq.block_table)
+
+    def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Give seq the blocks it needs to compute num_new_tokens more tokens; CapacityError if short."""
+        needed = self.num_blocks_needed(seq, num_new_tokens)
+        if needed > len(self._free):
+            raise CapacityError(f"need {needed} KV blocks, {len(self._free)} free")
+        for _ in range(needed):
+            block_id = next(iter(self._free))
+            self._evict(block_id)
+            self._take(block_id)
+            seq.block_table.append(block_id)
+
+    def free(self, seq: Sequence) -> None:
+        """Drop seq's references (most recent block first, so a prompt's head stays cached longest)."""
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            assert block.ref_count >= 0, f"block {block_id} freed more often than taken"
+            if block.ref_count == 0:
+                self._free[block_id] = None
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def register_computed(self, seq: Sequence) -> None:
+        """Index seq's full blocks whose keys/values are now computed, under the current version."""
+        if not self.enable_prefix_cache or seq.policy_version != self.policy_version:
+            return
+        num_full = seq.num_computed_tokens // self.block_size
+        for index, block_hash in enumerate(self._block_hashes(seq, num_full)):
+            block = self.blocks[seq.block_table[index]]
+            if block.cache_key is not None:
+                continue
+            key = (self.policy_version, block_hash)
+            if key not in self._cached:  # an identical block computed by another sequence wins
+                block.cache_key = key
+                self._cached[key] = block.block_id
+
+    def set_policy_version(self, version: int) -> int:
+        """Serve `version` from now on: forget every cached block of other versions. Returns how many."""
+        self.policy_version = version
+        stale = [key for key in self._cached if key[0] != version]
+        for key in stale:
+            self.blocks[self._cached.pop(key)].cache_key = None
+        return len(stale)
+
+    # ---- internals -----------------------------------------------------------------------
+    def _block_hashes(self, seq: Sequence, num_blocks: int) -> list[bytes]:
+        """Chained hashes of seq's first num_blocks full blocks, extending seq.block_hashes."""
+        hashes = seq.block_hashes
+        if len(hashes) < num_blocks:
+            tokens = seq.token_ids
+            size = self.block_size
+            for index in range(len(hashes), num_blocks):
+                parent = hashes[-1] if hashes else b""
+                hashes.append(chain_hash(parent, tokens[index * size : (index + 1) * size]))
+        return hashes[:num_blocks]
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self._free[block_id]
+        block.ref_count += 1
+
+    def _evict(self, block_id: int) -> None:
+        """Forget the cached contents of a free block that is about to be overwritten."""
+        block = self.blocks[block_id]
+        if block.cache_key is not None:
+            del self._cached[block.cache_key]
+            block.cache_key = None

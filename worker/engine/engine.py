@@ -1,0 +1,356 @@
+"""Engine: owns the model, KV pool, block manager, scheduler and sampler of one worker.
+
+One thread drives it (see engine_loop.py): add_request / abort_request / step are not
+thread-safe. Each step runs the whole model once over a ScheduledBatch; weights and the policy
+version change only between steps (set_policy_version), never inside one.
+
+Async scheduling (run-ahead): when the step after a decode step is certain — the same sequences,
+one token each, none able to end by length, nothing waiting, blocks free — the engine queues it
+on the device behind the running one, its input tokens taken on the device from the running
+step's samples, and only then waits for those samples. The host's work (planning, launching,
+sampling bookkeeping) then overlaps the GPU's. The sequences hold a placeholder for the token in
+flight until it arrives. A sequence that stops meanwhile has its run-ahead row discarded. The
+outputs are those of the synchronous path (tests/unit/worker/test_async_scheduling.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import secrets
+import time
+from dataclasses import dataclass, replace
+from itertools import count
+from typing import Literal
+
+from epochserve.errors import InvalidRequestError, VersionMismatchError
+from epochserve.proto.convert import ParsedGenerateRequest, rollout_abort_reason
+from epochserve.sampling import ModelLimits
+from epochserve.worker.config import EngineConfig
+from epochserve.worker.engine.block_manager import BlockManager, BlockUsage
+from epochserve.worker.engine.model_setup import setup_rank
+from epochserve.worker.engine.outputs import FinishInfo, SequenceOutput
+from epochserve.worker.engine.sampler import PendingSample, Sampler
+from epochserve.worker.engine.scheduler import ScheduledBatch, Scheduler
+from epochserve.worker.engine.sequence import FinishReason, Sequence, SequenceStatus
+from epochserve.worker.engine.step_plan import PlanChannel
+from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
+
+logger = logging.getLogger(__name__)
+
+DrainPolicy = Literal["finish", "abort"]
+
+
+class Admission(enum.Enum):
+    ADMIT = "admit"  # start now
+    HOLD = "hold"  # pinned to a version this worker is about to serve: wait for the swap
+
+
+PLACEHOLDER_TOKEN = -1  # stands for a token still on the device (never reaches a model or a client)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchedStep:
+    """A step queued on the device. Created by Engine._launch, consumed by Engine._resolve."""
+
+    batch: ScheduledBatch
+    seqs: list[Sequence]  # the sampling sequences, in logits row order
+    sample: PendingSample | None  # None when no sequence samples
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """The engine is retiring its version's work before swapping to `version`."""
+
+    version: int
+    policy: DrainPolicy
+
+
+class Engine:
+    def __init__(
+        self, config: EngineConfig, tp: TensorParallel = SINGLE_DEVICE, channel: PlanChannel | None = None
+    ) -> None:
+        self.config = config
+        self.tp = tp
+        setup = setup_rank(config, tp)
+        self.model_config = setup.model_config
+        self.model = setup.model
+        self.kv_pool = setup.kv_pool
+        self.limits = ModelLimits(
+            vocab_size=self.model_config.vocab_size, max_model_len=setup.max_model_len, max_n=config.max_n
+        )
+        self.block_manager = BlockManager(setup.num_blocks, config.block_size, config.enable_prefix_cache)
+        self.block_manager.set_policy_version(config.policy_version)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = setup.make_runner(config, tp, channel)
+        self.sampler = Sampler(batch_invariant=config.batch_invariant, ops=self.model.lm_head.ops)
+        self.policy_version = config.policy_version
+        self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
+        self._requests: dict[str, list[Sequence]] = {}
+        self._seq_ids = count()
+        self.draining: Drain | None = None  # set from a rollout's commit until the swap
+        on_cuda = config.torch_device.type == "cuda"
+        wanted = config.async_scheduling == "on" or (config.async_scheduling == "auto" and on_cuda)
+        self.run_ahead = wanted
+        self._launched: LaunchedStep | None = None  # the step in flight between two calls to step()
+        self.num_run_ahead_steps = 0  # steps queued behind a running one (diagnostics, tests)
+
+    # ---- requests ------------------------------------------------------------------------
+    def admission(self, request: ParsedGenerateRequest) -> Admission:
+        """Whether a request can start now (ADMIT), must wait for the swap of a drain (HOLD), or
+        never runs here (VersionMismatchError: pinned to a version this worker does not serve, or
+        retires under drain=abort). During a drain, requests pinned to the next version and
+        unpinned ones wait for the swap, so that a steady stream of new requests cannot keep the
+        old version alive forever.
+        """
+        pinned = request.policy_version
+        if self.draining is not None:
+            if pinned is None or pinned == self.draining.version:
+                return Admission.HOLD
+            if pinned == self.policy_version and self.draining.policy == "finish":
+                return Admission.ADMIT
+        elif pinned is None or pinned == self.policy_version:
+            return Admission.ADMIT
+        raise VersionMismatchError(
+            f"request pinned to policy version {pinned}; this worker serves {self.policy_version}"
+            + (f" and is moving to {self.draining.version}" if self.draining else "")
+        )
+
+    def add_request(self, request: ParsedGenerateRequest) -> None:
+        """Queue a validated request as n sequences. Raises for a duplicate id or a wrong version pin."""
+        if request.request_id in self._requests:
+            raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
+        if self.admission(request) is not Admission.ADMIT:
+            raise VersionMismatchError(f"request {request.request_id} cannot start before the version swap")
+        seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
+        seqs: list[Sequence] = []
+        for index in range(request.n):
+            seqs.append(
+                Sequence(
+                    seq_id=next(self._seq_ids),
+                    request_id=request.request_id,
+                    sample_index=index,
+                    prompt_token_ids=list(request.prompt_token_ids),
+                    sampling=request.sampling,
+                    max_tokens=request.max_tokens,
+                    seed=seed,
+                    policy_version=self.policy_version,
+                    prefill_leader=seqs[0] if index > 0 and self.config.enable_prefix_cache else None,
+                )
+            )
+        self._requests[request.request_id] = seqs
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str, reason: str) -> list[SequenceOutput]:
+        """Finish every unfinished sample of a request with ABORT; frees their blocks at once.
+        The step in flight, if any, is resolved first: its outputs come first in the list."""
+        outputs = self._flush()
+        for seq in self._requests.pop(request_id, []):
+            if not seq.is_finished:
+                seq.abort_reason = reason
+                outputs.append(self._finish(seq, FinishReason.ABORT))
+        return outputs
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work() or self._launched is not None
+
+    def idle(self) -> None:
+        """Called by the loop when there is no work (TP: heartbeats to the followers)."""
+        self.runner.heartbeat()
+
+    def close(self) -> None:
+        """Release the followers (TP); the engine must not step afterwards."""
+        self.runner.shutdown_followers()
+
+    # ---- stepping ------------------------------------------------------------------------
+    def step(self) -> list[SequenceOutput]:
+        """Run one batch through the model and sample; returns what each sampling sequence got.
+
+        With run-ahead, a call may leave its decode step in flight and return nothing; the next
+        call queues the step after it, then returns the outputs of the one in flight."""
+        launched, self._launched = self._launched, None
+        if launched is None:
+            batch = self.scheduler.schedule()
+            if batch.is_empty():
+                return []
+            launched = self._launch(batch)
+            if self.run_ahead and self._can_run_ahead(launched):
+                self._launched = launched  # resolved by the next call, behind its successor
+                return []
+            return self._resolve(launched, placeholders=False)
+        if not self._can_run_ahead(launched):
+            return self._resolve(launched, placeholders=False)
+        assert launched.sample is not None
+        self._launched = self._launch(self._next_decode(launched.seqs), launched.sample.token_ids)
+        self.num_run_ahead_steps += 1
+        return self._resolve(launched, placeholders=True)
+
+    def _launch(self, batch: ScheduledBatch, input_ids=None) -> LaunchedStep:
+        """Queue the model and the sampling of `batch` on the device; the host does not wait."""
+        logits, sampling_seqs = self.runner.execute(batch, input_ids)
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += num_new
+        sample = self.sampler.launch(logits, sampling_seqs) if sampling_seqs else None
+        return LaunchedStep(batch, sampling_seqs, sample)
+
+    def _can_run_ahead(self, launched: LaunchedStep) -> bool:
+        """Whether the step after `launched` is certain: every sequence of it samples, all are still
+        running and none can end by length on this token, nothing else waits, and one more token
+        each fits in the free blocks. (A stop token may still end one: its next row is discarded.)"""
+        seqs = launched.seqs
+        if launched.sample is None or len(seqs) != len(launched.batch.seqs):
+            return False
+        if self.scheduler.waiting or self.scheduler.running != seqs:
+            return False
+        if len(seqs) > self.scheduler.max_num_batched_tokens:
+            return False
+        max_len = self.limits.max_model_len
+        if any(s.num_generated_tokens + 1 >= s.max_tokens or s.num_tokens + 1 >= max_len for s in seqs):
+            return False
+        needed = sum(self.block_manager.num_blocks_needed(s, 1) for s in seqs)
+        return self.block_manager.can_allocate(needed)
+
+    def _next_decode(self, seqs: list[Sequence]) -> ScheduledBatch:
+        """The decode step after the one in flight: a placeholder for each sequence's coming token."""
+        batch = ScheduledBatch()
+        for seq in seqs:
+            seq.output_token_ids.append(PLACEHOLDER_TOKEN)
+            self.block_manager.allocate(seq, 1)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(1)
+        return batch
+
+    def _flush(self) -> list[SequenceOutput]:
+        """Resolve the step in flight, if any (before anything changes the sequences it holds)."""
+        launched, self._launched = self._launched, None
+        return self._resolve(launched, placeholders=False) if launched is not None else []
+
+    def _resolve(self, launched: LaunchedStep, placeholders: bool) -> list[SequenceOutput]:
+        """Wait for a launched step's samples and apply them. placeholders: each sequence holds one
+        for this step's token (its successor is in flight), which the token replaces."""
+        if launched.sample is None:
+            self._register_computed(launched.batch.seqs)
+            return []
+        sampled = self.sampler.collect(launched.sample)
+        for i, seq in enumerate(launched.seqs):
+            if placeholders:
+                seq.output_token_ids.pop()
+            if not seq.is_finished and sampled.errors[i] is None:
+                seq.output_token_ids.append(sampled.token_ids[i])
+        # Blocks are indexed only once every token in them is real (never a placeholder).
+        self._register_computed([s for s in launched.batch.seqs if s.num_computed_tokens <= s.num_tokens])
+        now = time.monotonic()
+        outputs = []
+        for i, seq in enumerate(launched.seqs):
+            if seq.is_finished:  # ended while this step ran (a stop token in the step before)
+                continue
+            error = sampled.errors[i]
+            if error is not None:
+                seq.error = error
+                logger.error("request %s sample %d failed: %s", seq.request_id, seq.sample_index, error)
+                outputs.append(self._finish(seq, FinishReason.ERROR))
+                continue
+            token = sampled.token_ids[i]
+            seq.processed_logprobs.append(sampled.processed_logprobs[i])
+            raw = sampled.raw_logprobs[i]
+            top = sampled.top_logprobs[i]
+            support = sampled.support_sizes[i]
+            if raw is not None:
+                seq.raw_logprobs.append(raw)
+            if top is not None:
+                seq.top_logprobs.append(top)
+            if seq.times.first_token is None:
+                seq.times.first_token = now
+            seq.times.last_token = now
+            finish = self._finish_reason(seq, token)
+            output = SequenceOutput(
+                request_id=seq.request_id,
+                sample_index=seq.sample_index,
+                policy_version=seq.policy_version,
+                token_ids=(token,),
+                processed_logprobs=(sampled.processed_logprobs[i],),
+                raw_logprobs=() if raw is None else (raw,),
+                support_sizes=() if support is None else (support,),
+                top_logprobs=() if top is None else ((tuple(top[0]), tuple(top[1])),),
+            )
+            if finish is not None:
+                output = replace(output, finish=self._finish(seq, finish).finish)
+            outputs.append(output)
+        return outputs
+
+    def _register_computed(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            if not seq.is_finished:
+                self.block_manager.register_computed(seq)
+
+    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        if token in seq.sampling.stop_token_ids or (
+            not seq.sampling.ignore_eos and token in self.eos_token_ids
+        ):
+            return FinishReason.STOP
+        if seq.num_generated_tokens >= seq.max_tokens or seq.num_tokens >= self.limits.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> SequenceOutput:
+        """Mark seq finished, release its blocks, forget its request once every sample ended."""
+        self.scheduler.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        siblings = self._requests.get(seq.request_id, [])
+        if siblings and all(s.is_finished for s in siblings):
+            del self._requests[seq.request_id]
+        return SequenceOutput(seq.request_id, seq.sample_index, seq.policy_version, finish=FinishInfo.of(seq))
+
+    # ---- versions and stats --------------------------------------------------------------
+    def begin_drain(self, version: int, policy: DrainPolicy) -> list[SequenceOutput]:
+        """Retire the current version's work before swapping to `version` (docs/design.md §5).
+
+        finish: running sequences complete on the current weights; abort: they end now with an
+        ABORT finish whose reason says a rollout retired them (routers re-run those that streamed
+        nothing). Either way, new requests wait for the swap (see admission).
+        """
+        self.draining = Drain(version, policy)
+        if policy == "finish":
+            return []
+        reason = rollout_abort_reason(version)
+        return [out for request_id in list(self._requests) for out in self.abort_request(request_id, reason)]
+
+    @property
+    def ready_to_swap(self) -> bool:
+        return self.draining is not None and not self.has_work()
+
+    def complete_swap(self, version: int) -> None:
+        """The weights of `version` are live (swapped in place between steps): serve it."""
+        self.set_policy_version(version)
+        self.draining = None
+
+    def set_policy_version(self, version: int) -> None:
+        """Serve `version` from the next step on. Only between steps and with no work of another
+        version in flight; drops every prefix-cache entry of other versions."""
+        if self.has_work():
+            raise RuntimeError("set_policy_version with sequences in flight; drain or abort them first")
+        dropped = self.block_manager.set_policy_version(version)
+        logger.info(
+            "policy version %d -> %d (%d cached blocks dropped)", self.policy_version, version, dropped
+        )
+        self.policy_version = version
+
+    def block_usage(self) -> BlockUsage:
+        return self.block_manager.usage()
+
+    @property
+    def kernel_mode(self) -> str:
+        """What produced the logits: "torch", "triton", "triton+graphs", "batch_invariant"(+graphs)."""
+        ops = self.model.lm_head.ops
+        mode = "batch_invariant" if getattr(ops, "batch_invariant", False) else ops.name
+        return f"{mode}+graphs" if self.runner.graphs is not None else mode
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)

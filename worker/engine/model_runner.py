@@ -1,0 +1,187 @@
+"""ModelRunner: turns a ScheduledBatch into a StepPlan, runs it on this rank, returns fp32 logits.
+
+Inputs are flat over the batch: the new tokens of every sequence concatenated, their positions,
+the cache slot of each, each sequence's block table and context length (AttentionMetadata).
+Only sequences whose chunk reaches their last token produce logits (prefill chunks that stop
+mid-prompt only fill the cache). With tensor parallelism, rank 0 broadcasts each plan before
+running it and followers run the plans they receive (serve_plans).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.distributed as dist
+
+from epochserve.worker.engine.cuda_graphs import DecodeGraphs
+from epochserve.worker.engine.host_buffers import PinnedStaging
+from epochserve.worker.engine.kv_cache import KVCachePool
+from epochserve.worker.engine.scheduler import ScheduledBatch
+from epochserve.worker.engine.sequence import Sequence
+from epochserve.worker.engine.step_inputs import build_step_inputs
+from epochserve.worker.engine.step_plan import PlanChannel, PlanKind, StepPlan
+from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
+from epochserve.worker.models.llama import LlamaForCausalLM
+from epochserve.worker.weights.updater import RankWeightUpdater
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0  # rank 0 proves it is alive to idle followers at least this often
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: KVCachePool,
+        device: torch.device,
+        updater: RankWeightUpdater,
+        channel: PlanChannel | None = None,
+        tp: TensorParallel = SINGLE_DEVICE,
+    ) -> None:
+        self.model = model
+        self.kv_pool = kv_pool
+        self.block_size = kv_pool.block_size
+        self.device = device
+        self.updater = updater  # this rank's weight-update state
+        self.channel = channel  # set on every rank of a TP group of size > 1
+        self.tp = tp
+        self._last_send = time.monotonic()
+        self.graphs: DecodeGraphs | None = None  # set by capture_graphs (CUDA only)
+        self.staging = PinnedStaging(device)
+
+    # ---- rank 0 ------------------------------------------------------------------------------
+    def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence]]:
+        """The plan of one step, and the sequences that sample (in logits row order)."""
+        plan = StepPlan()
+        sampling_seqs: list[Sequence] = []
+        bs = self.block_size
+        for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            start = seq.num_computed_tokens
+            end = start + num_new
+            plan.input_ids.extend(seq.token_ids[start:end])
+            plan.positions.extend(range(start, end))
+            table = seq.block_table
+            plan.slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            plan.query_start_loc.append(plan.query_start_loc[-1] + num_new)
+            plan.seq_lens.append(end)
+            plan.block_tables.append(list(table))
+            if batch.samples(i):
+                plan.logits_indices.append(plan.query_start_loc[-1] - 1)
+                sampling_seqs.append(seq)
+        return plan, sampling_seqs
+
+    def execute(
+        self, batch: ScheduledBatch, input_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[Sequence]]:
+        """Queue one step on every rank; returns (fp32 logits [num_sampling_seqs, vocab], those seqs).
+
+        input_ids: a decode step's tokens already on the device (the previous step's samples, when
+        the engine runs a step ahead); they replace the plan's placeholders. Single rank only."""
+        plan, sampling_seqs = self.plan(batch)
+        if input_ids is not None:
+            assert len(plan.input_ids) == len(plan.seq_lens) == input_ids.numel(), "a decode step only"
+            plan.input_ids_on_device = True
+        self._send(plan)
+        return self.run_plan(plan, input_ids), sampling_seqs
+
+    def heartbeat(self) -> None:
+        """Called by rank 0 while idle: keeps followers' waits short of the collective timeout."""
+        if self.channel is not None and time.monotonic() - self._last_send >= HEARTBEAT_SECONDS:
+            self._send(StepPlan(kind=PlanKind.HEARTBEAT))
+
+    def shutdown_followers(self) -> None:
+        if self.channel is not None:
+            self._send(StepPlan(kind=PlanKind.SHUTDOWN))
+
+    def stage(
+        self, version: int, source: str, manifest_checksum: str | None, broadcast_rank_base: int | None = None
+    ) -> None:
+        """Every rank starts staging `version` in the background (see RankWeightUpdater)."""
+        plan = StepPlan(
+            kind=PlanKind.STAGE,
+            version=version,
+            source=source,
+            manifest_checksum=manifest_checksum,
+            broadcast_rank_base=broadcast_rank_base,
+        )
+        self._send(plan)
+        self._apply_update(plan)
+
+    def swap(self, version: int) -> str:
+        """Every rank swaps the staged `version` live now; returns the live weights' fingerprint."""
+        plan = StepPlan(kind=PlanKind.SWAP, version=version)
+        self._send(plan)
+        return self._apply_update(plan)
+
+    def drop_staged(self) -> None:
+        plan = StepPlan(kind=PlanKind.DROP)
+        self._send(plan)
+        self._apply_update(plan)
+
+    def fingerprint(self) -> str:
+        """The live weights' fingerprint, over every rank."""
+        plan = StepPlan(kind=PlanKind.FINGERPRINT)
+        self._send(plan)
+        return self._apply_update(plan)
+
+    def _apply_update(self, plan: StepPlan) -> str:
+        if plan.kind is PlanKind.STAGE:
+            self.updater.begin_stage(
+                plan.version, plan.source, plan.manifest_checksum, plan.broadcast_rank_base
+            )
+        elif plan.kind is PlanKind.SWAP:
+            return self.updater.swap(plan.version)
+        elif plan.kind is PlanKind.DROP:
+            self.updater.drop()
+        elif plan.kind is PlanKind.FINGERPRINT:
+            return self.updater.fingerprint()
+        return ""
+
+    def _send(self, plan: StepPlan) -> None:
+        if self.channel is not None:
+            self.channel.send(plan)
+            self._last_send = time.monotonic()
+
+    # ---- every rank ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run_plan(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits [num_sampling_seqs, vocab]: from a captured CUDA graph for decode steps that
+        fit one, else eagerly. `input_ids` (device) replaces the plan's, as in execute."""
+        if plan.input_ids_on_device and self.tp.size > 1:
+            input_ids = self._share_input_ids(input_ids, len(plan.input_ids))
+        if self.graphs is not None and self.graphs.can_run(plan):
+            return self.graphs.run(plan, input_ids)
+        inputs = build_step_inputs(plan, self.device, self.staging)
+        if input_ids is not None:
+            inputs.input_ids = input_ids
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
+        logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
+        return logits.float()
+
+    def _share_input_ids(self, input_ids: torch.Tensor | None, count: int) -> torch.Tensor:
+        """Rank 0's device-side input tokens on every rank: queued like the model's collectives,
+        in the same order on every rank, without a host wait."""
+        if input_ids is None:  # a follower
+            input_ids = torch.empty(count, dtype=torch.int64, device=self.device)
+        dist.broadcast(input_ids, src=0, group=self.tp.group)
+        return input_ids
+
+    # ---- followers -----------------------------------------------------------------------------
+    def serve_plans(self) -> None:
+        """Ranks > 0: run every plan rank 0 broadcasts until it says SHUTDOWN.
+
+        A collective that fails (a rank died) or exceeds the group's timeout raises out of here;
+        the follower process then exits non-zero.
+        """
+        assert self.channel is not None and self.channel.rank > 0
+        while True:
+            plan = self.channel.receive()
+            if plan.kind is PlanKind.SHUTDOWN:
+                return
+            if plan.kind is PlanKind.STEP:
+                self.run_plan(plan)
+            elif plan.kind is not PlanKind.HEARTBEAT:
+                self._apply_update(plan)

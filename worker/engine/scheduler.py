@@ -1,0 +1,131 @@
+"""Scheduler: forms each step's batch under a token budget (continuous batching, FCFS).
+
+One step mixes decodes and prefill chunks. Running sequences go first, in arrival order: each gets
+its remaining uncomputed tokens (1 for a decode, a chunk of the prompt otherwise) as far as the
+budget allows. Then waiting sequences are admitted in arrival order while the budget, the sequence
+limit and the free KV blocks last. When a running sequence needs a block and none is free, the
+most recently admitted running sequence is preempted: its blocks are freed and it goes back to the
+front of the queue to be recomputed later (its tokens so far are kept, so the result is the same).
+
+Pure CPU bookkeeping over Sequence and BlockManager; never touches tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from epochserve.worker.engine.block_manager import BlockManager
+from epochserve.worker.engine.sequence import Sequence, SequenceStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    """One step's work. Created by Scheduler.schedule, consumed by ModelRunner and Engine.
+
+    seqs[i] computes num_new_tokens[i] tokens starting at its num_computed_tokens; it samples a
+    next token only when that reaches the end of its tokens (see `samples`).
+    """
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def samples(self, index: int) -> bool:
+        seq = self.seqs[index]
+        return seq.num_computed_tokens + self.num_new_tokens[index] == seq.num_tokens
+
+    def is_empty(self) -> bool:
+        return not self.seqs
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        if max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def remove(self, seq: Sequence) -> None:
+        """Forget a finished or aborted sequence and release its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self._schedule_running(batch, self.max_num_batched_tokens)
+        if not batch.preempted:
+            self._schedule_waiting(batch, budget)
+        return batch
+
+    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
+        queue = list(self.running)
+        while queue and budget > 0:
+            seq = queue.pop(0)
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            needed = self.block_manager.num_blocks_needed(seq, num_new)
+            while not self.block_manager.can_allocate(needed):
+                victim = queue.pop() if queue else seq
+                self._preempt(victim, batch)
+                if victim is seq:
+                    break
+            else:
+                self.block_manager.allocate(seq, num_new)
+                batch.seqs.append(seq)
+                batch.num_new_tokens.append(num_new)
+                budget -= num_new
+        return budget
+
+    def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        skipped: list[Sequence] = []
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if seq.waits_for_leader():
+                skipped.append(self.waiting.popleft())
+                continue
+            num_hit_blocks = self.block_manager.admit(seq)
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not self.block_manager.can_allocate(self.block_manager.num_blocks_needed(seq, num_new)):
+                self.block_manager.free(seq)  # give back the prefix hits; FCFS: stop here
+                break
+            self.block_manager.allocate(seq, num_new)
+            self.waiting.popleft()
+            if seq.times.first_scheduled is None:
+                seq.times.first_scheduled = time.monotonic()
+                seq.num_prefix_hit_blocks = num_hit_blocks
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(num_new)
+            budget -= num_new
+        self.waiting.extendleft(reversed(skipped))
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        """Free seq's blocks and queue it first for recompute (its tokens so far are kept)."""
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        batch.preempted.append(seq)
+        logger.debug("preempted seq %d of request %s", seq.seq_id, seq.request_id)

@@ -1,0 +1,92 @@
+"""SequenceOutput → GenerateResponse: how engine results look on the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from epochserve.proto.v1 import common_pb2
+from epochserve.worker.engine.outputs import FinishInfo, SequenceOutput
+from epochserve.worker.engine.sequence import FinishReason
+
+_FINISH_REASONS = {
+    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+    FinishReason.ABORT: common_pb2.FINISH_REASON_ABORT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStamp:
+    """What every finish message says about the worker."""
+
+    worker_id: str
+    tp_size: int
+    kernel_mode: str
+
+
+def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse:
+    """Merge outputs of one sample into one chunk message (they share request, sample, version)."""
+    first = outputs[0]
+    chunk = common_pb2.GenerateChunk()
+    for output in outputs:
+        chunk.token_ids.extend(output.token_ids)
+        chunk.logprobs.extend(output.processed_logprobs)
+        chunk.raw_logprobs.extend(output.raw_logprobs)
+        chunk.support_sizes.extend(output.support_sizes)
+        for ids, logprobs in output.top_logprobs:
+            chunk.top_logprobs.add(token_ids=ids, logprobs=logprobs)
+    return common_pb2.GenerateResponse(
+        request_id=first.request_id,
+        sample_index=first.sample_index,
+        policy_version=first.policy_version,
+        chunk=chunk,
+    )
+
+
+def finish_response(output: SequenceOutput, identity: WorkerStamp) -> common_pb2.GenerateResponse:
+    info: FinishInfo | None = output.finish
+    assert info is not None and info.reason is not FinishReason.ERROR, "errors end the stream with a status"
+    diagnostics = common_pb2.Diagnostics(
+        worker_id=identity.worker_id,
+        tp_size=identity.tp_size,
+        policy_version=output.policy_version,
+        seed=info.seed,
+        kernel_mode=identity.kernel_mode,
+        prefix_cache_hit_blocks=info.prefix_cache_hit_blocks,
+        queue_seconds=info.queue_seconds,
+        prefill_seconds=info.prefill_seconds,
+        decode_seconds=info.decode_seconds,
+        attempts=1,
+        num_preemptions=info.num_preemptions,
+    )
+    finish = common_pb2.GenerateFinish(
+        finish_reason=_FINISH_REASONS[info.reason],
+        num_prompt_tokens=info.num_prompt_tokens,
+        num_generated_tokens=info.num_generated_tokens,
+        worker_id=identity.worker_id,
+        diagnostics=diagnostics,
+        abort_reason=info.abort_reason,
+    )
+    return common_pb2.GenerateResponse(
+        request_id=output.request_id,
+        sample_index=output.sample_index,
+        policy_version=output.policy_version,
+        finish=finish,
+    )
+
+
+def to_responses(outputs: list[SequenceOutput], identity: WorkerStamp) -> list[common_pb2.GenerateResponse]:
+    """Wire messages for outputs of one request: per sample, one chunk with all its new tokens, then
+    its finish if it ended (a finish is always a sample's last output)."""
+    by_sample: dict[int, list[SequenceOutput]] = {}
+    for output in outputs:
+        by_sample.setdefault(output.sample_index, []).append(output)
+    responses: list[common_pb2.GenerateResponse] = []
+    for sample_outputs in by_sample.values():
+        with_tokens = [o for o in sample_outputs if o.token_ids]
+        if with_tokens:
+            responses.append(chunk_response(with_tokens))
+        last = sample_outputs[-1]
+        if last.finish is not None:
+            responses.append(finish_response(last, identity))
+    return responses

@@ -1,0 +1,41 @@
+"""A follower rank (> 0) of a tensor-parallel worker: load its shards, then run rank 0's plans.
+
+Started by TPLauncher in a fresh (spawned) process. It holds no scheduler and no sampler: it runs
+exactly the StepPlans rank 0 broadcasts, so it can never disagree with rank 0 about what runs.
+Any error (a collective that fails or times out, a dead peer) ends the process with a non-zero code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch.distributed as dist
+
+from epochserve.lifetime import die_with_parent
+from epochserve.worker.config import EngineConfig
+from epochserve.worker.engine.model_setup import setup_rank
+from epochserve.worker.engine.step_plan import PlanChannel
+from epochserve.worker.tp.group import init_tp_group, rank_config
+
+logger = logging.getLogger(__name__)
+
+
+def follower_main(
+    config: EngineConfig, rank: int, world_size: int, init_method: str, timeout_seconds: float
+) -> None:
+    die_with_parent()
+    # Followers stay quiet (STYLE.md): warnings and errors only.
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s"
+    )
+    config = rank_config(config, rank)
+    try:
+        tp = init_tp_group(rank, world_size, init_method, config.torch_device, timeout_seconds)
+        setup = setup_rank(config, tp)
+        runner = setup.make_runner(config, tp, PlanChannel(tp.cpu_group, rank))
+        runner.serve_plans()
+    except Exception:
+        logger.exception("TP rank %d failed", rank)
+        sys.exit(1)
+    dist.destroy_process_group()
