@@ -1,1 +1,1 @@
-"""Control plane: etcd keyspace, sessions, election, rollout coordinator, Admin service, CLI."""
+"""Control plane: etcd keyspace, leases, election, rollout coordinator, Admin service, CLI."""

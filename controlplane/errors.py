@@ -34,8 +34,8 @@ class SchemaError(ControlPlaneError):
         self.reason = reason
 
 
-class SessionLostError(ControlPlaneError):
-    """The lease behind a session expired, was revoked, or could not be refreshed within its TTL.
+class LeaseLostError(ControlPlaneError):
+    """The lease expired, was revoked, or could not be refreshed within its TTL.
     Whatever was bound to it is gone (or about to be); the holder must stop acting on it."""
 
 

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from epochserve.client.generation import PolicyInfo
 from epochserve.loadtest.driver import RunState
-from epochserve.loadtest.records import RolloutRecord
+from epochserve.loadtest.records import ObservedRollout
 
 TTY_INTERVAL_SECONDS = 0.5
 
@@ -20,7 +20,7 @@ class ProgressDisplay:
         self,
         state: RunState,
         policy: Callable[[], PolicyInfo | None],
-        rollouts: Callable[[], Sequence[RolloutRecord]],
+        rollouts: Callable[[], Sequence[ObservedRollout]],
         stream: TextIO,
         plain_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,

@@ -1,4 +1,4 @@
-"""What a load run observed: one RequestRecord per request sent, one RolloutRecord per rollout seen
+"""What a load run observed: one RequestRecord per request sent, one ObservedRollout per rollout seen
 or driven, and the observations of committed versions that the freshness check compares against.
 
 The load driver (driver.py) creates and fills RequestRecords; the observers (observe.py, soak.py)
@@ -99,7 +99,7 @@ class RequestRecord:
 
 
 @dataclass(slots=True)
-class RolloutRecord:
+class ObservedRollout:
     """One rollout: driven by soak mode, or seen through the router. Times are when this process
     observed each phase (never the coordinator's clock)."""
 

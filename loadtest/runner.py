@@ -27,8 +27,8 @@ from epochserve.loadtest.config import LoadtestConfig
 from epochserve.loadtest.driver import LoadDriver, RunState
 from epochserve.loadtest.observe import PolicyWatcher
 from epochserve.loadtest.progress import ProgressDisplay
-from epochserve.loadtest.records import RolloutRecord, VersionLog
-from epochserve.loadtest.soak import RolloutDriver
+from epochserve.loadtest.records import ObservedRollout, VersionLog
+from epochserve.loadtest.soak import RolloutCycler
 from epochserve.loadtest.workload import Workload
 
 FIRST_POLL_TIMEOUT_SECONDS = 30.0
@@ -46,7 +46,7 @@ class RunResult:
     workload: str  # its description
     state: RunState
     versions: VersionLog
-    rollouts: list[RolloutRecord]
+    rollouts: list[ObservedRollout]
     started_unix: float  # wall clock at the start, for the reader
     ended_at: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -68,7 +68,7 @@ async def run_load(
             raise LoadtestError(f"the target {config.target} does not answer GetPolicy: {exc}") from None
         await watcher.poll()
         driver = LoadDriver(client, workload, config.plan, state)
-        soak = RolloutDriver(config.soak, versions) if config.soak is not None else None
+        soak = RolloutCycler(config.soak, versions) if config.soak is not None else None
         if soak is not None:
             result.rollouts = soak.rollouts
         stop_side = asyncio.Event()

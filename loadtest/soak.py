@@ -1,4 +1,4 @@
-"""RolloutDriver: soak mode's rollouts, started through the Admin API while the load runs.
+"""RolloutCycler: soak mode's rollouts, started through the Admin API while the load runs.
 
 Every `rollout_every_seconds` (measured from one start to the next, or right after the previous
 rollout ended when it took longer) it rolls out the next version: one above the committed epoch
@@ -30,7 +30,7 @@ import grpc
 from epochserve.controlplane.admin.client import AdminClient
 from epochserve.errors import EpochserveError
 from epochserve.loadtest.config import DrainName, SoakConfig
-from epochserve.loadtest.records import RolloutRecord, VersionLog
+from epochserve.loadtest.records import ObservedRollout, VersionLog
 from epochserve.loadtest.versions import VersionPublisher
 from epochserve.proto.v1 import admin_pb2 as pb
 
@@ -42,7 +42,7 @@ RETRY_PAUSE_SECONDS = 0.5  # between attempts after UNAVAILABLE
 _DRAINS = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}
 
 
-class RolloutDriver:
+class RolloutCycler:
     def __init__(
         self, config: SoakConfig, versions: VersionLog, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -50,7 +50,7 @@ class RolloutDriver:
         self.versions = versions
         self.clock = clock
         self.publisher = VersionPublisher(config.publish_dir)
-        self.rollouts: list[RolloutRecord] = []
+        self.rollouts: list[ObservedRollout] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         """Roll out versions until `stop` is set; a rollout under way when it is set is followed to
@@ -74,7 +74,7 @@ class RolloutDriver:
     async def _rollout(self, admin: AdminClient, source: Path, drain: DrainName) -> None:
         deadline = self.clock() + self.config.rollout_timeout_seconds
         version = await self._until_available(deadline, lambda: self._next_version(admin))
-        record = RolloutRecord(version, drain, str(source))
+        record = ObservedRollout(version, drain, str(source))
         self.rollouts.append(record)
         try:
             path, checksum = await asyncio.to_thread(self.publisher.prepare, version, source)
@@ -126,7 +126,7 @@ class RolloutDriver:
                 logger.info("soak: %s; trying again", exc.details())
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
-    async def _follow(self, admin: AdminClient, record: RolloutRecord, deadline: float) -> None:
+    async def _follow(self, admin: AdminClient, record: ObservedRollout, deadline: float) -> None:
         """Watch until DONE or ABORTED (resuming a watch cut short) or `deadline`."""
         while record.outcome == "running":
             remaining = deadline - self.clock()
@@ -141,7 +141,7 @@ class RolloutDriver:
                     raise
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
 
-    def _observe(self, record: RolloutRecord, rollout: pb.Rollout) -> None:
+    def _observe(self, record: ObservedRollout, rollout: pb.Rollout) -> None:
         now = self.clock()
         if (
             rollout.phase in (pb.ROLLOUT_PHASE_COMMITTED, pb.ROLLOUT_PHASE_DONE)

@@ -5,7 +5,7 @@
     EpochConflictError                        FAILED_PRECONDITION
     RolloutNotFoundError                      NOT_FOUND
     NotLeaderError, StoreUnavailableError,
-    SessionLostError                          UNAVAILABLE (retry: a leader is being elected / etcd is back)
+    LeaseLostError                          UNAVAILABLE (retry: a leader is being elected / etcd is back)
     anything else                             INTERNAL (logged with its traceback)
 A RolloutBusyError (another rollout in flight, or records that kept changing) is a
 FAILED_PRECONDITION that can pass later; its status carries the trailing metadata
@@ -25,11 +25,11 @@ import grpc
 
 from epochserve.controlplane.errors import (
     EpochConflictError,
+    LeaseLostError,
     NotLeaderError,
     RolloutBusyError,
     RolloutExistsError,
     RolloutNotFoundError,
-    SessionLostError,
     StoreUnavailableError,
 )
 from epochserve.errors import InvalidRequestError
@@ -47,7 +47,7 @@ _STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RolloutNotFoundError, grpc.StatusCode.NOT_FOUND),
     (NotLeaderError, grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (SessionLostError, grpc.StatusCode.UNAVAILABLE),
+    (LeaseLostError, grpc.StatusCode.UNAVAILABLE),
 )
 
 

@@ -2,13 +2,13 @@
 
 docs/design.md §5, per phase:
 
-    STAGING    all READY workers staged v with one agreed checksum  → Commit
-               a READY worker failed to stage v, or checksums differ → Abort
-               the stage deadline passed                            → Abort
-    COMMITTED  all READY workers serve v and all routers acked v    → Finish (DONE)
+    STAGING    all READY workers staged v with one agreed checksum  → CommitRollout
+               a READY worker failed to stage v, or checksums differ → AbortRollout
+               the stage deadline passed                            → AbortRollout
+    COMMITTED  all READY workers serve v and all routers acked v    → FinishRollout (DONE)
                a READY worker failed to swap to v, or serves v with
-               other weights                                        → Fence it at once
-               the commit deadline passed                           → Fence every laggard
+               other weights                                        → FenceMembers at once
+               the commit deadline passed                           → FenceMembers (every laggard)
     DONE, ABORTED                                                   → nothing to do
 
 "Live" means registered (the key exists, so its lease lives); LOADING workers are catching up with
@@ -37,26 +37,26 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
+class CommitRollout:
     """STAGING → COMMITTED and epoch = v, with the checksum every worker agreed on."""
 
     checksum: str | None
 
 
 @dataclass(frozen=True, slots=True)
-class Abort:
+class AbortRollout:
     """STAGING → ABORTED; workers drop their staging buffers."""
 
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class Finish:
+class FinishRollout:
     """COMMITTED → DONE."""
 
 
 @dataclass(frozen=True, slots=True)
-class Fence:
+class FenceMembers:
     """Delete these registrations (workers not serving v, routers not acking v)."""
 
     worker_ids: tuple[str, ...]
@@ -64,7 +64,7 @@ class Fence:
     reason: str
 
 
-Step = Wait | Commit | Abort | Finish | Fence
+Step = Wait | CommitRollout | AbortRollout | FinishRollout | FenceMembers
 
 
 def next_step(rollout: RolloutRecord, state: ClusterState, now: float) -> Step:
@@ -81,20 +81,20 @@ def _staging_step(rollout: RolloutRecord, state: ClusterState, now: float) -> St
     ready = state.ready_workers()
     for w in ready:
         if w.failed_version == v:
-            return Abort(f"worker {w.worker_id} failed to stage v{v}: {w.failure_reason}")
+            return AbortRollout(f"worker {w.worker_id} failed to stage v{v}: {w.failure_reason}")
     staged = {w.worker_id: w.staged_checksum for w in ready if w.staged_version == v}
     agreed = set(staged.values()) | ({rollout.manifest_checksum} if rollout.manifest_checksum else set())
     if len(agreed) > 1:
         expected = f", expected {rollout.manifest_checksum}" if rollout.manifest_checksum else ""
-        return Abort(f"manifest checksum mismatch for v{v}: staged {_listing(staged)}{expected}")
+        return AbortRollout(f"manifest checksum mismatch for v{v}: staged {_listing(staged)}{expected}")
     unreadable = state.invalid_names(KeyKind.WORKER)
     missing = [w.worker_id for w in ready if w.worker_id not in staged]
     if not missing and not unreadable:
-        return Commit(agreed.pop() if agreed else None)
+        return CommitRollout(agreed.pop() if agreed else None)
     if deadline is not None and now >= deadline:
         if missing:
-            return Abort(f"stage timeout: workers {missing} did not stage v{v} in time")
-        return Abort(f"stage timeout: worker records {unreadable} stayed unreadable")
+            return AbortRollout(f"stage timeout: workers {missing} did not stage v{v} in time")
+        return AbortRollout(f"stage timeout: worker records {unreadable} stayed unreadable")
     return Wait(deadline)
 
 
@@ -108,15 +108,17 @@ def _committed_step(rollout: RolloutRecord, state: ClusterState, now: float) -> 
         or (w.serving_version == v and not w.serves(v, checksum))
     ]
     if broken:
-        return Fence(tuple(broken), (), f"workers {broken} failed to swap to v{v} or serve other weights")
+        return FenceMembers(
+            tuple(broken), (), f"workers {broken} failed to swap to v{v} or serve other weights"
+        )
     workers = [w.worker_id for w in ready if not w.serves(v, checksum)]
     workers += state.invalid_names(KeyKind.WORKER)
     routers = [r.value.router_id for _, r in sorted(state.routers.items()) if r.value.acked_epoch < v]
     routers += state.invalid_names(KeyKind.ROUTER)
     if not workers and not routers:
-        return Finish()
+        return FinishRollout()
     if deadline is not None and now >= deadline:
-        return Fence(
+        return FenceMembers(
             tuple(workers), tuple(routers), f"not serving / not acking v{v} within the commit timeout"
         )
     return Wait(deadline)

@@ -39,7 +39,7 @@ class RolloutDriver:
         self._clock = clock
 
     async def run(self) -> None:
-        """Never returns; raises NotLeaderError or SessionLostError when the lead is lost."""
+        """Never returns; raises NotLeaderError or LeaseLostError when the lead is lost."""
         state = await self._watch.wait_for(lambda s: True, None)
         resumed = state.in_flight()
         if resumed is not None:
@@ -49,7 +49,7 @@ class RolloutDriver:
                 resumed.value.phase,
             )
         while True:
-            self._leadership.session.check()
+            self._leadership.lease.check()
             timeout = await self._advance(state)
             state = await self._watch.next_state(state.revision, timeout) or state
 

@@ -1,12 +1,12 @@
 """Coordinator: one `epochctl coordinator` process — Admin server, election, rollout driver.
 
 Every replica serves Admin (reads from etcd; StartRollout/AbortRollout forwarded to the leader) and
-campaigns. The one that leads runs the RolloutDriver for as long as its session lives. Terms:
+campaigns. The one that leads runs the RolloutDriver for as long as its lease lives. Terms:
 
-    open a session → campaign → lead (drive rollouts) → session lost or lead lost → step down
+    open a lease → campaign → lead (drive rollouts) → lease lost or lead lost → step down
                                                                                    → next term
 
-Stepping down revokes the session's lease, which deletes the candidate key at once, so a standby
+Stepping down revokes the lease, which deletes the candidate key at once, so a standby
 takes over without waiting out the TTL; a killed leader is replaced one TTL after its death.
 """
 
@@ -22,18 +22,18 @@ from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.driver import RolloutDriver
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.coordinator.writer import RolloutWriter, Timeouts
-from epochserve.controlplane.errors import ControlPlaneError, NotLeaderError, SessionLostError
+from epochserve.controlplane.errors import ControlPlaneError, LeaseLostError, NotLeaderError
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.election import Election, Leadership
 from epochserve.controlplane.store.keyspace import Keyspace
+from epochserve.controlplane.store.lease import Lease
 from epochserve.controlplane.store.records import CandidateRecord, RolloutRecord
-from epochserve.controlplane.store.session import Session
 from epochserve.controlplane.store.state import ClusterState, read_state
 from epochserve.controlplane.store.watch import ClusterWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_RETRY_PAUSE = 0.5  # seconds between attempts to open a session while etcd is down
+_RETRY_PAUSE = 0.5  # seconds between attempts to open a lease while etcd is down
 
 
 class Coordinator:
@@ -56,7 +56,7 @@ class Coordinator:
     @property
     def is_leader(self) -> bool:
         lead = self._leadership
-        return lead is not None and not lead.session.is_lost
+        return lead is not None and not lead.lease.is_lost
 
     def leader_address(self) -> str | None:
         """The leader's Admin address as last seen in etcd; None while nobody leads."""
@@ -82,7 +82,7 @@ class Coordinator:
 
     def _require_lead(self) -> Leadership:
         lead = self._leadership
-        if lead is None or lead.session.is_lost:
+        if lead is None or lead.lease.is_lost:
             raise NotLeaderError("this coordinator does not lead", self.leader_address())
         return lead
 
@@ -93,23 +93,23 @@ class Coordinator:
         try:
             while not stop.is_set():
                 try:
-                    session = await Session.open(self.store, self.config.lease_ttl)
+                    lease = await Lease.open(self.store, self.config.lease_ttl)
                 except ControlPlaneError as e:  # etcd unreachable or refusing: try again
-                    log.warning("cannot open a session: %s", e)
+                    log.warning("cannot open a lease: %s", e)
                     await _until(asyncio.sleep(_RETRY_PAUSE), stop)
                     continue
                 try:
-                    await self._term(session, stop)
+                    await self._term(lease, stop)
                 finally:
                     self._leadership = None
-                    await session.close(revoke=True)
+                    await lease.close(revoke=True)
         finally:
             await self.watch.stop()
             await self.store.close()
 
-    async def _term(self, session: Session, stop: asyncio.Event) -> None:
+    async def _term(self, lease: Lease, stop: asyncio.Event) -> None:
         me = CandidateRecord(self.config.coordinator_id, self.config.admin_address)
-        election = Election(self.store, self.keyspace, session, me)
+        election = Election(self.store, self.keyspace, lease, me)
         try:
             lead = await _until(election.campaign(), stop)
             if lead is None:
@@ -117,8 +117,8 @@ class Coordinator:
             self._leadership = lead
             log.info("coordinator %s leads cluster %s", me.coordinator_id, self.keyspace.cluster)
             driver = RolloutDriver(self.watch, self._writer, lead)
-            await _until(session.run(driver.run()), stop)
-        except (SessionLostError, NotLeaderError) as e:
+            await _until(lease.run(driver.run()), stop)
+        except (LeaseLostError, NotLeaderError) as e:
             log.warning("coordinator %s steps down: %s", me.coordinator_id, e)
 
 

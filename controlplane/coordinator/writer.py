@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from epochserve.controlplane.coordinator.decide import Abort, Commit, Fence, Finish, Step
+from epochserve.controlplane.coordinator.decide import (
+    AbortRollout,
+    CommitRollout,
+    FenceMembers,
+    FinishRollout,
+    Step,
+)
 from epochserve.controlplane.coordinator.requests import StartRequest, check_startable
 from epochserve.controlplane.errors import (
     EpochConflictError,
@@ -114,7 +120,7 @@ class RolloutWriter:
                 raise EpochConflictError(
                     f"v{version} is {stored.value.phase}: a rollout can be aborted only before its commit"
                 )
-            if await self.apply(leadership, stored, state, Abort(reason)):
+            if await self.apply(leadership, stored, state, AbortRollout(reason)):
                 return (await read_state(self._store, self._keys)).rollouts[version].value
         raise RolloutBusyError(f"v{version}: the rollout kept changing; try again")
 
@@ -145,12 +151,12 @@ class RolloutWriter:
     ) -> tuple[RolloutRecord, list[Any]]:
         """The new rollout record and the other operations of `step` (guards extended in place)."""
         now, v = self._clock(), rollout.version
-        if isinstance(step, Commit | Finish):
+        if isinstance(step, CommitRollout | FinishRollout):
             # Decided on exactly these registrations: a worker or router that registered or
             # reported after `state` makes the write fail, and the step is decided again.
             guards.append(unchanged_since(self._keys.workers_prefix(), state.revision))
             guards.append(unchanged_since(self._keys.routers_prefix(), state.revision))
-        if isinstance(step, Commit):
+        if isinstance(step, CommitRollout):
             guards.append(modified_at(self._keys.epoch(), state.epoch_mod_revision))
             committed = rollout.moved_to(
                 RolloutPhase.COMMITTED, now=now, by=self._me, deadline=now + rollout.commit_timeout
@@ -159,13 +165,13 @@ class RolloutWriter:
             return replace(committed, manifest_checksum=step.checksum), [
                 put_op(self._keys.epoch(), codec.encode(epoch))
             ]
-        if isinstance(step, Abort):
+        if isinstance(step, AbortRollout):
             return rollout.moved_to(
                 RolloutPhase.ABORTED, now=now, by=self._me, deadline=None, reason=step.reason
             ), []
-        if isinstance(step, Finish):
+        if isinstance(step, FinishRollout):
             return rollout.moved_to(RolloutPhase.DONE, now=now, by=self._me, deadline=None), []
-        assert isinstance(step, Fence), step
+        assert isinstance(step, FenceMembers), step
         ops = []
         for kind, ids, stored_of in (
             ("worker", step.worker_ids, state.workers),

@@ -1,10 +1,10 @@
 """Participant: the registration lifecycle that workers and routers share.
 
-    register (fresh session) → follow the cluster (on_state for every change) → lost → on_lost
+    register (fresh lease) → follow the cluster (on_state for every change) → lost → on_lost
         ↑                                                                              │
         └──────────────────────────── drop the old lease ←─────────────────────────────┘
 
-A registration is lost when its session is (lease expired or unconfirmed for a TTL) or when its key
+A registration is lost when its lease is (expired or unconfirmed for a TTL) or when its key
 disappears or is replaced (the coordinator fenced it). Subclasses build the record (`_record`) from
 their local state and call `_changed()` after changing it; a publisher task writes the record,
 retrying while etcd is unreachable, always guarded by the registration (nothing is written on
@@ -24,7 +24,7 @@ from typing import Any
 from epochserve.controlplane.errors import (
     ControlPlaneError,
     DuplicateParticipantError,
-    SessionLostError,
+    LeaseLostError,
     StoreUnavailableError,
 )
 from epochserve.controlplane.participants.membership import Membership, ParticipantRecord
@@ -185,11 +185,11 @@ class Participant(abc.ABC):
 
     async def _follow(self) -> str:
         """Feed states to `_on_state` until the registration is lost; returns why it was."""
-        session = self._membership.session
-        assert session is not None
+        lease = self._membership.lease
+        assert lease is not None
         try:
-            return await session.run(self._follow_states())
-        except SessionLostError as e:
+            return await lease.run(self._follow_states())
+        except LeaseLostError as e:
             return str(e)
 
     async def _follow_states(self) -> str:

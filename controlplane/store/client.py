@@ -4,7 +4,7 @@ Built on `aetcd` for key/value, lease and transaction calls (its channel setup i
 TLS and several endpoints) and on the raw etcd Watch stream, so that the events of one transaction
 arrive together. Failure modes:
 - etcd unreachable or too slow (each request has `request_timeout`) → StoreUnavailableError;
-- a write bound to a lease that no longer exists → SessionLostError;
+- a write bound to a lease that no longer exists → LeaseLostError;
 - etcd refusing a request for another reason → StoreRequestError.
 A guarded transaction whose guard fails returns False (a lost race is not an error).
 """
@@ -21,7 +21,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from epochserve.controlplane.errors import SessionLostError, StoreRequestError, StoreUnavailableError
+from epochserve.controlplane.errors import LeaseLostError, StoreRequestError, StoreUnavailableError
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.tls import read_pem
 
@@ -93,7 +93,7 @@ def _translated(what: str) -> Iterator[None]:
         raise StoreUnavailableError(f"etcd {what}: {e}") from e
     except aetcd.ClientError as e:
         if "lease not found" in str(e):
-            raise SessionLostError(f"etcd {what}: the lease is gone") from e
+            raise LeaseLostError(f"etcd {what}: the lease is gone") from e
         raise StoreRequestError(f"etcd {what}: {e}") from e
     except grpc.aio.AioRpcError as e:
         if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -164,7 +164,7 @@ class EtcdStore:
 
     async def revoke_lease(self, lease_id: int) -> None:
         """Revoke a lease and delete its keys; a lease that is already gone is not an error."""
-        with contextlib.suppress(SessionLostError), _translated("lease revoke"):
+        with contextlib.suppress(LeaseLostError), _translated("lease revoke"):
             await self._client.revoke_lease(lease_id)
 
     async def watch(

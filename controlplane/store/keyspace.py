@@ -87,7 +87,7 @@ class Keyspace:
 
     def candidate(self, lease_id: int) -> bytes:
         """A candidate's key is named after its lease, as in etcd's concurrency package: one
-        campaign per session, and the key dies with the lease."""
+        campaign per lease, and the key dies with the lease."""
         return self.election_prefix() + format(lease_id, "016x").encode()
 
     def classify(self, key: bytes) -> tuple[KeyKind, str] | None:

@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 DrainPolicy = Literal["finish", "abort"]
 
 
-class Admission(enum.Enum):
-    ADMIT = "admit"  # start now
+class StartDecision(enum.Enum):
+    START = "start"  # start now
     HOLD = "hold"  # pinned to a version this worker is about to serve: wait for the swap
 
 
@@ -59,7 +59,7 @@ class LaunchedStep:
 
 
 @dataclass(frozen=True, slots=True)
-class Drain:
+class PendingSwap:
     """The engine is retiring its version's work before swapping to `version`."""
 
     version: int
@@ -88,7 +88,7 @@ class Engine:
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
         self._requests: dict[str, list[Sequence]] = {}
         self._seq_ids = count()
-        self.draining: Drain | None = None  # set from a rollout's commit until the swap
+        self.draining: PendingSwap | None = None  # set from a rollout's commit until the swap
         on_cuda = config.torch_device.type == "cuda"
         wanted = config.async_scheduling == "on" or (config.async_scheduling == "auto" and on_cuda)
         self.run_ahead = wanted
@@ -96,7 +96,7 @@ class Engine:
         self.num_run_ahead_steps = 0  # steps queued behind a running one (diagnostics, tests)
 
     # ---- requests ------------------------------------------------------------------------
-    def admission(self, request: ParsedGenerateRequest) -> Admission:
+    def start_decision(self, request: ParsedGenerateRequest) -> StartDecision:
         """Whether a request can start now (ADMIT), must wait for the swap of a drain (HOLD), or
         never runs here (VersionMismatchError: pinned to a version this worker does not serve, or
         retires under drain=abort). During a drain, requests pinned to the next version and
@@ -106,11 +106,11 @@ class Engine:
         pinned = request.policy_version
         if self.draining is not None:
             if pinned is None or pinned == self.draining.version:
-                return Admission.HOLD
+                return StartDecision.HOLD
             if pinned == self.policy_version and self.draining.policy == "finish":
-                return Admission.ADMIT
+                return StartDecision.START
         elif pinned is None or pinned == self.policy_version:
-            return Admission.ADMIT
+            return StartDecision.START
         raise VersionMismatchError(
             f"request pinned to policy version {pinned}; this worker serves {self.policy_version}"
             + (f" and is moving to {self.draining.version}" if self.draining else "")
@@ -120,7 +120,7 @@ class Engine:
         """Queue a validated request as n sequences. Raises for a duplicate id or a wrong version pin."""
         if request.request_id in self._requests:
             raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
-        if self.admission(request) is not Admission.ADMIT:
+        if self.start_decision(request) is not StartDecision.START:
             raise VersionMismatchError(f"request {request.request_id} cannot start before the version swap")
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
         seqs: list[Sequence] = []
@@ -311,7 +311,7 @@ class Engine:
         ABORT finish whose reason says a rollout retired them (routers re-run those that streamed
         nothing). Either way, new requests wait for the swap (see admission).
         """
-        self.draining = Drain(version, policy)
+        self.draining = PendingSwap(version, policy)
         if policy == "finish":
             return []
         reason = rollout_abort_reason(version)

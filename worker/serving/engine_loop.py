@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from epochserve.errors import EpochserveError, InvalidRequestError
 from epochserve.proto.convert import ParsedGenerateRequest
-from epochserve.worker.engine.engine import Admission, Engine
+from epochserve.worker.engine.engine import Engine, StartDecision
 from epochserve.worker.engine.outputs import SequenceOutput
 from epochserve.worker.serving.held_requests import HeldRequests
 
@@ -91,7 +91,7 @@ class EngineLoop:
             try:
                 if request.request_id in self._pending:
                     raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
-                if self.engine.admission(request) is Admission.HOLD:
+                if self.engine.start_decision(request) is StartDecision.HOLD:
                     self.held.hold(request, lambda exc: self._fail_pending(request.request_id, exc))
                 else:
                     self.engine.add_request(request)

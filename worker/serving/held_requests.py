@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from epochserve.errors import EpochserveError, RequestAbortedError, VersionMismatchError
 from epochserve.proto.convert import ParsedGenerateRequest
-from epochserve.worker.engine.engine import Admission, Engine
+from epochserve.worker.engine.engine import Engine, StartDecision
 
 
 @dataclass(slots=True)
@@ -41,8 +41,8 @@ class HeldRequests:
         now = time.monotonic()
         for request_id, held in list(self._held.items()):
             try:
-                admission = engine.admission(held.request)
-                if admission is Admission.ADMIT:
+                admission = engine.start_decision(held.request)
+                if admission is StartDecision.START:
                     engine.add_request(held.request)
                     started.append(request_id)
                 elif now > held.deadline:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class SessionLinkServer:
+class LinkServer:
     """Listens for routers' session links; `start()` then `port`, `close()` at shutdown."""
 
     def __init__(self, service: WorkerService, host: str, port: int, tls: ssl.SSLContext | None) -> None:

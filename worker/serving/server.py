@@ -31,7 +31,7 @@ from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine.engine import Engine
 from epochserve.worker.rollout.registration import ControlPlaneSettings, join_control_plane
 from epochserve.worker.serving.engine_loop import EngineLoop
-from epochserve.worker.serving.link import SessionLinkServer
+from epochserve.worker.serving.link import LinkServer
 from epochserve.worker.serving.responses import WorkerStamp
 from epochserve.worker.serving.service import WorkerService
 from epochserve.worker.tp.launcher import TPLauncher
@@ -138,7 +138,7 @@ async def _serve(
         tls = None
         if config.tls_cert_file is not None and config.tls_key_file is not None:
             tls = server_ssl_context(config.tls_cert_file, config.tls_key_file)
-        link = SessionLinkServer(service, config.host, config.session_port, tls)
+        link = LinkServer(service, config.host, config.session_port, tls)
         await link.start()
         service.session_port = link.port
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server)

@@ -1,4 +1,4 @@
-"""The store layer against a real etcd: sessions, election, guarded writes, the cluster watch,
+"""The store layer against a real etcd: leases, election, guarded writes, the cluster watch,
 strict decoding, duplicate ids."""
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ import pytest
 from fakes import FakeWorker
 from harness import cluster_state, run
 
-from epochserve.controlplane.coordinator.decide import Commit
+from epochserve.controlplane.coordinator.decide import CommitRollout
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.coordinator.writer import RolloutWriter, Timeouts
-from epochserve.controlplane.errors import DuplicateParticipantError, NotLeaderError, SessionLostError
+from epochserve.controlplane.errors import DuplicateParticipantError, LeaseLostError, NotLeaderError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, put_op
 from epochserve.controlplane.store.election import Election
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace
+from epochserve.controlplane.store.lease import Lease
 from epochserve.controlplane.store.records import (
     CandidateRecord,
     Drain,
@@ -26,7 +27,6 @@ from epochserve.controlplane.store.records import (
     RolloutPhase,
     RolloutRecord,
 )
-from epochserve.controlplane.store.session import Session
 from epochserve.controlplane.store.state import read_state
 from epochserve.controlplane.store.watch import ClusterWatch
 
@@ -44,16 +44,16 @@ async def connected(config: EtcdConfig):
 def test_session_keeps_its_lease_alive_until_revoked(etcd):
     async def scenario():
         async with connected(etcd.config) as store, connected(etcd.config) as other:
-            session = await Session.open(store, ttl=1)
-            await store.put(b"/session-test/" + etcd.cluster.encode(), b"x", lease=session.lease_id)
+            lease = await Lease.open(store, ttl=1)
+            await store.put(b"/lease-test/" + etcd.cluster.encode(), b"x", lease=lease.lease_id)
             await asyncio.sleep(2.5)  # the behaviour under test is surviving 2.5 TTLs
-            alive = (session.is_lost, await store.get(b"/session-test/" + etcd.cluster.encode()) is not None)
-            await other.revoke_lease(session.lease_id)
-            reason = await asyncio.wait_for(session.wait_lost(), 5)
-            gone = await store.get(b"/session-test/" + etcd.cluster.encode())
-            with pytest.raises(SessionLostError):
-                session.check()
-            await session.close()
+            alive = (lease.is_lost, await store.get(b"/lease-test/" + etcd.cluster.encode()) is not None)
+            await other.revoke_lease(lease.lease_id)
+            reason = await asyncio.wait_for(lease.wait_lost(), 5)
+            gone = await store.get(b"/lease-test/" + etcd.cluster.encode())
+            with pytest.raises(LeaseLostError):
+                lease.check()
+            await lease.close()
             return alive, reason, gone
 
     alive, reason, gone = run(scenario())
@@ -64,12 +64,12 @@ def test_session_keeps_its_lease_alive_until_revoked(etcd):
 def test_session_is_lost_within_its_ttl_when_etcd_is_unreachable(etcd, etcd_proxy):
     async def scenario():
         # The production request timeout: the lease grant goes through the proxy, and a starved
-        # machine can take over a second to connect. Losing the session is the TTL's job, not its.
+        # machine can take over a second to connect. Losing the lease is the TTL's job, not its.
         async with connected(EtcdConfig((etcd_proxy.endpoint,))) as store:
-            session = await Session.open(store, ttl=1)
+            lease = await Lease.open(store, ttl=1)
             etcd_proxy.cut()
-            reason = await asyncio.wait_for(session.wait_lost(), 3)
-            await session.close(revoke=False)
+            reason = await asyncio.wait_for(lease.wait_lost(), 3)
+            await lease.close(revoke=False)
             return reason
 
     assert run(scenario()) == "no keepalive acknowledged within the lease TTL"
@@ -80,22 +80,22 @@ def test_election_passes_the_lead_in_order_and_each_waits_for_its_predecessor(et
 
     async def scenario():
         async with connected(etcd.config) as store:
-            sessions = [await Session.open(store, ttl=5) for _ in range(3)]
+            leases = [await Lease.open(store, ttl=5) for _ in range(3)]
             elections = [
                 Election(store, keyspace, s, CandidateRecord(f"c{i}", f"127.0.0.1:{7000 + i}"))
-                for i, s in enumerate(sessions)
+                for i, s in enumerate(leases)
             ]
             first = await elections[0].campaign()
             waiting = [asyncio.create_task(e.campaign()) for e in elections[1:]]
             await _until_candidates(store, keyspace, 3)
-            await sessions[1].close()  # the middle candidate leaves: c2 now waits for c0 directly
-            with pytest.raises(SessionLostError):
+            await leases[1].close()  # the middle candidate leaves: c2 now waits for c0 directly
+            with pytest.raises(LeaseLostError):
                 await waiting[0]
             assert not waiting[1].done()
-            await sessions[0].close()  # the leader leaves
+            await leases[0].close()  # the leader leaves
             third = await asyncio.wait_for(waiting[1], 5)
             state = await read_state(store, keyspace)
-            await sessions[2].close()
+            await leases[2].close()
             return first, third, state
 
     first, third, state = run(scenario())
@@ -110,27 +110,25 @@ async def _until_candidates(store, keyspace, count):
 
 
 def test_write_of_a_leader_whose_lease_is_gone_does_not_land(etcd):
-    """The second line of defence: even while the leader's own session has not noticed yet, the
+    """The second line of defence: even while the leader's own lease has not noticed yet, the
     transaction's leader guard refuses the write."""
     keyspace = Keyspace(etcd.cluster)
 
     async def scenario():
         async with connected(etcd.config) as store, connected(etcd.config) as other:
-            session = await Session.open(store, ttl=30)
-            lead = await Election(
-                store, keyspace, session, CandidateRecord("c0", "127.0.0.1:7000")
-            ).campaign()
+            lease = await Lease.open(store, ttl=30)
+            lead = await Election(store, keyspace, lease, CandidateRecord("c0", "127.0.0.1:7000")).campaign()
             writer = RolloutWriter(store, keyspace, "c0", Timeouts(30, 30))
             await writer.start(lead, StartRequest(1, "/ckpt/v1", Drain.FINISH))
             state = await read_state(store, keyspace)
-            await other.revoke_lease(session.lease_id)  # the lead is gone; the session does not know yet
-            assert not session.is_lost
+            await other.revoke_lease(lease.lease_id)  # the lead is gone; the lease does not know yet
+            assert not lease.is_lost
             with pytest.raises(NotLeaderError):
-                await writer.apply(lead, state.rollouts[1], state, Commit("sum"))
+                await writer.apply(lead, state.rollouts[1], state, CommitRollout("sum"))
             with pytest.raises(NotLeaderError):
                 await writer.start(lead, StartRequest(2, "/ckpt/v2", Drain.FINISH))
             after = await read_state(store, keyspace)
-            await session.close()
+            await lease.close()
             return state, after
 
     before, after = run(scenario())

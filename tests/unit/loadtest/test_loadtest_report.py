@@ -18,7 +18,7 @@ from epochserve.errors import ConfigError
 from epochserve.loadtest.config import LoadPlan, LoadtestConfig
 from epochserve.loadtest.driver import RunState
 from epochserve.loadtest.progress import ProgressDisplay
-from epochserve.loadtest.records import RequestRecord, RolloutRecord, VersionLog
+from epochserve.loadtest.records import ObservedRollout, RequestRecord, VersionLog
 from epochserve.loadtest.report import check_and_write
 from epochserve.loadtest.runner import RunResult
 from epochserve.loadtest.versions import VersionPublisher
@@ -35,7 +35,7 @@ def crafted_run(tmp_path, records: list[RequestRecord]) -> RunResult:
     versions.observe_done(0, 100.0)
     versions.observe_done(1, 102.0)
     versions.mark(101.0, "worker-1 killed")
-    rollout = RolloutRecord(1, "abort", "/ckpt", 101.5, 101.8, 102.0, 102.0, "done")
+    rollout = ObservedRollout(1, "abort", "/ckpt", 101.5, 101.8, 102.0, 102.0, "done")
     return RunResult(config, "crafted", state, versions, [rollout], 0.0, ended_at=106.0)
 
 
@@ -140,7 +140,7 @@ def test_progress_writes_plain_lines_with_counts_rates_and_version_off_a_termina
     state.num_completed, state.num_errors = 1, 1
     state.count_tokens(1.0, 40)
     stream = io.StringIO()
-    rollouts = [RolloutRecord(2, "finish", "/ckpt", outcome="done")]
+    rollouts = [ObservedRollout(2, "finish", "/ckpt", outcome="done")]
     policy = PolicyInfo(2, True, 2, 2, "router-0", "/models/m")
     display = ProgressDisplay(state, lambda: policy, lambda: rollouts, stream, clock=lambda: 2.0)
     display.show()

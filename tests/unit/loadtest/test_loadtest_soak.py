@@ -74,7 +74,7 @@ def run_one_rollout(tmp_path, monkeypatch, admin: ScriptedAdmin) -> list:
     monkeypatch.setattr(soak, "AdminClient", admin)
     monkeypatch.setattr(soak, "RETRY_PAUSE_SECONDS", 0.01)
     config = SoakConfig("127.0.0.1:1", "t0k", (source,), 0.01, tmp_path / "pub", rollout_timeout_seconds=10)
-    driver = soak.RolloutDriver(config, VersionLog())
+    driver = soak.RolloutCycler(config, VersionLog())
 
     async def run() -> None:
         stop = asyncio.Event()

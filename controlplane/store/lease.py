@@ -1,7 +1,7 @@
-"""Session: an etcd lease kept alive in the background, with a "lost" signal (the pattern of etcd's
-client/v3/concurrency Session).
+"""Lease: an etcd lease kept alive in the background, with a "lost" signal (the pattern of etcd's
+client/v3/concurrency Session; here "session" names only a router's stream to a worker).
 
-Keys written with the session's lease live exactly as long as the lease. The session counts as
+Keys written with the lease live exactly as long as it does. The lease counts as
 lost, for good, as soon as the lease is gone *or might be*:
 - etcd answers a keepalive with TTL 0 (the lease expired or was revoked);
 - no keepalive was acknowledged for a whole TTL (etcd unreachable, or this process was paused):
@@ -9,7 +9,7 @@ lost, for good, as soon as the lease is gone *or might be*:
 - `close()` was called.
 `is_lost` also turns true by itself once the local deadline passes, before the keepalive task runs
 again — after a SIGSTOP the first code to run must not believe it still holds the lease.
-A lost session never comes back: open a new one (and re-register / re-campaign with it).
+A lost lease never comes back: open a new one (and re-register / re-campaign with it).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from epochserve.aio import Interrupted, cancel_on
-from epochserve.controlplane.errors import ControlPlaneError, SessionLostError
+from epochserve.controlplane.errors import ControlPlaneError, LeaseLostError
 from epochserve.controlplane.store.client import EtcdStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Session:
-    """One lease and its keepalive task. Create with `await Session.open(store, ttl)`."""
+class Lease:
+    """One lease and its keepalive task. Create with `await Lease.open(store, ttl)`."""
 
     def __init__(self, store: EtcdStore, lease_id: int, ttl: int, deadline: float) -> None:
         self._store = store
@@ -42,14 +42,14 @@ class Session:
         self._task = asyncio.create_task(self._keepalive(), name=f"keepalive-{lease_id:x}")
 
     @classmethod
-    async def open(cls, store: EtcdStore, ttl: int) -> Session:
+    async def open(cls, store: EtcdStore, ttl: int) -> Lease:
         """Grant a lease of `ttl` seconds (etcd may round it up) and start keeping it alive.
         Raises StoreUnavailableError when etcd cannot be reached."""
         if ttl < 1:
-            raise ValueError("session ttl: must be at least 1 second")
+            raise ValueError("lease ttl: must be at least 1 second")
         asked_at = time.monotonic()  # the lease's clock starts no earlier than this
         lease_id = await store.grant_lease(ttl)
-        log.debug("session %x opened (ttl %ss)", lease_id, ttl)
+        log.debug("lease %x opened (ttl %ss)", lease_id, ttl)
         return cls(store, lease_id, ttl, asked_at + ttl)
 
     @property
@@ -59,24 +59,24 @@ class Session:
         return self._lost.is_set()
 
     def check(self) -> None:
-        """Raise SessionLostError when the session is lost (see module docstring)."""
+        """Raise LeaseLostError when the lease is lost (see module docstring)."""
         if self.is_lost:
-            raise SessionLostError(f"session {self.lease_id:x} lost: {self.lost_reason}")
+            raise LeaseLostError(f"lease {self.lease_id:x} lost: {self.lost_reason}")
 
     async def wait_lost(self) -> str:
-        """Wait until the session is lost; returns why."""
+        """Wait until the lease is lost; returns why."""
         while not self.is_lost:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), max(0.0, self._deadline - time.monotonic()))
         return self.lost_reason
 
     async def run(self, awaitable: Awaitable[T]) -> T:
-        """Await `awaitable` while the session lives: when the session is lost first, cancel it and
-        raise SessionLostError."""
+        """Await `awaitable` while the lease lives: when the lease is lost first, cancel it and
+        raise LeaseLostError."""
         try:
             return await cancel_on(awaitable, self.wait_lost())
         except Interrupted:
-            raise SessionLostError(f"session {self.lease_id:x} lost: {self.lost_reason}") from None
+            raise LeaseLostError(f"lease {self.lease_id:x} lost: {self.lost_reason}") from None
 
     async def close(self, revoke: bool = True) -> None:
         """Stop the keepalive and (by default) revoke the lease, deleting its keys at once rather than
@@ -94,7 +94,7 @@ class Session:
             self.lost_reason = reason
             self._lost.set()
             if reason != "closed":
-                log.warning("session %x lost: %s", self.lease_id, reason)
+                log.warning("lease %x lost: %s", self.lease_id, reason)
 
     async def _keepalive(self) -> None:
         interval = self.ttl / 3
@@ -110,7 +110,7 @@ class Session:
                     self._store.refresh_lease(self.lease_id), self._deadline - sent
                 )
             except (ControlPlaneError, TimeoutError) as e:  # unreachable or refused: retry until the deadline
-                log.debug("session %x keepalive failed: %s", self.lease_id, e)
+                log.debug("lease %x keepalive failed: %s", self.lease_id, e)
                 pause = retry
                 continue
             if remaining <= 0:
