@@ -172,7 +172,7 @@ def run_prefill(bandwidth: float) -> dict[str, Any]:
     return {name: flops / (median_ms(fn) * 1e-3) / 1e12 for name, fn in (("triton", run), ("sdpa", peer))}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -182,7 +182,11 @@ def main() -> None:
     )
     parser.add_argument("--prefill", action="store_true", help="also time a causal prefill against SDPA")
     parser.add_argument("--json", help="write all numbers here")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.manual_seed(0)
     bandwidth = copy_bandwidth()
     rows = [run_context(int(c), bandwidth, args.sweep) for c in args.contexts.split(",")]

@@ -12,6 +12,7 @@ python bench/decode_kernels_microbench.py
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from collections.abc import Callable
@@ -149,7 +150,12 @@ def attention_input_ops(
     return separate, fused
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     ceilings = measure_ceilings()
     bandwidth = ceilings["hbm_bytes_per_s"] / 1e12  # TB/s, copy (read + write)
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth:.2f} TB/s")

@@ -26,12 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gpu_common import LLAMA31_8B, cuda_time, measure_ceilings, weight_bytes, write_config
 
 
-def main() -> None:
-    from fixtures.engine import make_engine, make_request
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--replays", type=int, default=50)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fixtures.engine import make_engine, make_request
+
+    args = build_parser().parse_args(argv)
     ceilings = measure_ceilings()
     roofline_ms = weight_bytes(LLAMA31_8B) / ceilings["hbm_bytes_per_s"] * 1e3
     with tempfile.TemporaryDirectory() as tmp:

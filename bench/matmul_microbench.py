@@ -95,7 +95,7 @@ def time_shape(name: str, n: int, k: int, dtype: torch.dtype, precision: str, ro
     return out, str(matmul_tiles(n, k, dtype))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -103,7 +103,11 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     rows = [int(r) for r in args.rows.split(",")]
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     result.update(triton=triton.__version__, ceilings=ceilings(), shapes=[], tables={})

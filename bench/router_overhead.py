@@ -163,7 +163,7 @@ async def streams(router: str, metrics_port: int, num_streams: int, max_tokens: 
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -176,7 +176,11 @@ def main() -> None:
         help="also route through a second router that reaches the worker over gRPC Session",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         spec = LocalClusterSpec(

@@ -68,10 +68,14 @@ def measure(num: int, sampler: Sampler) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     rows = [measure(num, Sampler(ops=TritonOps())) for num in (1, 64, 256)]
     print(f"{torch.cuda.get_device_name()}, vocabulary {VOCAB:,}; medians in ms")
     header = ("rows", "filter fp64", "filter fp32", "fp64 cost", "sample T=1", "+top_p")

@@ -130,7 +130,7 @@ def machine(device: str) -> str:
     )
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rollout-every", type=float, default=20.0, help="seconds")
@@ -145,7 +145,11 @@ def main() -> int:
     parser.add_argument("--input", default="uniform:8,64", help="prompt length distribution")
     parser.add_argument("--output", default="uniform:16,48", help="max_tokens distribution")
     parser.add_argument("--out", type=Path, default=None, help="report dir (default: a temp dir)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="epochserve-soak-"))
     out = args.out or root / "report"
     start, sources, vocab_size = models(args.model, root, args.device)

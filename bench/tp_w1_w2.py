@@ -44,15 +44,19 @@ def run_workloads(engine, results: dict, tag: str) -> None:
     results[f"{tag}_w2_output_tokens_per_s"] = W2_REQUESTS * W2_NEW / wall(lambda: run(w2, W2_NEW))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tp", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
     from epochserve.worker.config import EngineConfig
     from epochserve.worker.engine.engine import Engine
     from epochserve.worker.tp.launcher import TPLauncher
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tp", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = build_parser().parse_args(argv)
     results: dict = {"device": f"{torch.cuda.device_count()}x {torch.cuda.get_device_name()}",
                      "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     results.update(measure_ceilings())

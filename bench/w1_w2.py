@@ -129,13 +129,17 @@ def engine_runs(model_dir: Path, results: dict, batch_invariant: bool, async_sch
     results[f"engine_{tag}w2_output_tokens_per_s"] = W2_REQUESTS * W2_NEW / wall(lambda: run(w2, W2_NEW))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-batch-invariant", action="store_true")
     parser.add_argument("--only-peer-w1", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d")}
     results.update(measure_ceilings())
     results.update(rooflines(results))

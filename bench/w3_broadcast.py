@@ -123,14 +123,18 @@ def publish(spec, version: int, tensors: dict[str, torch.Tensor], queue) -> dict
     }  # fmt: skip
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
     from epochserve.net import free_port
     from epochserve.worker.models.config import ModelConfig
     from epochserve.worker.weights.broadcast import BroadcastSpec
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = build_parser().parse_args(argv)
     results: dict = {"device": f"{torch.cuda.device_count()}x {torch.cuda.get_device_name()}",
                      "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

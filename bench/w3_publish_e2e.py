@@ -48,16 +48,20 @@ def trainer_weights(config: dict, device: str, seed: int) -> dict[str, torch.Ten
     return {name: tensor.detach() for name, tensor in model.state_dict().items()}
 
 
-def main() -> int:
-    from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
-    from epochserve.client.publisher import PolicyPublisher
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--versions", type=int, default=3)
     parser.add_argument("--bucket-bytes", type=int, default=None, help="broadcast buckets (default 1 GiB)")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+    from epochserve.client.publisher import PolicyPublisher
+
+    args = build_parser().parse_args(argv)
     gpu = args.device == "cuda"
     config = LLAMA31_8B if gpu else TINY
     worker_args = ["--load-format", "random", "--lease-ttl", "2", "--max-model-len", "2048"]

@@ -95,15 +95,19 @@ def pause(engine, prefer_device: bool, source: str, version: int) -> tuple[float
     return time.perf_counter() - start, location
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "epochserve-w3")
+    parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
     from fixtures.engine import make_engine
 
     from epochserve.client.publisher import PolicyPublisher
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "epochserve-w3")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = build_parser().parse_args(argv)
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d")}
     engine = make_engine(write_config(args.dir / "base"), device="cuda", load_format="random",
                          max_model_len=2048, kv_cache_memory_fraction=0.3)  # fmt: skip
