@@ -19,6 +19,11 @@ LLAMA31_8B = {
                      "original_max_position_embeddings": 8192},
 }  # fmt: skip
 # A 2-layer Llama of the same architecture for CPU smoke runs of the scripts (random weights).
+LLAMA32_1B = {
+    **LLAMA31_8B, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True,
+    "rope_scaling": {**LLAMA31_8B["rope_scaling"], "factor": 32.0},
+}  # fmt: skip
 LLAMA_TINY = {
     **LLAMA31_8B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,

@@ -1,4 +1,4 @@
-"""Where a decode step's time goes, on the 8B shape: host phases and the fp32 lm_head.
+"""Where a decode step's time goes (8B shape by default; 1b, tiny): host phases and the fp32 lm_head.
 
 The phases of one synchronous engine step (Engine.step without run-ahead), timed with a device
 sync at the boundary between host and device work:
@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from gpu_common import LLAMA31_8B, LLAMA_TINY, cuda_time, write_config
+from gpu_common import LLAMA31_8B, LLAMA32_1B, LLAMA_TINY, cuda_time, write_config
 
-SHAPES = {"8b": LLAMA31_8B, "tiny": LLAMA_TINY}
+SHAPES = {"8b": LLAMA31_8B, "1b": LLAMA32_1B, "tiny": LLAMA_TINY}
 PROFILE_STEPS = 5  # decode steps under torch.profiler (--profile)
 
 
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the engine's run-ahead (auto: on for CUDA); phases are timed without it either way",
     )
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); W5 samples at 1")
+    parser.add_argument("--top-p", type=float, default=1.0, help="below 1 the sampler filters (W5: 0.95)")
     parser.add_argument("--skip-lm-head", action="store_true", help="no lm_head comparison after the phases")
     return parser
 
@@ -89,7 +91,15 @@ def make_bench_engine(args: argparse.Namespace, model_dir: Path, max_num_seqs: i
                        async_scheduling=args.async_scheduling)  # fmt: skip
 
 
-def add_requests(engine, label: str, count: int, prompt_len: int, max_tokens: int) -> None:
+def add_requests(
+    engine,
+    label: str,
+    count: int,
+    prompt_len: int,
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> None:
     from fixtures.engine import make_request
 
     vocab = engine.model_config.vocab_size
@@ -97,8 +107,8 @@ def add_requests(engine, label: str, count: int, prompt_len: int, max_tokens: in
     g = torch.Generator().manual_seed(0)
     for i in range(count):
         prompt = torch.randint(low, high, (prompt_len,), generator=g).tolist()
-        engine.add_request(make_request(f"{label}-{i}", prompt, engine.limits, temperature=0.0,
-                                        max_tokens=max_tokens, ignore_eos=True))  # fmt: skip
+        sampling = dict(temperature=temperature, top_p=top_p, seed=i, max_tokens=max_tokens, ignore_eos=True)
+        engine.add_request(make_request(f"{label}-{i}", prompt, engine.limits, **sampling))
 
 
 def prefill(engine) -> None:
@@ -176,7 +186,7 @@ def run_phases(args: argparse.Namespace) -> None:
         )
         for count, prompt_len in args.workloads:
             label = f"batch {count} prompt {prompt_len}"
-            add_requests(engine, label, count, prompt_len, args.max_tokens)
+            add_requests(engine, label, count, prompt_len, args.max_tokens, args.temperature, args.top_p)
             prefill(engine)
             result = phases(engine, args.steps)
             print(label, " ".join(f"{k}={v:.2f}ms" for k, v in result.items()), flush=True)
@@ -218,7 +228,7 @@ def profile_step(args: argparse.Namespace) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_bench_engine(args, write_config(Path(tmp) / "m", SHAPES[args.shape]), count)
-        add_requests(engine, "p", count, prompt_len, args.max_tokens)
+        add_requests(engine, "p", count, prompt_len, args.max_tokens, args.temperature, args.top_p)
         prefill(engine)
         with profile(activities=activities) as prof:
             for _ in range(PROFILE_STEPS):

@@ -37,19 +37,17 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
-from gpu_common import LLAMA31_8B, kv_bytes_per_token, measure_ceilings, weight_bytes, write_config  # noqa: E402
+from gpu_common import (  # noqa: E402
+    LLAMA31_8B,
+    LLAMA32_1B,
+    LLAMA_TINY,
+    kv_bytes_per_token,
+    measure_ceilings,
+    weight_bytes,
+    write_config,
+)
 
-LLAMA32_1B = {
-    **LLAMA31_8B, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True,
-    "rope_scaling": {**LLAMA31_8B["rope_scaling"], "factor": 32.0},
-}  # fmt: skip
-TINY = {
-    **LLAMA31_8B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,
-    "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2,
-}  # fmt: skip
-SHAPES = {"1b": LLAMA32_1B, "8b": LLAMA31_8B, "tiny": TINY}
+SHAPES = {"1b": LLAMA32_1B, "8b": LLAMA31_8B, "tiny": LLAMA_TINY}
 PROMPT_LEN = 256
 
 
