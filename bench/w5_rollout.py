@@ -96,13 +96,14 @@ def engine_overrides(args: argparse.Namespace, device: str, max_model_len: int) 
     )  # fmt: skip
 
 
-def run_engine(model_dir: Path, overrides: dict, w: Workload, vocab: int) -> dict:
-    """Path `engine`: every request added at once, stepped until idle, in this process."""
+def run_engine(model_dir: Path, overrides: dict, workloads: list[Workload], vocab: int) -> list[float]:
+    """Path `engine`: every request added at once, stepped until idle, in this process. Returns
+    each workload's output tokens per second."""
     from fixtures.engine import make_engine, make_request, run_to_completion
 
     engine = make_engine(model_dir, **overrides)
 
-    def go(prompts: list[list[int]], max_tokens: int) -> float:
+    def go(w: Workload, prompts: list[list[int]], max_tokens: int) -> float:
         tag = time.monotonic_ns()
         requests = [
             make_request(f"{tag}-{i}", p, engine.limits, n=w.n, temperature=1.0, top_p=w.top_p, seed=i,
@@ -114,12 +115,14 @@ def run_engine(model_dir: Path, overrides: dict, w: Workload, vocab: int) -> dic
         elapsed = time.perf_counter() - start
         tokens = sum(len(s.token_ids) for samples in out.values() for s in samples.values())
         assert tokens == len(prompts) * w.n * max_tokens, tokens
-        return elapsed
+        return tokens / elapsed
 
-    go(random_prompts(w, vocab, seed=100)[: max(1, w.prompts // 8)], 16)  # warm up: graphs, kernels
-    elapsed = go(random_prompts(w, vocab, seed=1), w.max_tokens)
+    rates = []
+    for k, w in enumerate(workloads):
+        go(w, random_prompts(w, vocab, seed=100 + k)[: max(1, w.prompts // 8)], 16)  # warm up
+        rates.append(go(w, random_prompts(w, vocab, seed=1 + k), w.max_tokens))
     engine.close()
-    return {"seconds": elapsed, "output_tokens": w.output_tokens}
+    return rates
 
 
 async def _drive_router(
@@ -141,23 +144,30 @@ async def _drive_router(
     return elapsed, tokens
 
 
-def run_cluster(model_dir: Path, workdir: Path, overrides: dict, w: Workload, vocab: int, link: bool) -> dict:
-    """Paths `grpc` / `link`: etcd, a coordinator, one worker, one router, as `epochctl up` runs them."""
+def run_cluster(model_dir: Path, workdir: Path, overrides: dict, workloads: list[Workload], vocab: int,
+                paths: list[str]) -> dict[str, list[float]]:  # fmt: skip
+    """Paths `grpc` / `link`: etcd, a coordinator, one worker and a router per path, as `epochctl up`
+    runs them. Returns each path's output tokens per second, per workload."""
     from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
 
     worker_args = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items() if k != "device"]
     spec = LocalClusterSpec(
-        model_dir=model_dir, workdir=workdir, device=overrides["device"], num_routers=1,
-        worker_args=tuple(worker_args), router_args=() if link else ("--no-session-link",),
+        model_dir=model_dir, workdir=workdir, device=overrides["device"], worker_args=tuple(worker_args)
     )  # fmt: skip
+    rates: dict[str, list[float]] = {}
     with LocalCluster(spec) as cluster:
-        warm = random_prompts(w, vocab, seed=100)[: max(1, w.prompts // 8)]
-        asyncio.run(_drive_router(cluster.router_address, w, warm, 16))
-        elapsed, tokens = asyncio.run(
-            _drive_router(cluster.router_address, w, random_prompts(w, vocab, seed=1), w.max_tokens)
-        )
-    assert tokens == w.output_tokens, tokens
-    return {"seconds": elapsed, "output_tokens": tokens}
+        for path in paths:
+            router = cluster.add_router(*(() if path == "link" else ("--no-session-link",)))
+            for k, w in enumerate(workloads):
+                warm = random_prompts(w, vocab, seed=100 + k)[: max(1, w.prompts // 8)]
+                asyncio.run(_drive_router(router.address, w, warm, 16))
+                elapsed, tokens = asyncio.run(
+                    _drive_router(router.address, w, random_prompts(w, vocab, seed=1 + k), w.max_tokens)
+                )
+                assert tokens == w.output_tokens, tokens
+                rates.setdefault(path, []).append(tokens / elapsed)
+                print(f"top_p {w.top_p} {path}: {rates[path][-1]:.0f} tok/s", flush=True)
+    return rates
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,30 +209,33 @@ def main(argv: list[str] | None = None) -> None:
         results["device"] = torch.cuda.get_device_name()
         results.update(measure_ceilings())
         torch.cuda.empty_cache()
+    prompt_len = 16 if args.tiny else PROMPT_LEN
+    workloads = [Workload(prompts, args.n, max_tokens, float(x), prompt_len) for x in args.top_p.split(",")]
+    overrides = engine_overrides(args, device, prompt_len + max_tokens + 16)
+    rows: list[dict] = [{"top_p": w.top_p, "output_tokens": w.output_tokens} for w in workloads]
+    if device == "cuda":
+        for row, w in zip(rows, workloads, strict=True):
+            row["roofline_tok_s"] = w.output_tokens / roofline_seconds(config, w, args.max_num_seqs, results)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_config(Path(tmp) / "model", config)
-        for top_p in (float(x) for x in args.top_p.split(",")):
-            w = Workload(prompts, args.n, max_tokens, top_p, prompt_len=PROMPT_LEN if not args.tiny else 16)
-            overrides = engine_overrides(args, device, w.prompt_len + max_tokens + 16)
-            row: dict = {"top_p": top_p, "output_tokens": w.output_tokens}
+        if "engine" in paths:
+            for row, rate in zip(
+                rows, run_engine(model_dir, overrides, workloads, config["vocab_size"]), strict=True
+            ):
+                row["engine_tok_s"] = rate
+                print(f"top_p {row['top_p']} engine: {rate:.0f} tok/s", flush=True)
+            gc.collect()
             if device == "cuda":
-                row["roofline_tok_s"] = w.output_tokens / roofline_seconds(
-                    config, w, args.max_num_seqs, results
-                )
-            for path in paths:
-                workdir = Path(tmp) / f"{path}-{top_p}"
-                if path == "engine":
-                    r = run_engine(model_dir, overrides, w, config["vocab_size"])
-                else:
-                    r = run_cluster(
-                        model_dir, workdir, overrides, w, config["vocab_size"], link=path == "link"
-                    )
-                row[f"{path}_tok_s"] = r["output_tokens"] / r["seconds"]
-                print(f"top_p {top_p} {path}: {row[f'{path}_tok_s']:.0f} tok/s", flush=True)
-                gc.collect()
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-            results.setdefault("rows", []).append(row)
+                torch.cuda.empty_cache()
+        served = [path for path in paths if path != "engine"]
+        if served:
+            rates = run_cluster(
+                model_dir, Path(tmp) / "cluster", overrides, workloads, config["vocab_size"], served
+            )
+            for path, values in rates.items():
+                for row, rate in zip(rows, values, strict=True):
+                    row[f"{path}_tok_s"] = rate
+    results["rows"] = rows
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
