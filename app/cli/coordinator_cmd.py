@@ -15,60 +15,50 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from epochserve.app.cli.etcd_flags import add_etcd_flags, etcd_config
+from epochserve.app.cli.config_flags import Flag, add_command, build
+from epochserve.app.cli.etcd_flags import etcd_config, etcd_flags
+from epochserve.app.cli.tls_flags import server_tls_flags
 
 if TYPE_CHECKING:  # the config module pulls in the store layer; `--help` should not
     from epochserve.controlplane.coordinator.config import CoordinatorConfig
 
 log = logging.getLogger(__name__)
 
+# The flags in --help's order: fields of CoordinatorConfig but --token-file (read into its token)
+# and --ready-file.
+COORDINATOR_FLAGS: tuple[Flag, ...] = (
+    *etcd_flags(),
+    Flag("admin-host", "interface of the Admin service (127.0.0.1)", default="127.0.0.1"),
+    Flag("admin-port", "port of the Admin service (7070)", int, 7070),
+    Flag("advertise-address", "where peers reach this Admin service", metavar="HOST:PORT"),
+    Flag("token-file", "admin bearer token (else $EPOCHSERVE_ADMIN_TOKEN)", Path, metavar="FILE"),
+    *server_tls_flags("Admin TLS certificate (TLS only when set)"),
+    Flag(
+        "peer-ca",
+        "CA of peer coordinators' certs (default --tls-cert)",
+        Path,
+        metavar="FILE",
+        field="peer_ca_file",
+    ),
+    Flag("id", "coordinator id (default HOST-PID)", dest="coordinator_id", blank_is_unset=True),
+    Flag("lease-ttl", "leader lease TTL in seconds (10)", int, 10, "S"),
+    Flag("stage-timeout", "STAGING timeout (600 s)", float, 600.0, "S"),
+    Flag("commit-timeout", "COMMITTED timeout (300 s)", float, 300.0, "S"),
+    Flag("ready-file", "write {host, port, pid} here once serving", Path, metavar="FILE"),
+)
+
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("coordinator", help="run a rollout coordinator (run several: one leads)")
-    add_etcd_flags(p)
-    p.add_argument("--admin-host", default="127.0.0.1", help="interface of the Admin service (127.0.0.1)")
-    p.add_argument("--admin-port", type=int, default=7070, help="port of the Admin service (7070)")
-    p.add_argument("--advertise-address", metavar="HOST:PORT", help="where peers reach this Admin service")
-    p.add_argument(
-        "--token-file", type=Path, metavar="FILE", help="admin bearer token (else $EPOCHSERVE_ADMIN_TOKEN)"
-    )
-    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="Admin TLS certificate (TLS only when set)")
-    p.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of --tls-cert")
-    p.add_argument(
-        "--peer-ca", type=Path, metavar="FILE", help="CA of peer coordinators' certs (default --tls-cert)"
-    )
-    p.add_argument("--id", dest="coordinator_id", help="coordinator id (default HOST-PID)")
-    p.add_argument("--lease-ttl", type=int, default=10, metavar="S", help="leader lease TTL in seconds (10)")
-    p.add_argument("--stage-timeout", type=float, default=600.0, metavar="S", help="STAGING timeout (600 s)")
-    p.add_argument(
-        "--commit-timeout", type=float, default=300.0, metavar="S", help="COMMITTED timeout (300 s)"
-    )
-    p.add_argument(
-        "--ready-file", type=Path, metavar="FILE", help="write {host, port, pid} here once serving"
-    )
-    p.set_defaults(func=run)
+    what = "run a rollout coordinator (run several: one leads)"
+    add_command(subparsers, "coordinator", what, COORDINATOR_FLAGS, run)
 
 
 def run(args: argparse.Namespace) -> int:
     from epochserve.controlplane.admin.auth import load_token
     from epochserve.controlplane.coordinator.config import CoordinatorConfig
 
-    optional = {"coordinator_id": args.coordinator_id} if args.coordinator_id else {}
-    config = CoordinatorConfig(
-        cluster=args.cluster,
-        etcd=etcd_config(args),
-        token=load_token(args.token_file),
-        admin_host=args.admin_host,
-        admin_port=args.admin_port,
-        advertise_address=args.advertise_address,
-        tls_cert_file=args.tls_cert,
-        tls_key_file=args.tls_key,
-        peer_ca_file=args.peer_ca,
-        lease_ttl=args.lease_ttl,
-        stage_timeout=args.stage_timeout,
-        commit_timeout=args.commit_timeout,
-        **optional,
-    )
+    etcd = etcd_config(args)
+    config = build(CoordinatorConfig, args, COORDINATOR_FLAGS, etcd=etcd, token=load_token(args.token_file))
     return asyncio.run(serve(config, args.ready_file))  # a ConfigError is main's: one line, exit 2
 
 

@@ -10,7 +10,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from epochserve.app.cli.etcd_flags import add_etcd_flags, etcd_config
+from epochserve.app.cli.config_flags import Flag, add_command, build
+from epochserve.app.cli.etcd_flags import etcd_config, etcd_flags
+from epochserve.app.cli.tls_flags import server_tls, server_tls_flags
 from epochserve.errors import ConfigError
 
 if TYPE_CHECKING:  # imported lazily: `epochctl --help` stays light
@@ -18,91 +20,62 @@ if TYPE_CHECKING:  # imported lazily: `epochctl --help` stays light
 
 POLICY_NAMES = ("least-tokens", "prefix-affinity", "round-robin")  # router/policies (checked in config)
 
+# The flags in --help's order: fields of RouterConfig, of its QueueLimits (--max-queue, --max-wait,
+# --retry-after) and of its TLS settings (server_tls, --worker-tls-ca).
+ROUTER_FLAGS: tuple[Flag, ...] = (
+    *etcd_flags(),
+    Flag("host", "interface to listen on (127.0.0.1)", default="127.0.0.1"),
+    Flag("port", "gRPC port (50050; 0 picks a free one)", int, 50050),
+    Flag("advertise-address", "registered address", default="", metavar="HOST:PORT"),
+    Flag("router-id", "router id in etcd (default HOSTNAME:PORT)", default=""),
+    Flag("metrics-port", "Prometheus port (0: a free one; off if unset)", int),
+    Flag("metrics-host", "interface of the Prometheus endpoint", default="127.0.0.1"),
+    Flag("policy", "balancing policy", default="least-tokens", choices=POLICY_NAMES),
+    Flag("max-queue", "requests waiting per version (1024)", int, 1024),
+    Flag("max-wait", "longest wait without a deadline", float, 120.0, "S", field="max_wait_seconds"),
+    Flag("retry-after", "retry hint when the queue is full", float, 1.0, "S", field="retry_after_seconds"),
+    Flag("max-attempts", "workers one request may be started on (3)", int, 3),
+    Flag("max-seqs-per-worker", "sequences in flight per worker before queueing (0: no bound)", int, 0),
+    Flag("audit-log", "append one JSON line per completed response", Path, metavar="FILE"),
+    *server_tls_flags(
+        "server certificate (TLS for clients)", "CA of client certificates (requires mutual TLS)"
+    ),
+    Flag("worker-tls-ca", "dial workers over TLS, trusting this CA", Path, metavar="FILE"),
+    Flag(
+        "no-session-link",
+        "reach workers over gRPC Session even where they serve a session link (comparisons)",
+        negate=True,
+        field="use_session_link",
+    ),
+    Flag("lease-ttl", "registration lease TTL (10)", int, 10, "S"),
+    Flag("drain-seconds", "grace for requests in flight at shutdown", float, 30.0),
+    Flag("ready-file", "write {host, port, metrics_port, ...} when serving", Path, metavar="FILE"),
+)
+
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("router", help="run a router: the public Generation service")
-    add_etcd_flags(p)
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=50050, help="gRPC port (50050; 0 picks a free one)")
-    p.add_argument("--advertise-address", default="", metavar="HOST:PORT", help="registered address")
-    p.add_argument("--router-id", default="", help="router id in etcd (default HOSTNAME:PORT)")
-    p.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus port (0: a free one; off if unset)"
-    )
-    p.add_argument("--metrics-host", default="127.0.0.1", help="interface of the Prometheus endpoint")
-    p.add_argument("--policy", choices=POLICY_NAMES, default="least-tokens", help="balancing policy")
-    p.add_argument("--max-queue", type=int, default=1024, help="requests waiting per version (1024)")
-    p.add_argument(
-        "--max-wait", type=float, default=120.0, metavar="S", help="longest wait without a deadline"
-    )
-    p.add_argument(
-        "--retry-after", type=float, default=1.0, metavar="S", help="retry hint when the queue is full"
-    )
-    p.add_argument("--max-attempts", type=int, default=3, help="workers one request may be started on (3)")
-    p.add_argument(
-        "--max-seqs-per-worker",
-        type=int,
-        default=0,
-        help="sequences in flight per worker before queueing (0: no bound)",
-    )
-    p.add_argument(
-        "--audit-log", type=Path, metavar="FILE", help="append one JSON line per completed response"
-    )
-    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate (TLS for clients)")
-    p.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of --tls-cert")
-    p.add_argument(
-        "--tls-ca", type=Path, metavar="FILE", help="CA of client certificates (requires mutual TLS)"
-    )
-    p.add_argument(
-        "--worker-tls-ca", type=Path, metavar="FILE", help="dial workers over TLS, trusting this CA"
-    )
-    p.add_argument(
-        "--no-session-link",
-        action="store_true",
-        help="reach workers over gRPC Session even where they serve a session link (comparisons)",
-    )
-    p.add_argument("--lease-ttl", type=int, default=10, metavar="S", help="registration lease TTL (10)")
-    p.add_argument(
-        "--drain-seconds", type=float, default=30.0, help="grace for requests in flight at shutdown"
-    )
-    p.add_argument(
-        "--ready-file", type=Path, metavar="FILE", help="write {host, port, metrics_port, ...} when serving"
-    )
-    p.set_defaults(func=run)
+    add_command(subparsers, "router", "run a router: the public Generation service", ROUTER_FLAGS, run)
 
 
 def build_config(args: argparse.Namespace) -> RouterConfig:
     """RouterConfig from the flags; ConfigError for settings that do not fit together."""
     from epochserve.channels import ClientTls
     from epochserve.router.admission import QueueLimits
-    from epochserve.router.config import RouterConfig, ServerTls
+    from epochserve.router.config import RouterConfig
 
-    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
-        raise ConfigError("TLS: give --tls-cert and --tls-key together (and --tls-ca only with them)")
+    tls = server_tls(args)
     try:
-        queue = QueueLimits(args.max_queue, args.max_wait, args.retry_after)
+        queue = build(QueueLimits, args, ROUTER_FLAGS)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return RouterConfig(
+    return build(
+        RouterConfig,
+        args,
+        ROUTER_FLAGS,
         etcd=etcd_config(args),
-        cluster=args.cluster,
-        host=args.host,
-        port=args.port,
-        advertise_address=args.advertise_address,
-        router_id=args.router_id,
-        metrics_port=args.metrics_port,
-        metrics_host=args.metrics_host,
-        policy=args.policy,
         queue=queue,
-        max_attempts=args.max_attempts,
-        max_seqs_per_worker=args.max_seqs_per_worker,
-        audit_log=args.audit_log,
-        tls=ServerTls(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None,
+        tls=tls,
         worker_tls=ClientTls(ca_file=args.worker_tls_ca) if args.worker_tls_ca else None,
-        use_session_link=not args.no_session_link,
-        lease_ttl=args.lease_ttl,
-        drain_seconds=args.drain_seconds,
-        ready_file=args.ready_file,
     )
 
 

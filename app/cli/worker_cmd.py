@@ -9,73 +9,70 @@ import os
 from pathlib import Path
 from typing import Any
 
-from epochserve.app.cli.etcd_flags import add_etcd_flags, etcd_config
+from epochserve.app.cli.config_flags import Flag, add_command, build
+from epochserve.app.cli.etcd_flags import etcd_config, etcd_flags
+from epochserve.app.cli.tls_flags import server_tls_flags
 from epochserve.errors import ConfigError
 
-# The fields of EngineConfig exposed as flags (name, type, help); defaults come from EngineConfig.
-ENGINE_FLAGS: list[tuple[str, Any, str]] = [
-    ("device", str, "cpu, cuda or cuda:N"),
-    ("dtype", str, "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16"),
-    ("lm_head_dtype", str, "float32 (default: fp32 math and logits, never bf16) or model"),
-    ("block_size", int, "tokens per KV block"),
-    ("max_num_seqs", int, "sequences running at once"),
-    ("max_num_batched_tokens", int, "tokens per engine step"),
-    ("max_model_len", int, "context limit in tokens"),
-    ("kv_cache_bytes", int, "CPU: KV pool budget in bytes"),
-    ("kv_cache_memory_fraction", float, "CUDA: share of free memory for the KV pool after loading weights"),
-    ("num_kv_blocks", int, "exact KV pool size in blocks (overrides the budgets)"),
-    ("policy_version", int, "policy version of the weights loaded at start"),
-    ("max_n", int, "most samples per request"),
-    ("load_format", str, "safetensors (default), or random: weights of the right shapes (benchmarks)"),
-    ("async_scheduling", str, "auto (on for CUDA), on or off: prepare step N+1 while step N runs"),
-]
+# The fields of EngineConfig exposed as flags; their defaults are EngineConfig's (None: not given).
+ENGINE_FLAGS: tuple[Flag, ...] = (
+    Flag("device", "cpu, cuda or cuda:N", str),
+    Flag("dtype", "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16", str),
+    Flag("lm-head-dtype", "float32 (default: fp32 math and logits, never bf16) or model", str),
+    Flag("block-size", "tokens per KV block", int),
+    Flag("max-num-seqs", "sequences running at once", int),
+    Flag("max-num-batched-tokens", "tokens per engine step", int),
+    Flag("max-model-len", "context limit in tokens", int),
+    Flag("kv-cache-bytes", "CPU: KV pool budget in bytes", int),
+    Flag(
+        "kv-cache-memory-fraction", "CUDA: share of free memory for the KV pool after loading weights", float
+    ),
+    Flag("num-kv-blocks", "exact KV pool size in blocks (overrides the budgets)", int),
+    Flag("policy-version", "policy version of the weights loaded at start", int),
+    Flag("max-n", "most samples per request", int),
+    Flag("load-format", "safetensors (default), or random: weights of the right shapes (benchmarks)", str),
+    Flag("async-scheduling", "auto (on for CUDA), on or off: prepare step N+1 while step N runs", str),
+)
+
+# The flags in --help's order: fields of WorkerServerConfig, EngineConfig and (with --etcd-endpoints)
+# ControlPlaneSettings, each built from the flags naming its fields; --model is resolved to model_dir.
+WORKER_FLAGS: tuple[Flag, ...] = (
+    Flag("model", "Hugging Face model directory, or 'smollm2' (bundled)", required=True),
+    Flag("host", "interface to listen on (default 127.0.0.1)", default="127.0.0.1"),
+    Flag("port", "gRPC port (0: pick a free one)", int, 50051),
+    Flag(
+        "session-port",
+        "port of the session link routers prefer to gRPC Session (0: a free one; -1: none)",
+        type=int,
+        default=0,
+    ),
+    *server_tls_flags("serve gRPC and the session link over TLS"),
+    Flag("worker-id", "default: HOSTNAME:PORT"),
+    Flag("ready-file", "write {host, port, worker_id} here once serving", Path),
+    Flag("drain-seconds", "grace for in-flight requests at shutdown", float, 30.0),
+    Flag("no-prefix-cache", "disable the prefix cache", negate=True, field="enable_prefix_cache"),
+    Flag(
+        "batch-invariant",
+        "a request's tokens and logprobs are the same bits whatever shares its batch (costs throughput)",
+        switch=True,
+    ),
+    Flag("tp", "tensor-parallel ranks (one process, one GPU each)", int, 1),
+    Flag("advertise-address", "HOST:PORT routers dial (default: --host:port)", default=""),
+    Flag("lease-ttl", "seconds before a silent worker is deregistered", int, 10),
+    *etcd_flags(required=False),
+    Flag(
+        "collective-timeout",
+        "seconds before a stuck TP collective fails the worker",
+        float,
+        120.0,
+        field="collective_timeout_seconds",
+    ),
+    *ENGINE_FLAGS,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("worker", help="serve a model as a worker")
-    parser.add_argument("--model", required=True, help="Hugging Face model directory, or 'smollm2' (bundled)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one)")
-    parser.add_argument(
-        "--session-port",
-        type=int,
-        default=0,
-        help="port of the session link routers prefer to gRPC Session (0: a free one; -1: none)",
-    )
-    parser.add_argument(
-        "--tls-cert", type=Path, metavar="FILE", help="serve gRPC and the session link over TLS"
-    )
-    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of --tls-cert")
-    parser.add_argument("--worker-id", default=None, help="default: HOSTNAME:PORT")
-    parser.add_argument(
-        "--ready-file", type=Path, default=None, help="write {host, port, worker_id} here once serving"
-    )
-    parser.add_argument(
-        "--drain-seconds", type=float, default=30.0, help="grace for in-flight requests at shutdown"
-    )
-    parser.add_argument("--no-prefix-cache", action="store_true", help="disable the prefix cache")
-    parser.add_argument(
-        "--batch-invariant",
-        action="store_true",
-        help="a request's tokens and logprobs are the same bits whatever shares its batch (costs throughput)",
-    )
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one process, one GPU each)")
-    parser.add_argument(
-        "--advertise-address", default="", help="HOST:PORT routers dial (default: --host:port)"
-    )
-    parser.add_argument(
-        "--lease-ttl", type=int, default=10, help="seconds before a silent worker is deregistered"
-    )
-    add_etcd_flags(parser, required=False)
-    parser.add_argument(
-        "--collective-timeout",
-        type=float,
-        default=120.0,
-        help="seconds before a stuck TP collective fails the worker",
-    )
-    for name, kind, help_text in ENGINE_FLAGS:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=help_text)
-    parser.set_defaults(func=run)
+    add_command(subparsers, "worker", "serve a model as a worker", WORKER_FLAGS, run)
 
 
 def resolve_model(model: str) -> Path:
@@ -98,27 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from epochserve.worker.config import EngineConfig
     from epochserve.worker.serving.server import WorkerServerConfig, serve
 
-    overrides = {name: getattr(args, name) for name, _, _ in ENGINE_FLAGS if getattr(args, name) is not None}
-    engine = EngineConfig(
-        model_dir=resolve_model(args.model),
-        enable_prefix_cache=not args.no_prefix_cache,
-        batch_invariant=args.batch_invariant,
-        **overrides,
-    )
-    config = WorkerServerConfig(
-        engine=engine,
-        host=args.host,
-        port=args.port,
-        ready_file=args.ready_file,
-        drain_seconds=args.drain_seconds,
-        worker_id=args.worker_id or "",
-        tp=args.tp,
-        collective_timeout_seconds=args.collective_timeout,
-        control=control_settings(args),
-        session_port=args.session_port,
-        tls_cert_file=args.tls_cert,
-        tls_key_file=args.tls_key,
-    )
+    engine = build(EngineConfig, args, WORKER_FLAGS, model_dir=resolve_model(args.model))
+    config = build(WorkerServerConfig, args, WORKER_FLAGS, engine=engine, control=control_settings(args))
     code = asyncio.run(serve(config))
     if args.tp > 1:
         # Leave at once: torch.distributed's exit hooks can block on a group whose peers are gone.
@@ -133,9 +111,4 @@ def control_settings(args: argparse.Namespace) -> Any:
         return None
     from epochserve.worker.rollout.registration import ControlPlaneSettings
 
-    return ControlPlaneSettings(
-        etcd=etcd_config(args),
-        cluster=args.cluster,
-        advertise_address=args.advertise_address,
-        lease_ttl=args.lease_ttl,
-    )
+    return build(ControlPlaneSettings, args, WORKER_FLAGS, etcd=etcd_config(args))
