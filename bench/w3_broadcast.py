@@ -80,12 +80,12 @@ def worker(model_dir: str, sources: list[str], queue) -> None:
     for version, source in enumerate(sources, start=1):
         calls.clear()
         spent.clear()
-        engine.runner.stage(version, source, None, broadcast_rank_base=1)
-        result = engine.runner.updater.wait()
+        engine.weights.stage(version, source, None, broadcast_rank_base=1)
+        result = engine.weights.wait()
         staged = result.staged
         queue.put(("staged", time.time(), staged is not None, result.error, staged.location if staged else "",
                    list(calls), dict(spent)))  # fmt: skip
-        engine.runner.updater.drop()
+        engine.weights.drop()
 
 
 def publish(spec, version: int, tensors: dict[str, torch.Tensor], queue) -> dict:

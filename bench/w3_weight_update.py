@@ -74,9 +74,9 @@ def pause(engine, prefer_device: bool, source: str, version: int) -> tuple[float
     """Stage `version`, keep 32 sequences decoding, swap between two steps; the swap's seconds."""
     from fixtures.engine import make_request
 
-    engine.runner.updater.prefer_device = prefer_device
-    engine.runner.stage(version, source, None)
-    result = engine.runner.updater.wait()
+    engine.weights.prefer_device = prefer_device
+    engine.weights.stage(version, source, None)
+    result = engine.weights.wait()
     assert result is not None and result.staged is not None, result
     location = result.staged.location
     for i in range(32):
@@ -89,7 +89,7 @@ def pause(engine, prefer_device: bool, source: str, version: int) -> tuple[float
     engine.begin_drain(version, "abort")
     torch.cuda.synchronize()
     start = time.perf_counter()
-    engine.runner.swap(version)
+    engine.weights.swap(version)
     engine.complete_swap(version)
     torch.cuda.synchronize()
     return time.perf_counter() - start, location
@@ -121,12 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     results["disk_read_bytes_per_s"] = read_speed(checkpoint / "model.safetensors")
     results["page_cache_dropped"] = drop_page_cache()
     start = time.perf_counter()
-    engine.runner.stage(1, str(checkpoint), None)
-    staged = engine.runner.updater.wait()
+    engine.weights.stage(1, str(checkpoint), None)
+    staged = engine.weights.wait()
     results["stage_cold_seconds"] = time.perf_counter() - start
     assert staged is not None and staged.staged is not None, staged
     results["stage_cold_bytes_per_s"] = weight_bytes / results["stage_cold_seconds"]
-    engine.runner.updater.drop()
+    engine.weights.drop()
     pauses = {}
     for prefer_device, version in ((True, 2), (False, 3), (True, 4)):
         manifest_version = Path(checkpoint / "epochserve-manifest.json")

@@ -12,7 +12,7 @@ the result is rounded once, as a matmul's is.
 
 Each program owns BLOCK_N output features of every row and walks K in BLOCK_K steps, summing each
 step's products in a fixed tree: no split-K, nothing is summed across programs, and a row's result
-does not depend on the other rows. Tiles: bench/decode_kernels_microbench.py (H200, 2026-12-03).
+does not depend on the other rows. Tiles: gemv_tiles (bench/decode_kernels_microbench.py).
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ class GemvTiles:
 
 
 def gemv_tiles(n: int, k: int) -> GemvTiles:
-    """Tiles for an [n, k] weight at one row, from the H200 sweep on the 8B shapes (2026-12-03): 16
-    output features and 1024-wide K steps per program, 8 warps (o_proj 10.9 us, down with SiLU 30.6
-    us); weights wider in N than in K want shorter, deeper-pipelined K steps (qkv: 15.0 us at
-    512 x 3 stages against 16.1)."""
+    """Tiles for an [n, k] weight at one row, the fastest of a sweep on the 8B shapes
+    (bench/decode_kernels_microbench.py; the times are in docs/benchmarks.md, W1): 16 output
+    features and 1024-wide K steps per program, 8 warps; weights wider in N than in K (qkv) want
+    shorter, deeper-pipelined K steps (512 x 3 stages)."""
     if n > k:
         return GemvTiles(block_n=16, block_k=512, num_warps=8, num_stages=3)
     return GemvTiles(block_n=16, block_k=1024, num_warps=8, num_stages=2)

@@ -34,8 +34,9 @@ BATCH_INVARIANT_SPLIT_TOKENS = 512
 # Non-invariant decode: aim for this many programs per SM, with partitions of at least one key tile
 # and at most _MAX_DECODE_PARTS of them for the longest sequence. Short partitions matter to short
 # contexts at small batch (a CUDA graph plans for its length bound, so the actual contexts use only
-# the first few partitions): batch 1 at 136-384 positions under a 2048 bound, 6.7-7.4 us with 64-token
-# partitions against 8.8-13.2 us with 512 (H200, bench/decode_kernels_microbench.py, 2026-12-03).
+# the first few partitions): at batch 1, a few hundred positions under a 2048 bound attend faster in
+# 64-token partitions than in 512-token ones, where each kv head's program walks the whole context
+# alone (bench/decode_kernels_microbench.py; the times are in docs/benchmarks.md, W1).
 _PROGRAMS_PER_SM = 16  # many small programs: the last wave's idle SMs cost little
 _MAX_DECODE_PARTS = 256  # bounds the grid and the fp32 partial states of a long length bound
 # The split schedule's fp32 partial buffers may take at most this much; past it the loop schedule

@@ -168,10 +168,6 @@ class ResponseAssembler:
         self._finished[response.sample_index] = sample
         return SampleFinished(response.request_id, sample, now)
 
-    @property
-    def num_finished(self) -> int:
-        return len(self._finished)
-
     def samples(self) -> tuple[Sample, ...]:
         """The finished samples, by index."""
         return tuple(self._finished[i] for i in sorted(self._finished))

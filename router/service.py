@@ -1,21 +1,20 @@
 """The Generation gRPC service (router, public): Generate, Abort, GetPolicy.
 
-This is the router's server edge: every error a call ends with becomes a gRPC status here and
-nowhere else (`abort_with`). Epochserve errors map through epochserve.proto.status (with the
-queue-full retry hint as trailing metadata); a worker's own status (INVALID_ARGUMENT for a text
-prompt, INTERNAL from a runtime guard, ...) reaches the client unchanged, prefixed with the
-request id; anything unexpected is INTERNAL and logged with its traceback.
+This is the router's server edge: every error a call ends with becomes a gRPC status here, through
+proto/status.py's one table and abort helper (`abort_with`). Epochserve errors map through the
+table (with the queue-full retry hint as trailing metadata); a worker's own status (INVALID_ARGUMENT
+for a text prompt, INTERNAL from a runtime guard, ...) reaches the client unchanged, prefixed with
+the request id; anything unexpected is INTERNAL and logged with its traceback.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
 
 import grpc
 
-from epochserve.errors import EpochserveError
-from epochserve.proto.status import status_of, trailing_metadata_of
+from epochserve.errors import UnavailableError
+from epochserve.proto.status import abort_with
 from epochserve.proto.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from epochserve.router.core import RouterCore
 from epochserve.router.errors import RouterShuttingDownError
@@ -35,13 +34,13 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         """Server streaming through context.write (router/attempt.py says why not a generator)."""
         if not self.core.is_accepting:
             await abort_with(
-                context, RouterShuttingDownError("the router is shutting down"), request.request_id
+                context, RouterShuttingDownError("the router is shutting down"), request_id=request.request_id
             )
         flow = RequestFlow(self.core, request, Deadline.after(context.time_remaining()), context.write)
         try:
             await flow.run()
         except Exception as exc:  # CancelledError (client gone) is a BaseException: not caught
-            await abort_with(context, exc, flow.state.request_id)
+            await abort_with(context, exc, request_id=flow.state.request_id)
 
     async def Abort(
         self, request: common_pb2.AbortRequest, context: grpc.aio.ServicerContext
@@ -71,10 +70,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
     ) -> generation_pb2.GetPolicyResponse:
         version = self.core.admission.version
         if version is None:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "the router has not read the committed version yet"
-            )
-            raise AssertionError("unreachable: abort raises")
+            await abort_with(context, UnavailableError("the router has not read the committed version yet"))
         view = self.core.registry.view
         return generation_pb2.GetPolicyResponse(
             policy_version=version,
@@ -84,19 +80,3 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             router_id=self.core.router_id,
             model_path=self.core.registry.model_path,
         )
-
-
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, request_id: str) -> NoReturn:
-    """End the call with exc's status (module docstring)."""
-    if isinstance(exc, grpc.aio.AioRpcError):
-        code, details = exc.code(), exc.details() or ""
-        if request_id and request_id not in details:
-            details = f"request {request_id}: {details}"
-    else:
-        code, details = status_of(exc), str(exc)
-        context.set_trailing_metadata(trailing_metadata_of(exc))
-        if not isinstance(exc, EpochserveError):
-            logger.error("request %s failed unexpectedly", request_id, exc_info=exc)
-            details = f"request {request_id}: internal error: {exc!r}"
-    await context.abort(code, details)
-    raise AssertionError("unreachable: abort raises")

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from epochserve.errors import ConfigError
+from epochserve.proto.status import Failure, abort
 
 TOKEN_ENV = "EPOCHSERVE_ADMIN_TOKEN"
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
@@ -74,7 +75,7 @@ def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        await abort(context, Failure(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token"))
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,

@@ -11,7 +11,7 @@ from types import TracebackType
 import grpc
 
 from epochserve.controlplane.admin.auth import bearer_metadata
-from epochserve.controlplane.admin.status import REASON_KEY
+from epochserve.proto.status import REASON_KEY
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
 from epochserve.tls import channel_credentials

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from epochserve.controlplane.coordinator.requests import StartRequest
-from epochserve.controlplane.errors import RolloutNotFoundError
 from epochserve.controlplane.store.records import (
-    Drain,
+    DrainPolicy,
     RolloutPhase,
     RolloutRecord,
     RouterRecord,
@@ -13,7 +12,7 @@ from epochserve.controlplane.store.records import (
     WorkerStatus,
 )
 from epochserve.controlplane.store.state import ClusterState
-from epochserve.errors import InvalidRequestError
+from epochserve.errors import InvalidRequestError, RolloutNotFoundError
 from epochserve.proto.v1 import admin_pb2 as pb
 
 PHASE_TO_PROTO = {
@@ -23,7 +22,7 @@ PHASE_TO_PROTO = {
     RolloutPhase.ABORTED: pb.ROLLOUT_PHASE_ABORTED,
 }
 PHASE_FROM_PROTO = {v: k for k, v in PHASE_TO_PROTO.items()}
-DRAIN_TO_PROTO = {Drain.FINISH: pb.DRAIN_POLICY_FINISH, Drain.ABORT: pb.DRAIN_POLICY_ABORT}
+DRAIN_TO_PROTO = {DrainPolicy.FINISH: pb.DRAIN_POLICY_FINISH, DrainPolicy.ABORT: pb.DRAIN_POLICY_ABORT}
 DRAIN_FROM_PROTO = {v: k for k, v in DRAIN_TO_PROTO.items()}
 _STATUS_TO_PROTO = {
     WorkerStatus.LOADING: pb.WORKER_STATUS_LOADING,

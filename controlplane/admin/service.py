@@ -19,7 +19,7 @@ from epochserve.controlplane.admin import convert
 from epochserve.controlplane.admin.client import open_channel
 from epochserve.controlplane.admin.status import stream_errors, unary_errors
 from epochserve.controlplane.coordinator.process import Coordinator
-from epochserve.controlplane.errors import NotLeaderError
+from epochserve.errors import NotLeaderError
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
 

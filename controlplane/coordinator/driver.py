@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from epochserve.controlplane.coordinator.decide import Wait, next_step
 from epochserve.controlplane.coordinator.writer import RolloutWriter
-from epochserve.controlplane.errors import StoreUnavailableError
 from epochserve.controlplane.store.election import Leadership
 from epochserve.controlplane.store.state import ClusterState
 from epochserve.controlplane.store.watch import ClusterWatch
+from epochserve.errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)
 _RECHECK = 1.0  # seconds: re-evaluate after a write even if its echo from the watch is late

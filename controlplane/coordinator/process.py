@@ -22,7 +22,6 @@ from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.driver import RolloutDriver
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.coordinator.writer import RolloutWriter, Timeouts
-from epochserve.controlplane.errors import ControlPlaneError, LeaseLostError, NotLeaderError
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.election import Election, Leadership
 from epochserve.controlplane.store.keyspace import Keyspace
@@ -30,6 +29,7 @@ from epochserve.controlplane.store.lease import Lease
 from epochserve.controlplane.store.records import CandidateRecord, RolloutRecord
 from epochserve.controlplane.store.state import ClusterState, read_state
 from epochserve.controlplane.store.watch import ClusterWatch
+from epochserve.errors import ControlPlaneError, LeaseLostError, NotLeaderError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from epochserve.controlplane.errors import EpochConflictError, RolloutBusyError, RolloutExistsError
 from epochserve.controlplane.store.keyspace import check_version
-from epochserve.controlplane.store.records import Drain
+from epochserve.controlplane.store.records import DrainPolicy
 from epochserve.controlplane.store.state import ClusterState
-from epochserve.errors import InvalidRequestError
+from epochserve.errors import EpochConflictError, InvalidRequestError, RolloutBusyError, RolloutExistsError
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +17,7 @@ class StartRequest:
 
     version: int
     source: str  # checkpoint path, or "nccl"
-    drain: Drain
+    drain: DrainPolicy
     manifest_checksum: str | None = None  # expected checksum; None: whatever all workers agree on
     stage_timeout: float | None = None  # seconds; None: the coordinator's default
     commit_timeout: float | None = None  # seconds; None: the coordinator's default

@@ -25,18 +25,18 @@ from epochserve.controlplane.coordinator.decide import (
     Step,
 )
 from epochserve.controlplane.coordinator.requests import StartRequest, check_startable
-from epochserve.controlplane.errors import (
-    EpochConflictError,
-    NotLeaderError,
-    RolloutBusyError,
-    RolloutNotFoundError,
-)
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, delete_op, modified_at, put_op, unchanged_since
 from epochserve.controlplane.store.election import Leadership
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import EpochRecord, RolloutPhase, RolloutRecord
 from epochserve.controlplane.store.state import ClusterState, Stored, read_state
+from epochserve.errors import (
+    EpochConflictError,
+    NotLeaderError,
+    RolloutBusyError,
+    RolloutNotFoundError,
+)
 
 log = logging.getLogger(__name__)
 _MAX_ATTEMPTS = 5  # re-reads after lost races before a request gives up

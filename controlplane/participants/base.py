@@ -21,18 +21,18 @@ import logging
 import uuid
 from typing import Any
 
-from epochserve.controlplane.errors import (
-    ControlPlaneError,
-    DuplicateParticipantError,
-    LeaseLostError,
-    StoreUnavailableError,
-)
 from epochserve.controlplane.participants.membership import Membership, ParticipantRecord
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.state import ClusterState, Stored
 from epochserve.controlplane.store.watch import ClusterWatch
+from epochserve.errors import (
+    ControlPlaneError,
+    DuplicateParticipantError,
+    LeaseLostError,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 _RETRY_PAUSE = 0.25  # seconds between registration attempts while etcd is down

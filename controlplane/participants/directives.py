@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epochserve.controlplane.store.records import Drain
+from epochserve.controlplane.store.records import DrainPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class Stage:
 
     version: int
     source: str  # checkpoint path, or "nccl" (receive the shards from the trainer's broadcast)
-    drain: Drain  # how the later swap retires v-1 work (known now so the engine can prepare)
+    drain: DrainPolicy  # how the later swap retires v-1 work (known now so the engine can prepare)
     manifest_checksum: str | None  # expected checksum when the rollout names one
     catch_up: bool  # True: v is already committed and this worker is catching up (rejoin)
 
@@ -36,7 +36,7 @@ class Commit:
     """Swap the staged `version` live now (between engine steps)."""
 
     version: int
-    drain: Drain
+    drain: DrainPolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import logging
 
-from epochserve.controlplane.errors import DuplicateParticipantError, LeaseLostError, SchemaError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, created_at, modified_at, put_op
 from epochserve.controlplane.store.lease import Lease
 from epochserve.controlplane.store.records import RouterRecord, WorkerRecord
+from epochserve.errors import DuplicateParticipantError, LeaseLostError, SchemaError
 
 log = logging.getLogger(__name__)
 _HOLDER_POLL = 0.2  # seconds between looks at a key another incarnation holds

@@ -25,12 +25,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from epochserve.controlplane.errors import ProtocolError
 from epochserve.controlplane.participants.base import Participant
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import RolloutPhase, RouterRecord, WorkerStatus
 from epochserve.controlplane.store.state import ClusterState, Stored
+from epochserve.errors import ProtocolError
 
 
 @dataclass(frozen=True, slots=True)

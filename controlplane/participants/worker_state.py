@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epochserve.controlplane.errors import ProtocolError
 from epochserve.controlplane.participants.directives import Abort, Commit, Directive, Fenced, Stage
-from epochserve.controlplane.store.records import Drain, RolloutPhase, WorkerStatus
+from epochserve.controlplane.store.records import DrainPolicy, RolloutPhase, WorkerStatus
 from epochserve.controlplane.store.state import ClusterState
+from epochserve.errors import ProtocolError
 
 
 @dataclass(slots=True)
@@ -126,7 +126,7 @@ class LocalWeights:
             return None
         self.committing = self.staged
         rollout = state.rollouts.get(self.staged[0])
-        return Commit(self.staged[0], rollout.value.drain if rollout else Drain.FINISH)
+        return Commit(self.staged[0], rollout.value.drain if rollout else DrainPolicy.FINISH)
 
     def _stage_due(self, state: ClusterState) -> Stage | None:
         if self.staging is not None or self.staged is not None or self.committing is not None:

@@ -21,8 +21,8 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from epochserve.controlplane.errors import LeaseLostError, StoreRequestError, StoreUnavailableError
 from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.errors import LeaseLostError, StoreRequestError, StoreUnavailableError
 from epochserve.tls import read_pem
 
 # Reconnect quickly after an etcd restart (gRPC's default backoff grows to two minutes), and ping

@@ -16,7 +16,6 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from epochserve.controlplane.errors import SchemaError
 from epochserve.controlplane.store.records import (
     CandidateRecord,
     EpochRecord,
@@ -25,6 +24,7 @@ from epochserve.controlplane.store.records import (
     RouterRecord,
     WorkerRecord,
 )
+from epochserve.errors import SchemaError
 
 SCHEMA_VERSION = 1
 KIND_NAMES: dict[type, str] = {

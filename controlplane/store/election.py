@@ -15,13 +15,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from epochserve.controlplane.errors import LeaseLostError, StoreUnavailableError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, created_at, delete_op, put_op
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.lease import Lease
 from epochserve.controlplane.store.records import CandidateRecord
 from epochserve.controlplane.store.state import ClusterState
+from epochserve.errors import LeaseLostError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 _RETRY_PAUSE = 0.2

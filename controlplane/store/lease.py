@@ -22,8 +22,8 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from epochserve.aio import Interrupted, cancel_on
-from epochserve.controlplane.errors import ControlPlaneError, LeaseLostError
 from epochserve.controlplane.store.client import EtcdStore
+from epochserve.errors import ControlPlaneError, LeaseLostError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

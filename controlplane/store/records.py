@@ -26,9 +26,20 @@ class RolloutPhase(enum.StrEnum):
         """STAGING or COMMITTED: at most one rollout of a cluster is in flight."""
         return self in (RolloutPhase.STAGING, RolloutPhase.COMMITTED)
 
+    @property
+    def is_committed(self) -> bool:
+        """COMMITTED or DONE: the epoch moved to this version, which can no longer be aborted."""
+        return self in (RolloutPhase.COMMITTED, RolloutPhase.DONE)
 
-class Drain(enum.StrEnum):
-    """What a worker does with requests still running on v-1 when v commits."""
+    @property
+    def is_terminal(self) -> bool:
+        """DONE or ABORTED: nothing about this rollout changes any more."""
+        return self in (RolloutPhase.DONE, RolloutPhase.ABORTED)
+
+
+class DrainPolicy(enum.StrEnum):
+    """What a worker does with requests still running on v-1 when v commits (the rollout's `drain`:
+    its value is what etcd's JSON, the CLI and the PolicyRollout spell)."""
 
     FINISH = "finish"  # let running v-1 sequences complete, admit only v
     ABORT = "abort"  # abort them; the router re-runs those that streamed nothing
@@ -64,7 +75,7 @@ class RolloutRecord:
 
     version: int
     source: str  # checkpoint path, or "nccl" for a broadcast from the trainer
-    drain: Drain
+    drain: DrainPolicy
     phase: RolloutPhase
     created_at: float  # unix seconds
     updated_at: float  # unix seconds of the last phase change

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from epochserve.controlplane.errors import SchemaError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import Entry, EtcdStore
 from epochserve.controlplane.store.keyspace import KeyKind, Keyspace
@@ -24,6 +23,7 @@ from epochserve.controlplane.store.records import (
     WorkerRecord,
     WorkerStatus,
 )
+from epochserve.errors import SchemaError
 
 T = TypeVar("T")
 _RECORD_OF_KIND: dict[KeyKind, type] = {

@@ -15,10 +15,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from epochserve.controlplane.errors import ControlPlaneError
 from epochserve.controlplane.store.client import EtcdStore, WatchEvent, prefix_end
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.state import ClusterState, Parsed, parse_entry
+from epochserve.errors import ControlPlaneError
 
 log = logging.getLogger(__name__)
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 1.0

@@ -1,7 +1,9 @@
 """The slice of the coordinator's Admin API that the operator uses, as a typed interface.
 
 The handler logic (driver.py) depends only on `RolloutAdmin`; the gRPC implementation
-(grpc_admin.py) maps Admin's messages to `RolloutSnapshot` and its status codes to the errors below:
+(grpc_admin.py) maps Admin's messages to `RolloutSnapshot` and its status codes to errors: the shared
+control-plane errors of epochserve/errors.py where the concept is the coordinator's own (a rollout
+exists, is busy, is not found), and the client-side ones below otherwise:
 
 | Admin status                                    | raised here            | operator does          |
 |-------------------------------------------------|------------------------|------------------------|
@@ -25,30 +27,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from enum import Enum
-from typing import Literal, Protocol
+from typing import Protocol
 
+from epochserve.controlplane.store.records import DrainPolicy, RolloutPhase
 from epochserve.errors import EpochserveError
-
-DrainPolicy = Literal["finish", "abort"]
-
-
-class RolloutPhase(Enum):
-    """The coordinator's rollout state machine (docs/design.md §5)."""
-
-    STAGING = "STAGING"
-    COMMITTED = "COMMITTED"
-    DONE = "DONE"
-    ABORTED = "ABORTED"
-
-    @property
-    def is_committed(self) -> bool:
-        """The epoch moved to this version: it can no longer be aborted."""
-        return self in (RolloutPhase.COMMITTED, RolloutPhase.DONE)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (RolloutPhase.DONE, RolloutPhase.ABORTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +57,8 @@ class RolloutSnapshot:
 
 
 class AdminError(EpochserveError):
-    """Base of what an Admin call can fail with."""
+    """Base of the operator's own Admin-call errors (the table above; RolloutExistsError,
+    RolloutBusyError and RolloutNotFoundError are the shared ones of epochserve/errors.py)."""
 
 
 class AdminUnavailableError(AdminError):
@@ -86,20 +69,8 @@ class AdminAuthError(AdminError):
     """The Admin API refused the token."""
 
 
-class RolloutExistsError(AdminError):
-    """StartRollout for a version that already has a rollout record."""
-
-
-class RolloutBusyError(AdminError):
-    """StartRollout while another rollout is in flight; it can succeed once that one ends."""
-
-
 class RolloutRejectedError(AdminError):
     """StartRollout that can never succeed (version not above the current epoch, bad source)."""
-
-
-class RolloutNotFoundError(AdminError):
-    """No rollout record for the version."""
 
 
 class RolloutCommittedError(AdminError):

@@ -14,15 +14,13 @@ from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, Protocol
 
+from epochserve.controlplane.store.records import RolloutPhase
+from epochserve.errors import RolloutBusyError, RolloutExistsError, RolloutNotFoundError
 from epochserve.operators.conditions import utc_now
 from epochserve.operators.rollouts.admin import (
     AdminUnavailableError,
     RolloutAdmin,
-    RolloutBusyError,
     RolloutCommittedError,
-    RolloutExistsError,
-    RolloutNotFoundError,
-    RolloutPhase,
     RolloutRejectedError,
     RolloutSnapshot,
 )

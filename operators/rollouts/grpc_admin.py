@@ -2,7 +2,7 @@
 
 `GrpcRolloutAdmin` wraps one `AdminClient` (controlplane/admin/client.py, which sends the bearer
 token): it turns Admin messages into `RolloutSnapshot`/`WorkerProgress` and gRPC status codes into
-the errors of rollouts/admin.py (`admin_error` is the only place that decides which).
+the errors of rollouts/admin.py's table (`admin_error` is the only place that decides which).
 """
 
 from __future__ import annotations
@@ -14,41 +14,29 @@ from typing import Literal
 import grpc
 
 from epochserve.controlplane.admin.client import AdminClient, error_reason
-from epochserve.controlplane.admin.status import ROLLOUT_BUSY
+from epochserve.controlplane.admin.convert import DRAIN_FROM_PROTO, DRAIN_TO_PROTO, PHASE_FROM_PROTO
+from epochserve.controlplane.store.records import DrainPolicy
+from epochserve.errors import EpochserveError, RolloutBusyError, RolloutExistsError, RolloutNotFoundError
 from epochserve.operators.rollouts.admin import (
     AdminAuthError,
     AdminError,
     AdminUnavailableError,
-    DrainPolicy,
-    RolloutBusyError,
     RolloutCommittedError,
-    RolloutExistsError,
-    RolloutNotFoundError,
-    RolloutPhase,
     RolloutRejectedError,
     RolloutSnapshot,
     WorkerProgress,
 )
+from epochserve.proto.status import ROLLOUT_BUSY
 from epochserve.proto.v1 import admin_pb2 as pb
 
 # Which Admin call failed: the same status code means different things for each.
 AdminCall = Literal["start", "abort", "read"]
 ABORT_REASON = "aborted by the operator: its PolicyRollout was deleted"
-_PHASES = {
-    pb.ROLLOUT_PHASE_STAGING: RolloutPhase.STAGING,
-    pb.ROLLOUT_PHASE_COMMITTED: RolloutPhase.COMMITTED,
-    pb.ROLLOUT_PHASE_DONE: RolloutPhase.DONE,
-    pb.ROLLOUT_PHASE_ABORTED: RolloutPhase.ABORTED,
-}
-_DRAINS: dict[DrainPolicy, pb.DrainPolicy] = {
-    "finish": pb.DRAIN_POLICY_FINISH,
-    "abort": pb.DRAIN_POLICY_ABORT,
-}
 _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
-def admin_error(error: grpc.aio.AioRpcError, call: AdminCall) -> AdminError:
-    """The rollouts/admin.py error for a failed Admin call (see the table there).
+def admin_error(error: grpc.aio.AioRpcError, call: AdminCall) -> EpochserveError:
+    """The error for a failed Admin call (see the table in rollouts/admin.py).
 
     FAILED_PRECONDITION is told apart by the coordinator's `epochserve-reason` trailer: ROLLOUT_BUSY
     (another rollout in flight) may pass later; without it, a start is refused for good and an abort
@@ -104,14 +92,14 @@ def snapshot_of(rollout: pb.Rollout, workers: Iterable[pb.WorkerInfo] = ()) -> R
     """A RolloutSnapshot of an Admin rollout record and the workers registered beside it.
 
     Raises AdminError for a phase this build does not know (a newer coordinator)."""
-    phase = _PHASES.get(rollout.phase)
+    phase = PHASE_FROM_PROTO.get(rollout.phase)
     if phase is None:
         raise AdminError(f"rollout v{rollout.version} has an unknown phase {rollout.phase}")
     return RolloutSnapshot(
         version=rollout.version,
         phase=phase,
         source=rollout.source,
-        drain="abort" if rollout.drain == pb.DRAIN_POLICY_ABORT else "finish",
+        drain=DRAIN_FROM_PROTO.get(rollout.drain, DrainPolicy.FINISH),
         workers=tuple(worker_progress(w, rollout) for w in workers),
         message=rollout.reason,
     )
@@ -131,7 +119,7 @@ class GrpcRolloutAdmin:
 
     async def start_rollout(self, version: int, source: str, drain: DrainPolicy) -> RolloutSnapshot:
         """The record as created; it lists no workers (the first watch message does)."""
-        request = pb.StartRolloutRequest(version=version, source=source, drain=_DRAINS[drain])
+        request = pb.StartRolloutRequest(version=version, source=source, drain=DRAIN_TO_PROTO[drain])
         with _translated("start"):
             rollout = await self._client.start_rollout(request, timeout=self._call_timeout_s)
         return snapshot_of(rollout)

@@ -14,9 +14,10 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from epochserve.errors import RolloutBusyError
 from epochserve.operators.context import context_of
 from epochserve.operators.names import GROUP, ROLLOUT_PLURAL, VERSION
-from epochserve.operators.rollouts.admin import AdminAuthError, AdminUnavailableError, RolloutBusyError
+from epochserve.operators.rollouts.admin import AdminAuthError, AdminUnavailableError
 from epochserve.operators.rollouts.driver import drive_rollout, finalize_rollout
 from epochserve.operators.rollouts.request import RolloutRequest, parse_rollout
 from epochserve.operators.rollouts.targets import KubeStatusSink, resolve_target

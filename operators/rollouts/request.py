@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from epochserve.operators.rollouts.admin import DrainPolicy
+from epochserve.controlplane.store.records import DrainPolicy
 from epochserve.operators.spec import SpecError
 
 
@@ -35,7 +35,7 @@ def parse_rollout(body: Mapping[str, Any]) -> RolloutRequest:
             cluster=spec["clusterRef"]["name"],
             version=version,
             source=str(spec["source"]),
-            drain="abort" if drain == "abort" else "finish",
+            drain=DrainPolicy.ABORT if drain == "abort" else DrainPolicy.FINISH,
             generation=int(meta.get("generation", 1)),
         )
     except KeyError as missing:

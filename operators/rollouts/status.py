@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from epochserve.controlplane.store.records import RolloutPhase
 from epochserve.operators.conditions import Condition, ConditionStatus, set_condition
-from epochserve.operators.rollouts.admin import RolloutPhase, RolloutSnapshot, WorkerProgress
+from epochserve.operators.rollouts.admin import RolloutSnapshot, WorkerProgress
 
 Status = dict[str, Any]
 

@@ -1,4 +1,5 @@
-"""Engine: owns the model, KV pool, block manager, scheduler and sampler of one worker.
+"""Engine: owns the model, KV pool, block manager, scheduler and sampler of one worker, and
+`weights` (WeightsControl, weights/control.py): staging, swapping and dropping versions on every rank.
 
 One thread drives it (see engine_loop.py): add_request / abort_request / step are not
 thread-safe. Each step runs the whole model once over a ScheduledBatch; weights and the policy
@@ -21,8 +22,8 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 from itertools import count
-from typing import Literal
 
+from epochserve.controlplane.store.records import DrainPolicy
 from epochserve.errors import InvalidRequestError, VersionMismatchError
 from epochserve.proto.convert import ParsedGenerateRequest, rollout_abort_reason
 from epochserve.sampling import ModelLimits
@@ -33,12 +34,11 @@ from epochserve.worker.engine.outputs import FinishInfo, SequenceOutput
 from epochserve.worker.engine.sampler import PendingSample, Sampler
 from epochserve.worker.engine.scheduler import ScheduledBatch, Scheduler
 from epochserve.worker.engine.sequence import FinishReason, Sequence, SequenceStatus
-from epochserve.worker.engine.step_plan import PlanChannel
 from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
+from epochserve.worker.tp.commands import CommandChannel
+from epochserve.worker.weights.control import WeightsControl
 
 logger = logging.getLogger(__name__)
-
-DrainPolicy = Literal["finish", "abort"]
 
 
 class StartDecision(enum.Enum):
@@ -68,7 +68,7 @@ class PendingSwap:
 
 class Engine:
     def __init__(
-        self, config: EngineConfig, tp: TensorParallel = SINGLE_DEVICE, channel: PlanChannel | None = None
+        self, config: EngineConfig, tp: TensorParallel = SINGLE_DEVICE, channel: CommandChannel | None = None
     ) -> None:
         self.config = config
         self.tp = tp
@@ -83,6 +83,7 @@ class Engine:
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = setup.make_runner(config, tp, channel)
+        self.weights = WeightsControl(setup.make_updater(config, tp), channel)
         self.sampler = Sampler(batch_invariant=config.batch_invariant, ops=self.model.lm_head.ops)
         self.policy_version = config.policy_version
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
@@ -107,7 +108,7 @@ class Engine:
         if self.draining is not None:
             if pinned is None or pinned == self.draining.version:
                 return StartDecision.HOLD
-            if pinned == self.policy_version and self.draining.policy == "finish":
+            if pinned == self.policy_version and self.draining.policy is DrainPolicy.FINISH:
                 return StartDecision.START
         elif pinned is None or pinned == self.policy_version:
             return StartDecision.START
@@ -311,8 +312,8 @@ class Engine:
         ABORT finish whose reason says a rollout retired them (routers re-run those that streamed
         nothing). Either way, new requests wait for the swap (see admission).
         """
-        self.draining = PendingSwap(version, policy)
-        if policy == "finish":
+        self.draining = PendingSwap(version, DrainPolicy(policy))
+        if self.draining.policy is DrainPolicy.FINISH:
             return []
         reason = rollout_abort_reason(version)
         return [out for request_id in list(self._requests) for out in self.abort_request(request_id, reason)]

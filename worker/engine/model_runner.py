@@ -3,8 +3,9 @@
 Inputs are flat over the batch: the new tokens of every sequence concatenated, their positions,
 the cache slot of each, each sequence's block table and context length (AttentionMetadata).
 Only sequences whose chunk reaches their last token produce logits (prefill chunks that stop
-mid-prompt only fill the cache). With tensor parallelism, rank 0 broadcasts each plan before
-running it and followers run the plans they receive (serve_plans).
+mid-prompt only fill the cache). With tensor parallelism, rank 0 broadcasts each plan (RunStep,
+worker/tp/commands.py) before running it, and followers run the plans they receive
+(worker/tp/follower.py).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from epochserve.worker.engine.kv_cache import KVCachePool
 from epochserve.worker.engine.scheduler import ScheduledBatch
 from epochserve.worker.engine.sequence import Sequence
 from epochserve.worker.engine.step_inputs import build_step_inputs
-from epochserve.worker.engine.step_plan import PlanChannel, PlanKind, StepPlan
+from epochserve.worker.engine.step_plan import StepPlan
 from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
 from epochserve.worker.models.llama import LlamaForCausalLM
-from epochserve.worker.weights.updater import RankWeightUpdater
+from epochserve.worker.tp.commands import CommandChannel, Heartbeat, RunStep, Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +38,16 @@ class ModelRunner:
         model: LlamaForCausalLM,
         kv_pool: KVCachePool,
         device: torch.device,
-        updater: RankWeightUpdater,
-        channel: PlanChannel | None = None,
+        channel: CommandChannel | None = None,
         tp: TensorParallel = SINGLE_DEVICE,
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.block_size = kv_pool.block_size
         self.device = device
-        self.updater = updater  # this rank's weight-update state
-        self.channel = channel  # set on every rank of a TP group of size > 1
+        self.channel = channel  # rank 0 of a TP group of size > 1: where it sends each step
         self.tp = tp
-        self._last_send = time.monotonic()
-        self.graphs: DecodeGraphs | None = None  # set by capture_graphs (CUDA only)
+        self.graphs: DecodeGraphs | None = None  # set by RankSetup.make_runner (CUDA only)
         self.staging = PinnedStaging(device)
 
     # ---- rank 0 ------------------------------------------------------------------------------
@@ -84,66 +82,18 @@ class ModelRunner:
         if input_ids is not None:
             assert len(plan.input_ids) == len(plan.seq_lens) == input_ids.numel(), "a decode step only"
             plan.input_ids_on_device = True
-        self._send(plan)
+        if self.channel is not None:
+            self.channel.send(RunStep(plan))
         return self.run_plan(plan, input_ids), sampling_seqs
 
     def heartbeat(self) -> None:
         """Called by rank 0 while idle: keeps followers' waits short of the collective timeout."""
-        if self.channel is not None and time.monotonic() - self._last_send >= HEARTBEAT_SECONDS:
-            self._send(StepPlan(kind=PlanKind.HEARTBEAT))
+        if self.channel is not None and time.monotonic() - self.channel.last_send >= HEARTBEAT_SECONDS:
+            self.channel.send(Heartbeat())
 
     def shutdown_followers(self) -> None:
         if self.channel is not None:
-            self._send(StepPlan(kind=PlanKind.SHUTDOWN))
-
-    def stage(
-        self, version: int, source: str, manifest_checksum: str | None, broadcast_rank_base: int | None = None
-    ) -> None:
-        """Every rank starts staging `version` in the background (see RankWeightUpdater)."""
-        plan = StepPlan(
-            kind=PlanKind.STAGE,
-            version=version,
-            source=source,
-            manifest_checksum=manifest_checksum,
-            broadcast_rank_base=broadcast_rank_base,
-        )
-        self._send(plan)
-        self._apply_update(plan)
-
-    def swap(self, version: int) -> str:
-        """Every rank swaps the staged `version` live now; returns the live weights' fingerprint."""
-        plan = StepPlan(kind=PlanKind.SWAP, version=version)
-        self._send(plan)
-        return self._apply_update(plan)
-
-    def drop_staged(self) -> None:
-        plan = StepPlan(kind=PlanKind.DROP)
-        self._send(plan)
-        self._apply_update(plan)
-
-    def fingerprint(self) -> str:
-        """The live weights' fingerprint, over every rank."""
-        plan = StepPlan(kind=PlanKind.FINGERPRINT)
-        self._send(plan)
-        return self._apply_update(plan)
-
-    def _apply_update(self, plan: StepPlan) -> str:
-        if plan.kind is PlanKind.STAGE:
-            self.updater.begin_stage(
-                plan.version, plan.source, plan.manifest_checksum, plan.broadcast_rank_base
-            )
-        elif plan.kind is PlanKind.SWAP:
-            return self.updater.swap(plan.version)
-        elif plan.kind is PlanKind.DROP:
-            self.updater.drop()
-        elif plan.kind is PlanKind.FINGERPRINT:
-            return self.updater.fingerprint()
-        return ""
-
-    def _send(self, plan: StepPlan) -> None:
-        if self.channel is not None:
-            self.channel.send(plan)
-            self._last_send = time.monotonic()
+            self.channel.send(Shutdown())
 
     # ---- every rank ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -168,20 +118,3 @@ class ModelRunner:
             input_ids = torch.empty(count, dtype=torch.int64, device=self.device)
         dist.broadcast(input_ids, src=0, group=self.tp.group)
         return input_ids
-
-    # ---- followers -----------------------------------------------------------------------------
-    def serve_plans(self) -> None:
-        """Ranks > 0: run every plan rank 0 broadcasts until it says SHUTDOWN.
-
-        A collective that fails (a rank died) or exceeds the group's timeout raises out of here;
-        the follower process then exits non-zero.
-        """
-        assert self.channel is not None and self.channel.rank > 0
-        while True:
-            plan = self.channel.receive()
-            if plan.kind is PlanKind.SHUTDOWN:
-                return
-            if plan.kind is PlanKind.STEP:
-                self.run_plan(plan)
-            elif plan.kind is not PlanKind.HEARTBEAT:
-                self._apply_update(plan)

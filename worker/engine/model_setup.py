@@ -17,13 +17,13 @@ from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine.cuda_graphs import DecodeGraphs
 from epochserve.worker.engine.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
 from epochserve.worker.engine.model_runner import ModelRunner
-from epochserve.worker.engine.step_plan import PlanChannel
 from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.ops import TORCH_OPS, TorchOps, TritonOps
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.models.config import ModelConfig
 from epochserve.worker.models.llama import LlamaForCausalLM
 from epochserve.worker.models.loader import build_model, checkpoint_dtype, load_checkpoint
+from epochserve.worker.tp.commands import CommandChannel
 from epochserve.worker.weights.manifest import DTYPE_NAMES
 from epochserve.worker.weights.updater import RankWeightUpdater
 
@@ -39,18 +39,22 @@ class RankSetup:
     max_model_len: int  # the model's limit, capped by what the KV pool can hold for one sequence
 
     def make_runner(
-        self, config: EngineConfig, tp: TensorParallel, channel: PlanChannel | None
+        self, config: EngineConfig, tp: TensorParallel, channel: CommandChannel | None = None
     ) -> ModelRunner:
-        """This rank's ModelRunner; on CUDA with graphs enabled, its decode graphs are captured now
-        (every rank captures in the same order, so their collectives pair up)."""
-        updater = RankWeightUpdater(self.model, tp, prefer_device=config.stage_on_device)
-        runner = ModelRunner(self.model, self.kv_pool, config.torch_device, updater, channel, tp)
+        """This rank's ModelRunner (`channel`: rank 0's, to its followers); on CUDA with graphs
+        enabled, its decode graphs are captured now (every rank captures in the same order, so their
+        collectives pair up)."""
+        runner = ModelRunner(self.model, self.kv_pool, config.torch_device, channel, tp)
         if config.torch_device.type == "cuda" and config.cuda_graphs:
             runner.graphs = DecodeGraphs(
                 self.model, self.kv_pool, self.max_model_len, scratch_block=self.num_blocks
             )
             runner.graphs.capture()
         return runner
+
+    def make_updater(self, config: EngineConfig, tp: TensorParallel) -> RankWeightUpdater:
+        """This rank's side of weight updates, over its shard of the model."""
+        return RankWeightUpdater(self.model, tp, prefer_device=config.stage_on_device)
 
 
 def select_ops(config: EngineConfig) -> TorchOps:

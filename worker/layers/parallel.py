@@ -19,7 +19,7 @@ class TensorParallel:
     rank: int = 0
     size: int = 1
     group: Any = None  # torch.distributed group of the TP ranks for tensors (NCCL on GPU, gloo on CPU)
-    cpu_group: Any = None  # gloo group of the same ranks for step plans and small CPU collectives
+    cpu_group: Any = None  # gloo group of the same ranks for rank 0's commands and small CPU collectives
     # gloo group for weight-update collectives, which run on staging threads while the engine
     # thread uses cpu_group: one group per thread keeps each group's collectives in one order.
     update_group: Any = None

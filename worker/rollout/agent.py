@@ -2,7 +2,7 @@
 
 It turns the control plane's directives into engine actions and reports back:
 
-    Stage(v)   → every rank stages v in the background and verifies it (RankWeightUpdater)
+    Stage(v)   → every rank stages v in the background and verifies it (engine.weights)
                  → report_staged(v, manifest checksum) or report_failure(v, reason)
     Commit(v)  → the engine drains v-1 work per the drain policy; once drained, every rank swaps
                  v in place (between steps), the prefix cache drops v-1, the engine serves v
@@ -49,30 +49,30 @@ class RolloutAgent:
         return self._handle(engine, directive) if directive is not None else []
 
     def _handle(self, engine: Engine, directive: Directive) -> list[SequenceOutput]:
-        updater = engine.runner.updater
+        weights = engine.weights
         match directive:
             case Stage(version=version, source=source, manifest_checksum=expected, catch_up=catch_up):
-                if updater.is_staging:  # a cancelled staging still finishing its verdict
-                    updater.wait(CANCEL_WAIT_SECONDS)
+                if weights.is_staging:  # a cancelled staging still finishing its verdict
+                    weights.wait(CANCEL_WAIT_SECONDS)
                 logger.info("staging policy version %d from %s", version, source)
-                engine.runner.stage(version, source, expected, self._broadcast_rank_base(source, catch_up))
+                weights.stage(version, source, expected, self._broadcast_rank_base(source, catch_up))
                 self.staging = version
             case Commit(version=version, drain=drain):
                 logger.info("policy version %d committed: draining (%s)", version, drain.value)
                 self.committing = version
-                outputs = engine.begin_drain(version, "abort" if drain.value == "abort" else "finish")
+                outputs = engine.begin_drain(version, drain)
                 if engine.ready_to_swap:
                     self._swap(engine, version)
                 return outputs
             case Abort(version=version, reason=reason):
                 logger.info("rollout of version %d aborted (%s): dropping staged weights", version, reason)
-                engine.runner.drop_staged()
+                weights.drop()
                 self.staging = None
                 self.participant.report_released(version)
             case Fenced(reason=reason):
                 logger.warning("fenced (%s): refusing new requests until registered again", reason)
                 if self.committing is None:
-                    engine.runner.drop_staged()
+                    weights.drop()
                     self.staging = None
         return []
 
@@ -86,7 +86,7 @@ class RolloutAgent:
     def _report_finished_staging(self, engine: Engine) -> None:
         if self.staging is None:
             return
-        result = engine.runner.updater.take_result()
+        result = engine.weights.take_result()
         if result is None:
             return
         self.staging = None
@@ -97,7 +97,7 @@ class RolloutAgent:
             self.participant.report_failure(result.version, result.error)
 
     def _swap(self, engine: Engine, version: int) -> None:
-        fingerprint = engine.runner.swap(version)
+        fingerprint = engine.weights.swap(version)
         engine.complete_swap(version)
         self.committing = None
         logger.info("serving policy version %d (fingerprint %s)", version, fingerprint)

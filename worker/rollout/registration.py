@@ -34,7 +34,7 @@ async def join_control_plane(
 ) -> tuple[SyncWorkerParticipant, RolloutAgent]:
     """Register (blocking until registered, or TimeoutError) and install the agent as a loop hook."""
     engine = loop.engine
-    fingerprint = await asyncio.wrap_future(loop.call(lambda e: e.runner.fingerprint()))
+    fingerprint = await asyncio.wrap_future(loop.call(lambda e: e.weights.fingerprint()))
     identity = WorkerIdentity(
         worker_id=worker_id,
         address=settings.advertise_address or listen_address,

@@ -62,8 +62,3 @@ class HeldRequests:
         if held is not None:
             held.on_error(RequestAbortedError(f"request {request_id} aborted before it started: {reason}"))
         return held is not None
-
-    def fail_all(self, error: BaseException) -> None:
-        for held in self._held.values():
-            held.on_error(error)
-        self._held.clear()

@@ -1,7 +1,8 @@
 """The Worker gRPC service (rank 0): Generate, Session, Abort, GetWorkerInfo over an EngineLoop.
 
-Error mapping happens here, at the edge, through epochserve.proto.status. A request that fails
-validation gets INVALID_ARGUMENT naming the field; a runtime guard (non-finite logits) fails only
+Error mapping happens here, at the edge, through proto/status.py's one table and abort helper (a
+Session stream sends the same Failure as a message). A request that fails validation gets
+INVALID_ARGUMENT naming the field; a runtime guard (non-finite logits) fails only
 its own request with INTERNAL; client cancel or deadline aborts the request in the engine, which
 frees its sequences and blocks.
 """
@@ -16,9 +17,9 @@ from typing import NoReturn
 
 import grpc
 
-from epochserve.errors import EpochserveError, RuntimeGuardError
+from epochserve.errors import EpochserveError, RuntimeGuardError, UnavailableError
 from epochserve.proto.convert import ParsedGenerateRequest, parse_generate_request
-from epochserve.proto.status import status_of
+from epochserve.proto.status import Failure, abort, abort_with, failure_of, status_of
 from epochserve.proto.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from epochserve.worker.engine.engine import Engine
 from epochserve.worker.engine.outputs import SequenceOutput
@@ -62,7 +63,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 async for response in responses:
                     yield response
         except RequestFailed as exc:
-            await context.abort(exc.code, exc.details)
+            await abort(context, exc.failure)
 
     async def Session(
         self,
@@ -74,13 +75,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     def admit(self, request: common_pb2.GenerateRequest) -> ParsedGenerateRequest:
         """The request, validated; raises RequestFailed (UNAVAILABLE, INVALID_ARGUMENT) instead."""
         if not self.accepting:
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker is shutting down")
+            raise RequestFailed(failure_of(UnavailableError("worker is shutting down")))
         if not self.is_ready():
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "worker is not ready (catching up or fenced)")
+            raise RequestFailed(failure_of(UnavailableError("worker is not ready (catching up or fenced)")))
         try:
             return parse_generate_request(request, self.loop.engine.limits, self.tokenize)
         except EpochserveError as exc:
-            raise RequestFailed(status_of(exc), str(exc)) from exc
+            raise RequestFailed(failure_of(exc)) from exc
 
     async def responses(
         self, parsed: ParsedGenerateRequest, abort_reason: Callable[[], str]
@@ -98,7 +99,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         try:
             self.loop.submit(parsed, sink)
         except EngineStoppedError as exc:
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+            raise RequestFailed(failure_of(exc)) from exc
         num_unfinished = parsed.n
         try:
             while num_unfinished:
@@ -141,7 +142,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _fail(self, parsed: ParsedGenerateRequest, exc: BaseException) -> NoReturn:
         logger.warning("request %s failed: %s", parsed.request_id, exc)
-        raise RequestFailed(status_of(exc), f"request {parsed.request_id}: {exc}")
+        raise RequestFailed(Failure(status_of(exc), f"request {parsed.request_id}: {exc}"))
 
     async def Abort(
         self, request: common_pb2.AbortRequest, context: grpc.aio.ServicerContext
@@ -149,7 +150,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         try:
             found = await asyncio.wrap_future(self.loop.abort(request.request_id, "aborted by Abort call"))
         except EngineStoppedError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await abort_with(context, exc)
         return common_pb2.AbortResponse(request_id=request.request_id, found=found)
 
     async def GetWorkerInfo(
@@ -158,8 +159,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         try:
             return await asyncio.wrap_future(self.loop.call(self._info))
         except EngineStoppedError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            raise  # unreachable: abort raises
+            await abort_with(context, exc)
 
     def _info(self, engine: Engine) -> worker_pb2.GetWorkerInfoResponse:
         usage = engine.block_usage()

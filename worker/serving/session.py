@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from epochserve.errors import DeadlineExceededError
+from epochserve.proto.status import Failure, failure_of
 from epochserve.proto.v1 import common_pb2, worker_pb2
 
 if TYPE_CHECKING:
@@ -33,12 +35,12 @@ logger = logging.getLogger(__name__)
 
 
 class RequestFailed(Exception):
-    """A request ends with this gRPC status instead of finishing (the service's edge maps it)."""
+    """A request ends with `failure` instead of finishing: a Generate call aborts with it
+    (proto/status.py's `abort`), a Session stream sends it as the request's SessionError."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.details)
+        self.failure = failure
 
 
 # Writes one message on the stream; raises when the stream is gone.
@@ -74,9 +76,7 @@ class SessionServer:
         stream_id = message.stream_id
         if stream_id in self._tasks:
             detail = f"stream_id {stream_id} is already in use on this session"
-            self._spawn_write(
-                self._write_error(stream_id, RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, detail))
-            )
+            self._spawn_write(self._write_error(stream_id, Failure(grpc.StatusCode.INVALID_ARGUMENT, detail)))
             return
         timeout = message.timeout_ms / 1000 if message.timeout_ms else None
         task = asyncio.ensure_future(self._run(stream_id, message.generate, timeout))
@@ -107,10 +107,10 @@ class SessionServer:
                     async for response in responses:
                         await self._send(worker_pb2.SessionResponse(stream_id=stream_id, response=response))
         except RequestFailed as exc:
-            await self._write_error(stream_id, exc)
+            await self._write_error(stream_id, exc.failure)
         except TimeoutError:
             detail = f"request {request.request_id}: deadline exceeded on the worker"
-            await self._write_error(stream_id, RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, detail))
+            await self._write_error(stream_id, failure_of(DeadlineExceededError(detail)))
 
     def _spawn_write(self, write: Awaitable[None]) -> None:
         task = asyncio.ensure_future(write)
@@ -122,9 +122,11 @@ class SessionServer:
         if not task.cancelled():
             task.exception()  # a broken stream: nothing to add
 
-    async def _write_error(self, stream_id: int, error: RequestFailed) -> None:
-        failure = worker_pb2.SessionError(code=error.code.value[0], details=error.details)
-        await self._send(worker_pb2.SessionResponse(stream_id=stream_id, error=failure))
+    async def _write_error(self, stream_id: int, failure: Failure) -> None:
+        """The Session's abort of one request: the status a Generate call would end with, as a message
+        (trailing metadata has no place on the stream)."""
+        error = worker_pb2.SessionError(code=failure.code.value[0], details=failure.details)
+        await self._send(worker_pb2.SessionResponse(stream_id=stream_id, error=error))
 
 
 async def serve_grpc(service: WorkerService, context: grpc.aio.ServicerContext) -> None:

@@ -1,8 +1,9 @@
-"""A follower rank (> 0) of a tensor-parallel worker: load its shards, then run rank 0's plans.
+"""A follower rank (> 0) of a tensor-parallel worker: load its shards, then run rank 0's commands.
 
 Started by TPLauncher in a fresh (spawned) process. It holds no scheduler and no sampler: it runs
-exactly the StepPlans rank 0 broadcasts, so it can never disagree with rank 0 about what runs.
-Any error (a collective that fails or times out, a dead peer) ends the process with a non-zero code.
+exactly the commands rank 0 broadcasts (worker/tp/commands.py), so it can never disagree with rank 0
+about what runs. Any error (a collective that fails or times out, a dead peer) ends the process with
+a non-zero code.
 """
 
 from __future__ import annotations
@@ -14,9 +15,21 @@ import torch.distributed as dist
 
 from epochserve.lifetime import die_with_parent
 from epochserve.worker.config import EngineConfig
+from epochserve.worker.engine.model_runner import ModelRunner
 from epochserve.worker.engine.model_setup import setup_rank
-from epochserve.worker.engine.step_plan import PlanChannel
+from epochserve.worker.tp.commands import (
+    CommandChannel,
+    DropWeights,
+    FingerprintWeights,
+    Heartbeat,
+    RunStep,
+    Shutdown,
+    StageWeights,
+    SwapWeights,
+)
 from epochserve.worker.tp.group import init_tp_group, rank_config
+from epochserve.worker.weights.control import run_weight_command
+from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +46,28 @@ def follower_main(
     try:
         tp = init_tp_group(rank, world_size, init_method, config.torch_device, timeout_seconds)
         setup = setup_rank(config, tp)
-        runner = setup.make_runner(config, tp, PlanChannel(tp.cpu_group, rank))
-        runner.serve_plans()
+        runner = setup.make_runner(config, tp)
+        follow(CommandChannel(tp.cpu_group, rank), runner, setup.make_updater(config, tp))
     except Exception:
         logger.exception("TP rank %d failed", rank)
         sys.exit(1)
     dist.destroy_process_group()
+
+
+def follow(channel: CommandChannel, runner: ModelRunner, updater: RankWeightUpdater) -> None:
+    """Run every command rank 0 broadcasts until it says Shutdown.
+
+    A collective that fails (a rank died) or exceeds the group's timeout raises out of here;
+    the follower process then exits non-zero.
+    """
+    assert channel.rank > 0
+    while True:
+        match channel.receive():
+            case Shutdown():
+                return
+            case RunStep(plan=plan):
+                runner.run_plan(plan)
+            case Heartbeat():
+                pass
+            case StageWeights() | SwapWeights() | DropWeights() | FingerprintWeights() as command:
+                run_weight_command(updater, command)

@@ -1,8 +1,9 @@
 """Tensor-parallel process groups: how N ranks of one worker find each other.
 
 Ranks rendezvous over TCP on loopback (rank 0 picks the port). Tensors go over NCCL on GPU and
-gloo on CPU; step plans always go over a gloo group. Every collective has a timeout: a rank that
-dies or stalls makes the others fail with an error instead of waiting forever.
+gloo on CPU; rank 0's commands (worker/tp/commands.py) always go over a gloo group. Every collective
+has a timeout: a rank that dies or stalls makes the others fail with an error instead of waiting
+forever.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from multiprocessing.process import BaseProcess
 
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine.model_setup import check_head_split
-from epochserve.worker.engine.step_plan import PlanChannel
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.models.config import ModelConfig
+from epochserve.worker.tp.commands import CommandChannel
 from epochserve.worker.tp.follower import follower_main
 from epochserve.worker.tp.group import free_loopback_port, init_tp_group, rank_config
 
@@ -32,7 +32,7 @@ class TPLauncher:
         self.timeout_seconds = timeout_seconds
         self.followers: list[BaseProcess] = []
 
-    def start(self) -> tuple[EngineConfig, TensorParallel, PlanChannel]:
+    def start(self) -> tuple[EngineConfig, TensorParallel, CommandChannel]:
         """Spawn the followers and join the group as rank 0 (blocks until all ranks joined)."""
         check_head_split(ModelConfig.from_dir(self.config.model_dir), self.world_size)  # before any spawn
         init_method = f"tcp://127.0.0.1:{free_loopback_port()}"
@@ -47,7 +47,7 @@ class TPLauncher:
             self.followers.append(process)
         config = rank_config(self.config, 0)
         tp = init_tp_group(0, self.world_size, init_method, config.torch_device, self.timeout_seconds)
-        return config, tp, PlanChannel(tp.cpu_group, 0)
+        return config, tp, CommandChannel(tp.cpu_group, 0)
 
     @property
     def follower_pids(self) -> list[int]:
@@ -58,7 +58,7 @@ class TPLauncher:
         return [rank for rank, p in enumerate(self.followers, start=1) if p.exitcode is not None]
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Wait for followers to leave (after SHUTDOWN), then kill any that did not."""
+        """Wait for followers to leave (after Shutdown), then kill any that did not."""
         for process in self.followers:
             process.join(timeout)
             if process.is_alive():

@@ -1,7 +1,8 @@
 """RankWeightUpdater: one TP rank's side of a weight update: stage in the background, then swap or drop.
 
-Every rank of a worker runs one, driven by the same plans (rank 0 decides, followers follow), so
-the ranks' staging threads meet in the same verification collective and swap in the same step.
+Every rank of a worker runs one, driven by the same weight commands (worker/tp/commands.py: rank 0
+decides through WeightsControl, followers follow), so the ranks' staging threads meet in the same
+verification collective and swap in the same step.
 At most one version is staged at a time.
 """
 

@@ -25,12 +25,12 @@ from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.admin.server import start_admin_server
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.process import Coordinator
-from epochserve.controlplane.errors import StoreUnavailableError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, prefix_end
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import RolloutRecord
 from epochserve.controlplane.store.state import ClusterState, read_state
+from epochserve.errors import StoreUnavailableError
 from epochserve.net import free_port
 from epochserve.proto.v1 import admin_pb2 as pb
 

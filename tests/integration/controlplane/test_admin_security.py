@@ -21,9 +21,9 @@ from harness import (
 
 from epochserve.app.local.etcd_launcher import EtcdServer, EtcdTls, Timing
 from epochserve.controlplane.admin.client import AdminClient
-from epochserve.controlplane.errors import StoreUnavailableError
 from epochserve.controlplane.store.client import EtcdStore
 from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.errors import StoreUnavailableError
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import admin_pb2_grpc as pb_grpc
 

@@ -19,11 +19,11 @@ from harness import (
     wait_until,
 )
 
-from epochserve.controlplane.errors import ProtocolError
 from epochserve.controlplane.participants.directives import Abort, Commit, Stage
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.records import EpochRecord, WorkerStatus
+from epochserve.errors import ProtocolError
 from epochserve.proto.v1 import admin_pb2 as pb
 
 

@@ -13,7 +13,6 @@ from harness import cluster_state, run
 from epochserve.controlplane.coordinator.decide import CommitRollout
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.coordinator.writer import RolloutWriter, Timeouts
-from epochserve.controlplane.errors import DuplicateParticipantError, LeaseLostError, NotLeaderError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.client import EtcdStore, put_op
 from epochserve.controlplane.store.election import Election
@@ -22,13 +21,14 @@ from epochserve.controlplane.store.keyspace import Keyspace
 from epochserve.controlplane.store.lease import Lease
 from epochserve.controlplane.store.records import (
     CandidateRecord,
-    Drain,
+    DrainPolicy,
     EpochRecord,
     RolloutPhase,
     RolloutRecord,
 )
 from epochserve.controlplane.store.state import read_state
 from epochserve.controlplane.store.watch import ClusterWatch
+from epochserve.errors import DuplicateParticipantError, LeaseLostError, NotLeaderError
 
 
 @contextlib.asynccontextmanager
@@ -119,14 +119,14 @@ def test_write_of_a_leader_whose_lease_is_gone_does_not_land(etcd):
             lease = await Lease.open(store, ttl=30)
             lead = await Election(store, keyspace, lease, CandidateRecord("c0", "127.0.0.1:7000")).campaign()
             writer = RolloutWriter(store, keyspace, "c0", Timeouts(30, 30))
-            await writer.start(lead, StartRequest(1, "/ckpt/v1", Drain.FINISH))
+            await writer.start(lead, StartRequest(1, "/ckpt/v1", DrainPolicy.FINISH))
             state = await read_state(store, keyspace)
             await other.revoke_lease(lease.lease_id)  # the lead is gone; the lease does not know yet
             assert not lease.is_lost
             with pytest.raises(NotLeaderError):
                 await writer.apply(lead, state.rollouts[1], state, CommitRollout("sum"))
             with pytest.raises(NotLeaderError):
-                await writer.start(lead, StartRequest(2, "/ckpt/v2", Drain.FINISH))
+                await writer.start(lead, StartRequest(2, "/ckpt/v2", DrainPolicy.FINISH))
             after = await read_state(store, keyspace)
             await lease.close()
             return state, after
@@ -141,7 +141,7 @@ def test_cluster_watch_applies_each_transaction_whole(etcd):
     keyspace = Keyspace(etcd.cluster)
 
     def rollout(v: int) -> RolloutRecord:
-        return RolloutRecord(v, "/ckpt", Drain.FINISH, RolloutPhase.DONE, 1.0, 1.0, "c0", 30.0)
+        return RolloutRecord(v, "/ckpt", DrainPolicy.FINISH, RolloutPhase.DONE, 1.0, 1.0, "c0", 30.0)
 
     async def scenario():
         async with connected(etcd.config) as store:

@@ -11,7 +11,7 @@ from epochserve.controlplane.admin.client import AdminClient
 from epochserve.controlplane.participants.directives import Commit, Directive, Stage
 from epochserve.controlplane.participants.threaded import SyncRouterParticipant, SyncWorkerParticipant
 from epochserve.controlplane.participants.worker import WorkerIdentity
-from epochserve.controlplane.store.records import Drain
+from epochserve.controlplane.store.records import DrainPolicy
 
 
 def engine_loop(participant: SyncWorkerParticipant, seen: list[Directive], stop: threading.Event) -> None:
@@ -77,8 +77,8 @@ def test_threaded_workers_and_router_take_part_in_a_rollout(etcd, tmp_path):
     assert record.manifest_checksum == "sum-threaded"
     for directives in seen:
         assert directives == [
-            Stage(1, "/ckpt/v1", Drain.FINISH, None, catch_up=False),
-            Commit(1, Drain.FINISH),
+            Stage(1, "/ckpt/v1", DrainPolicy.FINISH, None, catch_up=False),
+            Commit(1, DrainPolicy.FINISH),
         ]
     assert serving == [(1, True), (1, True)]
     assert acked == [1] and view.committed_epoch == 1

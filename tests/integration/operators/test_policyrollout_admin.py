@@ -26,14 +26,14 @@ from harness import (
 
 from epochserve.controlplane.participants.directives import Abort
 from epochserve.controlplane.participants.router import RouterParticipant
-from epochserve.controlplane.store.records import Drain
+from epochserve.controlplane.store.records import DrainPolicy
+from epochserve.errors import RolloutBusyError
 from epochserve.net import free_port
 from epochserve.operators.rollouts.admin import (
     AdminAuthError,
     AdminTarget,
     AdminUnavailableError,
     RolloutAdmin,
-    RolloutBusyError,
 )
 from epochserve.operators.rollouts.connect import GrpcConnector
 from epochserve.operators.rollouts.driver import FinalizeOutcome, drive_rollout, finalize_rollout
@@ -120,7 +120,7 @@ def test_phases_mirror_the_rollout_with_per_worker_progress(etcd):
         "Complete": ("True", "Done", 3),
     }
     assert sink.current["observedGeneration"] == 3
-    assert (record.source, record.drain) == ("/models/v2", Drain.ABORT)
+    assert (record.source, record.drain) == ("/models/v2", DrainPolicy.ABORT)
 
 
 def test_delete_before_commit_aborts_the_rollout(etcd):
@@ -229,7 +229,7 @@ def test_a_rollout_started_elsewhere_is_adopted_and_another_source_is_left_alone
     assert untouched is FinalizeOutcome.NOTHING
     assert final == "Done" and "Pending" not in adopted.phases
     record = state.rollouts[2].value
-    assert record.created_at == created and record.drain == Drain.FINISH  # its own, not ours
+    assert record.created_at == created and record.drain == DrainPolicy.FINISH  # its own, not ours
 
 
 def test_a_broken_watch_raises_and_the_retry_resumes_on_the_new_leader(etcd):

@@ -288,7 +288,7 @@ def test_publish_tensors_over_gloo_into_tp2_and_tp1_workers(versions, tmp_path):
             assert wire.token_ids == want.token_ids
             assert wire.logprobs == pytest.approx(want.logprobs, abs=tolerance)
     # I4: the TP=1 worker's live weights are bit-identical to the checkpoint's.
-    assert fingerprints["worker-1"] == reference.runner.fingerprint()
+    assert fingerprints["worker-1"] == reference.weights.fingerprint()
     assert fingerprints["worker-0"] != fingerprints["worker-1"]  # TP=2 holds other shards: its own print
 
 

@@ -14,7 +14,7 @@ from epochserve.controlplane.coordinator.decide import (
 )
 from epochserve.controlplane.store.keyspace import KeyKind
 from epochserve.controlplane.store.records import (
-    Drain,
+    DrainPolicy,
     EpochRecord,
     RolloutPhase,
     RolloutRecord,
@@ -30,7 +30,7 @@ DEADLINE = 1100.0
 
 def staging(checksum: str | None = None) -> RolloutRecord:
     return RolloutRecord(
-        7, "/ckpt/v7", Drain.FINISH, RolloutPhase.STAGING, 900.0, 900.0, "c0", 60.0, checksum, DEADLINE
+        7, "/ckpt/v7", DrainPolicy.FINISH, RolloutPhase.STAGING, 900.0, 900.0, "c0", 60.0, checksum, DEADLINE
     )
 
 

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from epochserve.controlplane.errors import SchemaError
 from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.keyspace import KeyKind, Keyspace
 from epochserve.controlplane.store.records import (
-    Drain,
+    DrainPolicy,
     EpochRecord,
     RolloutPhase,
     RolloutRecord,
@@ -18,10 +17,23 @@ from epochserve.controlplane.store.records import (
     WorkerRecord,
     WorkerStatus,
 )
+from epochserve.errors import SchemaError
 
 KS = Keyspace("prod")
 ROLLOUT = RolloutRecord(
-    12, "/ckpt/12", Drain.ABORT, RolloutPhase.COMMITTED, 1.5, 2.5, "c0", 30.0, "sum", 99.0, "", ("w9",), ()
+    12,
+    "/ckpt/12",
+    DrainPolicy.ABORT,
+    RolloutPhase.COMMITTED,
+    1.5,
+    2.5,
+    "c0",
+    30.0,
+    "sum",
+    99.0,
+    "",
+    ("w9",),
+    (),
 )
 WORKER = WorkerRecord("w0", "inc", "10.0.0.1:7100", 2, 64, WorkerStatus.READY, 11, "s11", "fp", 12, "s12")
 

@@ -1,26 +1,17 @@
-"""Validation of settings and requests, token loading, and the one error → gRPC status mapping."""
+"""Validation of settings and requests, and token loading. The error → gRPC status table, control-plane
+rows included, is tested in tests/unit/test_status.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
 from epochserve.controlplane.admin.auth import TOKEN_ENV, load_token
-from epochserve.controlplane.admin.status import reason_of, status_of
 from epochserve.controlplane.coordinator.config import CoordinatorConfig
 from epochserve.controlplane.coordinator.requests import StartRequest
-from epochserve.controlplane.errors import (
-    EpochConflictError,
-    NotLeaderError,
-    RolloutBusyError,
-    RolloutExistsError,
-    RolloutNotFoundError,
-    StoreUnavailableError,
-)
 from epochserve.controlplane.store.etcd_config import EtcdConfig
-from epochserve.controlplane.store.records import Drain
+from epochserve.controlplane.store.records import DrainPolicy
 from epochserve.errors import ConfigError, InvalidRequestError
 
 ETCD = EtcdConfig(("127.0.0.1:2379",))
@@ -101,32 +92,5 @@ def test_token_from_file_then_environment(tmp_path):
 )
 def test_bad_start_requests_name_the_field(kwargs, field):
     with pytest.raises(InvalidRequestError) as caught:
-        StartRequest(**({"version": 1, "source": "nccl", "drain": Drain.FINISH} | kwargs))
+        StartRequest(**({"version": 1, "source": "nccl", "drain": DrainPolicy.FINISH} | kwargs))
     assert caught.value.field == field
-
-
-@pytest.mark.parametrize(
-    ("error", "code"),
-    [
-        (InvalidRequestError("version", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
-        (RolloutExistsError("v1"), grpc.StatusCode.ALREADY_EXISTS),
-        (EpochConflictError("v1"), grpc.StatusCode.FAILED_PRECONDITION),
-        (RolloutBusyError("v1 in flight"), grpc.StatusCode.FAILED_PRECONDITION),
-        (RolloutNotFoundError("v1"), grpc.StatusCode.NOT_FOUND),
-        (NotLeaderError("no"), grpc.StatusCode.UNAVAILABLE),
-        (StoreUnavailableError("down"), grpc.StatusCode.UNAVAILABLE),
-        (KeyError("bug"), grpc.StatusCode.INTERNAL),
-    ],
-)
-def test_errors_map_to_one_status_each(error, code):
-    assert status_of(error)[0] == code
-
-
-def test_only_a_conflict_that_can_pass_later_is_marked_busy():
-    busy = reason_of(RolloutBusyError("rollout v1 is in flight"))
-    assert busy == (("epochserve-reason", "ROLLOUT_BUSY"),)
-    assert reason_of(EpochConflictError("v1 is not above the committed epoch v2")) == ()
-    forwarded = grpc.aio.AioRpcError(
-        grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(*busy, ("other", "x"))
-    )
-    assert reason_of(forwarded) == busy  # a follower passes the leader's reason on, and only it

@@ -7,22 +7,24 @@ from dataclasses import replace
 
 import pytest
 
-from epochserve.controlplane.errors import ProtocolError
 from epochserve.controlplane.participants.directives import Abort, Commit, Fenced, Stage
 from epochserve.controlplane.participants.worker_state import LocalWeights
 from epochserve.controlplane.store.records import (
-    Drain,
+    DrainPolicy,
     EpochRecord,
     RolloutPhase,
     RolloutRecord,
     WorkerStatus,
 )
 from epochserve.controlplane.store.state import ClusterState, Stored
+from epochserve.errors import ProtocolError
 
 
 def rollout(v: int, phase: RolloutPhase, reason: str = "") -> Stored[RolloutRecord]:
     deadline = 100.0 if phase.is_in_flight else None
-    record = RolloutRecord(v, f"/ckpt/{v}", Drain.ABORT, phase, 1.0, 1.0, "c0", 30.0, "sum", deadline, reason)
+    record = RolloutRecord(
+        v, f"/ckpt/{v}", DrainPolicy.ABORT, phase, 1.0, 1.0, "c0", 30.0, "sum", deadline, reason
+    )
     return Stored(record, 1, 1, 0)
 
 
@@ -35,12 +37,12 @@ def test_a_full_rollout_from_stage_to_serving():
     w = LocalWeights(serving_version=1, serving_checksum="s1", fingerprint="fp1")
     staging = state(1, rollout(2, RolloutPhase.STAGING))
     assert w.status(1) is WorkerStatus.READY
-    assert w.next_directive(staging) == Stage(2, "/ckpt/2", Drain.ABORT, "sum", catch_up=False)
+    assert w.next_directive(staging) == Stage(2, "/ckpt/2", DrainPolicy.ABORT, "sum", catch_up=False)
     assert w.next_directive(staging) is None  # issued once
     assert w.staged_report(2, "sum") is True
     assert w.next_directive(staging) is None  # not committed yet
     committed = state(2, rollout(2, RolloutPhase.COMMITTED))
-    assert w.next_directive(committed) == Commit(2, Drain.ABORT)
+    assert w.next_directive(committed) == Commit(2, DrainPolicy.ABORT)
     w.serving_report(2, "fp2")
     assert (w.serving_version, w.serving_checksum, w.fingerprint, w.staged) == (2, "sum", "fp2", None)
     assert w.next_directive(committed) is None
@@ -66,7 +68,7 @@ def test_a_fence_voids_staging_and_forbids_claiming_the_version():
         w.serving_report(2, "forged")
     assert w.status(2) is WorkerStatus.LOADING
     catch_up = w.next_directive(state(2, rollout(2, RolloutPhase.COMMITTED)))
-    assert catch_up == Stage(2, "/ckpt/2", Drain.ABORT, "sum", catch_up=True)
+    assert catch_up == Stage(2, "/ckpt/2", DrainPolicy.ABORT, "sum", catch_up=True)
 
 
 def test_a_swap_under_way_when_fenced_is_still_believed():
@@ -95,7 +97,7 @@ def test_a_catch_up_overtaken_by_a_newer_commit_is_dropped_for_the_newer():
     assert w.next_directive(state(2, rollout(2, RolloutPhase.COMMITTED))).version == 2
     newer = state(3, rollout(2, RolloutPhase.DONE), rollout(3, RolloutPhase.COMMITTED))
     assert w.next_directive(newer) == Abort(2, "superseded by v3")
-    assert w.next_directive(newer) == Stage(3, "/ckpt/3", Drain.ABORT, "sum", catch_up=True)
+    assert w.next_directive(newer) == Stage(3, "/ckpt/3", DrainPolicy.ABORT, "sum", catch_up=True)
 
 
 def test_a_failed_version_is_not_staged_again_by_the_same_registration():

@@ -9,14 +9,11 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
+from epochserve.controlplane.store.records import DrainPolicy, RolloutPhase
+from epochserve.errors import RolloutBusyError, RolloutExistsError, RolloutNotFoundError
 from epochserve.operators.rollouts.admin import (
     AdminUnavailableError,
-    DrainPolicy,
-    RolloutBusyError,
     RolloutCommittedError,
-    RolloutExistsError,
-    RolloutNotFoundError,
-    RolloutPhase,
     RolloutRejectedError,
     RolloutSnapshot,
     WorkerProgress,

@@ -9,6 +9,7 @@ import asyncio
 import grpc
 import pytest
 
+from epochserve.errors import RolloutBusyError, RolloutExistsError, RolloutNotFoundError
 from epochserve.net import free_port
 from epochserve.operators.rollouts import admin as errors
 from epochserve.operators.rollouts.admin import AdminTarget
@@ -31,14 +32,14 @@ def _rpc_error(code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...] = ()
         (Code.DEADLINE_EXCEEDED, (), "read", errors.AdminUnavailableError),
         (Code.INTERNAL, (), "abort", errors.AdminUnavailableError),
         (Code.UNAUTHENTICATED, (), "read", errors.AdminAuthError),
-        (Code.ALREADY_EXISTS, (), "start", errors.RolloutExistsError),
-        (Code.FAILED_PRECONDITION, BUSY, "start", errors.RolloutBusyError),
+        (Code.ALREADY_EXISTS, (), "start", RolloutExistsError),
+        (Code.FAILED_PRECONDITION, BUSY, "start", RolloutBusyError),
         (Code.FAILED_PRECONDITION, (), "start", errors.RolloutRejectedError),
         (Code.INVALID_ARGUMENT, (), "start", errors.RolloutRejectedError),
-        (Code.NOT_FOUND, (), "read", errors.RolloutNotFoundError),
-        (Code.NOT_FOUND, (), "abort", errors.RolloutNotFoundError),
+        (Code.NOT_FOUND, (), "read", RolloutNotFoundError),
+        (Code.NOT_FOUND, (), "abort", RolloutNotFoundError),
         (Code.FAILED_PRECONDITION, (), "abort", errors.RolloutCommittedError),
-        (Code.FAILED_PRECONDITION, BUSY, "abort", errors.RolloutBusyError),
+        (Code.FAILED_PRECONDITION, BUSY, "abort", RolloutBusyError),
     ],
 )
 def test_status_codes_map_to_the_error_table(code, trailers, call, expected):

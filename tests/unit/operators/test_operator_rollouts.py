@@ -10,7 +10,9 @@ import pytest
 from fixtures.policy_rollouts import RecordingSink, policy_rollout
 from memory_admin_testkit import InMemoryAdmin
 
-from epochserve.operators.rollouts.admin import AdminUnavailableError, RolloutBusyError, RolloutPhase
+from epochserve.controlplane.store.records import RolloutPhase
+from epochserve.errors import RolloutBusyError
+from epochserve.operators.rollouts.admin import AdminUnavailableError
 from epochserve.operators.rollouts.driver import FinalizeOutcome, drive_rollout, finalize_rollout
 from epochserve.operators.rollouts.request import RolloutRequest, parse_rollout
 from epochserve.operators.spec import SpecError
