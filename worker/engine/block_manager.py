@@ -11,11 +11,17 @@ cache that outlived a weight update was one of the 2026 post-mortem's silent mis
 
 Free blocks (refcount 0) stay indexed until they are reused, least recently freed first, so a
 repeated prompt can hit blocks nobody holds any more.
+
+Every sequence that holds blocks also holds a table row (`seq.table_row`, the smallest free one):
+the decode graphs keep each sequence's block table in that row of a device tensor and receive only
+the blocks added since the last step (cuda_graphs.py). At most max_num_seqs + 1 sequences hold
+blocks at once (the running ones and the one being admitted).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -63,6 +69,8 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU order
         self._cached: dict[CacheKey, int] = {}
+        self._free_rows: list[int] = []  # a heap: the lowest free row first
+        self._num_rows = 0  # rows ever handed out
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
 
@@ -109,6 +117,8 @@ class BlockManager:
             self.prefix_cache_hits += 1
             self._take(block_id)
             seq.block_table.append(block_id)
+        if seq.block_table:
+            self._give_row(seq)
         seq.num_computed_tokens = len(seq.block_table) * self.block_size
         return len(seq.block_table)
 
@@ -122,6 +132,8 @@ class BlockManager:
             self._evict(block_id)
             self._take(block_id)
             seq.block_table.append(block_id)
+        if needed and seq.table_row is None:
+            self._give_row(seq)
 
     def free(self, seq: Sequence) -> None:
         """Drop seq's references (most recent block first, so a prompt's head stays cached longest)."""
@@ -133,20 +145,28 @@ class BlockManager:
                 self._free[block_id] = None
         seq.block_table = []
         seq.num_computed_tokens = 0
+        seq.num_indexed_blocks = 0
+        if seq.table_row is not None:
+            heapq.heappush(self._free_rows, seq.table_row)
+            seq.table_row = None
+            seq.num_synced_blocks = 0
 
     def register_computed(self, seq: Sequence) -> None:
-        """Index seq's full blocks whose keys/values are now computed, under the current version."""
+        """Index seq's full blocks whose keys/values are now computed, under the current version.
+        Each block is offered once: if an identical block is already cached, that one stays."""
         if not self.enable_prefix_cache or seq.policy_version != self.policy_version:
             return
         num_full = seq.num_computed_tokens // self.block_size
-        for index, block_hash in enumerate(self._block_hashes(seq, num_full)):
+        if num_full <= seq.num_indexed_blocks:
+            return
+        hashes = self._block_hashes(seq, num_full)
+        for index in range(seq.num_indexed_blocks, num_full):
             block = self.blocks[seq.block_table[index]]
-            if block.cache_key is not None:
-                continue
-            key = (self.policy_version, block_hash)
-            if key not in self._cached:  # an identical block computed by another sequence wins
+            key = (self.policy_version, hashes[index])
+            if block.cache_key is None and key not in self._cached:
                 block.cache_key = key
                 self._cached[key] = block.block_id
+        seq.num_indexed_blocks = num_full
 
     def set_policy_version(self, version: int) -> int:
         """Serve `version` from now on: forget every cached block of other versions. Returns how many."""
@@ -161,12 +181,18 @@ class BlockManager:
         """Chained hashes of seq's first num_blocks full blocks, extending seq.block_hashes."""
         hashes = seq.block_hashes
         if len(hashes) < num_blocks:
-            tokens = seq.token_ids
             size = self.block_size
             for index in range(len(hashes), num_blocks):
                 parent = hashes[-1] if hashes else b""
-                hashes.append(chain_hash(parent, tokens[index * size : (index + 1) * size]))
+                hashes.append(chain_hash(parent, seq.tokens_between(index * size, (index + 1) * size)))
         return hashes[:num_blocks]
+
+    def _give_row(self, seq: Sequence) -> None:
+        if self._free_rows:
+            seq.table_row = heapq.heappop(self._free_rows)
+        else:
+            seq.table_row = self._num_rows
+            self._num_rows += 1
 
     def _take(self, block_id: int) -> None:
         block = self.blocks[block_id]

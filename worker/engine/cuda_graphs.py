@@ -6,17 +6,24 @@ sequences; rows b..B-1 are padding that writes its key/value into a scratch bloc
 and attends over that block alone. Everything else (prefill, mixed steps, larger batches) runs
 eagerly. Graphs read the weights at their fixed addresses, so in-place weight swaps need no
 re-capture; they hold a private memory pool sized at capture.
+
+Block tables stay on the device between steps: each sequence owns a row of `table` (its
+`table_row`, handed out by the BlockManager) and a step sends only the blocks added since the last
+one (a decode step adds one every block_size tokens), plus each sequence's row, length and token.
+Inside the graph, positions are seq_len - 1, the block tables a gather of the rows, and the slots
+a lookup in them: the host's work per step no longer grows with the context.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import torch
 
-from epochserve.worker.engine.host_buffers import PinnedStaging, pack_int64, padded_rows
+from epochserve.worker.engine.host_buffers import PinnedStaging, pack_int64
 from epochserve.worker.engine.kv_cache import KVCachePool
 from epochserve.worker.engine.step_plan import StepPlan
 from epochserve.worker.layers.attention import AttentionMetadata
@@ -34,24 +41,27 @@ class DecodeGraphs:
         kv_pool: KVCachePool,
         max_seq_len: int,
         scratch_block: int,
+        num_table_rows: int,
         buckets: tuple[int, ...] = DEFAULT_BUCKETS,
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
+        self.block_size = kv_pool.block_size
         self.max_seq_len = max_seq_len  # the attention kernels plan for this bound in every graph
         self.buckets = tuple(sorted(buckets))
         self.max_batch = self.buckets[-1]
         self.max_blocks = -(-max_seq_len // kv_pool.block_size)
-        self.scratch_slot = scratch_block * kv_pool.block_size
         self.scratch_block = scratch_block
+        self.num_table_rows = num_table_rows  # rows for sequences; one more row is the padding's
         device = next(model.parameters()).device
-        b, m = self.max_batch, self.max_blocks
+        b = self.max_batch
 
         def zeros(*shape: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
-        self.input_ids, self.positions, self.slots = zeros(b), zeros(b), zeros(b)
-        self.block_tables = zeros(b, m, dtype=torch.int32)
+        self.table = zeros(num_table_rows + 1, self.max_blocks, dtype=torch.int32)
+        self.table[num_table_rows] = scratch_block
+        self.input_ids, self.rows = zeros(b), zeros(b)
         self.seq_lens = zeros(b, dtype=torch.int32)
         self.query_start_loc = torch.arange(b + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -59,19 +69,21 @@ class DecodeGraphs:
         self.staging = PinnedStaging(device)
         self.pool: Any = None  # the graphs' shared memory pool, made by the first capture
 
-    def can_run(self, plan: StepPlan) -> bool:
-        num_seqs = len(plan.seq_lens)
-        return (
-            0 < num_seqs <= self.max_batch
-            and len(plan.input_ids) == num_seqs
-            and len(plan.logits_indices) == num_seqs
-            and max(plan.seq_lens) <= self.max_seq_len
+    def _forward(self, batch: int) -> torch.Tensor:
+        """The captured work: inputs from the static buffers and the device block table."""
+        positions = self.seq_lens[:batch].long() - 1
+        hidden = self.model(
+            self.input_ids[:batch], positions, self.kv_pool.layers, self._meta(batch, positions)
         )
+        return self.model.compute_logits(hidden).float()
 
-    def _meta(self, batch: int) -> AttentionMetadata:
+    def _meta(self, batch: int, positions: torch.Tensor) -> AttentionMetadata:
+        """Block tables gathered from the rows, each new token's slot looked up in them."""
+        tables = self.table.index_select(0, self.rows[:batch])  # [batch, max_blocks] int32
+        blocks = tables.gather(1, (positions // self.block_size)[:, None])[:, 0].long()
         return AttentionMetadata(
-            slot_mapping=self.slots[:batch],
-            block_tables=self.block_tables[:batch],
+            slot_mapping=blocks * self.block_size + positions % self.block_size,
+            block_tables=tables,
             seq_lens=[],
             query_start_loc=[],
             seq_lens_tensor=self.seq_lens[:batch],
@@ -80,17 +92,13 @@ class DecodeGraphs:
             max_seq_len=self.max_seq_len,  # kernels plan for the capture-time bound
         )
 
-    def _forward(self, batch: int) -> torch.Tensor:
-        hidden = self.model(
-            self.input_ids[:batch], self.positions[:batch], self.kv_pool.layers, self._meta(batch)
-        )
-        return self.model.compute_logits(hidden).float()
-
     @torch.inference_mode()
     def capture(self, before_each: Callable[[int], None] | None = None) -> None:
         """Capture one graph per bucket, largest first (its pool then serves the smaller ones).
         `before_each(batch)`: TP ranks synchronize here so that they capture in lockstep."""
-        self._pad_rows(0, self.max_batch)
+        self.input_ids.zero_()
+        self.seq_lens.fill_(1)
+        self.rows.fill_(self.num_table_rows)  # the padding row: position 0 of the scratch block
         for batch in reversed(self.buckets):
             if before_each is not None:
                 before_each(batch)
@@ -105,32 +113,31 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured %d decode graphs (batch sizes %s)", len(self.graphs), list(self.buckets))
 
-    def _pad_rows(self, start: int, end: int) -> None:
-        """Rows [start, end): a token at position 0 of a one-token sequence in the scratch block."""
-        if start >= end:
-            return
-        self.input_ids[start:end] = 0
-        self.positions[start:end] = 0
-        self.slots[start:end] = self.scratch_slot
-        self.block_tables[start:end] = self.scratch_block
-        self.seq_lens[start:end] = 1
-
     def run(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 logits [num_seqs, vocab] of a decode step, from the smallest bucket that fits;
-        `input_ids` (on the device) replaces the plan's tokens."""
+        """fp32 logits [num_seqs, vocab] of a graph decode plan (ModelRunner.plan), from the
+        smallest bucket that fits; `input_ids` (on the device) replaces the plan's tokens."""
+        batch = self.stage(plan, input_ids)
+        self.graphs[batch].replay()
+        return self.logits[batch][: len(plan.seq_lens)]
+
+    def stage(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> int:
+        """Put a plan's inputs in the static buffers and its new blocks in the table; returns the
+        bucket whose graph runs it."""
         n = len(plan.seq_lens)
         batch = next(b for b in self.buckets if b >= n)
-        # Only the columns this step uses: the kernels read a row no further than its seq_len.
-        width = max(len(t) for t in plan.block_tables)
-        parts = [plan.input_ids, plan.positions, plan.slot_mapping, plan.seq_lens,
-                 padded_rows(plan.block_tables, width, self.scratch_block)]  # fmt: skip
-        values = self.staging.to_device(pack_int64(parts, 4 * n + n * width))
-        ids, positions, slots, lens, tables = values.split([n, n, n, n, n * width])
-        self.input_ids[:n].copy_(ids if input_ids is None else input_ids)
-        self.positions[:n].copy_(positions)
-        self.slots[:n].copy_(slots)
-        self.seq_lens[:n].copy_(lens)
-        self.block_tables[:n, :width].copy_(tables.view(n, width))
-        self._pad_rows(n, batch)
-        self.graphs[batch].replay()
-        return self.logits[batch][:n]
+        pad = batch - n
+        num_updates = len(plan.table_updates)
+        # One copy: tokens, lengths and rows padded to the bucket, then the new table entries.
+        parts = [plan.input_ids, repeat(0, pad), plan.seq_lens, repeat(1, pad),
+                 plan.table_rows, repeat(self.num_table_rows, pad), plan.table_updates]  # fmt: skip
+        values = self.staging.to_device(pack_int64(parts, 3 * batch + num_updates))
+        ids, lens, rows, updates = values.split([batch, batch, batch, num_updates])
+        if num_updates:
+            row, column, block = updates.view(-1, 3).unbind(1)
+            self.table.index_put_((row, column), block.to(torch.int32))
+        self.input_ids[:batch].copy_(ids)
+        if input_ids is not None:
+            self.input_ids[:n].copy_(input_ids)
+        self.seq_lens[:batch].copy_(lens)
+        self.rows[:batch].copy_(rows)
+        return batch

@@ -20,7 +20,7 @@ import enum
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import count
 
 from epochserve.controlplane.store.records import DrainPolicy
@@ -243,20 +243,25 @@ class Engine:
         self._register_computed([s for s in launched.batch.seqs if s.num_computed_tokens <= s.num_tokens])
         now = time.monotonic()
         outputs = []
-        for i, seq in enumerate(launched.seqs):
+        rows = zip(
+            launched.seqs,
+            sampled.token_ids,
+            sampled.processed_logprobs,
+            sampled.errors,
+            sampled.raw_logprobs,
+            sampled.top_logprobs,
+            sampled.support_sizes,
+            strict=True,
+        )
+        for seq, token, logprob, error, raw, top, support in rows:
             if seq.is_finished:  # ended while this step ran (a stop token in the step before)
                 continue
-            error = sampled.errors[i]
             if error is not None:
                 seq.error = error
                 logger.error("request %s sample %d failed: %s", seq.request_id, seq.sample_index, error)
                 outputs.append(self._finish(seq, FinishReason.ERROR))
                 continue
-            token = sampled.token_ids[i]
-            seq.processed_logprobs.append(sampled.processed_logprobs[i])
-            raw = sampled.raw_logprobs[i]
-            top = sampled.top_logprobs[i]
-            support = sampled.support_sizes[i]
+            seq.processed_logprobs.append(logprob)
             if raw is not None:
                 seq.raw_logprobs.append(raw)
             if top is not None:
@@ -265,19 +270,19 @@ class Engine:
                 seq.times.first_token = now
             seq.times.last_token = now
             finish = self._finish_reason(seq, token)
-            output = SequenceOutput(
-                request_id=seq.request_id,
-                sample_index=seq.sample_index,
-                policy_version=seq.policy_version,
-                token_ids=(token,),
-                processed_logprobs=(sampled.processed_logprobs[i],),
-                raw_logprobs=() if raw is None else (raw,),
-                support_sizes=() if support is None else (support,),
-                top_logprobs=() if top is None else ((tuple(top[0]), tuple(top[1])),),
+            outputs.append(
+                SequenceOutput(
+                    seq.request_id,
+                    seq.sample_index,
+                    seq.policy_version,
+                    (token,),
+                    (logprob,),
+                    () if raw is None else (raw,),
+                    () if top is None else ((tuple(top[0]), tuple(top[1])),),
+                    () if support is None else (support,),
+                    None if finish is None else self._finish(seq, finish).finish,
+                )
             )
-            if finish is not None:
-                output = replace(output, finish=self._finish(seq, finish).finish)
-            outputs.append(output)
         return outputs
 
     def _register_computed(self, seqs: list[Sequence]) -> None:

@@ -53,13 +53,15 @@ class ModelRunner:
     # ---- rank 0 ------------------------------------------------------------------------------
     def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence]]:
         """The plan of one step, and the sequences that sample (in logits row order)."""
+        if self._fits_graphs(batch):
+            return self._graph_decode_plan(batch), batch.seqs
         plan = StepPlan()
         sampling_seqs: list[Sequence] = []
         bs = self.block_size
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
             end = start + num_new
-            plan.input_ids.extend(seq.token_ids[start:end])
+            plan.input_ids.extend(seq.tokens_between(start, end))
             plan.positions.extend(range(start, end))
             table = seq.block_table
             plan.slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(start, end))
@@ -70,6 +72,38 @@ class ModelRunner:
                 plan.logits_indices.append(plan.query_start_loc[-1] - 1)
                 sampling_seqs.append(seq)
         return plan, sampling_seqs
+
+    def _fits_graphs(self, batch: ScheduledBatch) -> bool:
+        """A decode step a captured graph can run: one new token per sequence, each its last."""
+        graphs = self.graphs
+        if graphs is None or not 0 < len(batch.seqs) <= graphs.max_batch:
+            return False
+        return all(
+            num_new == 1
+            and seq.num_computed_tokens + 1 == seq.num_tokens <= graphs.max_seq_len
+            and seq.table_row is not None
+            and seq.table_row < graphs.num_table_rows
+            for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True)
+        )
+
+    def _graph_decode_plan(self, batch: ScheduledBatch) -> StepPlan:
+        """Each sequence's last token, length and table row; only the blocks its row lacks."""
+        plan = StepPlan()
+        updates = plan.table_updates
+        for seq in batch.seqs:
+            plan.input_ids.append(
+                seq.output_token_ids[-1] if seq.output_token_ids else seq.prompt_token_ids[-1]
+            )
+            plan.seq_lens.append(seq.num_tokens)
+            row = seq.table_row
+            assert row is not None
+            plan.table_rows.append(row)
+            table = seq.block_table
+            for column in range(seq.num_synced_blocks, len(table)):
+                updates += (row, column, table[column])
+            seq.num_synced_blocks = len(table)
+        plan.logits_indices.extend(range(len(batch.seqs)))
+        return plan
 
     def execute(
         self, batch: ScheduledBatch, input_ids: torch.Tensor | None = None
@@ -102,7 +136,8 @@ class ModelRunner:
         fit one, else eagerly. `input_ids` (device) replaces the plan's, as in execute."""
         if plan.input_ids_on_device and self.tp.size > 1:
             input_ids = self._share_input_ids(input_ids, len(plan.input_ids))
-        if self.graphs is not None and self.graphs.can_run(plan):
+        if plan.is_graph_decode:
+            assert self.graphs is not None, "a graph decode plan on a rank without graphs"
             return self.graphs.run(plan, input_ids)
         inputs = build_step_inputs(plan, self.device, self.staging)
         if input_ids is not None:

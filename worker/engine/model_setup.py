@@ -47,7 +47,11 @@ class RankSetup:
         runner = ModelRunner(self.model, self.kv_pool, config.torch_device, channel, tp)
         if config.torch_device.type == "cuda" and config.cuda_graphs:
             runner.graphs = DecodeGraphs(
-                self.model, self.kv_pool, self.max_model_len, scratch_block=self.num_blocks
+                self.model,
+                self.kv_pool,
+                self.max_model_len,
+                scratch_block=self.num_blocks,
+                num_table_rows=config.max_num_seqs + 1,  # BlockManager: at most this many hold blocks
             )
             runner.graphs.capture()
         return runner

@@ -1,12 +1,13 @@
 """What the engine reports after each step, per sequence.
 
 Created by Engine (step, abort), consumed by the Worker service, which turns them into
-GenerateResponse messages. Frozen: they cross from the engine thread to the server's event loop.
+GenerateResponse messages. Immutable: they cross from the engine thread to the server's event loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from epochserve.worker.engine.sequence import FinishReason, Sequence
 
@@ -49,9 +50,9 @@ class FinishInfo:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class SequenceOutput:
-    """New tokens of one sample from one step, and its finish when it ended in that step."""
+class SequenceOutput(NamedTuple):
+    """New tokens of one sample from one step, and its finish when it ended in that step.
+    A NamedTuple: one is made per sample per step, ~3x faster than a frozen dataclass."""
 
     request_id: str
     sample_index: int

@@ -79,9 +79,9 @@ class Scheduler:
         return batch
 
     def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
-        queue = list(self.running)
+        queue = deque(self.running)
         while queue and budget > 0:
-            seq = queue.pop(0)
+            seq = queue.popleft()
             num_new = min(seq.num_uncomputed_tokens, budget)
             needed = self.block_manager.num_blocks_needed(seq, num_new)
             while not self.block_manager.can_allocate(needed):
@@ -90,7 +90,8 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                self.block_manager.allocate(seq, num_new)
+                if needed:
+                    self.block_manager.allocate(seq, num_new)
                 batch.seqs.append(seq)
                 batch.num_new_tokens.append(num_new)
                 budget -= num_new

@@ -64,11 +64,27 @@ class Sequence:
     # Chained hashes of the full blocks of token_ids, filled lazily by BlockManager (the tokens at
     # existing positions never change, so neither do these).
     block_hashes: list[bytes] = field(default_factory=list)
+    # Leading blocks of block_table already offered to the prefix cache (BlockManager): each step
+    # then looks at the new full blocks only, not at the whole table again.
+    num_indexed_blocks: int = 0
+    # This sequence's row in the decode graphs' block table on the device (BlockManager hands rows
+    # out while the sequence holds blocks), and how many of its blocks that row already holds.
+    table_row: int | None = None
+    num_synced_blocks: int = 0
     times: SequenceTimes = field(default_factory=SequenceTimes)
 
     @property
     def token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    def tokens_between(self, start: int, end: int) -> list[int]:
+        """token_ids[start:end] without building the whole list (a decode step reads one token)."""
+        num_prompt = len(self.prompt_token_ids)
+        if start >= num_prompt:
+            return self.output_token_ids[start - num_prompt : end - num_prompt]
+        if end <= num_prompt:
+            return self.prompt_token_ids[start:end]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - num_prompt]
 
     @property
     def num_tokens(self) -> int:

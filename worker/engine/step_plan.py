@@ -25,3 +25,13 @@ class StepPlan:
     # A run-ahead decode step: input_ids are placeholders; the tokens (the previous step's samples,
     # still on rank 0's device) reach every rank by a broadcast over the TP group.
     input_ids_on_device: bool = False
+    # A decode step for the CUDA graphs (ModelRunner.plan): each sequence's row of the device block
+    # table, and the blocks added to rows since the last such step, as flat (row, column, block)
+    # triples. The graph derives positions, slots and block tables from these and seq_lens, so
+    # positions, slot_mapping and block_tables stay empty.
+    table_rows: list[int] = field(default_factory=list)  # [num_seqs]
+    table_updates: list[int] = field(default_factory=list)  # [3 * num_new_blocks]
+
+    @property
+    def is_graph_decode(self) -> bool:
+        return bool(self.table_rows)

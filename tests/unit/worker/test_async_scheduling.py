@@ -17,6 +17,7 @@ import pytest
 import torch
 from fixtures.engine import SampleResult, make_engine, make_request, run_to_completion
 
+from epochserve.worker.engine.cuda_graphs import DecodeGraphs
 from epochserve.worker.engine.engine import PLACEHOLDER_TOKEN
 
 
@@ -120,6 +121,43 @@ def _assert_same(sync, ahead) -> None:
             assert got.logprobs == expected.logprobs, (request_id, index)
             assert got.raw_logprobs == expected.raw_logprobs and got.top_logprobs == expected.top_logprobs
             assert got.finish.reason == expected.finish.reason, (request_id, index)
+
+
+class EagerDecodeGraphs(DecodeGraphs):
+    """The decode graphs' inputs (device block table, rows, lengths) and their captured work, run
+    without capture: CPU has no CUDA graphs, but everything but the replay is the same code."""
+
+    num_runs = 0
+
+    def run(self, plan, input_ids=None):
+        self.num_runs += 1
+        return self._forward(self.stage(plan, input_ids))[: len(plan.seq_lens)]
+
+    def _meta(self, batch, positions):
+        meta = super()._meta(batch, positions)
+        # The PyTorch attention (CPU) loops over host lists; the Triton kernels read the tensors.
+        meta.seq_lens = meta.seq_lens_tensor.tolist()
+        meta.query_start_loc = meta.query_start_loc_tensor.tolist()
+        return meta
+
+
+@pytest.mark.parametrize("run_ahead", ["off", "on"])
+def test_decode_steps_over_the_device_block_table_return_the_eager_outputs(model_dir, run_ahead):
+    """Graph decode plans send only new blocks and rows; positions, slots and block tables are
+    derived on the device. Buckets 1-8 make padding rows and larger batches (eager) both happen;
+    a preempted, aborted or finished sequence gives its row to the next one."""
+    stop_token = _stop_token(model_dir)
+    eager, _ = _run(_engine(model_dir, run_ahead), stop_token)
+    engine = _engine(model_dir, run_ahead)
+    graphs = EagerDecodeGraphs(
+        engine.model, engine.kv_pool, engine.limits.max_model_len,
+        scratch_block=len(engine.block_manager.blocks), num_table_rows=engine.config.max_num_seqs + 1,
+        buckets=(1, 2, 4, 8),
+    )  # fmt: skip
+    engine.runner.graphs = graphs
+    with_table, _ = _run(engine, stop_token)
+    _assert_same(eager, with_table)
+    assert graphs.num_runs >= 10, "the table path must actually have run"
 
 
 @pytest.mark.processes  # rank 1 runs in a process of its own
