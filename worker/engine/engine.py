@@ -6,9 +6,9 @@ thread-safe. Each step runs the whole model once over a ScheduledBatch; weights 
 version change only between steps (set_policy_version), never inside one.
 
 Async scheduling (run-ahead): when the step after a decode step is certain — the same sequences,
-one token each, none able to end by length, nothing waiting, blocks free — the engine queues it
-on the device behind the running one, its input tokens taken on the device from the running
-step's samples, and only then waits for those samples. The host's work (planning, launching,
+one token each, none able to end by length, no waiting sequence able to start, blocks free — the
+engine queues it on the device behind the running one, its input tokens taken on the device from
+the running step's samples, and only then waits for those samples. The host's work (planning, launching,
 sampling bookkeeping) then overlaps the GPU's. The sequences hold a placeholder for the token in
 flight until it arrives. A sequence that stops meanwhile has its run-ahead row discarded. The
 outputs are those of the synchronous path (tests/unit/worker/test_async_scheduling.py).
@@ -197,12 +197,15 @@ class Engine:
 
     def _can_run_ahead(self, launched: LaunchedStep) -> bool:
         """Whether the step after `launched` is certain: every sequence of it samples, all are still
-        running and none can end by length on this token, nothing else waits, and one more token
-        each fits in the free blocks. (A stop token may still end one: its next row is discarded.)"""
+        running and none can end by length on this token, no waiting sequence could be admitted
+        (none waits, or the running ones fill max_num_seqs), and one more token each fits in the
+        free blocks. (A stop token may still end one: its next row is discarded, and a waiting
+        sequence starts a step later than it would have, with the same tokens.)"""
         seqs = launched.seqs
         if launched.sample is None or len(seqs) != len(launched.batch.seqs):
             return False
-        if self.scheduler.waiting or self.scheduler.running != seqs:
+        scheduler = self.scheduler
+        if scheduler.running != seqs or (scheduler.waiting and len(seqs) < scheduler.max_num_seqs):
             return False
         if len(seqs) > self.scheduler.max_num_batched_tokens:
             return False

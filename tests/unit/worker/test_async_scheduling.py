@@ -123,6 +123,28 @@ def _assert_same(sync, ahead) -> None:
             assert got.finish.reason == expected.finish.reason, (request_id, index)
 
 
+def test_run_ahead_while_requests_wait_for_a_free_slot(model_dir):
+    """With max_num_seqs full, waiting requests cannot start, so the next decode step is still
+    certain: run-ahead goes on (RL rollouts queue far more samples than the batch holds). A waiting
+    request then starts a step later than synchronously, with the same tokens."""
+    stop_token = _stop_token(model_dir)
+    sync, _ = _run(_engine(model_dir, "off", max_num_seqs=3), stop_token)
+    engine = _engine(model_dir, "on", max_num_seqs=3)
+    decide = engine._can_run_ahead
+    ahead_while_waiting = 0
+
+    def counting(launched):
+        nonlocal ahead_while_waiting
+        certain = decide(launched)
+        ahead_while_waiting += certain and bool(engine.scheduler.waiting)
+        return certain
+
+    engine._can_run_ahead = counting
+    ahead, _ = _run(engine, stop_token)
+    _assert_same(sync, ahead)
+    assert ahead_while_waiting >= 5, "run-ahead must have happened with requests waiting"
+
+
 class EagerDecodeGraphs(DecodeGraphs):
     """The decode graphs' inputs (device block table, rows, lengths) and their captured work, run
     without capture: CPU has no CUDA graphs, but everything but the replay is the same code."""
