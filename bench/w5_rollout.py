@@ -10,10 +10,12 @@ Each setting runs on three paths, one after the other on the same GPU:
            the worker over the Worker.Session gRPC call; the asyncio client holds every request
            in flight
   link     the same with the router's default transport, the worker's session link
+A served path may name its output mode: grpc/final, link/stream, ...; FINAL (one message per
+sample at its end, what a trainer that does not stream asks for) when it names none.
 The roofline of a setting is the least time its own counts allow: every prompt's prefill FLOPs at
 the measured bf16 matmul peak, plus, for each decode step the batch limit (max_num_seqs) forces,
 the weights and every running sequence's KV read at the measured HBM bandwidth.
-    python bench/w5_rollout.py --shape 1b [--paths engine,grpc,link] [--top-p 1.0,0.95] [--long]
+    python bench/w5_rollout.py --shape 1b [--paths engine,grpc,link,link/stream] [--top-p 1.0,0.95] [--long]
     python bench/w5_rollout.py --tiny      # CPU: a tiny model, small counts (checks the script)
 Prints a table last: out tok/s, % of roofline, path / engine. Not pass/fail: docs/benchmarks.md.
 """
@@ -126,9 +128,10 @@ def run_engine(model_dir: Path, overrides: dict, workloads: list[Workload], voca
 
 
 async def _drive_router(
-    address: str, w: Workload, prompts: list[list[int]], max_tokens: int
+    address: str, w: Workload, prompts: list[list[int]], max_tokens: int, mode: str
 ) -> tuple[float, int]:
     from epochserve.client.generation import AsyncGenerationClient
+    from epochserve.proto.convert import OutputMode
     from epochserve.sampling import SamplingParams
 
     async with AsyncGenerationClient(address) as client:
@@ -136,7 +139,8 @@ async def _drive_router(
         start = time.perf_counter()
         results = await asyncio.gather(*[
             client.generate(p, SamplingParams(temperature=1.0, top_p=w.top_p, seed=i, max_tokens=max_tokens,
-                                              ignore_eos=True), n=w.n, timeout=3600)
+                                              ignore_eos=True), n=w.n, timeout=3600,
+                            output_mode=OutputMode(mode))
             for i, p in enumerate(prompts)
         ])  # fmt: skip
         elapsed = time.perf_counter() - start
@@ -155,15 +159,20 @@ def run_cluster(model_dir: Path, workdir: Path, overrides: dict, workloads: list
         model_dir=model_dir, workdir=workdir, device=overrides["device"], worker_args=tuple(worker_args)
     )  # fmt: skip
     rates: dict[str, list[float]] = {}
+    addresses: dict[str, str] = {}  # a router per transport
     with LocalCluster(spec) as cluster:
         for path in paths:
-            router = cluster.add_router(*(() if path == "link" else ("--no-session-link",)))
+            transport, _, mode = path.partition("/")
+            mode = mode or "final"
+            if transport not in addresses:
+                extra = () if transport == "link" else ("--no-session-link",)
+                addresses[transport] = cluster.add_router(*extra).address
+            address = addresses[transport]
             for k, w in enumerate(workloads):
                 warm = random_prompts(w, vocab, seed=100 + k)[: max(1, w.prompts // 8)]
-                asyncio.run(_drive_router(router.address, w, warm, 16))
-                elapsed, tokens = asyncio.run(
-                    _drive_router(router.address, w, random_prompts(w, vocab, seed=1 + k), w.max_tokens)
-                )
+                asyncio.run(_drive_router(address, w, warm, 16, mode))
+                prompts = random_prompts(w, vocab, seed=1 + k)
+                elapsed, tokens = asyncio.run(_drive_router(address, w, prompts, w.max_tokens, mode))
                 assert tokens == w.output_tokens, tokens
                 rates.setdefault(path, []).append(tokens / elapsed)
                 print(f"top_p {w.top_p} {path}: {rates[path][-1]:.0f} tok/s", flush=True)
@@ -177,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     parser.add_argument("--tiny", action="store_true", help="CPU, the tiny shape, 4 prompts x n 2 x 8 tokens")
     parser.add_argument("--long", action="store_true", help="long traces: 32 prompts x n 8 x 4,096 tokens")
-    parser.add_argument("--paths", default="engine,grpc,link", help="comma-separated: engine, grpc, link")
+    parser.add_argument(
+        "--paths", default="engine,grpc,link", help="comma-separated: engine, grpc[/MODE], link[/MODE]"
+    )
     parser.add_argument("--top-p", default="1.0,0.95", help="comma-separated top_p settings")
     parser.add_argument("--prompts", type=int, default=None, help="default 128 (32 with --long)")
     parser.add_argument("--n", type=int, default=8)
@@ -247,14 +258,14 @@ def table(r: dict, paths: list[str]) -> None:
         hbm, peak = r["hbm_bytes_per_s"] / 1e12, r["bf16_flop_per_s"] / 1e12
         print(f"\nW5 {r['shape']}: HBM {hbm:.2f} TB/s, bf16 {peak:.0f} TFLOP/s ({r['device']}, {r['date']})")
     print(f"max_num_seqs {r['max_num_seqs']}")
-    print(f"{'top_p':>6} {'path':>7} {'out tok/s':>10} {'roofline':>10} {'vs roof':>8} {'/engine':>8}")
+    print(f"{'top_p':>6} {'path':>12} {'out tok/s':>10} {'roofline':>10} {'vs roof':>8} {'/engine':>8}")
     for row in r["rows"]:
         roof = row.get("roofline_tok_s", float("nan"))
         base = row.get("engine_tok_s", float("nan"))
         for path in paths:
             value = row[f"{path}_tok_s"]
             ratios = f"{value / roof:8.1%} {value / base:8.2f}"
-            print(f"{row['top_p']:6.2f} {path:>7} {value:10.0f} {roof:10.0f} {ratios}")
+            print(f"{row['top_p']:6.2f} {path:>12} {value:10.0f} {roof:10.0f} {ratios}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@
         async for event in client.stream(prompt, sampling):   # TokenChunk ... SampleFinished
             ...
 
+`output_mode=OutputMode.FINAL` asks for one message per sample, sent when it ends, instead of a
+chunk per engine step: the same results for a caller that waits for them anyway (generate), at a
+fraction of the messages; a stream then yields only SampleFinished events.
+
 Results are typed (proto/results.py); failures raise a GenerationError subclass carrying the
 gRPC status (client/errors.py), e.g. ResourceExhaustedError with `retry_after_seconds`.
 A response is checked on arrival: two policy versions in one response raise MixedVersionError.
@@ -42,7 +46,7 @@ import grpc
 from epochserve.channels import CLIENT_CHANNEL_OPTIONS, ClientTls, aio_channel
 from epochserve.client.errors import DeadlineExceededError, RequestCancelledError, error_from_rpc
 from epochserve.client.loop_thread import LoopClosedError, LoopThread, LoopWaitTimeout
-from epochserve.proto.convert import sampling_to_proto
+from epochserve.proto.convert import OutputMode, sampling_to_proto
 from epochserve.proto.results import GenerateResult, ResponseAssembler, StreamEvent
 from epochserve.proto.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from epochserve.sampling import SamplingParams
@@ -73,12 +77,14 @@ def build_request(
     n: int = 1,
     min_policy_version: int | None = None,
     request_id: str = "",
+    output_mode: OutputMode = OutputMode.STREAM,
 ) -> common_pb2.GenerateRequest:
     """A GenerateRequest; a fresh request id when none is given."""
     request = common_pb2.GenerateRequest(
         request_id=request_id or uuid.uuid4().hex,
         sampling=sampling_to_proto(sampling or SamplingParams()),
         n=n,
+        output_mode=OutputMode(output_mode).to_proto(),
     )
     if isinstance(prompt, str):
         request.prompt_text = prompt
@@ -144,11 +150,14 @@ class AsyncGenerationClient:
         min_policy_version: int | None = None,
         request_id: str = "",
         timeout: float | None = None,
+        output_mode: OutputMode = OutputMode.STREAM,
     ) -> GenerateResult:
-        """Run a request to completion. Raises a GenerationError subclass."""
+        """Run a request to completion (the same result in either output mode). Raises a
+        GenerationError subclass."""
         request = build_request(
-            prompt, sampling, n=n, min_policy_version=min_policy_version, request_id=request_id
-        )
+            prompt, sampling, n=n, min_policy_version=min_policy_version, request_id=request_id,
+            output_mode=output_mode,
+        )  # fmt: skip
         return await self.send(request, timeout)
 
     async def send(self, request: common_pb2.GenerateRequest, timeout: float | None = None) -> GenerateResult:
@@ -169,11 +178,14 @@ class AsyncGenerationClient:
         min_policy_version: int | None = None,
         request_id: str = "",
         timeout: float | None = None,
+        output_mode: OutputMode = OutputMode.STREAM,
     ) -> AsyncIterator[StreamEvent]:
-        """Events as they arrive (TokenChunk, SampleFinished). Stopping early cancels the request."""
+        """Events as they arrive (TokenChunk, SampleFinished; FINAL: SampleFinished only). Stopping
+        early cancels the request."""
         request = build_request(
-            prompt, sampling, n=n, min_policy_version=min_policy_version, request_id=request_id
-        )
+            prompt, sampling, n=n, min_policy_version=min_policy_version, request_id=request_id,
+            output_mode=output_mode,
+        )  # fmt: skip
         return self._events(request, timeout, ResponseAssembler())
 
     async def abort(self, request_id: str, timeout: float = 10.0) -> bool:

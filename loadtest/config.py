@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from epochserve.errors import ConfigError, InvalidRequestError
+from epochserve.proto.convert import OutputMode
 from epochserve.sampling import SamplingParams
 
 LoopMode = Literal["closed", "open"]
@@ -33,6 +34,9 @@ class LoadPlan:
     top_p: float = 1.0
     ignore_eos: bool = True  # synthetic output lengths are exact only when EOS cannot end a sample
     seed: int = 0  # arrivals (open loop); the workload has its own
+    # FINAL: one message per sample at its end (TTFT is then the time to the first whole sample,
+    # and there are no inter-token gaps to measure)
+    output_mode: OutputMode = OutputMode.STREAM
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.rate is None):

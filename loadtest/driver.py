@@ -26,6 +26,7 @@ from epochserve.client.generation import AsyncGenerationClient
 from epochserve.loadtest.config import LoadPlan
 from epochserve.loadtest.records import MIXED_VERSIONS, Outcome, RequestRecord, SampleRecord
 from epochserve.loadtest.workload import WorkItem, Workload
+from epochserve.proto.convert import OutputMode
 from epochserve.proto.results import MixedVersionError, Sample, TokenChunk
 from epochserve.sampling import SamplingParams
 
@@ -170,13 +171,22 @@ class LoadDriver:
         try:
             stream = self.client.stream(
                 item.prompt, sampling, n=item.n, request_id=record.request_id,
-                timeout=plan.request_timeout_seconds,
+                timeout=plan.request_timeout_seconds, output_mode=plan.output_mode,
             )  # fmt: skip
             async for event in stream:
                 if isinstance(event, TokenChunk):
-                    self._on_chunk(record, event, last_chunk_at)
-                else:
-                    record.samples.append(_sample_record(event.sample))
+                    self._on_tokens(
+                        record, event.sample_index, event.policy_version, len(event.token_ids),
+                        event.received_at, last_chunk_at,
+                    )  # fmt: skip
+                    continue
+                sample = event.sample
+                if plan.output_mode is OutputMode.FINAL:  # its tokens came in this one message
+                    self._on_tokens(
+                        record, sample.sample_index, sample.policy_version, len(sample.token_ids),
+                        event.received_at, last_chunk_at,
+                    )  # fmt: skip
+                record.samples.append(_sample_record(sample))
         except GenerationError as exc:
             state.end(record, "error", self.clock(), exc.code.name, exc.details)
         except MixedVersionError as exc:
@@ -187,19 +197,27 @@ class LoadDriver:
         else:
             state.end(record, "completed", self.clock())
 
-    def _on_chunk(self, record: RequestRecord, chunk: TokenChunk, last_chunk_at: dict[int, float]) -> None:
-        count = len(chunk.token_ids)
-        record.chunk_versions.setdefault(chunk.sample_index, set()).add(chunk.policy_version)
+    def _on_tokens(
+        self,
+        record: RequestRecord,
+        sample_index: int,
+        policy_version: int,
+        count: int,
+        at: float,
+        last_chunk_at: dict[int, float],
+    ) -> None:
+        """`count` tokens of one sample arrived at `at`: a chunk, or in FINAL the whole sample."""
+        record.chunk_versions.setdefault(sample_index, set()).add(policy_version)
         if count == 0:
             return
         if record.first_token_at is None:
-            record.first_token_at = chunk.received_at
-        previous = last_chunk_at.get(chunk.sample_index)
+            record.first_token_at = at
+        previous = last_chunk_at.get(sample_index)
         if previous is not None:
-            record.inter_token_seconds.extend([(chunk.received_at - previous) / count] * count)
-        last_chunk_at[chunk.sample_index] = chunk.received_at
+            record.inter_token_seconds.extend([(at - previous) / count] * count)
+        last_chunk_at[sample_index] = at
         record.num_streamed_tokens += count
-        self.state.count_tokens(chunk.received_at, count)
+        self.state.count_tokens(at, count)
 
 
 def _sample_record(sample: Sample) -> SampleRecord:

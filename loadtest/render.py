@@ -42,7 +42,12 @@ def _mode(config: dict[str, Any]) -> str:
         else f"open loop, Poisson {config['rate']:g} req/s"
     )
     soak = config["soak"]
-    return loop + (f", soak: a rollout every {soak['rollout_every_seconds']:g} s" if soak else "")
+    final = (
+        ", output mode final (TTFT: to the first whole sample)"
+        if config.get("output_mode") == "final"
+        else ""
+    )
+    return loop + final + (f", soak: a rollout every {soak['rollout_every_seconds']:g} s" if soak else "")
 
 
 def _counts(report: dict[str, Any]) -> str:

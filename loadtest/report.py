@@ -187,7 +187,8 @@ def _config(result: RunResult) -> dict[str, Any]:
         "target": config.target, "mode": plan.mode, "concurrency": plan.concurrency, "rate": plan.rate,
         "duration_seconds": plan.duration_seconds, "num_requests": plan.num_requests,
         "request_timeout_seconds": plan.request_timeout_seconds, "temperature": plan.temperature,
-        "top_p": plan.top_p, "ignore_eos": plan.ignore_eos, "strict_groups": config.strict_groups,
+        "top_p": plan.top_p, "ignore_eos": plan.ignore_eos, "output_mode": str(plan.output_mode),
+        "strict_groups": config.strict_groups,
         "soak": None if soak is None else {
             "admin": soak.admin, "sources": [str(s) for s in soak.sources],
             "rollout_every_seconds": soak.rollout_every_seconds, "drains": list(soak.drains),

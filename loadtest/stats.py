@@ -5,9 +5,11 @@ Pure functions of the records (records.py); no I/O. Conventions, stated once:
   1..100, p50 = 50.5, p90 = 90.1, p99 = 99.01.
 - the measured window runs from the first request sent to the last request ended; throughput is
   what completed in it divided by its length (requests/s, output tokens/s of completed responses).
-- TTFT: from sending to the first token of any sample. End-to-end: from sending to the last message.
+- TTFT: from sending to the first token of any sample (output mode FINAL: to the first whole
+  sample). End-to-end: from sending to the last message.
 - inter-token latency: within one sample, the gap between two consecutive chunks divided by the
-  later chunk's token count, counted once per token (so percentiles weigh tokens, not chunks).
+  later chunk's token count, counted once per token (so percentiles weigh tokens, not chunks);
+  none in FINAL, where a sample is one message.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ the worker: every refusal is an InvalidRequestError naming the offending field.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,39 @@ from epochserve.sampling import (
 Tokenize = Callable[[str], list[int]]
 
 
+class OutputMode(enum.StrEnum):
+    """GenerateRequest.output_mode (common.proto says what each delivers); the values are the
+    names the CLI and the load tester take."""
+
+    STREAM = "stream"  # a chunk per engine step, then the finish
+    FINAL = "final"  # one message per sample at its end, carrying all of it
+
+    def to_proto(self) -> common_pb2.OutputMode:
+        return _OUTPUT_MODES_TO_PROTO[self]
+
+
+_OUTPUT_MODES_TO_PROTO = {
+    OutputMode.STREAM: common_pb2.OUTPUT_MODE_STREAM,
+    OutputMode.FINAL: common_pb2.OUTPUT_MODE_FINAL,
+}
+_OUTPUT_MODES_FROM_PROTO = {
+    common_pb2.OUTPUT_MODE_UNSPECIFIED: OutputMode.STREAM,
+    common_pb2.OUTPUT_MODE_STREAM: OutputMode.STREAM,
+    common_pb2.OUTPUT_MODE_FINAL: OutputMode.FINAL,
+}
+
+
+def output_mode_from_proto(request: common_pb2.GenerateRequest) -> OutputMode:
+    """The request's output mode; an enum value this build does not know (a newer client's, or
+    garbage: proto3 keeps unknown enum numbers) is refused rather than streamed."""
+    mode = _OUTPUT_MODES_FROM_PROTO.get(request.output_mode)
+    if mode is None:
+        raise InvalidRequestError(
+            "output_mode", f"unknown value {request.output_mode} (OUTPUT_MODE_STREAM or OUTPUT_MODE_FINAL)"
+        )
+    return mode
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedGenerateRequest:
     """A GenerateRequest that passed validation. Created at a server edge, consumed by its engine."""
@@ -35,6 +69,8 @@ class ParsedGenerateRequest:
     max_tokens: int  # resolved: never None, prompt + max_tokens fits the context
     policy_version: int | None  # the version the router pinned, if any
     min_policy_version: int | None
+    # How the worker sends the response; the engine ignores it (it runs both modes the same way).
+    output_mode: OutputMode = OutputMode.STREAM
 
 
 def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
@@ -92,6 +128,7 @@ def parse_generate_request(
     n = request.n if request.HasField("n") else 1
     validate_n(n, limits)
     max_tokens = resolve_max_tokens(sampling, len(prompt), limits)
+    output_mode = output_mode_from_proto(request)
     return ParsedGenerateRequest(
         request_id=request.request_id or uuid.uuid4().hex,
         prompt_token_ids=tuple(prompt),
@@ -100,6 +137,7 @@ def parse_generate_request(
         max_tokens=max_tokens,
         policy_version=request.policy_version if request.HasField("policy_version") else None,
         min_policy_version=request.min_policy_version if request.HasField("min_policy_version") else None,
+        output_mode=output_mode,
     )
 
 

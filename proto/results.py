@@ -82,7 +82,8 @@ class GenerateResult:
     request_id: str
     policy_version: int
     samples: tuple[Sample, ...]  # by sample_index
-    ttft_seconds: float | None  # from sending to the first token, measured by the client
+    # from sending to the first token, measured by the client (FINAL: to the first whole sample)
+    ttft_seconds: float | None
     latency_seconds: float  # from sending to the last message
 
 
@@ -119,15 +120,33 @@ class _Partial:
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     support_sizes: list[int] = field(default_factory=list)
 
+    def extend(self, chunk: common_pb2.GenerateChunk) -> None:
+        self.token_ids.extend(chunk.token_ids)
+        self.processed_logprobs.extend(chunk.logprobs)
+        self.raw_logprobs.extend(chunk.raw_logprobs)
+        self.top_logprobs.extend(
+            TopLogprobs(tuple(t.token_ids), tuple(t.logprobs)) for t in chunk.top_logprobs
+        )
+        self.support_sizes.extend(chunk.support_sizes)
+
+
+def tokens_of(response: common_pb2.GenerateResponse) -> common_pb2.GenerateChunk:
+    """The tokens one message carries: its chunk (STREAM), or its finish's `output` (FINAL: the whole
+    sample; empty in a STREAM finish). Read-only: the empty default is not attached to `response`."""
+    return response.chunk if response.HasField("chunk") else response.finish.output
+
 
 class ResponseAssembler:
-    """Feed it a Generate stream's messages in order; it returns one event per message and keeps
-    the finished samples. Raises MixedVersionError when versions differ within the response."""
+    """Feed it a Generate stream's messages in order, in either output mode; it returns one event
+    per message (STREAM: TokenChunk per chunk, SampleFinished per finish; FINAL: SampleFinished
+    only) and keeps the finished samples. Raises MixedVersionError when versions differ within
+    the response."""
 
     def __init__(self) -> None:
         self.request_id = ""
         self.policy_version: int | None = None
-        self.first_token_at: float | None = None  # time.monotonic() of the first chunk
+        # time.monotonic() of the first message with tokens: a chunk, or in FINAL a whole sample
+        self.first_token_at: float | None = None
         self.last_at: float | None = None  # of the last message
         self._partial: dict[int, _Partial] = {}
         self._finished: dict[int, Sample] = {}
@@ -144,24 +163,18 @@ class ResponseAssembler:
                 f"policy version {response.policy_version} after {self.policy_version} in one response",
             )
         partial = self._partial.setdefault(response.sample_index, _Partial())
+        tokens = tokens_of(response)
+        if tokens.token_ids and self.first_token_at is None:
+            self.first_token_at = now
+        partial.extend(tokens)
         if response.HasField("chunk"):
-            chunk = response.chunk
-            if self.first_token_at is None:
-                self.first_token_at = now
-            partial.token_ids.extend(chunk.token_ids)
-            partial.processed_logprobs.extend(chunk.logprobs)
-            partial.raw_logprobs.extend(chunk.raw_logprobs)
-            partial.top_logprobs.extend(
-                TopLogprobs(tuple(t.token_ids), tuple(t.logprobs)) for t in chunk.top_logprobs
-            )
-            partial.support_sizes.extend(chunk.support_sizes)
             return TokenChunk(
                 response.request_id,
                 response.sample_index,
                 response.policy_version,
-                tuple(chunk.token_ids),
-                tuple(chunk.logprobs),
-                tuple(chunk.raw_logprobs),
+                tuple(tokens.token_ids),
+                tuple(tokens.logprobs),
+                tuple(tokens.raw_logprobs),
                 now,
             )
         sample = _finish(response, self._partial.pop(response.sample_index))

@@ -7,6 +7,9 @@ elsewhere:
 - an ABORT finish the router did not ask for (the worker is shutting down) while nothing was
   sent yet (WORKER_LOST).
 Each finish it forwards carries the router's part of the diagnostics (attempts, rerun flag).
+In OUTPUT_MODE_FINAL the only messages are finishes (each carrying its whole sample), so nothing
+reaches the client before a first sample ended: a worker lost or a version retired before then
+re-runs the request (the whole of it, as for STREAM before its first chunk).
 
 The request runs on the worker's Session stream (router/session.py), and always ends with the
 attempt: when it stops early (client cancel, deadline, an error in `send`) it is cancelled there,
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from epochserve.proto.convert import is_rollout_abort
+from epochserve.proto.results import tokens_of
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.load import Reservation
 from epochserve.router.registry import WorkerHandle
@@ -92,8 +96,8 @@ class Attempt:
                         return self._end(held_back, response.finish.abort_reason)
                     self._stamp(response.finish.diagnostics)
                     self.reservation.finish_sequence()
-                else:
-                    self.reservation.consume_tokens(len(response.chunk.token_ids))
+                # a chunk's tokens, or in FINAL a whole sample's, arriving with its finish
+                self.reservation.consume_tokens(len(tokens_of(response).token_ids))
                 await send(response)
                 state.has_sent = True
             return self._end(Outcome.COMPLETED, "")

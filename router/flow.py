@@ -18,7 +18,7 @@ import uuid
 import grpc
 
 from epochserve.errors import InvalidRequestError, RequestAbortedError
-from epochserve.proto.results import MixedVersionError, ResponseAssembler
+from epochserve.proto.results import MixedVersionError, ResponseAssembler, tokens_of
 from epochserve.proto.status import status_of
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.attempt import Attempt, FlowState, Send
@@ -145,20 +145,21 @@ class RequestFlow:
                 f"a worker answered with policy version {response.policy_version} "
                 f"for a request pinned to {self.state.version}",
             )
-        if response.HasField("chunk"):
+        tokens = tokens_of(response)  # FINAL: a whole sample, in its finish
+        if tokens.token_ids:
             now = time.monotonic()
-            num_tokens = len(response.chunk.token_ids)
+            num_tokens = len(tokens.token_ids)
             last = self._last_chunk_at.get(response.sample_index)
             if self.num_tokens == 0:
                 self.core.metrics.ttft.observe(now - self.state.started_at)
-            elif last is not None and num_tokens:
+            elif last is not None:  # never in FINAL: a sample's one message has no gap to time
                 self.core.metrics.inter_token.observe((now - last) / num_tokens)
             self._last_chunk_at[response.sample_index] = now
             self.num_tokens += num_tokens
         if self.assembler is not None:
             self.assembler.add(response)
-            if self._strip_support_sizes and response.HasField("chunk"):
-                response.chunk.ClearField("support_sizes")
+            if self._strip_support_sizes and tokens.support_sizes:  # (touch no empty default)
+                tokens.ClearField("support_sizes")
 
     def _write_audit(self) -> None:
         if self.core.audit is None or self.assembler is None:

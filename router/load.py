@@ -2,8 +2,10 @@
 
 A Reservation adds the request's estimated cost when the request is dispatched, gives tokens back
 as they stream out, and returns the rest when the request ends however it ends (release() is
-idempotent), so the counters never drift. Routers do not share load: each balances its own
-requests, which is enough when clients spread over routers.
+idempotent), so the counters never drift. A request in OUTPUT_MODE_FINAL gives a sample's tokens
+back only when the sample ends (its one message carries them all): until then it counts its whole
+estimate, an overestimate of what is left that lasts no longer than the sample runs. Routers do
+not share load: each balances its own requests, which is enough when clients spread over routers.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ Names (counters get Prometheus' `_total` suffix):
     epochserve_router_queue_depth{version}               requests waiting for a version (or a worker of it)
     epochserve_router_inflight_requests{worker}          requests this router has on each worker
     epochserve_router_ttft_seconds                       arrival at the router → first token forwarded
+                                                         (OUTPUT_MODE_FINAL: → the first whole sample)
     epochserve_router_inter_token_seconds                gap between a sample's chunks, per token
+                                                         (STREAM only: a FINAL sample is one message)
     epochserve_router_request_seconds                    arrival → end, whatever the status
     epochserve_router_retries_total{reason}              requests started again (worker_lost, retired, ...)
     epochserve_router_rollouts_seen_total                committed versions admission switched to

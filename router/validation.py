@@ -3,14 +3,14 @@
 The router checks a request against the model limits its workers reported (GetWorkerInfo), with
 the same function and messages as the worker, so that a bad request is refused before it waits
 in a queue. What it cannot check it leaves to the worker, whose INVALID_ARGUMENT reaches the
-client unchanged: a text prompt (the router has no tokenizer; sampling, n and stop tokens are
-still checked) and anything limit-bound before any worker answered.
+client unchanged: a text prompt (the router has no tokenizer; sampling, n, output_mode and stop
+tokens are still checked) and anything limit-bound before any worker answered.
 """
 
 from __future__ import annotations
 
 from epochserve.errors import InvalidRequestError
-from epochserve.proto.convert import parse_generate_request, sampling_from_proto
+from epochserve.proto.convert import output_mode_from_proto, parse_generate_request, sampling_from_proto
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.policies import RouteRequest, estimate_cost
 from epochserve.router.policies.base import CHARS_PER_TOKEN_GUESS
@@ -31,6 +31,7 @@ def validate_request(request: common_pb2.GenerateRequest, limits: ModelLimits | 
     if not request.prompt_token_ids and not request.prompt_text:
         raise InvalidRequestError("prompt_token_ids", "the prompt is empty")
     sampling = sampling_from_proto(request.sampling)  # validates every sampling field
+    output_mode_from_proto(request)
     n = request.n if request.HasField("n") else 1
     validate_n(n, limits or ModelLimits(vocab_size=2**32, max_model_len=2**32, max_n=2**31 - 1))
     if limits is not None:

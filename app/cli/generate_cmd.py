@@ -61,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="deadline of the call in seconds (default 120)"
     )
+    parser.add_argument(
+        "--output-mode",
+        choices=("stream", "final"),
+        default="stream",
+        help="stream: a message per engine step (default); final: one message per sample at its end",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per sample")
     parser.set_defaults(func=run)
 
@@ -80,6 +86,7 @@ def parse_token_ids(text: str) -> list[int]:
 
 
 def build_request(args: argparse.Namespace) -> Any:
+    from epochserve.proto.convert import OutputMode
     from epochserve.proto.v1 import common_pb2
 
     sampling = common_pb2.SamplingParams(
@@ -90,7 +97,9 @@ def build_request(args: argparse.Namespace) -> Any:
     for field in ("temperature", "top_p", "top_k", "min_p", "seed"):
         if getattr(args, field) is not None:
             setattr(sampling, field, getattr(args, field))
-    request = common_pb2.GenerateRequest(sampling=sampling, n=args.n)
+    request = common_pb2.GenerateRequest(
+        sampling=sampling, n=args.n, output_mode=OutputMode(args.output_mode).to_proto()
+    )
     if args.min_policy_version is not None:
         request.min_policy_version = args.min_policy_version
     if args.token_ids is not None:
@@ -117,13 +126,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"epochctl generate: {exc.code.name}: {exc.details}", file=sys.stderr)
                 return 1
             return _run_on_worker(args, target, request)
-    samples = {s.sample_index: _sample_dict(result.request_id, s) for s in result.samples}
+    samples = {s.sample_index: _sample_dict(result.request_id, s, via_router=True) for s in result.samples}
     return _print(args, samples, model_path)
 
 
-def _sample_dict(request_id: str, sample: Sample) -> dict[str, Any]:
-    """A router's sample in the output format of a worker's (plus the router's diagnostics)."""
-    return {
+def _sample_dict(request_id: str, sample: Sample, via_router: bool) -> dict[str, Any]:
+    """One sample as printed; a router's also names its part of the diagnostics."""
+    printed = {
         "sample_index": sample.sample_index,
         "token_ids": list(sample.token_ids),
         "logprobs": list(sample.processed_logprobs),
@@ -134,47 +143,34 @@ def _sample_dict(request_id: str, sample: Sample) -> dict[str, Any]:
         "finish_reason": sample.finish_reason,
         "worker_id": sample.worker_id,
         "seed": sample.diagnostics.seed,
-        "attempts": sample.diagnostics.attempts,
-        "rerun_under_new_version": sample.diagnostics.rerun_under_new_version,
     }
+    if via_router:
+        printed["attempts"] = sample.diagnostics.attempts
+        printed["rerun_under_new_version"] = sample.diagnostics.rerun_under_new_version
+    return printed
 
 
 def _run_on_worker(args: argparse.Namespace, target: str, request: Any) -> int:
     import grpc
 
+    from epochserve.proto.results import ResponseAssembler
     from epochserve.proto.v1 import worker_pb2, worker_pb2_grpc
 
-    samples: dict[int, dict[str, Any]] = {}
+    assembler = ResponseAssembler()
     with grpc.insecure_channel(target) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         try:
             for response in stub.Generate(request, timeout=args.timeout):
-                sample = samples.setdefault(response.sample_index, _empty_sample(response.sample_index))
-                sample["request_id"] = response.request_id
-                sample["policy_version"] = response.policy_version
-                if response.HasField("chunk"):
-                    chunk = response.chunk
-                    sample["token_ids"] += list(chunk.token_ids)
-                    sample["logprobs"] += list(chunk.logprobs)
-                    sample["raw_logprobs"] += list(chunk.raw_logprobs)
-                    sample["top_logprobs"] += [
-                        list(zip(t.token_ids, t.logprobs, strict=True)) for t in chunk.top_logprobs
-                    ]
-                else:
-                    finish = response.finish
-                    sample["finish_reason"] = _finish_name(finish.finish_reason)
-                    sample["worker_id"] = finish.worker_id
-                    sample["seed"] = finish.diagnostics.seed
+                assembler.add(response)
             info = stub.GetWorkerInfo(worker_pb2.GetWorkerInfoRequest(), timeout=10)
             model_path = args.tokenizer or _path(info.model_path)
         except grpc.RpcError as exc:
             print(f"epochctl generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
+    samples = {
+        s.sample_index: _sample_dict(assembler.request_id, s, via_router=False) for s in assembler.samples()
+    }
     return _print(args, samples, model_path)
-
-
-def _empty_sample(index: int) -> dict[str, Any]:
-    return {"sample_index": index, "token_ids": [], "logprobs": [], "raw_logprobs": [], "top_logprobs": []}
 
 
 def _path(reported: str) -> Path | None:
@@ -191,12 +187,6 @@ def _print(args: argparse.Namespace, samples: dict[int, dict[str, Any]], model_p
             sample.pop("seed", None)  # a greedy request draws nothing
         print(json.dumps(sample) if args.json else _human(sample))
     return 0
-
-
-def _finish_name(value: int) -> str:
-    from epochserve.proto.v1 import common_pb2
-
-    return common_pb2.FinishReason.Name(value).removeprefix("FINISH_REASON_").lower()
 
 
 def _decoder(model_path: Path | None) -> Any:

@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
     w.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1: off)")
     w.add_argument("--no-ignore-eos", action="store_true", help="let EOS end samples early")
+    w.add_argument(
+        "--output-mode",
+        choices=("stream", "final"),
+        default="stream",
+        help="stream: a message per engine step (default); final: one per sample at its end",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--timeout", type=float, default=300.0, metavar="S", help="deadline of each request")
     r.add_argument(
@@ -75,6 +81,7 @@ def build_config(args: argparse.Namespace) -> Any:
     from epochserve.controlplane.admin.auth import load_token
     from epochserve.errors import ConfigError
     from epochserve.loadtest.config import LoadPlan, LoadtestConfig, SoakConfig
+    from epochserve.proto.convert import OutputMode
 
     plan = LoadPlan(
         concurrency=args.concurrency, rate=args.rate, duration_seconds=args.duration,
@@ -82,6 +89,7 @@ def build_config(args: argparse.Namespace) -> Any:
         request_timeout_seconds=args.timeout,
         drain_timeout_seconds=args.drain_timeout if args.drain_timeout is not None else args.timeout + 30.0,
         temperature=args.temperature, top_p=args.top_p, ignore_eos=not args.no_ignore_eos, seed=args.seed,
+        output_mode=OutputMode(args.output_mode),
     )  # fmt: skip
     soak = None
     if args.rollout_every is not None:

@@ -7,12 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class OutputMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_MODE_UNSPECIFIED: _ClassVar[OutputMode]
+    OUTPUT_MODE_STREAM: _ClassVar[OutputMode]
+    OUTPUT_MODE_FINAL: _ClassVar[OutputMode]
+
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_ABORT: _ClassVar[FinishReason]
+OUTPUT_MODE_UNSPECIFIED: OutputMode
+OUTPUT_MODE_STREAM: OutputMode
+OUTPUT_MODE_FINAL: OutputMode
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -45,7 +54,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., num_top_logprobs: _Optional[int] = ..., return_raw_logprobs: _Optional[bool] = ..., return_support_size: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "sampling", "n", "min_policy_version", "prompt_text", "policy_version")
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "n", "min_policy_version", "prompt_text", "policy_version", "output_mode")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +62,7 @@ class GenerateRequest(_message.Message):
     MIN_POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
@@ -60,7 +70,8 @@ class GenerateRequest(_message.Message):
     min_policy_version: int
     prompt_text: str
     policy_version: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., n: _Optional[int] = ..., min_policy_version: _Optional[int] = ..., prompt_text: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
+    output_mode: OutputMode
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., n: _Optional[int] = ..., min_policy_version: _Optional[int] = ..., prompt_text: _Optional[str] = ..., policy_version: _Optional[int] = ..., output_mode: _Optional[_Union[OutputMode, str]] = ...) -> None: ...
 
 class TopLogprobs(_message.Message):
     __slots__ = ("token_ids", "logprobs")
@@ -113,20 +124,22 @@ class Diagnostics(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., tp_size: _Optional[int] = ..., policy_version: _Optional[int] = ..., seed: _Optional[int] = ..., kernel_mode: _Optional[str] = ..., prefix_cache_hit_blocks: _Optional[int] = ..., queue_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., attempts: _Optional[int] = ..., rerun_under_new_version: _Optional[bool] = ..., num_preemptions: _Optional[int] = ...) -> None: ...
 
 class GenerateFinish(_message.Message):
-    __slots__ = ("finish_reason", "num_prompt_tokens", "num_generated_tokens", "worker_id", "diagnostics", "abort_reason")
+    __slots__ = ("finish_reason", "num_prompt_tokens", "num_generated_tokens", "worker_id", "diagnostics", "abort_reason", "output")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     NUM_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
     ABORT_REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     num_prompt_tokens: int
     num_generated_tokens: int
     worker_id: str
     diagnostics: Diagnostics
     abort_reason: str
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_generated_tokens: _Optional[int] = ..., worker_id: _Optional[str] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., abort_reason: _Optional[str] = ...) -> None: ...
+    output: GenerateChunk
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., num_prompt_tokens: _Optional[int] = ..., num_generated_tokens: _Optional[int] = ..., worker_id: _Optional[str] = ..., diagnostics: _Optional[_Union[Diagnostics, _Mapping]] = ..., abort_reason: _Optional[str] = ..., output: _Optional[_Union[GenerateChunk, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("request_id", "sample_index", "policy_version", "chunk", "finish")

@@ -56,8 +56,9 @@ class GenerationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Run a request: streams chunks and one finish per sample, all of one policy version. The
-        router pins the request to the committed version it observes (at least min_policy_version).
+        """Run a request: streams chunks and one finish per sample, all of one policy version
+        (OUTPUT_MODE_FINAL: the finishes only, each carrying its sample's tokens). The router pins the
+        request to the committed version it observes (at least min_policy_version).
         Errors: INVALID_ARGUMENT (bad request), RESOURCE_EXHAUSTED (queue full; trailing metadata
         grpc-retry-pushback-ms says when to retry), UNAVAILABLE (no worker for the version, or the
         worker was lost after tokens were sent), ABORTED (retired by a drain=abort rollout after

@@ -61,7 +61,8 @@ class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Run a request; streams chunks and one finish per sample. The stream ends after the last finish.
+        """Run a request; streams chunks and one finish per sample (OUTPUT_MODE_FINAL: the finishes only,
+        each carrying its sample's tokens). The stream ends after the last finish.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -5,7 +5,12 @@ import math
 import pytest
 
 from epochserve.errors import InvalidRequestError
-from epochserve.proto.convert import parse_generate_request, sampling_from_proto, sampling_to_proto
+from epochserve.proto.convert import (
+    OutputMode,
+    parse_generate_request,
+    sampling_from_proto,
+    sampling_to_proto,
+)
 from epochserve.proto.v1 import common_pb2
 from epochserve.sampling import ModelLimits, SamplingParams
 
@@ -39,6 +44,8 @@ def request(**fields):
         (request(n=0), "n"),
         (request(n=-2), "n"),
         (request(n=9), "n"),
+        (request(output_mode=3), "output_mode"),  # a value this build does not know
+        (request(output_mode=-1), "output_mode"),
     ],
 )
 def test_bad_input_names_the_field(req, field):
@@ -55,6 +62,16 @@ def test_defaults_of_unset_fields():
     assert parsed.sampling.temperature == 1.0
     assert parsed.max_tokens == LIMITS.max_model_len - 3  # unset max_tokens: up to the context
     assert parsed.policy_version is None
+    assert parsed.output_mode is OutputMode.STREAM  # OUTPUT_MODE_UNSPECIFIED
+
+
+def test_output_modes_parse_and_round_trip():
+    for mode in OutputMode:
+        assert parse_generate_request(request(output_mode=mode.to_proto()), LIMITS).output_mode is mode
+    assert (
+        parse_generate_request(request(output_mode=common_pb2.OUTPUT_MODE_FINAL), LIMITS).output_mode
+        == "final"
+    )
 
 
 def test_boundaries_that_are_allowed():

@@ -1,9 +1,20 @@
-"""SequenceOutput → GenerateResponse: how engine results look on the wire."""
+"""SequenceOutput → GenerateResponse: how engine results look on the wire, in either output mode.
+
+STREAM sends, per sample, a chunk with the tokens of each batch of outputs, then the finish. FINAL
+keeps each sample's tokens here and sends them inside its finish (GenerateFinish.output), one
+message per sample: the same fields appended in the same order, so the two carry the same values.
+A sample that ends early with an ABORT finish (Abort, drain=abort, the worker shutting down) ends
+the same way in both modes, its finish carrying the tokens it had; a request that fails, is
+cancelled or runs out of time gets no finish in either mode (the service ends it with a status,
+and FINAL's held tokens are dropped with the builder).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from epochserve.proto.convert import OutputMode
 from epochserve.proto.v1 import common_pb2
 from epochserve.worker.engine.outputs import FinishInfo, SequenceOutput
 from epochserve.worker.engine.sequence import FinishReason
@@ -24,10 +35,8 @@ class WorkerStamp:
     kernel_mode: str
 
 
-def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse:
-    """Merge outputs of one sample into one chunk message (they share request, sample, version)."""
-    first = outputs[0]
-    chunk = common_pb2.GenerateChunk()
+def append_tokens(chunk: common_pb2.GenerateChunk, outputs: Iterable[SequenceOutput]) -> None:
+    """Append the outputs' tokens and per-token fields to chunk, in order (both modes use this)."""
     for output in outputs:
         chunk.token_ids.extend(output.token_ids)
         chunk.logprobs.extend(output.processed_logprobs)
@@ -35,6 +44,13 @@ def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse
         chunk.support_sizes.extend(output.support_sizes)
         for ids, logprobs in output.top_logprobs:
             chunk.top_logprobs.add(token_ids=ids, logprobs=logprobs)
+
+
+def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse:
+    """Merge outputs of one sample into one chunk message (they share request, sample, version)."""
+    first = outputs[0]
+    chunk = common_pb2.GenerateChunk()
+    append_tokens(chunk, outputs)
     return common_pb2.GenerateResponse(
         request_id=first.request_id,
         sample_index=first.sample_index,
@@ -43,7 +59,10 @@ def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse
     )
 
 
-def finish_response(output: SequenceOutput, identity: WorkerStamp) -> common_pb2.GenerateResponse:
+def finish_response(
+    output: SequenceOutput, identity: WorkerStamp, tokens: common_pb2.GenerateChunk | None = None
+) -> common_pb2.GenerateResponse:
+    """The finish of a sample; with `tokens` (FINAL), the whole sample's tokens ride in it."""
     info: FinishInfo | None = output.finish
     assert info is not None and info.reason is not FinishReason.ERROR, "errors end the stream with a status"
     diagnostics = common_pb2.Diagnostics(
@@ -66,6 +85,7 @@ def finish_response(output: SequenceOutput, identity: WorkerStamp) -> common_pb2
         worker_id=identity.worker_id,
         diagnostics=diagnostics,
         abort_reason=info.abort_reason,
+        output=tokens,
     )
     return common_pb2.GenerateResponse(
         request_id=output.request_id,
@@ -90,3 +110,25 @@ def to_responses(outputs: list[SequenceOutput], identity: WorkerStamp) -> list[c
         if last.finish is not None:
             responses.append(finish_response(last, identity))
     return responses
+
+
+@dataclass(slots=True)
+class ResponseBuilder:
+    """One request's wire messages in its output mode: feed it each batch of the request's engine
+    outputs in order (`responses`); FINAL holds each sample's tokens until its finish."""
+
+    identity: WorkerStamp
+    mode: OutputMode = OutputMode.STREAM
+    _held: dict[int, common_pb2.GenerateChunk] = field(default_factory=dict)  # FINAL, by sample index
+
+    def responses(self, outputs: list[SequenceOutput]) -> list[common_pb2.GenerateResponse]:
+        if self.mode is OutputMode.STREAM:
+            return to_responses(outputs, self.identity)
+        responses = []
+        for output in outputs:
+            tokens = self._held.setdefault(output.sample_index, common_pb2.GenerateChunk())
+            append_tokens(tokens, (output,))
+            if output.finish is not None:
+                del self._held[output.sample_index]
+                responses.append(finish_response(output, self.identity, tokens))
+        return responses

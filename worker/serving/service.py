@@ -25,7 +25,8 @@ from epochserve.worker.engine.engine import Engine
 from epochserve.worker.engine.outputs import SequenceOutput
 from epochserve.worker.engine.sequence import FinishReason
 from epochserve.worker.serving.engine_loop import EngineLoop, EngineStoppedError
-from epochserve.worker.serving.responses import WorkerStamp, to_responses
+from epochserve.worker.serving.mailbox import Mailbox
+from epochserve.worker.serving.responses import ResponseBuilder, WorkerStamp
 from epochserve.worker.serving.session import RequestFailed, serve_grpc
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         # With a control plane: False while fenced or catching up (new requests get UNAVAILABLE).
         self.is_ready: Callable[[], bool] = lambda: True
         self.session_port = 0  # the session link's port, reported in GetWorkerInfo (0: none)
+        self._outputs_mailbox: Mailbox | None = None
 
     async def Generate(
         self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -86,21 +88,22 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def responses(
         self, parsed: ParsedGenerateRequest, abort_reason: Callable[[], str]
     ) -> AsyncGenerator[common_pb2.GenerateResponse, None]:
-        """Run the request; yield its responses until every sample finished. Raises RequestFailed
-        when it fails (engine stopped, runtime guard). Closed early (cancelled, deadline, the
-        consumer gone), it aborts the request in the engine with `abort_reason()`, which frees
-        the sequences and their blocks. Use under contextlib.aclosing."""
+        """Run the request; yield its responses (in its output mode) until every sample finished.
+        Raises RequestFailed when it fails (engine stopped, runtime guard). Closed early (cancelled,
+        deadline, the consumer gone), it aborts the request in the engine with `abort_reason()`,
+        which frees the sequences and their blocks. Use under contextlib.aclosing."""
         outputs: asyncio.Queue[SequenceOutput | BaseException] = asyncio.Queue()
-        event_loop = asyncio.get_running_loop()
+        mailbox = self._mailbox()
 
         def sink(item: SequenceOutput | BaseException) -> None:  # runs on the engine thread
-            event_loop.call_soon_threadsafe(outputs.put_nowait, item)
+            mailbox.put(outputs, item)
 
         try:
             self.loop.submit(parsed, sink)
         except EngineStoppedError as exc:
             raise RequestFailed(failure_of(exc)) from exc
         num_unfinished = parsed.n
+        builder = ResponseBuilder(self.identity, parsed.output_mode)
         try:
             while num_unfinished:
                 batch = await self._next_outputs(outputs)
@@ -111,12 +114,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 guard = next((o for o in results if o.finish and o.finish.reason is FinishReason.ERROR), None)
                 if guard is not None and guard.finish is not None:
                     self._fail(parsed, RuntimeGuardError(parsed.request_id, guard.finish.error))
-                for response in to_responses(results, self.identity):
+                for response in builder.responses(results):
                     yield response
                 num_unfinished -= sum(1 for o in results if o.finish is not None)
         finally:
             if num_unfinished:  # cancelled, deadline, or failed: free the sequences and their blocks
                 self.loop.abort(parsed.request_id, abort_reason())
+
+    def _mailbox(self) -> Mailbox:
+        """The mailbox of the running event loop (the server's; tests may run several loops)."""
+        loop = asyncio.get_running_loop()
+        if self._outputs_mailbox is None or self._outputs_mailbox.loop is not loop:
+            self._outputs_mailbox = Mailbox(loop)
+        return self._outputs_mailbox
 
     async def _next_outputs(
         self, outputs: asyncio.Queue[SequenceOutput | BaseException]

@@ -24,6 +24,7 @@ from epochserve.proto.v1 import common_pb2, worker_pb2_grpc
 
 WORKER_ARGS = ("--lease-ttl", "2", "--block-size", "4")
 PROMPT = [5, 17, 33, 9, 100, 200, 300, 7, 8, 11]
+OUTPUT_MODES = (common_pb2.OUTPUT_MODE_STREAM, common_pb2.OUTPUT_MODE_FINAL)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,15 @@ def test_rollout_under_load_every_response_is_pure_and_matches_its_version(versi
         assert max_logprob_gap(models[1 - version], prompt, sample.token_ids, sample.logprobs) > 1e-3
 
 
-def test_drain_abort_retires_running_requests_with_a_reason(versions, tmp_path):
+def wait_running(address, timeout=30):
+    deadline = time.monotonic() + timeout
+    while worker_info(address).num_running_seqs == 0:
+        assert time.monotonic() < deadline, f"{address} never ran the request"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("output_mode", OUTPUT_MODES, ids=["stream", "final"])
+def test_drain_abort_retires_running_requests_with_a_reason(versions, tmp_path, output_mode):
     a_dir, b_model, root = versions
     with start_cluster(tmp_path, a_dir, num_workers=1) as cluster:
         address = cluster.workers[0].address
@@ -129,20 +138,30 @@ def test_drain_abort_retires_running_requests_with_a_reason(versions, tmp_path):
             request_id="long",
             prompt_token_ids=PROMPT,
             sampling=common_pb2.SamplingParams(max_tokens=480, ignore_eos=True),
+            output_mode=output_mode,
         )
         with grpc.insecure_channel(address) as channel:
             stream = worker_pb2_grpc.WorkerStub(channel).Generate(request, timeout=120)
-            assert next(stream).policy_version == 0
+            if output_mode == common_pb2.OUTPUT_MODE_STREAM:
+                assert next(stream).policy_version == 0
+            else:  # FINAL sends nothing before the end
+                wait_running(address)
             publish_b(cluster, 1, b_model, root, drain="abort")
-            finish = next(r.finish for r in stream if r.HasField("finish"))
+            messages = list(stream)
+        finish = messages[-1].finish
         assert finish.finish_reason == common_pb2.FINISH_REASON_ABORT
         assert is_rollout_abort(finish.abort_reason) and "1" in finish.abort_reason
+        assert {m.policy_version for m in messages} == {0}
+        if output_mode == common_pb2.OUTPUT_MODE_FINAL:  # one message: the abort, with the tokens made
+            assert len(messages) == 1
+            assert 0 < len(finish.output.token_ids) == finish.num_generated_tokens < 480
         wait_serving(address, 1)
-        after = generate(address, PROMPT, max_tokens=3)
+        after = generate(address, PROMPT, max_tokens=3, output_mode=output_mode)
         assert after[0].versions == {1}
 
 
-def test_drain_finish_lets_running_requests_complete_on_the_old_version(versions, tmp_path):
+@pytest.mark.parametrize("output_mode", OUTPUT_MODES, ids=["stream", "final"])
+def test_drain_finish_lets_running_requests_complete_on_the_old_version(versions, tmp_path, output_mode):
     a_dir, b_model, root = versions
     with start_cluster(tmp_path, a_dir, num_workers=1) as cluster:
         address = cluster.workers[0].address
@@ -150,20 +169,25 @@ def test_drain_finish_lets_running_requests_complete_on_the_old_version(versions
 
         def long_request():
             result["samples"] = generate(
-                address, PROMPT, request_id="finishing", max_tokens=300, ignore_eos=True
+                address,
+                PROMPT,
+                request_id="finishing",
+                max_tokens=300,
+                ignore_eos=True,
+                output_mode=output_mode,
             )
 
         thread = threading.Thread(target=long_request)
         thread.start()
-        deadline = time.monotonic() + 30
-        while worker_info(address).num_running_seqs == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_running(address)
         publish_b(cluster, 1, b_model, root, drain="finish")
         thread.join(120)
         sample = result["samples"][0]
         assert sample.versions == {0} and len(sample.token_ids) == 300
         assert sample.finish.finish_reason == common_pb2.FINISH_REASON_LENGTH
+        if output_mode == common_pb2.OUTPUT_MODE_FINAL:
+            assert sample.num_messages == 1
+        assert max_logprob_gap(hf_model(a_dir), PROMPT, sample.token_ids, sample.logprobs) < 1e-4
         wait_serving(address, 1)
 
 

@@ -8,12 +8,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+import pytest
 from fixtures.grpc_client import worker_info
 from routerkit import PROMPT, cluster_spec, wait_until
 
 from epochserve.app.local.cluster import LocalCluster
 from epochserve.client.errors import GenerationError, UnavailableError
 from epochserve.client.generation import AsyncGenerationClient, GenerationClient
+from epochserve.proto.convert import OutputMode
 from epochserve.proto.results import GenerateResult, SampleFinished, TokenChunk
 from epochserve.sampling import SamplingParams
 
@@ -31,9 +33,14 @@ class Stream:
     error: GenerationError | None = None
 
 
-async def consume(client: AsyncGenerationClient, stream: Stream, n: int = 1) -> None:
+async def consume(
+    client: AsyncGenerationClient, stream: Stream, n: int = 1, output_mode: OutputMode = OutputMode.STREAM
+) -> None:
     try:
-        async for event in client.stream(PROMPT, LONG, n=n, request_id=stream.request_id, timeout=120):
+        events = client.stream(
+            PROMPT, LONG, n=n, request_id=stream.request_id, timeout=120, output_mode=output_mode
+        )
+        async for event in events:
             if isinstance(event, TokenChunk):
                 stream.token_times.append(event.received_at)
             else:
@@ -42,20 +49,22 @@ async def consume(client: AsyncGenerationClient, stream: Stream, n: int = 1) -> 
         stream.error = exc
 
 
-async def kill_a_worker_under_load(cluster: LocalCluster) -> tuple[list[Stream], float]:
+async def kill_a_worker_under_load(
+    cluster: LocalCluster, output_mode: OutputMode
+) -> tuple[list[Stream], float]:
     """24 streams over 2 workers running 4 sequences each; worker-1 is killed once it runs some
-    of them (which streamed tokens) and queues others (which streamed nothing)."""
+    of them (which streamed tokens, in STREAM) and queues others (which streamed nothing)."""
     victim = cluster.workers[1]
     async with AsyncGenerationClient(cluster.router_address) as client:
         streams = [Stream(f"s{i}") for i in range(24)]
-        tasks = [asyncio.ensure_future(consume(client, s)) for s in streams]
+        tasks = [asyncio.ensure_future(consume(client, s, output_mode=output_mode)) for s in streams]
 
         def victim_is_busy() -> bool:
             info = worker_info(victim.address)
             return (
                 info.num_running_seqs > 0
                 and info.num_waiting_seqs > 0
-                and sum(bool(s.token_times) for s in streams) >= 4
+                and (output_mode is OutputMode.FINAL or sum(bool(s.token_times) for s in streams) >= 4)
             )
 
         while not await asyncio.to_thread(victim_is_busy):
@@ -70,16 +79,20 @@ async def kill_a_worker_under_load(cluster: LocalCluster) -> tuple[list[Stream],
     return streams, frozen_at
 
 
-def test_a_killed_worker_costs_only_the_streams_that_had_tokens(versions, tmp_path):
+@pytest.mark.parametrize("output_mode", list(OutputMode))
+def test_a_killed_worker_costs_only_the_streams_that_had_tokens(versions, tmp_path, output_mode):
     a_dir, _models, _root = versions
     spec = cluster_spec(
         tmp_path, a_dir, worker_args=("--max-num-seqs", "4"), router_args=("--policy", "round-robin")
     )
     with LocalCluster(spec) as cluster:
-        streams, frozen_at = asyncio.run(kill_a_worker_under_load(cluster))
+        streams, frozen_at = asyncio.run(kill_a_worker_under_load(cluster, output_mode))
         lost = [s for s in streams if s.error is not None]
         done = [s for s in streams if s.error is None]
-        assert lost, "streams running on the killed worker end with an error"
+        if output_mode is OutputMode.STREAM:
+            assert lost, "streams running on the killed worker end with an error"
+        else:  # FINAL sends a sample only once it ended: nothing of a killed request had been sent
+            assert not lost, "FINAL requests on the killed worker re-run elsewhere and complete"
         for s in lost:
             assert isinstance(s.error, UnavailableError), s.error
             assert s.request_id in s.error.details and "after tokens were sent" in s.error.details

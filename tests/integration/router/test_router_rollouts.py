@@ -1,10 +1,11 @@
 """Routers under load across rollouts: real etcd, coordinator, 2 workers and 2 router processes.
 
 200 client tasks keep a request each in flight through two routers while three rollouts happen
-(drain finish, abort, finish). Checked on every response: one policy version (I1), >= every
-version its router had switched to before it was sent, and >= every version DONE before it was
-sent (I2); every request ends completed or with an explicit error (I5), and the errors are only
-the ABORTED of requests a drain=abort rollout retired after they streamed.
+(drain finish, abort, finish), half of them in output mode STREAM and half in FINAL. Checked on
+every response: one policy version (I1), >= every version its router had switched to before it
+was sent, and >= every version DONE before it was sent (I2); every request ends completed or with
+an explicit error (I5), and the errors are only the ABORTED of requests a drain=abort rollout
+retired after they streamed (never a FINAL one: it sends nothing before it completed).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from routerkit import PROMPT, cluster_spec, max_logprob_gap, publish, wait_until
 from epochserve.app.local.cluster import LocalCluster
 from epochserve.client.errors import AbortedError, GenerationError
 from epochserve.client.generation import AsyncGenerationClient, GenerationClient
+from epochserve.proto.convert import OutputMode
 from epochserve.proto.results import GenerateResult
 from epochserve.sampling import SamplingParams
 
@@ -35,6 +37,7 @@ class Sent:
     prompt: list[int]
     sent_at: float  # time.monotonic()
     outcome: GenerateResult | GenerationError
+    output_mode: OutputMode
 
 
 @dataclass
@@ -59,6 +62,8 @@ async def run_load_during_rollouts(cluster: LocalCluster, models: dict, root) ->
 
     async def keep_one_in_flight(task_index: int) -> None:
         address = routers[task_index % len(routers)]
+        # Half the tasks ask for one message per sample: the same guarantees hold for them.
+        output_mode = OutputMode.FINAL if task_index % 4 >= 2 else OutputMode.STREAM
         rng = random.Random(task_index)
         while not stop.is_set():
             prompt = PROMPT[: rng.randint(3, len(PROMPT))]
@@ -68,10 +73,12 @@ async def run_load_during_rollouts(cluster: LocalCluster, models: dict, root) ->
             run.num_sent += 1
             sent_at = time.monotonic()
             try:
-                outcome: GenerateResult | GenerationError = await clients[address].generate(prompt, sampling)
+                outcome: GenerateResult | GenerationError = await clients[address].generate(
+                    prompt, sampling, output_mode=output_mode
+                )
             except GenerationError as exc:
                 outcome = exc
-            run.sent.append(Sent(address, prompt, sent_at, outcome))
+            run.sent.append(Sent(address, prompt, sent_at, outcome, output_mode))
 
     tasks = [asyncio.ensure_future(watch_policy(a)) for a in routers]
     tasks += [asyncio.ensure_future(keep_one_in_flight(i)) for i in range(NUM_CONCURRENT)]
@@ -100,9 +107,15 @@ def test_200_concurrent_requests_across_three_rollouts_are_pure_fresh_and_all_ac
     errors = [s.outcome for s in run.sent if isinstance(s.outcome, GenerationError)]
     assert all(isinstance(e, AbortedError) and "drain=abort" in e.details for e in errors), errors[:3]
     assert len(completed) > 2 * NUM_CONCURRENT
-    assert {s.outcome.policy_version for s in completed} == {0, 1, 2, 3}  # type: ignore[union-attr]
+    for mode in OutputMode:
+        versions_seen = {s.outcome.policy_version for s in completed if s.output_mode is mode}  # type: ignore[union-attr]
+        assert versions_seen == {0, 1, 2, 3}, mode
+    # A FINAL request of one sample has sent nothing until it completed: a drain=abort re-runs it.
+    assert not [
+        s for s in run.sent if s.output_mode is OutputMode.FINAL and isinstance(s.outcome, GenerationError)
+    ]
 
-    reruns = 0
+    reruns = {mode: 0 for mode in OutputMode}
     for sent in completed:
         result = sent.outcome
         assert isinstance(result, GenerateResult)
@@ -115,9 +128,9 @@ def test_200_concurrent_requests_across_three_rollouts_are_pure_fresh_and_all_ac
         assert version >= max(done, default=0), "sent after v was DONE, ran below v"
         diagnostics = result.samples[0].diagnostics
         if diagnostics.rerun_under_new_version:
-            reruns += 1
+            reruns[sent.output_mode] += 1
             assert version == 2 and diagnostics.attempts >= 2
-    assert reruns > 0, "the drain=abort rollout re-ran requests that had streamed nothing"
+    assert all(reruns.values()), f"the drain=abort rollout re-ran requests that had sent nothing: {reruns}"
     assert errors, "the drain=abort rollout ended requests that had streamed with ABORTED"
 
     # The version named is the version that computed the logprobs (a sample of responses).

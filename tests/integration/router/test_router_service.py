@@ -28,7 +28,8 @@ from epochserve.client.errors import (
     UnavailableError,
 )
 from epochserve.client.generation import AsyncGenerationClient, GenerationClient
-from epochserve.proto.results import TokenChunk
+from epochserve.proto.convert import OutputMode
+from epochserve.proto.results import SampleFinished, TokenChunk
 from epochserve.sampling import SamplingParams
 
 LONG = SamplingParams(temperature=1.0, max_tokens=480, ignore_eos=True, seed=5)
@@ -129,11 +130,43 @@ def test_client_cancel_abort_and_deadline_free_the_workers_sequences(cluster):
             wait_worker_idle(worker.address, free)
 
 
-def test_metrics_count_what_was_sent(cluster):
+def test_final_output_abort_and_deadline_end_as_in_stream(cluster):
+    baseline = free_blocks(cluster)
+    with GenerationClient(cluster.router_address) as client:
+        # Abort through the router: the one message is the ABORT finish with the tokens made so far.
+        events = []
+        thread = threading.Thread(
+            target=lambda: events.extend(
+                client.stream(PROMPT, LONG, request_id="final-ab", output_mode=OutputMode.FINAL)
+            )
+        )
+        thread.start()
+        wait_until(
+            lambda: sum(worker_info(w.address).num_running_seqs for w in cluster.workers) == 1, 30, "start"
+        )
+        time.sleep(0.3)  # a few decode steps: the abort then cuts a sample with tokens
+        assert client.abort("final-ab")
+        thread.join(30)
+        [event] = events
+        assert isinstance(event, SampleFinished) and event.sample.finish_reason == "abort"
+        assert 0 < len(event.sample.token_ids) < LONG.max_tokens
+        assert len(event.sample.processed_logprobs) == len(event.sample.token_ids)
+        # Deadline: propagated to the worker, which frees the sequence; nothing was sent.
+        with pytest.raises(DeadlineExceededError):
+            client.generate(PROMPT, LONG, timeout=0.5, output_mode=OutputMode.FINAL)
+        for worker, free in zip(cluster.workers, baseline, strict=True):
+            wait_worker_idle(worker.address, free)
+
+
+@pytest.mark.parametrize("output_mode", list(OutputMode))
+def test_metrics_count_what_was_sent(cluster, output_mode):
     router = cluster.routers[0]
     before = scrape(router)
     with GenerationClient(router.address) as client:
-        results = [client.generate(PROMPT, SamplingParams(max_tokens=4, seed=i), n=2) for i in range(5)]
+        results = [
+            client.generate(PROMPT, SamplingParams(max_tokens=4, seed=i), n=2, output_mode=output_mode)
+            for i in range(5)
+        ]
         with pytest.raises(InvalidArgumentError):
             client.generate([1, 99_999], SamplingParams(max_tokens=4))
     after = scrape(router)
@@ -147,7 +180,10 @@ def test_metrics_count_what_was_sent(cluster):
     assert delta("epochserve_router_requests_total", version="none", status="INVALID_ARGUMENT") == 1
     assert delta("epochserve_router_ttft_seconds_count") == 5
     assert delta("epochserve_router_request_seconds_count") == 6
-    assert delta("epochserve_router_inter_token_seconds_count") >= 5 * 2 * 3
+    if output_mode is OutputMode.STREAM:
+        assert delta("epochserve_router_inter_token_seconds_count") >= 5 * 2 * 3
+    else:  # TTFT is the time to the first whole sample; a sample's one message has no gaps
+        assert delta("epochserve_router_inter_token_seconds_count") == 0
     used = {s.worker_id for r in results for s in r.samples}
     for worker in used:
         assert after[("epochserve_router_inflight_requests", (("worker", worker),))] == 0
@@ -155,10 +191,16 @@ def test_metrics_count_what_was_sent(cluster):
     assert after[("epochserve_router_rollouts_seen_total", ())] == 0
 
 
-def test_the_audit_log_records_every_completed_response(cluster):
+@pytest.mark.parametrize("output_mode", list(OutputMode))
+def test_the_audit_log_records_every_completed_response(cluster, output_mode):
     with GenerationClient(cluster.router_address) as client:
         results = [
-            client.generate(PROMPT[:5], SamplingParams(max_tokens=3, seed=9), request_id=f"audit-{i}")
+            client.generate(
+                PROMPT[:5],
+                SamplingParams(max_tokens=3, seed=9),
+                request_id=f"audit-{output_mode}-{i}",
+                output_mode=output_mode,
+            )
             for i in range(3)
         ]
 
@@ -175,6 +217,8 @@ def test_the_audit_log_records_every_completed_response(cluster):
         assert sample["token_ids"] == list(result.samples[0].token_ids)
         assert sample["processed_logprobs"] == list(result.samples[0].processed_logprobs)
         assert sample["worker_id"] == result.samples[0].worker_id == sample["diagnostics"]["worker_id"]
+        # The router asked for support sizes for its log; the client, which did not, gets none.
+        assert len(sample["support_sizes"]) == 3 and result.samples[0].support_sizes == ()
 
 
 def test_mutual_tls_between_client_and_router(cluster):

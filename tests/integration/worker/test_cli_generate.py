@@ -67,3 +67,19 @@ def test_bad_input_exits_non_zero_with_the_reason(smol_worker):
     done = epochctl("generate", "--target", smol_worker.address, "--token-ids", "1,99999999")
     assert done.returncode == 1
     assert "INVALID_ARGUMENT" in done.stderr and "prompt_token_ids" in done.stderr
+
+
+def test_output_mode_final_prints_what_stream_prints(smol_worker):
+    def samples(mode):
+        done = epochctl(
+            "generate", "--target", smol_worker.address, "--token-ids", "504,3458,314", "--n", "2",
+            "--seed", "5", "--max-tokens", "6", "--output-mode", mode, "--json",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    stream, final = samples("stream"), samples("final")
+    assert [len(s["token_ids"]) for s in final] == [6, 6]
+    for s in (*stream, *final):
+        del s["request_id"]  # the worker gives each request a fresh one
+    assert final == stream

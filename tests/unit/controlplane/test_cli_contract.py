@@ -107,6 +107,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--top-logprobs TOP_LOGPROBS": 0,
         "--tokenizer TOKENIZER": None,
         "--timeout TIMEOUT": 120.0,
+        "--output-mode {stream,final}": "stream",
         "--json": False,
     },
     "coordinator": {
@@ -226,6 +227,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--temperature TEMPERATURE": 1.0,
         "--top-p TOP_P": 1.0,
         "--no-ignore-eos": False,
+        "--output-mode {stream,final}": "stream",
         "--timeout S": 300.0,
         "--drain-timeout S": None,
         "--max-in-flight MAX_IN_FLIGHT": 10000,

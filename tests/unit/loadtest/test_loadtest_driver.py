@@ -14,6 +14,7 @@ from epochserve.loadtest.config import LoadPlan
 from epochserve.loadtest.driver import LoadDriver, RunState
 from epochserve.loadtest.records import MIXED_VERSIONS
 from epochserve.loadtest.workload import LengthDistribution, SyntheticWorkload
+from epochserve.proto.convert import OutputMode
 from epochserve.proto.results import Diagnostics, MixedVersionError, Sample, SampleFinished, TokenChunk
 
 pytestmark = pytest.mark.timeout(30)  # a driver that hangs fails here, not after ten minutes
@@ -37,9 +38,11 @@ class ScriptedClient:
         self.script = script
         self.hold = hold  # when set, every stream waits for it first
         self.num_calls = 0
+        self.output_modes: set[OutputMode] = set()
 
-    def stream(self, prompt, sampling, *, n, request_id, timeout):
+    def stream(self, prompt, sampling, *, n, request_id, timeout, output_mode=OutputMode.STREAM):
         self.num_calls += 1
+        self.output_modes.add(output_mode)
 
         async def events():
             if self.hold is not None:
@@ -132,6 +135,27 @@ def test_ttft_and_inter_token_gaps_come_from_chunk_arrival_times():
     gaps = sorted(round(g, 6) for g in record.inter_token_seconds)
     assert gaps == [0.1, 0.1, 0.1, 0.2, 0.2, 0.2]
     assert record.num_streamed_tokens == 8 and record.num_output_tokens == 8
+
+
+def test_in_final_mode_each_sample_counts_its_tokens_once_when_its_one_message_arrives():
+    def script(rid: str, n: int):  # what a FINAL stream yields: finishes only, each a whole sample
+        yield finished(rid, 1, 1, 5, 10.0)
+        yield finished(rid, 0, 1, 3, 10.4)
+
+    async def main():
+        state = RunState(0.0)
+        plan = LoadPlan(concurrency=1, num_requests=1, output_mode=OutputMode.FINAL)
+        client = ScriptedClient(script)
+        await LoadDriver(client, workload(2), plan, state, clock=lambda: 9.5).run()  # type: ignore[arg-type]
+        return state, client
+
+    state, client = asyncio.run(main())
+    [record] = state.records
+    assert client.output_modes == {OutputMode.FINAL}
+    assert record.ttft_seconds == 0.5  # to the first whole sample
+    assert len(record.inter_token_seconds) == 0  # one message per sample: no gap to measure
+    assert record.num_streamed_tokens == 8 == record.num_output_tokens == state.num_streamed_tokens
+    assert record.chunk_versions == {0: {1}, 1: {1}} and record.policy_version == 1
 
 
 def test_open_loop_sends_the_poisson_arrivals_of_its_window():

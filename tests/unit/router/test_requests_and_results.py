@@ -16,8 +16,8 @@ from epochserve.client.errors import (
 )
 from epochserve.client.generation import build_request
 from epochserve.errors import InvalidRequestError, RuntimeGuardError
-from epochserve.proto.convert import parse_generate_request
-from epochserve.proto.results import MixedVersionError, ResponseAssembler
+from epochserve.proto.convert import OutputMode, parse_generate_request
+from epochserve.proto.results import MixedVersionError, ResponseAssembler, SampleFinished, tokens_of
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.audit import AuditLog, audit_record
 from epochserve.router.validation import validate_request
@@ -43,6 +43,7 @@ def request(**fields):
         dict(prompt_token_ids=[1, 2], sampling=dict(top_p=0.0)),
         dict(prompt_token_ids=[1, 2], n=5),
         dict(prompt_token_ids=[1, 2], sampling=dict(stop_token_ids=[700])),
+        dict(prompt_token_ids=[1, 2], output_mode=5),
     ],
 )
 def test_the_router_refuses_what_the_worker_refuses_with_the_same_message(fields):
@@ -60,6 +61,8 @@ def test_a_text_prompt_passes_to_the_worker_but_its_sampling_and_n_are_checked()
         validate_request(request(prompt_text="hi", sampling=dict(top_p=2.0)), LIMITS)
     with pytest.raises(InvalidRequestError, match=r"^n:"):
         validate_request(request(prompt_text="hi", n=9), LIMITS)
+    with pytest.raises(InvalidRequestError, match=r"^output_mode:"):
+        validate_request(request(prompt_text="hi", output_mode=5), LIMITS)
 
 
 def test_before_any_worker_answered_only_limit_free_rules_apply():
@@ -112,6 +115,24 @@ def test_the_assembler_builds_samples_and_rejects_a_second_version():
     assert isinstance(mixed.value, RuntimeGuardError)  # INTERNAL at a server edge
 
 
+def test_the_assembler_takes_final_messages_as_whole_samples():
+    stream = [chunk(0, 3, [5], [-0.5]), chunk(1, 3, [6, 7], [-1.0, -2.0]), chunk(0, 3, [8], [-0.25])]
+    stream += [finish(1, 3), finish(0, 3)]
+    final = [finish(1, 3), finish(0, 3)]
+    final[0].finish.output.MergeFrom(common_pb2.GenerateChunk(token_ids=[6, 7], logprobs=[-1.0, -2.0]))
+    final[1].finish.output.MergeFrom(common_pb2.GenerateChunk(token_ids=[5, 8], logprobs=[-0.5, -0.25]))
+    by_mode = {}
+    for mode, messages in (("stream", stream), ("final", final)):
+        assembler = ResponseAssembler()
+        events = [assembler.add(message) for message in messages]
+        by_mode[mode] = (assembler.samples(), events, assembler.first_token_at)
+    assert by_mode["final"][0] == by_mode["stream"][0]
+    assert all(isinstance(e, SampleFinished) for e in by_mode["final"][1])
+    assert by_mode["final"][2] is not None  # TTFT: the first whole sample
+    assert [tokens_of(m).token_ids for m in final] == [[6, 7], [5, 8]]
+    assert tokens_of(stream[0]).token_ids == [5] and not tokens_of(stream[-1]).token_ids
+
+
 class FakeRpcError(grpc.RpcError):
     def __init__(self, code, details, trailing=()):
         self._code, self._details, self._trailing = code, details, trailing
@@ -147,6 +168,8 @@ def test_build_request_fills_in_a_request_id_and_the_sampling():
     assert built.request_id and built.n == 3 and built.min_policy_version == 2
     assert built.sampling.temperature == 0.0 and built.sampling.max_tokens == 4
     assert build_request("text").prompt_text == "text"
+    assert built.output_mode == common_pb2.OUTPUT_MODE_STREAM
+    assert build_request([1], output_mode=OutputMode.FINAL).output_mode == common_pb2.OUTPUT_MODE_FINAL
 
 
 def test_audit_lines_hold_what_verify_needs(tmp_path):
