@@ -5,7 +5,7 @@ Workload (random bf16 weights of a Llama shape): PROMPTS prompts of 256 random i
 max_tokens new tokens, ignore_eos, temperature 1.0, top_p 1.0 and then 0.95, processed logprobs
 returned (always). `--long` is the long-trace variant (32 prompts x n 8, 4,096 new tokens).
 Each setting runs on three paths, one after the other on the same GPU:
-  engine   the engine in this process, every request added at once, stepped to the end
+  engine   the engine in this process, every request added at once (FINAL), stepped to the end
   grpc     one worker process behind one router (`epochctl up`'s processes), the router reaching
            the worker over the Worker.Session gRPC call; the asyncio client holds every request
            in flight
@@ -103,13 +103,15 @@ def run_engine(model_dir: Path, overrides: dict, workloads: list[Workload], voca
     each workload's output tokens per second."""
     from fixtures.engine import make_engine, make_request, run_to_completion
 
+    from epochserve.proto.convert import OutputMode
+
     engine = make_engine(model_dir, **overrides)
 
     def go(w: Workload, prompts: list[list[int]], max_tokens: int) -> float:
         tag = time.monotonic_ns()
         requests = [
             make_request(f"{tag}-{i}", p, engine.limits, n=w.n, temperature=1.0, top_p=w.top_p, seed=i,
-                         max_tokens=max_tokens, ignore_eos=True)
+                         max_tokens=max_tokens, ignore_eos=True, output_mode=OutputMode.FINAL)
             for i, p in enumerate(prompts)
         ]  # fmt: skip
         start = time.perf_counter()

@@ -25,7 +25,7 @@ from itertools import count
 
 from epochserve.controlplane.store.records import DrainPolicy
 from epochserve.errors import InvalidRequestError, VersionMismatchError
-from epochserve.proto.convert import ParsedGenerateRequest, rollout_abort_reason
+from epochserve.proto.convert import OutputMode, ParsedGenerateRequest, rollout_abort_reason
 from epochserve.sampling import ModelLimits
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine.block_manager import BlockManager, BlockUsage
@@ -137,6 +137,7 @@ class Engine:
                     seed=seed,
                     policy_version=self.policy_version,
                     prefill_leader=seqs[0] if index > 0 and self.config.enable_prefix_cache else None,
+                    final_only=request.output_mode is OutputMode.FINAL,
                 )
             )
         self._requests[request.request_id] = seqs
@@ -269,10 +270,16 @@ class Engine:
                 seq.raw_logprobs.append(raw)
             if top is not None:
                 seq.top_logprobs.append(top)
+            if support is not None:
+                seq.support_sizes.append(support)
             if seq.times.first_token is None:
                 seq.times.first_token = now
             seq.times.last_token = now
             finish = self._finish_reason(seq, token)
+            if seq.final_only:
+                if finish is not None:
+                    outputs.append(self._finish(seq, finish))
+                continue
             outputs.append(
                 SequenceOutput(
                     seq.request_id,
@@ -303,14 +310,28 @@ class Engine:
         return None
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> SequenceOutput:
-        """Mark seq finished, release its blocks, forget its request once every sample ended."""
+        """Mark seq finished, release its blocks, forget its request once every sample ended. The
+        output: the finish alone, or for a FINAL sequence the finish with every token."""
         self.scheduler.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         siblings = self._requests.get(seq.request_id, [])
         if siblings and all(s.is_finished for s in siblings):
             del self._requests[seq.request_id]
-        return SequenceOutput(seq.request_id, seq.sample_index, seq.policy_version, finish=FinishInfo.of(seq))
+        finish = FinishInfo.of(seq)
+        if not seq.final_only:
+            return SequenceOutput(seq.request_id, seq.sample_index, seq.policy_version, finish=finish)
+        return SequenceOutput(
+            seq.request_id,
+            seq.sample_index,
+            seq.policy_version,
+            tuple(seq.output_token_ids),
+            tuple(seq.processed_logprobs),
+            tuple(seq.raw_logprobs),
+            tuple((tuple(ids), tuple(values)) for ids, values in seq.top_logprobs),
+            tuple(seq.support_sizes),
+            finish,
+        )
 
     # ---- versions and stats --------------------------------------------------------------
     def begin_drain(self, version: int, policy: DrainPolicy) -> list[SequenceOutput]:

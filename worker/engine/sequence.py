@@ -53,6 +53,10 @@ class Sequence:
     processed_logprobs: list[float] = field(default_factory=list)
     raw_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[tuple[list[int], list[float]]] = field(default_factory=list)
+    support_sizes: list[int] = field(default_factory=list)  # when the request asked for them
+    # OUTPUT_MODE_FINAL: the engine reports this sequence once, at its end, with all its tokens
+    # (no per-step output for the server to handle).
+    final_only: bool = False
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     abort_reason: str = ""

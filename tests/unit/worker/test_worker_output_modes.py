@@ -30,11 +30,11 @@ def engine(tiny_model_dirs):
 
 
 def engine_batches(
-    engine, request_id: str, abort_after_steps: int | None = None
+    engine, request_id: str, abort_after_steps: int | None = None, mode: OutputMode = OutputMode.STREAM
 ) -> list[list[SequenceOutput]]:
     """The request's outputs, one list per engine step, as the engine loop hands them to the service;
     with abort_after_steps, the request is aborted ("client") after that many steps."""
-    engine.add_request(make_request(request_id, PROMPT, engine.limits, n=N, **SAMPLING))
+    engine.add_request(make_request(request_id, PROMPT, engine.limits, n=N, output_mode=mode, **SAMPLING))
     batches: list[list[SequenceOutput]] = []
     while engine.has_work():
         if len(batches) == abort_after_steps:
@@ -108,3 +108,27 @@ def test_final_sends_each_sample_in_the_batch_where_it_ends_and_nothing_before(e
     for batch in engine_batches(engine, "held"):
         ended = sorted(o.sample_index for o in batch if o.finish is not None)
         assert sorted(m.sample_index for m in builder.responses(batch)) == ended
+
+
+@pytest.mark.parametrize("abort_after_steps", [None, 4])
+def test_the_engine_reports_a_final_sample_once_with_what_its_stream_outputs_add_up_to(
+    engine, abort_after_steps
+):
+    """FINAL sequences cost the server nothing per step: the engine reports each once, at its end
+    (finish or abort), with every token; the builder then passes it through."""
+    stream = engine_batches(engine, "s", abort_after_steps)
+    final = engine_batches(engine, "f", abort_after_steps, OutputMode.FINAL)
+    outputs = [o for batch in final for o in batch]
+    assert sorted(o.sample_index for o in outputs) == list(range(N))
+    assert all(o.finish is not None for o in outputs)
+    for output in outputs:
+        pieces = [o for batch in stream for o in batch if o.sample_index == output.sample_index]
+        for name in ("token_ids", "processed_logprobs", "raw_logprobs", "top_logprobs", "support_sizes"):
+            assert getattr(output, name) == sum((getattr(o, name) for o in pieces), ()), name
+        assert output.finish.reason == pieces[-1].finish.reason
+    builder = ResponseBuilder(STAMP, OutputMode.FINAL)
+    from_engine = {m.sample_index: m.finish for m in (m for batch in final for m in builder.responses(batch))}
+    from_stream = {m.sample_index: m.finish for m in wire(stream, OutputMode.FINAL)}
+    for index, finish in from_stream.items():  # the wire messages, timings aside
+        assert from_engine[index].output == finish.output
+        assert from_engine[index].finish_reason == finish.finish_reason
