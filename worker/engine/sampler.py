@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from epochserve.sampling import SamplingParams
-from epochserve.worker.engine.sampling_noise import gumbel_noise, noise_key
+from epochserve.worker.engine.sampling_noise import gumbel_noise, position_keys
 from epochserve.worker.engine.sequence import Sequence
 from epochserve.worker.layers.ops import TORCH_OPS, TorchOps
 
@@ -215,7 +215,7 @@ class Sampler:
             return greedy
         rows = _on_device(sampled_rows, torch.int64, processed.device)
         sampled = [seqs[i] for i in sampled_rows]
-        keys = [noise_key(s.seed, s.sample_index, s.num_generated_tokens) for s in sampled]
+        keys = position_keys([s.noise_base for s in sampled], [s.num_generated_tokens for s in sampled])
         keys_on_device = _on_device(keys, torch.int64, processed.device)
         logprobs = processed.index_select(0, rows) - lse.index_select(0, rows)[:, None]
         noisy = logprobs + gumbel_noise(keys_on_device, processed.shape[-1])

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from epochserve.sampling import SamplingParams
+from epochserve.worker.engine.sampling_noise import sequence_key
 
 
 class SequenceStatus(enum.Enum):
@@ -76,6 +77,10 @@ class Sequence:
     table_row: int | None = None
     num_synced_blocks: int = 0
     times: SequenceTimes = field(default_factory=SequenceTimes)
+    noise_base: int = field(init=False)  # sampling_noise.sequence_key(seed, sample_index)
+
+    def __post_init__(self) -> None:
+        self.noise_base = sequence_key(self.seed, self.sample_index)
 
     @property
     def token_ids(self) -> list[int]:
