@@ -1,9 +1,10 @@
 """The sampler's cost per engine step on a GPU, at Llama-3's vocabulary (128,256 logits a row).
 
-Times, at 1, 64 and 256 rows: the top-k/top-p/min-p filter with its fp64 boundary (what the engine
-runs) beside the same filter with fp32 prefix sums (the rounding-decided boundary it replaced), and
-the whole Sampler.sample (launch + collect) for temperature 1 with and without top_p 0.95.
-Medians of CUDA-event timings. Usage: python bench/sampler_microbench.py [--json OUT]
+Times, at 1, 64 and 256 rows: the sorted path's top-k/top-p/min-p filter with its fp64 boundary beside
+the same filter with fp32 prefix sums (the rounding-decided boundary it replaced), and the whole
+Sampler.sample (launch + collect) for temperature 1 with and without top_p 0.95, on the sorted path
+(filter_logits + int64 noise kernels) and on the fused sort-free kernels (kernels/sampling_triton.py)
+that replaced it. Medians of CUDA-event timings. Usage: python bench/sampler_microbench.py [--json OUT]
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ def filter_fp32_prefix_sums(logits, top_k, top_p, min_p):
     return torch.empty_like(logits).scatter_(1, order, sorted_logits.masked_fill(remove, float("-inf")))
 
 
+class SortedTritonOps(TritonOps):
+    """The GPU path before the fused kernels: Triton everywhere but sampling, which sorts."""
+
+    __slots__ = ()
+
+    def sample_rows(self, *args, **kwargs):
+        return None
+
+
 def median_ms(fn) -> float:
     return 1000 * cuda_time(fn, repeats=30, warmup=3)
 
@@ -51,7 +61,7 @@ def sequences(num: int, params: SamplingParams) -> list[Sequence]:
     ]  # fmt: skip
 
 
-def measure(num: int, sampler: Sampler) -> dict[str, float]:
+def measure(num: int, fused: Sampler, sorted_path: Sampler) -> dict[str, float]:
     logits = torch.randn(num, VOCAB, device="cuda") * 3
     filters = (
         torch.zeros(num, dtype=torch.int64, device="cuda"),
@@ -63,9 +73,23 @@ def measure(num: int, sampler: Sampler) -> dict[str, float]:
         "rows": num,
         "filter_fp64_ms": median_ms(lambda: filter_logits(logits, *filters)),
         "filter_fp32_ms": median_ms(lambda: filter_fp32_prefix_sums(logits, *filters)),
-        "sample_t1_ms": median_ms(lambda: sampler.sample(logits, t1)),
-        "sample_t1_top_p_ms": median_ms(lambda: sampler.sample(logits, t1_top_p)),
+        "sample_t1_ms": median_ms(lambda: sorted_path.sample(logits, t1)),
+        "sample_t1_top_p_ms": median_ms(lambda: sorted_path.sample(logits, t1_top_p)),
+        "fused_t1_ms": median_ms(lambda: fused.sample(logits, t1)),
+        "fused_t1_top_p_ms": median_ms(lambda: fused.sample(logits, t1_top_p)),
     }
+
+
+def kernel_breakdown(num: int, params: SamplingParams, sampler: Sampler) -> list[tuple[str, float, int]]:
+    """Device time per kernel name (ms, calls) of one Sampler.sample, from the profiler: the GPU's
+    share of the wall time above (the rest is the host launching)."""
+    logits = torch.randn(num, VOCAB, device="cuda") * 3
+    seqs = sequences(num, params)
+    sampler.sample(logits, seqs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        sampler.sample(logits, seqs)
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    return sorted(((e.key, e.device_time_total / 1000, e.count) for e in events), key=lambda r: -r[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,14 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    rows = [measure(num, Sampler(ops=TritonOps())) for num in (1, 64, 256)]
+    fused, sorted_path = Sampler(ops=TritonOps()), Sampler(ops=SortedTritonOps())
+    rows = [measure(num, fused, sorted_path) for num in (1, 64, 256)]
     print(f"{torch.cuda.get_device_name()}, vocabulary {VOCAB:,}; medians in ms")
+    print("sorted path: filter with fp64 / fp32 prefix sums, Sampler.sample at T=1 and T=1 + top_p 0.95")
     header = ("rows", "filter fp64", "filter fp32", "fp64 cost", "sample T=1", "+top_p")
     print(" ".join(f"{h:>12}" for h in header))
     for r in rows:
         extra = r["filter_fp64_ms"] / r["filter_fp32_ms"] - 1
         print(f"{r['rows']:>12} {r['filter_fp64_ms']:>12.3f} {r['filter_fp32_ms']:>12.3f} {extra:>12.1%} "
               f"{r['sample_t1_ms']:>12.3f} {r['sample_t1_top_p_ms']:>12.3f}")  # fmt: skip
+    print("Sampler.sample, sorted path vs fused sort-free kernels")
+    header = ("rows", "T=1 sorted", "T=1 fused", "speedup", "top_p sorted", "top_p fused", "speedup")
+    print(" ".join(f"{h:>12}" for h in header))
+    for r in rows:
+        t1, top_p = (r["sample_t1_ms"], r["fused_t1_ms"]), (r["sample_t1_top_p_ms"], r["fused_t1_top_p_ms"])
+        print(f"{r['rows']:>12} {t1[0]:>12.3f} {t1[1]:>12.3f} {t1[0] / t1[1]:>11.1f}x "
+              f"{top_p[0]:>12.3f} {top_p[1]:>12.3f} {top_p[0] / top_p[1]:>11.1f}x")  # fmt: skip
+    for label, params in (("T=1", SamplingParams()), ("T=1 + top_p 0.95", SamplingParams(top_p=0.95))):
+        kernels = kernel_breakdown(256, params, fused)
+        total = sum(ms for _, ms, _ in kernels)
+        print(f"fused, 256 rows, {label}: {total:.3f} ms on the device; per kernel (ms, calls):")
+        for name, ms, calls in kernels[:8]:
+            print(f"    {ms:8.3f} {calls:4d}  {name[:70]}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(rows, out, indent=2)

@@ -9,6 +9,11 @@ Sampling noise is counter-based (sampling_noise.py): sequence s draws its token 
 with noise keyed by (request seed, sample index, p). A request therefore replays the same tokens
 whatever else is in the batch, after a preemption recompute, and on CPU or GPU alike.
 
+Two paths keep one rule. On CUDA, fused sort-free kernels (ops.sample_rows, kernels/sampling_triton.py)
+find each row's kept tokens by a threshold search and draw in a few passes over the logits. The
+PyTorch path here (filter_logits sorts each row) is the CPU path and the reference, and runs any batch
+that asks for top logprobs (it needs the processed table).
+
 Runtime guards: a row with non-finite logits, or a token outside the processed support or the
 vocabulary, is reported as an error for that sequence alone; no token is returned for it.
 """
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from epochserve.kernels.sampling import SampleRows
 from epochserve.sampling import SamplingParams
 from epochserve.worker.engine.sampling_noise import gumbel_noise, position_keys
 from epochserve.worker.engine.sequence import Sequence
@@ -60,6 +66,21 @@ def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.
 def _to_host(values: torch.Tensor) -> torch.Tensor:
     # non_blocking: into pinned memory, ordered after the sampling kernels, without a host wait.
     return values.to("cpu", non_blocking=values.is_cuda)
+
+
+def sample_rows_of(seqs: list[Sequence]) -> SampleRows:
+    """What each sequence draws, for ops.sample_rows: greedy rows at temperature 1 (their logprobs),
+    sampled rows with the noise key of (seed, sample, position) that the sorted path uses too."""
+    params = [seq.sampling for seq in seqs]
+    return SampleRows(
+        temperatures=[1.0 if p.is_greedy else p.temperature for p in params],
+        top_ks=[p.top_k for p in params],
+        top_ps=[p.top_p for p in params],
+        min_ps=[p.min_p for p in params],
+        # one numpy pass for the batch; greedy rows get a key too, unused
+        noise_keys=position_keys([s.noise_base for s in seqs], [s.num_generated_tokens for s in seqs]),
+        greedy=[p.is_greedy for p in params],
+    )
 
 
 def filter_logits(
@@ -120,30 +141,53 @@ class Sampler:
         # results, which the guard in collect discards.
         greedy, raw_lse, is_finite = self.ops.softmax_stats(logits)
         params = [seq.sampling for seq in seqs]
-        processed = self._process(logits, params)
-        lse = raw_lse if processed is logits else self.ops.softmax_stats(processed)[1]
-        token_ids = self._choose(greedy, processed, lse, seqs)
-        chosen = processed.gather(1, token_ids[:, None])[:, 0] - lse
-        wants_raw = any(p.return_raw_logprobs for p in params)
-        raw = chosen
-        if wants_raw and processed is not logits:
-            raw = logits.gather(1, token_ids[:, None])[:, 0] - raw_lse
-        support = token_ids  # a placeholder row unless a sequence asked for its support size
-        if any(p.return_support_size for p in params):
-            support = (processed != float("-inf")).sum(dim=-1)
-        # Everything the host needs in one transfer (counts and token ids are exact in float64).
-        rows = [token_ids, chosen, raw, is_finite, support]
-        host = _to_host(torch.stack([row.double() for row in rows]))
         max_top = max(p.num_top_logprobs for p in params)
+        # On CUDA, fused sort-free kernels draw every row (ops.sample_rows); they build no processed
+        # table, so a batch asking for top logprobs takes the sorted path, as does the CPU.
+        rows = sample_rows_of(seqs)
+        fused = None if max_top else self.ops.sample_rows(logits, greedy, raw_lse, rows)
         top = None
-        if max_top:
-            values, ids = (processed - lse[:, None]).topk(min(max_top, vocab), dim=-1)
-            top = (_to_host(values), _to_host(ids))
+        if fused is not None:
+            token_ids, chosen, support = fused
+        else:
+            sorted_path = self._sample_sorted(logits, greedy, raw_lse, seqs, rows.noise_keys, max_top)
+            token_ids, chosen, support, top = sorted_path
+        raw = chosen
+        if any(p.return_raw_logprobs for p in params):
+            raw = logits.gather(1, token_ids[:, None])[:, 0] - raw_lse
+        # Everything the host needs in one transfer (counts and token ids are exact in float64).
+        results = [token_ids, chosen, raw, is_finite, support]
+        host = _to_host(torch.stack([row.double() for row in results]))
         copied = None
         if logits.is_cuda:
             copied = torch.cuda.Event()
             copied.record()
         return PendingSample(token_ids, host, top, copied, params, vocab)
+
+    def _sample_sorted(
+        self,
+        logits: torch.Tensor,
+        greedy: torch.Tensor,
+        raw_lse: torch.Tensor,
+        seqs: list[Sequence],
+        noise_keys: list[int],
+        max_top: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The PyTorch path: the processed table (filter_logits sorts each row), then the noisy argmax.
+        (token ids, processed logprobs, support sizes or a placeholder, host copies of the top logprobs)."""
+        params = [seq.sampling for seq in seqs]
+        processed = self._process(logits, params)
+        lse = raw_lse if processed is logits else self.ops.softmax_stats(processed)[1]
+        token_ids = self._choose(greedy, processed, lse, seqs, noise_keys)
+        chosen = processed.gather(1, token_ids[:, None])[:, 0] - lse
+        support = token_ids  # a placeholder row unless a sequence asked for its support size
+        if any(p.return_support_size for p in params):
+            support = (processed != float("-inf")).sum(dim=-1)
+        top = None
+        if max_top:
+            values, ids = (processed - lse[:, None]).topk(min(max_top, logits.shape[-1]), dim=-1)
+            top = (_to_host(values), _to_host(ids))
+        return token_ids, chosen, support, top
 
     def collect(self, pending: PendingSample) -> SamplerOutput:
         """The host's view of a launched sampling: waits for its copy (and nothing queued later)."""
@@ -205,18 +249,20 @@ class Sampler:
 
     @staticmethod
     def _choose(
-        greedy: torch.Tensor, processed: torch.Tensor, lse: torch.Tensor, seqs: list[Sequence]
+        greedy: torch.Tensor,
+        processed: torch.Tensor,
+        lse: torch.Tensor,
+        seqs: list[Sequence],
+        noise_keys: list[int],
     ) -> torch.Tensor:
         """Greedy rows: the argmax of the logits (`greedy`). Sampled rows: argmax of processed logprob
-        + Gumbel noise keyed by (seed, sample, position) — a draw from exactly the processed
-        distribution."""
+        + Gumbel noise keyed by (seed, sample, position) (noise_keys, one per row) — a draw from
+        exactly the processed distribution."""
         sampled_rows = [i for i, s in enumerate(seqs) if not s.sampling.is_greedy]
         if not sampled_rows:
             return greedy
         rows = _on_device(sampled_rows, torch.int64, processed.device)
-        sampled = [seqs[i] for i in sampled_rows]
-        keys = position_keys([s.noise_base for s in sampled], [s.num_generated_tokens for s in sampled])
-        keys_on_device = _on_device(keys, torch.int64, processed.device)
+        keys_on_device = _on_device([noise_keys[i] for i in sampled_rows], torch.int64, processed.device)
         logprobs = processed.index_select(0, rows) - lse.index_select(0, rows)[:, None]
         noisy = logprobs + gumbel_noise(keys_on_device, processed.shape[-1])
         return greedy.index_copy(0, rows, noisy.argmax(dim=-1))

@@ -123,3 +123,24 @@ def test_row_by_row_prefix_sums_give_the_same_filter():
     logits = torch.randn(5, 300) * 2
     args = (torch.full((5,), 40), torch.full((5,), 0.8), torch.full((5,), 0.01))
     assert torch.equal(filter_logits(logits, *args), filter_logits(logits, *args, batch_invariant=True))
+
+
+def test_the_sort_free_reference_draws_as_the_sorted_path():
+    """kernels/sampling.py (the algorithm of the GPU's fused kernels, in PyTorch): a threshold search
+    instead of a sort keeps the same support, ties at the boundary included, and draws the same tokens."""
+    from epochserve.kernels.sampling import sample_rows_torch
+    from epochserve.worker.engine.sampler import sample_rows_of
+
+    torch.manual_seed(6)
+    logits = torch.randn(8, 600) * 2
+    logits[4:] = torch.round(logits[4:] * 2) / 2  # many exact ties at every boundary
+    cases = [dict(top_k=7), dict(top_p=0.8), dict(temperature=0.6, min_p=0.05), dict(top_k=40, top_p=0.9)]
+    params = [SamplingParams(**cases[i % 4], return_support_size=True) for i in range(8)]
+    seqs = [seq(p, seed=i, sample_index=i) for i, p in enumerate(params)]
+    sorted_path = Sampler().sample(logits, seqs)
+    greedy, raw_lse = logits.argmax(dim=-1), torch.logsumexp(logits, dim=-1)
+    sort_free = sample_rows_torch(logits, greedy, raw_lse, sample_rows_of(seqs))
+    assert sort_free.support_sizes.tolist() == sorted_path.support_sizes
+    assert sort_free.token_ids.tolist() == sorted_path.token_ids
+    assert sort_free.logprobs.tolist() == pytest.approx(sorted_path.processed_logprobs, abs=2e-6)
+    assert Sampler().ops.sample_rows(logits, greedy, raw_lse, sample_rows_of(seqs)) is None  # CPU: sorted
