@@ -99,7 +99,9 @@ class RowParallelLinear(nn.Module):
     """y = all_reduce(x_local W_localᵀ) + b, with W's input features split across ranks.
 
     silu_and_mul_first: the input is a gate-up projection's output and x = silu(gate) * up (the
-    MLP's down projection), computed inside the product where the kernels allow."""
+    MLP's down projection), computed inside the product where the kernels allow.
+    reduce=False returns this rank's partial sum (no bias), for a caller that adds other partials
+    first and all-reduces once (the MoE block's shared expert)."""
 
     def __init__(
         self,
@@ -108,10 +110,14 @@ class RowParallelLinear(nn.Module):
         bias: bool,
         ctx: LayerContext,
         silu_and_mul_first: bool = False,
+        reduce: bool = True,
     ) -> None:
         super().__init__()
         tp, dtype = ctx.tp, ctx.dtype
+        if bias and not reduce:
+            raise ValueError("a row-parallel layer that does not reduce cannot add its bias")
         self.tp = tp
+        self.reduce = reduce
         self.ops = ctx.ops
         self.silu_and_mul_first = silu_and_mul_first
         self.input_local = tp.split(input_size, "input features")
@@ -131,5 +137,7 @@ class RowParallelLinear(nn.Module):
             partial = self.ops.silu_and_mul_linear(x, self.weight)
         else:
             partial = self.ops.linear(x, self.weight)
+        if not self.reduce:
+            return partial
         y = self.tp.all_reduce(partial)
         return y + self.bias if self.bias is not None else y

@@ -8,6 +8,7 @@ so the choice is explicit and no module-global state decides it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from epochserve.kernels.activation import silu_and_mul_torch
+from epochserve.kernels.fused_moe import fused_moe_torch, topk_route
 from epochserve.kernels.paged_attention import paged_attention_torch
 from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch
 from epochserve.kernels.rotary import rotary_store_kv_torch
+from epochserve.kernels.sampling import SampledRows, SampleRows
 from epochserve.kernels.softmax_stats import softmax_stats_torch
 
 if TYPE_CHECKING:
@@ -74,6 +77,14 @@ class TorchOps:
         """Per row of fp32 logits: (argmax, logsumexp, all finite) — what the sampler needs."""
         return softmax_stats_torch(logits)
 
+    def sample_rows(
+        self, logits: torch.Tensor, greedy: torch.Tensor, raw_lse: torch.Tensor, rows: SampleRows
+    ) -> SampledRows | None:
+        """Each row's token, processed logprob and support size in fused, sort-free kernels, where
+        there are some (greedy, raw_lse: softmax_stats of the raw logits). None here: the Sampler then
+        runs its sorted PyTorch path (filter_logits + counter-based noise), the reference."""
+        return None
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return rms_norm_torch(x, weight, eps)
 
@@ -111,6 +122,25 @@ class TorchOps:
         return paged_attention_torch(
             query, key_cache, value_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale
         )
+
+    def moe_topk(
+        self, router_logits: torch.Tensor, top_k: int, renormalize: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The router's choice: (fp32 weights, expert ids) [n, top_k], by descending weight."""
+        return topk_route(router_logits, top_k, renormalize)
+
+    def fused_moe(
+        self,
+        x: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        expert_map: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """This rank's share of the routed experts' output (kernels/fused_moe.py); the caller
+        all-reduces. Products go through self.linear, so batch_invariant covers them."""
+        return fused_moe_torch(x, w13, w2, topk_weights, topk_ids, expert_map, linear=self.linear)
 
 
 TORCH_OPS = TorchOps()
@@ -187,6 +217,21 @@ class TritonOps(TorchOps):
 
         # torch reduces a lone 128k row on a few SMs (~80 µs a token for the three reductions, H200).
         return softmax_stats_triton(logits)
+
+    def sample_rows(
+        self, logits: torch.Tensor, greedy: torch.Tensor, raw_lse: torch.Tensor, rows: SampleRows
+    ) -> SampledRows | None:
+        from epochserve.kernels.sampling_triton import sample_rows_triton
+
+        # Not yet run on a GPU (no device was lent when it was written): on CUDA only when asked,
+        # EPOCHSERVE_FUSED_SAMPLER=1, until tests/gpu/test_sampling_gpu.py and the microbench pass
+        # there (bench/device_sampling.sh). The interpreter (CPU tests) always runs it.
+        if logits.is_cuda and os.environ.get("EPOCHSERVE_FUSED_SAMPLER", "0") != "1":
+            return None
+        # A threshold search over the logits instead of the sorted path's sort, fp64 cumsum and
+        # scatter (H200, 256 x 128k rows: 8.2 ms with top_p). Batch-invariant as is: chunks follow the
+        # vocabulary size, reductions run in a fixed order, rows never mix; so in both modes.
+        return sample_rows_triton(logits, greedy, raw_lse, rows)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         from epochserve.kernels.rmsnorm_triton import rms_norm_triton

@@ -1,5 +1,8 @@
 """ModelConfig: the architecture facts the engine needs, read from a Hugging Face config.json.
 
+Mixture-of-experts models (Qwen2-MoE, Qwen3-MoE) carry a MoeConfig besides: which layers are sparse,
+how many experts, how they are routed.
+
 Reads both the transformers 4 layout (rope_theta + rope_scaling) and the transformers 5 layout
 (rope_parameters), so checkpoints saved by either load the same way.
 """
@@ -19,7 +22,10 @@ SUPPORTED_ARCHITECTURES: dict[str, tuple[bool, bool]] = {
     "MistralForCausalLM": (False, False),
     "Qwen2ForCausalLM": (True, False),
     "Qwen3ForCausalLM": (False, True),
+    "Qwen2MoeForCausalLM": (True, False),
+    "Qwen3MoeForCausalLM": (False, True),
 }
+MOE_ARCHITECTURES = ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,19 @@ class RopeConfig:
     low_freq_factor: float = 1.0  # llama3 only
     high_freq_factor: float = 4.0  # llama3 only
     original_max_position_embeddings: int = 8192  # llama3 only
+
+
+@dataclass(frozen=True, slots=True)
+class MoeConfig:
+    num_experts: int
+    top_k: int  # experts per token
+    intermediate_size: int  # each routed expert's MLP width
+    norm_topk_prob: bool  # renormalize the top-k probabilities to sum to 1
+    sparse_layers: tuple[int, ...]  # layers with a MoE block; the others have a dense MLP
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE's sigmoid-gated shared expert (0: none)
+
+    def is_sparse(self, layer: int) -> bool:
+        return layer in self.sparse_layers
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +69,7 @@ class ModelConfig:
     qk_norm: bool
     eos_token_ids: tuple[int, ...]
     torch_dtype: str  # dtype the checkpoint was saved in, e.g. "bfloat16"
+    moe: MoeConfig | None = None  # None: a dense model
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> ModelConfig:
@@ -82,11 +102,37 @@ class ModelConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
             rope=_parse_rope(raw),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=bool(raw.get("attention_bias", default_bias)),
+            # Qwen2-MoE's config names the bias `qkv_bias`
+            qkv_bias=bool(raw.get("attention_bias", raw.get("qkv_bias", default_bias))),
             qk_norm=qk_norm,
             eos_token_ids=_eos_token_ids(raw, model_dir),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+            moe=_parse_moe(raw) if architecture in MOE_ARCHITECTURES else None,
         )
+
+
+def _parse_moe(raw: dict[str, Any]) -> MoeConfig:
+    """Hugging Face's rule: layer i is sparse unless listed in mlp_only_layers, when experts exist
+    and (i + 1) is a multiple of decoder_sparse_step."""
+    # transformers 5 saves num_experts under its alias num_local_experts
+    num_experts = int(raw.get("num_experts") or raw.get("num_local_experts") or 0)
+    step = int(raw.get("decoder_sparse_step", 1))
+    dense_only = {int(i) for i in raw.get("mlp_only_layers") or []}
+    sparse = tuple(
+        i
+        for i in range(int(raw["num_hidden_layers"]))
+        if i not in dense_only and num_experts > 0 and (i + 1) % step == 0
+    )
+    if raw.get("use_sliding_window"):
+        raise ConfigError("sliding-window attention is not supported")
+    return MoeConfig(
+        num_experts=num_experts,
+        top_k=int(raw["num_experts_per_tok"]),
+        intermediate_size=int(raw["moe_intermediate_size"]),
+        norm_topk_prob=bool(raw.get("norm_topk_prob", False)),
+        sparse_layers=sparse,
+        shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size") or 0),
+    )
 
 
 def _parse_rope(raw: dict[str, Any]) -> RopeConfig:

@@ -1,4 +1,5 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2 with qkv bias, Qwen3 with q/k RMSNorm).
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2 with qkv bias, Qwen3 with q/k RMSNorm), and its
+mixture-of-experts variants (Qwen2-MoE, Qwen3-MoE: some or all MLPs are a SparseMoeBlock).
 
 Reads like the architecture: embed → N × (norm, attention, residual, norm, gated MLP, residual) →
 norm → lm_head. Tensor parallelism lives in the layers (worker/layers), not here.
@@ -17,17 +18,20 @@ from epochserve.kernels.rotary import rope_cos_sin_cache, rope_inv_freq
 from epochserve.worker.layers.attention import AttentionMetadata, LayerKVCache, PagedAttention
 from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.linear import RowParallelLinear, column_linear, copy_checked, qkv_linear
+from epochserve.worker.layers.moe import SparseMoeBlock, expert_param
 from epochserve.worker.layers.vocab import LMHead, VocabEmbedding
 from epochserve.worker.layers.weight_source import WeightSource
 from epochserve.worker.models.config import ModelConfig
+
+# which part of a merged parameter a checkpoint tensor fills: a q/k/v or gate/up shard, or
+# (expert, part) of a layer's stacked experts
+ShardId = str | int | tuple[int, int] | None
 
 
 class Loadable(Protocol):
     """A module that fills its parameters from checkpoint tensors (see worker/layers/linear.py)."""
 
-    def load(
-        self, param_name: str, source: WeightSource, shard_id: str | int | None, out: torch.Tensor
-    ) -> None: ...
+    def load(self, param_name: str, source: WeightSource, shard_id: ShardId, out: torch.Tensor) -> None: ...
 
 
 class RMSNorm(nn.Module):
@@ -119,12 +123,25 @@ class DecoderLayer(nn.Module):
     separately so each "residual + delta, then norm" is one fused step; the sums round to the model
     dtype exactly where Hugging Face's `x = x + f(norm(x))` does."""
 
-    def __init__(self, config: ModelConfig, rotary: Rotary, ctx: LayerContext) -> None:
+    def __init__(self, config: ModelConfig, index: int, rotary: Rotary, ctx: LayerContext) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
         self.self_attn = Attention(config, rotary, ctx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
-        self.mlp = MLP(config, ctx)
+        moe = config.moe
+        self.mlp: MLP | SparseMoeBlock
+        if moe is None or not moe.is_sparse(index):
+            self.mlp = MLP(config, ctx)
+        else:
+            self.mlp = SparseMoeBlock(
+                config.hidden_size,
+                moe.num_experts,
+                moe.top_k,
+                moe.intermediate_size,
+                moe.norm_topk_prob,
+                moe.shared_expert_intermediate_size,
+                ctx,
+            )
 
     def forward(
         self,
@@ -148,7 +165,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, ctx, ctx.dtype)
         rotary = Rotary(config, max_positions, ctx)
-        self.layers = nn.ModuleList(DecoderLayer(config, rotary, ctx) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, rotary, ctx) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
 
 
@@ -195,6 +212,15 @@ class LlamaForCausalLM(nn.Module):
         attention = cast(Attention, self.model.layers[0].self_attn)
         return attention.num_kv_heads
 
+    def last_routed_experts(self) -> torch.Tensor | None:
+        """The last forward's expert ids, [num_tokens, num_moe_layers, top_k] in layer order, each
+        token's ids by descending routing weight; None for a dense model."""
+        blocks = [m for m in self.model.modules() if isinstance(m, SparseMoeBlock)]  # in layer order
+        ids = [block.last_topk_ids for block in blocks]
+        if not ids or any(i is None for i in ids):
+            return None
+        return torch.stack(cast(list[torch.Tensor], ids), dim=1)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden] → [n, vocab], fp32 by default (see LMHead)."""
         return self.lm_head(hidden)
@@ -211,9 +237,12 @@ class LlamaForCausalLM(nn.Module):
         loaded: set[str] = set()
         for name, source in weights:
             module_path, param_name = name.rsplit(".", 1)
-            shard_id: str | int | None = None
+            shard_id: ShardId = None
             leaf = module_path.rsplit(".", 1)[-1]
-            if leaf in self.STACKED_PARAMS:
+            expert = expert_param(module_path)
+            if expert is not None:  # one expert's tensor, into its layer's stacked experts
+                module_path, param_name, shard_id = expert
+            elif leaf in self.STACKED_PARAMS:
                 merged, shard_id = self.STACKED_PARAMS[leaf]
                 module_path = f"{module_path.rsplit('.', 1)[0]}.{merged}"
             self._load_one(module_path, param_name, source, shard_id, targets)
@@ -227,7 +256,7 @@ class LlamaForCausalLM(nn.Module):
         module_path: str,
         param_name: str,
         source: WeightSource,
-        shard_id: str | int | None,
+        shard_id: ShardId,
         targets: dict[str, torch.Tensor] | None,
     ) -> None:
         module = self.get_submodule(module_path)
@@ -245,9 +274,23 @@ def checkpoint_names(config: ModelConfig) -> set[str]:
         prefix = f"model.layers.{i}"
         names |= {f"{prefix}.input_layernorm.weight", f"{prefix}.post_attention_layernorm.weight"}
         names |= {f"{prefix}.self_attn.{p}_proj.weight" for p in "qkvo"}
-        names |= {f"{prefix}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+        names |= _mlp_names(config, i)
         if config.qkv_bias:
             names |= {f"{prefix}.self_attn.{p}_proj.bias" for p in "qkv"}
         if config.qk_norm:
             names |= {f"{prefix}.self_attn.{p}_norm.weight" for p in "qk"}
+    return names
+
+
+def _mlp_names(config: ModelConfig, layer: int) -> set[str]:
+    prefix = f"model.layers.{layer}.mlp"
+    moe = config.moe
+    if moe is None or not moe.is_sparse(layer):
+        return {f"{prefix}.{p}_proj.weight" for p in ("gate", "up", "down")}
+    names = {f"{prefix}.gate.weight"}
+    for e in range(moe.num_experts):
+        names |= {f"{prefix}.experts.{e}.{p}_proj.weight" for p in ("gate", "up", "down")}
+    if moe.shared_expert_intermediate_size:
+        names |= {f"{prefix}.shared_expert.{p}_proj.weight" for p in ("gate", "up", "down")}
+        names.add(f"{prefix}.shared_expert_gate.weight")
     return names

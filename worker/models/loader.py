@@ -64,9 +64,25 @@ def build_model(
     fp32_logits: bool = True,
 ) -> LlamaForCausalLM:
     """An unloaded model with its parameters allocated on `device` (at their final addresses)."""
+    check_moe_split(config, ctx.tp.size)
     with device:
         model = LlamaForCausalLM(config, ctx, max_positions, head_table_dtype, fp32_logits)
     return model.eval()
+
+
+def check_moe_split(config: ModelConfig, tp_size: int) -> None:
+    """Refuse at start a TP size the experts' MLP widths cannot be split over (each rank holds a
+    slice of every expert)."""
+    moe = config.moe
+    if moe is None:
+        return
+    widths = {
+        "expert MLP width": moe.intermediate_size,
+        "shared expert width": moe.shared_expert_intermediate_size,
+    }
+    for what, width in widths.items():
+        if width % tp_size:
+            raise ConfigError(f"{what} {width} is not divisible by TP size {tp_size}")
 
 
 def load_checkpoint(model: LlamaForCausalLM, model_dir: Path) -> None:

@@ -47,6 +47,12 @@ def test_tp2_matches_tp1(kind, tiny_model_dirs, tmp_path):
     assert_same_as_tp1(tiny_model_dirs[kind], 2, tmp_path)
 
 
+@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen2_moe"])
+def test_tp2_moe_matches_tp1(kind, tiny_moe_dirs, tmp_path):
+    # each rank holds half of every expert's width (and of the shared expert's)
+    assert_same_as_tp1(tiny_moe_dirs[kind], 2, tmp_path)
+
+
 def test_tp4_replicates_two_kv_heads(tiny_model_dirs, tmp_path):
     # The tiny Llama has 4 query heads and 2 kv heads: at TP=4 each kv head lives on two ranks.
     assert_same_as_tp1(tiny_model_dirs["llama"], 4, tmp_path)
