@@ -47,7 +47,13 @@ class RouterConfig:
     use_session_link: bool = True  # False: gRPC Session even to workers with a session link
     lease_ttl: int = 10  # seconds before a silent router is deregistered
     drain_seconds: float = 30.0  # grace for requests in flight at shutdown
-    ready_file: Path | None = None  # JSON {host, port, metrics_port, router_id, pid} once serving
+    ready_file: Path | None = None  # JSON {host, port, metrics_port, http_port, router_id, pid} once serving
+    # The OpenAI-compatible HTTP front (docs/http.md), on `host`:
+    http_port: int | None = None  # 0: a free port, written to ready_file; None: off
+    tokenizer: Path | None = None  # model dir of the tokenizer and chat template; None: token ids only
+    model_name: str = ""  # the name clients use; default the tokenizer dir's name, else "epochserve"
+    api_key_file: Path | None = None  # clients must send `Authorization: Bearer <its contents>`
+    http_max_body_bytes: int = 4 * 2**20  # larger request bodies get 413
 
     def __post_init__(self) -> None:
         try:
@@ -60,12 +66,36 @@ class RouterConfig:
             raise ConfigError(f"port {self.port}: must be in 0..65535 (0: pick a free one)")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics port {self.metrics_port}: must be in 0..65535")
+        if self.http_port is not None and not 0 <= self.http_port < 65536:
+            raise ConfigError(f"HTTP port {self.http_port}: must be in 0..65535")
+        if self.tokenizer is not None and not self.tokenizer.is_dir():
+            raise ConfigError(f"--tokenizer {self.tokenizer}: not a directory")
+        if self.http_max_body_bytes < 1024:
+            raise ConfigError(f"HTTP body limit {self.http_max_body_bytes}: must be >= 1024 bytes")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy {self.policy!r}: choose one of {sorted(POLICIES)}")
         if self.max_attempts < 1 or self.max_seqs_per_worker < 0:
             raise ConfigError("max_attempts must be >= 1 and max_seqs_per_worker >= 0")
         if self.lease_ttl < 1 or self.drain_seconds < 0:
             raise ConfigError("lease TTL must be >= 1 s and drain seconds >= 0")
+
+    @property
+    def served_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        return self.tokenizer.resolve().name if self.tokenizer is not None else "epochserve"
+
+    def api_key(self) -> str | None:
+        """The HTTP front's API key, read from api_key_file (None: no check)."""
+        if self.api_key_file is None:
+            return None
+        try:
+            key = self.api_key_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--api-key-file {self.api_key_file}: {e.strerror}") from None
+        if not key:
+            raise ConfigError(f"--api-key-file {self.api_key_file}: empty")
+        return key
 
     def identity(self, bound_port: int) -> tuple[str, str]:
         """(router id, advertised address) once the server is bound to `bound_port`."""

@@ -1,8 +1,9 @@
 """Run one router process: Generation + health + reflection over gRPC, the control-plane follower,
-the Prometheus endpoint and the audit log.
+the Prometheus endpoint, the audit log and, with --http-port, the HTTP front (router/httpfront/).
 
 Start-up: bind the port → register in etcd under a lease → read the committed epoch and switch
-admission to it (and ack) → health SERVING, ready file. Requests that arrive before the first
+admission to it (and ack) → metrics and HTTP front (its tokenizer loads meanwhile) → health
+SERVING, ready file. Requests that arrive before the first
 epoch wait for it (bounded by their deadline), so nothing is ever pinned to a guess.
 
 Shutdown (SIGTERM/SIGINT): health NOT_SERVING and new requests UNAVAILABLE (clients go to another
@@ -33,6 +34,11 @@ from epochserve.router.audit import AuditLog
 from epochserve.router.config import RouterConfig, ServerTls
 from epochserve.router.core import RouterCore
 from epochserve.router.epochs import ControlPlaneFollower
+from epochserve.router.httpfront.app import build_app
+from epochserve.router.httpfront.backend import RouterBackend
+from epochserve.router.httpfront.codec import Codec, NoTextCodec, TextCodec
+from epochserve.router.httpfront.front import Front
+from epochserve.router.httpfront.server import HttpServer
 from epochserve.router.metrics import RouterMetrics
 from epochserve.router.policies import make_policy
 from epochserve.router.service import GenerationService
@@ -89,6 +95,7 @@ def run(config: RouterConfig) -> int:
 async def serve(config: RouterConfig) -> int:
     """Run until SIGTERM/SIGINT (exit code 0) or a control-plane failure (1)."""
     core = build_core(config)
+    codec = asyncio.ensure_future(_load_codec(config))  # seconds (transformers): meanwhile, start up
     server, health_servicer = _grpc_server(core)
     for name in ("", GENERATION_SERVICE):  # until admission knows the committed version
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -100,6 +107,7 @@ async def serve(config: RouterConfig) -> int:
     )
     follower = ControlPlaneFollower(participant, core)
     metrics_server = None
+    http_server: HttpServer | None = None
     try:
         await participant.start()
         follower.start()
@@ -109,20 +117,27 @@ async def serve(config: RouterConfig) -> int:
                 metrics_server, _ = start_http_server(
                     config.metrics_port, config.metrics_host, core.metrics.registry
                 )
+        http_port = None
+        if config.http_port is not None:
+            http_server = HttpServer(_http_app(config, core, await codec), config.host, config.http_port)
+            http_port = await http_server.start()
         for name in ("", GENERATION_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         metrics_port = metrics_server.server_port if metrics_server is not None else None
         loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
         logger.info(
-            "router %s serving on %s (policy version %d, metrics port %s, %s loop)",
-            *(core.router_id, address, version, metrics_port, loop_kind),
+            "router %s serving on %s (policy version %d, metrics port %s, HTTP port %s, %s loop)",
+            *(core.router_id, address, version, metrics_port, http_port, loop_kind),
         )
-        _write_ready_file(config, port, metrics_port, core.router_id)
+        _write_ready_file(config, port, metrics_port, http_port, core.router_id)
         failed = await _wait_for_stop(follower)
         await _drain(core, health_servicer, config.drain_seconds)
         return 1 if failed else 0
     finally:
         core.is_accepting = False
+        codec.cancel()
+        if http_server is not None:
+            await http_server.stop()
         await server.stop(grace=1.0)
         await follower.stop()
         with contextlib.suppress(Exception):
@@ -145,10 +160,29 @@ def _grpc_server(core: RouterCore) -> tuple[grpc.aio.Server, health.aio.HealthSe
     return server, health_servicer
 
 
-def _write_ready_file(config: RouterConfig, port: int, metrics_port: int | None, router_id: str) -> None:
+async def _load_codec(config: RouterConfig) -> Codec:
+    if config.http_port is None or config.tokenizer is None:
+        return NoTextCodec()
+    return await asyncio.to_thread(TextCodec.load, config.tokenizer)
+
+
+def _http_app(config: RouterConfig, core: RouterCore, codec: Codec) -> object:
+    front = Front(RouterBackend(core), codec, config.served_model_name)
+    return build_app(
+        front,
+        max_body_bytes=config.http_max_body_bytes,
+        api_key=config.api_key(),
+        metrics=core.metrics.registry,
+    )
+
+
+def _write_ready_file(
+    config: RouterConfig, port: int, metrics_port: int | None, http_port: int | None, router_id: str
+) -> None:
     if config.ready_file is None:
         return
-    ready = {"host": config.host, "port": port, "metrics_port": metrics_port, "router_id": router_id}
+    ready = {"host": config.host, "port": port, "metrics_port": metrics_port, "http_port": http_port,
+             "router_id": router_id}  # fmt: skip
     config.ready_file.write_text(json.dumps({**ready, "pid": os.getpid()}))
 
 

@@ -16,14 +16,13 @@ import grpc
 from epochserve.errors import UnavailableError
 from epochserve.proto.status import abort_with
 from epochserve.proto.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from epochserve.router.aborting import abort_request
 from epochserve.router.core import RouterCore
 from epochserve.router.errors import RouterShuttingDownError
 from epochserve.router.flow import RequestFlow
 from epochserve.router.waiting import Deadline
 
 logger = logging.getLogger(__name__)
-
-ABORT_TIMEOUT_SECONDS = 5.0
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
@@ -45,25 +44,11 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
     async def Abort(
         self, request: common_pb2.AbortRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.AbortResponse:
-        """found=True for a request in flight at this router. A waiting request ends ABORTED; a
-        running one is aborted on its worker (its samples finish with ABORT). Failure mode: an
-        Abort that reaches the worker in the millisecond before the request itself finds nothing
-        there, and the request runs on; the client may cancel its call instead, which always holds.
-        """
-        state = self.core.inflight.get(request.request_id)
-        if state is None:
-            return common_pb2.AbortResponse(request_id=request.request_id, found=False)
-        state.is_abort_requested = True
-        self.core.admission.changes.notify()  # a waiting request sees the flag at once
-        if state.handle is not None:
-            try:
-                await state.handle.stub.Abort(request, timeout=ABORT_TIMEOUT_SECONDS)
-            except grpc.aio.AioRpcError as exc:  # the flow still ends: its worker call fails too
-                logger.info(
-                    "abort of %s on %s: %s", request.request_id, state.handle.worker_id, exc.code().name
-                )
-        logger.info("request %s aborted by the client", request.request_id)
-        return common_pb2.AbortResponse(request_id=request.request_id, found=True)
+        """found=True for a request in flight at this router (router/aborting.py says what follows)."""
+        found = await abort_request(self.core, request.request_id)
+        if found:
+            logger.info("request %s aborted by the client", request.request_id)
+        return common_pb2.AbortResponse(request_id=request.request_id, found=found)
 
     async def GetPolicy(
         self, request: generation_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext

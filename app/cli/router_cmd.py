@@ -49,7 +49,19 @@ ROUTER_FLAGS: tuple[Flag, ...] = (
     ),
     Flag("lease-ttl", "registration lease TTL (10)", int, 10, "S"),
     Flag("drain-seconds", "grace for requests in flight at shutdown", float, 30.0),
-    Flag("ready-file", "write {host, port, metrics_port, ...} when serving", Path, metavar="FILE"),
+    Flag("ready-file", "write {host, port, metrics_port, http_port, ...} when serving", Path, metavar="FILE"),
+    Flag("http-port", "OpenAI-compatible HTTP front, docs/http.md (0: a free one; off if unset)", int),
+    Flag("tokenizer", "model dir of the HTTP front's tokenizer and chat template", Path, metavar="DIR"),
+    Flag("model-name", "the model's name on the HTTP front (default: the tokenizer dir's name)", default=""),
+    Flag("api-key-file", "HTTP clients must send Authorization: Bearer <its contents>", Path, metavar="FILE"),
+    Flag(
+        "http-max-body",
+        "HTTP request bodies above this get 413",
+        int,
+        4 * 2**20,
+        "BYTES",
+        field="http_max_body_bytes",
+    ),
 )
 
 

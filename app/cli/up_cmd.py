@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="write the endpoints here, JSON (default WORKDIR/up.json)",
     )
+    parser.add_argument(
+        "--no-http", action="store_true", help="routers serve no OpenAI-compatible HTTP front (docs/http.md)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         coordinator_args=tuple(args.coordinator_arg),
         num_routers=args.routers,
         router_args=tuple(args.router_arg),
+        http_front=not args.no_http,
     )
     cluster = LocalCluster(spec)
     stop, started = threading.Event(), threading.Event()
@@ -146,8 +150,16 @@ def _write_token(cluster: LocalCluster, workdir: Path) -> None:
 
 def describe(cluster: LocalCluster, workdir: Path) -> dict[str, object]:
     """The endpoints. "admin" is coordinator-0's Admin address, "admins" every coordinator's: any
-    of them serves reads and forwards StartRollout/AbortRollout to whichever leads."""
+    of them serves reads and forwards StartRollout/AbortRollout to whichever leads. "openai" is the
+    first router's HTTP front (its OpenAI base URL), "http" every router's."""
+    http = [
+        f"http://{r.info['host']}:{r.info['http_port']}/v1"
+        for r in cluster.routers
+        if r.info.get("http_port")
+    ]
     return {
+        "openai": http[0] if http else None,
+        "http": http,
         "etcd": cluster.etcd_endpoint,
         "admin": cluster.admin_address,
         "admins": cluster.admin_addresses,
@@ -163,7 +175,8 @@ def describe(cluster: LocalCluster, workdir: Path) -> dict[str, object]:
 
 def exports(endpoints: dict[str, Any], ready_file: Path) -> str:
     """Shell lines that point `generate`, `workers`, `rollout`, `loadtest` and `verify` at this
-    cluster (EPOCHSERVE_UP alone is enough; the others serve tools that do not read it)."""
+    cluster (EPOCHSERVE_UP alone is enough; the others serve tools that do not read it), and
+    OpenAI's clients at its HTTP front."""
     from epochserve.app.cli import cluster_flags as flags
 
     values = {
@@ -171,6 +184,7 @@ def exports(endpoints: dict[str, Any], ready_file: Path) -> str:
         flags.ROUTER_ENV: endpoints["routers"][0] if endpoints["routers"] else "",
         flags.ADMIN_ENV: endpoints["admin"],
         flags.TOKEN_FILE_ENV: endpoints["admin_token_file"],
+        "OPENAI_BASE_URL": endpoints.get("openai") or "",  # the openai client reads it
     }
     return "\n".join(f"  export {name}={value}" for name, value in values.items() if value)
 

@@ -36,6 +36,9 @@ class LocalClusterSpec:
     coordinator_args: tuple[str, ...] = ()  # extra `epochctl coordinator` flags, for every one
     num_routers: int = 0
     router_args: tuple[str, ...] = ()  # extra `epochctl router` flags, for every router
+    http_front: bool = (
+        False  # routers serve the HTTP front (docs/http.md) on a free port, model_dir's tokenizer
+    )
     fast_etcd: bool = False  # short Raft timings (tests: 1-2 s leases)
     start_timeout: float = 300.0  # seconds per process
 
@@ -144,6 +147,8 @@ class LocalCluster:
             "router", "--port", str(port), "--metrics-port", "0", "--router-id", f"router-{index}",
             "--etcd-endpoints", self.etcd_endpoint, "--cluster", spec.cluster, *spec.router_args, *extra_args,
         ]  # fmt: skip
+        if spec.http_front:
+            args += ["--http-port", "0", "--tokenizer", str(spec.model_dir)]
         return ManagedProcess(f"router-{index}", args, spec.workdir)
 
     def add_router(self, *extra_args: str) -> ManagedProcess:
@@ -165,10 +170,12 @@ class LocalCluster:
         """Start a fresh copy of `process` (one of this cluster's, exited or stopped) in its place and
         return it without waiting until it is ready. Same name, flags and environment; a router
         keeps the port it had and a coordinator always has its own, so the addresses clients were
-        given stay valid. A worker takes a new port: routers find it in etcd."""
+        given stay valid (a router's HTTP port too). A worker takes a new port: routers find it in etcd."""
         args = list(process.args)
-        if process in self.routers and "port" in process.info:
-            args[args.index("--port") + 1] = str(process.info["port"])
+        if process in self.routers:
+            for flag, key in (("--port", "port"), ("--http-port", "http_port")):
+                if flag in args and process.info.get(key) is not None:
+                    args[args.index(flag) + 1] = str(process.info[key])
         fresh = process.again(args)
         for group in (self.coordinators, self.workers, self.routers):
             group[:] = [fresh if member is process else member for member in group]

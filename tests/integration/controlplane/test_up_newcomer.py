@@ -61,11 +61,18 @@ def test_commands_find_the_cluster_through_what_up_printed_and_ctrl_c_leaves_not
         up.wait_for("Ctrl-C stops everything")
         exports = up.exports()
         assert set(exports) == {
-            "EPOCHSERVE_UP", "EPOCHSERVE_ROUTER", "EPOCHSERVE_ADMIN", "EPOCHSERVE_ADMIN_TOKEN_FILE"
+            "EPOCHSERVE_UP", "EPOCHSERVE_ROUTER", "EPOCHSERVE_ADMIN", "EPOCHSERVE_ADMIN_TOKEN_FILE",
+            "OPENAI_BASE_URL",
         }  # fmt: skip
         ready_file = Path(exports["EPOCHSERVE_UP"])
         workdir = ready_file.parent
-        assert json.loads(ready_file.read_text())["metrics"][0].endswith("/metrics")
+        ready = json.loads(ready_file.read_text())
+        assert ready["metrics"][0].endswith("/metrics")
+        assert ready["openai"] == exports["OPENAI_BASE_URL"] and ready["openai"].endswith("/v1")
+        import openai  # the HTTP front, found through the export line alone
+
+        models = openai.OpenAI(base_url=exports["OPENAI_BASE_URL"], api_key="unused").models.list()
+        assert [m.id for m in models.data] == [smollm2_dir.name]
         env = {**up.env, **exports}
 
         def epochctl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -177,6 +177,11 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--lease-ttl S": 10,
         "--drain-seconds DRAIN_SECONDS": 30.0,
         "--ready-file FILE": None,
+        "--http-port HTTP_PORT": None,
+        "--tokenizer DIR": None,
+        "--model-name MODEL_NAME": "",
+        "--api-key-file FILE": None,
+        "--http-max-body BYTES": 4 * 2**20,
     },
     "up": {
         "--model MODEL": "smollm2",
@@ -192,6 +197,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--coordinator-arg COORDINATOR_ARG": [],
         "--router-arg ROUTER_ARG": [],
         "--ready-file READY_FILE": None,
+        "--no-http": False,
     },
     "verify": {
         "--audit-log AUDIT_LOG": Path("A"),

@@ -1,0 +1,113 @@
+"""The HTTP front's ASGI app: OpenAI's routes, health, metrics, and the refusals before any route.
+
+    GET  /health                 200 while the router admits requests (a committed version read), else 503
+    GET  /metrics                the router's Prometheus metrics (also on --metrics-port)
+    GET  /v1/models              the one model this cluster serves
+    POST /v1/completions         completions.py
+    POST /v1/chat/completions    chat.py
+
+Every error is OpenAI's `{"error": {...}}` (errors.py): a body pydantic cannot read, malformed JSON
+included, is 400 naming the field; an unknown path 404; anything unexpected 500, and the server
+stays up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, make_asgi_app
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from epochserve.router.httpfront import chat, completions
+from epochserve.router.httpfront.errors import HttpFailure, http_failure
+from epochserve.router.httpfront.front import Front
+from epochserve.router.httpfront.guards import ApiKeyCheck, BodyLimit
+from epochserve.router.httpfront.requests import ChatCompletionRequest, CompletionRequest
+from epochserve.router.httpfront.responses import ModelCard, ModelList
+
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+
+
+def build_app(
+    front: Front,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    api_key: str | None = None,
+    metrics: CollectorRegistry | None = None,
+) -> FastAPI:
+    app = FastAPI(title="epochserve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not front.backend.is_serving:
+            return JSONResponse({"status": "unavailable"}, 503)
+        return JSONResponse({"status": "ok", "policy_version": front.backend.version})
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        limits = front.backend.limits
+        card = ModelCard(
+            id=front.model_name,
+            max_model_len=None if limits is None else limits.max_model_len,
+            policy_version=front.backend.version,
+        )
+        return JSONResponse(ModelList(data=[card]).model_dump(mode="json"))
+
+    @app.post("/v1/completions")
+    async def create_completion(body: CompletionRequest) -> Response:
+        return await _respond(completions.create(front, body), completions.params_of(body))
+
+    @app.post("/v1/chat/completions")
+    async def create_chat_completion(body: ChatCompletionRequest) -> Response:
+        return await _respond(chat.create(front, body), chat.params_of(body))
+
+    if metrics is not None:
+        app.mount("/metrics", make_asgi_app(metrics))
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if api_key is not None:
+        app.add_middleware(ApiKeyCheck, api_key=api_key)  # added last: runs first
+    return app
+
+
+async def _respond(work: Awaitable[Any], params: Mapping[str, str]) -> Response:
+    try:
+        result = await work
+    except Exception as exc:
+        return failure_response(http_failure(exc, params))
+    if isinstance(result, BaseModel):
+        return JSONResponse(result.model_dump(mode="json"))
+    assert isinstance(result, Response)
+    return result
+
+
+def failure_response(failure: HttpFailure) -> JSONResponse:
+    return JSONResponse(failure.body(), failure.status, headers=dict(failure.headers))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        error = exc.errors()[0] if exc.errors() else {}
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if error.get("type") == "json_invalid":
+            return failure_response(
+                HttpFailure(400, f"malformed JSON: {error.get('msg', '')}", "invalid_json")
+            )
+        param = ".".join(location) or None
+        message = f"{param or 'body'}: {error.get('msg', 'invalid')}"
+        return failure_response(HttpFailure(400, message, "invalid_argument", param))
+
+    @app.exception_handler(HTTPException)
+    async def http_exception(request: Request, exc: HTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return failure_response(HttpFailure(exc.status_code, str(exc.detail), code))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return failure_response(http_failure(exc))

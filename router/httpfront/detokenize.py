@@ -1,0 +1,72 @@
+"""Token ids → text, one token at a time, and `stop` strings cut out of that text (pure Python).
+
+IncrementalDecoder emits text only once it is whole: a token that ends inside a multi-byte
+character decodes to U+FFFD, so nothing is emitted until a later token completes it. It decodes a
+short window (the tokens since the last emitted text, plus the ones before it for context) rather
+than the whole sample each time: a tokenizer may decode a token differently depending on the token
+before it (a leading space), and a window keeps each step's cost constant.
+
+StopMatcher holds back the tail that could still be the start of a stop string, so a streamed
+response never shows part of a stop string that a later token completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+Decode = Callable[[Sequence[int]], str]
+REPLACEMENT = "\ufffd"  # what a byte-level tokenizer decodes an incomplete UTF-8 sequence to
+
+
+class IncrementalDecoder:
+    def __init__(self, decode: Decode) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._context = 0  # start of the window: tokens before `_emitted` give context
+        self._emitted = 0  # tokens whose text was emitted
+
+    def step(self, token_id: int) -> str:
+        """The new text `token_id` completes ("" while a character is still incomplete)."""
+        self._ids.append(token_id)
+        before = self._decode(self._ids[self._context : self._emitted])
+        text = self._decode(self._ids[self._context :])
+        if len(text) <= len(before) or text.endswith(REPLACEMENT):
+            return ""
+        self._context, self._emitted = self._emitted, len(self._ids)
+        return text[len(before) :]
+
+    def flush(self) -> str:
+        """Whatever text is still held back (the sample ended inside a character: U+FFFD)."""
+        if self._emitted == len(self._ids):
+            return ""
+        before = self._decode(self._ids[self._context : self._emitted])
+        text = self._decode(self._ids[self._context :])
+        self._context = self._emitted = len(self._ids)
+        return text[len(before) :]
+
+
+class StopMatcher:
+    """Feed it text as it comes; it returns what may be shown, and whether a stop string matched
+    (the match and everything after it are dropped)."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+        self._pending = ""  # text not shown yet: never contains a whole stop string
+
+    def push(self, text: str) -> tuple[str, bool]:
+        self._pending += text
+        hits = [at for at in (self._pending.find(s) for s in self.stops) if at >= 0]
+        if hits:
+            shown, self._pending = self._pending[: min(hits)], ""
+            return shown, True
+        cut = len(self._pending) - self._hold
+        if cut <= 0:
+            return "", False
+        shown, self._pending = self._pending[:cut], self._pending[cut:]
+        return shown, False
+
+    def flush(self) -> str:
+        """The held-back tail, at the end of a sample that matched no stop string."""
+        shown, self._pending = self._pending, ""
+        return shown

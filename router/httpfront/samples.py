@@ -1,0 +1,83 @@
+"""One sample's tokens as text: detokenized as they arrive, cut at the first stop string.
+
+The tokens a choice reports (`token_ids`, logprobs) are those generated up to and including the
+one that completed the stop string: their text is what the client sees plus the dropped match.
+Tokens the worker generated after that (it runs on until the router's abort reaches it) are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from epochserve.proto.results import finish_reason_name
+from epochserve.proto.v1 import common_pb2
+from epochserve.router.httpfront.detokenize import Decode, IncrementalDecoder, StopMatcher
+
+Top = tuple[tuple[int, ...], tuple[float, ...]]  # the N most likely token ids, their processed logprobs
+# What a -inf logprob (a top-N token outside the processed support) is sent as: JSON has no
+# infinity, and OpenAI's own servers use this value.
+NO_PROBABILITY = -9999.0
+
+
+def finite(logprobs: Iterable[float]) -> list[float]:
+    return [x if math.isfinite(x) else NO_PROBABILITY for x in logprobs]
+
+
+@dataclass(slots=True)
+class Piece:
+    """New output of one sample: text, the tokens it came from, and on its last piece why it ended."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    raw_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[Top] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class SampleText:
+    def __init__(self, index: int, decode: Decode, stops: Sequence[str]) -> None:
+        self.index = index
+        self._decoder = IncrementalDecoder(decode)
+        self._matcher = StopMatcher(stops)
+        self.finish_reason: str | None = None
+        self.num_tokens = 0
+        self.has_worker_finished = False  # the worker's finish came (after a stop string: later)
+
+    def add(self, tokens: common_pb2.GenerateChunk) -> Piece | None:
+        """The piece these tokens make; None once the sample ended (a stop string matched)."""
+        if self.finish_reason is not None:
+            return None
+        texts: list[str] = []
+        kept = 0
+        for token_id in tokens.token_ids:
+            shown, stopped = self._matcher.push(self._decoder.step(token_id))
+            texts.append(shown)
+            kept += 1
+            if stopped:
+                self.finish_reason = "stop"
+                break
+        self.num_tokens += kept
+        return Piece(
+            self.index,
+            "".join(texts),
+            list(tokens.token_ids[:kept]),
+            finite(tokens.logprobs[:kept]),
+            finite(tokens.raw_logprobs[:kept]),
+            [(tuple(t.token_ids), tuple(finite(t.logprobs))) for t in tokens.top_logprobs[:kept]],
+            self.finish_reason,
+        )
+
+    def finish(self, reason: int) -> Piece | None:
+        """The last piece (the text held back), at the worker's finish; None if already ended."""
+        self.has_worker_finished = True
+        if self.finish_reason is not None:
+            return None
+        shown, stopped = self._matcher.push(self._decoder.flush())
+        self.finish_reason = "stop" if stopped else finish_reason_name(reason)
+        return Piece(
+            self.index, shown if stopped else shown + self._matcher.flush(), finish_reason=self.finish_reason
+        )

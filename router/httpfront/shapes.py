@@ -1,0 +1,91 @@
+"""Pieces of samples → OpenAI's logprobs shapes, and whole choices from a sample's pieces.
+
+Logprobs are the processed fp32 ones the engine returned (README "What logprobs mean"); `bytes`
+is the UTF-8 of the token's own decoding (a token inside a multi-byte character decodes to U+FFFD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from epochserve.router.httpfront.codec import Codec
+from epochserve.router.httpfront.responses import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
+from epochserve.router.httpfront.samples import Piece
+
+
+@dataclass(slots=True)
+class Choice:
+    """A sample's pieces put together (a response sent whole)."""
+
+    index: int
+    texts: list[str] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for p in self.pieces for t in p.token_ids]
+
+    @property
+    def raw_logprobs(self) -> list[float]:
+        return [x for p in self.pieces for x in p.raw_logprobs]
+
+
+def gather(pieces: Iterable[Piece], n: int) -> list[Choice]:
+    choices = [Choice(i) for i in range(n)]
+    for piece in pieces:
+        choice = choices[piece.index]
+        choice.texts.append(piece.text)
+        choice.pieces.append(piece)
+        choice.finish_reason = piece.finish_reason or choice.finish_reason
+    return choices
+
+
+def _top(codec: Codec, token_id: int, logprob: float) -> TopLogprob:
+    text = codec.token_text(token_id)
+    return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+
+
+def chat_logprobs(codec: Codec, pieces: Iterable[Piece]) -> ChatLogprobs:
+    content = []
+    for piece in pieces:
+        tops = piece.top_logprobs or [((), ())] * len(piece.token_ids)
+        for token_id, logprob, (top_ids, top_lps) in zip(piece.token_ids, piece.logprobs, tops, strict=True):
+            top = [_top(codec, t, lp) for t, lp in zip(top_ids, top_lps, strict=True)]
+            text = codec.token_text(token_id)
+            content.append(
+                TokenLogprob(token=text, logprob=logprob, bytes=list(text.encode()), top_logprobs=top)
+            )
+    return ChatLogprobs(content=content)
+
+
+def completion_logprobs(
+    codec: Codec, pieces: Iterable[Piece], num_top: int, offset: int = 0
+) -> CompletionLogprobs:
+    """`offset`: where the first token's text starts in the choice's text (a stream's later chunks)."""
+    tokens: list[str] = []
+    token_logprobs: list[float] = []
+    tops: list[dict[str, float]] = []
+    offsets: list[int] = []
+    for piece in pieces:
+        piece_tops = piece.top_logprobs or [((), ())] * len(piece.token_ids)
+        for token_id, logprob, (top_ids, top_lps) in zip(
+            piece.token_ids, piece.logprobs, piece_tops, strict=True
+        ):
+            text = codec.token_text(token_id)
+            tokens.append(text)
+            token_logprobs.append(logprob)
+            tops.append({codec.token_text(t): lp for t, lp in zip(top_ids, top_lps, strict=True)})
+            offsets.append(offset)
+            offset += len(text)
+    return CompletionLogprobs(
+        tokens=tokens,
+        token_logprobs=token_logprobs,
+        top_logprobs=tops if num_top else None,
+        text_offset=offsets,
+    )
