@@ -163,7 +163,13 @@ def _grpc_server(core: RouterCore) -> tuple[grpc.aio.Server, health.aio.HealthSe
 async def _load_codec(config: RouterConfig) -> Codec:
     if config.http_port is None or config.tokenizer is None:
         return NoTextCodec()
-    return await asyncio.to_thread(TextCodec.load, config.tokenizer)
+    try:
+        return await asyncio.to_thread(TextCodec.load, config.tokenizer)
+    except Exception as exc:  # transformers raises many kinds; the router must still serve
+        # `epochctl up` passes the model directory, which may hold no usable tokenizer (random or
+        # token-id-only models): serve token ids (prompt_token_ids), say why text is refused.
+        logger.warning("no tokenizer in %s (%s): HTTP takes token ids only", config.tokenizer, exc)
+        return NoTextCodec()
 
 
 def _http_app(config: RouterConfig, core: RouterCore, codec: Codec) -> object:
