@@ -100,8 +100,12 @@ def filter_logits(
     rounding; fp64's error (~vocab x 2^-53, 3e-11 at 256k) cannot move a margin above 1e-9.
 
     batch_invariant: CUDA's cumsum picks its scan by the number of rows (tests/gpu shows a lone row
-    summing differently), so the top-p prefix sums then run one row per call.
+    summing differently), so the top-p prefix sums then run one row per call; on CPU the softmax's
+    sum does too (threads split a lone row, not a table's), so there every row is filtered alone.
     """
+    if batch_invariant and logits.shape[0] > 1 and logits.device.type == "cpu":
+        rows = zip(logits.split(1), top_k.split(1), top_p.split(1), min_p.split(1), strict=True)
+        return torch.cat([filter_logits(*row) for row in rows])
     vocab = logits.shape[-1]
     sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
     ranks = torch.arange(vocab, device=logits.device)

@@ -74,7 +74,13 @@ class TorchOps:
         return self.linear(x.float(), weight.float())
 
     def softmax_stats(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per row of fp32 logits: (argmax, logsumexp, all finite) — what the sampler needs."""
+        """Per row of fp32 logits: (argmax, logsumexp, all finite) — what the sampler needs.
+
+        batch_invariant (CPU): one row at a time. Torch splits a lone row's sum across threads but
+        gives each thread whole rows of a larger table, so a logsumexp's last bit followed the batch."""
+        if self.batch_invariant and logits.shape[0] > 1 and logits.device.type == "cpu":
+            argmax, lse, finite = zip(*(softmax_stats_torch(row) for row in logits.split(1)), strict=True)
+            return torch.cat(argmax), torch.cat(lse), torch.cat(finite)
         return softmax_stats_torch(logits)
 
     def sample_rows(

@@ -52,3 +52,26 @@ def test_the_worker_cli_takes_batch_invariant():
     args = build_parser().parse_args(["worker", "--model", "smollm2", "--batch-invariant"])
     assert args.batch_invariant is True
     assert build_parser().parse_args(["worker", "--model", "smollm2"]).batch_invariant is False
+
+
+def test_a_rows_sampling_statistics_are_the_same_bytes_in_any_batch():
+    # Torch splits a lone row's reduction across threads but hands each thread whole rows of a table,
+    # so without the per-row path a logsumexp (and the top-p softmax) moved by an ulp with the batch.
+    from epochserve.worker.engine.sampler import filter_logits
+
+    generator = torch.Generator().manual_seed(7)
+    ops = TorchOps(batch_invariant=True)
+    vocab = 49152
+    top_k, top_p, min_p = torch.zeros(16, dtype=torch.int64), torch.full((16,), 0.95), torch.zeros(16)
+    for trial in range(100):  # a 2-thread CPU moved ~4% of these lone rows' logsumexp by an ulp
+        logits = torch.randn(16, vocab, generator=generator)
+        logits[0, torch.rand(vocab, generator=generator) < 0.5] = float("-inf")
+        alone = ops.softmax_stats(logits[:1])
+        for num_rows in (2, 5, 16):
+            together = ops.softmax_stats(logits[:num_rows])
+            for alone_stat, together_stat in zip(alone, together, strict=True):
+                assert torch.equal(together_stat[:1], alone_stat), (trial, num_rows)
+        if trial % 5 == 0:  # the filter sorts, the slow half: a fifth of the trials
+            alone_filtered = filter_logits(logits[:1], top_k[:1], top_p[:1], min_p[:1], batch_invariant=True)
+            filtered = filter_logits(logits, top_k, top_p, min_p, batch_invariant=True)
+            assert torch.equal(filtered[:1], alone_filtered), trial
