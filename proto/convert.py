@@ -87,6 +87,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
         num_top_logprobs=msg.num_top_logprobs,
         return_raw_logprobs=msg.return_raw_logprobs,
         return_support_size=msg.return_support_size,
+        return_prompt_logprobs=msg.return_prompt_logprobs,
     )
 
 
@@ -101,6 +102,7 @@ def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
         num_top_logprobs=params.num_top_logprobs,
         return_raw_logprobs=params.return_raw_logprobs,
         return_support_size=params.return_support_size,
+        return_prompt_logprobs=params.return_prompt_logprobs,
     )
     if params.max_tokens is not None:
         msg.max_tokens = params.max_tokens

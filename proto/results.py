@@ -70,6 +70,8 @@ class Sample:
     num_prompt_tokens: int
     worker_id: str
     diagnostics: Diagnostics
+    # return_prompt_logprobs: prompt token i's processed logprob for i >= 1 (-inf: outside the support)
+    prompt_logprobs: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,8 +121,10 @@ class _Partial:
     raw_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     support_sizes: list[int] = field(default_factory=list)
+    prompt_logprobs: list[float] = field(default_factory=list)
 
     def extend(self, chunk: common_pb2.GenerateChunk) -> None:
+        self.prompt_logprobs.extend(chunk.prompt_logprobs)
         self.token_ids.extend(chunk.token_ids)
         self.processed_logprobs.extend(chunk.logprobs)
         self.raw_logprobs.extend(chunk.raw_logprobs)
@@ -216,4 +220,5 @@ def _finish(response: common_pb2.GenerateResponse, partial: _Partial) -> Sample:
         num_prompt_tokens=finish.num_prompt_tokens,
         worker_id=finish.worker_id,
         diagnostics=Diagnostics.from_proto(finish.diagnostics),
+        prompt_logprobs=tuple(partial.prompt_logprobs),
     )

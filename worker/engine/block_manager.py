@@ -106,7 +106,7 @@ class BlockManager:
         shared one).
         """
         assert not seq.block_table and seq.num_computed_tokens == 0, "admit() takes a sequence without blocks"
-        if not self.enable_prefix_cache:
+        if not self.enable_prefix_cache or seq.must_score_prompt():
             return 0
         max_hit_blocks = (seq.num_tokens - 1) // self.block_size
         for block_hash in self._block_hashes(seq, max_hit_blocks):

@@ -23,12 +23,15 @@ import time
 from dataclasses import dataclass
 from itertools import count
 
+import torch
+
 from epochserve.controlplane.store.records import DrainPolicy
 from epochserve.errors import InvalidRequestError, VersionMismatchError
 from epochserve.proto.convert import OutputMode, ParsedGenerateRequest, rollout_abort_reason
 from epochserve.sampling import ModelLimits
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine.block_manager import BlockManager, BlockUsage
+from epochserve.worker.engine.model_runner import ScoredPrompt, StepLogits
 from epochserve.worker.engine.model_setup import setup_rank
 from epochserve.worker.engine.outputs import FinishInfo, SequenceOutput
 from epochserve.worker.engine.sampler import PendingSample, Sampler
@@ -56,6 +59,10 @@ class LaunchedStep:
     batch: ScheduledBatch
     seqs: list[Sequence]  # the sampling sequences, in logits row order
     sample: PendingSample | None  # None when no sequence samples
+    # return_prompt_logprobs: the prompt positions this step scored and their logprobs (on the
+    # device, in the same order), if any.
+    scored: list[ScoredPrompt]
+    prompt_logprobs: torch.Tensor | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,11 +197,19 @@ class Engine:
 
     def _launch(self, batch: ScheduledBatch, input_ids=None) -> LaunchedStep:
         """Queue the model and the sampling of `batch` on the device; the host does not wait."""
-        logits, sampling_seqs = self.runner.execute(batch, input_ids)
+        logits = self.runner.execute(batch, input_ids)
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += num_new
-        sample = self.sampler.launch(logits, sampling_seqs) if sampling_seqs else None
-        return LaunchedStep(batch, sampling_seqs, sample)
+        sample = self.sampler.launch(logits.sampling, logits.seqs) if logits.seqs else None
+        prompt_logprobs = self._score_prompts(logits) if logits.scored else None
+        return LaunchedStep(batch, logits.seqs, sample, logits.scored, prompt_logprobs)
+
+    def _score_prompts(self, logits: StepLogits) -> torch.Tensor:
+        params, targets = [], []
+        for seq, positions in logits.scored:
+            params += [seq.sampling] * len(positions)
+            targets += seq.prompt_token_ids[positions.start + 1 : positions.stop + 1]
+        return self.sampler.score(logits.prompt, params, targets)
 
     def _can_run_ahead(self, launched: LaunchedStep) -> bool:
         """Whether the step after `launched` is certain: every sequence of it samples, all are still
@@ -234,6 +249,8 @@ class Engine:
     def _resolve(self, launched: LaunchedStep, placeholders: bool) -> list[SequenceOutput]:
         """Wait for a launched step's samples and apply them. placeholders: each sequence holds one
         for this step's token (its successor is in flight), which the token replaces."""
+        if launched.prompt_logprobs is not None:
+            self._apply_prompt_scores(launched)
         if launched.sample is None:
             self._register_computed(launched.batch.seqs)
             return []
@@ -291,9 +308,20 @@ class Engine:
                     () if top is None else ((tuple(top[0]), tuple(top[1])),),
                     () if support is None else (support,),
                     None if finish is None else self._finish(seq, finish).finish,
+                    tuple(seq.prompt_scores()) if seq.num_generated_tokens == 1 else (),
                 )
             )
         return outputs
+
+    @staticmethod
+    def _apply_prompt_scores(launched: LaunchedStep) -> None:
+        assert launched.prompt_logprobs is not None
+        values = launched.prompt_logprobs.tolist()  # a prefill step's: never one run ahead
+        offset = 0
+        for seq, positions in launched.scored:
+            if len(seq.prompt_logprobs) == positions.start:  # else preempted and rescheduled meanwhile
+                seq.prompt_logprobs += values[offset : offset + len(positions)]
+            offset += len(positions)
 
     def _register_computed(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
@@ -331,6 +359,7 @@ class Engine:
             tuple((tuple(ids), tuple(values)) for ids, values in seq.top_logprobs),
             tuple(seq.support_sizes),
             finish,
+            tuple(seq.prompt_scores()),
         )
 
     # ---- versions and stats --------------------------------------------------------------

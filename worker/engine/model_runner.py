@@ -3,15 +3,17 @@
 Inputs are flat over the batch: the new tokens of every sequence concatenated, their positions,
 the cache slot of each, each sequence's block table and context length (AttentionMetadata).
 Only sequences whose chunk reaches their last token produce logits (prefill chunks that stop
-mid-prompt only fill the cache). With tensor parallelism, rank 0 broadcasts each plan (RunStep,
-worker/tp/commands.py) before running it, and followers run the plans they receive
-(worker/tp/follower.py).
+mid-prompt only fill the cache), and so do prompt positions being scored (return_prompt_logprobs).
+With tensor parallelism, rank 0 broadcasts each plan (RunStep, worker/tp/commands.py) before
+running it, and followers run the plans they receive (worker/tp/follower.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -19,7 +21,7 @@ import torch.distributed as dist
 from epochserve.worker.engine.cuda_graphs import DecodeGraphs
 from epochserve.worker.engine.host_buffers import PinnedStaging
 from epochserve.worker.engine.kv_cache import KVCachePool
-from epochserve.worker.engine.scheduler import ScheduledBatch
+from epochserve.worker.engine.scheduler import ScheduledBatch, prompt_positions_to_score
 from epochserve.worker.engine.sequence import Sequence
 from epochserve.worker.engine.step_inputs import build_step_inputs
 from epochserve.worker.engine.step_plan import StepPlan
@@ -30,6 +32,23 @@ from epochserve.worker.tp.commands import CommandChannel, Heartbeat, RunStep, Sh
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 2.0  # rank 0 proves it is alive to idle followers at least this often
+
+
+class ScoredPrompt(NamedTuple):
+    """Prompt positions of one sequence whose next-token logprob a step computes."""
+
+    seq: Sequence
+    positions: range
+
+
+@dataclass(frozen=True, slots=True)
+class StepLogits:
+    """One step's fp32 logits on rank 0. Created by ModelRunner.execute, consumed by Engine."""
+
+    sampling: torch.Tensor  # [len(seqs), vocab]: each sampling sequence's last position
+    seqs: list[Sequence]
+    prompt: torch.Tensor  # [sum of len(positions), vocab]: the scored prompt positions, in order
+    scored: list[ScoredPrompt]
 
 
 class ModelRunner:
@@ -51,16 +70,24 @@ class ModelRunner:
         self.staging = PinnedStaging(device)
 
     # ---- rank 0 ------------------------------------------------------------------------------
-    def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence]]:
-        """The plan of one step, and the sequences that sample (in logits row order)."""
+    def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence], list[ScoredPrompt]]:
+        """The plan of one step, the sequences that sample (in logits row order), and the prompt
+        positions it scores (their logits rows follow the sampling rows)."""
         if self._fits_graphs(batch):
-            return self._graph_decode_plan(batch), batch.seqs
+            return self._graph_decode_plan(batch), batch.seqs, []
         plan = StepPlan()
         sampling_seqs: list[Sequence] = []
+        scored: list[ScoredPrompt] = []
+        scored_rows: list[int] = []
         bs = self.block_size
         for i, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
             end = start + num_new
+            positions = prompt_positions_to_score(seq, num_new)
+            if positions:
+                first_row = plan.query_start_loc[-1] - start
+                scored_rows.extend(first_row + p for p in positions)
+                scored.append(ScoredPrompt(seq, positions))
             plan.input_ids.extend(seq.tokens_between(start, end))
             plan.positions.extend(range(start, end))
             table = seq.block_table
@@ -71,7 +98,8 @@ class ModelRunner:
             if batch.samples(i):
                 plan.logits_indices.append(plan.query_start_loc[-1] - 1)
                 sampling_seqs.append(seq)
-        return plan, sampling_seqs
+        plan.logits_indices += scored_rows
+        return plan, sampling_seqs, scored
 
     def _fits_graphs(self, batch: ScheduledBatch) -> bool:
         """A decode step a captured graph can run: one new token per sequence, each its last."""
@@ -105,20 +133,20 @@ class ModelRunner:
         plan.logits_indices.extend(range(len(batch.seqs)))
         return plan
 
-    def execute(
-        self, batch: ScheduledBatch, input_ids: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[Sequence]]:
-        """Queue one step on every rank; returns (fp32 logits [num_sampling_seqs, vocab], those seqs).
+    def execute(self, batch: ScheduledBatch, input_ids: torch.Tensor | None = None) -> StepLogits:
+        """Queue one step on every rank; returns its fp32 logits, split by use.
 
         input_ids: a decode step's tokens already on the device (the previous step's samples, when
         the engine runs a step ahead); they replace the plan's placeholders. Single rank only."""
-        plan, sampling_seqs = self.plan(batch)
+        plan, sampling_seqs, scored = self.plan(batch)
         if input_ids is not None:
             assert len(plan.input_ids) == len(plan.seq_lens) == input_ids.numel(), "a decode step only"
             plan.input_ids_on_device = True
         if self.channel is not None:
             self.channel.send(RunStep(plan))
-        return self.run_plan(plan, input_ids), sampling_seqs
+        logits = self.run_plan(plan, input_ids)
+        num_sampling = len(sampling_seqs)
+        return StepLogits(logits[:num_sampling], sampling_seqs, logits[num_sampling:], scored)
 
     def heartbeat(self) -> None:
         """Called by rank 0 while idle: keeps followers' waits short of the collective timeout."""
@@ -132,7 +160,7 @@ class ModelRunner:
     # ---- every rank ----------------------------------------------------------------------------
     @torch.inference_mode()
     def run_plan(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """fp32 logits [num_sampling_seqs, vocab]: from a captured CUDA graph for decode steps that
+        """fp32 logits [len(plan.logits_indices), vocab]: from a captured CUDA graph for decode steps that
         fit one, else eagerly. `input_ids` (device) replaces the plan's, as in execute."""
         if plan.input_ids_on_device and self.tp.size > 1:
             input_ids = self._share_input_ids(input_ids, len(plan.input_ids))

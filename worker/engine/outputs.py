@@ -63,3 +63,4 @@ class SequenceOutput(NamedTuple):
     top_logprobs: tuple[tuple[tuple[int, ...], tuple[float, ...]], ...] = ()  # empty unless requested
     support_sizes: tuple[int, ...] = ()  # empty unless requested
     finish: FinishInfo | None = None
+    prompt_logprobs: tuple[float, ...] = ()  # with a sample's first token, when requested

@@ -193,6 +193,15 @@ class Sampler:
             top = (_to_host(values), _to_host(ids))
         return token_ids, chosen, support, top
 
+    def score(self, logits: torch.Tensor, params: list[SamplingParams], targets: list[int]) -> torch.Tensor:
+        """Processed logprob of targets[i] in row i (return_prompt_logprobs), with the processing
+        of the row's request; the same numbers the sorted path gives a sampled token. -inf where
+        the processing removed the target. On the logits' device, queued."""
+        processed = self._process(logits, params)
+        lse = self.ops.softmax_stats(processed)[1]
+        ids = _on_device(targets, torch.int64, logits.device)
+        return processed.gather(1, ids[:, None])[:, 0] - lse
+
     def collect(self, pending: PendingSample) -> SamplerOutput:
         """The host's view of a launched sampling: waits for its copy (and nothing queued later)."""
         if pending.copied is not None:

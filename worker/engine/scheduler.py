@@ -22,6 +22,11 @@ from epochserve.worker.engine.sequence import Sequence, SequenceStatus
 
 logger = logging.getLogger(__name__)
 
+# Prompt positions a step scores at most (return_prompt_logprobs): each is an fp32 logits row, so
+# 512 rows are 256 MB at a 128k vocabulary, plus the filter's temporaries. Longer prompts score
+# over several steps.
+MAX_PROMPT_SCORES_PER_STEP = 512
+
 
 @dataclass(slots=True)
 class ScheduledBatch:
@@ -34,6 +39,7 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    num_prompt_scores: int = 0  # prompt positions whose logprobs this step computes
 
     @property
     def num_tokens(self) -> int:
@@ -82,7 +88,9 @@ class Scheduler:
         queue = deque(self.running)
         while queue and budget > 0:
             seq = queue.popleft()
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = self._chunk(seq, budget, batch)
+            if num_new == 0:
+                continue  # a prompt to score, and this step's scoring rows are taken
             needed = self.block_manager.num_blocks_needed(seq, num_new)
             while not self.block_manager.can_allocate(needed):
                 victim = queue.pop() if queue else seq
@@ -92,8 +100,7 @@ class Scheduler:
             else:
                 if needed:
                     self.block_manager.allocate(seq, num_new)
-                batch.seqs.append(seq)
-                batch.num_new_tokens.append(num_new)
+                self._add(batch, seq, num_new)
                 budget -= num_new
         return budget
 
@@ -105,8 +112,9 @@ class Scheduler:
                 skipped.append(self.waiting.popleft())
                 continue
             num_hit_blocks = self.block_manager.admit(seq)
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            if not self.block_manager.can_allocate(self.block_manager.num_blocks_needed(seq, num_new)):
+            num_new = self._chunk(seq, budget, batch)
+            needed = self.block_manager.num_blocks_needed(seq, num_new)
+            if num_new == 0 or not self.block_manager.can_allocate(needed):
                 self.block_manager.free(seq)  # give back the prefix hits; FCFS: stop here
                 break
             self.block_manager.allocate(seq, num_new)
@@ -116,10 +124,28 @@ class Scheduler:
                 seq.num_prefix_hit_blocks = num_hit_blocks
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(num_new)
+            self._add(batch, seq, num_new)
             budget -= num_new
         self.waiting.extendleft(reversed(skipped))
+
+    @staticmethod
+    def _chunk(seq: Sequence, budget: int, batch: ScheduledBatch) -> int:
+        """How many of seq's uncomputed tokens this step computes: all that the token budget allows,
+        and for a prompt being scored, no more than the step's scoring rows left allow."""
+        num_new = min(seq.num_uncomputed_tokens, budget)
+        if not seq.must_score_prompt():
+            return num_new
+        start = seq.num_computed_tokens
+        first_scored = max(start, len(seq.prompt_logprobs))  # after a preemption: recomputed, not rescored
+        room = MAX_PROMPT_SCORES_PER_STEP - batch.num_prompt_scores
+        return max(0, min(num_new, first_scored + room - start))
+
+    @staticmethod
+    def _add(batch: ScheduledBatch, seq: Sequence, num_new: int) -> None:
+        batch.seqs.append(seq)
+        batch.num_new_tokens.append(num_new)
+        if seq.must_score_prompt():
+            batch.num_prompt_scores += len(prompt_positions_to_score(seq, num_new))
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         """Free seq's blocks and queue it first for recompute (its tokens so far are kept)."""
@@ -130,3 +156,12 @@ class Scheduler:
         self.waiting.appendleft(seq)
         batch.preempted.append(seq)
         logger.debug("preempted seq %d of request %s", seq.seq_id, seq.request_id)
+
+
+def prompt_positions_to_score(seq: Sequence, num_new: int) -> range:
+    """The prompt positions whose next-token logprob a chunk of num_new tokens from
+    seq.num_computed_tokens yields: those not scored yet, before the prompt's last token."""
+    if not seq.must_score_prompt():
+        return range(0)
+    start = max(seq.num_computed_tokens, len(seq.prompt_logprobs))
+    return range(start, min(seq.num_computed_tokens + num_new, seq.num_prompt_scores))

@@ -55,6 +55,9 @@ class Sequence:
     raw_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[tuple[list[int], list[float]]] = field(default_factory=list)
     support_sizes: list[int] = field(default_factory=list)  # when the request asked for them
+    # return_prompt_logprobs: prompt token i+1's processed logprob at each scored position i, in
+    # order (sample 0 scores the prompt for its siblings; see prompt_scores).
+    prompt_logprobs: list[float] = field(default_factory=list)
     # OUTPUT_MODE_FINAL: the engine reports this sequence once, at its end, with all its tokens
     # (no per-step output for the server to handle).
     final_only: bool = False
@@ -110,6 +113,23 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def num_prompt_scores(self) -> int:
+        """How many prompt logprobs the request asked for: one per prompt token after the first."""
+        return len(self.prompt_token_ids) - 1 if self.sampling.return_prompt_logprobs else 0
+
+    def prompt_scores(self) -> list[float]:
+        """The prompt's logprobs once complete (this sample's own, or its leader's), else []."""
+        for source in (self, self.prefill_leader):
+            if source is not None and len(source.prompt_logprobs) == self.num_prompt_scores:
+                return source.prompt_logprobs
+        return []
+
+    def must_score_prompt(self) -> bool:
+        """Whether this sample's prompt steps compute logprobs: they are asked for and not yet all
+        known. Such a sample computes its whole prompt (no prefix-cache hit: a hit skips positions)."""
+        return self.num_prompt_scores > 0 and not self.prompt_scores()
 
     def waits_for_leader(self) -> bool:
         """True while sample 0 of the request has not yet computed the whole prompt."""

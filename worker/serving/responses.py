@@ -38,6 +38,7 @@ class WorkerStamp:
 def append_tokens(chunk: common_pb2.GenerateChunk, outputs: Iterable[SequenceOutput]) -> None:
     """Append the outputs' tokens and per-token fields to chunk, in order (both modes use this)."""
     for output in outputs:
+        chunk.prompt_logprobs.extend(output.prompt_logprobs)  # only a sample's first output has them
         chunk.token_ids.extend(output.token_ids)
         chunk.logprobs.extend(output.processed_logprobs)
         chunk.raw_logprobs.extend(output.raw_logprobs)

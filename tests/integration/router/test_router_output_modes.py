@@ -174,3 +174,19 @@ def test_the_load_tester_runs_in_final_mode(cluster, tmp_path):
     latency = report["latency_seconds"]
     assert latency["ttft"]["count"] == 12 and latency["inter_token"] is None  # one message per sample
     assert "output mode final" in done.stdout
+
+
+def test_scoring_through_the_router_gives_back_a_sampled_completions_logprobs(cluster):
+    # return_prompt_logprobs end to end: sample a completion, then score prompt + completion with
+    # the same params; the completion's prompt logprobs are the ones it was sampled with. A prefill
+    # and a decode compute a position's logits in other orders: equal to fp32 rounding, not the bit.
+    prompt = prompts()[2]
+    with GenerationClient(cluster.router_address) as client:
+        [sampled] = client.generate(prompt, sampling(5)).samples
+        full = [*prompt, *sampled.token_ids]
+        scoring = SamplingParams(**{**sampling_fields(5), "max_tokens": 1, "return_prompt_logprobs": True})
+        for mode in OutputMode:
+            [scored] = client.send(build_request(full, scoring, output_mode=mode)).samples
+            assert len(scored.prompt_logprobs) == len(full) - 1, mode
+            completion = scored.prompt_logprobs[len(prompt) - 1 :]
+            assert completion == pytest.approx(sampled.processed_logprobs, abs=1e-4), mode
