@@ -1,7 +1,8 @@
 """Mixture-of-experts: top-k routing and the experts' grouped MLP, in plain PyTorch.
 
-The reference a fused Triton kernel will be checked against (one grouped GEMM for gate-up with
-SiLU-and-mul, one for down, the top-k weights applied in the combine). Shapes:
+The reference fused_moe_triton (kernels/fused_moe_triton.py) is checked against: one grouped GEMM for
+gate-up with SiLU-and-mul, one for down, the top-k weights applied in the combine. This one reads
+the group sizes back to the host (`.tolist()`), so no CUDA graph can capture it. Shapes:
   w13 [num_local_experts, 2 * intermediate, hidden]: each expert's gate rows, then its up rows
   w2  [num_local_experts, hidden, intermediate]
 Expert ids are global; `expert_map` (global id → local index, -1 when another rank holds it) lets a

@@ -128,6 +128,60 @@ def _matmul_tma(n: int, k: int) -> tuple:
     return _matmul_tma_kernel, args, t.num_warps, t.num_stages
 
 
+def _moe(dtype: str, gated: bool, hidden: int = 2048, width: int = 768) -> tuple:
+    """A grouped product of fused_moe_triton at the Qwen3-30B-A3B layer shape (its engine tiles)."""
+    import torch
+
+    from epochserve.kernels.fused_moe_triton import _moe_gemm_kernel, moe_tiles
+
+    t = moe_tiles(
+        hidden, width, getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype])
+    )
+    k = hidden if gated else width
+    args: dict[str, Any] = dict(
+        out_ptr=f"*{dtype}", a_ptr=f"*{dtype}", w_ptr=f"*{dtype}", sorted_pairs_ptr="*i32",
+        block_experts_ptr="*i32", num_pairs="i32", N="i32", K="i32", stride_am="i32", stride_we="i32",
+        stride_wn="i32", stride_om="i32", up_offset="i32", ROW_DIV=_const(8 if gated else 1),
+        GATED=_const(gated), EVEN_K=_const(k % t.block_k == 0), BLOCK_M=_const(t.block_m),
+        BLOCK_N=_const(t.block_n), BLOCK_K=_const(t.block_k),
+        DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"), ROWWISE_DOT=_const(False),
+    )  # fmt: skip
+    return _moe_gemm_kernel, args, t.num_warps, t.num_stages
+
+
+def _moe_routing() -> list[tuple[str, tuple]]:
+    """fused_moe_triton's alignment and combine kernels: 128 experts, top-8, hidden 2048."""
+    from epochserve.kernels.fused_moe_triton import (
+        _LABEL_BLOCKS,
+        MAX_CHUNK,
+        _combine_kernel,
+        _count_kernel,
+        _place_kernel,
+        _scan_kernel,
+    )
+
+    count = dict(topk_ids_ptr="*i64", expert_map_ptr="*i64", local_ids_ptr="*i32", counts_ptr="*i32",
+                 prefix_ptr="*i32", num_pairs="i32", num_local="i32", HAS_MAP=_const(True),
+                 CHUNK=_const(MAX_CHUNK), E_PAD=_const(128))  # fmt: skip
+    scan = dict(counts_ptr="*i32", offsets_ptr="*i32", expert_start_ptr="*i32", expert_count_ptr="*i32",
+                num_padded_ptr="*i32", num_chunks="i32", BLOCK_M=_const(16), E_PAD=_const(128))  # fmt: skip
+    place = dict(local_ids_ptr="*i32", offsets_ptr="*i32", prefix_ptr="*i32", expert_start_ptr="*i32",
+                 expert_count_ptr="*i32", sorted_pairs_ptr="*i32", block_experts_ptr="*i32", num_pairs="i32",
+                 num_chunks="i32", max_blocks="i32", BLOCK_M=_const(16), CHUNK=_const(MAX_CHUNK),
+                 E_PAD=_const(128), LABEL_BLOCKS=_const(_LABEL_BLOCKS))  # fmt: skip
+    combine = dict(out_ptr="*bf16", down_ptr="*bf16", weights_ptr="*fp32", local_ids_ptr="*i32",
+                   num_tokens="i32", H="i32", stride_om="i32", stride_dm="i32", stride_wt="i32",
+                   TOP_K=_const(8), K_PAD=_const(8), BLOCK_T=_const(8), BLOCK_H=_const(512))  # fmt: skip
+    return [
+        ("moe count E128 chunk1024", (_count_kernel, count, 4, 3)),
+        ("moe count E128 chunk16", (_count_kernel, {**count, "CHUNK": _const(16)}, 4, 3)),
+        ("moe scan E128", (_scan_kernel, scan, 4, 3)),
+        ("moe place E128 chunk1024", (_place_kernel, place, 4, 3)),
+        ("moe place E128 chunk16", (_place_kernel, {**place, "CHUNK": _const(16)}, 4, 3)),
+        ("moe combine bf16 top8 H2048", (_combine_kernel, combine, 4, 3)),
+    ]
+
+
 def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.activation_triton import _silu_and_mul_kernel
     from epochserve.kernels.gemv_triton import _gemv_kernel
@@ -201,6 +255,11 @@ def cases() -> list[tuple[str, Callable[[], tuple]]]:
     fp32_attention = functools.partial(_attention, "fp32", 4, 128, decode_tiles(4), 16, "split")
     out.append(("attention fp32 G4 D128 page16 decode-tiles split", fp32_attention))
     out.extend((label, lambda c=case: c) for label, case in _elementwise())
+    for dtype in ("bf16", "fp16", "fp32"):
+        for gated in (True, False):
+            label = f"moe {'gate-up+silu' if gated else 'down'} {dtype} H2048 W768"
+            out.append((label, functools.partial(_moe, dtype, gated)))
+    out.extend((label, lambda c=case: c) for label, case in _moe_routing())
     return out
 
 

@@ -3,9 +3,10 @@ expert, combined with one all-reduce.
 
 Every rank routes every token itself (the router is replicated and its input is identical on all
 ranks), so no routing crosses ranks. Experts are stacked per layer, w13 [experts, 2 * width, hidden]
-and w2 [experts, hidden, width], and the dispatch runs behind `ops.fused_moe` (PyTorch reference
-now, a fused kernel on CUDA later). Which slice of the experts a rank holds is an ExpertShard: with
-tensor parallelism every rank holds every expert and a slice of each one's width; with expert
+and w2 [experts, hidden, width], and the dispatch runs behind `ops.fused_moe` (TorchOps: the PyTorch
+reference; TritonOps: kernels/fused_moe_triton.py, free of host syncs, so CUDA graphs capture it).
+Which slice of the experts a rank holds is an ExpertShard: with tensor parallelism every rank holds
+every expert and a slice of each one's width; with expert
 parallelism (docs/design.md §2) a rank would hold whole experts, a range of ids. Either way a rank's
 output is a partial sum over what it holds and the ranks all-reduce it, so the model code does not
 change with the sharding.

@@ -299,3 +299,19 @@ class TritonOps(TorchOps):
             query, key_cache, value_cache, meta.block_tables, seq_lens, starts, scale,
             max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed,
         )  # fmt: skip
+
+    def fused_moe(
+        self,
+        x: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        expert_map: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        from epochserve.kernels.fused_moe_triton import fused_moe_triton
+
+        # Tokens grouped by expert on the device (no host sync, so decode graphs capture MoE layers),
+        # one grouped product for gate-up with SiLU-and-mul, one for down, an fp32 combine in each
+        # token's expert order. Fixed tiles and no split-K: batch-invariant as it is, so in both modes.
+        return fused_moe_triton(x, w13, w2, topk_weights, topk_ids, expert_map)
