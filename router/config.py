@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from epochserve.channels import ClientTls
+from epochserve.controlplane.admin.auth import load_token
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import check_name
 from epochserve.errors import ConfigError
@@ -54,6 +55,9 @@ class RouterConfig:
     model_name: str = ""  # the name clients use; default the tokenizer dir's name, else "epochserve"
     api_key_file: Path | None = None  # clients must send `Authorization: Bearer <its contents>`
     http_max_body_bytes: int = 4 * 2**20  # larger request bodies get 413
+    # The Admin service the HTTP front's POST /update_weights_from_disk starts rollouts through:
+    admin_address: str = ""  # HOST:PORT of a coordinator; "": that route answers 503
+    admin_token_file: Path | None = None  # its bearer token; else $EPOCHSERVE_ADMIN_TOKEN
 
     def __post_init__(self) -> None:
         try:
@@ -96,6 +100,17 @@ class RouterConfig:
         if not key:
             raise ConfigError(f"--api-key-file {self.api_key_file}: empty")
         return key
+
+    def admin_token(self) -> str | None:
+        """The Admin bearer token, when an Admin address is set (None: no rollouts from HTTP)."""
+        if not self.admin_address:
+            return None
+        try:
+            return load_token(self.admin_token_file)
+        except ConfigError as e:
+            raise ConfigError(
+                f"--admin-address needs an admin token (--admin-token-file FILE): {e}"
+            ) from None
 
     def identity(self, bound_port: int) -> tuple[str, str]:
         """(router id, advertised address) once the server is bound to `bound_port`."""

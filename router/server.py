@@ -37,7 +37,7 @@ from epochserve.router.epochs import ControlPlaneFollower
 from epochserve.router.httpfront.app import build_app
 from epochserve.router.httpfront.backend import RouterBackend
 from epochserve.router.httpfront.codec import Codec, NoTextCodec, TextCodec
-from epochserve.router.httpfront.front import Front
+from epochserve.router.httpfront.front import AdminAccess, Front
 from epochserve.router.httpfront.server import HttpServer
 from epochserve.router.metrics import RouterMetrics
 from epochserve.router.policies import make_policy
@@ -173,7 +173,9 @@ async def _load_codec(config: RouterConfig) -> Codec:
 
 
 def _http_app(config: RouterConfig, core: RouterCore, codec: Codec) -> object:
-    front = Front(RouterBackend(core), codec, config.served_model_name)
+    token = config.admin_token()
+    admin = AdminAccess(config.admin_address, token) if token is not None else None
+    front = Front(RouterBackend(core), codec, config.served_model_name, admin)
     return build_app(
         front,
         max_body_bytes=config.http_max_body_bytes,

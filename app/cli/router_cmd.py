@@ -62,6 +62,10 @@ ROUTER_FLAGS: tuple[Flag, ...] = (
         "BYTES",
         field="http_max_body_bytes",
     ),
+    Flag(
+        "admin-address", "Admin service for POST /update_weights_from_disk", default="", metavar="HOST:PORT"
+    ),
+    Flag("admin-token-file", "its bearer token (else $EPOCHSERVE_ADMIN_TOKEN)", Path, metavar="FILE"),
 )
 
 

@@ -147,9 +147,13 @@ class LocalCluster:
             "router", "--port", str(port), "--metrics-port", "0", "--router-id", f"router-{index}",
             "--etcd-endpoints", self.etcd_endpoint, "--cluster", spec.cluster, *spec.router_args, *extra_args,
         ]  # fmt: skip
+        env = {}
         if spec.http_front:
             args += ["--http-port", "0", "--tokenizer", str(spec.model_dir)]
-        return ManagedProcess(f"router-{index}", args, spec.workdir)
+            # POST /update_weights_from_disk starts rollouts through coordinator-0's Admin service
+            args += ["--admin-address", self.admin_address]
+            env["EPOCHSERVE_ADMIN_TOKEN"] = self.token
+        return ManagedProcess(f"router-{index}", args, spec.workdir, env=env)
 
     def add_router(self, *extra_args: str) -> ManagedProcess:
         """Start one more router (`spec.router_args` + `extra_args`) and wait until it serves."""

@@ -1,14 +1,18 @@
-"""The HTTP front's ASGI app: OpenAI's routes, health, metrics, and the refusals before any route.
+"""The HTTP front's ASGI app: OpenAI's, Anthropic's and SGLang's routes, health, metrics, and the
+refusals before any route.
 
-    GET  /health                 200 while the router admits requests (a committed version read), else 503
-    GET  /metrics                the router's Prometheus metrics (also on --metrics-port)
-    GET  /v1/models              the one model this cluster serves
-    POST /v1/completions         completions.py
-    POST /v1/chat/completions    chat.py
+    GET  /health                    200 while the router admits requests (a committed version read), else 503
+    GET  /metrics                   the router's Prometheus metrics (also on --metrics-port)
+    GET  /v1/models                 the one model this cluster serves
+    POST /v1/completions            completions.py
+    POST /v1/chat/completions       chat.py
+    POST /v1/messages               messages.py (Anthropic)
+    POST /generate                  sglang_generate.py (SGLang), with GET /get_weight_version
+    POST /update_weights_from_disk  weights.py (SGLang): a rollout through the Admin service
 
-Every error is OpenAI's `{"error": {...}}` (errors.py): a body pydantic cannot read, malformed JSON
-included, is 400 naming the field; an unknown path 404; anything unexpected 500, and the server
-stays up.
+Every error is in the shape of its route's API (error_shapes.py), with the same statuses (errors.py):
+a body pydantic cannot read, malformed JSON included, is 400 naming the field; an unknown path 404;
+anything unexpected 500, and the server stays up.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from epochserve.router.httpfront import chat, completions
+from epochserve.router.httpfront import chat, completions, messages, sglang_generate, weights
+from epochserve.router.httpfront.anthropic_shapes import MessagesRequest
+from epochserve.router.httpfront.error_shapes import failure_response
 from epochserve.router.httpfront.errors import HttpFailure, http_failure
 from epochserve.router.httpfront.front import Front
 from epochserve.router.httpfront.guards import ApiKeyCheck, BodyLimit
 from epochserve.router.httpfront.requests import ChatCompletionRequest, CompletionRequest
 from epochserve.router.httpfront.responses import ModelCard, ModelList
+from epochserve.router.httpfront.sglang_shapes import GenerateBody, UpdateWeightsBody
 
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
 
@@ -66,6 +73,23 @@ def build_app(
     async def create_chat_completion(body: ChatCompletionRequest) -> Response:
         return await _respond(chat.create(front, body), chat.params_of(body))
 
+    @app.post("/v1/messages")
+    async def create_message(body: MessagesRequest) -> Response:
+        return await _respond(messages.create(front, body), messages.params_of(body), "/v1/messages")
+
+    @app.post("/generate")
+    async def generate(body: GenerateBody) -> Response:
+        return await _respond(sglang_generate.generate(front, body), sglang_generate.params_of(body))
+
+    @app.get("/get_weight_version")
+    async def get_weight_version() -> Response:
+        return await sglang_generate.weight_version(front)
+
+    @app.post("/update_weights_from_disk")
+    async def update_weights_from_disk(body: UpdateWeightsBody) -> Response:
+        work = weights.update_weights_from_disk(front, body)
+        return await _respond(work, {}, "/update_weights_from_disk")
+
     if metrics is not None:
         app.mount("/metrics", make_asgi_app(metrics))
     _add_error_handlers(app)
@@ -75,19 +99,16 @@ def build_app(
     return app
 
 
-async def _respond(work: Awaitable[Any], params: Mapping[str, str]) -> Response:
+async def _respond(work: Awaitable[Any], params: Mapping[str, str], path: str = "") -> Response:
+    """The route's result as a response; what it raised as an error in the shape of `path`'s API."""
     try:
         result = await work
     except Exception as exc:
-        return failure_response(http_failure(exc, params))
+        return failure_response(http_failure(exc, params), path)
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json"))
     assert isinstance(result, Response)
     return result
-
-
-def failure_response(failure: HttpFailure) -> JSONResponse:
-    return JSONResponse(failure.body(), failure.status, headers=dict(failure.headers))
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -96,18 +117,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         error = exc.errors()[0] if exc.errors() else {}
         location = [str(part) for part in error.get("loc", ()) if part != "body"]
         if error.get("type") == "json_invalid":
-            return failure_response(
-                HttpFailure(400, f"malformed JSON: {error.get('msg', '')}", "invalid_json")
-            )
+            failure = HttpFailure(400, f"malformed JSON: {error.get('msg', '')}", "invalid_json")
+            return failure_response(failure, request.url.path)
         param = ".".join(location) or None
         message = f"{param or 'body'}: {error.get('msg', 'invalid')}"
-        return failure_response(HttpFailure(400, message, "invalid_argument", param))
+        return failure_response(HttpFailure(400, message, "invalid_argument", param), request.url.path)
 
     @app.exception_handler(HTTPException)
     async def http_exception(request: Request, exc: HTTPException) -> Response:
         code = "not_found" if exc.status_code == 404 else "http_error"
-        return failure_response(HttpFailure(exc.status_code, str(exc.detail), code))
+        return failure_response(HttpFailure(exc.status_code, str(exc.detail), code), request.url.path)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        return failure_response(http_failure(exc))
+        return failure_response(http_failure(exc), request.url.path)

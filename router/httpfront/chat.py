@@ -25,9 +25,8 @@ from epochserve.router.httpfront.responses import (
     Usage,
 )
 from epochserve.router.httpfront.run import Generation
-from epochserve.router.httpfront.shapes import chat_logprobs, gather
+from epochserve.router.httpfront.shapes import chat_logprobs, choice_fields, gather
 from epochserve.router.httpfront.translate import PARAMS, translate
-from epochserve.router.waiting import Deadline
 
 
 def params_of(body: ChatCompletionRequest) -> dict[str, str]:
@@ -47,15 +46,24 @@ def template_message(message: ChatMessage) -> dict[str, Any]:
     return fields
 
 
+def render(
+    front: Front,
+    messages: list[ChatMessage],
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[int]:
+    """The prompt's ids: `messages` through the model's chat template (also Anthropic's route)."""
+    if not messages:
+        raise InvalidRequestError("messages", "at least one message is required")
+    rendered = [template_message(m) for m in messages]
+    return front.codec.chat_prompt(rendered, tools, add_generation_prompt, template_kwargs or {})
+
+
 def prompt_of(front: Front, body: ChatCompletionRequest) -> list[int]:
     if body.prompt_token_ids is not None:
         return body.prompt_token_ids
-    if not body.messages:
-        raise InvalidRequestError("messages", "at least one message is required")
-    messages = [template_message(m) for m in body.messages]
-    return front.codec.chat_prompt(
-        messages, body.tools, body.add_generation_prompt, body.chat_template_kwargs or {}
-    )
+    return render(front, body.messages, body.tools, body.add_generation_prompt, body.chat_template_kwargs)
 
 
 def num_top_logprobs(body: ChatCompletionRequest) -> int:
@@ -76,35 +84,26 @@ async def create(front: Front, body: ChatCompletionRequest) -> BaseModel | objec
         num_top_logprobs=num_top_logprobs(body),
         limits=front.backend.limits,
     )
-    generation = Generation(front.backend, translated, front.codec, Deadline.after(body.timeout))
-    await generation.start()
+    generation = await front.start(translated, body.timeout)
     created = int(time.time())
     if body.stream:
         return event_stream(
             _chunks(front, body, generation, prompt, created), params_of(body), generation.request_id
         )
     choices = gather([piece async for piece in generation.pieces()], translated.n)
-    num_generated = generation.num_generated_tokens
     return ChatCompletion(
         id=f"chatcmpl-{generation.request_id}",
         created=created,
         model=front.model_name,
         choices=[
             ChatChoice(
-                index=c.index,
                 message=AssistantMessage(content=c.text),
                 logprobs=chat_logprobs(front.codec, c.pieces) if body.logprobs else None,
-                finish_reason=c.finish_reason,
-                token_ids=c.token_ids,
-                raw_logprobs=c.raw_logprobs if body.return_raw_logprobs else None,
+                **choice_fields(c, body.return_raw_logprobs),
             )
             for c in choices
         ],
-        usage=Usage(
-            prompt_tokens=len(prompt),
-            completion_tokens=num_generated,
-            total_tokens=len(prompt) + num_generated,
-        ),
+        usage=Usage.of(len(prompt), generation.num_generated_tokens),
         policy_version=generation.policy_version or 0,
         prompt_token_ids=prompt,
     )
@@ -130,20 +129,11 @@ async def _chunks(
         role: Literal["assistant"] | None = None if piece.index in started else "assistant"
         started.add(piece.index)
         choice = ChatChunkChoice(
-            index=piece.index,
             delta=Delta(role=role, content=piece.text if piece.text or role else None),
             logprobs=chat_logprobs(front.codec, [piece]) if body.logprobs and piece.token_ids else None,
-            finish_reason=piece.finish_reason,
-            token_ids=piece.token_ids,
-            raw_logprobs=piece.raw_logprobs if body.return_raw_logprobs else None,
+            **choice_fields(piece, body.return_raw_logprobs),
         )
         yield chunk([choice], prompt_token_ids=prompt if first else None)
         first = False
     if body.stream_options is not None and body.stream_options.include_usage:
-        num_generated = generation.num_generated_tokens
-        usage = Usage(
-            prompt_tokens=len(prompt),
-            completion_tokens=num_generated,
-            total_tokens=len(prompt) + num_generated,
-        )
-        yield chunk([], usage=usage)
+        yield chunk([], usage=Usage.of(len(prompt), generation.num_generated_tokens))

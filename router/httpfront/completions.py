@@ -12,9 +12,8 @@ from epochserve.router.httpfront.front import Front, event_stream
 from epochserve.router.httpfront.requests import CompletionRequest
 from epochserve.router.httpfront.responses import Completion, CompletionChoice, Usage
 from epochserve.router.httpfront.run import Generation
-from epochserve.router.httpfront.shapes import completion_logprobs, gather
+from epochserve.router.httpfront.shapes import choice_fields, completion_logprobs, gather
 from epochserve.router.httpfront.translate import PARAMS, translate
-from epochserve.router.waiting import Deadline
 
 
 def params_of(body: CompletionRequest) -> dict[str, str]:
@@ -60,8 +59,7 @@ async def create(front: Front, body: CompletionRequest) -> BaseModel | object:
         num_top_logprobs=body.logprobs or 0,
         limits=front.backend.limits,
     )
-    generation = Generation(front.backend, translated, front.codec, Deadline.after(body.timeout))
-    await generation.start()
+    generation = await front.start(translated, body.timeout)
     created = int(time.time())
     if body.stream:
         chunks = _chunks(front, body, generation, prompt, created)
@@ -73,18 +71,15 @@ async def create(front: Front, body: CompletionRequest) -> BaseModel | object:
         model=front.model_name,
         choices=[
             CompletionChoice(
-                index=c.index,
                 text=c.text,
                 logprobs=None
                 if body.logprobs is None
                 else completion_logprobs(front.codec, c.pieces, body.logprobs),
-                finish_reason=c.finish_reason,
-                token_ids=c.token_ids,
-                raw_logprobs=c.raw_logprobs if body.return_raw_logprobs else None,
+                **choice_fields(c, body.return_raw_logprobs),
             )
             for c in choices
         ],
-        usage=_usage(len(prompt), generation.num_generated_tokens),
+        usage=Usage.of(len(prompt), generation.num_generated_tokens),
         policy_version=generation.policy_version or 0,
         prompt_token_ids=prompt,
     )
@@ -101,12 +96,7 @@ async def _chunks(
             logprobs = completion_logprobs(front.codec, [piece], body.logprobs, offsets[piece.index])
         offsets[piece.index] += len(piece.text)
         choice = CompletionChoice(
-            index=piece.index,
-            text=piece.text,
-            logprobs=logprobs,
-            finish_reason=piece.finish_reason,
-            token_ids=piece.token_ids,
-            raw_logprobs=piece.raw_logprobs if body.return_raw_logprobs else None,
+            text=piece.text, logprobs=logprobs, **choice_fields(piece, body.return_raw_logprobs)
         )
         yield Completion(
             id=f"cmpl-{generation.request_id}",
@@ -123,12 +113,6 @@ async def _chunks(
             created=created,
             model=front.model_name,
             choices=[],
-            usage=_usage(len(prompt), generation.num_generated_tokens),
+            usage=Usage.of(len(prompt), generation.num_generated_tokens),
             policy_version=generation.policy_version or 0,
         )
-
-
-def _usage(num_prompt: int, num_generated: int) -> Usage:
-    return Usage(
-        prompt_tokens=num_prompt, completion_tokens=num_generated, total_tokens=num_prompt + num_generated
-    )

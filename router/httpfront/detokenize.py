@@ -53,12 +53,14 @@ class StopMatcher:
         self.stops = tuple(s for s in stops if s)
         self._hold = max((len(s) for s in self.stops), default=1) - 1
         self._pending = ""  # text not shown yet: never contains a whole stop string
+        self.matched: str | None = None  # the stop string that ended the text (the earliest one)
 
     def push(self, text: str) -> tuple[str, bool]:
         self._pending += text
-        hits = [at for at in (self._pending.find(s) for s in self.stops) if at >= 0]
+        hits = [(at, s) for s in self.stops if (at := self._pending.find(s)) >= 0]
         if hits:
-            shown, self._pending = self._pending[: min(hits)], ""
+            at, self.matched = min(hits, key=lambda hit: hit[0])
+            shown, self._pending = self._pending[:at], ""
             return shown, True
         cut = len(self._pending) - self._hold
         if cut <= 0:

@@ -1,12 +1,13 @@
-"""Front: what every route shares (the backend, the text codec, the served model's name), and the
-server-sent events a stream is written as."""
+"""Front: what every route shares (the backend, the text codec, the served model's name, the Admin
+service's address when the router has one), and the server-sent events a stream is written as."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -14,8 +15,19 @@ from pydantic import BaseModel
 from epochserve.router.httpfront.backend import Backend
 from epochserve.router.httpfront.codec import Codec
 from epochserve.router.httpfront.errors import HttpError, http_failure
+from epochserve.router.httpfront.run import Generation
+from epochserve.router.httpfront.translate import Translated
+from epochserve.router.waiting import Deadline
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAccess:
+    """Where the control plane's Admin service is, and the bearer token it takes (weight updates)."""
+
+    address: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +35,13 @@ class Front:
     backend: Backend
     codec: Codec
     model_name: str  # the one model /v1/models lists and requests must name
+    admin: AdminAccess | None = None  # None: routes that start rollouts answer 503
+
+    async def start(self, translated: Translated, timeout: float | None) -> Generation:
+        """Run the request; return once its first message came (raises what it failed with before)."""
+        generation = Generation(self.backend, translated, self.codec, Deadline.after(timeout))
+        await generation.start()
+        return generation
 
     def check_model(self, model: str) -> None:
         if model != self.model_name:
@@ -35,7 +54,7 @@ class Front:
 
 
 def event_stream(
-    events: AsyncIterator[BaseModel], params: Mapping[str, str], request_id: str
+    events: AsyncIterator[BaseModel | dict[str, Any]], params: Mapping[str, str], request_id: str
 ) -> StreamingResponse:
     """SSE: one `data:` line per event, then `data: [DONE]`. A failure after the headers went out
     is sent as one `data: {"error": ...}` event (OpenAI's clients raise it), then the stream ends."""
@@ -43,10 +62,20 @@ def event_stream(
     async def lines() -> AsyncIterator[str]:
         try:
             async for event in events:
-                yield f"data: {event.model_dump_json(exclude_none=True)}\n\n"
+                yield f"data: {as_json(event)}\n\n"
         except Exception as exc:
             yield f"data: {json.dumps(http_failure(exc, params, request_id).body())}\n\n"
             return
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return sse_response(lines())
+
+
+def as_json(event: BaseModel | dict[str, Any]) -> str:
+    if isinstance(event, BaseModel):
+        return event.model_dump_json(exclude_none=True)
+    return json.dumps(event)
+
+
+def sse_response(lines: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,13 +1,13 @@
 """ASGI middleware that refuses a request before any route sees it: a missing or wrong API key (401)
-and a body over the stated limit (413). Neither reaches a worker."""
+and a body over the stated limit (413). Neither reaches a worker. Refusals take the shape of the
+route's API (error_shapes.py)."""
 
 from __future__ import annotations
 
 import hmac
 from typing import Any
 
-from starlette.responses import JSONResponse
-
+from epochserve.router.httpfront.error_shapes import failure_response, is_anthropic
 from epochserve.router.httpfront.errors import HttpFailure
 
 Scope = dict[str, Any]
@@ -15,12 +15,9 @@ OPEN_PATHS = ("/health", "/metrics")  # probes and scrapers carry no key
 DRAIN_LIMIT = 64 * 2**20  # bytes of an oversized body read (and dropped) before the 413
 
 
-def _refusal(failure: HttpFailure, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(failure.body(), failure.status, headers=headers)
-
-
 class ApiKeyCheck:
-    """`Authorization: Bearer KEY`, compared in constant time (hmac.compare_digest)."""
+    """`Authorization: Bearer KEY` (on Anthropic's routes also `x-api-key: KEY`, as its clients send
+    it), compared in constant time (hmac.compare_digest)."""
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app
@@ -33,10 +30,13 @@ class ApiKeyCheck:
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._key):
             return await self.app(scope, receive, send)
-        failure = HttpFailure(
-            401, "missing or invalid API key (Authorization: Bearer KEY)", "invalid_api_key"
-        )
-        await _refusal(failure, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        anthropic = is_anthropic(scope["path"])
+        if anthropic and hmac.compare_digest(headers.get(b"x-api-key", b"").strip(), self._key):
+            return await self.app(scope, receive, send)
+        how = "x-api-key: KEY or Authorization: Bearer KEY" if anthropic else "Authorization: Bearer KEY"
+        failure = HttpFailure(401, f"missing or invalid API key ({how})", "invalid_api_key")
+        refusal = failure_response(failure, scope["path"], {"WWW-Authenticate": "Bearer"})
+        await refusal(scope, receive, send)
 
 
 class BodyLimit:
@@ -84,4 +84,4 @@ class BodyLimit:
             more = message["type"] == "http.request" and message.get("more_body", False)
         message = f"the request body is over {self.max_bytes} bytes"
         failure = HttpFailure(413, message, "request_too_large")
-        await _refusal(failure, {"Connection": "close"})(scope, receive, send)
+        await failure_response(failure, scope["path"], {"Connection": "close"})(scope, receive, send)

@@ -28,6 +28,11 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
 
+    @classmethod
+    def of(cls, num_prompt: int, num_generated: int) -> Usage:
+        return cls(prompt_tokens=num_prompt, completion_tokens=num_generated,
+                   total_tokens=num_prompt + num_generated)  # fmt: skip
+
 
 class TopLogprob(BaseModel):
     token: str

@@ -50,6 +50,8 @@ class Generation:
         with before that."""
         self._task = asyncio.create_task(self._run())
         self._first = await self._next()
+        if isinstance(self._first, common_pb2.GenerateResponse):  # known before any piece is read
+            self.policy_version = self._first.policy_version
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """Every sample's pieces in arrival order, each sample ending with a finish_reason. Raises

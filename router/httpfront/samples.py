@@ -45,7 +45,13 @@ class SampleText:
         self._matcher = StopMatcher(stops)
         self.finish_reason: str | None = None
         self.num_tokens = 0
+        self.last_token_id: int | None = None  # the last token reported (an end of turn is one)
         self.has_worker_finished = False  # the worker's finish came (after a stop string: later)
+
+    @property
+    def stop_string(self) -> str | None:
+        """The stop string that ended the sample; None when it ended otherwise (or not yet)."""
+        return self._matcher.matched
 
     def add(self, tokens: common_pb2.GenerateChunk) -> Piece | None:
         """The piece these tokens make; None once the sample ended (a stop string matched)."""
@@ -61,6 +67,8 @@ class SampleText:
                 self.finish_reason = "stop"
                 break
         self.num_tokens += kept
+        if kept:
+            self.last_token_id = tokens.token_ids[kept - 1]
         return Piece(
             self.index,
             "".join(texts),

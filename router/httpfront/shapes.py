@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from epochserve.router.httpfront.codec import Codec
 from epochserve.router.httpfront.responses import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
@@ -44,6 +45,16 @@ def gather(pieces: Iterable[Piece], n: int) -> list[Choice]:
         choice.pieces.append(piece)
         choice.finish_reason = piece.finish_reason or choice.finish_reason
     return choices
+
+
+def choice_fields(part: Piece | Choice, return_raw_logprobs: bool) -> dict[str, Any]:
+    """What every choice (or streamed choice) of the OpenAI routes carries besides its text."""
+    return {
+        "index": part.index,
+        "finish_reason": part.finish_reason,
+        "token_ids": part.token_ids,
+        "raw_logprobs": part.raw_logprobs if return_raw_logprobs else None,
+    }
 
 
 def _top(codec: Codec, token_id: int, logprob: float) -> TopLogprob:

@@ -15,9 +15,7 @@ import openai
 import pytest
 import torch
 from fixtures.engine import hf_greedy, hf_model, hf_next_token_logits, hf_processed_logprobs
-from routerkit import cluster_spec
-
-from epochserve.app.local.cluster import LocalCluster
+from http_clusters import front_url, http_cluster
 
 MESSAGES = [{"role": "user", "content": "Name three colors."}]
 PROMPT = "The capital of France is"
@@ -25,20 +23,9 @@ NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def cluster(smollm2_dir, tmp_path_factory):
-    spec = cluster_spec(tmp_path_factory.mktemp("http"), smollm2_dir, num_workers=1)
-    with LocalCluster(spec.__class__(**{**_fields(spec), "http_front": True})) as running:
-        yield running
-
-
-def _fields(spec) -> dict:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
-
-
-@pytest.fixture(scope="module")
-def base_url(cluster) -> str:
-    info = cluster.routers[0].info
-    return f"http://{info['host']}:{info['http_port']}/v1"
+def base_url(smollm2_dir, tmp_path_factory):
+    with http_cluster(tmp_path_factory.mktemp("http"), smollm2_dir) as cluster:
+        yield f"{front_url(cluster)}/v1"
 
 
 @pytest.fixture(scope="module")

@@ -182,6 +182,8 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--model-name MODEL_NAME": "",
         "--api-key-file FILE": None,
         "--http-max-body BYTES": 4 * 2**20,
+        "--admin-address HOST:PORT": "",
+        "--admin-token-file FILE": None,
     },
     "up": {
         "--model MODEL": "smollm2",

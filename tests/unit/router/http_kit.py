@@ -1,6 +1,7 @@
 """A scripted router behind the real HTTP front, for unit tests without processes: the app served by
 HttpServer on a loop in a thread, a byte-level codec (token id = one UTF-8 byte, 256 = end of turn)
-and a backend that answers every request with REPLY's bytes, chunk by chunk."""
+and a backend that answers every request with REPLY's bytes, chunk by chunk. The chat template
+renders each message as `role: content\n`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from epochserve.proto.results import tokens_of
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.attempt import Send
 from epochserve.router.httpfront.app import build_app
-from epochserve.router.httpfront.front import Front
+from epochserve.router.httpfront.front import AdminAccess, Front
 from epochserve.router.httpfront.server import HttpServer
 from epochserve.router.waiting import Deadline
 from epochserve.sampling import ModelLimits
@@ -55,6 +56,7 @@ class ScriptedBackend:
     limits: ModelLimits | None = LIMITS
     is_serving: bool = True
     fail_with: Exception | None = None  # raised instead of answering
+    fail_after_first: Exception | None = None  # raised once the first message went out
     requests: list[common_pb2.GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
 
@@ -89,6 +91,8 @@ class ScriptedBackend:
                 if not final:
                     await write(message)
                     message = self._message(request, sample)
+                    if self.fail_after_first is not None:
+                        raise self.fail_after_first
                 await asyncio.sleep(0)
             finish = message.finish
             finish.finish_reason = reason
@@ -105,17 +109,30 @@ class ScriptedBackend:
         return True
 
 
+def serve(**options: Any) -> Iterator[ServedFront]:
+    """A module fixture's body: the front on a scripted backend, closed at the end."""
+    front = ServedFront(ScriptedBackend(), **options)
+    yield front
+    front.close()
+
+
 class ServedFront:
     """The app on a free port, on an event loop of its own thread."""
 
-    def __init__(self, backend: ScriptedBackend, **options: Any) -> None:
+    def __init__(self, backend: ScriptedBackend, admin: AdminAccess | None = None, **options: Any) -> None:
         self.backend = backend
-        app = build_app(Front(backend, ByteCodec(), "tiny"), **options)  # type: ignore[arg-type]
+        app = build_app(Front(backend, ByteCodec(), "tiny", admin), **options)  # type: ignore[arg-type]
         self.server = HttpServer(app, "127.0.0.1", 0)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.root_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.root_url}/v1"
+
+    def fresh_backend(self) -> ScriptedBackend:
+        """The same backend with a fresh script (a test's own), behind the same server."""
+        self.backend.__init__()  # type: ignore[misc]
+        return self.backend
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
@@ -145,4 +162,8 @@ class ServedFront:
         except urllib.error.HTTPError as e:
             status, headers, raw = e.code, e.headers, e.read()
         text = raw.decode()
-        return status, headers, (text if text.startswith("data:") else json.loads(text))
+        return (
+            status,
+            headers,
+            (text if headers.get_content_type() == "text/event-stream" else json.loads(text)),
+        )

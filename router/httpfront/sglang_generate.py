@@ -1,0 +1,175 @@
+"""POST /generate and GET /get_weight_version in SGLang's shapes, for RL frameworks that drive
+SGLang over HTTP (token ids in, token ids and logprobs out; docs/http.md).
+
+A response (one per sample; a list when n > 1) is `{text, output_ids, meta_info}`, meta_info
+holding `finish_reason` ({"type": "length" | "stop" | "abort", ...}), the token counts,
+`output_token_logprobs` as `[[logprob, token_id, null], ...]` when asked, and `weight_version`:
+the policy version (as a string, SGLang's type; `policy_version` holds it as a number). A stream
+sends one `data:` event per piece: `text` so far, this piece's `output_ids` and logprobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+
+from epochserve.errors import InvalidRequestError
+from epochserve.router.httpfront.front import Front, event_stream
+from epochserve.router.httpfront.requests import GenerationFields
+from epochserve.router.httpfront.run import Generation
+from epochserve.router.httpfront.samples import Piece, SampleText
+from epochserve.router.httpfront.sglang_shapes import GenerateBody, SglSamplingParams
+from epochserve.router.httpfront.shapes import gather
+from epochserve.router.httpfront.translate import translate
+
+# The request path's field names → SGLang's.
+PARAMS = {
+    "sampling.temperature": "sampling_params.temperature",
+    "sampling.top_p": "sampling_params.top_p",
+    "sampling.top_k": "sampling_params.top_k",
+    "sampling.min_p": "sampling_params.min_p",
+    "sampling.seed": "sampling_params.sampling_seed",
+    "sampling.stop_token_ids": "sampling_params.stop_token_ids",
+    "sampling.max_tokens": "sampling_params.max_new_tokens",
+    "sampling.num_top_logprobs": "top_logprobs_num",
+    "n": "sampling_params.n",
+    "presence_penalty": "sampling_params.presence_penalty",
+    "frequency_penalty": "sampling_params.frequency_penalty",
+}
+
+
+def params_of(body: GenerateBody) -> dict[str, str]:
+    return {**PARAMS, "prompt_token_ids": "input_ids" if body.input_ids is not None else "text"}
+
+
+def prompt_of(front: Front, body: GenerateBody) -> list[int]:
+    """One prompt per request: a response names one policy version, a batch could run on two."""
+    if body.input_ids is not None:
+        if all(isinstance(t, int) for t in body.input_ids):
+            return [int(t) for t in body.input_ids]  # type: ignore[arg-type]
+        raise InvalidRequestError("input_ids", "one prompt per request (send a request for each)")
+    if isinstance(body.text, str):
+        return front.codec.encode(body.text)
+    if body.text is None:
+        raise InvalidRequestError("text", "is required (or input_ids)")
+    raise InvalidRequestError("text", "one prompt per request (send a request for each)")
+
+
+def refuse_unsupported(sampling: SglSamplingParams) -> None:
+    for name, neutral in (("repetition_penalty", 1.0), ("min_new_tokens", 0)):
+        if getattr(sampling, name) not in (None, neutral):
+            raise InvalidRequestError(f"sampling_params.{name}", f"is not supported (only {neutral})")
+    for name in ("json_schema", "regex", "ebnf"):
+        if getattr(sampling, name) is not None:
+            raise InvalidRequestError(f"sampling_params.{name}", "constrained decoding is not supported")
+
+
+def as_generation_fields(front: Front, body: GenerateBody) -> GenerationFields:
+    sampling = body.sampling_params
+    return GenerationFields(
+        model=front.model_name,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=0 if sampling.top_k == -1 else sampling.top_k,
+        min_p=sampling.min_p,
+        n=sampling.n,
+        stop=sampling.stop,
+        stop_token_ids=sampling.stop_token_ids,
+        ignore_eos=sampling.ignore_eos,
+        seed=sampling.sampling_seed,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        stream=body.stream,
+        min_policy_version=body.min_policy_version,
+        return_raw_logprobs=body.return_raw_logprobs,
+        output_mode=body.output_mode,
+        timeout=body.timeout,
+    )
+
+
+async def generate(front: Front, body: GenerateBody) -> Response:
+    refuse_unsupported(body.sampling_params)
+    prompt = prompt_of(front, body)
+    fields = as_generation_fields(front, body)
+    max_tokens = body.sampling_params.max_new_tokens
+    translated = translate(
+        fields,
+        prompt,
+        max_tokens=max_tokens,
+        num_top_logprobs=body.top_logprobs_num,
+        limits=front.backend.limits,
+    )
+    generation = await front.start(translated, body.timeout)
+    if body.stream:
+        return event_stream(_events(body, generation, prompt), params_of(body), generation.request_id)
+    choices = gather([piece async for piece in generation.pieces()], translated.n)
+    outputs = [_output(body, generation, prompt, c.index, c.text, c.pieces, c.finish_reason) for c in choices]
+    return JSONResponse(outputs[0] if translated.n == 1 else outputs)
+
+
+async def _events(
+    body: GenerateBody, generation: Generation, prompt: list[int]
+) -> AsyncIterator[dict[str, Any]]:
+    texts = [""] * len(generation.samples)
+    async for piece in generation.pieces():
+        texts[piece.index] += piece.text
+        yield _output(body, generation, prompt, piece.index, texts[piece.index], [piece], piece.finish_reason)
+
+
+def _output(
+    body: GenerateBody,
+    generation: Generation,
+    prompt: list[int],
+    index: int,
+    text: str,
+    pieces: Sequence[Piece],
+    finish_reason: str | None,
+) -> dict[str, Any]:
+    """One sample's response (streamed: text so far, the ids and logprobs of `pieces`)."""
+    sample = generation.samples[index]
+    version = generation.policy_version or 0
+    meta: dict[str, Any] = {
+        "id": generation.request_id,
+        "finish_reason": _finish(finish_reason, sample),
+        "prompt_tokens": len(prompt),
+        "completion_tokens": sample.num_tokens,  # so far
+        "cached_tokens": 0,  # not reported by the workers
+        "weight_version": str(version),
+        "policy_version": version,
+    }
+    if body.return_logprob:
+        meta["output_token_logprobs"] = [
+            [lp, t, None] for p in pieces for t, lp in zip(p.token_ids, p.logprobs, strict=True)
+        ]
+    if body.return_logprob and body.top_logprobs_num:
+        meta["output_top_logprobs"] = [
+            [[lp, t, None] for t, lp in zip(*top, strict=True)] for p in pieces for top in p.top_logprobs
+        ]
+    if body.return_raw_logprobs:
+        meta["raw_logprobs"] = [x for p in pieces for x in p.raw_logprobs]
+    ids = [t for p in pieces for t in p.token_ids]
+    output: dict[str, Any] = {"text": text, "output_ids": ids, "meta_info": meta}
+    if len(generation.samples) > 1:
+        output["index"] = index
+    return output
+
+
+def _finish(reason: str | None, sample: SampleText) -> dict[str, Any] | None:
+    """SGLang's finish_reason: a stop matched a string, or a token (the end of turn, a stop token)."""
+    if reason is None:
+        return None
+    if reason == "length":
+        return {"type": "length", "length": sample.num_tokens}
+    if reason == "stop":
+        matched = sample.stop_string if sample.stop_string is not None else sample.last_token_id
+        return {"type": "stop", "matched": matched}
+    return {"type": reason, "message": f"the sample ended with finish reason {reason!r}"}
+
+
+async def weight_version(front: Front) -> Response:
+    version = front.backend.version
+    if version is None:
+        return JSONResponse({"weight_version": None, "policy_version": None}, 503)
+    return JSONResponse({"weight_version": str(version), "policy_version": version})
