@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epochserve.errors import ConfigError
-from epochserve.operators.names import MAX_CLUSTER_NAME
+from epochserve.operators.names import MAX_CLUSTER_NAME, ROUTER_METRICS_PORT, ROUTER_PORT
 
 
 class SpecError(ConfigError):
@@ -81,6 +81,13 @@ class ServiceTierSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterSpec(ServiceTierSpec):
+    """The routers, which may also serve the HTTP front (docs/http.md)."""
+
+    http_port: int | None = None  # in the pod and on the Service; None: no HTTP front
+
+
+@dataclass(frozen=True, slots=True)
 class EtcdConnection:
     """Resolved etcd endpoints (host:port) and the Secret with ca.crt/tls.crt/tls.key, if TLS."""
 
@@ -100,7 +107,7 @@ class ClusterSpec:
     image_pull_secrets: tuple[str, ...]
     model: ModelSource
     workers: WorkerSpec
-    router: ServiceTierSpec
+    router: RouterSpec
     coordinator: ServiceTierSpec
     etcd: EtcdConnection
     admin_token_secret: str
@@ -154,6 +161,22 @@ def _workers(raw: Mapping[str, Any]) -> WorkerSpec:
     )
 
 
+def _router(raw: Mapping[str, Any]) -> RouterSpec:
+    http_port = int(raw["httpPort"]) or None
+    if http_port in (ROUTER_PORT, ROUTER_METRICS_PORT):
+        raise SpecError(f"router.httpPort {http_port} is the routers' gRPC or metrics port")
+    if http_port is not None and http_port < 1024:
+        raise SpecError(
+            f"router.httpPort {http_port}: below 1024 needs a capability the router container drops"
+        )
+    return RouterSpec(
+        replicas=int(raw["replicas"]),
+        resources=_resources(raw.get("resources")),
+        service_type=raw["serviceType"],
+        http_port=http_port,
+    )
+
+
 def _etcd(raw: Mapping[str, Any], namespace: str, managed: ManagedEtcd | None) -> EtcdConnection:
     if raw["mode"] == "External":
         return EtcdConnection(endpoints=tuple(raw["endpoints"]), tls_secret=raw.get("tlsSecret"))
@@ -194,11 +217,7 @@ def _parse_cluster(body: Mapping[str, Any], managed_etcd: ManagedEtcd | None) ->
         image_pull_secrets=tuple(spec.get("imagePullSecrets", ())),
         model=_model(spec["model"]),
         workers=_workers(spec["workers"]),
-        router=ServiceTierSpec(
-            replicas=int(spec["router"]["replicas"]),
-            resources=_resources(spec["router"].get("resources")),
-            service_type=spec["router"]["serviceType"],
-        ),
+        router=_router(spec["router"]),
         coordinator=ServiceTierSpec(
             replicas=int(spec["coordinator"]["replicas"]),
             resources=_resources(spec["coordinator"].get("resources")),

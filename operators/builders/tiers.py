@@ -93,15 +93,24 @@ def _container(spec: ClusterSpec, name: str, args: list[str], port: int, tier: S
 
 
 def router_objects(spec: ClusterSpec) -> list[Manifest]:
-    """Service (gRPC + Prometheus metrics), PDB and Deployment of the routers."""
+    """Service (gRPC, Prometheus metrics, the HTTP front when on), PDB and Deployment of the routers.
+
+    The HTTP front has no tokenizer here (routers do not mount the model): it takes token ids
+    (`prompt_token_ids`, SGLang's `input_ids`), and its rollout route answers 503 (no Admin address:
+    PolicyRollout is the way to roll out on Kubernetes)."""
     args = ["router", "--host", "0.0.0.0", "--port", str(ROUTER_PORT)]
     args += ["--metrics-port", str(ROUTER_METRICS_PORT), *etcd_args(spec)]
+    ports = [("grpc", ROUTER_PORT), ("metrics", ROUTER_METRICS_PORT)]
+    if spec.router.http_port is not None:
+        args += ["--http-port", str(spec.router.http_port)]
+        ports.append(("http", spec.router.http_port))
     container = _container(spec, "router", args, ROUTER_PORT, spec.router)
-    container["ports"].append({"name": "metrics", "containerPort": ROUTER_METRICS_PORT, "protocol": "TCP"})
+    container["ports"] += [
+        {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports[1:]
+    ]
     volumes, mounts = etcd_volumes(spec)
     if mounts:
         container["volumeMounts"] = mounts
-    ports = [("grpc", ROUTER_PORT), ("metrics", ROUTER_METRICS_PORT)]
     return [
         service(spec, "router", ports, service_type=spec.router.service_type),
         pod_disruption_budget(spec, "router"),

@@ -8,7 +8,7 @@ refusals before any route.
     POST /v1/chat/completions       chat.py
     POST /v1/messages               messages.py (Anthropic)
     POST /generate                  sglang_generate.py (SGLang), with GET /get_weight_version
-    POST /update_weights_from_disk  weights.py (SGLang): a rollout through the Admin service
+    POST /update_weights_from_disk  weights.py (SGLang): a rollout through the Admin service (admin token)
 
 Every error is in the shape of its route's API (error_shapes.py), with the same statuses (errors.py):
 a body pydantic cannot read, malformed JSON included, is 400 naming the field; an unknown path 404;
@@ -32,7 +32,7 @@ from epochserve.router.httpfront.anthropic_shapes import MessagesRequest
 from epochserve.router.httpfront.error_shapes import failure_response
 from epochserve.router.httpfront.errors import HttpFailure, http_failure
 from epochserve.router.httpfront.front import Front
-from epochserve.router.httpfront.guards import ApiKeyCheck, BodyLimit
+from epochserve.router.httpfront.guards import AdminTokenCheck, ApiKeyCheck, BodyLimit
 from epochserve.router.httpfront.requests import ChatCompletionRequest, CompletionRequest
 from epochserve.router.httpfront.responses import ModelCard, ModelList
 from epochserve.router.httpfront.sglang_shapes import GenerateBody, UpdateWeightsBody
@@ -94,8 +94,11 @@ def build_app(
         app.mount("/metrics", make_asgi_app(metrics))
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # Added last, so they run first: a refused credential never has its body read.
+    if front.admin is not None:
+        app.add_middleware(AdminTokenCheck, admin_token=front.admin.token)
     if api_key is not None:
-        app.add_middleware(ApiKeyCheck, api_key=api_key)  # added last: runs first
+        app.add_middleware(ApiKeyCheck, api_key=api_key)
     return app
 
 

@@ -22,9 +22,12 @@ from epochserve.router.httpfront.responses import (
     ChatCompletion,
     ChatCompletionChunk,
     Delta,
+    PromptLogprob,
     Usage,
 )
 from epochserve.router.httpfront.run import Generation
+from epochserve.router.httpfront.samples import Piece
+from epochserve.router.httpfront.scoring import check_prompt_logprobs, vllm_prompt_logprobs
 from epochserve.router.httpfront.shapes import chat_logprobs, choice_fields, gather
 from epochserve.router.httpfront.translate import PARAMS, translate
 
@@ -75,6 +78,7 @@ def num_top_logprobs(body: ChatCompletionRequest) -> int:
 async def create(front: Front, body: ChatCompletionRequest) -> BaseModel | object:
     """The ChatCompletion, or a StreamingResponse of its chunks; raises what the request failed with."""
     front.check_model(body.model)
+    check_prompt_logprobs(body.prompt_logprobs)
     prompt = prompt_of(front, body)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     translated = translate(
@@ -83,6 +87,7 @@ async def create(front: Front, body: ChatCompletionRequest) -> BaseModel | objec
         max_tokens=max_tokens,
         num_top_logprobs=num_top_logprobs(body),
         limits=front.backend.limits,
+        return_prompt_logprobs=body.prompt_logprobs is not None,
     )
     generation = await front.start(translated, body.timeout)
     created = int(time.time())
@@ -106,7 +111,18 @@ async def create(front: Front, body: ChatCompletionRequest) -> BaseModel | objec
         usage=Usage.of(len(prompt), generation.num_generated_tokens),
         policy_version=generation.policy_version or 0,
         prompt_token_ids=prompt,
+        prompt_logprobs=_prompt_logprobs(front, body, prompt, choices[0].pieces),
     )
+
+
+def _prompt_logprobs(
+    front: Front, body: ChatCompletionRequest, prompt: list[int], pieces: list[Piece]
+) -> list[dict[str, PromptLogprob] | None] | None:
+    """vLLM's `prompt_logprobs` of a chat completion: one list for the response (every sample scores
+    the same prompt), from the first piece of a sample among `pieces`."""
+    if body.prompt_logprobs is None:
+        return None
+    return vllm_prompt_logprobs(front.codec, prompt, [x for p in pieces for x in p.prompt_logprobs])
 
 
 async def _chunks(
@@ -133,7 +149,11 @@ async def _chunks(
             logprobs=chat_logprobs(front.codec, [piece]) if body.logprobs and piece.token_ids else None,
             **choice_fields(piece, body.return_raw_logprobs),
         )
-        yield chunk([choice], prompt_token_ids=prompt if first else None)
+        prompt_fields: dict[str, Any] = {}
+        if first:  # the prompt's fields, once (the first piece is its sample's first)
+            scores = _prompt_logprobs(front, body, prompt, [piece])
+            prompt_fields = {"prompt_token_ids": prompt, "prompt_logprobs": scores}
+        yield chunk([choice], **prompt_fields)
         first = False
     if body.stream_options is not None and body.stream_options.include_usage:
         yield chunk([], usage=Usage.of(len(prompt), generation.num_generated_tokens))

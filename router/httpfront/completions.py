@@ -1,4 +1,9 @@
-"""POST /v1/completions: a text (or token id) prompt, no chat template (docs/http.md)."""
+"""POST /v1/completions: a text (or token id) prompt, no chat template (docs/http.md).
+
+Scoring: `echo` puts the prompt before each choice's text and, with `logprobs: 0`, its tokens'
+logprobs before the generated ones (the first null, as OpenAI's); vLLM's `prompt_logprobs: 0` adds
+them to each choice in vLLM's shape; `max_tokens: 0` with either generates nothing (scoring.py).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,15 @@ from epochserve.router.httpfront.front import Front, event_stream
 from epochserve.router.httpfront.requests import CompletionRequest
 from epochserve.router.httpfront.responses import Completion, CompletionChoice, Usage
 from epochserve.router.httpfront.run import Generation
-from epochserve.router.httpfront.shapes import choice_fields, completion_logprobs, gather
+from epochserve.router.httpfront.samples import Piece
+from epochserve.router.httpfront.scoring import (
+    NO_ALTERNATIVES,
+    check_prompt_logprobs,
+    echo_logprobs,
+    joined,
+    vllm_prompt_logprobs,
+)
+from epochserve.router.httpfront.shapes import Choice, choice_fields, completion_logprobs, gather
 from epochserve.router.httpfront.translate import PARAMS, translate
 
 
@@ -38,13 +51,27 @@ def prompt_of(front: Front, body: CompletionRequest) -> list[int]:
     raise InvalidRequestError("prompt", "one prompt per request (send a request for each)")
 
 
+def echoed_text(front: Front, body: CompletionRequest, prompt: list[int]) -> str:
+    """The prompt as `echo` returns it: the client's own text, else its ids decoded."""
+    text = body.prompt[0] if isinstance(body.prompt, list) and len(body.prompt) == 1 else body.prompt
+    if body.prompt_token_ids is None and isinstance(text, str):
+        return text
+    return front.codec.decode(prompt)
+
+
 def refuse_unsupported(body: CompletionRequest) -> None:
-    if body.echo:
-        raise InvalidRequestError("echo", "is not supported")
     if body.suffix:
         raise InvalidRequestError("suffix", "is not supported")
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise InvalidRequestError("best_of", "is not supported (only equal to n)")
+    # Prompt tokens come with their own logprob only (scoring.py): refuse asking for alternatives.
+    if body.echo and body.logprobs:
+        raise InvalidRequestError("logprobs", f"with echo only 0 ({NO_ALTERNATIVES}), got {body.logprobs}")
+    check_prompt_logprobs(body.prompt_logprobs)
+
+
+def returns_prompt_logprobs(body: CompletionRequest) -> bool:
+    return (body.echo and body.logprobs is not None) or body.prompt_logprobs is not None
 
 
 async def create(front: Front, body: CompletionRequest) -> BaseModel | object:
@@ -58,46 +85,72 @@ async def create(front: Front, body: CompletionRequest) -> BaseModel | object:
         max_tokens=body.max_tokens,
         num_top_logprobs=body.logprobs or 0,
         limits=front.backend.limits,
+        return_prompt_logprobs=returns_prompt_logprobs(body),
+        is_score_only=body.max_tokens == 0 and (body.echo or body.prompt_logprobs is not None),
     )
     generation = await front.start(translated, body.timeout)
     created = int(time.time())
+    echo = echoed_text(front, body, prompt) if body.echo else ""
     if body.stream:
-        chunks = _chunks(front, body, generation, prompt, created)
+        chunks = _chunks(front, body, generation, prompt, echo, created)
         return event_stream(chunks, params_of(body), generation.request_id)
     choices = gather([piece async for piece in generation.pieces()], translated.n)
     return Completion(
         id=f"cmpl-{generation.request_id}",
         created=created,
         model=front.model_name,
-        choices=[
-            CompletionChoice(
-                text=c.text,
-                logprobs=None
-                if body.logprobs is None
-                else completion_logprobs(front.codec, c.pieces, body.logprobs),
-                **choice_fields(c, body.return_raw_logprobs),
-            )
-            for c in choices
-        ],
+        choices=[_choice(front, body, prompt, c, echo=echo) for c in choices],
         usage=Usage.of(len(prompt), generation.num_generated_tokens),
         policy_version=generation.policy_version or 0,
         prompt_token_ids=prompt,
     )
 
 
+def _choice(
+    front: Front,
+    body: CompletionRequest,
+    prompt: list[int],
+    part: Piece | Choice,
+    *,
+    echo: str,
+    is_first: bool = True,
+    offset: int = 0,
+) -> CompletionChoice:
+    """A whole choice, or a streamed chunk's. The first of a sample (`is_first`) carries what the
+    prompt adds: `echo` (its text, "" without echo) and its logprobs; `offset`: the choice's text
+    sent before `part`."""
+    pieces = part.pieces if isinstance(part, Choice) else [part]
+    prompt_logprobs = [x for p in pieces for x in p.prompt_logprobs]  # only in a sample's first piece
+    echo = echo if is_first else ""
+    logprobs = None
+    if body.logprobs is not None:
+        logprobs = completion_logprobs(front.codec, pieces, body.logprobs, offset + len(echo))
+        if body.echo and is_first:
+            logprobs = joined(echo_logprobs(front.codec, prompt, prompt_logprobs), logprobs)
+    vllm_scores = None
+    if body.prompt_logprobs is not None and is_first:
+        vllm_scores = vllm_prompt_logprobs(front.codec, prompt, prompt_logprobs)
+    return CompletionChoice(
+        text=echo + part.text,
+        logprobs=logprobs,
+        prompt_logprobs=vllm_scores,
+        **choice_fields(part, body.return_raw_logprobs),
+    )
+
+
 async def _chunks(
-    front: Front, body: CompletionRequest, generation: Generation, prompt: list[int], created: int
+    front: Front, body: CompletionRequest, generation: Generation, prompt: list[int], echo: str, created: int
 ) -> AsyncIterator[Completion]:
     offsets = [0] * len(generation.samples)  # text sent so far per choice (logprobs' text_offset)
+    started: set[int] = set()  # choices whose first chunk (with what the prompt adds) went out
     first = True
     async for piece in generation.pieces():
-        logprobs = None
-        if body.logprobs is not None:
-            logprobs = completion_logprobs(front.codec, [piece], body.logprobs, offsets[piece.index])
-        offsets[piece.index] += len(piece.text)
-        choice = CompletionChoice(
-            text=piece.text, logprobs=logprobs, **choice_fields(piece, body.return_raw_logprobs)
+        is_first = piece.index not in started
+        started.add(piece.index)
+        choice = _choice(
+            front, body, prompt, piece, echo=echo, is_first=is_first, offset=offsets[piece.index]
         )
+        offsets[piece.index] += len(choice.text)
         yield Completion(
             id=f"cmpl-{generation.request_id}",
             created=created,

@@ -56,9 +56,12 @@ class GenerationFields(BaseModel):
 
 class CompletionRequest(GenerationFields):
     prompt: str | list[int] | list[str] | list[list[int]] | None = None
-    max_tokens: int | None = 16  # OpenAI's default for completions
+    max_tokens: int | None = (
+        16  # OpenAI's default for completions; 0 with echo or prompt_logprobs: score only
+    )
     logprobs: int | None = None  # N: each token's logprob and the N most likely tokens
-    echo: bool = False  # refused when true
+    echo: bool = False  # the prompt before the text (with logprobs: its tokens' logprobs first)
+    prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob (only 0: no alternatives)
     best_of: int | None = None  # refused above n
     suffix: str | None = None  # refused when set
 
@@ -83,6 +86,7 @@ class ChatCompletionRequest(GenerationFields):
     max_completion_tokens: int | None = None  # OpenAI's newer name; wins over max_tokens
     logprobs: bool = False
     top_logprobs: int | None = None
+    prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob (only 0: no alternatives)
     tools: list[dict[str, Any]] | None = None  # rendered by the chat template; calls are not parsed
     tool_choice: str | dict[str, Any] | None = None
     add_generation_prompt: bool = True

@@ -1,6 +1,7 @@
 """Response bodies of the OpenAI-compatible routes, with the RL extensions (docs/http.md):
 `policy_version` on every object and chunk, `token_ids` on every choice, `prompt_token_ids` on the
-response (in a stream: its first chunk), `raw_logprobs` when asked for."""
+response (in a stream: its first chunk), `raw_logprobs` when asked for; and vLLM's `prompt_logprobs`
+on a completion's choices and on a chat completion (scoring.py)."""
 
 from __future__ import annotations
 
@@ -51,9 +52,16 @@ class ChatLogprobs(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
+    token_logprobs: list[float | None]  # None: an echoed prompt's first token
     top_logprobs: list[dict[str, float]] | None
     text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    """One entry of vLLM's `prompt_logprobs`, keyed by the token's id."""
+
+    logprob: float
+    decoded_token: str
 
 
 class ChoiceExtensions(BaseModel):
@@ -66,6 +74,7 @@ class CompletionChoice(ChoiceExtensions):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM's; None first
 
 
 class ResponseExtensions(BaseModel):
@@ -101,6 +110,7 @@ class ChatCompletion(ResponseExtensions):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM's (the rendered prompt)
 
 
 class Delta(BaseModel):
@@ -122,3 +132,4 @@ class ChatCompletionChunk(ResponseExtensions):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # in the first chunk

@@ -29,7 +29,10 @@ class Generation:
     def __init__(self, backend: Backend, translated: Translated, codec: Codec, deadline: Deadline) -> None:
         self.backend = backend
         self.request = translated.request
-        self.samples = [SampleText(i, codec.decode, translated.stops) for i in range(translated.n)]
+        self.samples = [
+            SampleText(i, codec.decode, translated.stops, translated.is_score_only)
+            for i in range(translated.n)
+        ]
         self.deadline = deadline
         self.policy_version: int | None = None  # of the first message (the flow checks the others)
         self._queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE_SIZE)
@@ -92,7 +95,11 @@ class Generation:
         pieces = [sample.add(tokens_of(message))]
         if message.HasField("finish"):
             pieces.append(sample.finish(message.finish.finish_reason))
-        return [p for p in pieces if p is not None and (p.token_ids or p.text or p.finish_reason)]
+        return [
+            p
+            for p in pieces
+            if p is not None and (p.token_ids or p.text or p.finish_reason or p.prompt_logprobs)
+        ]
 
     async def _abort_if_all_stopped(self) -> None:
         ended = all(s.finish_reason is not None for s in self.samples)

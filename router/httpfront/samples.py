@@ -3,6 +3,8 @@
 The tokens a choice reports (`token_ids`, logprobs) are those generated up to and including the
 one that completed the stop string: their text is what the client sees plus the dropped match.
 Tokens the worker generated after that (it runs on until the router's abort reaches it) are dropped.
+A score-only sample (max_tokens 0: the prompt's logprobs, nothing generated) reports none of the
+one token the engine had to sample while it scored the prompt.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ class Piece:
     logprobs: list[float] = field(default_factory=list)
     raw_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[Top] = field(default_factory=list)
+    # With return_prompt_logprobs, on the sample's first piece: prompt token i's processed logprob
+    # for every i >= 1.
+    prompt_logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
 
 
 class SampleText:
-    def __init__(self, index: int, decode: Decode, stops: Sequence[str]) -> None:
+    def __init__(self, index: int, decode: Decode, stops: Sequence[str], is_score_only: bool = False) -> None:
         self.index = index
+        self.is_score_only = is_score_only
         self._decoder = IncrementalDecoder(decode)
         self._matcher = StopMatcher(stops)
         self.finish_reason: str | None = None
@@ -57,6 +63,9 @@ class SampleText:
         """The piece these tokens make; None once the sample ended (a stop string matched)."""
         if self.finish_reason is not None:
             return None
+        prompt_logprobs = finite(tokens.prompt_logprobs)
+        if self.is_score_only:
+            return Piece(self.index, prompt_logprobs=prompt_logprobs)
         texts: list[str] = []
         kept = 0
         for token_id in tokens.token_ids:
@@ -76,6 +85,7 @@ class SampleText:
             finite(tokens.logprobs[:kept]),
             finite(tokens.raw_logprobs[:kept]),
             [(tuple(t.token_ids), tuple(finite(t.logprobs))) for t in tokens.top_logprobs[:kept]],
+            prompt_logprobs,
             self.finish_reason,
         )
 
@@ -84,6 +94,9 @@ class SampleText:
         self.has_worker_finished = True
         if self.finish_reason is not None:
             return None
+        if self.is_score_only:  # it reached its budget of no tokens
+            self.finish_reason = "abort" if reason == common_pb2.FINISH_REASON_ABORT else "length"
+            return Piece(self.index, finish_reason=self.finish_reason)
         shown, stopped = self._matcher.push(self._decoder.flush())
         self.finish_reason = "stop" if stopped else finish_reason_name(reason)
         return Piece(

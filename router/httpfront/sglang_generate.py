@@ -3,23 +3,28 @@ SGLang over HTTP (token ids in, token ids and logprobs out; docs/http.md).
 
 A response (one per sample; a list when n > 1) is `{text, output_ids, meta_info}`, meta_info
 holding `finish_reason` ({"type": "length" | "stop" | "abort", ...}), the token counts,
-`output_token_logprobs` as `[[logprob, token_id, null], ...]` when asked, and `weight_version`:
-the policy version (as a string, SGLang's type; `policy_version` holds it as a number). A stream
-sends one `data:` event per piece: `text` so far, this piece's `output_ids` and logprobs.
+`output_token_logprobs` as `[[logprob, token_id, text or null], ...]` when asked (with
+`logprob_start_len` >= 0 also the prompt's, `input_token_logprobs`: scoring.py), and
+`weight_version`: the policy version (as a string, SGLang's type; `policy_version` holds it as a
+number). A stream sends one `data:` event per piece: `text` so far, this piece's `output_ids` and
+logprobs (the input logprobs in each sample's first). `max_new_tokens: 0` scores without generating.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
 from epochserve.errors import InvalidRequestError
+from epochserve.router.httpfront.codec import Codec
 from epochserve.router.httpfront.front import Front, event_stream
 from epochserve.router.httpfront.requests import GenerationFields
 from epochserve.router.httpfront.run import Generation
 from epochserve.router.httpfront.samples import Piece, SampleText
+from epochserve.router.httpfront.scoring import NO_ALTERNATIVES, sglang_input_logprobs
 from epochserve.router.httpfront.sglang_shapes import GenerateBody, SglSamplingParams
 from epochserve.router.httpfront.shapes import gather
 from epochserve.router.httpfront.translate import translate
@@ -89,71 +94,112 @@ def as_generation_fields(front: Front, body: GenerateBody) -> GenerationFields:
     )
 
 
+def input_logprobs_start(body: GenerateBody, prompt: list[int]) -> int | None:
+    """The prompt position input logprobs start at (logprob_start_len); None: output logprobs only."""
+    start = body.logprob_start_len
+    if not body.return_logprob or start == -1:
+        return None
+    if not 0 <= start < len(prompt):
+        raise InvalidRequestError(
+            "logprob_start_len",
+            f"must be -1 (output only) or in [0, {len(prompt)}) for this prompt, got {start}",
+        )
+    if body.top_logprobs_num:  # scoring.py: prompt tokens come with their own logprob only
+        message = f"must be 0 with logprob_start_len >= 0 ({NO_ALTERNATIVES}), got {body.top_logprobs_num}"
+        raise InvalidRequestError("top_logprobs_num", message)
+    return start
+
+
 async def generate(front: Front, body: GenerateBody) -> Response:
     refuse_unsupported(body.sampling_params)
     prompt = prompt_of(front, body)
-    fields = as_generation_fields(front, body)
+    scores_start = input_logprobs_start(body, prompt)
     max_tokens = body.sampling_params.max_new_tokens
+    if max_tokens is not None and max_tokens < 0:
+        raise InvalidRequestError(
+            "sampling.max_tokens", f"must be >= 0 (0: score the prompt only), got {max_tokens}"
+        )
     translated = translate(
-        fields,
+        as_generation_fields(front, body),
         prompt,
         max_tokens=max_tokens,
         num_top_logprobs=body.top_logprobs_num,
         limits=front.backend.limits,
+        return_prompt_logprobs=scores_start is not None,
+        is_score_only=max_tokens == 0,  # SGLang's way to score a prompt: prefill only
     )
     generation = await front.start(translated, body.timeout)
+    reply = _Reply(front.codec, body, generation, prompt, scores_start)
     if body.stream:
-        return event_stream(_events(body, generation, prompt), params_of(body), generation.request_id)
+        return event_stream(_events(reply), params_of(body), generation.request_id)
     choices = gather([piece async for piece in generation.pieces()], translated.n)
-    outputs = [_output(body, generation, prompt, c.index, c.text, c.pieces, c.finish_reason) for c in choices]
+    outputs = [reply.output(c.index, c.text, c.pieces, c.finish_reason) for c in choices]
     return JSONResponse(outputs[0] if translated.n == 1 else outputs)
 
 
-async def _events(
-    body: GenerateBody, generation: Generation, prompt: list[int]
-) -> AsyncIterator[dict[str, Any]]:
-    texts = [""] * len(generation.samples)
-    async for piece in generation.pieces():
+async def _events(reply: _Reply) -> AsyncIterator[dict[str, Any]]:
+    texts = [""] * len(reply.generation.samples)
+    started: set[int] = set()  # samples whose first event (with the input logprobs) went out
+    async for piece in reply.generation.pieces():
         texts[piece.index] += piece.text
-        yield _output(body, generation, prompt, piece.index, texts[piece.index], [piece], piece.finish_reason)
+        is_first = piece.index not in started
+        started.add(piece.index)
+        yield reply.output(piece.index, texts[piece.index], [piece], piece.finish_reason, is_first)
 
 
-def _output(
-    body: GenerateBody,
-    generation: Generation,
-    prompt: list[int],
-    index: int,
-    text: str,
-    pieces: Sequence[Piece],
-    finish_reason: str | None,
-) -> dict[str, Any]:
-    """One sample's response (streamed: text so far, the ids and logprobs of `pieces`)."""
-    sample = generation.samples[index]
-    version = generation.policy_version or 0
-    meta: dict[str, Any] = {
-        "id": generation.request_id,
-        "finish_reason": _finish(finish_reason, sample),
-        "prompt_tokens": len(prompt),
-        "completion_tokens": sample.num_tokens,  # so far
-        "cached_tokens": 0,  # not reported by the workers
-        "weight_version": str(version),
-        "policy_version": version,
-    }
-    if body.return_logprob:
-        meta["output_token_logprobs"] = [
-            [lp, t, None] for p in pieces for t, lp in zip(p.token_ids, p.logprobs, strict=True)
-        ]
-    if body.return_logprob and body.top_logprobs_num:
-        meta["output_top_logprobs"] = [
-            [[lp, t, None] for t, lp in zip(*top, strict=True)] for p in pieces for top in p.top_logprobs
-        ]
-    if body.return_raw_logprobs:
-        meta["raw_logprobs"] = [x for p in pieces for x in p.raw_logprobs]
-    ids = [t for p in pieces for t in p.token_ids]
-    output: dict[str, Any] = {"text": text, "output_ids": ids, "meta_info": meta}
-    if len(generation.samples) > 1:
-        output["index"] = index
-    return output
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What every response of one request shares."""
+
+    codec: Codec
+    body: GenerateBody
+    generation: Generation
+    prompt: list[int]
+    scores_start: int | None  # logprob_start_len; None: no input logprobs
+
+    def output(
+        self, index: int, text: str, pieces: Sequence[Piece], finish_reason: str | None, is_first: bool = True
+    ) -> dict[str, Any]:
+        """One sample's response (streamed: text so far, the ids and logprobs of `pieces`; the input
+        logprobs when `is_first`, the sample's first event)."""
+        body, generation = self.body, self.generation
+        sample = generation.samples[index]
+        version = generation.policy_version or 0
+        meta: dict[str, Any] = {
+            "id": generation.request_id,
+            "finish_reason": _finish(finish_reason, sample),
+            "prompt_tokens": len(self.prompt),
+            "completion_tokens": sample.num_tokens,  # so far
+            "cached_tokens": 0,  # not reported by the workers
+            "weight_version": str(version),
+            "policy_version": version,
+        }
+        if body.return_logprob:
+            meta["output_token_logprobs"] = [
+                self._entry(lp, t) for p in pieces for t, lp in zip(p.token_ids, p.logprobs, strict=True)
+            ]
+        if body.return_logprob and body.top_logprobs_num:
+            meta["output_top_logprobs"] = [
+                [self._entry(lp, t) for t, lp in zip(*top, strict=True)]
+                for p in pieces
+                for top in p.top_logprobs
+            ]
+        prompt_logprobs = [x for p in pieces for x in p.prompt_logprobs]  # a sample's first piece
+        if self.scores_start is not None and is_first:
+            meta["input_token_logprobs"] = sglang_input_logprobs(
+                self.codec, self.prompt, prompt_logprobs, self.scores_start, body.return_text_in_logprobs
+            )
+        if body.return_raw_logprobs:
+            meta["raw_logprobs"] = [x for p in pieces for x in p.raw_logprobs]
+        ids = [t for p in pieces for t in p.token_ids]
+        output: dict[str, Any] = {"text": text, "output_ids": ids, "meta_info": meta}
+        if len(generation.samples) > 1:
+            output["index"] = index
+        return output
+
+    def _entry(self, logprob: float, token_id: int) -> list[Any]:
+        text = self.codec.token_text(token_id) if self.body.return_text_in_logprobs else None
+        return [logprob, token_id, text]
 
 
 def _finish(reason: str | None, sample: SampleText) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class SglSamplingParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    max_new_tokens: int | None = 128  # SGLang's default
+    max_new_tokens: int | None = 128  # SGLang's default; 0: score the prompt, generate nothing
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None  # -1 (SGLang's "off") is 0 here
@@ -39,6 +39,8 @@ class GenerateBody(BaseModel):
     input_ids: list[int] | list[list[int]] | None = None
     sampling_params: SglSamplingParams = Field(default_factory=SglSamplingParams)
     return_logprob: bool = False
+    logprob_start_len: int = -1  # with return_logprob: input logprobs from this prompt position; -1: none
+    return_text_in_logprobs: bool = False  # each logprob entry's third element: the token's text
     top_logprobs_num: int = 0
     stream: bool = False
     # RL extensions, as on the OpenAI routes (docs/http.md)

@@ -80,7 +80,7 @@ def completion_logprobs(
 ) -> CompletionLogprobs:
     """`offset`: where the first token's text starts in the choice's text (a stream's later chunks)."""
     tokens: list[str] = []
-    token_logprobs: list[float] = []
+    token_logprobs: list[float | None] = []
     tops: list[dict[str, float]] = []
     offsets: list[int] = []
     for piece in pieces:

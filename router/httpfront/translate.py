@@ -44,6 +44,7 @@ class Translated:
     request: common_pb2.GenerateRequest
     stops: tuple[str, ...]
     n: int
+    is_score_only: bool = False  # max_tokens 0: the prompt's logprobs, no generated token returned
 
 
 def translate(
@@ -53,10 +54,17 @@ def translate(
     max_tokens: int | None,
     num_top_logprobs: int,
     limits: ModelLimits | None,
+    return_prompt_logprobs: bool = False,
+    is_score_only: bool = False,
 ) -> Translated:
-    """The GenerateRequest for `body` with `prompt` (ids); InvalidRequestError names the field."""
+    """The GenerateRequest for `body` with `prompt` (ids); InvalidRequestError names the field.
+
+    `is_score_only` (the route accepted max_tokens 0): the engine scores a prompt in the step that
+    samples its first token, so it runs with max_tokens 1 and the response drops that token."""
     refuse_unsupported(body)
     bounds = limits or UNBOUNDED
+    if is_score_only:
+        max_tokens = 1
     params = SamplingParams(
         **_given(
             temperature=body.temperature,
@@ -70,6 +78,7 @@ def translate(
         ignore_eos=body.ignore_eos,
         num_top_logprobs=num_top_logprobs,
         return_raw_logprobs=body.return_raw_logprobs,
+        return_prompt_logprobs=return_prompt_logprobs,
     )
     n = 1 if body.n is None else body.n
     validate_prompt(prompt, bounds)
@@ -91,7 +100,7 @@ def translate(
                 "min_policy_version", f"must be in [0, 2**64), got {body.min_policy_version}"
             )
         request.min_policy_version = body.min_policy_version
-    return Translated(request, body.stops, n)
+    return Translated(request, () if is_score_only else body.stops, n, is_score_only)
 
 
 def output_mode(body: GenerationFields) -> OutputMode:

@@ -5,6 +5,7 @@ The checkpoint must be a published one (safetensors and the manifest PolicyPubli
 writes) at a path every worker can read; its manifest names the version. The call returns when the
 rollout is DONE (every worker serves it, every router acknowledged it) or ABORTED (nothing changed),
 or 504 at its deadline (the rollout goes on: GET /get_weight_version tells when it is served).
+Only a caller holding the router's admin token gets here (guards.AdminTokenCheck).
 """
 
 from __future__ import annotations

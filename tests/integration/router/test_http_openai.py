@@ -1,15 +1,15 @@
 """The HTTP front end to end (real etcd, coordinator, one SmolLM2 worker on CPU fp32, a router with
 --http-port and --tokenizer) through the official openai client: text equal to transformers
 `generate` on the same prompt and chat template, streaming equal to whole, n and seed replayable,
-stop strings, processed logprobs equal to transformers' warpers, the bad-input matrix, and
-concurrent chats. One cluster for the module; short generations (2 CPU cores)."""
+stop strings, processed logprobs equal to transformers' warpers, the bad-input matrix, and scoring
+(prompt logprobs in OpenAI's, vLLM's and SGLang's shapes). One cluster for the module; short
+generations (2 CPU cores). Concurrency during a rollout: test_http_sglang_rollouts.py."""
 
 from __future__ import annotations
 
 import json
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -136,11 +136,39 @@ def test_bad_input_gets_its_4xx_and_the_next_good_request_succeeds(client, base_
         assert client.completions.create(**good).choices[0].text
 
 
-def test_concurrent_chats_all_complete(client, smollm2_dir):
-    def chat(i: int):
-        messages = [{"role": "user", "content": f"Count to {i}."}]
-        return client.chat.completions.create(model=smollm2_dir.name, messages=messages, max_tokens=6, seed=i)
+def test_prompt_logprobs_are_the_logprobs_the_engine_sampled_with(client, base_url, smollm2_dir):
+    """Scoring prompt + a sampled completion (the same sampling params and seed) gives, at the
+    completion's positions, the processed logprobs the engine returned as it sampled them: as
+    OpenAI's echo, vLLM's prompt_logprobs and SGLang's input_token_logprobs."""
+    fields = {"model": smollm2_dir.name, "temperature": 0.7, "top_p": 0.9, "seed": 5}
+    sampled = client.completions.create(**fields, prompt=PROMPT, max_tokens=NEW_TOKENS, logprobs=0)
+    prompt, generated = sampled.prompt_token_ids, sampled.choices[0].token_ids  # type: ignore[attr-defined]
+    expected = torch.tensor(sampled.choices[0].logprobs.token_logprobs)
+    full = prompt + generated
 
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(chat, range(16)))
-    assert all(r.policy_version == 0 and r.choices[0].token_ids for r in results)  # type: ignore[attr-defined]
+    def assert_close(scores: list[float]) -> None:
+        got = torch.tensor(scores)
+        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4, rtol=0)
+
+    echoed = client.completions.create(**fields, prompt=full, max_tokens=0, echo=True, logprobs=0)
+    token_logprobs = echoed.choices[0].logprobs.token_logprobs
+    assert len(token_logprobs) == len(full) and token_logprobs[0] is None
+    assert echoed.usage.completion_tokens == 0
+    assert_close(token_logprobs[len(prompt) :])
+
+    vllm = client.completions.create(**fields, prompt=full, max_tokens=1, extra_body={"prompt_logprobs": 0})
+    entries = vllm.choices[0].prompt_logprobs[len(prompt) :]  # type: ignore[attr-defined]
+    assert_close([entry[str(t)]["logprob"] for entry, t in zip(entries, generated, strict=True)])
+
+    sampling = {"max_new_tokens": 0, "temperature": 0.7, "top_p": 0.9, "sampling_seed": 5}
+    body = {"input_ids": full, "sampling_params": sampling, "return_logprob": True}
+    sglang = post_json(f"{base_url.removesuffix('/v1')}/generate", {**body, "logprob_start_len": len(prompt)})
+    scores = sglang["meta_info"]["input_token_logprobs"]
+    assert [t for _, t, _ in scores] == generated
+    assert_close([lp for lp, _, _ in scores])
+
+
+def post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())

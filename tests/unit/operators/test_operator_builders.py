@@ -137,8 +137,11 @@ def test_router_and_coordinator_deployments():
         args[0] == "router" and _flag(args, "--port") == "50050" and _flag(args, "--metrics-port") == "9090"
     )
     assert _container(router)["readinessProbe"]["grpc"] == {"port": 50050}
+    assert _flag(args, "--http-port") == "8000"  # the CRD's default: the HTTP front is on
+    container_ports = {p["name"]: p["containerPort"] for p in _container(router)["ports"]}
+    assert container_ports == {"grpc": 50050, "metrics": 9090, "http": 8000}
     ports = {p["name"]: p["port"] for p in _by_kind(objects, "Service", "demo-router")["spec"]["ports"]}
-    assert ports == {"grpc": 50050, "metrics": 9090}
+    assert ports == {"grpc": 50050, "metrics": 9090, "http": 8000}
 
     coordinator = _by_kind(objects, "Deployment", "demo-coordinator")
     args = _container(coordinator)["args"]
@@ -148,6 +151,21 @@ def test_router_and_coordinator_deployments():
     assert token["secret"]["secretName"] == "epochserve-admin-token"
     assert token["secret"]["items"] == [{"key": "token", "path": "admin-token"}]
     assert _container(coordinator)["livenessProbe"]["grpc"] == {"port": 50060}
+
+
+@pytest.mark.parametrize(
+    ("http_port", "expected"), [(8080, {"grpc", "metrics", "http"}), (0, {"grpc", "metrics"})]
+)
+def test_router_http_port_from_the_spec_and_0_turns_it_off(http_port, expected):
+    objects = build_cluster(_spec({"router": {"replicas": 2, "httpPort": http_port}}))
+    router = _container(_by_kind(objects, "Deployment", "demo-router"))
+    service = {p["name"]: p for p in _by_kind(objects, "Service", "demo-router")["spec"]["ports"]}
+    assert {p["name"] for p in router["ports"]} == set(service) == expected
+    if http_port:
+        assert _flag(router["args"], "--http-port") == str(http_port)
+        assert service["http"] == {"name": "http", "port": http_port, "targetPort": "http", "protocol": "TCP"}
+    else:
+        assert "--http-port" not in router["args"]
 
 
 def test_every_component_has_a_pdb_allowing_one_disruption():
@@ -180,8 +198,11 @@ def test_admin_token_rename_rolls_coordinators_but_not_workers():
 @pytest.mark.parametrize("version", ["1.30.0", kv.latest_version()])
 def test_built_objects_validate_strictly_against_kubernetes(version):
     spec = _spec({"model": {"uri": "s3://b/m", "fetcher": {"image": "f", "command": ["c"]}}})
-    for obj in build_cluster(spec) + build_cluster(_spec()):
+    objects = build_cluster(spec) + build_cluster(_spec())
+    for obj in objects:
         assert kv.validate(obj, version, strict=True) == kv.major_minor(version)
+    router = _container(_by_kind(objects[: len(objects) // 2], "Deployment", "demo-router"))
+    assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in router["ports"]  # validated above
 
 
 @pytest.mark.parametrize(
@@ -193,6 +214,8 @@ def test_built_objects_validate_strictly_against_kubernetes(version):
             "must not set nvidia.com/gpu",
         ),
         ({}, "elsewhere", "serves namespace 'epochserve' only"),
+        ({"router": {"httpPort": 9090}}, "epochserve", "gRPC or metrics port"),
+        ({"router": {"httpPort": 80}}, "epochserve", "below 1024"),
     ],
 )
 def test_specs_the_operator_refuses(edit, namespace, needle):

@@ -113,9 +113,23 @@ def test_rendered_epochcluster_is_admitted_and_builds(helm):
         tuple(env["EPOCHSERVE_MANAGED_ETCD_ENDPOINTS"].split(",")),
         env["EPOCHSERVE_MANAGED_ETCD_TLS_SECRET"],
     )
-    workers = [o for o in build_cluster(parse_cluster(stored, managed)) if o["kind"] == "StatefulSet"]
+    objects = build_cluster(parse_cluster(stored, managed))
+    workers = [o for o in objects if o["kind"] == "StatefulSet"]
     limits = workers[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "8"
+    # router.httpPort (values) merged into the given router spec: the HTTP front on 8000.
+    assert stored["spec"]["router"]["httpPort"] == 8000 and stored["spec"]["router"]["replicas"] == 3
+    (service,) = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "policy-70b-router"
+    ]
+    assert {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"} in service["spec"]["ports"]
+
+
+@pytest.mark.parametrize("http_port", [8080, 0])
+def test_router_http_port_value_reaches_the_epochcluster(helm, http_port):
+    args = ["-f", str(PRODUCTION), "--set", f"router.httpPort={http_port}"]
+    (cluster,) = [d for d in _docs(_render(helm, *args).stdout) if d["kind"] == "EpochCluster"]
+    assert admit(cluster)["spec"]["router"]["httpPort"] == http_port
 
 
 def test_operator_env_points_at_every_managed_etcd_member_over_tls(helm):
@@ -175,8 +189,13 @@ def test_external_etcd_runs_no_etcd_and_hands_its_endpoints_to_the_operator(helm
 
 @pytest.mark.parametrize(
     "bad",
-    [["--set", "etcd.replicas=2"], ["--set", "etcd.enabled=false"], ["--set", "operator.unknown=1"]],
-    ids=["even-etcd-members", "no-etcd-at-all", "unknown-value"],
+    [
+        ["--set", "etcd.replicas=2"],
+        ["--set", "etcd.enabled=false"],
+        ["--set", "operator.unknown=1"],
+        ["--set", "router.httpPort=70000"],
+    ],
+    ids=["even-etcd-members", "no-etcd-at-all", "unknown-value", "http-port-out-of-range"],
 )
 def test_values_schema_rejects_bad_values(helm, bad):
     result = _render(helm, *bad, check=False)

@@ -1,7 +1,7 @@
 """A scripted router behind the real HTTP front, for unit tests without processes: the app served by
 HttpServer on a loop in a thread, a byte-level codec (token id = one UTF-8 byte, 256 = end of turn)
-and a backend that answers every request with REPLY's bytes, chunk by chunk. The chat template
-renders each message as `role: content\n`."""
+and a backend that answers every request with REPLY's bytes, chunk by chunk (with prompt logprobs
+when asked). The chat template renders each message as `role: content\n`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ def logprob(sample: int, position: int) -> float:
     return -0.01 * (position + 1) - sample
 
 
+def prompt_logprob(position: int) -> float:
+    """The scripted score of prompt token `position` (>= 1), the same for every sample."""
+    return -0.1 * position
+
+
 @dataclass
 class ScriptedBackend:
     version: int | None = VERSION
@@ -78,6 +83,10 @@ class ScriptedBackend:
                     reason = common_pb2.FINISH_REASON_ABORT
                     break
                 chunk = tokens_of(message) if final else message.chunk
+                if sent == 0 and request.sampling.return_prompt_logprobs:  # in a sample's first chunk
+                    chunk.prompt_logprobs.extend(
+                        prompt_logprob(i) for i in range(1, len(request.prompt_token_ids))
+                    )
                 ids = tokens[sent : sent + step]
                 chunk.token_ids.extend(ids)
                 chunk.logprobs.extend(logprob(sample, p) for p in range(sent, sent + len(ids)))

@@ -1,7 +1,7 @@
 """SGLang's routes on a scripted router: POST /generate (token ids in, ids, text and logprobs out,
 meta_info with finish_reason and weight_version), GET /get_weight_version, and the refusals of
-POST /update_weights_from_disk when the router has no Admin service it can reach (the rollouts
-themselves: tests/integration/router/test_http_sglang_rollouts.py)."""
+POST /update_weights_from_disk: without the admin token, and when the router has no Admin service
+it can reach (the rollouts themselves: tests/integration/router/test_http_sglang_rollouts.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from epochserve.router.errors import NoWorkerError
 from epochserve.router.httpfront.front import AdminAccess
 
 KEY = "sekrit-key"
+ADMIN = "admin-sekrit"
 IDS = [*REPLY.encode(), EOT]
 
 
@@ -119,7 +120,7 @@ def test_a_stream_sends_text_so_far_and_each_pieces_ids(served):
     [
         ({"input_ids": [1], "sampling_params": {"temperature": -1}}, "sampling_params.temperature"),
         ({"input_ids": [1], "sampling_params": {"top_k": -2}}, "sampling_params.top_k"),
-        ({"input_ids": [1], "sampling_params": {"max_new_tokens": 0}}, "sampling_params.max_new_tokens"),
+        ({"input_ids": [1], "sampling_params": {"max_new_tokens": -1}}, "sampling_params.max_new_tokens"),
         ({"input_ids": [1], "sampling_params": {"n": 0}}, "sampling_params.n"),
         (
             {"input_ids": [1], "sampling_params": {"repetition_penalty": 1.2}},
@@ -165,11 +166,9 @@ def test_update_weights_without_admin_is_503_and_says_why(served):
 
 
 def test_update_weights_with_an_unreachable_admin_is_503_and_bad_fields_are_400():
-    served = ServedFront(ScriptedBackend(), admin=AdminAccess(f"127.0.0.1:{free_port()}", "t"), api_key=KEY)
-    auth = {"Authorization": f"Bearer {KEY}"}
+    served = ServedFront(ScriptedBackend(), admin=AdminAccess(f"127.0.0.1:{free_port()}", ADMIN), api_key=KEY)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
     try:
-        code, _, answer = served.post("/update_weights_from_disk", {"model_path": "/ckpt/v8"})
-        assert (code, answer["success"]) == (401, False)  # the router's API key first
         for body, param in (
             ({"model_path": "ckpt/v8"}, "model_path"),
             ({"model_path": "/ckpt/v8", "weight_version": "v8"}, "weight_version"),
@@ -182,6 +181,31 @@ def test_update_weights_with_an_unreachable_admin_is_503_and_bad_fields_are_400(
             "/update_weights_from_disk", {"model_path": "/ckpt/v8", "timeout": 5}, auth
         )
         assert (code, answer["success"]) == (503, False) and "cannot be reached" in answer["message"]
-        assert served.get("/get_weight_version", auth)[0] == 200
+    finally:
+        served.close()
+
+
+@pytest.mark.parametrize("api_key", [None, KEY], ids=["no-api-key", "api-key"])
+def test_update_weights_takes_the_admin_token_and_nothing_else(api_key):
+    """Without the admin token the route answers 401 before it reads the body (a malformed one is
+    400 only with the token), with or without an API key; the API key does not open it, and the
+    admin token does not open the other routes."""
+    served = ServedFront(
+        ScriptedBackend(), admin=AdminAccess(f"127.0.0.1:{free_port()}", ADMIN), api_key=api_key
+    )
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {KEY}"},
+                        {"Authorization": f"Basic {ADMIN}"}, {"x-api-key": ADMIN}):  # fmt: skip
+            code, got, answer = served.post("/update_weights_from_disk", b"{not json", headers)
+            assert (code, answer["success"], answer["error"]["code"]) == (401, False, "invalid_admin_token")
+            assert "admin token" in answer["message"] and got["WWW-Authenticate"] == "Bearer"
+        code, _, answer = served.post(
+            "/update_weights_from_disk", b"{not json", {"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert (code, answer["error"]["code"]) == (400, "invalid_json")  # through to the route
+        # The admin token is no API key: other routes still take the API key only.
+        code, _, _ = served.post("/generate", {"input_ids": [5]}, {"Authorization": f"Bearer {ADMIN}"})
+        assert code == (200 if api_key is None else 401)
+        assert served.get("/get_weight_version", {"Authorization": f"Bearer {KEY}"})[0] == 200
     finally:
         served.close()

@@ -1,0 +1,228 @@
+"""The HTTP front's overhead: one workload through the router's gRPC Generation service and through its
+HTTP front (docs/http.md), output tokens per second for each.
+
+Brings up a local cluster (etcd, coordinator, one worker, one router with the HTTP front; the model
+directory's tokenizer) and sends the same batch of requests, all at once, down four paths:
+
+    grpc final    AsyncGenerationClient, output mode FINAL (one message per sample)
+    http whole    POST /v1/completions, non-streaming (the front asks FINAL too)
+    grpc stream   AsyncGenerationClient, output mode STREAM
+    http stream   POST /v1/completions with "stream": true (server-sent events; STREAM)
+
+The HTTP requests go through the official openai client and carry the prompt as text, as OpenAI
+clients do: the router tokenizes it and detokenizes every output token, which is part of what the
+front costs. The gRPC requests carry the same prompt's ids. Every request has a seed and ignore_eos
+with a fixed max_tokens, so both paths generate the same tokens and the same number of them. Paths
+are interleaved round by round after a warm-up round; each path's median round is reported, and
+HTTP's throughput as a share of gRPC's in the same output mode (the median of the rounds' own
+ratios).
+
+Usage: python bench/http_vs_grpc.py [--model DIR] [--weights real|random|tiny] [--device cpu|cuda]
+       [--tp N] [--requests 32] [--n 2] [--new-tokens 48] [--rounds 3]
+       [--worker-arg=--max-num-seqs=256 ...] [--json OUT]
+The default model is the bundled SmolLM2-135M-Instruct. --weights random needs only --model's
+config.json and tokenizer (random weights of its shape); tiny: a tiny random Llama with the same
+tokenizer, so that the engine costs little next to the router. Numbers go to docs/benchmarks.md
+(machine, date, commit); they are not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+
+from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
+from epochserve.client.generation import AsyncGenerationClient
+from epochserve.proto.convert import OutputMode
+from epochserve.sampling import SamplingParams
+
+# Prompts of a few dozen tokens; request i uses PROMPTS[i % len(PROMPTS)] and seed i.
+PROMPTS = [
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain, step by step, how a bicycle stays upright while it is moving forward.",
+    "List the planets of the solar system and one surprising fact about each of them.",
+    "Describe the water cycle to a curious ten-year-old, using an everyday example.",
+]
+PATHS = ("grpc final", "http whole", "grpc stream", "http stream")
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    num_requests: int
+    n: int
+    new_tokens: int
+    temperature: float
+    prompt_ids: list[list[int]]  # PROMPTS tokenized as the router does (tokenizer(prompt))
+
+    def prompt(self, i: int) -> tuple[str, list[int]]:
+        return PROMPTS[i % len(PROMPTS)], self.prompt_ids[i % len(PROMPTS)]
+
+
+async def grpc_round(client: AsyncGenerationClient, work: Workload, mode: OutputMode) -> int:
+    """Every request at once through the Generation service; returns the tokens generated."""
+
+    async def one(i: int) -> int:
+        sampling = SamplingParams(
+            temperature=work.temperature, max_tokens=work.new_tokens, ignore_eos=True, seed=i
+        )
+        result = await client.generate(work.prompt(i)[1], sampling, n=work.n, output_mode=mode)
+        return sum(len(sample.token_ids) for sample in result.samples)
+
+    return sum(await asyncio.gather(*(one(i) for i in range(work.num_requests))))
+
+
+async def http_round(client: openai.AsyncOpenAI, work: Workload, model: str, stream: bool) -> int:
+    """Every request at once through POST /v1/completions (the official openai client); returns the
+    tokens generated (`token_ids`, the RL extension, of every choice or streamed chunk)."""
+
+    async def one(i: int) -> int:
+        response = await client.completions.create(
+            model=model, prompt=work.prompt(i)[0], n=work.n, max_tokens=work.new_tokens,
+            temperature=work.temperature, seed=i, stream=stream, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        if not stream:
+            return sum(len(choice.token_ids) for choice in response.choices)  # type: ignore[attr-defined]
+        return sum([len(c.token_ids) async for chunk in response for c in chunk.choices])  # type: ignore[attr-defined,union-attr]
+
+    return sum(await asyncio.gather(*(one(i) for i in range(work.num_requests))))
+
+
+async def timed(round_: Callable[[], Awaitable[int]]) -> tuple[int, float]:
+    start = time.perf_counter()
+    num_tokens = await round_()
+    return num_tokens, time.perf_counter() - start
+
+
+async def measure(cluster: LocalCluster, work: Workload, rounds: int) -> dict[str, list[float]]:
+    """Output tokens per second of every timed round, by path."""
+    info = cluster.routers[0].info
+    base_url = f"http://{info['host']}:{info['http_port']}/v1"
+    async with (
+        AsyncGenerationClient(cluster.router_address, timeout=600) as grpc_client,
+        openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600) as http,
+    ):
+        model = (await http.models.list()).data[0].id
+        runs: dict[str, Callable[[], Awaitable[int]]] = {
+            "grpc final": lambda: grpc_round(grpc_client, work, OutputMode.FINAL),
+            "http whole": lambda: http_round(http, work, model, stream=False),
+            "grpc stream": lambda: grpc_round(grpc_client, work, OutputMode.STREAM),
+            "http stream": lambda: http_round(http, work, model, stream=True),
+        }
+        expected = work.num_requests * work.n * work.new_tokens
+        samples: dict[str, list[float]] = {path: [] for path in PATHS}
+        for round_index in range(rounds + 1):  # round 0 warms up (connections, kernels, caches)
+            for path in PATHS:
+                num_tokens, seconds = await timed(runs[path])
+                assert num_tokens == expected, f"{path}: {num_tokens} tokens, expected {expected}"
+                if round_index:
+                    samples[path].append(num_tokens / seconds)
+                    print(
+                        f"  round {round_index} {path:12s} {num_tokens / seconds:9.1f} out tok/s", flush=True
+                    )
+    return samples
+
+
+GRPC_PAIR = {"http whole": "grpc final", "http stream": "grpc stream"}  # the same output mode
+
+
+def report(samples: dict[str, list[float]]) -> str:
+    """Medians per path; HTTP / gRPC is the median of each round's own ratio (a round's paths run
+    back to back, so a machine that slows down for a while slows both)."""
+    lines = ["| path | out tok/s (median) | min-max | HTTP / gRPC |", "|---|---|---|---|"]
+    for path in PATHS:
+        rates = samples[path]
+        ratio = ""
+        if path in GRPC_PAIR:
+            pairs = zip(rates, samples[GRPC_PAIR[path]], strict=True)
+            ratio = f"{statistics.median(http / grpc for http, grpc in pairs):.2f}"
+        lines.append(
+            f"| {path} | {statistics.median(rates):.1f} | {min(rates):.1f}-{max(rates):.1f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def random_model(source: Path, out_dir: Path, tiny: bool) -> Path:
+    """A seeded random model with `source`'s tokenizer and vocabulary, from its config.json alone (a
+    machine without the checkpoint): its own shape, or with `tiny` a 2-layer 64-wide Llama whose
+    engine steps cost little, so that the router's work is most of what is measured."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    config = AutoConfig.from_pretrained(source)
+    if tiny:
+        config = LlamaConfig(
+            vocab_size=config.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+            eos_token_id=config.eos_token_id, bos_token_id=config.bos_token_id,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: bundled SmolLM2)")
+    parser.add_argument(
+        "--weights",
+        choices=("real", "random", "tiny"),
+        default="real",
+        help="--model's own; random ones of its shape; a tiny random model (both: its tokenizer)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the one worker")
+    parser.add_argument("--requests", type=int, default=32, help="requests per round, sent at once")
+    parser.add_argument("--n", type=int, default=2, help="samples per request")
+    parser.add_argument("--new-tokens", type=int, default=48, help="tokens per sample (ignore_eos)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per path, after one warm-up")
+    parser.add_argument(
+        "--worker-arg", action="append", default=[], help="an extra `epochctl worker` flag (repeatable)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from epochserve.worker.models.bundled import prepare_smollm2
+
+    model_dir = args.model or prepare_smollm2(progress=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    work = Workload(
+        args.requests, args.n, args.new_tokens, args.temperature, [list(tokenizer.encode(p)) for p in PROMPTS]
+    )
+    worker_args = tuple(arg for flag in args.worker_arg for arg in flag.split("=", 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.weights != "real":
+            model_dir = random_model(model_dir, Path(tmp) / "model", tiny=args.weights == "tiny")
+        spec = LocalClusterSpec(
+            model_dir=model_dir, workdir=Path(tmp) / "cluster", tp=args.tp, device=args.device,
+            worker_args=worker_args, num_routers=1, http_front=True, fast_etcd=True,
+        )  # fmt: skip
+        with LocalCluster(spec) as cluster:
+            samples = asyncio.run(measure(cluster, work, args.rounds))
+    print(report(samples))
+    setup = {key: value for key, value in vars(args).items() if key != "json"}
+    summary = {"machine": platform.processor() or platform.machine(), "setup": setup, "rounds": samples}
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
