@@ -134,10 +134,10 @@ def phases(engine, steps: int) -> dict[str, float]:
     plan_ms: list[float] = []
     plan = runner.plan
 
-    def timed_plan(batch):
+    def timed_plan(batch, on_twins=False):
         start = time.perf_counter()
         try:
-            return plan(batch)
+            return plan(batch, on_twins)
         finally:
             plan_ms.append((time.perf_counter() - start) * 1000)
 

@@ -39,7 +39,11 @@ from epochserve.worker.weights.manifest import (
 logger = logging.getLogger(__name__)
 
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
-_DRAINS = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}
+_DRAINS = {
+    "finish": pb.DRAIN_POLICY_FINISH,
+    "abort": pb.DRAIN_POLICY_ABORT,
+    "overlap": pb.DRAIN_POLICY_OVERLAP,
+}
 _PHASES_DONE = {"committed": pb.ROLLOUT_PHASE_COMMITTED, "done": pb.ROLLOUT_PHASE_DONE}
 
 
@@ -116,13 +120,20 @@ class PolicyPublisher:
         return directory
 
     def publish_checkpoint(
-        self, version: int, path: Path | str, drain: str = "finish", wait_for: str = "committed"
+        self,
+        version: int,
+        path: Path | str,
+        drain: str = "finish",
+        wait_for: str = "committed",
+        drain_deadline: float | None = None,
     ) -> PublishResult:
         """Roll out the checkpoint at `path` (readable by every worker) as `version`.
 
         Writes the manifest first if the checkpoint has none. Returns once the rollout reached
         `wait_for` ("committed": routers admit only v from now; "done": every worker serves v).
-        Raises RolloutAbortedError when it aborts, grpc.RpcError when the coordinator refuses it.
+        `drain` is finish, abort or overlap; `drain_deadline` (seconds) bounds how long v-1
+        requests may still run after the commit. Raises RolloutAbortedError when it aborts,
+        grpc.RpcError when the coordinator refuses it.
         """
         path = Path(path).resolve()
         manifest = Manifest.read(path) if (path / MANIFEST_NAME).is_file() else None
@@ -132,7 +143,11 @@ class PolicyPublisher:
         if manifest.version != version:
             raise ValueError(f"{path} holds the manifest of version {manifest.version}, not {version}")
         request = pb.StartRolloutRequest(
-            version=version, source=str(path), drain=_DRAINS[drain], manifest_checksum=manifest.checksum
+            version=version,
+            source=str(path),
+            drain=_DRAINS[drain],
+            manifest_checksum=manifest.checksum,
+            drain_deadline_seconds=drain_deadline,
         )
         return asyncio.run(self._start_and_wait(request, wait_for, manifest.checksum))
 

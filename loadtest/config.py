@@ -15,7 +15,7 @@ from epochserve.proto.convert import OutputMode
 from epochserve.sampling import SamplingParams
 
 LoopMode = Literal["closed", "open"]
-DrainName = Literal["finish", "abort"]
+DrainName = Literal["finish", "abort", "overlap"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,7 @@ class SoakConfig:
     tls: bool = False
     ca_file: Path | None = None
     rollout_timeout_seconds: float = 300.0  # StartRollout → DONE or ABORTED
+    drain_deadline_seconds: float | None = None  # each rollout's drain deadline (None: none)
 
     def __post_init__(self) -> None:
         if not self.sources:

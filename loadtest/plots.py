@@ -11,7 +11,7 @@ from typing import Any
 
 from epochserve.loadtest.stats import Latencies
 
-_DRAIN_COLORS = {"finish": "tab:green", "abort": "tab:orange"}
+_DRAIN_COLORS = {"finish": "tab:green", "abort": "tab:orange", "overlap": "tab:blue"}
 
 
 def _pyplot() -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from array import array
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Outcome = Literal["completed", "error", "unfinished"]
 RolloutOutcome = Literal["done", "aborted", "failed", "timed_out", "running"]
@@ -112,6 +112,9 @@ class ObservedRollout:
     ended_at: float | None = None  # DONE or ABORTED observed, or the driver gave up
     outcome: RolloutOutcome = "running"
     reason: str = ""
+    # worker id → its drain report for this version, as the rollout status last showed it
+    # (first_token_seconds, retire_seconds: from the commit; finished/aborted_previous; drain; reason)
+    worker_drains: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,18 @@ def _rollouts(report: dict[str, Any]) -> str:
                 f"\n| {r['version']} | {r['drain']} | {r['outcome']} | {_seconds(r['started_at'])} | "
                 f"{_seconds(r['committed_at'])} | {_seconds(r['done_at'])} | {r['reason']} |"
             )
+    drains = [
+        f"| v{r['version']} | {worker} | {d['drain']} | {_seconds(d['first_token_seconds'])} | "
+        f"{_seconds(d['retire_seconds'])} | {d['finished_previous']} | {d['aborted_previous']} |"
+        for r in report["rollouts"]
+        for worker, d in sorted(r.get("worker_drains", {}).items())
+    ]
+    if drains:
+        lines.append(
+            "Per worker, from the commit: the new version's first token and the old version's end.\n\n"
+            "| version | worker | drain | first new token (s) | old version ended (s) | old finished | "
+            "old aborted |\n|---|---|---|---|---|---|---|\n" + "\n".join(drains)
+        )
     if done:
         observed = ", ".join(f"v{v} at {t:.2f} s" for v, t in done.items())
         lines.append(f"DONE observed (the freshness check's times): {observed}.")

@@ -108,6 +108,7 @@ def _rollouts(result: RunResult) -> dict[str, Any]:
             "committed_at": rel(r.committed_at),
             "done_at": rel(r.done_at),
             "ended_at": rel(r.ended_at),
+            "worker_drains": r.worker_drains,
         }
         for r in result.rollouts
     ]

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -39,7 +39,11 @@ T = TypeVar("T")
 
 CALL_TIMEOUT_SECONDS = 30.0
 RETRY_PAUSE_SECONDS = 0.5  # between attempts after UNAVAILABLE
-_DRAINS = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}
+_DRAINS = {
+    "finish": pb.DRAIN_POLICY_FINISH,
+    "abort": pb.DRAIN_POLICY_ABORT,
+    "overlap": pb.DRAIN_POLICY_OVERLAP,
+}
 
 
 class RolloutCycler:
@@ -81,7 +85,11 @@ class RolloutCycler:
             record.source = str(path)
             record.started_at = self.clock()
             request = pb.StartRolloutRequest(
-                version=version, source=str(path), drain=_DRAINS[drain], manifest_checksum=checksum
+                version=version,
+                source=str(path),
+                drain=_DRAINS[drain],
+                manifest_checksum=checksum,
+                drain_deadline_seconds=self.config.drain_deadline_seconds,
             )
             await self._start(admin, request, deadline)
             logger.info("soak: rollout of v%d started (drain=%s)", version, drain)
@@ -136,6 +144,7 @@ class RolloutCycler:
             try:
                 async for status in admin.watch_rollout(record.version, remaining):
                     self._observe(record, status.rollout)
+                    record.worker_drains.update(worker_drains(status))
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
@@ -155,6 +164,23 @@ class RolloutCycler:
         elif rollout.phase == pb.ROLLOUT_PHASE_ABORTED:
             record.outcome, record.reason = "aborted", rollout.reason
             logger.warning("soak: v%d ABORTED: %s", record.version, rollout.reason)
+
+
+def worker_drains(status: pb.RolloutStatus) -> dict[str, dict[str, Any]]:
+    """Each worker's drain report for the status's version, as plain values."""
+    drains = {}
+    for worker in status.workers:
+        d = worker.last_drain
+        if worker.HasField("last_drain") and d.version == status.rollout.version:
+            drains[worker.worker_id] = {
+                "drain": pb.DrainPolicy.Name(d.drain).removeprefix("DRAIN_POLICY_").lower(),
+                "first_token_seconds": d.first_token_seconds if d.HasField("first_token_seconds") else None,
+                "retire_seconds": d.retire_seconds if d.HasField("retire_seconds") else None,
+                "finished_previous": d.finished_previous,
+                "aborted_previous": d.aborted_previous,
+                "reason": d.reason,
+            }
+    return drains
 
 
 async def _stopped_before(stop: asyncio.Event, delay: float) -> bool:

@@ -88,6 +88,7 @@ def sampling_from_proto(msg: common_pb2.SamplingParams) -> SamplingParams:
         return_raw_logprobs=msg.return_raw_logprobs,
         return_support_size=msg.return_support_size,
         return_prompt_logprobs=msg.return_prompt_logprobs,
+        return_routed_experts=msg.return_routed_experts,
     )
 
 
@@ -103,6 +104,7 @@ def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
         return_raw_logprobs=params.return_raw_logprobs,
         return_support_size=params.return_support_size,
         return_prompt_logprobs=params.return_prompt_logprobs,
+        return_routed_experts=params.return_routed_experts,
     )
     if params.max_tokens is not None:
         msg.max_tokens = params.max_tokens
@@ -148,8 +150,9 @@ def parse_generate_request(
 ROLLOUT_ABORT_PREFIX = "rollout:"
 
 
-def rollout_abort_reason(new_version: int) -> str:
-    return f"{ROLLOUT_ABORT_PREFIX} retired by policy version {new_version} (drain=abort)"
+def rollout_abort_reason(new_version: int, why: str = "drain=abort") -> str:
+    """`why`: drain=abort, or the drain deadline that ended the sample."""
+    return f"{ROLLOUT_ABORT_PREFIX} retired by policy version {new_version} ({why})"
 
 
 def is_rollout_abort(abort_reason: str) -> bool:

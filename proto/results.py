@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from epochserve.errors import RuntimeGuardError
 from epochserve.proto.v1 import common_pb2
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FinishReasonName = Literal["stop", "length", "abort", "unspecified"]
 _FINISH_NAMES: dict[int, FinishReasonName] = {
@@ -72,9 +75,24 @@ class Sample:
     diagnostics: Diagnostics
     # return_prompt_logprobs: prompt token i's processed logprob for i >= 1 (-inf: outside the support)
     prompt_logprobs: tuple[float, ...] = ()
+    # return_routed_experts (MoE models): per sampled token, and per prompt position, the expert ids
+    # of every MoE layer, layer-major (num_moe_layers * routed_top_k each; common.proto
+    # RoutedExperts). A token's routing is that of the position before it. routed_array() reshapes.
+    routed_experts: tuple[tuple[int, ...], ...] = ()
+    prompt_routed_experts: tuple[tuple[int, ...], ...] = ()
+    routed_top_k: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def routed_array(self, prompt: bool = False) -> np.ndarray:
+        """routed_experts (or, with prompt, prompt_routed_experts) as a numpy int64 array
+        [positions, num_moe_layers, routed_top_k]."""
+        import numpy as np  # here: the router imports this module and never needs numpy
+
+        rows = self.prompt_routed_experts if prompt else self.routed_experts
+        top_k = max(self.routed_top_k, 1)
+        return np.asarray(rows, dtype=np.int64).reshape(len(rows), -1, top_k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +140,16 @@ class _Partial:
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     support_sizes: list[int] = field(default_factory=list)
     prompt_logprobs: list[float] = field(default_factory=list)
+    routed_experts: list[tuple[int, ...]] = field(default_factory=list)
+    prompt_routed_experts: list[tuple[int, ...]] = field(default_factory=list)
+    routed_top_k: int = 0
 
     def extend(self, chunk: common_pb2.GenerateChunk) -> None:
         self.prompt_logprobs.extend(chunk.prompt_logprobs)
+        if chunk.routed_top_k:
+            self.routed_top_k = chunk.routed_top_k
+            self.routed_experts.extend(tuple(r.expert_ids) for r in chunk.routed_experts)
+            self.prompt_routed_experts.extend(tuple(r.expert_ids) for r in chunk.prompt_routed_experts)
         self.token_ids.extend(chunk.token_ids)
         self.processed_logprobs.extend(chunk.logprobs)
         self.raw_logprobs.extend(chunk.raw_logprobs)
@@ -221,4 +246,7 @@ def _finish(response: common_pb2.GenerateResponse, partial: _Partial) -> Sample:
         worker_id=finish.worker_id,
         diagnostics=Diagnostics.from_proto(finish.diagnostics),
         prompt_logprobs=tuple(partial.prompt_logprobs),
+        routed_experts=tuple(partial.routed_experts),
+        prompt_routed_experts=tuple(partial.prompt_routed_experts),
+        routed_top_k=partial.routed_top_k,
     )

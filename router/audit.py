@@ -5,10 +5,13 @@ Each line holds what `epochctl verify` needs to recompute the logprobs under the
     {"schema": 1, "time": <unix s>, "router_id", "request_id", "policy_version",
      "prompt_token_ids": [...], "prompt_text": "", "n",
      "sampling": {temperature, top_p, top_k, min_p, max_tokens, seed, stop_token_ids, ignore_eos,
-                  num_top_logprobs, return_raw_logprobs, return_support_size},  # as forwarded
+                  num_top_logprobs, return_raw_logprobs, return_support_size, ...},  # as forwarded
      "samples": [{sample_index, policy_version, token_ids, processed_logprobs, raw_logprobs,
                   top_logprobs, support_sizes, finish_reason, abort_reason, num_prompt_tokens, worker_id,
-                  diagnostics: {worker_id, tp_size, policy_version, seed, kernel_mode, ...}}]}
+                  diagnostics: {worker_id, tp_size, policy_version, seed, kernel_mode, ...},
+                  prompt_logprobs, routed_experts, prompt_routed_experts, routed_top_k}]}
+
+(the last four empty unless the client asked for them: scoring, routing replay of a MoE model).
 
 Only responses that completed (status OK) are written; failed requests have no complete output.
 Lines are written by a background thread so the router's event loop never waits on the disk;

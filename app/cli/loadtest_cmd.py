@@ -70,7 +70,8 @@ def _soak_flags(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("soak mode (rollouts during the load, through the Admin API)")
     s.add_argument("--rollout-every", type=float, metavar="S", help="start a rollout every S seconds")
     s.add_argument("--source", type=Path, nargs="+", default=[], metavar="PATH", help="checkpoints, in turn")
-    s.add_argument("--drains", default="finish,abort", help="drain policies, in turn (default finish,abort)")
+    s.add_argument("--drains", default="finish,abort", help="finish, abort, overlap: in turn")
+    s.add_argument("--drain-deadline", type=float, metavar="S", help="each rollout's drain deadline")
     s.add_argument("--publish-dir", type=Path, help="where versions are prepared (default OUT/versions)")
     s.add_argument("--rollout-timeout", type=float, default=300.0, metavar="S", help="per rollout")
     add_admin_connection_flags(s)
@@ -94,12 +95,13 @@ def build_config(args: argparse.Namespace) -> Any:
     soak = None
     if args.rollout_every is not None:
         drains = tuple(d.strip() for d in args.drains.split(",") if d.strip())
-        if not set(drains) <= {"finish", "abort"}:
-            raise ConfigError(f"--drains takes finish and abort, got {args.drains!r}")
+        if not set(drains) <= {"finish", "abort", "overlap"}:
+            raise ConfigError(f"--drains takes finish, abort and overlap, got {args.drains!r}")
         soak = SoakConfig(
             admin=admin_address(args), token=load_token(token_file(args)), sources=tuple(args.source),
             rollout_every_seconds=args.rollout_every, publish_dir=args.publish_dir or args.out / "versions",
             drains=drains, tls=args.tls, ca_file=args.ca, rollout_timeout_seconds=args.rollout_timeout,
+            drain_deadline_seconds=args.drain_deadline,
         )  # fmt: skip
     elif args.source:
         raise ConfigError("--source needs --rollout-every (soak mode)")

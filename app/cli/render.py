@@ -31,9 +31,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def rollout_line(r: pb.Rollout) -> str:
-    """One line: version, phase, source, drain, reason."""
+    """One line: version, phase, source, drain (and its deadline), reason."""
     reason = f"  ({r.reason})" if r.reason else ""
-    return f"v{r.version} {phase_name(r.phase)}  source={r.source} drain={drain_name(r.drain)}{reason}"
+    drain = drain_name(r.drain)
+    if r.HasField("drain_deadline_seconds"):
+        drain += f" drain_deadline={r.drain_deadline_seconds:g}s"
+    return f"v{r.version} {phase_name(r.phase)}  source={r.source} drain={drain}{reason}"
 
 
 def progress_line(s: pb.RolloutStatus) -> str:
@@ -72,11 +75,29 @@ def workers_table(workers: Sequence[pb.WorkerInfo], version: int | None = None) 
         staged = f"v{w.staged_version}" if w.HasField("staged_version") else "-"
         failed = f"v{w.failed_version}: {w.failure_reason}" if w.HasField("failed_version") else ""
         mark = "" if version is None else ("serving" if w.serving_version == version else "")
+        if w.HasField("retiring_version"):
+            mark += f" (v{w.retiring_version} still running)"
         status = pb.WorkerStatus.Name(w.status).removeprefix("WORKER_STATUS_").lower()
         rows.append(
             [w.worker_id, status, f"v{w.serving_version}", staged, w.address, w.tp_size, mark or failed]
         )
-    return _table(["WORKER", "STATUS", "SERVING", "STAGED", "ADDRESS", "TP", "NOTE"], rows)
+    table = _table(["WORKER", "STATUS", "SERVING", "STAGED", "ADDRESS", "TP", "NOTE"], rows)
+    drains = [drain_line(w.worker_id, w.last_drain) for w in workers if w.HasField("last_drain")]
+    return "\n".join([table, *drains])
+
+
+def drain_line(worker_id: str, d: pb.DrainReport) -> str:
+    """How a worker's last drain went: its first new-version token, its old version's end, counts."""
+
+    def seconds(field: str) -> str:
+        return f"{getattr(d, field):.3f}s" if d.HasField(field) else "pending"
+
+    why = f" ({d.reason})" if d.reason else ""
+    return (
+        f"  {worker_id} drain to v{d.version} ({drain_name(d.drain)}{why}): first v{d.version} token "
+        f"{seconds('first_token_seconds')}, previous version ended {seconds('retire_seconds')}, "
+        f"{d.finished_previous} finished, {d.aborted_previous} aborted"
+    )
 
 
 def routers_table(routers: Sequence[pb.RouterInfo]) -> str:

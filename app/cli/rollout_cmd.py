@@ -1,6 +1,6 @@
 """`epochctl rollout start|status|abort|list`: operate weight-update rollouts through a coordinator.
 
-    rollout start --version V --source PATH|nccl --drain finish|abort [--wait]
+    rollout start --version V --source PATH|nccl --drain finish|abort|overlap [--drain-deadline S] [--wait]
                                 exit 0 when started (with --wait: when DONE), 1 if it ends ABORTED
     rollout status V [--watch]  per-worker progress; --watch follows it until DONE (0) / ABORTED (1)
     rollout abort V             only before the commit (1 with FAILED_PRECONDITION after it)
@@ -25,7 +25,16 @@ def register(subparsers: Any) -> None:
     start.add_argument("--version", type=int, required=True, help="the version: above every version so far")
     start.add_argument("--source", required=True, help="checkpoint path every worker can read, or 'nccl'")
     start.add_argument(
-        "--drain", choices=("finish", "abort"), required=True, help="what happens to v-1 requests"
+        "--drain",
+        choices=("finish", "abort", "overlap"),
+        required=True,
+        help="what happens to v-1 requests (overlap: they finish while v requests start beside them)",
+    )
+    start.add_argument(
+        "--drain-deadline",
+        type=float,
+        metavar="S",
+        help="v-1 requests still running S seconds after the commit end with ABORT (< commit timeout)",
     )
     start.add_argument("--manifest-checksum", help="expected manifest checksum (default: workers must agree)")
     start.add_argument(
@@ -54,7 +63,7 @@ def register(subparsers: Any) -> None:
 def _start(args: argparse.Namespace) -> int:
     from epochserve.proto.v1 import admin_pb2 as pb
 
-    drain = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}[args.drain]
+    drain = pb.DrainPolicy.Value(f"DRAIN_POLICY_{args.drain.upper()}")
     request = pb.StartRolloutRequest(
         version=args.version,
         source=args.source,
@@ -62,6 +71,7 @@ def _start(args: argparse.Namespace) -> int:
         manifest_checksum=args.manifest_checksum,
         stage_timeout_seconds=args.stage_timeout,
         commit_timeout_seconds=args.commit_timeout,
+        drain_deadline_seconds=args.drain_deadline,
     )
 
     async def command(admin: Any) -> int:

@@ -3,7 +3,9 @@
 The pre-deployment correctness check: for each response (from a router's --audit-log, or sent now
 through a router with --live), every sampled token's processed logprob is recomputed under the
 weights of the version the response names, and the mismatch is summarized the way an RL trainer
-would feel it (|Δ|, KL, PPO/GSPO clip rates). Exit 0 within thresholds, 1 above, 2 on bad usage.
+would feel it (|Δ|, KL, PPO/GSPO clip rates). Responses of a mixture-of-experts model that carry
+their routed experts (return_routed_experts; `--live --routed-experts` asks for them) also get the
+routing agreement with transformers' router. Exit 0 within thresholds, 1 above, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--requests", type=int, default=8, help="--live: requests to send (n=2 each)")
     parser.add_argument(
+        "--routed-experts", action="store_true", help="--live: ask for routed experts (MoE models only)"
+    )
+    parser.add_argument(
         "--model", type=Path, required=True, help="weights of the start version (0) and tokenizer"
     )
     parser.add_argument(
@@ -44,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-abs-delta", type=float, default=1e-2, help="largest |Δ logprob| allowed")
     parser.add_argument("--max-mean-abs-delta", type=float, default=1e-3, help="largest mean |Δ| allowed")
     parser.add_argument("--max-clip-rate", type=float, default=0.0, help="largest PPO/GSPO clip rate allowed")
+    parser.add_argument(
+        "--min-routing-agreement",
+        type=float,
+        default=0.0,
+        help="smallest share of (position, MoE layer) routings that must agree with transformers' router",
+    )
     add_admin_flags(parser)
     parser.set_defaults(func=run)
 
@@ -66,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
 
     report = verify(records, Recomputer(dirs, args.device), tokenizer(args.model), progress)
     print(file=sys.stderr)
-    ok = not report.mixed_version_responses and report.overall.within(
-        args.max_abs_delta, args.max_mean_abs_delta, args.max_clip_rate
+    routing = report.routing
+    ok = (
+        not report.mixed_version_responses
+        and report.overall.within(args.max_abs_delta, args.max_mean_abs_delta, args.max_clip_rate)
+        and (routing is None or routing.agreement_rate >= args.min_routing_agreement)
     )
     if args.json:
         print(json.dumps({**report.to_dict(), "ok": ok}, indent=2))
@@ -105,7 +119,12 @@ def live_records(args: argparse.Namespace) -> list[Any]:
 
     rng = random.Random(0)
     sampling = SamplingParams(
-        temperature=1.0, top_p=0.95, max_tokens=16, ignore_eos=True, return_support_size=True
+        temperature=1.0,
+        top_p=0.95,
+        max_tokens=16,
+        ignore_eos=True,
+        return_support_size=True,
+        return_routed_experts=args.routed_experts,
     )
     records = []
     with GenerationClient(router_address(args, flag="live")) as client:
@@ -115,7 +134,15 @@ def live_records(args: argparse.Namespace) -> list[Any]:
                 prompt, SamplingParams(**{**_fields(sampling), "seed": i}), n=2, timeout=300
             )
             samples = tuple(
-                VerifiedSample(s.policy_version, s.token_ids, s.processed_logprobs, s.support_sizes)
+                VerifiedSample(
+                    s.policy_version,
+                    s.token_ids,
+                    s.processed_logprobs,
+                    s.support_sizes,
+                    s.routed_experts,
+                    s.prompt_routed_experts,
+                    s.routed_top_k,
+                )
                 for s in result.samples
             )
             records.append(ResponseRecord(result.request_id, tuple(prompt), "", sampling, samples))
@@ -152,6 +179,16 @@ def print_report(report: Any, ok: bool) -> None:
     if report.num_tokens_without_support_sizes:
         print(f"{report.num_tokens_without_support_sizes} token(s) without support sizes: "
               f"checked by the boundary rule alone")  # fmt: skip
+    if report.routing is not None:
+        print_routing("routing", report.routing)
+        for version, stats in sorted(report.routing_by_version.items()):
+            print_routing(f"  v{version}", stats)
     if report.mixed_version_responses:
         print(f"responses mixing versions: {report.mixed_version_responses}")
     print("PASS" if ok else "FAIL")
+
+
+def print_routing(name: str, stats: Any) -> None:
+    print(f"{name}: {stats.agreement_rate:.4%} of {stats.num_pairs} (position, MoE layer) routings agree "
+          f"with transformers' router; {stats.num_near_ties} differ at a near-tie (within 1e-5), "
+          f"{stats.num_mismatches} without one")  # fmt: skip

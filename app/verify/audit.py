@@ -17,6 +17,14 @@ class VerifiedSample:
     token_ids: tuple[int, ...]
     processed_logprobs: tuple[float, ...]
     support_sizes: tuple[int, ...] = ()  # the engine's, per token; empty in records without them
+    # return_routed_experts (MoE): per token and per prompt position, the layer-major expert ids
+    routed_experts: tuple[tuple[int, ...], ...] = ()
+    prompt_routed_experts: tuple[tuple[int, ...], ...] = ()
+    routed_top_k: int = 0
+
+    @property
+    def has_routing(self) -> bool:
+        return bool(self.routed_experts or self.prompt_routed_experts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +52,7 @@ def read_audit_log(path: Path) -> Iterator[ResponseRecord]:
                 continue
             try:
                 raw = json.loads(line)
-                samples = tuple(
-                    VerifiedSample(
-                        int(s["policy_version"]),
-                        tuple(s["token_ids"]),
-                        tuple(s["processed_logprobs"]),
-                        tuple(s.get("support_sizes", ())),
-                    )
-                    for s in raw["samples"]
-                )
+                samples = tuple(_sample_from_json(s) for s in raw["samples"])
                 yield ResponseRecord(
                     request_id=str(raw["request_id"]),
                     prompt_token_ids=tuple(raw["prompt_token_ids"]),
@@ -62,3 +62,15 @@ def read_audit_log(path: Path) -> Iterator[ResponseRecord]:
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{number}: not an audit record ({exc})") from exc
+
+
+def _sample_from_json(raw: dict[str, Any]) -> VerifiedSample:
+    return VerifiedSample(
+        int(raw["policy_version"]),
+        tuple(raw["token_ids"]),
+        tuple(raw["processed_logprobs"]),
+        tuple(raw.get("support_sizes", ())),
+        tuple(tuple(row) for row in raw.get("routed_experts", ())),
+        tuple(tuple(row) for row in raw.get("prompt_routed_experts", ())),
+        int(raw.get("routed_top_k", 0)),
+    )

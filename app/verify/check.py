@@ -4,6 +4,10 @@ names, and summarize the mismatch per version and overall.
 Where a response carries the engine's support sizes, the recompute uses them, so a top-p or min-p
 boundary that lies within the logits' rounding noise is the engine's at every position; those
 positions are counted apart (`boundary`), with the mismatch the rule alone would have shown there.
+
+Where a response of a mixture-of-experts model carries the experts it was routed to
+(return_routed_experts), the same recompute also routes every position with transformers' router
+and the report gives the routing agreement per version and overall (routing.py).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from epochserve.app.verify.audit import ResponseRecord
-from epochserve.app.verify.recompute import Recomputer
+from epochserve.app.verify.audit import ResponseRecord, VerifiedSample
+from epochserve.app.verify.recompute import Recomputed, Recomputer
+from epochserve.app.verify.routing import RoutingStats, returned_by_position, routing_agreement
 from epochserve.app.verify.stats import MismatchStats, mismatch_stats
 
 
@@ -31,14 +36,26 @@ class VerifyReport:
     mixed_version_responses: list[str] = field(default_factory=list)  # request ids (I1 violations)
     boundary: BoundaryStats = BoundaryStats()
     num_tokens_without_support_sizes: int = 0  # checked by the rule alone (older audit records)
+    # samples that carried routed experts, by version (empty when none did)
+    routing_by_version: dict[int, RoutingStats] = field(default_factory=dict)
+
+    @property
+    def routing(self) -> RoutingStats | None:
+        """The routing agreement over every version; None when no sample carried routed experts."""
+        if not self.routing_by_version:
+            return None
+        return sum(self.routing_by_version.values(), RoutingStats())
 
     def to_dict(self) -> dict[str, object]:
+        routing = self.routing
         return {
             "overall": self.overall.to_dict(),
             "by_version": {str(v): s.to_dict() for v, s in sorted(self.by_version.items())},
             "mixed_version_responses": self.mixed_version_responses,
             "boundary": asdict(self.boundary),
             "num_tokens_without_support_sizes": self.num_tokens_without_support_sizes,
+            "routing": None if routing is None else routing.to_dict(),
+            "routing_by_version": {str(v): s.to_dict() for v, s in sorted(self.routing_by_version.items())},
         }
 
 
@@ -59,6 +76,7 @@ def verify(
             by_version.setdefault(sample.policy_version, []).append((record, index))
     pairs_by_version: dict[int, list[tuple[tuple[float, ...], list[float]]]] = {}
     boundary_deltas: list[float] = []
+    routing: dict[int, RoutingStats] = {}
     without_sizes = done = 0
     for version in sorted(by_version):
         for record, index in by_version[version]:
@@ -67,8 +85,10 @@ def verify(
             if not prompt and tokenize is not None:
                 prompt = tokenize(record.prompt_text)
             trainer = recomputer.recompute(
-                version, prompt, sample.token_ids, record.sampling, sample.support_sizes
+                version, prompt, sample.token_ids, record.sampling, sample.support_sizes, sample.has_routing
             )
+            if sample.has_routing:
+                routing[version] = routing.get(version, RoutingStats()) + _routing_of(sample, prompt, trainer)
             pairs_by_version.setdefault(version, []).append((sample.processed_logprobs, trainer.logprobs))
             boundary_deltas += [
                 abs(sample.processed_logprobs[i] - trainer.rule_logprobs[i])
@@ -85,4 +105,14 @@ def verify(
         mixed_version_responses=mixed,
         boundary=BoundaryStats(len(boundary_deltas), max(boundary_deltas, default=0.0)),
         num_tokens_without_support_sizes=without_sizes,
+        routing_by_version=routing,
     )
+
+
+def _routing_of(sample: VerifiedSample, prompt: list[int], trainer: Recomputed) -> RoutingStats:
+    """The agreement of one sample's returned routing with the trainer's router."""
+    assert trainer.router_probs is not None
+    positions, returned = returned_by_position(
+        len(prompt), sample.prompt_routed_experts, sample.routed_experts, sample.routed_top_k
+    )
+    return routing_agreement(returned, trainer.router_probs[positions.tolist()])

@@ -2,7 +2,9 @@
 
 transformers runs the model (fp32, one version loaded at a time: the last one stays); the processing
 is the trainer's reference, epochserve.sampling.reference: the engine's exact boundary rule, or the
-engine's own support sizes where the response carries them.
+engine's own support sizes where the response carries them. For responses of a mixture-of-experts
+model that carry routed experts, the same forward also returns the router's probabilities
+(`output_router_logits`), for the routing agreement (routing.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Recomputed:
     logprobs: list[float]  # with the engine's support sizes where given, else the rule's
     rule_logprobs: list[float]  # the rule alone applied to the trainer's logits
     boundary_positions: list[int]  # where the rule kept another number of tokens than the engine
+    # with_router: the router's probabilities [prompt + tokens, moe layers, experts] at every position
+    router_probs: torch.Tensor | None = None
 
 
 class Recomputer:
@@ -60,22 +64,34 @@ class Recomputer:
         tokens: Sequence[int],
         params: SamplingParams,
         support_sizes: Sequence[int] = (),
+        with_router: bool = False,
     ) -> Recomputed:
         """The processed logprob of each of `tokens` after `prompt`, under `version`'s weights.
-        support_sizes: the engine's, one per token, or empty when the response has none."""
-        if not tokens:
+        support_sizes: the engine's, one per token, or empty when the response has none.
+        with_router: also the router's probabilities at every position (a MoE model)."""
+        if not tokens and not with_router:
             return Recomputed([], [], [])
         if support_sizes and len(support_sizes) != len(tokens):
             raise ValueError(f"{len(support_sizes)} support sizes for {len(tokens)} tokens")
         model = self.model(version)
         ids = torch.tensor([list(prompt) + list(tokens)], device=self.device)
-        logits = model(ids).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
+        out = model(ids, output_router_logits=True) if with_router else model(ids)
+        router = _router_probs(out.router_logits) if with_router else None
+        if not tokens:
+            return Recomputed([], [], [], router)
+        logits = out.logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
         token_ids = torch.tensor(list(tokens), device=self.device)
         rule_sizes = rule_support_sizes(scaled_logits(logits, params), params)
         rule = token_logprobs(logits, token_ids, params, rule_sizes).tolist()
         if not support_sizes:
-            return Recomputed(rule, rule, [])
+            return Recomputed(rule, rule, [], router)
         engine_sizes = torch.tensor(list(support_sizes), device=self.device)
         exact = token_logprobs(logits, token_ids, params, engine_sizes).tolist()
         boundary = (rule_sizes != engine_sizes).nonzero()[:, 0].tolist()
-        return Recomputed(exact, rule, boundary)
+        return Recomputed(exact, rule, boundary, router)
+
+
+def _router_probs(router_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """transformers' per-MoE-layer router logits [positions, experts] → probabilities
+    [positions, moe layers, experts] (softmax in fp32, as both the engine and transformers route)."""
+    return torch.stack([torch.softmax(logits.float(), dim=-1) for logits in router_logits], dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from epochserve.controlplane.coordinator.requests import StartRequest
 from epochserve.controlplane.store.records import (
     DrainPolicy,
+    DrainReport,
     RolloutPhase,
     RolloutRecord,
     RouterRecord,
@@ -22,7 +23,11 @@ PHASE_TO_PROTO = {
     RolloutPhase.ABORTED: pb.ROLLOUT_PHASE_ABORTED,
 }
 PHASE_FROM_PROTO = {v: k for k, v in PHASE_TO_PROTO.items()}
-DRAIN_TO_PROTO = {DrainPolicy.FINISH: pb.DRAIN_POLICY_FINISH, DrainPolicy.ABORT: pb.DRAIN_POLICY_ABORT}
+DRAIN_TO_PROTO = {
+    DrainPolicy.FINISH: pb.DRAIN_POLICY_FINISH,
+    DrainPolicy.ABORT: pb.DRAIN_POLICY_ABORT,
+    DrainPolicy.OVERLAP: pb.DRAIN_POLICY_OVERLAP,
+}
 DRAIN_FROM_PROTO = {v: k for k, v in DRAIN_TO_PROTO.items()}
 _STATUS_TO_PROTO = {
     WorkerStatus.LOADING: pb.WORKER_STATUS_LOADING,
@@ -33,7 +38,9 @@ _STATUS_TO_PROTO = {
 def start_request(request: pb.StartRolloutRequest) -> StartRequest:
     """Validate a StartRolloutRequest; InvalidRequestError names the bad field."""
     if request.drain not in DRAIN_FROM_PROTO:
-        raise InvalidRequestError("drain", "choose DRAIN_POLICY_FINISH or DRAIN_POLICY_ABORT")
+        raise InvalidRequestError(
+            "drain", "choose DRAIN_POLICY_FINISH, DRAIN_POLICY_ABORT or DRAIN_POLICY_OVERLAP"
+        )
     return StartRequest(
         version=request.version,
         source=request.source,
@@ -41,6 +48,7 @@ def start_request(request: pb.StartRolloutRequest) -> StartRequest:
         manifest_checksum=request.manifest_checksum if request.HasField("manifest_checksum") else None,
         stage_timeout=request.stage_timeout_seconds if request.HasField("stage_timeout_seconds") else None,
         commit_timeout=request.commit_timeout_seconds if request.HasField("commit_timeout_seconds") else None,
+        drain_deadline=request.drain_deadline_seconds if request.HasField("drain_deadline_seconds") else None,
     )
 
 
@@ -59,6 +67,7 @@ def rollout(record: RolloutRecord) -> pb.Rollout:
         fenced_worker_ids=record.fenced_workers,
         fenced_router_ids=record.fenced_routers,
         commit_timeout_seconds=record.commit_timeout,
+        drain_deadline_seconds=record.drain_deadline,
     )
 
 
@@ -77,6 +86,20 @@ def worker(record: WorkerRecord) -> pb.WorkerInfo:
         failed_version=record.failed_version,
         failure_reason=record.failure_reason,
         updated_at=record.updated_at,
+        retiring_version=record.retiring_version,
+        last_drain=drain_report(record.last_drain) if record.last_drain else None,
+    )
+
+
+def drain_report(report: DrainReport) -> pb.DrainReport:
+    return pb.DrainReport(
+        version=report.version,
+        drain=DRAIN_TO_PROTO[report.drain],
+        first_token_seconds=report.first_token_seconds,
+        retire_seconds=report.retire_seconds,
+        finished_previous=report.finished_previous,
+        aborted_previous=report.aborted_previous,
+        reason=report.reason,
     )
 
 

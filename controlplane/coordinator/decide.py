@@ -5,7 +5,8 @@ docs/design.md §5, per phase:
     STAGING    all READY workers staged v with one agreed checksum  → CommitRollout
                a READY worker failed to stage v, or checksums differ → AbortRollout
                the stage deadline passed                            → AbortRollout
-    COMMITTED  all READY workers serve v and all routers acked v    → FinishRollout (DONE)
+    COMMITTED  all READY workers serve v (none still retiring v-1
+               sequences beside it) and all routers acked v        → FinishRollout (DONE)
                a READY worker failed to swap to v, or serves v with
                other weights                                        → FenceMembers at once
                the commit deadline passed                           → FenceMembers (every laggard)
@@ -111,7 +112,7 @@ def _committed_step(rollout: RolloutRecord, state: ClusterState, now: float) -> 
         return FenceMembers(
             tuple(broken), (), f"workers {broken} failed to swap to v{v} or serve other weights"
         )
-    workers = [w.worker_id for w in ready if not w.serves(v, checksum)]
+    workers = [w.worker_id for w in ready if not w.serves(v, checksum) or w.retiring_version is not None]
     workers += state.invalid_names(KeyKind.WORKER)
     routers = [r.value.router_id for _, r in sorted(state.routers.items()) if r.value.acked_epoch < v]
     routers += state.invalid_names(KeyKind.ROUTER)

@@ -21,6 +21,8 @@ class StartRequest:
     manifest_checksum: str | None = None  # expected checksum; None: whatever all workers agree on
     stage_timeout: float | None = None  # seconds; None: the coordinator's default
     commit_timeout: float | None = None  # seconds; None: the coordinator's default
+    # seconds after the commit that v-1 sequences may still run (then ABORT); None: no limit
+    drain_deadline: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -35,6 +37,18 @@ class StartRequest:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise InvalidRequestError(name, "must be a finite number of seconds > 0")
+        deadline = self.drain_deadline
+        if deadline is not None and not (math.isfinite(deadline) and deadline >= 0):
+            raise InvalidRequestError("drain_deadline", "must be a finite number of seconds >= 0")
+
+    def check_drain_deadline(self, commit_timeout: float) -> None:
+        """The commit timeout fences a worker still draining, so a deadline must come before it."""
+        if self.drain_deadline is not None and self.drain_deadline >= commit_timeout:
+            raise InvalidRequestError(
+                "drain_deadline",
+                f"{self.drain_deadline:g} s is not below the commit timeout ({commit_timeout:g} s), "
+                "which fences a worker still draining",
+            )
 
 
 def check_startable(state: ClusterState, request: StartRequest) -> None:

@@ -78,6 +78,8 @@ class RolloutWriter:
         for _ in range(_MAX_ATTEMPTS):
             state = await self._read_as_leader(leadership)
             check_startable(state, request)
+            commit_timeout = request.commit_timeout or self._timeouts.commit
+            request.check_drain_deadline(commit_timeout)
             now = self._clock()
             record = RolloutRecord(
                 version=request.version,
@@ -89,7 +91,8 @@ class RolloutWriter:
                 updated_by=self._me,
                 manifest_checksum=request.manifest_checksum,
                 phase_deadline=now + (request.stage_timeout or self._timeouts.stage),
-                commit_timeout=request.commit_timeout or self._timeouts.commit,
+                commit_timeout=commit_timeout,
+                drain_deadline=request.drain_deadline,
             )
             guards = [
                 leadership.guard(),

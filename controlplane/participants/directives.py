@@ -7,6 +7,8 @@ time, between engine steps. Each names the report that completes it:
                → report_staged(v, checksum)  or  report_failure(v, reason)
     Commit(v)  v is committed: retire v-1 work per `drain`, swap staged → live between steps,
                drop v-1 prefix-cache entries → report_serving(v, fingerprint)  (or report_failure)
+               drain=overlap: serve v on the staged weights at once, v-1 work beside it
+               → report_serving(v, fingerprint, retiring=v-1), later report_retired(v-1)
     Abort(v)   the rollout of v was aborted: drop the staging buffer → report_released(v)
     Fenced     the registration was lost: stop accepting work at once; anything staged but not
                committed is void (no report). The participant registers again by itself;
@@ -37,6 +39,7 @@ class Commit:
 
     version: int
     drain: DrainPolicy
+    drain_deadline: float | None = None  # seconds v-1 sequences may still run (None: no limit)
 
 
 @dataclass(frozen=True, slots=True)

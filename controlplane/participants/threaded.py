@@ -25,6 +25,7 @@ from epochserve.controlplane.participants.directives import Directive
 from epochserve.controlplane.participants.router import ClusterView, RouterParticipant
 from epochserve.controlplane.participants.worker import WorkerIdentity, WorkerParticipant
 from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.controlplane.store.records import DrainReport
 
 T = TypeVar("T")
 _CALL_TIMEOUT = 10.0  # seconds, default for reports and acks
@@ -112,8 +113,16 @@ class SyncWorkerParticipant(_Threaded):
     def report_staged(self, version: int, checksum: str, timeout: float = _CALL_TIMEOUT) -> bool:
         return bool(self._thread.call(self._inner.report_staged(version, checksum), timeout))
 
-    def report_serving(self, version: int, fingerprint: str, timeout: float = _CALL_TIMEOUT) -> bool:
-        return bool(self._thread.call(self._inner.report_serving(version, fingerprint), timeout))
+    def report_serving(
+        self, version: int, fingerprint: str, retiring: int | None = None, timeout: float = _CALL_TIMEOUT
+    ) -> bool:
+        return bool(self._thread.call(self._inner.report_serving(version, fingerprint, retiring), timeout))
+
+    def report_retired(self, version: int, fingerprint: str, timeout: float = _CALL_TIMEOUT) -> bool:
+        return bool(self._thread.call(self._inner.report_retired(version, fingerprint), timeout))
+
+    def report_drain(self, report: DrainReport, timeout: float = _CALL_TIMEOUT) -> bool:
+        return bool(self._thread.call(self._inner.report_drain(report), timeout))
 
     def report_failure(self, version: int, reason: str, timeout: float = _CALL_TIMEOUT) -> bool:
         return bool(self._thread.call(self._inner.report_failure(version, reason), timeout))

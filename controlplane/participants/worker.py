@@ -36,7 +36,7 @@ from epochserve.controlplane.participants.directives import Directive
 from epochserve.controlplane.participants.worker_state import LocalWeights
 from epochserve.controlplane.store.etcd_config import EtcdConfig
 from epochserve.controlplane.store.keyspace import Keyspace, check_name
-from epochserve.controlplane.store.records import WorkerRecord, WorkerStatus
+from epochserve.controlplane.store.records import DrainReport, WorkerRecord, WorkerStatus
 from epochserve.controlplane.store.state import ClusterState, Stored
 
 
@@ -108,10 +108,23 @@ class WorkerParticipant(Participant):
         manifest checksum every TP rank agreed on. The coordinator compares it across workers."""
         return self._accept(self._weights.staged_report(version, checksum))
 
-    async def report_serving(self, version: int, fingerprint: str) -> bool:
+    async def report_serving(self, version: int, fingerprint: str, retiring: int | None = None) -> bool:
         """Commit(version) is done: `version` is live, with weight `fingerprint`. Also refreshes
-        the fingerprint of the version served now. ProtocolError for any other version."""
-        self._weights.serving_report(version, fingerprint)
+        the fingerprint of the version served now. ProtocolError for any other version.
+        `retiring` (drain=overlap): `version` is served on the staged weights while sequences of
+        this older version still run; the rollout cannot be DONE until report_retired."""
+        self._weights.serving_report(version, fingerprint, retiring)
+        return self._accept(True)
+
+    async def report_retired(self, version: int, fingerprint: str) -> bool:
+        """The last sequence of the retiring `version` ended; the served version's weights are now
+        the live ones, with `fingerprint`. False when `version` was not retiring."""
+        return self._accept(self._weights.retired_report(version, fingerprint))
+
+    async def report_drain(self, report: DrainReport) -> bool:
+        """How the last commit's drain went (rollout status shows it); may be sent again as it
+        progresses (the first token of the new version, the end of the old one)."""
+        self._weights.last_drain = report
         return self._accept(True)
 
     async def report_failure(self, version: int, reason: str) -> bool:
@@ -146,6 +159,8 @@ class WorkerParticipant(Participant):
             failed_version=w.failed[0] if w.failed else None,
             failure_reason=w.failed[1] if w.failed else "",
             updated_at=time.time(),
+            retiring_version=w.retiring,
+            last_drain=w.last_drain,
         )
 
     def _stored_in(self, state: ClusterState) -> Stored[WorkerRecord] | None:

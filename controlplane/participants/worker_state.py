@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from epochserve.controlplane.participants.directives import Abort, Commit, Directive, Fenced, Stage
-from epochserve.controlplane.store.records import DrainPolicy, RolloutPhase, WorkerStatus
+from epochserve.controlplane.store.records import DrainPolicy, DrainReport, RolloutPhase, WorkerStatus
 from epochserve.controlplane.store.state import ClusterState
 from epochserve.errors import ProtocolError
 
@@ -33,6 +33,8 @@ class LocalWeights:
     failed: tuple[int, str] | None = None  # (v, reason); v is not staged again by this registration
     voided: int | None = None  # last version an Abort or a fence voided: late reports of it are stale
     ready: bool = False  # latched once the worker served the committed epoch in this registration
+    retiring: int | None = None  # drain=overlap: the old version still running beside the served one
+    last_drain: DrainReport | None = None
 
     def status(self, epoch: int) -> WorkerStatus:
         """READY once serving the committed epoch (latched: a READY worker lagging a fresh commit
@@ -63,8 +65,11 @@ class LocalWeights:
             return False
         raise ProtocolError(f"report_staged(v{version}): no Stage(v{version}) is outstanding")
 
-    def serving_report(self, version: int, fingerprint: str) -> None:
-        """Accept report_serving: the version served now, or the one a Commit was issued for."""
+    def serving_report(self, version: int, fingerprint: str, retiring: int | None = None) -> None:
+        """Accept report_serving: the version served now, or the one a Commit was issued for.
+        `retiring`: the version before it still runs sequences (drain=overlap)."""
+        if retiring is not None and retiring >= version:
+            raise ProtocolError(f"report_serving(v{version}): retiring v{retiring} is not an older version")
         if version == self.serving_version:
             self.fingerprint = fingerprint
             return
@@ -76,8 +81,17 @@ class LocalWeights:
             )
         self.serving_version, self.serving_checksum = commit
         self.fingerprint, self.committing, self.fenced_commit = fingerprint, None, None
+        self.retiring = retiring
         if self.staged is not None and self.staged[0] <= version:
             self.staged = None
+
+    def retired_report(self, version: int, fingerprint: str) -> bool:
+        """Accept report_retired: the last sequence of the retiring `version` ended, and the served
+        version's weights (now live, `fingerprint`) replaced it. False when it was not retiring."""
+        if self.retiring != version:
+            return False
+        self.retiring, self.fingerprint = None, fingerprint
+        return True
 
     def failure_report(self, version: int, reason: str) -> bool:
         """Accept report_failure of a Stage or Commit of `version`; False when it was voided."""
@@ -126,7 +140,9 @@ class LocalWeights:
             return None
         self.committing = self.staged
         rollout = state.rollouts.get(self.staged[0])
-        return Commit(self.staged[0], rollout.value.drain if rollout else DrainPolicy.FINISH)
+        if rollout is None:
+            return Commit(self.staged[0], DrainPolicy.FINISH)
+        return Commit(self.staged[0], rollout.value.drain, rollout.value.drain_deadline)
 
     def _stage_due(self, state: ClusterState) -> Stage | None:
         if self.staging is not None or self.staged is not None or self.committing is not None:

@@ -43,6 +43,10 @@ class DrainPolicy(enum.StrEnum):
 
     FINISH = "finish"  # let running v-1 sequences complete, admit only v
     ABORT = "abort"  # abort them; the router re-runs those that streamed nothing
+    # let them finish on v-1's weights while new requests start at once on v's staged weights,
+    # each step running the two versions side by side; degrades to FINISH when both weight sets
+    # and the KV pool do not fit
+    OVERLAP = "overlap"
 
 
 class WorkerStatus(enum.StrEnum):
@@ -50,6 +54,25 @@ class WorkerStatus(enum.StrEnum):
 
     LOADING = "loading"  # registered but behind the committed epoch (or still loading): not routable
     READY = "ready"  # serves the committed epoch and takes part in rollouts
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    """How one worker moved to `version`: what happened to the work of the version before it.
+    Times count from the moment the worker received the commit."""
+
+    version: int
+    drain: DrainPolicy  # the policy applied (OVERLAP degraded to FINISH is reported as FINISH)
+    first_token_seconds: float | None  # until the first token of `version` (None: none yet)
+    retire_seconds: float | None  # until the last sequence of the old version ended (None: not yet)
+    finished_previous: int = 0  # old-version sequences that ran to their end after the commit
+    aborted_previous: int = 0  # old-version sequences aborted (drain=abort, or at the drain deadline)
+    reason: str = ""  # why the policy applied differs from the rollout's, if it does
+
+    def __post_init__(self) -> None:
+        check_version(self.version)
+        _check_count("finished_previous", self.finished_previous, 0)
+        _check_count("aborted_previous", self.aborted_previous, 0)
 
 
 def _check_count(name: str, value: int, low: int) -> None:
@@ -90,6 +113,9 @@ class RolloutRecord:
     reason: str = ""  # why ABORTED, or what the COMMITTED phase had to fence
     fenced_workers: tuple[str, ...] = field(default=())  # dropped for not serving v in time
     fenced_routers: tuple[str, ...] = field(default=())  # dropped for not acking v in time
+    # Seconds after a worker receives the commit that old-version sequences may keep running; at
+    # the deadline they end with ABORT. None: until they finish (the commit timeout still fences).
+    drain_deadline: float | None = None
 
     def __post_init__(self) -> None:
         check_version(self.version)
@@ -97,6 +123,8 @@ class RolloutRecord:
             raise ValueError("source: must name a checkpoint path or 'nccl'")
         if not self.commit_timeout > 0:
             raise ValueError("commit_timeout: must be > 0 seconds")
+        if self.drain_deadline is not None and not 0 <= self.drain_deadline < self.commit_timeout:
+            raise ValueError("drain_deadline: must be >= 0 and below the commit timeout")
         if self.phase.is_in_flight != (self.phase_deadline is not None):
             raise ValueError(f"phase_deadline: must be set exactly while in flight (phase {self.phase})")
 
@@ -132,6 +160,10 @@ class WorkerRecord:
     failed_version: int | None = None  # a version it failed to stage or swap
     failure_reason: str = ""
     updated_at: float = 0.0
+    # drain=overlap: the old version whose sequences still run beside serving_version (a rollout is
+    # not DONE while any worker retires one)
+    retiring_version: int | None = None
+    last_drain: DrainReport | None = None  # how the last commit's drain went
 
     def __post_init__(self) -> None:
         check_name("worker id", self.worker_id)
@@ -144,6 +176,8 @@ class WorkerRecord:
             check_version(self.staged_version)
         if self.failed_version is not None:
             check_version(self.failed_version)
+        if self.retiring_version is not None and not self.retiring_version < self.serving_version:
+            raise ValueError("retiring_version: must be below serving_version")
 
     def serves(self, version: int, checksum: str | None) -> bool:
         """True when it serves `version`, with the agreed checksum when one is known."""

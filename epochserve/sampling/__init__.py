@@ -48,6 +48,7 @@ class SamplingParams:
     return_raw_logprobs: bool = False
     return_support_size: bool = False  # per token: how many tokens the processed distribution kept
     return_prompt_logprobs: bool = False  # the processed logprob of every prompt token after the first
+    return_routed_experts: bool = False  # MoE models: the experts each position was routed to
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:

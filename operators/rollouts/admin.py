@@ -80,7 +80,9 @@ class RolloutCommittedError(AdminError):
 class RolloutAdmin(Protocol):
     """Admin calls, with the contracts the driver relies on."""
 
-    async def start_rollout(self, version: int, source: str, drain: DrainPolicy) -> RolloutSnapshot:
+    async def start_rollout(
+        self, version: int, source: str, drain: DrainPolicy, drain_deadline: float | None = None
+    ) -> RolloutSnapshot:
         """Create the rollout (STAGING); raises RolloutExistsError/BusyError/RejectedError."""
         ...
 

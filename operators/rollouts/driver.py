@@ -81,7 +81,9 @@ async def _start_or_adopt(
     if snapshot is None:
         await mirror.publish(pending_status(mirror.last, generation, f"starting version {version}", clock()))
         try:
-            snapshot = await admin.start_rollout(version, request.source, request.drain)
+            snapshot = await admin.start_rollout(
+                version, request.source, request.drain, request.drain_deadline
+            )
         except RolloutExistsError:
             snapshot = await admin.get_rollout(version)
         except RolloutBusyError as busy:

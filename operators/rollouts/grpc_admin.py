@@ -117,9 +117,13 @@ class GrpcRolloutAdmin:
         self._call_timeout_s = call_timeout_s
         self._watch_timeout_s = watch_timeout_s
 
-    async def start_rollout(self, version: int, source: str, drain: DrainPolicy) -> RolloutSnapshot:
+    async def start_rollout(
+        self, version: int, source: str, drain: DrainPolicy, drain_deadline: float | None = None
+    ) -> RolloutSnapshot:
         """The record as created; it lists no workers (the first watch message does)."""
-        request = pb.StartRolloutRequest(version=version, source=source, drain=DRAIN_TO_PROTO[drain])
+        request = pb.StartRolloutRequest(
+            version=version, source=source, drain=DRAIN_TO_PROTO[drain], drain_deadline_seconds=drain_deadline
+        )
         with _translated("start"):
             rollout = await self._client.start_rollout(request, timeout=self._call_timeout_s)
         return snapshot_of(rollout)

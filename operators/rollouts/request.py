@@ -21,6 +21,7 @@ class RolloutRequest:
     source: str
     drain: DrainPolicy
     generation: int
+    drain_deadline: float | None = None  # spec.drainDeadlineSeconds
 
 
 def parse_rollout(body: Mapping[str, Any]) -> RolloutRequest:
@@ -35,11 +36,20 @@ def parse_rollout(body: Mapping[str, Any]) -> RolloutRequest:
             cluster=spec["clusterRef"]["name"],
             version=version,
             source=str(spec["source"]),
-            drain=DrainPolicy.ABORT if drain == "abort" else DrainPolicy.FINISH,
+            drain=DrainPolicy(drain) if drain in set(DrainPolicy) else DrainPolicy.FINISH,
             generation=int(meta.get("generation", 1)),
+            drain_deadline=_seconds(spec.get("drainDeadlineSeconds")),
         )
     except KeyError as missing:
         raise SpecError(f"PolicyRollout is missing field {missing}") from None
-    if drain not in ("finish", "abort") or version < 1 or not request.source:
+    if drain not in set(DrainPolicy) or version < 1 or not request.source:
         raise SpecError(f"PolicyRollout {request.name}: bad drain {drain!r}, version or source")
     return request
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise SpecError(f"drainDeadlineSeconds {value!r}: must be a number of seconds >= 0")
+    return float(value)

@@ -20,6 +20,7 @@ class DrainPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRAIN_POLICY_UNSPECIFIED: _ClassVar[DrainPolicy]
     DRAIN_POLICY_FINISH: _ClassVar[DrainPolicy]
     DRAIN_POLICY_ABORT: _ClassVar[DrainPolicy]
+    DRAIN_POLICY_OVERLAP: _ClassVar[DrainPolicy]
 
 class WorkerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,12 +35,13 @@ ROLLOUT_PHASE_ABORTED: RolloutPhase
 DRAIN_POLICY_UNSPECIFIED: DrainPolicy
 DRAIN_POLICY_FINISH: DrainPolicy
 DRAIN_POLICY_ABORT: DrainPolicy
+DRAIN_POLICY_OVERLAP: DrainPolicy
 WORKER_STATUS_UNSPECIFIED: WorkerStatus
 WORKER_STATUS_LOADING: WorkerStatus
 WORKER_STATUS_READY: WorkerStatus
 
 class Rollout(_message.Message):
-    __slots__ = ("version", "source", "drain", "phase", "manifest_checksum", "reason", "created_at", "updated_at", "phase_deadline", "updated_by", "fenced_worker_ids", "fenced_router_ids", "commit_timeout_seconds")
+    __slots__ = ("version", "source", "drain", "phase", "manifest_checksum", "reason", "created_at", "updated_at", "phase_deadline", "updated_by", "fenced_worker_ids", "fenced_router_ids", "commit_timeout_seconds", "drain_deadline_seconds")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +55,7 @@ class Rollout(_message.Message):
     FENCED_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     FENCED_ROUTER_IDS_FIELD_NUMBER: _ClassVar[int]
     COMMIT_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     source: str
     drain: DrainPolicy
@@ -66,10 +69,29 @@ class Rollout(_message.Message):
     fenced_worker_ids: _containers.RepeatedScalarFieldContainer[str]
     fenced_router_ids: _containers.RepeatedScalarFieldContainer[str]
     commit_timeout_seconds: float
-    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., drain: _Optional[_Union[DrainPolicy, str]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., manifest_checksum: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., phase_deadline: _Optional[float] = ..., updated_by: _Optional[str] = ..., fenced_worker_ids: _Optional[_Iterable[str]] = ..., fenced_router_ids: _Optional[_Iterable[str]] = ..., commit_timeout_seconds: _Optional[float] = ...) -> None: ...
+    drain_deadline_seconds: float
+    def __init__(self, version: _Optional[int] = ..., source: _Optional[str] = ..., drain: _Optional[_Union[DrainPolicy, str]] = ..., phase: _Optional[_Union[RolloutPhase, str]] = ..., manifest_checksum: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., phase_deadline: _Optional[float] = ..., updated_by: _Optional[str] = ..., fenced_worker_ids: _Optional[_Iterable[str]] = ..., fenced_router_ids: _Optional[_Iterable[str]] = ..., commit_timeout_seconds: _Optional[float] = ..., drain_deadline_seconds: _Optional[float] = ...) -> None: ...
+
+class DrainReport(_message.Message):
+    __slots__ = ("version", "drain", "first_token_seconds", "retire_seconds", "finished_previous", "aborted_previous", "reason")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETIRE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    drain: DrainPolicy
+    first_token_seconds: float
+    retire_seconds: float
+    finished_previous: int
+    aborted_previous: int
+    reason: str
+    def __init__(self, version: _Optional[int] = ..., drain: _Optional[_Union[DrainPolicy, str]] = ..., first_token_seconds: _Optional[float] = ..., retire_seconds: _Optional[float] = ..., finished_previous: _Optional[int] = ..., aborted_previous: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "address", "tp_size", "capacity", "status", "serving_version", "serving_checksum", "fingerprint", "staged_version", "staged_checksum", "failed_version", "failure_reason", "updated_at")
+    __slots__ = ("worker_id", "address", "tp_size", "capacity", "status", "serving_version", "serving_checksum", "fingerprint", "staged_version", "staged_checksum", "failed_version", "failure_reason", "updated_at", "retiring_version", "last_drain")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TP_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +105,8 @@ class WorkerInfo(_message.Message):
     FAILED_VERSION_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETIRING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_DRAIN_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     tp_size: int
@@ -96,7 +120,9 @@ class WorkerInfo(_message.Message):
     failed_version: int
     failure_reason: str
     updated_at: float
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., tp_size: _Optional[int] = ..., capacity: _Optional[int] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., serving_version: _Optional[int] = ..., serving_checksum: _Optional[str] = ..., fingerprint: _Optional[str] = ..., staged_version: _Optional[int] = ..., staged_checksum: _Optional[str] = ..., failed_version: _Optional[int] = ..., failure_reason: _Optional[str] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    retiring_version: int
+    last_drain: DrainReport
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., tp_size: _Optional[int] = ..., capacity: _Optional[int] = ..., status: _Optional[_Union[WorkerStatus, str]] = ..., serving_version: _Optional[int] = ..., serving_checksum: _Optional[str] = ..., fingerprint: _Optional[str] = ..., staged_version: _Optional[int] = ..., staged_checksum: _Optional[str] = ..., failed_version: _Optional[int] = ..., failure_reason: _Optional[str] = ..., updated_at: _Optional[float] = ..., retiring_version: _Optional[int] = ..., last_drain: _Optional[_Union[DrainReport, _Mapping]] = ...) -> None: ...
 
 class RouterInfo(_message.Message):
     __slots__ = ("router_id", "address", "acked_epoch", "updated_at")
@@ -133,7 +159,7 @@ class RolloutStatus(_message.Message):
     def __init__(self, rollout: _Optional[_Union[Rollout, _Mapping]] = ..., committed_epoch: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., routers: _Optional[_Iterable[_Union[RouterInfo, _Mapping]]] = ..., num_staged: _Optional[int] = ..., num_serving: _Optional[int] = ..., num_acked: _Optional[int] = ..., num_ready_workers: _Optional[int] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("request_id", "version", "source", "drain", "manifest_checksum", "stage_timeout_seconds", "commit_timeout_seconds")
+    __slots__ = ("request_id", "version", "source", "drain", "manifest_checksum", "stage_timeout_seconds", "commit_timeout_seconds", "drain_deadline_seconds")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +167,7 @@ class StartRolloutRequest(_message.Message):
     MANIFEST_CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMMIT_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     version: int
     source: str
@@ -148,7 +175,8 @@ class StartRolloutRequest(_message.Message):
     manifest_checksum: str
     stage_timeout_seconds: float
     commit_timeout_seconds: float
-    def __init__(self, request_id: _Optional[str] = ..., version: _Optional[int] = ..., source: _Optional[str] = ..., drain: _Optional[_Union[DrainPolicy, str]] = ..., manifest_checksum: _Optional[str] = ..., stage_timeout_seconds: _Optional[float] = ..., commit_timeout_seconds: _Optional[float] = ...) -> None: ...
+    drain_deadline_seconds: float
+    def __init__(self, request_id: _Optional[str] = ..., version: _Optional[int] = ..., source: _Optional[str] = ..., drain: _Optional[_Union[DrainPolicy, str]] = ..., manifest_checksum: _Optional[str] = ..., stage_timeout_seconds: _Optional[float] = ..., commit_timeout_seconds: _Optional[float] = ..., drain_deadline_seconds: _Optional[float] = ...) -> None: ...
 
 class StartRolloutResponse(_message.Message):
     __slots__ = ("request_id", "rollout")

@@ -24,33 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n epochserve/proto/v1/common.proto\x12\repochserve.v1\"\xf8\x02\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x18\n\x10num_top_logprobs\x18\t \x01(\r\x12\x1b\n\x13return_raw_logprobs\x18\n \x01(\x08\x12\x1b\n\x13return_support_size\x18\x0b \x01(\x08\x12\x1e\n\x16return_prompt_logprobs\x18\x0c \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xb3\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.epochserve.v1.SamplingParams\x12\x0e\n\x01n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1f\n\x12min_policy_version\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x13\n\x0bprompt_text\x18\x06 \x01(\t\x12\x1b\n\x0epolicy_version\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12.\n\x0boutput_mode\x18\x08 \x01(\x0e\x32\x19.epochserve.v1.OutputModeB\x04\n\x02_nB\x15\n\x13_min_policy_versionB\x11\n\x0f_policy_version\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"\xac\x01\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x14\n\x0craw_logprobs\x18\x03 \x03(\x02\x12\x30\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1a.epochserve.v1.TopLogprobs\x12\x15\n\rsupport_sizes\x18\x05 \x03(\r\x12\x17\n\x0fprompt_logprobs\x18\x06 \x03(\x02\"\xa1\x02\n\x0b\x44iagnostics\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07tp_size\x18\x02 \x01(\r\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x04\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0bkernel_mode\x18\x05 \x01(\t\x12\x1f\n\x17prefix_cache_hit_blocks\x18\x06 \x01(\r\x12\x15\n\rqueue_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\t \x01(\x01\x12\x10\n\x08\x61ttempts\x18\n \x01(\r\x12\x1f\n\x17rerun_under_new_version\x18\x0b \x01(\x08\x12\x17\n\x0fnum_preemptions\x18\x0c \x01(\r\"\x85\x02\n\x0eGenerateFinish\x12\x32\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1b.epochserve.v1.FinishReason\x12\x19\n\x11num_prompt_tokens\x18\x02 \x01(\r\x12\x1c\n\x14num_generated_tokens\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12/\n\x0b\x64iagnostics\x18\x05 \x01(\x0b\x32\x1a.epochserve.v1.Diagnostics\x12\x14\n\x0c\x61\x62ort_reason\x18\x06 \x01(\t\x12,\n\x06output\x18\x07 \x01(\x0b\x32\x1c.epochserve.v1.GenerateChunk\"\xbf\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x04\x12-\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x1c.epochserve.v1.GenerateChunkH\x00\x12/\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x1d.epochserve.v1.GenerateFinishH\x00\x42\t\n\x07payload\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"2\n\rAbortResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08*X\n\nOutputMode\x12\x1b\n\x17OUTPUT_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTPUT_MODE_STREAM\x10\x01\x12\x15\n\x11OUTPUT_MODE_FINAL\x10\x02*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n epochserve/proto/v1/common.proto\x12\repochserve.v1\"\x97\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x05\x88\x01\x01\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x18\n\x10num_top_logprobs\x18\t \x01(\r\x12\x1b\n\x13return_raw_logprobs\x18\n \x01(\x08\x12\x1b\n\x13return_support_size\x18\x0b \x01(\x08\x12\x1e\n\x16return_prompt_logprobs\x18\x0c \x01(\x08\x12\x1d\n\x15return_routed_experts\x18\r \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xb3\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12/\n\x08sampling\x18\x03 \x01(\x0b\x32\x1d.epochserve.v1.SamplingParams\x12\x0e\n\x01n\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1f\n\x12min_policy_version\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x13\n\x0bprompt_text\x18\x06 \x01(\t\x12\x1b\n\x0epolicy_version\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12.\n\x0boutput_mode\x18\x08 \x01(\x0e\x32\x19.epochserve.v1.OutputModeB\x04\n\x02_nB\x15\n\x13_min_policy_versionB\x11\n\x0f_policy_version\"2\n\x0bTopLogprobs\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\"#\n\rRoutedExperts\x12\x12\n\nexpert_ids\x18\x01 \x03(\r\"\xb5\x02\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x14\n\x0craw_logprobs\x18\x03 \x03(\x02\x12\x30\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x1a.epochserve.v1.TopLogprobs\x12\x15\n\rsupport_sizes\x18\x05 \x03(\r\x12\x17\n\x0fprompt_logprobs\x18\x06 \x03(\x02\x12\x34\n\x0erouted_experts\x18\x07 \x03(\x0b\x32\x1c.epochserve.v1.RoutedExperts\x12;\n\x15prompt_routed_experts\x18\x08 \x03(\x0b\x32\x1c.epochserve.v1.RoutedExperts\x12\x14\n\x0crouted_top_k\x18\t \x01(\r\"\xa1\x02\n\x0b\x44iagnostics\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07tp_size\x18\x02 \x01(\r\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x04\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0bkernel_mode\x18\x05 \x01(\t\x12\x1f\n\x17prefix_cache_hit_blocks\x18\x06 \x01(\r\x12\x15\n\rqueue_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fprefill_seconds\x18\x08 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\t \x01(\x01\x12\x10\n\x08\x61ttempts\x18\n \x01(\r\x12\x1f\n\x17rerun_under_new_version\x18\x0b \x01(\x08\x12\x17\n\x0fnum_preemptions\x18\x0c \x01(\r\"\x85\x02\n\x0eGenerateFinish\x12\x32\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1b.epochserve.v1.FinishReason\x12\x19\n\x11num_prompt_tokens\x18\x02 \x01(\r\x12\x1c\n\x14num_generated_tokens\x18\x03 \x01(\r\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12/\n\x0b\x64iagnostics\x18\x05 \x01(\x0b\x32\x1a.epochserve.v1.Diagnostics\x12\x14\n\x0c\x61\x62ort_reason\x18\x06 \x01(\t\x12,\n\x06output\x18\x07 \x01(\x0b\x32\x1c.epochserve.v1.GenerateChunk\"\xbf\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x04\x12-\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x1c.epochserve.v1.GenerateChunkH\x00\x12/\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x1d.epochserve.v1.GenerateFinishH\x00\x42\t\n\x07payload\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"2\n\rAbortResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08*X\n\nOutputMode\x12\x1b\n\x17OUTPUT_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTPUT_MODE_STREAM\x10\x01\x12\x15\n\x11OUTPUT_MODE_FINAL\x10\x02*x\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'epochserve.proto.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTPUTMODE']._serialized_start=1805
-  _globals['_OUTPUTMODE']._serialized_end=1893
-  _globals['_FINISHREASON']._serialized_start=1895
-  _globals['_FINISHREASON']._serialized_end=2015
+  _globals['_OUTPUTMODE']._serialized_start=2010
+  _globals['_OUTPUTMODE']._serialized_end=2098
+  _globals['_FINISHREASON']._serialized_start=2100
+  _globals['_FINISHREASON']._serialized_end=2220
   _globals['_SAMPLINGPARAMS']._serialized_start=52
-  _globals['_SAMPLINGPARAMS']._serialized_end=428
-  _globals['_GENERATEREQUEST']._serialized_start=431
-  _globals['_GENERATEREQUEST']._serialized_end=738
-  _globals['_TOPLOGPROBS']._serialized_start=740
-  _globals['_TOPLOGPROBS']._serialized_end=790
-  _globals['_GENERATECHUNK']._serialized_start=793
-  _globals['_GENERATECHUNK']._serialized_end=965
-  _globals['_DIAGNOSTICS']._serialized_start=968
-  _globals['_DIAGNOSTICS']._serialized_end=1257
-  _globals['_GENERATEFINISH']._serialized_start=1260
-  _globals['_GENERATEFINISH']._serialized_end=1521
-  _globals['_GENERATERESPONSE']._serialized_start=1524
-  _globals['_GENERATERESPONSE']._serialized_end=1715
-  _globals['_ABORTREQUEST']._serialized_start=1717
-  _globals['_ABORTREQUEST']._serialized_end=1751
-  _globals['_ABORTRESPONSE']._serialized_start=1753
-  _globals['_ABORTRESPONSE']._serialized_end=1803
+  _globals['_SAMPLINGPARAMS']._serialized_end=459
+  _globals['_GENERATEREQUEST']._serialized_start=462
+  _globals['_GENERATEREQUEST']._serialized_end=769
+  _globals['_TOPLOGPROBS']._serialized_start=771
+  _globals['_TOPLOGPROBS']._serialized_end=821
+  _globals['_ROUTEDEXPERTS']._serialized_start=823
+  _globals['_ROUTEDEXPERTS']._serialized_end=858
+  _globals['_GENERATECHUNK']._serialized_start=861
+  _globals['_GENERATECHUNK']._serialized_end=1170
+  _globals['_DIAGNOSTICS']._serialized_start=1173
+  _globals['_DIAGNOSTICS']._serialized_end=1462
+  _globals['_GENERATEFINISH']._serialized_start=1465
+  _globals['_GENERATEFINISH']._serialized_end=1726
+  _globals['_GENERATERESPONSE']._serialized_start=1729
+  _globals['_GENERATERESPONSE']._serialized_end=1920
+  _globals['_ABORTREQUEST']._serialized_start=1922
+  _globals['_ABORTREQUEST']._serialized_end=1956
+  _globals['_ABORTRESPONSE']._serialized_start=1958
+  _globals['_ABORTRESPONSE']._serialized_end=2008
 # @@protoc_insertion_point(module_scope)

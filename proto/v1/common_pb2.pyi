@@ -28,7 +28,7 @@ FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_ABORT: FinishReason
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "stop_token_ids", "ignore_eos", "num_top_logprobs", "return_raw_logprobs", "return_support_size", "return_prompt_logprobs")
+    __slots__ = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "stop_token_ids", "ignore_eos", "num_top_logprobs", "return_raw_logprobs", "return_support_size", "return_prompt_logprobs", "return_routed_experts")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class SamplingParams(_message.Message):
     RETURN_RAW_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     RETURN_SUPPORT_SIZE_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_ROUTED_EXPERTS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_p: float
     top_k: int
@@ -53,7 +54,8 @@ class SamplingParams(_message.Message):
     return_raw_logprobs: bool
     return_support_size: bool
     return_prompt_logprobs: bool
-    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., num_top_logprobs: _Optional[int] = ..., return_raw_logprobs: _Optional[bool] = ..., return_support_size: _Optional[bool] = ..., return_prompt_logprobs: _Optional[bool] = ...) -> None: ...
+    return_routed_experts: bool
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: _Optional[bool] = ..., num_top_logprobs: _Optional[int] = ..., return_raw_logprobs: _Optional[bool] = ..., return_support_size: _Optional[bool] = ..., return_prompt_logprobs: _Optional[bool] = ..., return_routed_experts: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "n", "min_policy_version", "prompt_text", "policy_version", "output_mode")
@@ -83,21 +85,33 @@ class TopLogprobs(_message.Message):
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class RoutedExperts(_message.Message):
+    __slots__ = ("expert_ids",)
+    EXPERT_IDS_FIELD_NUMBER: _ClassVar[int]
+    expert_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, expert_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class GenerateChunk(_message.Message):
-    __slots__ = ("token_ids", "logprobs", "raw_logprobs", "top_logprobs", "support_sizes", "prompt_logprobs")
+    __slots__ = ("token_ids", "logprobs", "raw_logprobs", "top_logprobs", "support_sizes", "prompt_logprobs", "routed_experts", "prompt_routed_experts", "routed_top_k")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     RAW_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     SUPPORT_SIZES_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ROUTED_EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_TOP_K_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     raw_logprobs: _containers.RepeatedScalarFieldContainer[float]
     top_logprobs: _containers.RepeatedCompositeFieldContainer[TopLogprobs]
     support_sizes: _containers.RepeatedScalarFieldContainer[int]
     prompt_logprobs: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., raw_logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., support_sizes: _Optional[_Iterable[int]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ...) -> None: ...
+    routed_experts: _containers.RepeatedCompositeFieldContainer[RoutedExperts]
+    prompt_routed_experts: _containers.RepeatedCompositeFieldContainer[RoutedExperts]
+    routed_top_k: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., raw_logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprobs, _Mapping]]] = ..., support_sizes: _Optional[_Iterable[int]] = ..., prompt_logprobs: _Optional[_Iterable[float]] = ..., routed_experts: _Optional[_Iterable[_Union[RoutedExperts, _Mapping]]] = ..., prompt_routed_experts: _Optional[_Iterable[_Union[RoutedExperts, _Mapping]]] = ..., routed_top_k: _Optional[int] = ...) -> None: ...
 
 class Diagnostics(_message.Message):
     __slots__ = ("worker_id", "tp_size", "policy_version", "seed", "kernel_mode", "prefix_cache_hit_blocks", "queue_seconds", "prefill_seconds", "decode_seconds", "attempts", "rerun_under_new_version", "num_preemptions")

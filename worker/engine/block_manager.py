@@ -12,6 +12,12 @@ cache that outlived a weight update was one of the 2026 post-mortem's silent mis
 Free blocks (refcount 0) stay indexed until they are reused, least recently freed first, so a
 repeated prompt can hit blocks nobody holds any more.
 
+Routing replay (MoE models): a cached block also keeps the routing of its positions (`Block.routing`,
+host memory, [block_size, moe layers, top_k] small ints), given by the first sequence that logged it
+(routing.py) and dropped with the cache entry. A sequence that asks for routing only hits blocks
+that carry it (or whose positions it logged already), so a hit returns the routing that computed
+those keys/values, exactly as if it had computed them itself.
+
 Every sequence that holds blocks also holds a table row (`seq.table_row`, the smallest free one):
 the decode graphs keep each sequence's block table in that row of a device tensor and receive only
 the blocks added since the last step (cuda_graphs.py). At most max_num_seqs + 1 sequences hold
@@ -45,6 +51,7 @@ class Block:
     block_id: int
     ref_count: int = 0
     cache_key: CacheKey | None = None  # set once the block is full and computed
+    routing: np.ndarray | None = None  # routing replay: its positions' expert ids, while indexed
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +116,10 @@ class BlockManager:
         if not self.enable_prefix_cache or seq.must_score_prompt():
             return 0
         max_hit_blocks = (seq.num_tokens - 1) // self.block_size
-        for block_hash in self._block_hashes(seq, max_hit_blocks):
+        for index, block_hash in enumerate(self._block_hashes(seq, max_hit_blocks)):
             self.prefix_cache_queries += 1
             block_id = self._cached.get((self.policy_version, block_hash))
-            if block_id is None:
+            if block_id is None or not self._routing_known(seq, index, self.blocks[block_id]):
                 break
             self.prefix_cache_hits += 1
             self._take(block_id)
@@ -120,6 +127,8 @@ class BlockManager:
         if seq.block_table:
             self._give_row(seq)
         seq.num_computed_tokens = len(seq.block_table) * self.block_size
+        if seq.routing is not None:
+            self._replay_routing(seq)
         return len(seq.block_table)
 
     def allocate(self, seq: Sequence, num_new_tokens: int) -> None:
@@ -146,6 +155,7 @@ class BlockManager:
         seq.block_table = []
         seq.num_computed_tokens = 0
         seq.num_indexed_blocks = 0
+        seq.num_routed_blocks = 0
         if seq.table_row is not None:
             heapq.heappush(self._free_rows, seq.table_row)
             seq.table_row = None
@@ -157,23 +167,25 @@ class BlockManager:
         if not self.enable_prefix_cache or seq.policy_version != self.policy_version:
             return
         num_full = seq.num_computed_tokens // self.block_size
-        if num_full <= seq.num_indexed_blocks:
-            return
-        hashes = self._block_hashes(seq, num_full)
-        for index in range(seq.num_indexed_blocks, num_full):
-            block = self.blocks[seq.block_table[index]]
-            key = (self.policy_version, hashes[index])
-            if block.cache_key is None and key not in self._cached:
-                block.cache_key = key
-                self._cached[key] = block.block_id
-        seq.num_indexed_blocks = num_full
+        if num_full > seq.num_indexed_blocks:
+            hashes = self._block_hashes(seq, num_full)
+            for index in range(seq.num_indexed_blocks, num_full):
+                block = self.blocks[seq.block_table[index]]
+                key = (self.policy_version, hashes[index])
+                if block.cache_key is None and key not in self._cached:
+                    block.cache_key = key
+                    self._cached[key] = block.block_id
+            seq.num_indexed_blocks = num_full
+        if seq.routing is not None:
+            self._store_routing(seq)
 
     def set_policy_version(self, version: int) -> int:
         """Serve `version` from now on: forget every cached block of other versions. Returns how many."""
         self.policy_version = version
         stale = [key for key in self._cached if key[0] != version]
         for key in stale:
-            self.blocks[self._cached.pop(key)].cache_key = None
+            block = self.blocks[self._cached.pop(key)]
+            block.cache_key, block.routing = None, None
         return len(stale)
 
     # ---- internals -----------------------------------------------------------------------
@@ -186,6 +198,36 @@ class BlockManager:
                 parent = hashes[-1] if hashes else b""
                 hashes.append(chain_hash(parent, seq.tokens_between(index * size, (index + 1) * size)))
         return hashes[:num_blocks]
+
+    def _routing_known(self, seq: Sequence, index: int, block: Block) -> bool:
+        """Whether a hit on `block` as seq's block `index` leaves seq's routing complete: it needs
+        none, the block carries it, or seq logged those positions before (a preempted sequence)."""
+        if seq.routing is None or block.routing is not None:
+            return True
+        return seq.routing.length >= (index + 1) * self.block_size
+
+    def _replay_routing(self, seq: Sequence) -> None:
+        """Log the routing of the prefix blocks seq just hit (the positions it has not logged)."""
+        assert seq.routing is not None
+        size = self.block_size
+        for index, block_id in enumerate(seq.block_table):
+            routing = self.blocks[block_id].routing
+            if routing is not None and seq.routing.length < (index + 1) * size:
+                seq.routing.extend(index * size, routing)
+
+    def _store_routing(self, seq: Sequence) -> None:
+        """Give the cache entries of seq's indexed blocks the routing seq logged for them, where
+        they have none yet. A block's last position may be logged a step after it was indexed (a
+        run-ahead step), hence the separate count."""
+        assert seq.routing is not None
+        size = self.block_size
+        ready = min(seq.num_indexed_blocks, seq.routing.length // size)
+        for index in range(seq.num_routed_blocks, ready):
+            block_id = self._cached.get((self.policy_version, seq.block_hashes[index]))
+            if block_id is not None and self.blocks[block_id].routing is None:
+                # a copy: a view would keep the sequence's whole log alive with the block
+                self.blocks[block_id].routing = seq.routing.rows(index * size, (index + 1) * size).copy()
+        seq.num_routed_blocks = max(seq.num_routed_blocks, ready)
 
     def _give_row(self, seq: Sequence) -> None:
         if self._free_rows:
@@ -205,4 +247,4 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.cache_key is not None:
             del self._cached[block.cache_key]
-            block.cache_key = None
+            block.cache_key, block.routing = None, None

@@ -7,6 +7,11 @@ and attends over that block alone. Everything else (prefill, mixed steps, larger
 eagerly. Graphs read the weights at their fixed addresses, so in-place weight swaps need no
 re-capture; they hold a private memory pool sized at capture.
 
+Routing replay: each MoE layer's expert ids are outputs of the captured graph like the logits
+(held per bucket in `topk_ids`, rewritten by every replay), so decode steps that return routed
+experts replay the same graphs; the runner copies the rows out after the replay, before the next
+step is queued.
+
 Block tables stay on the device between steps: each sequence owns a row of `table` (its
 `table_row`, handed out by the BlockManager) and a step sends only the blocks added since the last
 one (a decode step adds one every block_size tokens), plus each sequence's row, length and token.
@@ -66,6 +71,8 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(b + 1, dtype=torch.int32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
+        self.topk_ids: dict[int, list[torch.Tensor]] = {}  # per bucket: each MoE layer's, [bucket, k]
+        self.last_batch = 0  # the bucket of the last replay
         self.staging = PinnedStaging(device)
         self.pool: Any = None  # the graphs' shared memory pool, made by the first capture
 
@@ -107,6 +114,7 @@ class DecodeGraphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 self.logits[batch] = self._forward(batch)
+            self.topk_ids[batch] = self.model.last_topk_ids() or []
             if self.pool is None:
                 self.pool = graph.pool()
             self.graphs[batch] = graph
@@ -118,7 +126,13 @@ class DecodeGraphs:
         smallest bucket that fits; `input_ids` (on the device) replaces the plan's tokens."""
         batch = self.stage(plan, input_ids)
         self.graphs[batch].replay()
+        self.last_batch = batch
         return self.logits[batch][: len(plan.seq_lens)]
+
+    def last_routed_experts(self, num_seqs: int) -> torch.Tensor | None:
+        """The last replay's expert ids [num_seqs, moe layers, top_k] (queued; None: dense model)."""
+        ids = self.topk_ids.get(self.last_batch)
+        return torch.stack(ids, dim=1)[:num_seqs] if ids else None
 
     def stage(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> int:
         """Put a plan's inputs in the static buffers and its new blocks in the table; returns the

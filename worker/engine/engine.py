@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from itertools import count
 
+import numpy as np
 import torch
 
 from epochserve.controlplane.store.records import DrainPolicy
@@ -31,9 +32,11 @@ from epochserve.proto.convert import OutputMode, ParsedGenerateRequest, rollout_
 from epochserve.sampling import ModelLimits
 from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine.block_manager import BlockManager, BlockUsage
+from epochserve.worker.engine.drain import Drain
 from epochserve.worker.engine.model_runner import ScoredPrompt, StepLogits
 from epochserve.worker.engine.model_setup import setup_rank
 from epochserve.worker.engine.outputs import FinishInfo, SequenceOutput
+from epochserve.worker.engine.routing import PendingRouting, RoutingLog, RoutingShape
 from epochserve.worker.engine.sampler import PendingSample, Sampler
 from epochserve.worker.engine.scheduler import ScheduledBatch, Scheduler
 from epochserve.worker.engine.sequence import FinishReason, Sequence, SequenceStatus
@@ -63,14 +66,7 @@ class LaunchedStep:
     # device, in the same order), if any.
     scored: list[ScoredPrompt]
     prompt_logprobs: torch.Tensor | None
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSwap:
-    """The engine is retiring its version's work before swapping to `version`."""
-
-    version: int
-    policy: DrainPolicy
+    routing: PendingRouting | None  # return_routed_experts: this step's routing rows
 
 
 class Engine:
@@ -90,13 +86,17 @@ class Engine:
         self.block_manager.set_policy_version(config.policy_version)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = setup.make_runner(config, tp, channel)
-        self.weights = WeightsControl(setup.make_updater(config, tp), channel)
+        updater = setup.make_updater(config, tp)
+        self.runner.twins = updater.runnable_twins  # drain=overlap steps of the new version
+        self.weights = WeightsControl(updater, channel)
         self.sampler = Sampler(batch_invariant=config.batch_invariant, ops=self.model.lm_head.ops)
         self.policy_version = config.policy_version
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
+        self.routing_shape = RoutingShape.of(self.model_config)  # None: a dense model
         self._requests: dict[str, list[Sequence]] = {}
         self._seq_ids = count()
-        self.draining: PendingSwap | None = None  # set from a rollout's commit until the swap
+        self.draining: Drain | None = None  # set from a rollout's commit until the swap
+        self.last_drain: Drain | None = None  # the latest drain, kept for its report
         on_cuda = config.torch_device.type == "cuda"
         wanted = config.async_scheduling == "on" or (config.async_scheduling == "auto" and on_cuda)
         self.run_ahead = wanted
@@ -107,30 +107,45 @@ class Engine:
     def start_decision(self, request: ParsedGenerateRequest) -> StartDecision:
         """Whether a request can start now (ADMIT), must wait for the swap of a drain (HOLD), or
         never runs here (VersionMismatchError: pinned to a version this worker does not serve, or
-        retires under drain=abort). During a drain, requests pinned to the next version and
-        unpinned ones wait for the swap, so that a steady stream of new requests cannot keep the
-        old version alive forever.
+        retires under drain=abort). During a finish or abort drain, requests pinned to the next
+        version and unpinned ones wait for the swap, so that a steady stream of new requests cannot
+        keep the old version alive forever; during an overlap they start at once on the new one.
+        Requests pinned to the old version start while it finishes (finish, overlap).
         """
-        pinned = request.policy_version
-        if self.draining is not None:
-            if pinned is None or pinned == self.draining.version:
-                return StartDecision.HOLD
-            if pinned == self.policy_version and self.draining.policy is DrainPolicy.FINISH:
+        pinned, drain = request.policy_version, self.draining
+        if drain is not None:
+            if pinned is None or pinned == drain.new:
+                return StartDecision.START if drain.overlapping else StartDecision.HOLD
+            if pinned == drain.old and drain.policy is not DrainPolicy.ABORT:
                 return StartDecision.START
         elif pinned is None or pinned == self.policy_version:
             return StartDecision.START
         raise VersionMismatchError(
             f"request pinned to policy version {pinned}; this worker serves {self.policy_version}"
-            + (f" and is moving to {self.draining.version}" if self.draining else "")
+            + (f" and is moving to {self.draining.new}" if self.draining else "")
         )
 
+    def check_supported(self, request: ParsedGenerateRequest) -> None:
+        """Refuse what this model cannot do (InvalidRequestError). The router does not know the
+        model, so the worker's service calls this at admission. Reads only immutable state: safe
+        from any thread."""
+        if request.sampling.return_routed_experts and self.routing_shape is None:
+            raise InvalidRequestError(
+                "sampling.return_routed_experts",
+                f"the served model ({self.model_config.architecture}) is dense: it routes no token "
+                "to experts; routed experts exist for mixture-of-experts models only",
+            )
+
     def add_request(self, request: ParsedGenerateRequest) -> None:
-        """Queue a validated request as n sequences. Raises for a duplicate id or a wrong version pin."""
+        """Queue a validated request as n sequences. Raises for a duplicate id, a wrong version pin
+        or a feature the model lacks (check_supported)."""
+        self.check_supported(request)
         if request.request_id in self._requests:
             raise InvalidRequestError("request_id", f"{request.request_id!r} is already in flight")
         if self.start_decision(request) is not StartDecision.START:
             raise VersionMismatchError(f"request {request.request_id} cannot start before the version swap")
         seed = request.sampling.seed if request.sampling.seed is not None else secrets.randbits(63)
+        version = self.policy_version if request.policy_version is None else request.policy_version
         seqs: list[Sequence] = []
         for index in range(request.n):
             seqs.append(
@@ -142,14 +157,22 @@ class Engine:
                     sampling=request.sampling,
                     max_tokens=request.max_tokens,
                     seed=seed,
-                    policy_version=self.policy_version,
+                    policy_version=version,
                     prefill_leader=seqs[0] if index > 0 and self.config.enable_prefix_cache else None,
                     final_only=request.output_mode is OutputMode.FINAL,
+                    routing=self._routing_log(request),
                 )
             )
         self._requests[request.request_id] = seqs
         for seq in seqs:
             self.scheduler.add(seq)
+            if self.draining is not None and version == self.draining.old:
+                self.draining.started_old()
+
+    def _routing_log(self, request: ParsedGenerateRequest) -> RoutingLog | None:
+        if not request.sampling.return_routed_experts or self.routing_shape is None:
+            return None
+        return RoutingLog(self.routing_shape, capacity=len(request.prompt_token_ids) + 16)
 
     def abort_request(self, request_id: str, reason: str) -> list[SequenceOutput]:
         """Finish every unfinished sample of a request with ABORT; frees their blocks at once.
@@ -179,6 +202,8 @@ class Engine:
         With run-ahead, a call may leave its decode step in flight and return nothing; the next
         call queues the step after it, then returns the outputs of the one in flight."""
         launched, self._launched = self._launched, None
+        if launched is None and self.draining is not None and self.draining.overlapping:
+            return self._overlap_step(self.draining.old)
         if launched is None:
             batch = self.scheduler.schedule()
             if batch.is_empty():
@@ -195,14 +220,24 @@ class Engine:
         self.num_run_ahead_steps += 1
         return self._resolve(launched, placeholders=True)
 
-    def _launch(self, batch: ScheduledBatch, input_ids=None) -> LaunchedStep:
-        """Queue the model and the sampling of `batch` on the device; the host does not wait."""
-        logits = self.runner.execute(batch, input_ids)
+    def _overlap_step(self, old_version: int) -> list[SequenceOutput]:
+        """One step of a drain=overlap: the old version's sequences on the live weights, the new
+        version's on the staged twins, each batch in its own forward pass (drain.py)."""
+        batch = self.scheduler.schedule()
+        old, new = batch.split(lambda seq: seq.policy_version == old_version)
+        launched = [self._launch(old)] if old.seqs else []
+        launched += [self._launch(new, on_twins=True)] if new.seqs else []
+        return [out for step in launched for out in self._resolve(step, placeholders=False)]
+
+    def _launch(self, batch: ScheduledBatch, input_ids=None, on_twins: bool = False) -> LaunchedStep:
+        """Queue the model and the sampling of `batch` on the device; the host does not wait.
+        on_twins: run on the staged version's twins (drain=overlap), not the live weights."""
+        logits = self.runner.execute(batch, input_ids, on_twins)
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += num_new
         sample = self.sampler.launch(logits.sampling, logits.seqs) if logits.seqs else None
         prompt_logprobs = self._score_prompts(logits) if logits.scored else None
-        return LaunchedStep(batch, logits.seqs, sample, logits.scored, prompt_logprobs)
+        return LaunchedStep(batch, logits.seqs, sample, logits.scored, prompt_logprobs, logits.routing)
 
     def _score_prompts(self, logits: StepLogits) -> torch.Tensor:
         params, targets = [], []
@@ -249,6 +284,8 @@ class Engine:
     def _resolve(self, launched: LaunchedStep, placeholders: bool) -> list[SequenceOutput]:
         """Wait for a launched step's samples and apply them. placeholders: each sequence holds one
         for this step's token (its successor is in flight), which the token replaces."""
+        if launched.routing is not None:  # before the blocks are indexed: they keep their routing
+            launched.routing.apply()
         if launched.prompt_logprobs is not None:
             self._apply_prompt_scores(launched)
         if launched.sample is None:
@@ -291,6 +328,8 @@ class Engine:
                 seq.support_sizes.append(support)
             if seq.times.first_token is None:
                 seq.times.first_token = now
+                if self.last_drain is not None:
+                    self.last_drain.saw_token(seq.policy_version, now)
             seq.times.last_token = now
             finish = self._finish_reason(seq, token)
             if seq.final_only:
@@ -309,9 +348,19 @@ class Engine:
                     () if support is None else (support,),
                     None if finish is None else self._finish(seq, finish).finish,
                     tuple(seq.prompt_scores()) if seq.num_generated_tokens == 1 else (),
+                    *self._step_routing(seq),
                 )
             )
         return outputs
+
+    @staticmethod
+    def _step_routing(seq: Sequence) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(the routing of seq's newest token, of its prompt with its first token) when it asked."""
+        if seq.routing is None:
+            return None, None
+        newest = seq.num_generated_tokens
+        prompt = seq.prompt_routing() if newest == 1 else None
+        return seq.token_routing(newest - 1, newest), prompt
 
     @staticmethod
     def _apply_prompt_scores(launched: LaunchedStep) -> None:
@@ -343,6 +392,8 @@ class Engine:
         self.scheduler.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        if self.draining is not None and seq.policy_version == self.draining.old:
+            self.draining.ended_old(reason is FinishReason.ABORT, time.monotonic())
         siblings = self._requests.get(seq.request_id, [])
         if siblings and all(s.is_finished for s in siblings):
             del self._requests[seq.request_id]
@@ -360,29 +411,87 @@ class Engine:
             tuple(seq.support_sizes),
             finish,
             tuple(seq.prompt_scores()),
+            None if seq.routing is None else seq.token_routing(0, seq.num_generated_tokens),
+            seq.prompt_routing(),
         )
 
     # ---- versions and stats --------------------------------------------------------------
-    def begin_drain(self, version: int, policy: DrainPolicy) -> list[SequenceOutput]:
-        """Retire the current version's work before swapping to `version` (docs/design.md §5).
+    def begin_drain(
+        self, version: int, policy: DrainPolicy, deadline_seconds: float | None = None
+    ) -> list[SequenceOutput]:
+        """Retire the current version's work on the way to `version` (drain.py, docs/design.md §5).
 
-        finish: running sequences complete on the current weights; abort: they end now with an
-        ABORT finish whose reason says a rollout retired them (routers re-run those that streamed
-        nothing). Either way, new requests wait for the swap (see admission).
+        finish: running sequences complete on the current weights, new requests wait for the swap;
+        abort: they end now with an ABORT finish whose reason says a rollout retired them (routers
+        re-run those that streamed nothing); overlap: new requests start at once on the verified
+        staged twins of `version` while the old sequences complete (finish when no runnable twins
+        of `version` are staged: the drain's reason says so). At `deadline_seconds` after now the
+        old sequences still running end with ABORT (expire_drain).
         """
-        self.draining = PendingSwap(version, DrainPolicy(policy))
-        if self.draining.policy is DrainPolicy.FINISH:
+        outputs = self._flush()  # a run-ahead step in flight runs on the old version's terms
+        policy, reason = DrainPolicy(policy), ""
+        if policy is DrainPolicy.OVERLAP and (reason := self._overlap_refusal(version)):
+            logger.warning("drain=overlap to v%d applied as finish: %s", version, reason)
+            policy = DrainPolicy.FINISH
+        drain = Drain(self.policy_version, version, policy, deadline_seconds, reason)
+        drain.old_running = sum(not s.is_finished for seqs in self._requests.values() for s in seqs)
+        if drain.old_running == 0:
+            drain.retired = drain.started
+        self.draining = self.last_drain = drain
+        if policy is DrainPolicy.OVERLAP:
+            dropped = self.block_manager.set_policy_version(version)
+            logger.info("overlap: v%d beside v%d (%d cached blocks dropped)", version, drain.old, dropped)
+            self.policy_version = version
+            return outputs
+        if policy is DrainPolicy.ABORT:
+            outputs += self._abort_version(drain.old, rollout_abort_reason(version))
+        return outputs
+
+    def _overlap_refusal(self, version: int) -> str:
+        """Why an overlap to `version` cannot run here ("" when it can)."""
+        staged = self.weights.verified()
+        if staged is None or staged.version != version:
+            return f"no verified staged weights of v{version}"
+        if not staged.runnable:
+            return "the staged weights are in host memory (no device memory for two weight sets)"
+        return ""
+
+    def expire_drain(self, now: float) -> list[SequenceOutput]:
+        """At the drain's deadline, end every old-version sequence still running with ABORT."""
+        drain = self.draining
+        if drain is None or not drain.deadline_passed(now):
             return []
-        reason = rollout_abort_reason(version)
-        return [out for request_id in list(self._requests) for out in self.abort_request(request_id, reason)]
+        reason = rollout_abort_reason(drain.new, f"drain deadline of {drain.deadline_seconds:g} s")
+        logger.info("drain to v%d: deadline passed, aborting what v%d still runs", drain.new, drain.old)
+        return self._abort_version(drain.old, reason)
+
+    def _abort_version(self, version: int, reason: str) -> list[SequenceOutput]:
+        outputs = self._flush()
+        for request_id, seqs in list(self._requests.items()):
+            if seqs and seqs[0].policy_version == version:
+                outputs += self.abort_request(request_id, reason)
+        return outputs
 
     @property
     def ready_to_swap(self) -> bool:
-        return self.draining is not None and not self.has_work()
+        """finish/abort: every old sequence ended; the staged weights can be swapped in."""
+        drain = self.draining
+        return drain is not None and drain.policy is not DrainPolicy.OVERLAP and not self.has_work()
+
+    @property
+    def ready_to_promote(self) -> bool:
+        """overlap: the old version retired; the twins can replace the live weights."""
+        drain = self.draining
+        return drain is not None and drain.policy is DrainPolicy.OVERLAP and drain.retired is not None
 
     def complete_swap(self, version: int) -> None:
-        """The weights of `version` are live (swapped in place between steps): serve it."""
-        self.set_policy_version(version)
+        """The weights of `version` are live (swapped in place between steps): serve it. After an
+        overlap the engine already serves it; its steps now run on the live weights again."""
+        drain = self.draining
+        if drain is not None and drain.policy is DrainPolicy.OVERLAP:
+            assert drain.retired is not None and version == drain.new == self.policy_version
+        else:
+            self.set_policy_version(version)
         self.draining = None
 
     def set_policy_version(self, version: int) -> None:

@@ -4,6 +4,9 @@ Inputs are flat over the batch: the new tokens of every sequence concatenated, t
 the cache slot of each, each sequence's block table and context length (AttentionMetadata).
 Only sequences whose chunk reaches their last token produce logits (prefill chunks that stop
 mid-prompt only fill the cache), and so do prompt positions being scored (return_prompt_logprobs).
+A step with sequences that asked for their routing (return_routed_experts) also copies the expert
+ids of their new positions to the host (routing.py); with TP every rank routes alike (the router
+is replicated), so rank 0's ids are the worker's.
 With tensor parallelism, rank 0 broadcasts each plan (RunStep, worker/tp/commands.py) before
 running it, and followers run the plans they receive (worker/tp/follower.py).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -21,8 +25,10 @@ import torch.distributed as dist
 from epochserve.worker.engine.cuda_graphs import DecodeGraphs
 from epochserve.worker.engine.host_buffers import PinnedStaging
 from epochserve.worker.engine.kv_cache import KVCachePool
+from epochserve.worker.engine.routing import PendingRouting, RoutedSpan
 from epochserve.worker.engine.scheduler import ScheduledBatch, prompt_positions_to_score
 from epochserve.worker.engine.sequence import Sequence
+from epochserve.worker.engine.staged_forward import logits_on_twins
 from epochserve.worker.engine.step_inputs import build_step_inputs
 from epochserve.worker.engine.step_plan import StepPlan
 from epochserve.worker.layers.parallel import SINGLE_DEVICE, TensorParallel
@@ -49,6 +55,7 @@ class StepLogits:
     seqs: list[Sequence]
     prompt: torch.Tensor  # [sum of len(positions), vocab]: the scored prompt positions, in order
     scored: list[ScoredPrompt]
+    routing: PendingRouting | None = None  # when a sequence asked for its routed experts
 
 
 class ModelRunner:
@@ -67,15 +74,21 @@ class ModelRunner:
         self.channel = channel  # rank 0 of a TP group of size > 1: where it sends each step
         self.tp = tp
         self.graphs: DecodeGraphs | None = None  # set by RankSetup.make_runner (CUDA only)
+        # This rank's staged twins when a step can run on them (drain=overlap; set by the engine or
+        # the follower to its RankWeightUpdater.runnable_twins).
+        self.twins: Callable[[], dict[str, torch.Tensor] | None] = lambda: None
         self.staging = PinnedStaging(device)
 
     # ---- rank 0 ------------------------------------------------------------------------------
-    def plan(self, batch: ScheduledBatch) -> tuple[StepPlan, list[Sequence], list[ScoredPrompt]]:
+    def plan(
+        self, batch: ScheduledBatch, on_twins: bool = False
+    ) -> tuple[StepPlan, list[Sequence], list[ScoredPrompt]]:
         """The plan of one step, the sequences that sample (in logits row order), and the prompt
-        positions it scores (their logits rows follow the sampling rows)."""
-        if self._fits_graphs(batch):
+        positions it scores (their logits rows follow the sampling rows). on_twins: run on the
+        staged twins (eagerly: the graphs hold the live weights)."""
+        if not on_twins and self._fits_graphs(batch):
             return self._graph_decode_plan(batch), batch.seqs, []
-        plan = StepPlan()
+        plan = StepPlan(on_twins=on_twins)
         sampling_seqs: list[Sequence] = []
         scored: list[ScoredPrompt] = []
         scored_rows: list[int] = []
@@ -133,12 +146,15 @@ class ModelRunner:
         plan.logits_indices.extend(range(len(batch.seqs)))
         return plan
 
-    def execute(self, batch: ScheduledBatch, input_ids: torch.Tensor | None = None) -> StepLogits:
+    def execute(
+        self, batch: ScheduledBatch, input_ids: torch.Tensor | None = None, on_twins: bool = False
+    ) -> StepLogits:
         """Queue one step on every rank; returns its fp32 logits, split by use.
 
         input_ids: a decode step's tokens already on the device (the previous step's samples, when
-        the engine runs a step ahead); they replace the plan's placeholders. Single rank only."""
-        plan, sampling_seqs, scored = self.plan(batch)
+        the engine runs a step ahead); they replace the plan's placeholders. Single rank only.
+        on_twins: every rank runs it on its staged twins (drain=overlap's new version)."""
+        plan, sampling_seqs, scored = self.plan(batch, on_twins)
         if input_ids is not None:
             assert len(plan.input_ids) == len(plan.seq_lens) == input_ids.numel(), "a decode step only"
             plan.input_ids_on_device = True
@@ -146,7 +162,42 @@ class ModelRunner:
             self.channel.send(RunStep(plan))
         logits = self.run_plan(plan, input_ids)
         num_sampling = len(sampling_seqs)
-        return StepLogits(logits[:num_sampling], sampling_seqs, logits[num_sampling:], scored)
+        routing = self._routing_rows(batch, plan.is_graph_decode)
+        return StepLogits(logits[:num_sampling], sampling_seqs, logits[num_sampling:], scored, routing)
+
+    @torch.inference_mode()
+    def _routing_rows(self, batch: ScheduledBatch, graph_decode: bool) -> PendingRouting | None:
+        """Queue the copy to the host of the routing rows this step's sequences asked for: their new
+        positions not logged yet (a recompute after a preemption logs nothing twice). One copy,
+        queued before the next step can overwrite the ids (a graph replay, a run-ahead step)."""
+        if all(seq.routing is None for seq in batch.seqs):  # the usual step: nobody asked
+            return None
+        spans: list[RoutedSpan] = []
+        rows: list[int] = []
+        first_row = 0  # the step's tokens are each sequence's new positions, concatenated
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start = seq.num_computed_tokens
+            if seq.routing is not None and max(start, seq.routing.length) < start + num_new:
+                first = max(start, seq.routing.length)
+                spans.append(RoutedSpan(seq, first, start + num_new - first))
+                rows.extend(range(first_row + first - start, first_row + num_new))
+            first_row += num_new
+        if not spans:
+            return None
+        graphs = self.graphs
+        if graph_decode and graphs is not None:
+            routed = graphs.last_routed_experts(len(batch.seqs))
+        else:
+            routed = self.model.last_routed_experts()
+        assert routed is not None, "routed experts asked of a dense model"
+        if len(rows) < routed.shape[0]:
+            routed = routed.index_select(0, _on_device(rows, self.device))
+        host = routed.to(torch.int32).to("cpu", non_blocking=routed.is_cuda)
+        copied = None
+        if routed.is_cuda:
+            copied = torch.cuda.Event()
+            copied.record()
+        return PendingRouting(host, copied, spans)
 
     def heartbeat(self) -> None:
         """Called by rank 0 while idle: keeps followers' waits short of the collective timeout."""
@@ -170,6 +221,11 @@ class ModelRunner:
         inputs = build_step_inputs(plan, self.device, self.staging)
         if input_ids is not None:
             inputs.input_ids = input_ids
+        if plan.on_twins:
+            twins = self.twins()
+            if twins is None:
+                raise RuntimeError(f"rank {self.tp.rank}: a step planned on staged twins, none can run here")
+            return logits_on_twins(self.model, twins, inputs, self.kv_pool.layers)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
         return logits.float()
@@ -181,3 +237,9 @@ class ModelRunner:
             input_ids = torch.empty(count, dtype=torch.int64, device=self.device)
         dist.broadcast(input_ids, src=0, group=self.tp.group)
         return input_ids
+
+
+def _on_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """int64 indices on the device without a host wait (through pinned memory on CUDA)."""
+    host = torch.tensor(values, dtype=torch.int64)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from epochserve.worker.engine.sequence import FinishReason, Sequence
 
 
@@ -64,3 +66,8 @@ class SequenceOutput(NamedTuple):
     support_sizes: tuple[int, ...] = ()  # empty unless requested
     finish: FinishInfo | None = None
     prompt_logprobs: tuple[float, ...] = ()  # with a sample's first token, when requested
+    # return_routed_experts (engine/routing.py): [len(token_ids), moe layers, top_k] expert ids, and
+    # with a sample's first token its prompt's [prompt tokens, moe layers, top_k] (views of rows that
+    # never change)
+    routed_experts: np.ndarray | None = None
+    prompt_routed_experts: np.ndarray | None = None

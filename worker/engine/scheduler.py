@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from epochserve.worker.engine.block_manager import BlockManager
@@ -51,6 +52,15 @@ class ScheduledBatch:
 
     def is_empty(self) -> bool:
         return not self.seqs
+
+    def split(self, first: Callable[[Sequence], bool]) -> tuple[ScheduledBatch, ScheduledBatch]:
+        """(the sequences for which `first` holds, the others), each with its token counts."""
+        parts = (ScheduledBatch(), ScheduledBatch())
+        for seq, num_new in zip(self.seqs, self.num_new_tokens, strict=True):
+            part = parts[0] if first(seq) else parts[1]
+            part.seqs.append(seq)
+            part.num_new_tokens.append(num_new)
+        return parts
 
 
 class Scheduler:

@@ -10,7 +10,10 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from epochserve.sampling import SamplingParams
+from epochserve.worker.engine.routing import RoutingLog
 from epochserve.worker.engine.sampling_noise import sequence_key
 
 
@@ -58,6 +61,8 @@ class Sequence:
     # return_prompt_logprobs: prompt token i+1's processed logprob at each scored position i, in
     # order (sample 0 scores the prompt for its siblings; see prompt_scores).
     prompt_logprobs: list[float] = field(default_factory=list)
+    # return_routed_experts: the routing of each computed (or cached) position, in order (routing.py)
+    routing: RoutingLog | None = None
     # OUTPUT_MODE_FINAL: the engine reports this sequence once, at its end, with all its tokens
     # (no per-step output for the server to handle).
     final_only: bool = False
@@ -75,6 +80,8 @@ class Sequence:
     # Leading blocks of block_table already offered to the prefix cache (BlockManager): each step
     # then looks at the new full blocks only, not at the whole table again.
     num_indexed_blocks: int = 0
+    # Leading blocks whose routing was offered to their cache entries (BlockManager, routing replay).
+    num_routed_blocks: int = 0
     # This sequence's row in the decode graphs' block table on the device (BlockManager hands rows
     # out while the sequence holds blocks), and how many of its blocks that row already holds.
     table_row: int | None = None
@@ -130,6 +137,22 @@ class Sequence:
         """Whether this sample's prompt steps compute logprobs: they are asked for and not yet all
         known. Such a sample computes its whole prompt (no prefix-cache hit: a hit skips positions)."""
         return self.num_prompt_scores > 0 and not self.prompt_scores()
+
+    def prompt_routing(self) -> np.ndarray | None:
+        """The routing of every prompt position [prompt tokens, layers, top_k] once logged, else None.
+        Each sample returns its own: prompt blocks it found in the prefix cache carry the routing
+        that computed their keys/values, the rest is its own computation."""
+        num_prompt = len(self.prompt_token_ids)
+        if self.routing is None or self.routing.length < num_prompt:
+            return None
+        return self.routing.rows(0, num_prompt)
+
+    def token_routing(self, first: int, stop: int) -> np.ndarray:
+        """The routing of output tokens first .. stop - 1 [tokens, layers, top_k]: each token's is that
+        of the position before it, the input of the step that sampled it."""
+        assert self.routing is not None
+        num_prompt = len(self.prompt_token_ids)
+        return self.routing.rows(num_prompt - 1 + first, num_prompt - 1 + stop)
 
     def waits_for_leader(self) -> bool:
         """True while sample 0 of the request has not yet computed the whole prompt."""

@@ -31,6 +31,8 @@ class StepPlan:
     # positions, slot_mapping and block_tables stay empty.
     table_rows: list[int] = field(default_factory=list)  # [num_seqs]
     table_updates: list[int] = field(default_factory=list)  # [3 * num_new_blocks]
+    # drain=overlap: run on the staged version's twins, not the live weights (staged_forward.py)
+    on_twins: bool = False
 
     @property
     def is_graph_decode(self) -> bool:

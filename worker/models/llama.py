@@ -193,6 +193,8 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = Decoder(config, max_positions, ctx)
         self.lm_head = LMHead(config.vocab_size, config.hidden_size, ctx, head_table_dtype, fp32_logits)
+        # in layer order; a tuple, not a ModuleList: they are registered under their layers already
+        self.moe_blocks = tuple(m for m in self.model.modules() if isinstance(m, SparseMoeBlock))
 
     def forward(
         self,
@@ -212,14 +214,20 @@ class LlamaForCausalLM(nn.Module):
         attention = cast(Attention, self.model.layers[0].self_attn)
         return attention.num_kv_heads
 
+    def last_topk_ids(self) -> list[torch.Tensor] | None:
+        """Each MoE layer's expert ids [num_tokens, top_k] from the last forward (inside a CUDA graph
+        capture: the graph's own outputs, which each replay rewrites), in layer order; None for a
+        dense model or before any forward."""
+        ids = [block.last_topk_ids for block in self.moe_blocks]
+        if not ids or any(i is None for i in ids):
+            return None
+        return cast(list[torch.Tensor], ids)
+
     def last_routed_experts(self) -> torch.Tensor | None:
         """The last forward's expert ids, [num_tokens, num_moe_layers, top_k] in layer order, each
         token's ids by descending routing weight; None for a dense model."""
-        blocks = [m for m in self.model.modules() if isinstance(m, SparseMoeBlock)]  # in layer order
-        ids = [block.last_topk_ids for block in blocks]
-        if not ids or any(i is None for i in ids):
-            return None
-        return torch.stack(cast(list[torch.Tensor], ids), dim=1)
+        ids = self.last_topk_ids()
+        return None if ids is None else torch.stack(ids, dim=1)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden] → [n, vocab], fp32 by default (see LMHead)."""

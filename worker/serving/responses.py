@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 from epochserve.proto.convert import OutputMode
 from epochserve.proto.v1 import common_pb2
 from epochserve.worker.engine.outputs import FinishInfo, SequenceOutput
@@ -45,6 +48,21 @@ def append_tokens(chunk: common_pb2.GenerateChunk, outputs: Iterable[SequenceOut
         chunk.support_sizes.extend(output.support_sizes)
         for ids, logprobs in output.top_logprobs:
             chunk.top_logprobs.add(token_ids=ids, logprobs=logprobs)
+        if output.prompt_routed_experts is not None:  # only a sample's first output has them
+            _append_routing(chunk, chunk.prompt_routed_experts, output.prompt_routed_experts)
+        if output.routed_experts is not None:
+            _append_routing(chunk, chunk.routed_experts, output.routed_experts)
+
+
+def _append_routing(
+    chunk: common_pb2.GenerateChunk,
+    target: RepeatedCompositeFieldContainer[common_pb2.RoutedExperts],
+    routing: np.ndarray,  # [positions, moe layers, top_k]
+) -> None:
+    """One RoutedExperts per position, its ids layer-major (common.proto)."""
+    chunk.routed_top_k = routing.shape[2]
+    for ids in routing.reshape(len(routing), -1).tolist():
+        target.add(expert_ids=ids)
 
 
 def chunk_response(outputs: list[SequenceOutput]) -> common_pb2.GenerateResponse:

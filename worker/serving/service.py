@@ -81,7 +81,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         if not self.is_ready():
             raise RequestFailed(failure_of(UnavailableError("worker is not ready (catching up or fenced)")))
         try:
-            return parse_generate_request(request, self.loop.engine.limits, self.tokenize)
+            parsed = parse_generate_request(request, self.loop.engine.limits, self.tokenize)
+            self.loop.engine.check_supported(parsed)  # e.g. routed experts of a dense model
+            return parsed
         except EpochserveError as exc:
             raise RequestFailed(failure_of(exc)) from exc
 

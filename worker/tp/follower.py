@@ -47,7 +47,9 @@ def follower_main(
         tp = init_tp_group(rank, world_size, init_method, config.torch_device, timeout_seconds)
         setup = setup_rank(config, tp)
         runner = setup.make_runner(config, tp)
-        follow(CommandChannel(tp.cpu_group, rank), runner, setup.make_updater(config, tp))
+        updater = setup.make_updater(config, tp)
+        runner.twins = updater.runnable_twins  # plans of drain=overlap's new version run on them
+        follow(CommandChannel(tp.cpu_group, rank), runner, updater)
     except Exception:
         logger.exception("TP rank %d failed", rank)
         sys.exit(1)

@@ -18,6 +18,7 @@ from epochserve.worker.tp.commands import (
     SwapWeights,
     WeightCommand,
 )
+from epochserve.worker.weights.staging import StagedWeights
 from epochserve.worker.weights.updater import RankWeightUpdater, StageResult
 
 
@@ -67,6 +68,10 @@ class WeightsControl:
     def wait(self, timeout: float | None = None) -> StageResult | None:
         """The staging's result once it is done (None while it runs)."""
         return self._updater.wait(timeout)
+
+    def verified(self) -> StagedWeights | None:
+        """Rank 0's verified staged version (every rank reached the same verdict), if any."""
+        return self._updater.verified()
 
     def take_result(self) -> StageResult | None:
         """The finished staging's result, once (None while running or when nothing is pending)."""

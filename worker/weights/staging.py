@@ -41,6 +41,9 @@ class StagedWeights:
     buffers: dict[str, torch.Tensor]  # parameter name → twin (same shape and dtype)
     location: str  # "gpu" or "host"
     fingerprint: str  # of the twins: what the live weights' fingerprint will be after the swap
+    # Every rank's twins sit on its live parameters' device, so a step can run on them directly
+    # (drain=overlap serves the new version on them while the old one retires).
+    runnable: bool = False
 
 
 def allocate_twins(model: LlamaForCausalLM, prefer_device: bool) -> tuple[dict[str, torch.Tensor], str]:
@@ -120,9 +123,13 @@ def stage(
     except Exception as exc:  # every rank must still reach the verdict below
         error = exc
         logger.warning("rank %d: staging v%d failed: %s", tp.rank, manifest.version, exc)
-    _verdict(tp, manifest, partial, error)
+    beside_live = bool(buffers) and all(b.device == device for b in buffers.values())
+    runnable = _verdict(tp, manifest, partial, error, beside_live)
     # Computed here, in the background, so that the swap's pause does not include it.
-    return StagedWeights(manifest.version, manifest.checksum, buffers, location, fingerprint(buffers, tp))
+    weights_fingerprint = fingerprint(buffers, tp)
+    return StagedWeights(
+        manifest.version, manifest.checksum, buffers, location, weights_fingerprint, runnable
+    )
 
 
 def _check_names(model: LlamaForCausalLM, manifest: Manifest) -> None:
@@ -144,14 +151,20 @@ def _check_entry(manifest: Manifest, name: str, source: WeightSource) -> None:
 
 
 def _verdict(
-    tp: TensorParallel, manifest: Manifest, partial: dict[str, Checksum], error: BaseException | None
-) -> None:
-    """Sum partial checksums over the ranks and compare with the manifest; raise on any failure."""
+    tp: TensorParallel,
+    manifest: Manifest,
+    partial: dict[str, Checksum],
+    error: BaseException | None,
+    beside_live: bool = False,
+) -> bool:
+    """Sum partial checksums over the ranks and compare with the manifest; raise on any failure.
+    Returns whether every rank's twins sit beside its live parameters (`beside_live`)."""
     names = sorted(manifest.tensors)
     sums = torch.zeros(len(names) + 1, 2, dtype=torch.int64)
     for i, name in enumerate(names):
         sums[i] = to_int64_pair(partial.get(name, Checksum()))
     sums[-1, 0] = 1 if error is not None else 0  # ranks that failed
+    sums[-1, 1] = 1 if beside_live else 0  # ranks whose twins a step can run on
     if tp.size > 1:
         dist.all_reduce(sums, group=tp.update_group)
     if isinstance(error, StagingCancelled):
@@ -167,3 +180,4 @@ def _verdict(
     ]
     if bad:
         raise ManifestError(f"checksum mismatch in {len(bad)} tensors, e.g. {bad[:3]}")
+    return int(sums[-1, 1]) == tp.size

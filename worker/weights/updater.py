@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from epochserve.worker.layers.parallel import TensorParallel
 from epochserve.worker.layers.weight_source import WeightSource
 from epochserve.worker.models.llama import LlamaForCausalLM
@@ -155,6 +157,20 @@ class RankWeightUpdater:
         result, self._result = self._result, None
         self._staged = result.staged
         return result
+
+    def verified(self) -> StagedWeights | None:
+        """The staged version once verified (whether or not its result was taken), else None."""
+        if self._staged is not None:
+            return self._staged
+        if self._result is not None and not self.is_staging:
+            return self._result.staged
+        return None
+
+    def runnable_twins(self) -> dict[str, torch.Tensor] | None:
+        """The verified twins when a step can run on them (every rank's sit beside its live
+        parameters: StagedWeights.runnable), else None. drain=overlap runs new-version steps here."""
+        staged = self.verified()
+        return staged.buffers if staged is not None and staged.runnable else None
 
     def drop(self) -> None:
         """Abandon the staged or staging version (the thread stops at its next tensor)."""

@@ -16,6 +16,7 @@ from epochserve.controlplane.participants.directives import Abort, Commit, Direc
 from epochserve.controlplane.participants.router import RouterParticipant
 from epochserve.controlplane.participants.worker import WorkerIdentity, WorkerParticipant
 from epochserve.controlplane.store.etcd_config import EtcdConfig
+from epochserve.controlplane.store.records import DrainPolicy, DrainReport
 from epochserve.net import free_port
 
 
@@ -45,7 +46,8 @@ class _Following:
 class FakeWorker(_Following):
     """A worker that follows directives instantly: stages by reporting `checksum`, swaps by
     reporting `fp-<v>`, releases on abort. `stage_gate` holds staging until set; `ignore_commits`
-    makes a worker that never swaps; `fail_stage` reports a stage failure instead."""
+    makes a worker that never swaps; `fail_stage` reports a stage failure instead. A drain=overlap
+    commit is served at once with the old version retiring until `retire_gate` is set."""
 
     etcd: EtcdCluster
     worker_id: str
@@ -58,6 +60,7 @@ class FakeWorker(_Following):
     seen: list[Directive] = field(default_factory=list)
     stale_reports: list[int] = field(default_factory=list)  # versions whose report came back False
     stage_gate: asyncio.Event = field(default_factory=asyncio.Event)
+    retire_gate: asyncio.Event = field(default_factory=asyncio.Event)
     participant: WorkerParticipant = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,11 +105,22 @@ class FakeWorker(_Following):
                 if not accepted:
                     self.stale_reports.append(d.version)
             elif isinstance(d, Commit) and not self.ignore_commits:
-                await p.report_serving(d.version, f"fp-{d.version}")
+                if d.drain is DrainPolicy.OVERLAP:
+                    await self._overlap(d.version)
+                else:
+                    await p.report_serving(d.version, f"fp-{d.version}")
             elif isinstance(d, Abort):
                 await p.report_released(d.version)
             elif isinstance(d, Fenced):
                 self.ignore_commits = False  # a fenced worker comes back well behaved
+
+    async def _overlap(self, version: int) -> None:
+        p, old = self.participant, self.participant.serving_version
+        await p.report_serving(version, f"fp-{version}", retiring=old)
+        await p.report_drain(DrainReport(version, DrainPolicy.OVERLAP, 0.01, None))
+        await self.retire_gate.wait()
+        await p.report_retired(old, f"fp-{version}")
+        await p.report_drain(DrainReport(version, DrainPolicy.OVERLAP, 0.01, 2.5, finished_previous=4))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from harness import (
     run,
     start_request,
     wait_for_rollout,
+    wait_until,
 )
 
 from epochserve.controlplane.participants.directives import Abort, Commit
@@ -89,6 +90,61 @@ def test_versions_strictly_increase_and_abort_only_before_commit(etcd):
     assert invalid == grpc.StatusCode.INVALID_ARGUMENT  # no drain policy
     assert worker.of_kind(Abort) == [Abort(5, "operator changed their mind")]
     assert worker.participant.serving_version == 6
+
+
+def test_an_overlap_rollout_is_done_only_once_the_old_version_retired(etcd):
+    """drain=overlap: a worker serves v at once while v-1 retires beside it; the rollout stays
+    COMMITTED (a second one is refused as in flight) until the worker reports v-1 retired. A drain
+    deadline must come before the commit timeout, which would fence a worker still draining."""
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            coordinator = await leading(stack, etcd)
+            worker = await stack.enter_async_context(FakeWorker(etcd, "w0", serving_version=0))
+            admin = await stack.enter_async_context(coordinator.admin())
+            late_deadline = await _code_of(
+                admin.start_rollout(
+                    start_request(
+                        3, pb.DRAIN_POLICY_OVERLAP, drain_deadline_seconds=9, commit_timeout_seconds=9
+                    ),
+                    timeout=10,
+                )
+            )
+            request = start_request(3, pb.DRAIN_POLICY_OVERLAP, drain_deadline_seconds=5)
+            started = await admin.start_rollout(request, timeout=10)
+            await wait_for_rollout(etcd, 3, "COMMITTED")
+
+            async def retiring() -> bool:
+                workers = (await admin.get_rollout(3, timeout=10)).workers
+                return bool(workers) and workers[0].HasField("retiring_version")
+
+            await wait_until(retiring, 10, "w0 to serve v3 with v0 retiring")
+            overlapping = await admin.get_rollout(3, timeout=10)
+            second = await _code_of(admin.start_rollout(start_request(4), timeout=10))
+            worker.retire_gate.set()
+            await wait_for_rollout(etcd, 3, "DONE")
+
+            async def reported() -> bool:
+                workers = (await admin.get_rollout(3, timeout=10)).workers
+                return workers[0].last_drain.HasField("retire_seconds")
+
+            await wait_until(reported, 10, "w0's drain report")
+            done = await admin.get_rollout(3, timeout=10)
+            return late_deadline, started, overlapping, second, done
+
+    late_deadline, started, overlapping, second, done = run(scenario())
+    assert late_deadline == grpc.StatusCode.INVALID_ARGUMENT
+    assert (started.drain, started.drain_deadline_seconds) == (pb.DRAIN_POLICY_OVERLAP, 5.0)
+    (w,) = overlapping.workers
+    assert (w.serving_version, w.retiring_version, overlapping.rollout.phase) == (
+        3,
+        0,
+        pb.ROLLOUT_PHASE_COMMITTED,
+    )
+    assert second == grpc.StatusCode.FAILED_PRECONDITION  # one rollout in flight until v0 retired
+    (w,) = done.workers
+    assert not w.HasField("retiring_version") and w.fingerprint == "fp-3"
+    assert (w.last_drain.version, w.last_drain.retire_seconds, w.last_drain.finished_previous) == (3, 2.5, 4)
 
 
 def test_twenty_rollouts_every_watcher_sees_a_strictly_increasing_epoch(etcd):

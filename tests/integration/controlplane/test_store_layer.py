@@ -205,7 +205,7 @@ async def _put_when_up(store, key, value):
 def test_values_that_do_not_decode_are_rejected_whole(etcd):
     keyspace = Keyspace(etcd.cluster)
     good = codec.encode(EpochRecord(3, 1.0, "c0"))
-    unknown_schema = good.replace(b'"schema":1', b'"schema":2')
+    unknown_schema = good.replace(f'"schema":{codec.SCHEMA_VERSION}'.encode(), b'"schema":99')
 
     async def scenario():
         async with connected(etcd.config) as store:

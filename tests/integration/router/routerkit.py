@@ -48,14 +48,22 @@ def cluster_spec(
 
 
 def publish(
-    cluster: LocalCluster, version: int, model, root: Path, drain: str = "finish", wait_for: str = "done"
+    cluster: LocalCluster,
+    version: int,
+    model,
+    root: Path,
+    drain: str = "finish",
+    wait_for: str = "done",
+    drain_deadline: float | None = None,
 ):
     """Roll `model`'s weights out as `version` (checkpoint under root); returns the PublishResult."""
     publisher = PolicyPublisher(cluster.admin_address, cluster.token, timeout=120)
     path = root / f"v{version}"
     if not path.is_dir():
         publisher.save_checkpoint(version, model.state_dict(), path, config_from=root / "A")
-    return publisher.publish_checkpoint(version, path, drain=drain, wait_for=wait_for)
+    return publisher.publish_checkpoint(
+        version, path, drain=drain, wait_for=wait_for, drain_deadline=drain_deadline
+    )
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, pause: float = 0.05) -> None:

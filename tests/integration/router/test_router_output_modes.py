@@ -190,3 +190,14 @@ def test_scoring_through_the_router_gives_back_a_sampled_completions_logprobs(cl
             assert len(scored.prompt_logprobs) == len(full) - 1, mode
             completion = scored.prompt_logprobs[len(prompt) - 1 :]
             assert completion == pytest.approx(sampled.processed_logprobs, abs=1e-4), mode
+
+
+def test_routed_experts_of_a_dense_model_are_refused_through_the_router(cluster):
+    # The router does not know the model; the worker refuses at admission (INVALID_ARGUMENT naming
+    # the field) and the router hands that status to the client unchanged, in either mode.
+    asking = SamplingParams(**{**sampling_fields(3), "return_routed_experts": True})
+    with GenerationClient(cluster.router_address) as client:
+        for mode in OutputMode:
+            with pytest.raises(InvalidArgumentError) as refused:
+                client.send(build_request(prompts()[0], asking, output_mode=mode))
+            assert "return_routed_experts" in refused.value.details and "dense" in refused.value.details

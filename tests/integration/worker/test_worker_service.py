@@ -143,6 +143,7 @@ BAD_INPUTS = [
     (dict(min_p=2.0), "min_p"),
     (dict(n=0), "n"),
     (dict(n=5), "n"),
+    (dict(return_routed_experts=True), "return_routed_experts"),  # a dense model routes nothing
 ]
 
 

@@ -129,7 +129,8 @@ CONTRACT: dict[str, dict[str, object]] = {
     "rollout start": {
         "!--version VERSION": 1,
         "!--source SOURCE": "S",
-        "!--drain {finish,abort}": "finish",
+        "!--drain {finish,abort,overlap}": "finish",
+        "--drain-deadline S": None,
         "--manifest-checksum MANIFEST_CHECKSUM": None,
         "--stage-timeout S": None,
         "--commit-timeout S": None,
@@ -205,6 +206,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--audit-log AUDIT_LOG": Path("A"),
         "--live [ROUTER]": None,
         "--requests REQUESTS": 8,
+        "--routed-experts": False,
         "!--model MODEL": Path("M"),
         "--version-dir V=DIR": [],
         "--no-admin": False,
@@ -212,6 +214,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--max-abs-delta MAX_ABS_DELTA": 0.01,
         "--max-mean-abs-delta MAX_MEAN_ABS_DELTA": 0.001,
         "--max-clip-rate MAX_CLIP_RATE": 0.0,
+        "--min-routing-agreement MIN_ROUTING_AGREEMENT": 0.0,
         **ADMIN_FLAGS,
     },
     "demo": {
@@ -247,6 +250,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--rollout-every S": None,
         "--source PATH [PATH ...]": [],
         "--drains DRAINS": "finish,abort",
+        "--drain-deadline S": None,
         "--publish-dir PUBLISH_DIR": None,
         "--rollout-timeout S": 300.0,
         **ADMIN_CONNECTION,

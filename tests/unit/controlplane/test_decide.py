@@ -146,6 +146,16 @@ class TestCommitted:
         s = state([worker("a", failed_version=7, failure_reason="oom")], epoch=7)
         assert isinstance(next_step(committed(), s, NOW), FenceMembers)
 
+    def test_a_worker_still_retiring_the_old_version_holds_done_back(self):
+        overlapping = worker("a", serving=7, serving_checksum="sum", retiring_version=6)
+        s = state([overlapping], [router("r", 7)], epoch=7)
+        assert next_step(committed(), s, NOW) == Wait(DEADLINE)
+        assert next_step(committed(), s, DEADLINE) == FenceMembers(
+            ("a",), (), "not serving / not acking v7 within the commit timeout"
+        )
+        retired = state([replace(overlapping, retiring_version=None)], [router("r", 7)], epoch=7)
+        assert next_step(committed(), retired, NOW) == FinishRollout()
+
     def test_without_an_agreed_checksum_serving_the_version_is_enough(self):
         s = state([worker("a", serving=7, serving_checksum=None)], epoch=7)
         assert next_step(committed(checksum=None), s, NOW) == FinishRollout()

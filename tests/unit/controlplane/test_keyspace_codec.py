@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from epochserve.controlplane.store import codec
 from epochserve.controlplane.store.keyspace import KeyKind, Keyspace
 from epochserve.controlplane.store.records import (
     DrainPolicy,
+    DrainReport,
     EpochRecord,
     RolloutPhase,
     RolloutRecord,
@@ -36,6 +38,12 @@ ROLLOUT = RolloutRecord(
     (),
 )
 WORKER = WorkerRecord("w0", "inc", "10.0.0.1:7100", 2, 64, WorkerStatus.READY, 11, "s11", "fp", 12, "s12")
+OVERLAPPING = dataclasses.replace(  # mid drain=overlap: v11 served, v10 still retiring
+    WORKER,
+    retiring_version=10,
+    last_drain=DrainReport(11, DrainPolicy.OVERLAP, 0.012, None, finished_previous=3, aborted_previous=1),
+)
+DEADLINED = dataclasses.replace(ROLLOUT, drain=DrainPolicy.OVERLAP, drain_deadline=20.0)
 
 
 def test_keys_of_the_design_keyspace():
@@ -86,7 +94,15 @@ def test_versions_must_be_positive_uint64(bad):
 
 
 @pytest.mark.parametrize(
-    "record", [ROLLOUT, WORKER, EpochRecord(3, 1.0, "c0"), RouterRecord("r0", "i", "a:1", 3, 2.0)]
+    "record",
+    [
+        ROLLOUT,
+        WORKER,
+        OVERLAPPING,
+        DEADLINED,
+        EpochRecord(3, 1.0, "c0"),
+        RouterRecord("r0", "i", "a:1", 3, 2.0),
+    ],
 )
 def test_records_round_trip(record):
     raw = codec.encode(record)
@@ -105,7 +121,7 @@ def _tampered(**changes) -> bytes:
     [
         (b"\xff", "not JSON"),
         (b"[1]", "not a JSON object"),
-        (_tampered(schema=2), "schema 2 is not the schema this build reads (1)"),
+        (_tampered(schema=99), f"schema 99 is not the schema this build reads ({codec.SCHEMA_VERSION})"),
         (_tampered(kind="worker"), "kind 'worker' where a rollout record belongs"),
         (_tampered(source=...), "missing fields ['source']"),
         (_tampered(extra=1), "unknown fields ['extra']"),
@@ -125,6 +141,23 @@ def test_bad_values_are_rejected_whole_with_the_reason(raw, reason):
         codec.decode(RolloutRecord, raw, "/epochserve/prod/rollouts/x")
     assert caught.value.reason.startswith(reason)
     assert str(caught.value).startswith("/epochserve/prod/rollouts/x: ")
+
+
+def test_a_nested_drain_report_is_validated_like_a_record():
+    body = json.loads(codec.encode(OVERLAPPING))
+    body["last_drain"]["finished_previous"] = "3"
+    with pytest.raises(SchemaError, match="field last_drain: field finished_previous: '3' is not a int"):
+        codec.decode(WorkerRecord, json.dumps(body).encode(), "k")
+    del body["last_drain"]["finished_previous"]
+    with pytest.raises(SchemaError, match="missing fields"):
+        codec.decode(WorkerRecord, json.dumps(body).encode(), "k")
+
+
+def test_a_drain_deadline_must_come_before_the_commit_timeout():
+    with pytest.raises(ValueError, match="drain_deadline"):
+        dataclasses.replace(ROLLOUT, drain_deadline=ROLLOUT.commit_timeout)
+    with pytest.raises(ValueError, match="retiring_version"):
+        dataclasses.replace(WORKER, retiring_version=WORKER.serving_version)
 
 
 def test_worker_staged_version_and_checksum_go_together():

@@ -48,6 +48,25 @@ def test_a_full_rollout_from_stage_to_serving():
     assert w.next_directive(committed) is None
 
 
+def test_an_overlap_commit_serves_the_new_version_while_the_old_one_retires():
+    w = LocalWeights(serving_version=1, serving_checksum="s1", fingerprint="fp1")
+    w.next_directive(state(1, rollout(2, RolloutPhase.STAGING)))
+    w.staged_report(2, "sum")
+    overlapping = replace(
+        rollout(2, RolloutPhase.COMMITTED).value, drain=DrainPolicy.OVERLAP, drain_deadline=5.0
+    )
+    committed = state(2, Stored(overlapping, 1, 1, 0))
+    assert w.next_directive(committed) == Commit(2, DrainPolicy.OVERLAP, 5.0)
+    with pytest.raises(ProtocolError, match="not an older version"):
+        w.serving_report(2, "fp2", retiring=2)
+    w.serving_report(2, "fp2-staged", retiring=1)
+    assert (w.serving_version, w.retiring, w.status(2)) == (2, 1, WorkerStatus.READY)
+    assert w.retired_report(0, "fp2") is False  # not the version retiring
+    assert w.retired_report(1, "fp2") is True
+    assert (w.retiring, w.fingerprint) == (None, "fp2")
+    assert w.retired_report(1, "fp2") is False  # once
+
+
 def test_serving_a_version_never_committed_to_staged_weights_is_refused():
     w = LocalWeights(1, "s1", "fp1")
     with pytest.raises(ProtocolError, match="must stage v first"):

@@ -27,13 +27,17 @@ class InMemoryAdmin:
         self.rollouts: dict[int, RolloutSnapshot] = {}
         self.start_calls: list[int] = []
         self.abort_calls: list[int] = []
+        self.drain_deadlines: dict[int, float | None] = {}
         self.stream_broken = False
         self._changed = asyncio.Condition()
         self._revision = 0
 
     # --- RolloutAdmin -------------------------------------------------------------------------
-    async def start_rollout(self, version: int, source: str, drain: DrainPolicy) -> RolloutSnapshot:
+    async def start_rollout(
+        self, version: int, source: str, drain: DrainPolicy, drain_deadline: float | None = None
+    ) -> RolloutSnapshot:
         self.start_calls.append(version)
+        self.drain_deadlines[version] = drain_deadline
         if version in self.rollouts:
             raise RolloutExistsError(f"version {version} exists")
         if any(not r.phase.is_terminal for r in self.rollouts.values()):

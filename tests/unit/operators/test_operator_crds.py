@@ -122,7 +122,11 @@ def _edit(name: str, *path_and_value: Any, delete: bool = False) -> dict[str, An
     [
         (_edit("policyrollout.yaml", "spec", "version", delete=True), "'version' is a required property"),
         (_edit("policyrollout.yaml", "spec", "version", 0), "less than the minimum of 1"),
-        (_edit("policyrollout.yaml", "spec", "drain", "later"), "is not one of ['finish', 'abort']"),
+        (
+            _edit("policyrollout.yaml", "spec", "drain", "later"),
+            "is not one of ['finish', 'abort', 'overlap']",
+        ),
+        (_edit("policyrollout.yaml", "spec", "drainDeadlineSeconds", -1), "less than the minimum of 0"),
         (_edit("policyrollout.yaml", "spec", "clusterRef", delete=True), "'clusterRef' is a required"),
         (_edit("epochcluster.yaml", "spec", "workers", "tp", 0), "less than the minimum of 1"),
         (_edit("epochcluster.yaml", "spec", "workers", "replicas", -1), "less than the minimum of 0"),
@@ -141,6 +145,7 @@ def _edit(name: str, *path_and_value: Any, delete: bool = False) -> dict[str, An
         "rollout-missing-version",
         "rollout-version-0",
         "rollout-unknown-drain",
+        "rollout-negative-drain-deadline",
         "rollout-missing-cluster",
         "tp-0",
         "negative-worker-replicas",

@@ -10,7 +10,7 @@ import pytest
 from fixtures.policy_rollouts import RecordingSink, policy_rollout
 from memory_admin_testkit import InMemoryAdmin
 
-from epochserve.controlplane.store.records import RolloutPhase
+from epochserve.controlplane.store.records import DrainPolicy, RolloutPhase
 from epochserve.errors import RolloutBusyError
 from epochserve.operators.rollouts.admin import AdminUnavailableError
 from epochserve.operators.rollouts.driver import FinalizeOutcome, drive_rollout, finalize_rollout
@@ -273,3 +273,25 @@ def test_parse_rollout_refuses_bad_specs():
                 "spec": {"clusterRef": {"name": "c"}, "version": 2, "source": "s", "drain": "later"},
             }
         )
+
+
+def test_an_overlap_rollout_carries_its_drain_deadline_to_the_admin_api():
+    body = {
+        "metadata": {"name": "r", "namespace": "n"},
+        "spec": {"clusterRef": {"name": "c"}, "version": 2, "source": "s", "drain": "overlap"},
+    }
+    body["spec"]["drainDeadlineSeconds"] = 45
+    request = parse_rollout(body)
+    assert (request.drain, request.drain_deadline) == (DrainPolicy.OVERLAP, 45.0)
+    body["spec"]["drainDeadlineSeconds"] = -1
+    with pytest.raises(SpecError, match="drainDeadlineSeconds -1"):
+        parse_rollout(body)
+
+    async def scenario() -> None:
+        admin, sink = InMemoryAdmin(), RecordingSink()
+        task = await _until_staging(admin, sink, request)
+        task.cancel()
+        assert admin.drain_deadlines == {2: 45.0}
+        assert admin.rollouts[2].drain is DrainPolicy.OVERLAP
+
+    _run(scenario)
