@@ -219,7 +219,7 @@ def test_values_that_do_not_decode_are_rejected_whole(etcd):
     assert state.committed_version == 3 and state.workers == {} and state.rollouts == {}
     reasons = {name: why for (_, name), why in state.invalid.items()}
     assert reasons["w-garbage"].startswith("not JSON")
-    assert reasons["w-future"] == "schema 2 is not the schema this build reads (1)"
+    assert reasons["w-future"] == f"schema 99 is not the schema this build reads ({codec.SCHEMA_VERSION})"
     assert reasons["9"] == "kind 'epoch' where a rollout record belongs"
 
 
