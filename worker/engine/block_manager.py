@@ -118,7 +118,8 @@ class BlockManager:
         max_hit_blocks = (seq.num_tokens - 1) // self.block_size
         for index, block_hash in enumerate(self._block_hashes(seq, max_hit_blocks)):
             self.prefix_cache_queries += 1
-            block_id = self._cached.get((self.policy_version, block_hash))
+            # The sequence's own version: under drain=overlap two versions admit sequences at once.
+            block_id = self._cached.get((seq.policy_version, block_hash))
             if block_id is None or not self._routing_known(seq, index, self.blocks[block_id]):
                 break
             self.prefix_cache_hits += 1
@@ -223,7 +224,7 @@ class BlockManager:
         size = self.block_size
         ready = min(seq.num_indexed_blocks, seq.routing.length // size)
         for index in range(seq.num_routed_blocks, ready):
-            block_id = self._cached.get((self.policy_version, seq.block_hashes[index]))
+            block_id = self._cached.get((seq.policy_version, seq.block_hashes[index]))
             if block_id is not None and self.blocks[block_id].routing is None:
                 # a copy: a view would keep the sequence's whole log alive with the block
                 self.blocks[block_id].routing = seq.routing.rows(index * size, (index + 1) * size).copy()

@@ -466,7 +466,7 @@ class Engine:
         return self._abort_version(drain.old, reason)
 
     def _abort_version(self, version: int, reason: str) -> list[SequenceOutput]:
-        outputs = self._flush()
+        outputs: list[SequenceOutput] = []  # abort_request resolves a step in flight first
         for request_id, seqs in list(self._requests.items()):
             if seqs and seqs[0].policy_version == version:
                 outputs += self.abort_request(request_id, reason)

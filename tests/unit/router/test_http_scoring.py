@@ -9,7 +9,7 @@ import json
 
 import openai
 import pytest
-from http_kit import EOT, REPLY, ScriptedBackend, ServedFront, logprob, prompt_logprob
+from http_kit import EOT, REPLY, logprob, prompt_logprob, serve
 
 PROMPT = "hi you"
 IDS = list(PROMPT.encode())
@@ -19,9 +19,7 @@ GENERATED = [*REPLY.encode(), EOT]
 
 @pytest.fixture(scope="module")
 def served():
-    front = ServedFront(ScriptedBackend())
-    yield front
-    front.close()
+    yield from serve()
 
 
 @pytest.fixture

@@ -38,8 +38,8 @@ def request(name: str, limits, max_tokens: int, policy_version: int | None = Non
     )  # fmt: skip
 
 
-def alone(model_dir, name: str, max_tokens: int) -> dict[int, SampleResult]:
-    engine = make_engine(model_dir, **SETTINGS)
+def alone(model_dir, name: str, max_tokens: int, **overrides) -> dict[int, SampleResult]:
+    engine = make_engine(model_dir, **{**SETTINGS, **overrides})
     return run_to_completion(engine, [request(name, engine.limits, max_tokens)])[name]
 
 
@@ -150,3 +150,30 @@ def test_without_runnable_twins_an_overlap_is_applied_as_finish(versions):
     assert drain is not None and drain.policy is DrainPolicy.FINISH
     assert drain.reason == "no verified staged weights of v2"
     assert engine.policy_version == 0  # new requests wait for the swap, as under finish
+
+
+def test_an_old_version_sequence_never_hits_blocks_the_new_version_cached(versions):
+    """During the overlap both versions admit sequences: a prompt v2 computed and cached must be
+    recomputed, on v0's weights, for a request pinned to v0 (the cache key is the sequence's own
+    version, never the engine's newest)."""
+    v0, v2 = versions
+    engine = staged_engine(v0, v2)
+    engine.add_request(request("old", engine.limits, max_tokens=40))  # keeps the overlap open
+    engine.begin_drain(2, DrainPolicy.OVERLAP)
+    engine.add_request(request("new", engine.limits, max_tokens=2))
+    results: dict = {}
+    while "new" not in results or any(s.finish is None for s in results["new"].values()):
+        record(results, engine.step(), {})
+    hits = engine.block_manager.prefix_cache_hits
+    repeated = make_request(
+        "new-on-v0", PROMPTS["new"], engine.limits, n=2, policy_version=0, max_tokens=8,
+        temperature=1.0, top_p=0.9, seed=11, ignore_eos=True,
+    )  # fmt: skip
+    engine.add_request(repeated)
+    step_until_idle(engine, results, {})
+    assert engine.block_manager.prefix_cache_hits == hits
+    # v0's cache entries went with the overlap's start, so sample 1 computes the prompt itself too
+    reference = alone(v0, "new", 8, enable_prefix_cache=False)
+    for index, sample in results["new-on-v0"].items():
+        assert sample.policy_versions == {0}
+        assert sample.logprobs == reference[index].logprobs
