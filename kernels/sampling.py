@@ -12,10 +12,13 @@ How, without sorting. Each filter keeps a prefix of the ranking, so the kept set
 whose *order key* (the fp32 value as an order-preserving integer, `order_keys`) is above some key v,
 plus the first n (by id) of the tokens whose key is v (`Prefix`). v is found by a search over
 keys: each pass over the row evaluates 16 thresholds at once (the count and the fp64 mass of the
-tokens above each), which narrows the bracket [lo, hi] holding v sixteen-fold; 8 passes reach one key
-from any start (2^32 keys), and a bracket holding a single token ends the search at once (typically
-after 4-6 passes). Top-k searches counts; top-p then searches masses inside the top-k prefix (its
-norm is that prefix's mass); min-p is one key known up front (`min_p_floor`), evaluated alongside.
+tokens above each) and narrows the bracket [lo, hi] holding v to two neighbouring thresholds. Half
+of them split the bracket's keys evenly, so 11 passes reach one key from any start (2^32 keys); the
+other half split its values evenly, from top-p's hint up (`thresholds`), because even keys crowd
+around 0 (every binade holds as many keys) while a row's tokens crowd in a few binades. A bracket
+holding a single token ends the search at once (typically after 3-5 passes). Top-k searches
+counts; top-p then searches masses inside the top-k prefix (its norm is that prefix's mass); min-p
+is one key known up front (`min_p_floor`), evaluated alongside.
 
 Error analysis. Counts are exact, and so the top-k prefix and min-p's key are exactly the sorted
 path's. Masses: a token's weight exp(z - zmax) is fp64 (relative error ~2^-53) as in the sorted path;
@@ -47,7 +50,9 @@ MIX2 = 0x94D049BB133111EB
 NOISE_BITS = 23
 
 THRESHOLDS = 16  # evaluated per pass over a row
-SEARCH_PASSES = 8  # per search: 16^8 = 2^32 keys
+EVEN_KEYS = 8  # thresholds of a pass that split the bracket's keys evenly
+SEARCH_PASSES = 11  # per search: 8^11 >= 2^32 keys
+FLOAT32_MAX = 3.4028234663852886e38
 KEY_FLOOR = -(2**31)  # below every order key: a prefix that keeps everything
 # exp(d) is 0 in fp64 for d <= -746: such tokens weigh nothing, so top-p never cuts below zmax - 746.
 ZERO_WEIGHT_BELOW = 746.0
@@ -90,7 +95,7 @@ class SampleRows:
         )
 
     def search_passes(self, vocab: int) -> int:
-        """Passes over the logits that settle every row: 8 per search (top-k, then top-p), 1 when
+        """Passes over the logits that settle every row: 11 per search (top-k, then top-p), 1 when
         the row only needs its kept mass (temperature, min-p), none when it is unprocessed."""
         most = 0
         for row in range(len(self.temperatures)):
@@ -178,13 +183,32 @@ def top_p_floor(zmax: float) -> int:
     return int(order_keys(value[None])[0]) - int(float(value) > limit)
 
 
-def thresholds(lo: int, hi: int, probe: int) -> list[int]:
-    """The 16 keys one pass evaluates: lo itself, then 15 splitting (lo, hi) evenly; or lo, the probe
-    (min-p's key, inside the bracket) and 14 splitting it into 15."""
-    width = hi - lo
-    if lo < probe < hi:
-        return [lo, probe, *(lo + j * width // 15 for j in range(1, THRESHOLDS - 1))]
-    return [lo + j * width // THRESHOLDS for j in range(THRESHOLDS)]
+def top_p_hint(zmax: float, top_p: float, vocab: int) -> float:
+    """A value the top-p boundary lies above: the tokens below it weigh < (1 - top_p) / e in all
+    (each < exp(value - zmax), and the norm is >= 1, zmax's own weight), so cutting there would
+    keep a mass > top_p. Only guides where thresholds go: never a bound the result depends on."""
+    return zmax + math.log((1.0 - top_p) / vocab) - 1.0
+
+
+def thresholds(lo: int, hi: int, probe: int, hint: float = -math.inf) -> list[int]:
+    """The 16 keys one pass evaluates: lo itself (and min-p's key, as a probe, when it is inside the
+    bracket), the keys splitting (lo, hi) into 8 even parts, and the rest at evenly spaced values
+    between max(lo's value, hint) and hi's value (lo where such a key falls outside (lo, hi))."""
+    with_probe = lo < probe < hi
+    even = [lo + j * (hi - lo) // EVEN_KEYS for j in range(EVEN_KEYS)]
+    head = [lo, probe, *even[1:]] if with_probe else even
+    spaced = THRESHOLDS - len(head)
+    low, high = max(_finite_or_lowest(_key_value(lo)), hint), _key_value(hi)
+    values = [low + (high - low) * i / (spaced + 1) for i in range(1, spaced + 1)]
+    keys = order_keys(torch.tensor(values, dtype=torch.float64).float()).tolist()
+    if not math.isfinite(high - low):
+        keys = [lo] * spaced
+    return head + [key if lo < key < hi else lo for key in keys]
+
+
+def _finite_or_lowest(value: float) -> float:
+    """Keys below -inf's read as NaN: the bracket's values start at the lowest finite fp32 there."""
+    return value if math.isfinite(value) else -FLOAT32_MAX
 
 
 class _Row:
@@ -212,6 +236,7 @@ def _search(
     probe: int,
     keeps_above: Callable[[int, float], bool],
     ties_kept: Callable[[int, float, int, float], int],
+    hint: float = -math.inf,
 ) -> tuple[Prefix, int]:
     """The prefix a filter keeps, and the key below it (where a following search may start).
 
@@ -222,7 +247,7 @@ def _search(
     count_hi, mass_hi = 0, 0.0
     for _ in range(SEARCH_PASSES):
         with_probe = lo < probe < hi
-        keys = thresholds(lo, hi, probe)
+        keys = thresholds(lo, hi, probe, hint)
         stats = [row.above(key) for key in keys]
         kept = [keeps_above(*s) for s in stats]
         if kept[0]:  # lo was min-p's key, and this filter keeps all that min-p keeps
@@ -241,7 +266,7 @@ def _search(
             return Prefix(hi, ties, group, count_hi + ties, mass_hi + ties * weight), lo
         if count_lo - count_hi == 1:  # one token between lo and hi: it is the last one kept
             return Prefix(lo, 0, 0, count_lo, mass_lo), lo
-    raise AssertionError("8 passes of 16 thresholds narrow any bracket of int32 keys to one key")
+    raise AssertionError("11 passes of 8 even thresholds narrow any bracket of int32 keys to one key")
 
 
 def top_k_keeps(top_k: int) -> Callable[[int, float], bool]:
@@ -287,7 +312,10 @@ def kept_prefix(z: torch.Tensor, top_k: int, top_p: float, min_p: float) -> Pref
     else:
         norm = row.above(lo)[1]  # everything weighing anything is above lo
     limit = top_p * norm
-    found, _ = _search(row, lo, zkey, min_p_key, lambda count, mass: mass < limit, top_p_ties(top_p, norm))
+    hint = top_p_hint(zmax, top_p, z.numel())
+    found, _ = _search(
+        row, lo, zkey, min_p_key, lambda count, mass: mass < limit, top_p_ties(top_p, norm), hint
+    )
     return keep.tighter(found)
 
 

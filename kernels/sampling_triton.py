@@ -7,10 +7,12 @@ with top_p). Here the logits are read once per search pass and once to draw, nev
 noise is hashed in registers.
 
 Launches for R rows of V logits, each row cut into C = ceil(V / CHUNK) chunks:
-- _init (R programs): zmax, min-p's key, the row's first bracket (kernels/sampling.py `kept_prefix`);
-- `passes` times (SampleRows.search_passes: 0, 1, 8 or 16): _count (R x C) counts and weighs, in
-  fp64, the chunk's tokens above each of 16 thresholds; _decide (R) sums the chunks in chunk order
-  and narrows the bracket, or settles the row's kept prefix (a settled row's programs do nothing);
+- _init (R programs): zmax, min-p's key, the row's first bracket and its 16 thresholds
+  (kernels/sampling.py `kept_prefix`, `thresholds`);
+- `passes` times (SampleRows.search_passes: 0, 1, 11 or 22): _count (R x C) counts and weighs, in
+  fp64, the chunk's tokens above each threshold; _decide (R) sums the chunks in chunk order and
+  narrows the bracket, or settles the row's kept prefix (a settled row's programs do nothing), and
+  writes the next pass's thresholds;
 - _draw (R x C): per chunk, the best (z - lse) + Gumbel noise among kept tokens (the first on a tie);
 - _finish (R): the row's token (first chunk holding the best, or the greedy argmax), its logprob
   z - lse and the support size.
@@ -26,6 +28,8 @@ import triton
 import triton.language as tl
 
 from epochserve.kernels.sampling import (
+    EVEN_KEYS,
+    FLOAT32_MAX,
     GOLDEN,
     KEY_FLOOR,
     MIX1,
@@ -38,9 +42,13 @@ from epochserve.kernels.sampling import (
 )
 
 CHUNK = 4096  # logits per program of the per-chunk kernels (as softmax_stats_triton)
-BLOCK = 512  # logits per step inside a chunk: [BLOCK, 16] fp64 sums stay in registers
+BLOCK = 512  # logits per step inside a chunk of _draw
+COUNT_BLOCK = 64  # logits per step inside a chunk of _count: its [16, BLOCK] partial sums stay in registers
+COUNT_WARPS = 1  # one warp: the per-block skip test reduces without a barrier
 
 _THRESHOLDS = tl.constexpr(THRESHOLDS)
+_EVEN_KEYS = tl.constexpr(EVEN_KEYS)
+_FLOAT32_MAX = tl.constexpr(FLOAT32_MAX)
 _KEY_FLOOR = tl.constexpr(KEY_FLOOR)
 _NEG_INF_KEY = tl.constexpr(-0x7F800000 - 1)  # order key of -inf
 _ZERO_WEIGHT_BELOW = tl.constexpr(ZERO_WEIGHT_BELOW)
@@ -75,7 +83,8 @@ _MASS_HI = tl.constexpr(1)  # weight of the tokens above hi
 _NORM = tl.constexpr(2)  # top-p's total: the top-k prefix's mass (-1: not measured yet)
 _KEEP_MASS = tl.constexpr(3)
 _LSE = tl.constexpr(4)  # fp32 value: lse of the kept tokens
-NUM_FLOAT = 5
+_TOP_P_HINT = tl.constexpr(5)  # kernels/sampling.py top_p_hint: where top-p's spaced thresholds start
+NUM_FLOAT = 6
 _NUM_FLOAT = tl.constexpr(NUM_FLOAT)
 
 
@@ -121,11 +130,22 @@ def _gumbel(bits):
 
 
 @triton.jit
-def _thresholds(lo, hi, probe, with_probe):
-    """The 16 keys of a pass (kernels/sampling.py `thresholds`), int64."""
+def _thresholds(lo, hi, probe, with_probe, hint):
+    """The 16 keys of a pass (kernels/sampling.py `thresholds`), int64: lo (and the probe), 8 even
+    parts of the keys, the rest evenly spaced in value from max(lo's value, hint) to hi's."""
     j = tl.arange(0, _THRESHOLDS).to(tl.int64)
     shift = with_probe.to(tl.int64)
-    keys = lo + tl.maximum(j - shift, 0) * (hi - lo) // (_THRESHOLDS - shift)
+    part = j - shift  # j = 1 is the probe when there is one
+    even = lo + tl.maximum(part, 0) * (hi - lo) // _EVEN_KEYS
+    low_value = _key_value(lo).to(tl.float64)
+    low = tl.maximum(tl.where(tl.abs(low_value) < float("inf"), low_value, -_FLOAT32_MAX), hint)
+    width = _key_value(hi).to(tl.float64) - low
+    spaced = (part - (_EVEN_KEYS - 1)).to(tl.float64)  # 1, 2, ... after the even keys
+    parts = (-shift + (_THRESHOLDS + 1 - _EVEN_KEYS)).to(tl.float64)  # the spaced ones cut this many
+    value = (low + width * spaced / parts).to(tl.float32)
+    key = _order_key(value).to(tl.int64)
+    usable = tl.where(tl.abs(width) < float("inf"), (key > lo) & (key < hi), False)  # NaN: false
+    keys = tl.where(part < _EVEN_KEYS, even, tl.where(usable, key, lo))
     return tl.where(with_probe & (j == 1), probe, keys)
 
 
@@ -154,13 +174,14 @@ def _top_p_floor(zmax):
 def _init_kernel(
     logits_ptr, row_stride, vocab,
     argmax_ptr, raw_lse_ptr, temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr,
-    istate_ptr, fstate_ptr,
+    istate_ptr, fstate_ptr, thresholds_ptr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     temperature = tl.load(temperature_ptr + row)
     top_k = tl.load(top_k_ptr + row)
     has_k = top_k > 0
-    has_p = tl.load(top_p_ptr + row) < 1.0
+    top_p = tl.load(top_p_ptr + row)
+    has_p = top_p < 1.0
     min_p = tl.load(min_p_ptr + row).to(tl.float64)
     # max(x / t) = x_max / t: rounding is monotone.
     zmax32 = _scaled(tl.load(logits_ptr + row * row_stride + tl.load(argmax_ptr + row)), temperature)
@@ -190,11 +211,18 @@ def _init_kernel(
     tl.store(fstate + _NORM, -1.0)
     tl.store(fstate + _KEEP_MASS, 0.0)
     tl.store(fstate + _LSE, tl.load(raw_lse_ptr + row).to(tl.float64))  # unprocessed rows keep it
+    hint = zmax + tl.log((1.0 - top_p.to(tl.float64)) / vocab) - 1.0
+    tl.store(fstate + _TOP_P_HINT, hint)
+    top_p_stage = stage == _TOP_P
+    with_probe = top_p_stage & (lo < min_p_key) & (min_p_key < zkey)
+    keys = _thresholds(lo, zkey, min_p_key, with_probe, tl.where(top_p_stage, hint, float("-inf")))
+    tl.store(thresholds_ptr + row * _THRESHOLDS + tl.arange(0, _THRESHOLDS), keys)
 
 
 @triton.jit
 def _count_kernel(
     logits_ptr, row_stride, vocab, temperature_ptr, istate_ptr, fstate_ptr,
+    thresholds_ptr,  # [rows, 16] int64: this pass's keys (_init, then _decide)
     count_ptr,  # [rows, num_chunks, 16] int32: tokens of the chunk in (lo, hi] above each threshold
     mass_ptr,  # [rows, num_chunks, 16] fp64: their weight exp(z - zmax)
     num_chunks,
@@ -205,16 +233,16 @@ def _count_kernel(
     state = istate_ptr + row * _NUM_INT
     stage = tl.load(state + _STAGE)
     if stage != _DONE:
-        lo = tl.load(state + _LO)
-        hi = tl.load(state + _HI)
-        probe = tl.load(state + _PROBE)
-        keys = _thresholds(lo, hi, probe, (stage == _TOP_P) & (lo < probe) & (probe < hi)).to(tl.int32)
-        lo32 = lo.to(tl.int32)
-        hi32 = hi.to(tl.int32)
+        keys = tl.load(thresholds_ptr + row * _THRESHOLDS + tl.arange(0, _THRESHOLDS)).to(tl.int32)
+        lo32 = tl.load(state + _LO).to(tl.int32)
+        hi32 = tl.load(state + _HI).to(tl.int32)
         zmax = tl.load(fstate_ptr + row * _NUM_FLOAT + _ZMAX)
         temperature = tl.load(temperature_ptr + row)
-        counts = tl.zeros([_THRESHOLDS], tl.int32)
-        masses = tl.zeros([_THRESHOLDS], tl.float64)
+        # [16, BLOCK] with the tokens along the fast axis: a thread holds all 16 thresholds of its
+        # tokens, so no token value moves between threads; partial sums are reduced once at the end.
+        thresholds = keys[:, None]
+        counts = tl.zeros([_THRESHOLDS, BLOCK], tl.int32)
+        masses = tl.zeros([_THRESHOLDS, BLOCK], tl.float64)
         for start in range(0, CHUNK, BLOCK):
             cols = chunk * CHUNK + start + tl.arange(0, BLOCK)
             in_row = cols < vocab
@@ -225,12 +253,12 @@ def _count_kernel(
             # threshold: only the bracket's tokens do fp64 work, and later passes skip most blocks.
             if tl.max(inside.to(tl.int32), axis=0) > 0:
                 weight = tl.exp(z.to(tl.float64) - zmax)
-                above = inside[:, None] & (key[:, None] > keys[None, :])
-                counts += tl.sum(above.to(tl.int32), axis=0)
-                masses += tl.sum(tl.where(above, weight[:, None], 0.0), axis=0)
+                above = inside[None, :] & (key[None, :] > thresholds)
+                counts += above.to(tl.int32)
+                masses += tl.where(above, weight[None, :], 0.0)
         out = (row * num_chunks + chunk) * _THRESHOLDS + tl.arange(0, _THRESHOLDS)
-        tl.store(count_ptr + out, counts)
-        tl.store(mass_ptr + out, masses)
+        tl.store(count_ptr + out, tl.sum(counts, axis=1))
+        tl.store(mass_ptr + out, tl.sum(masses, axis=1))
 
 
 @triton.jit
@@ -245,7 +273,7 @@ def _top_p_ties(mass_above, weight, group, limit):
 
 @triton.jit
 def _decide_kernel(
-    istate_ptr, fstate_ptr, top_k_ptr, top_p_ptr, count_ptr, mass_ptr,
+    istate_ptr, fstate_ptr, thresholds_ptr, top_k_ptr, top_p_ptr, count_ptr, mass_ptr,
     tie_before_ptr,  # [rows, num_chunks] int32: tied tokens (at the boundary key) in earlier chunks
     num_chunks,
     CHUNKS: tl.constexpr,  # num_chunks rounded up to a power of two
@@ -264,8 +292,8 @@ def _decide_kernel(
         top_k = tl.load(top_k_ptr + row)
         top_p = tl.load(top_p_ptr + row).to(tl.float64)
         with_probe = (stage == _TOP_P) & (lo < probe) & (probe < hi)
-        keys = _thresholds(lo, hi, probe, with_probe)
         j = tl.arange(0, _THRESHOLDS)
+        keys = tl.load(thresholds_ptr + row * _THRESHOLDS + j)
         chunk = tl.arange(0, CHUNKS)
         part = (row * num_chunks + chunk[:, None]) * _THRESHOLDS + j[None, :]
         valid = chunk[:, None] < num_chunks
@@ -322,6 +350,17 @@ def _decide_kernel(
             tl.store(tie_before_ptr + row * num_chunks + chunk, tl.cumsum(tied, axis=0) - tied,
                      mask=chunk < num_chunks)  # fmt: skip
 
+        # The next pass: the new bracket; or, settled, top-p's inside the top-k prefix (below that
+        # prefix, or at the top-p floor, up to zmax's key), or nothing.
+        then_top_p = settled & (stage == _TOP_K) & (tl.load(top_p_ptr + row) < 1.0)
+        next_top_p = tl.where(settled, then_top_p, stage == _TOP_P)
+        next_lo = tl.where(settled, tl.maximum(new_lo, tl.load(state + _TOP_P_FLOOR)), new_lo)
+        next_hi = tl.where(settled, _order_key(zmax.to(tl.float32)).to(tl.int64), new_hi)
+        hint = tl.where(next_top_p, tl.load(fstate + _TOP_P_HINT), float("-inf"))
+        next_probe = next_top_p & (next_lo < probe) & (probe < next_hi)
+        next_keys = _thresholds(next_lo, next_hi, probe, next_probe, hint)
+        tl.store(thresholds_ptr + row * _THRESHOLDS + j, next_keys)
+
         if settled:
             # The kept prefix so far and this filter's: the shorter one (Prefix.tighter).
             keep_key = tl.load(state + _KEEP_KEY)
@@ -337,20 +376,18 @@ def _decide_kernel(
             tl.store(state + _KEEP_GROUP, keep_group)
             tl.store(state + _KEEP_COUNT, keep_count)
             tl.store(fstate + _KEEP_MASS, keep_mass)
-            then_top_p = (stage == _TOP_K) & (tl.load(top_p_ptr + row) < 1.0)
-            # top-p next: inside the top-k prefix, whose mass is its norm; it starts below that
-            # prefix (or at the top-p floor) and ends at zmax's key.
+            # top-p next: inside the top-k prefix, whose mass is its norm.
             tl.store(state + _STAGE, tl.where(then_top_p, _TOP_P, _DONE).to(tl.int64))
-            tl.store(state + _LO, tl.maximum(new_lo, tl.load(state + _TOP_P_FLOOR)))
-            tl.store(state + _HI, _order_key(zmax.to(tl.float32)).to(tl.int64))
+            tl.store(state + _LO, next_lo)
+            tl.store(state + _HI, next_hi)
             tl.store(state + _COUNT_HI, 0)
             tl.store(fstate + _MASS_HI, 0.0)
             tl.store(fstate + _NORM, found_mass)
             lse = (zmax + tl.log(keep_mass)).to(tl.float32).to(tl.float64)
             tl.store(fstate + _LSE, tl.where(then_top_p, 0.0, lse))
         else:
-            tl.store(state + _LO, new_lo)
-            tl.store(state + _HI, new_hi)
+            tl.store(state + _LO, next_lo)
+            tl.store(state + _HI, next_hi)
             tl.store(state + _COUNT_HI, count_hi)
             tl.store(fstate + _MASS_HI, mass_hi)
             tl.store(fstate + _NORM, norm)
@@ -446,7 +483,7 @@ def sample_rows_triton(
     rows: SampleRows,
     *,
     chunk: int = CHUNK,  # smaller in the interpreter's tests: several chunks on small rows
-    block: int = BLOCK,
+    block: int | None = None,  # default: BLOCK for _draw, COUNT_BLOCK for _count
 ) -> SampledRows:
     """Each row's token, processed logprob and support size (kernels/sampling.py sample_rows_torch)."""
     if logits.dim() != 2 or logits.dtype != torch.float32:
@@ -467,9 +504,10 @@ def sample_rows_triton(
     chunks_pow2 = triton.next_power_of_2(num_chunks)
     istate = torch.empty(num_rows, NUM_INT, dtype=torch.int64, device=device)
     fstate = torch.empty(num_rows, NUM_FLOAT, dtype=torch.float64, device=device)
+    keys = torch.empty(num_rows, THRESHOLDS, dtype=torch.int64, device=device)  # each pass's thresholds
     row_args = (logits, logits.stride(0), vocab)
     _init_kernel[(num_rows,)](
-        *row_args, greedy, raw_lse, temperature, top_k, top_p, min_p, istate, fstate, num_warps=1
+        *row_args, greedy, raw_lse, temperature, top_k, top_p, min_p, istate, fstate, keys, num_warps=1
     )
     passes = rows.search_passes(vocab)
     tie_before = torch.empty(num_rows, num_chunks, dtype=torch.int32, device=device)
@@ -478,12 +516,12 @@ def sample_rows_triton(
         masses = torch.empty(num_rows, num_chunks, THRESHOLDS, dtype=torch.float64, device=device)
         for _ in range(passes):
             _count_kernel[(num_rows, num_chunks)](
-                *row_args, temperature, istate, fstate, counts, masses, num_chunks,
-                CHUNK=chunk, BLOCK=block, num_warps=8,
+                *row_args, temperature, istate, fstate, keys, counts, masses, num_chunks,
+                CHUNK=chunk, BLOCK=block or COUNT_BLOCK, num_warps=COUNT_WARPS,
             )  # fmt: skip
             # No FMA contraction: mass + ties x weight rounds twice, as in the reference.
             _decide_kernel[(num_rows,)](
-                istate, fstate, top_k, top_p, counts, masses, tie_before, num_chunks,
+                istate, fstate, keys, top_k, top_p, counts, masses, tie_before, num_chunks,
                 CHUNKS=chunks_pow2, num_warps=1, enable_fp_fusion=False,
             )  # fmt: skip
     best = torch.empty(num_rows, num_chunks, dtype=torch.float32, device=device)
@@ -491,7 +529,7 @@ def sample_rows_triton(
     if not all(rows.greedy):
         _draw_kernel[(num_rows, num_chunks)](
             *row_args, temperature, noise_keys, greedy_rows, istate, fstate, tie_before, best, best_index,
-            num_chunks, CHUNK=chunk, BLOCK=block, num_warps=8,
+            num_chunks, CHUNK=chunk, BLOCK=block or BLOCK, num_warps=8,
         )  # fmt: skip
     _finish_kernel[(num_rows,)](
         *row_args, temperature, greedy, greedy_rows, istate, fstate, best, best_index,

@@ -26,6 +26,7 @@ ROUTER_METRICS_PORT = 9090
 ADMIN_PORT = 50060
 
 MODEL_MOUNT = "/models"
+TOKENIZER_MOUNT = "/tokenizer"  # the routers' tokenizer source (the model, or its override)
 ETCD_TLS_MOUNT = "/etc/epochserve/etcd"
 ADMIN_TOKEN_MOUNT = "/var/run/epochserve"
 ADMIN_TOKEN_FILE = f"{ADMIN_TOKEN_MOUNT}/admin-token"

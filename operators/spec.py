@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from epochserve.errors import ConfigError
 from epochserve.operators.names import MAX_CLUSTER_NAME, ROUTER_METRICS_PORT, ROUTER_PORT
@@ -80,11 +80,28 @@ class ServiceTierSpec:
     service_type: str = "ClusterIP"
 
 
+TokenizerMode = Literal["Model", "Pvc", "Disabled"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerSource:
+    """Where the routers' HTTP front reads its tokenizer and chat template (spec.router.tokenizer).
+
+    Model: the workers' model source; Pvc: `path` on another claim; Disabled: none (token ids only).
+    """
+
+    mode: TokenizerMode = "Model"
+    claim_name: str | None = None  # set for Pvc only
+    path: str | None = None  # inside that claim; None: its root
+
+
 @dataclass(frozen=True, slots=True)
 class RouterSpec(ServiceTierSpec):
     """The routers, which may also serve the HTTP front (docs/http.md)."""
 
     http_port: int | None = None  # in the pod and on the Service; None: no HTTP front
+    tokenizer: TokenizerSource = field(default_factory=TokenizerSource)
+    model_name: str | None = None  # the model's name on the HTTP front; None: the cluster's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +191,18 @@ def _router(raw: Mapping[str, Any]) -> RouterSpec:
         resources=_resources(raw.get("resources")),
         service_type=raw["serviceType"],
         http_port=http_port,
+        tokenizer=_tokenizer(raw["tokenizer"]),
+        model_name=raw.get("modelName"),
     )
+
+
+def _tokenizer(raw: Mapping[str, Any]) -> TokenizerSource:
+    mode, pvc = raw["mode"], raw.get("pvc")
+    if (mode == "Pvc") != (pvc is not None):  # the schema says so too; the builders rely on it
+        raise SpecError("router.tokenizer: pvc is required with mode Pvc and allowed with it only")
+    if pvc is None:
+        return TokenizerSource(mode=mode)
+    return TokenizerSource(mode=mode, claim_name=pvc["claimName"], path=pvc.get("path"))
 
 
 def _etcd(raw: Mapping[str, Any], namespace: str, managed: ManagedEtcd | None) -> EtcdConnection:

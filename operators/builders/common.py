@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from epochserve.operators.names import (
+    ADMIN_TOKEN_MOUNT,
     API_VERSION,
     CLUSTER_KIND,
     ETCD_TLS_MOUNT,
@@ -108,6 +109,19 @@ def etcd_volumes(spec: ClusterSpec) -> tuple[list[Manifest], list[Manifest]]:
     volume = {"name": "etcd-tls", "secret": {"secretName": spec.etcd.tls_secret, "defaultMode": 0o444}}
     mount = {"name": "etcd-tls", "mountPath": ETCD_TLS_MOUNT, "readOnly": True}
     return [volume], [mount]
+
+
+def admin_token_volume(spec: ClusterSpec) -> tuple[Manifest, Manifest]:
+    """(volume, volumeMount) that put the Admin token at ADMIN_TOKEN_FILE (coordinators, routers)."""
+    volume = {
+        "name": "admin-token",
+        "secret": {
+            "secretName": spec.admin_token_secret,
+            "items": [{"key": spec.admin_token_key, "path": "admin-token"}],
+            "defaultMode": 0o444,  # one container per pod mounts it; the image user is not fixed
+        },
+    }
+    return volume, {"name": "admin-token", "mountPath": ADMIN_TOKEN_MOUNT, "readOnly": True}
 
 
 def container_security() -> Manifest:

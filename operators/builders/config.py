@@ -35,9 +35,12 @@ def config_hash(spec: ClusterSpec, component: Component) -> str:
 
     Environment read from a ConfigMap is fixed at container start, so pod templates carry this digest
     as an annotation: a change to it rolls the pods, a change to nothing else leaves them alone. Only
-    coordinators read the Admin token, so renaming its Secret never restarts (drains) GPU workers.
+    coordinators and routers with the HTTP front read the Admin token, so renaming its Secret never
+    restarts (drains) GPU workers.
     """
     inputs: dict[str, Any] = {"config": config_map(spec)["data"], "etcdTlsSecret": spec.etcd.tls_secret}
-    if component == "coordinator":
+    has_front = spec.router.http_port is not None
+    reads_admin_token = component == "coordinator" or (component == "router" and has_front)
+    if reads_admin_token:
         inputs["adminToken"] = [spec.admin_token_secret, spec.admin_token_key]
     return content_hash(inputs)

@@ -1,13 +1,14 @@
 """Router and coordinator manifests: a Deployment, a Service and a PDB each.
 
 Both tiers are stateless Deployments (coordinators keep all state in etcd and elect a leader there),
-so they share one Deployment shape and differ in container, ports and the Admin token mount.
+so they share one Deployment shape and differ in container, ports and what they mount.
 """
 
 from __future__ import annotations
 
 from epochserve.operators.builders.common import (
     Manifest,
+    admin_token_volume,
     cluster_env,
     container_security,
     etcd_args,
@@ -20,10 +21,10 @@ from epochserve.operators.builders.common import (
     service,
 )
 from epochserve.operators.builders.config import config_hash
+from epochserve.operators.builders.router_front import http_front_parts
 from epochserve.operators.names import (
     ADMIN_PORT,
     ADMIN_TOKEN_FILE,
-    ADMIN_TOKEN_MOUNT,
     CONFIG_HASH_ANNOTATION,
     ROUTER_METRICS_PORT,
     ROUTER_PORT,
@@ -95,26 +96,27 @@ def _container(spec: ClusterSpec, name: str, args: list[str], port: int, tier: S
 def router_objects(spec: ClusterSpec) -> list[Manifest]:
     """Service (gRPC, Prometheus metrics, the HTTP front when on), PDB and Deployment of the routers.
 
-    The HTTP front has no tokenizer here (routers do not mount the model): it takes token ids
-    (`prompt_token_ids`, SGLang's `input_ids`), and its rollout route answers 503 (no Admin address:
-    PolicyRollout is the way to roll out on Kubernetes)."""
+    With the HTTP front on, the pods also read the tokenizer and the Admin token (router_front)."""
+    front = http_front_parts(spec)
     args = ["router", "--host", "0.0.0.0", "--port", str(ROUTER_PORT)]
-    args += ["--metrics-port", str(ROUTER_METRICS_PORT), *etcd_args(spec)]
+    args += ["--metrics-port", str(ROUTER_METRICS_PORT), *etcd_args(spec), *front.args]
     ports = [("grpc", ROUTER_PORT), ("metrics", ROUTER_METRICS_PORT)]
     if spec.router.http_port is not None:
-        args += ["--http-port", str(spec.router.http_port)]
         ports.append(("http", spec.router.http_port))
     container = _container(spec, "router", args, ROUTER_PORT, spec.router)
     container["ports"] += [
         {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports[1:]
     ]
-    volumes, mounts = etcd_volumes(spec)
-    if mounts:
-        container["volumeMounts"] = mounts
+    tls_volumes, tls_mounts = etcd_volumes(spec)
+    if front.mounts or tls_mounts:
+        container["volumeMounts"] = [*front.mounts, *tls_mounts]
+    deployment = _deployment(spec, "router", spec.router, container, [*front.volumes, *tls_volumes])
+    if front.init_containers:
+        deployment["spec"]["template"]["spec"]["initContainers"] = front.init_containers
     return [
         service(spec, "router", ports, service_type=spec.router.service_type),
         pod_disruption_budget(spec, "router"),
-        _deployment(spec, "router", spec.router, container, volumes),
+        deployment,
     ]
 
 
@@ -124,18 +126,8 @@ def coordinator_objects(spec: ClusterSpec) -> list[Manifest]:
     args += [*etcd_args(spec), "--token-file", ADMIN_TOKEN_FILE]
     container = _container(spec, "coordinator", args, ADMIN_PORT, spec.coordinator)
     volumes, mounts = etcd_volumes(spec)
-    token_volume = {
-        "name": "admin-token",
-        "secret": {
-            "secretName": spec.admin_token_secret,
-            "items": [{"key": spec.admin_token_key, "path": "admin-token"}],
-            "defaultMode": 0o444,  # only this container mounts it; the image user is not fixed
-        },
-    }
-    container["volumeMounts"] = [
-        {"name": "admin-token", "mountPath": ADMIN_TOKEN_MOUNT, "readOnly": True},
-        *mounts,
-    ]
+    token_volume, token_mount = admin_token_volume(spec)
+    container["volumeMounts"] = [token_mount, *mounts]
     return [
         service(spec, "coordinator", [("grpc", ADMIN_PORT)]),
         pod_disruption_budget(spec, "coordinator"),

@@ -22,6 +22,7 @@ from epochserve.operators.builders.common import (
     service,
 )
 from epochserve.operators.builders.config import config_hash
+from epochserve.operators.builders.model import fetcher_init_containers, model_dir, model_volume
 from epochserve.operators.names import (
     CONFIG_HASH_ANNOTATION,
     MODEL_MOUNT,
@@ -35,17 +36,11 @@ from epochserve.operators.spec import ClusterSpec
 STARTUP_PROBE_PERIOD_S = 10
 
 
-def model_dir(spec: ClusterSpec) -> str:
-    """The `--model` directory inside the worker container."""
-    path = spec.model.path if spec.model.claim_name else None
-    return f"{MODEL_MOUNT}/{path}" if path else MODEL_MOUNT
-
-
 def worker_args(spec: ClusterSpec) -> list[str]:
     """`epochctl worker ...` arguments; rank 0 serves gRPC on WORKER_PORT and the session link on
     WORKER_SESSION_PORT."""
     workers = spec.workers
-    args = ["worker", "--model", model_dir(spec), "--tp", str(workers.tp)]
+    args = ["worker", "--model", model_dir(spec, MODEL_MOUNT), "--tp", str(workers.tp)]
     args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT), "--session-port", str(WORKER_SESSION_PORT)]
     args += ["--device", "cuda"]
     args += [*etcd_args(spec), "--worker-id", "$(POD_NAME)"]
@@ -56,34 +51,6 @@ def worker_args(spec: ClusterSpec) -> list[str]:
     if workers.kv_cache_memory_fraction is not None:
         args += ["--kv-cache-memory-fraction", repr(workers.kv_cache_memory_fraction)]
     return [*args, *workers.extra_args]
-
-
-def _model_volume(spec: ClusterSpec) -> Manifest:
-    if spec.model.claim_name:
-        return {
-            "name": "model",
-            "persistentVolumeClaim": {"claimName": spec.model.claim_name, "readOnly": True},
-        }
-    return {"name": "model", "emptyDir": {"sizeLimit": spec.model.size_limit}}
-
-
-def _fetcher(spec: ClusterSpec) -> list[Manifest]:
-    """Init container that copies a URI checkpoint into the model emptyDir (none for a PVC)."""
-    if spec.model.uri is None:
-        return []
-    return [
-        {
-            "name": "fetch-model",
-            "image": spec.model.fetcher_image,
-            "command": list(spec.model.fetcher_command),
-            "env": [
-                {"name": "MODEL_URI", "value": spec.model.uri},
-                {"name": "MODEL_DIR", "value": MODEL_MOUNT},
-            ],
-            "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
-            "securityContext": container_security(),
-        }
-    ]
 
 
 def _worker_container(spec: ClusterSpec, tls_mounts: list[Manifest]) -> Manifest:
@@ -128,12 +95,12 @@ def _worker_pod(spec: ClusterSpec) -> Manifest:
         "terminationGracePeriodSeconds": workers.drain_seconds,
         "containers": [_worker_container(spec, tls_mounts)],
         "volumes": [
-            _model_volume(spec),
+            model_volume(spec, "model"),
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": workers.shm_size}},
             *tls_volumes,
         ],
     }
-    init = _fetcher(spec)
+    init = fetcher_init_containers(spec, "model", MODEL_MOUNT)
     if init:
         pod["initContainers"] = init
     optional = {

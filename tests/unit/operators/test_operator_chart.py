@@ -125,6 +125,54 @@ def test_rendered_epochcluster_is_admitted_and_builds(helm):
     assert {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"} in service["spec"]["ports"]
 
 
+def _built_from_chart(helm: Path, *args: str) -> list[dict[str, Any]]:
+    """The objects the operator builds for the EpochCluster the chart renders with `args`."""
+    docs = _docs(_render(helm, "-f", str(PRODUCTION), *args).stdout)
+    (cluster,) = [d for d in docs if d["kind"] == "EpochCluster"]
+    stored = admit(cluster)
+    stored["metadata"].update(uid="u", generation=1)
+    return build_cluster(parse_cluster(stored, ManagedEtcd("epochserve", ("etcd:2379",), None)))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_chart_cluster_routers_read_the_model_tokenizer_and_the_charts_admin_token(helm, version):
+    objects = _built_from_chart(helm)
+    router = _find(objects, "Deployment", "policy-70b-router")
+    pod = router["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # The workers' checkpoint claim (values-production-gpu.yaml), read-only, at the workers' path.
+    assert volumes["tokenizer"]["persistentVolumeClaim"] == {
+        "claimName": "policy-checkpoints",
+        "readOnly": True,
+    }
+    assert args[args.index("--tokenizer") + 1] == "/tokenizer/llama-3.1-70b/step-0"
+    assert args[args.index("--model-name") + 1] == "policy-70b"
+    # The Secret the chart generates (templates/admin-token-secret.yaml) and the coordinator Service.
+    assert volumes["admin-token"]["secret"]["secretName"] == "epochserve-admin-token"
+    assert args[args.index("--admin-address") + 1] == "policy-70b-coordinator.epochserve.svc:50060"
+    assert args[args.index("--admin-token-file") + 1] == "/var/run/epochserve/admin-token"
+    for obj in objects:
+        assert kv.validate(obj, version, strict=True) == kv.major_minor(version)
+
+
+def test_chart_cluster_tokenizer_override_and_http_off(helm):
+    args = ["--set", "cluster.spec.router.tokenizer.mode=Pvc"]
+    args += ["--set", "cluster.spec.router.tokenizer.pvc.claimName=tokenizers"]
+    args += ["--set", "cluster.spec.router.modelName=llama-70b"]
+    pod = _find(_built_from_chart(helm, *args), "Deployment", "policy-70b-router")["spec"]["template"]["spec"]
+    container_args = pod["containers"][0]["args"]
+    assert container_args[container_args.index("--tokenizer") + 1] == "/tokenizer"  # the claim's root
+    assert container_args[container_args.index("--model-name") + 1] == "llama-70b"
+    assert {v["name"]: v for v in pod["volumes"]}["tokenizer"]["persistentVolumeClaim"][
+        "claimName"
+    ] == "tokenizers"
+
+    off = _find(_built_from_chart(helm, "--set", "router.httpPort=0"), "Deployment", "policy-70b-router")
+    assert "--tokenizer" not in off["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "volumes" not in off["spec"]["template"]["spec"]  # no etcd TLS here, no token, no model
+
+
 @pytest.mark.parametrize("http_port", [8080, 0])
 def test_router_http_port_value_reaches_the_epochcluster(helm, http_port):
     args = ["-f", str(PRODUCTION), "--set", f"router.httpPort={http_port}"]

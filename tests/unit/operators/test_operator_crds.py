@@ -104,6 +104,9 @@ def test_minimal_epochcluster_gets_every_component_defaulted():
     assert spec["etcd"]["mode"] == "Managed"
 
 
+_TOKENIZER_UP = {"claimName": "t", "path": "../t"}
+
+
 def _edit(name: str, *path_and_value: Any, delete: bool = False) -> dict[str, Any]:
     obj = copy.deepcopy(example(name))
     *path, last = path_and_value[:-1] if not delete else path_and_value
@@ -140,6 +143,24 @@ def _edit(name: str, *path_and_value: Any, delete: bool = False) -> dict[str, An
         (_edit("epochcluster.yaml", "spec", "etcd", "endpoints", ["http://e"]), "does not match"),
         (_edit("epochcluster.yaml", "spec", "image", delete=True), "'image' is a required property"),
         (_edit("epochcluster.yaml", "spec", "workers", "kvCacheMemoryFraction", 1.5), "maximum of 0.99"),
+        (
+            _edit("epochcluster.yaml", "spec", "router", "tokenizer", {"mode": "Pvc"}),
+            "is not valid under any",
+        ),
+        (
+            _edit("epochcluster.yaml", "spec", "router", "tokenizer", {"pvc": {"claimName": "t"}}),
+            "is not valid under any",
+        ),
+        (_edit("epochcluster.yaml", "spec", "router", "tokenizer", {"mode": "Off"}), "is not one of"),
+        (
+            _edit("epochcluster.yaml", "spec", "router", "tokenizer", {"mode": "Pvc", "pvc": {"path": "t"}}),
+            "'claimName' is a required property",
+        ),
+        (
+            _edit("epochcluster.yaml", "spec", "router", "tokenizer", {"mode": "Pvc", "pvc": _TOKENIZER_UP}),
+            "does not match",
+        ),
+        (_edit("epochcluster.yaml", "spec", "router", "modelName", "$(POD_NAME)"), "does not match"),
     ],
     ids=[
         "rollout-missing-version",
@@ -159,6 +180,12 @@ def _edit(name: str, *path_and_value: Any, delete: bool = False) -> dict[str, An
         "endpoint-with-scheme",
         "missing-image",
         "kv-fraction-above-1",
+        "tokenizer-pvc-mode-without-pvc",
+        "tokenizer-pvc-in-model-mode",
+        "tokenizer-unknown-mode",
+        "tokenizer-pvc-without-claim",
+        "tokenizer-path-escapes",
+        "model-name-with-a-variable",
     ],
 )
 def test_invalid_crs_are_rejected(obj, needle):
@@ -177,3 +204,19 @@ def test_uri_model_with_fetcher_and_external_etcd_are_admitted():
     obj["spec"]["etcd"] = {"mode": "External", "endpoints": ["etcd-0.etcd:2379"], "tlsSecret": "etcd-tls"}
     assert errors(obj) == []
     assert admit(obj)["spec"]["model"]["sizeLimit"] == "200Gi"
+
+
+def test_router_tokenizer_defaults_to_the_model_and_takes_a_claim_of_its_own():
+    router = admit(example("epochcluster.yaml"))["spec"]["router"]
+    assert router["tokenizer"] == {"mode": "Model"} and "modelName" not in router
+    obj = _edit(
+        "epochcluster.yaml",
+        "spec",
+        "router",
+        {
+            "tokenizer": {"mode": "Pvc", "pvc": {"claimName": "tok", "path": "smollm2/v1"}},
+            "modelName": "org/m-1.5",
+        },
+    )
+    assert errors(obj) == []
+    assert admit(_edit("epochcluster.yaml", "spec", "router", "tokenizer", {"mode": "Disabled"}))
