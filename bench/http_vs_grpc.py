@@ -19,32 +19,43 @@ ratios).
 
 Usage: python bench/http_vs_grpc.py [--model DIR] [--weights real|random|tiny] [--device cpu|cuda]
        [--tp N] [--requests 32] [--n 2] [--new-tokens 48] [--rounds 3]
-       [--worker-arg=--max-num-seqs=256 ...] [--json OUT]
+       [--worker-arg=--max-num-seqs=256 ...] [--json OUT] [--front-only [--profile OUT]]
 The default model is the bundled SmolLM2-135M-Instruct. --weights random needs only --model's
 config.json and tokenizer (random weights of its shape); tiny: a tiny random Llama with the same
 tokenizer, so that the engine costs little next to the router. Numbers go to docs/benchmarks.md
 (machine, date, commit); they are not pass/fail.
+
+--front-only measures the HTTP front alone, without a cluster: the real app and tokenizer in a
+process of their own, on a backend that answers at once (InstantBackend), so that the front's own
+work is all there is; it reports that process's CPU time per output token beside the throughput,
+and --profile writes its cProfile stats (`python -m pstats OUT`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import multiprocessing
 import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import openai
+import psutil
 
 from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec
 from epochserve.client.generation import AsyncGenerationClient
 from epochserve.proto.convert import OutputMode
-from epochserve.sampling import SamplingParams
+from epochserve.proto.v1 import common_pb2
+from epochserve.router.attempt import Send
+from epochserve.sampling import ModelLimits, SamplingParams
 
 # Prompts of a few dozen tokens; request i uses PROMPTS[i % len(PROMPTS)] and seed i.
 PROMPTS = [
@@ -151,6 +162,121 @@ def report(samples: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
+class InstantBackend:
+    """--front-only's backend: a worker that costs nothing. Every sample is `new_tokens` ids of real
+    text (so detokenizing costs what it does), with a processed logprob each. STREAM: a chunk per
+    sample per step, a step's chunks back to back as a worker's step arrives; FINAL: one message
+    per sample."""
+
+    version = 1
+    is_serving = True
+    limits = ModelLimits(vocab_size=2**17, max_model_len=2**16, max_n=16)
+
+    def __init__(self, output_ids: list[int]) -> None:
+        self.output_ids = output_ids
+
+    async def generate(self, request: common_pb2.GenerateRequest, deadline: object, write: Send) -> None:
+        start = request.sampling.seed if request.sampling.HasField("seed") else 0
+        budget = request.sampling.max_tokens
+        ids = [self.output_ids[(start + i) % len(self.output_ids)] for i in range(budget)]
+        n = request.n if request.HasField("n") else 1
+        if request.output_mode == common_pb2.OUTPUT_MODE_FINAL:
+            for sample in range(n):
+                await write(self._finish(request, sample, ids))
+            return
+        for token_id in ids:
+            for sample in range(n):
+                message = self._message(request, sample)
+                message.chunk.token_ids.append(token_id)
+                message.chunk.logprobs.append(-0.5)
+                await write(message)
+            await asyncio.sleep(0)  # the next engine step
+        for sample in range(n):
+            await write(self._finish(request, sample, []))
+
+    def _message(self, request: common_pb2.GenerateRequest, sample: int) -> common_pb2.GenerateResponse:
+        return common_pb2.GenerateResponse(
+            request_id=request.request_id, sample_index=sample, policy_version=self.version
+        )
+
+    def _finish(
+        self, request: common_pb2.GenerateRequest, sample: int, ids: list[int]
+    ) -> common_pb2.GenerateResponse:
+        message = self._message(request, sample)
+        message.finish.output.token_ids.extend(ids)
+        message.finish.output.logprobs.extend([-0.5] * len(ids))
+        message.finish.finish_reason = common_pb2.FINISH_REASON_LENGTH
+        message.finish.num_generated_tokens = request.sampling.max_tokens
+        return message
+
+    async def abort(self, request_id: str) -> bool:
+        return False
+
+
+def serve_front(model_dir: Path, output_ids: list[int], conn: Connection, profile: Path | None) -> None:
+    """--front-only's server process: the HTTP front on InstantBackend until `conn` says stop."""
+    from epochserve.router.httpfront.app import build_app
+    from epochserve.router.httpfront.codec import TextCodec
+    from epochserve.router.httpfront.front import Front
+    from epochserve.router.httpfront.server import HttpServer
+
+    profiler = cProfile.Profile()
+
+    async def serve() -> None:
+        app = build_app(Front(InstantBackend(output_ids), TextCodec.load(model_dir), "bench"))
+        server = HttpServer(app, "127.0.0.1", 0)
+        conn.send(await server.start())
+        profiler.enable()  # this thread only: the event loop's work
+        await asyncio.to_thread(conn.recv)
+        profiler.disable()
+        await server.stop()
+
+    asyncio.run(serve())
+    if profile is not None:
+        profiler.dump_stats(profile)
+
+
+async def front_only(
+    model_dir: Path, work: Workload, rounds: int, profile: Path | None
+) -> dict[str, list[float]]:
+    """Per path, each timed round's out tok/s and the server process's CPU µs per output token."""
+    output_ids = [t for ids in work.prompt_ids for t in ids[1:]]
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    server = multiprocessing.get_context("spawn").Process(
+        target=serve_front, args=(model_dir, output_ids, child, profile)
+    )
+    server.start()
+    try:
+        port = await asyncio.wait_for(asyncio.to_thread(parent.recv), 120)
+        cpu = psutil.Process(server.pid)
+        samples: dict[str, list[float]] = {}
+        async with openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600
+        ) as http:
+            for round_index in range(rounds + 1):  # round 0 warms up
+                for path, stream in (("http whole", False), ("http stream", True)):
+                    before = sum(cpu.cpu_times()[:2])
+                    num_tokens, seconds = await timed(lambda: http_round(http, work, "bench", stream))  # noqa: B023
+                    used = sum(cpu.cpu_times()[:2]) - before
+                    if round_index:
+                        samples.setdefault(path, []).append(num_tokens / seconds)
+                        samples.setdefault(f"{path} µs", []).append(1e6 * used / num_tokens)
+                        print(f"  round {round_index} {path:12s} {num_tokens / seconds:9.1f} out tok/s, "
+                              f"{1e6 * used / num_tokens:.1f} router CPU µs/token", flush=True)  # fmt: skip
+    finally:
+        parent.send("stop")
+        server.join(60)
+    return samples
+
+
+def front_report(samples: dict[str, list[float]]) -> str:
+    lines = ["| path | out tok/s (median) | router CPU µs / out token (median) |", "|---|---|---|"]
+    for path in ("http whole", "http stream"):
+        rate, cost = statistics.median(samples[path]), statistics.median(samples[f"{path} µs"])
+        lines.append(f"| {path} | {rate:.1f} | {cost:.1f} |")
+    return "\n".join(lines)
+
+
 def random_model(source: Path, out_dir: Path, tiny: bool) -> Path:
     """A seeded random model with `source`'s tokenizer and vocabulary, from its config.json alone (a
     machine without the checkpoint): its own shape, or with `tiny` a 2-layer 64-wide Llama whose
@@ -193,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-arg", action="append", default=[], help="an extra `epochctl worker` flag (repeatable)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--front-only", action="store_true", help="the HTTP front alone (module doc)")
+    parser.add_argument("--profile", type=Path, default=None, help="--front-only: cProfile stats here")
     return parser
 
 
@@ -207,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     work = Workload(
         args.requests, args.n, args.new_tokens, args.temperature, [list(tokenizer.encode(p)) for p in PROMPTS]
     )
+    if args.front_only:
+        print(front_report(asyncio.run(front_only(model_dir, work, args.rounds, args.profile))))
+        return
     worker_args = tuple(arg for flag in args.worker_arg for arg in flag.split("=", 1))
     with tempfile.TemporaryDirectory() as tmp:
         if args.weights != "real":

@@ -4,7 +4,8 @@ transformers runs the model (fp32, one version loaded at a time: the last one st
 is the trainer's reference, epochserve.sampling.reference: the engine's exact boundary rule, or the
 engine's own support sizes where the response carries them. For responses of a mixture-of-experts
 model that carry routed experts, the same forward also returns the router's probabilities
-(`output_router_logits`), for the routing agreement (routing.py).
+(`output_router_logits`), for the routing agreement (routing.py); and given the engine's routing, a
+second forward forces it at every MoE layer and position (replay.py) and processes those logits alike.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from epochserve.app.verify.replay import forced_routing
 from epochserve.sampling import SamplingParams
 from epochserve.sampling.reference import rule_support_sizes, scaled_logits, token_logprobs
 
@@ -32,6 +35,8 @@ class Recomputed:
     boundary_positions: list[int]  # where the rule kept another number of tokens than the engine
     # with_router: the router's probabilities [prompt + tokens, moe layers, experts] at every position
     router_probs: torch.Tensor | None = None
+    # given forced experts: the logprobs (as `logprobs`) of the forward with the engine's routing
+    replayed_logprobs: list[float] | None = None
 
 
 class Recomputer:
@@ -65,10 +70,14 @@ class Recomputer:
         params: SamplingParams,
         support_sizes: Sequence[int] = (),
         with_router: bool = False,
+        forced_experts: np.ndarray | None = None,
     ) -> Recomputed:
         """The processed logprob of each of `tokens` after `prompt`, under `version`'s weights.
         support_sizes: the engine's, one per token, or empty when the response has none.
-        with_router: also the router's probabilities at every position (a MoE model)."""
+        with_router: also the router's probabilities at every position (a MoE model).
+        forced_experts: the engine's routing of every input position that produced a token
+        [len(prompt) + len(tokens) - 1, moe layers, top_k]; also recompute with it replayed.
+        Raises replay.ReplayError when that routing does not fit the model."""
         if not tokens and not with_router:
             return Recomputed([], [], [])
         if support_sizes and len(support_sizes) != len(tokens):
@@ -79,16 +88,34 @@ class Recomputer:
         router = _router_probs(out.router_logits) if with_router else None
         if not tokens:
             return Recomputed([], [], [], router)
-        logits = out.logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
+        exact, rule, boundary = self._processed(out.logits, len(prompt), tokens, params, support_sizes)
+        replayed = None
+        if forced_experts is not None:
+            with forced_routing(model, forced_experts):
+                # the last token is no model input of any sampled token: its routing never came back
+                replay_logits = model(ids[:, :-1]).logits
+            replayed = self._processed(replay_logits, len(prompt), tokens, params, support_sizes)[0]
+        return Recomputed(exact, rule, boundary, router, replayed)
+
+    def _processed(
+        self,
+        all_logits: torch.Tensor,
+        num_prompt: int,
+        tokens: Sequence[int],
+        params: SamplingParams,
+        support_sizes: Sequence[int],
+    ) -> tuple[list[float], list[float], list[int]]:
+        """(logprobs, rule logprobs, boundary positions) of `tokens` from a forward's logits."""
+        logits = all_logits[0, num_prompt - 1 : num_prompt - 1 + len(tokens)].float()
         token_ids = torch.tensor(list(tokens), device=self.device)
         rule_sizes = rule_support_sizes(scaled_logits(logits, params), params)
         rule = token_logprobs(logits, token_ids, params, rule_sizes).tolist()
         if not support_sizes:
-            return Recomputed(rule, rule, [], router)
+            return rule, rule, []
         engine_sizes = torch.tensor(list(support_sizes), device=self.device)
         exact = token_logprobs(logits, token_ids, params, engine_sizes).tolist()
         boundary = (rule_sizes != engine_sizes).nonzero()[:, 0].tolist()
-        return Recomputed(exact, rule, boundary, router)
+        return exact, rule, boundary
 
 
 def _router_probs(router_logits: Sequence[torch.Tensor]) -> torch.Tensor:

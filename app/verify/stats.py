@@ -49,7 +49,7 @@ def mismatch_stats(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> 
         deltas += [abs(d) for d in seq_deltas]
         for d in seq_deltas:
             ratio = math.exp(d)
-            kl_terms.append(ratio * d)
+            kl_terms.append(ratio * d if ratio else 0.0)  # r·log r → 0 as r → 0 (trainer: -inf)
             clipped_tokens += abs(ratio - 1.0) > CLIP_EPSILON
         if seq_deltas:
             sequence_ratio = math.exp(sum(seq_deltas) / len(seq_deltas))

@@ -88,7 +88,7 @@ def build_app(
     @app.post("/update_weights_from_disk")
     async def update_weights_from_disk(body: UpdateWeightsBody) -> Response:
         work = weights.update_weights_from_disk(front, body)
-        return await _respond(work, {}, "/update_weights_from_disk")
+        return await _respond(work, weights.PARAMS, "/update_weights_from_disk")
 
     if metrics is not None:
         app.mount("/metrics", make_asgi_app(metrics))
@@ -108,6 +108,8 @@ async def _respond(work: Awaitable[Any], params: Mapping[str, str], path: str = 
         result = await work
     except Exception as exc:
         return failure_response(http_failure(exc, params), path)
+    if isinstance(result, dict):  # built in the hot path as plain dicts (shapes.py)
+        return JSONResponse(result)
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json"))
     assert isinstance(result, Response)

@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from dataclasses import dataclass
+from typing import Any
 
 from epochserve.errors import InvalidRequestError
 from epochserve.router.httpfront.front import Front, event_stream
 from epochserve.router.httpfront.requests import ChatCompletionRequest, ChatMessage
-from epochserve.router.httpfront.responses import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    Delta,
-    PromptLogprob,
-    Usage,
-)
 from epochserve.router.httpfront.run import Generation
 from epochserve.router.httpfront.samples import Piece
 from epochserve.router.httpfront.scoring import check_prompt_logprobs, vllm_prompt_logprobs
-from epochserve.router.httpfront.shapes import chat_logprobs, choice_fields, gather
+from epochserve.router.httpfront.shapes import Json, chat_logprobs, choice_fields, compact, gather, usage
 from epochserve.router.httpfront.translate import PARAMS, translate
 
 
@@ -75,7 +64,7 @@ def num_top_logprobs(body: ChatCompletionRequest) -> int:
     return body.top_logprobs or 0
 
 
-async def create(front: Front, body: ChatCompletionRequest) -> BaseModel | object:
+async def create(front: Front, body: ChatCompletionRequest) -> Json | object:
     """The ChatCompletion, or a StreamingResponse of its chunks; raises what the request failed with."""
     front.check_model(body.model)
     check_prompt_logprobs(body.prompt_logprobs)
@@ -90,70 +79,87 @@ async def create(front: Front, body: ChatCompletionRequest) -> BaseModel | objec
         return_prompt_logprobs=body.prompt_logprobs is not None,
     )
     generation = await front.start(translated, body.timeout)
-    created = int(time.time())
+    reply = _Reply(front, body, generation, prompt, int(time.time()))
     if body.stream:
-        return event_stream(
-            _chunks(front, body, generation, prompt, created), params_of(body), generation.request_id
-        )
+        return event_stream(_chunks(reply), params_of(body), generation.request_id)
     choices = gather([piece async for piece in generation.pieces()], translated.n)
-    return ChatCompletion(
-        id=f"chatcmpl-{generation.request_id}",
-        created=created,
-        model=front.model_name,
-        choices=[
-            ChatChoice(
-                message=AssistantMessage(content=c.text),
-                logprobs=chat_logprobs(front.codec, c.pieces) if body.logprobs else None,
-                **choice_fields(c, body.return_raw_logprobs),
-            )
+    return {
+        "id": f"chatcmpl-{generation.request_id}",
+        "object": "chat.completion",
+        "created": reply.created,
+        "model": front.model_name,
+        "choices": [
+            {
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": chat_logprobs(front.codec, c.pieces) if body.logprobs else None,
+                **choice_fields(c, body.return_raw_logprobs, body.return_routed_experts),
+            }
             for c in choices
         ],
-        usage=Usage.of(len(prompt), generation.num_generated_tokens),
-        policy_version=generation.policy_version or 0,
-        prompt_token_ids=prompt,
-        prompt_logprobs=_prompt_logprobs(front, body, prompt, choices[0].pieces),
-    )
+        "usage": usage(len(prompt), generation.num_generated_tokens),
+        "policy_version": generation.policy_version or 0,
+        "prompt_token_ids": prompt,
+        "prompt_logprobs": reply.prompt_logprobs(choices[0].pieces),
+    }
 
 
-def _prompt_logprobs(
-    front: Front, body: ChatCompletionRequest, prompt: list[int], pieces: list[Piece]
-) -> list[dict[str, PromptLogprob] | None] | None:
-    """vLLM's `prompt_logprobs` of a chat completion: one list for the response (every sample scores
-    the same prompt), from the first piece of a sample among `pieces`."""
-    if body.prompt_logprobs is None:
-        return None
-    return vllm_prompt_logprobs(front.codec, prompt, [x for p in pieces for x in p.prompt_logprobs])
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What every chat completion (or chunk) of one request shares."""
 
+    front: Front
+    body: ChatCompletionRequest
+    generation: Generation
+    prompt: list[int]
+    created: int
 
-async def _chunks(
-    front: Front, body: ChatCompletionRequest, generation: Generation, prompt: list[int], created: int
-) -> AsyncIterator[ChatCompletionChunk]:
-    started: set[int] = set()  # choices whose first chunk (with the role) went out
+    def prompt_logprobs(self, pieces: list[Piece]) -> list[dict[str, Json] | None] | None:
+        """vLLM's `prompt_logprobs` of a chat completion: one list for the response (every sample
+        scores the same prompt), from the first piece of a sample among `pieces`."""
+        if self.body.prompt_logprobs is None:
+            return None
+        scores = [x for p in pieces for x in p.prompt_logprobs]
+        return vllm_prompt_logprobs(self.front.codec, self.prompt, scores)
 
-    def chunk(choices: list[ChatChunkChoice], **fields: Any) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=f"chatcmpl-{generation.request_id}",
-            created=created,
-            model=front.model_name,
-            choices=choices,
-            policy_version=generation.policy_version or 0,
+    def chunk(self, choices: list[Json], **fields: Any) -> Json:
+        """A streamed chunk, unset fields left out; `fields`: usage, the prompt's fields."""
+        return compact({
+            "id": f"chatcmpl-{self.generation.request_id}",
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.front.model_name,
+            "choices": choices,
+            "policy_version": self.generation.policy_version or 0,
             **fields,
-        )
+        })  # fmt: skip
 
+
+async def _chunks(reply: _Reply) -> AsyncIterator[list[Json]]:
+    """One chunk per choice that has new output at each wake-up, written together."""
+    body, codec = reply.body, reply.front.codec
+    started: set[int] = set()  # choices whose first chunk (with the role) went out
     first = True
-    async for piece in generation.pieces():
-        role: Literal["assistant"] | None = None if piece.index in started else "assistant"
-        started.add(piece.index)
-        choice = ChatChunkChoice(
-            delta=Delta(role=role, content=piece.text if piece.text or role else None),
-            logprobs=chat_logprobs(front.codec, [piece]) if body.logprobs and piece.token_ids else None,
-            **choice_fields(piece, body.return_raw_logprobs),
-        )
-        prompt_fields: dict[str, Any] = {}
-        if first:  # the prompt's fields, once (the first piece is its sample's first)
-            scores = _prompt_logprobs(front, body, prompt, [piece])
-            prompt_fields = {"prompt_token_ids": prompt, "prompt_logprobs": scores}
-        yield chunk([choice], **prompt_fields)
-        first = False
+    async for batch in reply.generation.batches():
+        chunks = []
+        for piece in batch:
+            role = None if piece.index in started else "assistant"
+            started.add(piece.index)
+            logprobs = None
+            if body.logprobs and piece.token_ids:
+                logprobs = {"content": chat_logprobs(codec, [piece])["content"]}
+            choice = {
+                "delta": compact({"role": role, "content": piece.text if piece.text or role else None}),
+                "logprobs": logprobs,
+                **choice_fields(piece, body.return_raw_logprobs, body.return_routed_experts),
+            }
+            prompt_fields: dict[str, Any] = {}
+            if first:  # the prompt's fields, once (the first piece is its sample's first)
+                prompt_fields = {
+                    "prompt_token_ids": reply.prompt,
+                    "prompt_logprobs": reply.prompt_logprobs([piece]),
+                }
+            chunks.append(reply.chunk([compact(choice)], **prompt_fields))
+            first = False
+        yield chunks
     if body.stream_options is not None and body.stream_options.include_usage:
-        yield chunk([], usage=Usage.of(len(prompt), generation.num_generated_tokens))
+        yield [reply.chunk([], usage=usage(len(reply.prompt), reply.generation.num_generated_tokens))]

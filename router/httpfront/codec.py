@@ -17,6 +17,8 @@ from epochserve.errors import ConfigError, InvalidRequestError
 class TextCodec:
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
+        self._decode_ids = _fast_decode(tokenizer)
+        self._token_texts: dict[int, str] = {}  # token_text's answers: a token decodes alone one way
 
     @classmethod
     def load(cls, model_dir: Path) -> TextCodec:
@@ -55,11 +57,24 @@ class TextCodec:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Output text: special tokens (end of turn) are not part of it."""
-        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))
+        return str(self._decode_ids(list(token_ids), skip_special_tokens=True))
 
     def token_text(self, token_id: int) -> str:
         """One token as logprobs name it (special tokens included)."""
-        return str(self._tokenizer.decode([token_id], skip_special_tokens=False))
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = str(self._decode_ids([token_id], skip_special_tokens=False))
+        return text
+
+
+def _fast_decode(tokenizer: Any) -> Any:
+    """The Rust tokenizer's own decode where transformers' wrapper adds nothing to it (a fast
+    tokenizer that does not clean up spaces): the wrapper's argument conversions cost more than
+    the decoding itself, and the front decodes every streamed chunk."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False) or tokenizer.clean_up_tokenization_spaces:
+        return tokenizer.decode
+    return backend.decode
 
 
 class NoTextCodec:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-
-from pydantic import BaseModel
+from dataclasses import dataclass
+from typing import Any
 
 from epochserve.errors import InvalidRequestError
 from epochserve.router.httpfront.front import Front, event_stream
 from epochserve.router.httpfront.requests import CompletionRequest
-from epochserve.router.httpfront.responses import Completion, CompletionChoice, Usage
 from epochserve.router.httpfront.run import Generation
 from epochserve.router.httpfront.samples import Piece
 from epochserve.router.httpfront.scoring import (
@@ -25,7 +24,15 @@ from epochserve.router.httpfront.scoring import (
     joined,
     vllm_prompt_logprobs,
 )
-from epochserve.router.httpfront.shapes import Choice, choice_fields, completion_logprobs, gather
+from epochserve.router.httpfront.shapes import (
+    Choice,
+    Json,
+    choice_fields,
+    compact,
+    completion_logprobs,
+    gather,
+    usage,
+)
 from epochserve.router.httpfront.translate import PARAMS, translate
 
 
@@ -74,7 +81,7 @@ def returns_prompt_logprobs(body: CompletionRequest) -> bool:
     return (body.echo and body.logprobs is not None) or body.prompt_logprobs is not None
 
 
-async def create(front: Front, body: CompletionRequest) -> BaseModel | object:
+async def create(front: Front, body: CompletionRequest) -> Json | object:
     """The Completion, or a StreamingResponse of its chunks; raises what the request failed with."""
     front.check_model(body.model)
     refuse_unsupported(body)
@@ -89,83 +96,86 @@ async def create(front: Front, body: CompletionRequest) -> BaseModel | object:
         is_score_only=body.max_tokens == 0 and (body.echo or body.prompt_logprobs is not None),
     )
     generation = await front.start(translated, body.timeout)
-    created = int(time.time())
-    echo = echoed_text(front, body, prompt) if body.echo else ""
+    reply = _Reply(front, body, generation, prompt, int(time.time()))
     if body.stream:
-        chunks = _chunks(front, body, generation, prompt, echo, created)
-        return event_stream(chunks, params_of(body), generation.request_id)
+        return event_stream(_chunks(reply), params_of(body), generation.request_id)
     choices = gather([piece async for piece in generation.pieces()], translated.n)
-    return Completion(
-        id=f"cmpl-{generation.request_id}",
-        created=created,
-        model=front.model_name,
-        choices=[_choice(front, body, prompt, c, echo=echo) for c in choices],
-        usage=Usage.of(len(prompt), generation.num_generated_tokens),
-        policy_version=generation.policy_version or 0,
+    echo = echoed_text(front, body, prompt) if body.echo else ""
+    return reply.completion(
+        [reply.choice(c, echo=echo) for c in choices],
+        usage=usage(len(prompt), generation.num_generated_tokens),
         prompt_token_ids=prompt,
     )
 
 
-def _choice(
-    front: Front,
-    body: CompletionRequest,
-    prompt: list[int],
-    part: Piece | Choice,
-    *,
-    echo: str,
-    is_first: bool = True,
-    offset: int = 0,
-) -> CompletionChoice:
-    """A whole choice, or a streamed chunk's. The first of a sample (`is_first`) carries what the
-    prompt adds: `echo` (its text, "" without echo) and its logprobs; `offset`: the choice's text
-    sent before `part`."""
-    pieces = part.pieces if isinstance(part, Choice) else [part]
-    prompt_logprobs = [x for p in pieces for x in p.prompt_logprobs]  # only in a sample's first piece
-    echo = echo if is_first else ""
-    logprobs = None
-    if body.logprobs is not None:
-        logprobs = completion_logprobs(front.codec, pieces, body.logprobs, offset + len(echo))
-        if body.echo and is_first:
-            logprobs = joined(echo_logprobs(front.codec, prompt, prompt_logprobs), logprobs)
-    vllm_scores = None
-    if body.prompt_logprobs is not None and is_first:
-        vllm_scores = vllm_prompt_logprobs(front.codec, prompt, prompt_logprobs)
-    return CompletionChoice(
-        text=echo + part.text,
-        logprobs=logprobs,
-        prompt_logprobs=vllm_scores,
-        **choice_fields(part, body.return_raw_logprobs),
-    )
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What every completion (or chunk) of one request shares."""
+
+    front: Front
+    body: CompletionRequest
+    generation: Generation
+    prompt: list[int]
+    created: int
+
+    def completion(self, choices: list[Json], **fields: Any) -> Json:
+        """A Completion (a stream's chunk is one too): `fields` are usage and prompt_token_ids."""
+        return {
+            "id": f"cmpl-{self.generation.request_id}",
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.front.model_name,
+            "choices": choices,
+            "usage": None,
+            "policy_version": self.generation.policy_version or 0,
+            "prompt_token_ids": None,
+            **fields,
+        }
+
+    def choice(self, part: Piece | Choice, *, echo: str, is_first: bool = True, offset: int = 0) -> Json:
+        """A whole choice, or a streamed chunk's. The first of a sample (`is_first`) carries what the
+        prompt adds: `echo` (its text, "" without echo) and its logprobs; `offset`: the choice's text
+        sent before `part`."""
+        front, body, prompt = self.front, self.body, self.prompt
+        pieces = part.pieces if isinstance(part, Choice) else [part]
+        prompt_logprobs = [x for p in pieces for x in p.prompt_logprobs]  # only in a sample's first piece
+        echo = echo if is_first else ""
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(front.codec, pieces, body.logprobs, offset + len(echo))
+            if body.echo and is_first:
+                logprobs = joined(echo_logprobs(front.codec, prompt, prompt_logprobs), logprobs)
+        vllm_scores = None
+        if body.prompt_logprobs is not None and is_first:
+            vllm_scores = vllm_prompt_logprobs(front.codec, prompt, prompt_logprobs)
+        return {
+            "text": echo + part.text,
+            "logprobs": logprobs,
+            "prompt_logprobs": vllm_scores,
+            **choice_fields(part, body.return_raw_logprobs, body.return_routed_experts),
+        }
 
 
-async def _chunks(
-    front: Front, body: CompletionRequest, generation: Generation, prompt: list[int], echo: str, created: int
-) -> AsyncIterator[Completion]:
+async def _chunks(reply: _Reply) -> AsyncIterator[list[Json]]:
+    """One chunk per choice that has new output at each wake-up, written together."""
+    body, generation = reply.body, reply.generation
+    echo = echoed_text(reply.front, body, reply.prompt) if body.echo else ""
     offsets = [0] * len(generation.samples)  # text sent so far per choice (logprobs' text_offset)
     started: set[int] = set()  # choices whose first chunk (with what the prompt adds) went out
     first = True
-    async for piece in generation.pieces():
-        is_first = piece.index not in started
-        started.add(piece.index)
-        choice = _choice(
-            front, body, prompt, piece, echo=echo, is_first=is_first, offset=offsets[piece.index]
-        )
-        offsets[piece.index] += len(choice.text)
-        yield Completion(
-            id=f"cmpl-{generation.request_id}",
-            created=created,
-            model=front.model_name,
-            choices=[choice],
-            policy_version=generation.policy_version or 0,
-            prompt_token_ids=prompt if first else None,
-        )
-        first = False
+    async for batch in generation.batches():
+        chunks = []
+        for piece in batch:
+            is_first = piece.index not in started
+            started.add(piece.index)
+            choice = reply.choice(piece, echo=echo, is_first=is_first, offset=offsets[piece.index])
+            offsets[piece.index] += len(choice["text"])
+            if choice["logprobs"] is not None:
+                choice["logprobs"] = compact(choice["logprobs"])
+            prompt_ids = reply.prompt if first else None
+            chunks.append(compact(reply.completion([compact(choice)], prompt_token_ids=prompt_ids)))
+            first = False
+        yield chunks
     if body.stream_options is not None and body.stream_options.include_usage:
-        yield Completion(
-            id=f"cmpl-{generation.request_id}",
-            created=created,
-            model=front.model_name,
-            choices=[],
-            usage=Usage.of(len(prompt), generation.num_generated_tokens),
-            policy_version=generation.policy_version or 0,
-        )
+        counts = usage(len(reply.prompt), generation.num_generated_tokens)
+        yield [compact(reply.completion([], usage=counts))]

@@ -73,9 +73,21 @@ def http_failure(exc: BaseException, params: Mapping[str, str] = {}, request_id:
         log.error("request %s failed", request_id or "(http)", exc_info=exc)
     grpc_failure = failure_of(exc, request_id)
     status = HTTP_STATUS.get(grpc_failure.code, 500)
-    param = params.get(exc.field, exc.field) if isinstance(exc, InvalidRequestError) else None
+    param = _param_of(exc, params)
     headers = {}
     if grpc_failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         pushback_ms = dict(grpc_failure.trailing_metadata).get(RETRY_PUSHBACK_KEY, "1000")
         headers["Retry-After"] = str(max(1, math.ceil(int(pushback_ms) / 1000)))
     return HttpFailure(status, grpc_failure.details, grpc_failure.code.name.lower(), param, headers)
+
+
+def _param_of(exc: BaseException, params: Mapping[str, str]) -> str | None:
+    """The HTTP field a refusal names: the router's own (InvalidRequestError.field), or one a worker
+    refused (its INVALID_ARGUMENT details start with the field: what only the model knows, such as
+    routed experts of a dense model)."""
+    if isinstance(exc, InvalidRequestError):
+        return params.get(exc.field, exc.field)
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        details = exc.details() or ""
+        return next((param for name, param in params.items() if f"{name}: " in details), None)
+    return None

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 
 from epochserve.router.httpfront.backend import Backend
 from epochserve.router.httpfront.codec import Codec
@@ -54,27 +53,27 @@ class Front:
 
 
 def event_stream(
-    events: AsyncIterator[BaseModel | dict[str, Any]], params: Mapping[str, str], request_id: str
+    batches: AsyncIterator[list[dict[str, Any]]], params: Mapping[str, str], request_id: str
 ) -> StreamingResponse:
-    """SSE: one `data:` line per event, then `data: [DONE]`. A failure after the headers went out
-    is sent as one `data: {"error": ...}` event (OpenAI's clients raise it), then the stream ends."""
+    """SSE: one `data:` line per event, each batch's events written at once, then `data: [DONE]`.
+    A failure after the headers went out is sent as one `data: {"error": ...}` event (OpenAI's
+    clients raise it), then the stream ends."""
 
     async def lines() -> AsyncIterator[str]:
         try:
-            async for event in events:
-                yield f"data: {as_json(event)}\n\n"
+            async for events in batches:
+                yield "".join(f"data: {as_json(event)}\n\n" for event in events)
         except Exception as exc:
-            yield f"data: {json.dumps(http_failure(exc, params, request_id).body())}\n\n"
+            yield f"data: {as_json(http_failure(exc, params, request_id).body())}\n\n"
             return
         yield "data: [DONE]\n\n"
 
     return sse_response(lines())
 
 
-def as_json(event: BaseModel | dict[str, Any]) -> str:
-    if isinstance(event, BaseModel):
-        return event.model_dump_json(exclude_none=True)
-    return json.dumps(event)
+def as_json(event: dict[str, Any]) -> str:
+    """Compact JSON, UTF-8 as is (the shape pydantic and starlette write)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
 def sse_response(lines: AsyncIterator[str]) -> StreamingResponse:

@@ -49,6 +49,10 @@ def refuse_unsupported(body: MessagesRequest) -> None:
         raise InvalidRequestError("n", "a message has one content: send a request per sample")
     if body.tools:
         raise InvalidRequestError("tools", "are not supported on /v1/messages (use /v1/chat/completions)")
+    if body.return_routed_experts:
+        raise InvalidRequestError(
+            "return_routed_experts", "is not supported on /v1/messages (use /v1/chat/completions)"
+        )
 
 
 def stop_of(generation: Generation) -> tuple[str | None, str | None]:

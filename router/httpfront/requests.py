@@ -44,6 +44,7 @@ class GenerationFields(BaseModel):
     min_policy_version: int | None = None
     prompt_token_ids: list[int] | None = None  # the prompt as ids: no tokenizer, no chat template
     return_raw_logprobs: bool = False
+    return_routed_experts: bool = False  # MoE models: each choice's routed_experts (routing replay)
     output_mode: Literal["stream", "final"] | None = None  # default: docs/http.md
     timeout: float | None = Field(default=None, gt=0)  # seconds: the request's deadline (504 after it)
 

@@ -1,10 +1,14 @@
 """Run one GenerateRequest through the backend and turn its messages into Pieces of text.
 
 The request runs in a task of its own that hands each message over a small queue (so a slow HTTP
-client slows the worker stream down, as a slow gRPC client does). A stream's headers go out only
-once its first message came: until then every failure (validation, a full queue, no worker, the
-deadline) is still an HTTP status. When every sample matched a stop string while the worker still
-generates, the request is aborted on it (router/aborting.py), the same as a gRPC Abort.
+client slows the worker stream down, as a slow gRPC client does). Whatever is queued when the reader
+wakes is taken at once and makes one piece per sample (one SSE event per choice, not per token): the
+slower the client, or the busier the router (_coalesced), the more tokens each event carries, and
+the fewer events there are to write.
+A stream's headers go out only once its first message came: until then every failure (validation,
+a full queue, no worker, the deadline) is still an HTTP status. When every sample matched a stop
+string while the worker still generates, the request is aborted on it (router/aborting.py), the
+same as a gRPC Abort.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from epochserve.router.httpfront.samples import Piece, SampleText
 from epochserve.router.httpfront.translate import Translated
 from epochserve.router.waiting import Deadline
 
-_QUEUE_SIZE = 16
+_QUEUE_SIZE = 64  # messages held for a slow client before the worker stream waits
+_MAX_COALESCING_TURNS = 8  # event-loop turns a busy router gives a stream's producers per event
 _END = object()
 
 
@@ -38,6 +43,7 @@ class Generation:
         self._queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
         self._first: object = None
+        self._held: object = None  # the end or an error, met while draining: next _next()'s answer
         self._is_aborting = False
 
     @property
@@ -59,13 +65,20 @@ class Generation:
     async def pieces(self) -> AsyncIterator[Piece]:
         """Every sample's pieces in arrival order, each sample ending with a finish_reason. Raises
         what the request ends with. Leaving early cancels the request (the worker frees it)."""
+        async for batch in self.batches():
+            for piece in batch:
+                yield piece
+
+    async def batches(self) -> AsyncIterator[list[Piece]]:
+        """The pieces of everything queued at each wake-up: at most one per sample. Raises what the
+        request ends with. Leaving early cancels the request (the worker frees it)."""
         assert self._task is not None, "start() first"
         try:
             message = self._first
             while message is not _END:
-                assert isinstance(message, common_pb2.GenerateResponse)
-                for piece in self._pieces_of(message):
-                    yield piece
+                batch = self._pieces_of(await self._coalesced(message))
+                if batch:
+                    yield batch
                 await self._abort_if_all_stopped()
                 message = await self._next()
         finally:
@@ -83,23 +96,53 @@ class Generation:
             await self._queue.put(_END)
 
     async def _next(self) -> object:
-        item = await self._queue.get()
+        item, self._held = self._held, None
+        if item is None:
+            item = await self._queue.get()
         if isinstance(item, Exception):
             raise item
         return item
 
-    def _pieces_of(self, message: common_pb2.GenerateResponse) -> list[Piece]:
+    async def _coalesced(self, message: object) -> list[common_pb2.GenerateResponse]:
+        """`message` and what is queued behind it. A STREAM response then gives the producers that
+        are ready to run a turn of the event loop, again while each turn brought more: an idle
+        router (one turn brings nothing) sends at once, a busy one sends fewer, larger events."""
+        assert isinstance(message, common_pb2.GenerateResponse)
+        messages = [message, *self._drain()]
+        if self.request.output_mode == common_pb2.OUTPUT_MODE_FINAL:
+            return messages
+        for _ in range(_MAX_COALESCING_TURNS):
+            if self._held is not None or self._queue.full():
+                break
+            await asyncio.sleep(0)
+            more = self._drain()
+            if not more:
+                break
+            messages += more
+        return messages
+
+    def _drain(self) -> list[common_pb2.GenerateResponse]:
+        """The messages queued now, up to the end or an error (held for _next)."""
+        messages = []
+        while self._held is None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, common_pb2.GenerateResponse):
+                messages.append(item)
+            else:
+                self._held = item
+        return messages
+
+    def _pieces_of(self, messages: list[common_pb2.GenerateResponse]) -> list[Piece]:
         if self.policy_version is None:
-            self.policy_version = message.policy_version
-        sample = self.samples[message.sample_index]
-        pieces = [sample.add(tokens_of(message))]
-        if message.HasField("finish"):
-            pieces.append(sample.finish(message.finish.finish_reason))
-        return [
-            p
-            for p in pieces
-            if p is not None and (p.token_ids or p.text or p.finish_reason or p.prompt_logprobs)
-        ]
+            self.policy_version = messages[0].policy_version
+        chunks: dict[int, list[common_pb2.GenerateChunk]] = {}  # by sample, in order of arrival
+        finishes: dict[int, int] = {}
+        for message in messages:
+            chunks.setdefault(message.sample_index, []).append(tokens_of(message))
+            if message.HasField("finish"):
+                finishes[message.sample_index] = message.finish.finish_reason
+        pieces = (self.samples[i].add(sample_chunks, finishes.get(i)) for i, sample_chunks in chunks.items())
+        return [piece for piece in pieces if piece is not None and not piece.is_empty]
 
     async def _abort_if_all_stopped(self) -> None:
         ended = all(s.finish_reason is not None for s in self.samples)

@@ -16,7 +16,8 @@ from typing import Any
 
 from epochserve.errors import InvalidRequestError
 from epochserve.router.httpfront.codec import Codec
-from epochserve.router.httpfront.responses import CompletionLogprobs, PromptLogprob
+
+Json = dict[str, Any]
 
 NO_ALTERNATIVES = "the top alternatives of prompt tokens are not computed"
 
@@ -33,42 +34,40 @@ def prompt_scores(prompt: Sequence[int], prompt_logprobs: Sequence[float]) -> li
     return [None, *prompt_logprobs]
 
 
-def echo_logprobs(
-    codec: Codec, prompt: Sequence[int], prompt_logprobs: Sequence[float]
-) -> CompletionLogprobs:
+def echo_logprobs(codec: Codec, prompt: Sequence[int], prompt_logprobs: Sequence[float]) -> Json:
     """OpenAI's completions `logprobs` of an echoed prompt (its `top_logprobs` is None: echo
     takes `logprobs: 0` only)."""
     tokens = [codec.token_text(t) for t in prompt]
     offsets = [0, *accumulate(len(text) for text in tokens)][: len(tokens)]
-    return CompletionLogprobs(
-        tokens=tokens,
-        token_logprobs=prompt_scores(prompt, prompt_logprobs),
-        top_logprobs=None,
-        text_offset=offsets,
-    )
+    return {
+        "tokens": tokens,
+        "token_logprobs": prompt_scores(prompt, prompt_logprobs),
+        "top_logprobs": None,
+        "text_offset": offsets,
+    }
 
 
-def joined(first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs:
+def joined(first: Json, then: Json) -> Json:
     """The echoed prompt's logprobs followed by the generated tokens' (offsets already in place)."""
     tops = None
-    if first.top_logprobs is not None or then.top_logprobs is not None:
-        tops = [*(first.top_logprobs or []), *(then.top_logprobs or [])]
-    return CompletionLogprobs(
-        tokens=[*first.tokens, *then.tokens],
-        token_logprobs=[*first.token_logprobs, *then.token_logprobs],
-        top_logprobs=tops,
-        text_offset=[*first.text_offset, *then.text_offset],
-    )
+    if first["top_logprobs"] is not None or then["top_logprobs"] is not None:
+        tops = [*(first["top_logprobs"] or []), *(then["top_logprobs"] or [])]
+    return {
+        "tokens": [*first["tokens"], *then["tokens"]],
+        "token_logprobs": [*first["token_logprobs"], *then["token_logprobs"]],
+        "top_logprobs": tops,
+        "text_offset": [*first["text_offset"], *then["text_offset"]],
+    }
 
 
 def vllm_prompt_logprobs(
     codec: Codec, prompt: Sequence[int], prompt_logprobs: Sequence[float]
-) -> list[dict[str, PromptLogprob] | None]:
+) -> list[dict[str, Json] | None]:
     """vLLM's `prompt_logprobs`: None, then `{token_id: {logprob, decoded_token}}` per token (no
     `rank`: the engine does not rank prompt tokens)."""
     scores = prompt_scores(prompt, prompt_logprobs)
     return [
-        None if score is None else {str(t): PromptLogprob(logprob=score, decoded_token=codec.token_text(t))}
+        None if score is None else {str(t): {"logprob": score, "decoded_token": codec.token_text(t)}}
         for t, score in zip(prompt, scores, strict=True)
     ]
 

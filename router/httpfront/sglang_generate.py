@@ -6,8 +6,11 @@ holding `finish_reason` ({"type": "length" | "stop" | "abort", ...}), the token 
 `output_token_logprobs` as `[[logprob, token_id, text or null], ...]` when asked (with
 `logprob_start_len` >= 0 also the prompt's, `input_token_logprobs`: scoring.py), and
 `weight_version`: the policy version (as a string, SGLang's type; `policy_version` holds it as a
-number). A stream sends one `data:` event per piece: `text` so far, this piece's `output_ids` and
-logprobs (the input logprobs in each sample's first). `max_new_tokens: 0` scores without generating.
+number). With `return_routed_experts`, meta_info also holds `routed_experts` (per output token) and
+`prompt_routed_experts` (per prompt position). A stream sends one `data:` event per sample at each
+wake-up: `text` so far, the `output_ids` and logprobs (and routed experts) that arrived since (the
+input logprobs and the prompt's routed experts in each sample's first). `max_new_tokens: 0` scores
+without generating.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ PARAMS = {
     "n": "sampling_params.n",
     "presence_penalty": "sampling_params.presence_penalty",
     "frequency_penalty": "sampling_params.frequency_penalty",
+    "sampling.return_routed_experts": "return_routed_experts",
 }
 
 
@@ -89,6 +93,7 @@ def as_generation_fields(front: Front, body: GenerateBody) -> GenerationFields:
         stream=body.stream,
         min_policy_version=body.min_policy_version,
         return_raw_logprobs=body.return_raw_logprobs,
+        return_routed_experts=body.return_routed_experts,
         output_mode=body.output_mode,
         timeout=body.timeout,
     )
@@ -137,14 +142,20 @@ async def generate(front: Front, body: GenerateBody) -> Response:
     return JSONResponse(outputs[0] if translated.n == 1 else outputs)
 
 
-async def _events(reply: _Reply) -> AsyncIterator[dict[str, Any]]:
+async def _events(reply: _Reply) -> AsyncIterator[list[dict[str, Any]]]:
+    """One event per sample that has new output at each wake-up, written together."""
     texts = [""] * len(reply.generation.samples)
     started: set[int] = set()  # samples whose first event (with the input logprobs) went out
-    async for piece in reply.generation.pieces():
-        texts[piece.index] += piece.text
-        is_first = piece.index not in started
-        started.add(piece.index)
-        yield reply.output(piece.index, texts[piece.index], [piece], piece.finish_reason, is_first)
+    async for batch in reply.generation.batches():
+        events = []
+        for piece in batch:
+            texts[piece.index] += piece.text
+            is_first = piece.index not in started
+            started.add(piece.index)
+            events.append(
+                reply.output(piece.index, texts[piece.index], [piece], piece.finish_reason, is_first)
+            )
+        yield events
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +202,9 @@ class _Reply:
             )
         if body.return_raw_logprobs:
             meta["raw_logprobs"] = [x for p in pieces for x in p.raw_logprobs]
+        if body.return_routed_experts:  # the prompt's in a sample's first piece only
+            meta["routed_experts"] = [r for p in pieces for r in p.routed_experts]
+            meta["prompt_routed_experts"] = [r for p in pieces for r in p.prompt_routed_experts]
         ids = [t for p in pieces for t in p.token_ids]
         output: dict[str, Any] = {"text": text, "output_ids": ids, "meta_info": meta}
         if len(generation.samples) > 1:

@@ -46,6 +46,7 @@ class GenerateBody(BaseModel):
     # RL extensions, as on the OpenAI routes (docs/http.md)
     min_policy_version: int | None = None
     return_raw_logprobs: bool = False
+    return_routed_experts: bool = False  # MoE models: meta_info's routed_experts, prompt_routed_experts
     output_mode: Literal["stream", "final"] | None = None
     timeout: float | None = Field(default=None, gt=0)
 
@@ -54,7 +55,8 @@ class UpdateWeightsBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model_path: str  # a published checkpoint (with its manifest) every worker can read
-    drain: Literal["finish", "abort"] | None = None  # ours; default from abort_all_requests
+    drain: Literal["finish", "abort", "overlap"] | None = None  # ours; default from abort_all_requests
+    drain_deadline: float | None = None  # ours, seconds after the commit: v-1 requests still running end
     abort_all_requests: bool = False  # SGLang's: true means drain "abort"
     version: int | None = None  # ours; else weight_version, else the committed version + 1
     weight_version: str | None = None  # SGLang's label: here a policy version (digits)

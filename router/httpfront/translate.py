@@ -36,6 +36,7 @@ PARAMS = {
     "sampling.seed": "seed",
     "sampling.stop_token_ids": "stop_token_ids",
     "sampling.max_tokens": "max_tokens",
+    "sampling.return_routed_experts": "return_routed_experts",
 }
 
 
@@ -79,6 +80,7 @@ def translate(
         num_top_logprobs=num_top_logprobs,
         return_raw_logprobs=body.return_raw_logprobs,
         return_prompt_logprobs=return_prompt_logprobs,
+        return_routed_experts=body.return_routed_experts,
     )
     n = 1 if body.n is None else body.n
     validate_prompt(prompt, bounds)

@@ -10,6 +10,7 @@ Only a caller holding the router's admin token gets here (guards.AdminTokenCheck
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import PurePosixPath
 
@@ -25,7 +26,13 @@ from epochserve.router.httpfront.sglang_shapes import UpdateWeightsBody
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 START_TIMEOUT_SECONDS = 30.0
-_DRAINS = {"finish": pb.DRAIN_POLICY_FINISH, "abort": pb.DRAIN_POLICY_ABORT}
+_DRAINS = {
+    "finish": pb.DRAIN_POLICY_FINISH,
+    "abort": pb.DRAIN_POLICY_ABORT,
+    "overlap": pb.DRAIN_POLICY_OVERLAP,
+}
+# The Admin service's field names → this route's (its refusals name the route's fields).
+PARAMS = {"drain_deadline": "drain_deadline", "version": "version", "source": "model_path"}
 NO_ADMIN = (
     "this router cannot start rollouts: it was started without the control plane's Admin service "
     "(--admin-address HOST:PORT and an admin token, --admin-token-file or $EPOCHSERVE_ADMIN_TOKEN)"
@@ -53,7 +60,14 @@ def rollout_request(front: Front, body: UpdateWeightsBody) -> pb.StartRolloutReq
     if not 0 < version < 2**64:
         raise InvalidRequestError("version", f"must be in [1, 2**64), got {version}")
     drain = body.drain or ("abort" if body.abort_all_requests else "finish")
-    return pb.StartRolloutRequest(version=version, source=body.model_path, drain=_DRAINS[drain])
+    deadline = body.drain_deadline
+    if deadline is not None and not (math.isfinite(deadline) and deadline >= 0):
+        raise InvalidRequestError(
+            "drain_deadline", f"must be a finite number of seconds >= 0, got {deadline}"
+        )
+    return pb.StartRolloutRequest(
+        version=version, source=body.model_path, drain=_DRAINS[drain], drain_deadline_seconds=deadline
+    )
 
 
 async def update_weights_from_disk(front: Front, body: UpdateWeightsBody) -> Response:

@@ -27,6 +27,7 @@ from routerkit import PROMPT
 from epochserve.app.local.cluster import LocalCluster
 from epochserve.client.publisher import PolicyPublisher
 from epochserve.controlplane.admin.client import AdminClient
+from epochserve.proto.v1 import admin_pb2 as pb
 
 NEW_TOKENS = 6
 NUM_CHATS = 64
@@ -110,15 +111,20 @@ async def list_rollouts(cluster: LocalCluster):
         return await client.list_rollouts(None, 10)
 
 
-def test_update_weights_from_disk_rolls_out_and_generate_follows(root_url, admin, versions, tmp_path):
+def test_update_weights_from_disk_rolls_out_and_generate_follows(
+    cluster, root_url, admin, versions, tmp_path
+):
     _, models, _ = versions
     before = generate(root_url)
     assert (before["meta_info"]["weight_version"], len(before["output_ids"])) == ("0", NEW_TOKENS)
     assert_logprobs_are_of(models[0], before)
 
-    body = {"model_path": checkpoint(versions, 1, tmp_path), "version": 1, "drain": "finish"}
+    body = {"model_path": checkpoint(versions, 1, tmp_path), "version": 1, "drain": "overlap",
+            "drain_deadline": 120}  # fmt: skip
     done = {"success": True, "message": "policy version 1 is served by every worker", "weight_version": "1"}
     assert call(root_url, "/update_weights_from_disk", body, admin) == (200, done)
+    (record,) = [r for r in asyncio.run(list_rollouts(cluster)).rollouts if r.version == 1]
+    assert (record.drain, record.drain_deadline_seconds) == (pb.DRAIN_POLICY_OVERLAP, 120)
     assert call(root_url, "/get_weight_version") == (200, {"weight_version": "1", "policy_version": 1})
     after = generate(root_url)
     assert after["meta_info"]["weight_version"] == "1" and after["meta_info"]["policy_version"] == 1

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from epochserve.proto.results import tokens_of
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.attempt import Send
@@ -55,6 +57,30 @@ def prompt_logprob(position: int) -> float:
     return -0.1 * position
 
 
+MOE_LAYERS = 2
+ROUTED_TOP_K = 2
+
+
+def experts(position: int) -> list[int]:
+    """The scripted routing of one position (layer-major: MOE_LAYERS × ROUTED_TOP_K expert ids).
+    Prompt positions are < 1000; generated token p of sample s is position 1000 * (s + 1) + p."""
+    return [(position + layer * 3 + j) % 64 for layer in range(MOE_LAYERS) for j in range(ROUTED_TOP_K)]
+
+
+def token_position(sample: int, position: int) -> int:
+    return 1000 * (sample + 1) + position
+
+
+def refused_as_dense(request_id: str) -> grpc.aio.AioRpcError:
+    """What a worker serving a dense model answers return_routed_experts with, as the router passes
+    it on (engine.check_supported's field and message)."""
+    details = (f"request {request_id}: sampling.return_routed_experts: the served model "
+               "(LlamaForCausalLM) is dense: it routes no token to experts")  # fmt: skip
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+    )
+
+
 @dataclass
 class ScriptedBackend:
     version: int | None = VERSION
@@ -62,6 +88,7 @@ class ScriptedBackend:
     is_serving: bool = True
     fail_with: Exception | None = None  # raised instead of answering
     fail_after_first: Exception | None = None  # raised once the first message went out
+    is_moe: bool = False  # a mixture-of-experts model: routed experts on request (else refused)
     requests: list[common_pb2.GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
 
@@ -69,6 +96,8 @@ class ScriptedBackend:
         self.requests.append(request)
         if self.fail_with is not None:
             raise self.fail_with
+        if request.sampling.return_routed_experts and not self.is_moe:
+            raise refused_as_dense(request.request_id)
         tokens = [*REPLY.encode(), EOT]
         limit = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else len(tokens)
         tokens = tokens[:limit]
@@ -92,6 +121,8 @@ class ScriptedBackend:
                 chunk.logprobs.extend(logprob(sample, p) for p in range(sent, sent + len(ids)))
                 if request.sampling.return_raw_logprobs:
                     chunk.raw_logprobs.extend(-1.0 for _ in ids)
+                if request.sampling.return_routed_experts:
+                    add_routing(chunk, request, sample, sent, len(ids))
                 for _ in ids:
                     top = chunk.top_logprobs.add()
                     top.token_ids.extend([101, 102][: request.sampling.num_top_logprobs])
@@ -116,6 +147,18 @@ class ScriptedBackend:
     async def abort(self, request_id: str) -> bool:
         self.aborted.append(request_id)
         return True
+
+
+def add_routing(
+    chunk: common_pb2.GenerateChunk, request: common_pb2.GenerateRequest, sample: int, sent: int, num: int
+) -> None:
+    """The scripted routing of `num` tokens from position `sent` (and the prompt's, in the first chunk)."""
+    chunk.routed_top_k = ROUTED_TOP_K
+    for position in range(sent, sent + num):
+        chunk.routed_experts.add().expert_ids.extend(experts(token_position(sample, position)))
+    if sent == 0:
+        for position in range(len(request.prompt_token_ids)):
+            chunk.prompt_routed_experts.add().expert_ids.extend(experts(position))
 
 
 def serve(**options: Any) -> Iterator[ServedFront]:

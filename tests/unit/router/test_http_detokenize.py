@@ -75,3 +75,14 @@ def test_the_tail_that_may_start_a_stop_string_is_held_back():
     assert matcher.push("A") == (" ", False)
     assert matcher.push("RT") == ("ST", False)
     assert matcher.flush() == "ART"
+
+
+@pytest.mark.parametrize("size", [2, 3, 5, 64])
+def test_chunks_decode_to_the_whole_and_never_split_a_character(size):
+    ids = list(TEXT.encode())
+    decoder = IncrementalDecoder(byte_decode)
+    out = [decoder.extend(ids[at : at + size]) for at in range(0, len(ids), size)] + [decoder.flush()]
+    assert "".join(out) == TEXT
+    assert all("\ufffd" not in p for p in out)
+    if size < len(ids):  # a chunk that ends inside a character emits the text before that character
+        assert next(p for p in out if p) == TEXT.encode()[:size].decode(errors="ignore")

@@ -11,6 +11,8 @@ import openai
 import pytest
 from http_kit import EOT, REPLY, logprob, prompt_logprob, serve
 
+from epochserve.router.httpfront import run
+
 PROMPT = "hi you"
 IDS = list(PROMPT.encode())
 SCORES = [None, *(pytest.approx(prompt_logprob(i)) for i in range(1, len(IDS)))]
@@ -101,11 +103,12 @@ def test_a_streamed_echo_equals_the_whole_one(client, backend):
         assert scored[c.index] == [c.prompt_logprobs]  # type: ignore[attr-defined]  # once: the first chunk
 
 
-def test_chat_prompt_logprobs_once_per_response(served, backend):
+def test_chat_prompt_logprobs_once_per_response(served, backend, monkeypatch):
+    monkeypatch.setattr(run, "_MAX_COALESCING_TURNS", 0)  # only what is queued at a wake-up: more events
     body = {
         "model": "tiny",
         "messages": [{"role": "user", "content": "yo"}],
-        "max_tokens": 2,
+        "max_tokens": 30,
         "prompt_logprobs": 0,
     }
     done = post(served, "/v1/chat/completions", body)
@@ -122,7 +125,8 @@ def test_chat_prompt_logprobs_once_per_response(served, backend):
     )
 
 
-def test_sglang_input_token_logprobs_from_logprob_start_len(served, backend):
+def test_sglang_input_token_logprobs_from_logprob_start_len(served, backend, monkeypatch):
+    monkeypatch.setattr(run, "_MAX_COALESCING_TURNS", 0)  # only what is queued at a wake-up: more events
     ids = [5, 6, 7, 8]
     body = {"input_ids": ids, "return_logprob": True, "logprob_start_len": 0, "return_text_in_logprobs": True}
     out = post(served, "/generate", {**body, "sampling_params": {"max_new_tokens": 2}})

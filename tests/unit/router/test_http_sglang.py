@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from http_kit import EOT, REPLY, VERSION, ScriptedBackend, ServedFront, logprob, serve
+from http_kit import EOT, REPLY, VERSION, ByteCodec, ScriptedBackend, ServedFront, logprob, serve
 
 from epochserve.net import free_port
+from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.errors import NoWorkerError
-from epochserve.router.httpfront.front import AdminAccess
+from epochserve.router.httpfront import run
+from epochserve.router.httpfront.front import AdminAccess, Front
+from epochserve.router.httpfront.sglang_shapes import UpdateWeightsBody
+from epochserve.router.httpfront.weights import rollout_request
 
 KEY = "sekrit-key"
 ADMIN = "admin-sekrit"
@@ -98,7 +102,8 @@ def test_length_and_stop_strings_finish_as_sglang_says(served, backend):
     assert backend.aborted  # the worker stopped once the stop string matched
 
 
-def test_a_stream_sends_text_so_far_and_each_pieces_ids(served):
+def test_a_stream_sends_text_so_far_and_each_pieces_ids(served, monkeypatch):
+    monkeypatch.setattr(run, "_MAX_COALESCING_TURNS", 0)  # only what is queued at a wake-up: more events
     whole = generate(served, input_ids=[1], return_logprob=True)
     code, headers, text = served.post("/generate", {"input_ids": [1], "return_logprob": True, "stream": True})
     assert (code, headers.get_content_type()) == (200, "text/event-stream")
@@ -173,6 +178,9 @@ def test_update_weights_with_an_unreachable_admin_is_503_and_bad_fields_are_400(
             ({"model_path": "ckpt/v8"}, "model_path"),
             ({"model_path": "/ckpt/v8", "weight_version": "v8"}, "weight_version"),
             ({"model_path": "/ckpt/v8", "drain": "later"}, "drain"),
+            ({"model_path": "/ckpt/v8", "drain_deadline": -1}, "drain_deadline"),
+            ({"model_path": "/ckpt/v8", "drain_deadline": float("inf")}, "drain_deadline"),
+            ({"model_path": "/ckpt/v8", "drain_deadline": "soon"}, "drain_deadline"),
             ({}, "model_path"),
         ):
             code, _, answer = served.post("/update_weights_from_disk", body, auth)
@@ -183,6 +191,23 @@ def test_update_weights_with_an_unreachable_admin_is_503_and_bad_fields_are_400(
         assert (code, answer["success"]) == (503, False) and "cannot be reached" in answer["message"]
     finally:
         served.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "drain", "deadline"),
+    [
+        ({}, pb.DRAIN_POLICY_FINISH, None),
+        ({"abort_all_requests": True}, pb.DRAIN_POLICY_ABORT, None),
+        ({"drain": "overlap", "drain_deadline": 30.5}, pb.DRAIN_POLICY_OVERLAP, 30.5),
+        ({"drain": "finish", "abort_all_requests": True, "drain_deadline": 0}, pb.DRAIN_POLICY_FINISH, 0.0),
+    ],
+)
+def test_update_weights_drain_and_deadline_reach_the_admin_request(fields, drain, deadline):
+    front = Front(ScriptedBackend(), ByteCodec(), "tiny")  # type: ignore[arg-type]
+    request = rollout_request(front, UpdateWeightsBody(model_path="/ckpt/v8", **fields))
+    assert (request.version, request.source, request.drain) == (VERSION + 1, "/ckpt/v8", drain)
+    has_deadline = request.HasField("drain_deadline_seconds")
+    assert (request.drain_deadline_seconds if has_deadline else None) == deadline
 
 
 @pytest.mark.parametrize("api_key", [None, KEY], ids=["no-api-key", "api-key"])
