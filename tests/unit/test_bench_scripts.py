@@ -114,7 +114,8 @@ SHELL_END = {"2>&1", "|", ";", "&&", "||", ">", "2>", "&"}
 
 
 def bench_calls(path: Path) -> list[tuple[str, list[str]]]:
-    """(script, argv) of each `python3 bench/X.py ...` in a driver; `${1:-4}` reads as its default."""
+    """(script, argv) of each `python3 bench/X.py ...` in a driver; `${1:-4}` reads as its default,
+    and "$@" (the driver's own arguments, passed on) as nothing."""
     text = re.sub(r"\$\{\d+:-([^}]*)\}", r"\1", path.read_text().replace("\\\n", " "))
     calls = []
     for script, rest in BENCH_CALL.findall(text):
@@ -122,7 +123,8 @@ def bench_calls(path: Path) -> list[tuple[str, list[str]]]:
         for token in shlex.split(rest, comments=True):
             if token in SHELL_END:
                 break
-            argv.append(token)
+            if token != "$@":
+                argv.append(token)
         calls.append((script, argv))
     return calls
 
