@@ -179,7 +179,7 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -189,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=160)
     parser.add_argument("--prompts", type=int, default=40, help="W5 prompts (n 8 each)")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     device = "cpu" if args.tiny else "cuda"
     config = QWEN3_MOE_TINY if args.tiny else QWEN3_30B_A3B
     prompts, n, new, w1_new, peer_new = (4, 2, 8, 8, 8) if args.tiny else (args.prompts, 8, 512, W1_NEW, 64)

@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from epochserve.proto.results import tokens_of
 from epochserve.proto.v1 import common_pb2
 from epochserve.router.httpfront.backend import Backend
+from epochserve.router.httpfront.channel import Channel
 from epochserve.router.httpfront.codec import Codec
 from epochserve.router.httpfront.samples import Piece, SampleText
 from epochserve.router.httpfront.translate import Translated
@@ -40,7 +40,7 @@ class Generation:
         ]
         self.deadline = deadline
         self.policy_version: int | None = None  # of the first message (the flow checks the others)
-        self._queue: asyncio.Queue[object] = asyncio.Queue(_QUEUE_SIZE)
+        self._queue: Channel[object] = Channel(_QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
         self._first: object = None
         self._held: object = None  # the end or an error, met while draining: next _next()'s answer
@@ -108,40 +108,42 @@ class Generation:
         are ready to run a turn of the event loop, again while each turn brought more: an idle
         router (one turn brings nothing) sends at once, a busy one sends fewer, larger events."""
         assert isinstance(message, common_pb2.GenerateResponse)
-        messages = [message, *self._drain()]
-        if self.request.output_mode == common_pb2.OUTPUT_MODE_FINAL:
-            return messages
-        for _ in range(_MAX_COALESCING_TURNS):
-            if self._held is not None or self._queue.full():
-                break
-            await asyncio.sleep(0)
-            more = self._drain()
-            if not more:
-                break
-            messages += more
-        return messages
+        if self._held is None and self.request.output_mode != common_pb2.OUTPUT_MODE_FINAL:
+            await self._queue.settle(_MAX_COALESCING_TURNS, _is_last)
+        return [message, *self._drain()]
 
     def _drain(self) -> list[common_pb2.GenerateResponse]:
-        """The messages queued now, up to the end or an error (held for _next)."""
-        messages = []
-        while self._held is None and not self._queue.empty():
-            item = self._queue.get_nowait()
-            if isinstance(item, common_pb2.GenerateResponse):
-                messages.append(item)
-            else:
-                self._held = item
-        return messages
+        """The messages queued now; the end or an error, always the producer's last item, is held
+        for _next."""
+        if self._held is not None:
+            return []
+        items = self._queue.take_all()
+        if items and not isinstance(items[-1], common_pb2.GenerateResponse):
+            self._held = items.pop()
+        return items  # type: ignore[return-value]
 
     def _pieces_of(self, messages: list[common_pb2.GenerateResponse]) -> list[Piece]:
         if self.policy_version is None:
             self.policy_version = messages[0].policy_version
-        chunks: dict[int, list[common_pb2.GenerateChunk]] = {}  # by sample, in order of arrival
+        # By sample, in order of arrival: its messages' tokens merged into one chunk (protobuf
+        # concatenates the repeated fields in C; one conversion to Python lists per piece, not
+        # per message), and its finish reason when the worker's finish came.
+        chunks: dict[int, list[common_pb2.GenerateChunk]] = {}
         finishes: dict[int, int] = {}
         for message in messages:
-            chunks.setdefault(message.sample_index, []).append(tokens_of(message))
-            if message.HasField("finish"):
-                finishes[message.sample_index] = message.finish.finish_reason
-        pieces = (self.samples[i].add(sample_chunks, finishes.get(i)) for i, sample_chunks in chunks.items())
+            index = message.sample_index
+            if message.WhichOneof("payload") == "finish":
+                finish = message.finish
+                finishes[index] = finish.finish_reason
+                chunk = finish.output
+            else:
+                chunk = message.chunk  # read-only: an empty default when unset
+            sample_chunks = chunks.get(index)
+            if sample_chunks is None:
+                chunks[index] = [chunk]
+            else:
+                sample_chunks.append(chunk)
+        pieces = (self.samples[i].add(_merged(c), finishes.get(i)) for i, c in chunks.items())
         return [piece for piece in pieces if piece is not None and not piece.is_empty]
 
     async def _abort_if_all_stopped(self) -> None:
@@ -152,3 +154,18 @@ class Generation:
         if not self._task.done():
             self._is_aborting = True
             await self.backend.abort(self.request_id)
+
+
+def _is_last(item: object) -> bool:
+    """The end or an error: the last item the request's task queues."""
+    return not isinstance(item, common_pb2.GenerateResponse)
+
+
+def _merged(chunks: list[common_pb2.GenerateChunk]) -> common_pb2.GenerateChunk:
+    """One chunk with the tokens of `chunks`, in order (MergeFrom concatenates repeated fields)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    merged = common_pb2.GenerateChunk()
+    for chunk in chunks:
+        merged.MergeFrom(chunk)
+    return merged

@@ -64,22 +64,19 @@ class Piece:
             del getattr(self, name)[num_tokens:]
 
 
-def gathered(index: int, chunks: Sequence[common_pb2.GenerateChunk]) -> Piece:
-    """The chunks' tokens and what comes with them, concatenated, as one piece without text."""
-    piece = Piece(index)
-    for chunk in chunks:
-        piece.token_ids += chunk.token_ids
-        piece.logprobs += finite(chunk.logprobs)
-        piece.raw_logprobs += finite(chunk.raw_logprobs)
-        if chunk.top_logprobs:
-            piece.top_logprobs += [
-                (tuple(t.token_ids), tuple(finite(t.logprobs))) for t in chunk.top_logprobs
-            ]
-        if chunk.prompt_logprobs:
-            piece.prompt_logprobs += finite(chunk.prompt_logprobs)
-        if chunk.routed_top_k:
-            piece.routed_experts += [list(r.expert_ids) for r in chunk.routed_experts]
-            piece.prompt_routed_experts += [list(r.expert_ids) for r in chunk.prompt_routed_experts]
+def piece_of(index: int, chunk: common_pb2.GenerateChunk) -> Piece:
+    """A chunk's tokens and what comes with them (a sample's chunks that arrived together, merged
+    into one: run.py) as one piece without text. Each field is converted to a list once."""
+    piece = Piece(index, token_ids=list(chunk.token_ids), logprobs=finite(chunk.logprobs))
+    if chunk.raw_logprobs:
+        piece.raw_logprobs = finite(chunk.raw_logprobs)
+    if chunk.top_logprobs:
+        piece.top_logprobs = [(tuple(t.token_ids), tuple(finite(t.logprobs))) for t in chunk.top_logprobs]
+    if chunk.prompt_logprobs:
+        piece.prompt_logprobs = finite(chunk.prompt_logprobs)
+    if chunk.routed_top_k:
+        piece.routed_experts = [list(r.expert_ids) for r in chunk.routed_experts]
+        piece.prompt_routed_experts = [list(r.expert_ids) for r in chunk.prompt_routed_experts]
     return piece
 
 
@@ -99,14 +96,15 @@ class SampleText:
         """The stop string that ended the sample; None when it ended otherwise (or not yet)."""
         return self._matcher.matched
 
-    def add(self, chunks: Sequence[common_pb2.GenerateChunk], finish: int | None = None) -> Piece | None:
-        """The piece these chunks make (with `finish`, the worker's finish reason when the sample's
-        finish came with them: its last piece); None once the sample ended at a stop string."""
+    def add(self, chunk: common_pb2.GenerateChunk, finish: int | None = None) -> Piece | None:
+        """The piece this chunk makes (the sample's new tokens; with `finish`, the worker's finish
+        reason when the sample's finish came with them: its last piece); None once the sample ended
+        at a stop string."""
         if finish is not None:
             self.has_worker_finished = True
         if self.finish_reason is not None:
             return None
-        piece = gathered(self.index, chunks)
+        piece = piece_of(self.index, chunk)
         if self.is_score_only:  # it reached its budget of no tokens: none is reported
             piece.keep(0)
             if finish is not None:
