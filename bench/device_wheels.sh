@@ -17,6 +17,6 @@ if [ "${1:-}" = http ]; then
         "pydantic_core==2.50.5" "annotated-types==0.8.0" "typing-inspection==0.4.5" \
         "typing_extensions==4.16.0" "annotated-doc==0.0.7" "opentelemetry-api==1.45.3" "anyio==4.16.0" \
         "h11==0.16.0" "idna==3.20" "openai==3.63.0" "httpx2==2.17.0" "httpcore2==2.17.0" "jiter==0.19.0" \
-        "sniffio==1.3.1" "truststore==0.10.5"
+        "sniffio==1.3.1" "truststore==0.10.5" "httptools==0.9.0"
 fi
 ls .whl

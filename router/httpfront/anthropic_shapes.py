@@ -1,5 +1,6 @@
 """Anthropic's Messages API: the request body of POST /v1/messages and the Message it returns, with
-the RL extensions of the OpenAI routes (docs/http.md). Stream events are built in messages.py."""
+the RL extensions of the OpenAI routes (docs/http.md). The Message is built as a plain dict (read by
+no validator: serialized once); stream events are built in messages.py."""
 
 from __future__ import annotations
 
@@ -32,27 +33,19 @@ class MessagesRequest(GenerationFields):
         return tuple(self.stop_sequences or ())
 
 
-class TextBlock(BaseModel):
-    type: Literal["text"] = "text"
-    text: str
-
-
-class MessageUsage(BaseModel):
-    input_tokens: int
-    output_tokens: int
-
-
-class Message(BaseModel):
-    id: str
-    type: Literal["message"] = "message"
-    role: Literal["assistant"] = "assistant"
-    content: list[TextBlock]
-    model: str
-    stop_reason: str | None
-    stop_sequence: str | None
-    usage: MessageUsage
-    # RL extensions
-    policy_version: int
-    token_ids: list[int] | None = None
-    prompt_token_ids: list[int] | None = None
-    raw_logprobs: list[float] | None = None
+def message(
+    message_id: str,
+    text: str | None,
+    model: str,
+    stop_reason: str | None,
+    stop_sequence: str | None,
+    usage: dict[str, int],
+    policy_version: int,
+    **extensions: Any,
+) -> dict[str, Any]:
+    """A Message (`text` None: empty content, as a stream's message_start has it); `extensions`:
+    token_ids, prompt_token_ids, raw_logprobs, in that order."""
+    content = [] if text is None else [{"type": "text", "text": text}]
+    return {"id": message_id, "type": "message", "role": "assistant", "content": content, "model": model,
+            "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": usage,
+            "policy_version": policy_version, **extensions}  # fmt: skip

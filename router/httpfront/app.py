@@ -24,7 +24,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, make_asgi_app
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from epochserve.router.httpfront import chat, completions, messages, sglang_generate, weights
@@ -108,10 +107,8 @@ async def _respond(work: Awaitable[Any], params: Mapping[str, str], path: str = 
         result = await work
     except Exception as exc:
         return failure_response(http_failure(exc, params), path)
-    if isinstance(result, dict):  # built in the hot path as plain dicts (shapes.py)
+    if isinstance(result, dict):  # built as plain dicts, serialized once (never validated)
         return JSONResponse(result)
-    if isinstance(result, BaseModel):
-        return JSONResponse(result.model_dump(mode="json"))
     assert isinstance(result, Response)
     return result
 

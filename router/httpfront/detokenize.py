@@ -59,8 +59,12 @@ class IncrementalDecoder:
 
     def _emit(self, text: str, end: int) -> str:
         new = text[len(self._before) :]
+        had_context = self._emitted > self._context
         self._context, self._emitted = self._emitted, end
-        self._before = self._decode(self._ids[self._context : end]) if end > self._context else ""
+        if not had_context:  # the window had no context: `text` is the new window's decoding
+            self._before = text
+        else:
+            self._before = self._decode(self._ids[self._context : end]) if end > self._context else ""
         return new
 
 

@@ -108,19 +108,15 @@ class Generation:
         are ready to run a turn of the event loop, again while each turn brought more: an idle
         router (one turn brings nothing) sends at once, a busy one sends fewer, larger events."""
         assert isinstance(message, common_pb2.GenerateResponse)
-        if self._held is None and self.request.output_mode != common_pb2.OUTPUT_MODE_FINAL:
-            await self._queue.settle(_MAX_COALESCING_TURNS, _is_last)
-        return [message, *self._drain()]
-
-    def _drain(self) -> list[common_pb2.GenerateResponse]:
-        """The messages queued now; the end or an error, always the producer's last item, is held
-        for _next."""
         if self._held is not None:
-            return []
-        items = self._queue.take_all()
-        if items and not isinstance(items[-1], common_pb2.GenerateResponse):
+            return [message]
+        if self.request.output_mode == common_pb2.OUTPUT_MODE_FINAL:
+            items = self._queue.take_all()
+        else:
+            items = await self._queue.take_settled(_MAX_COALESCING_TURNS, _is_last)
+        if items and _is_last(items[-1]):  # always the request task's last item
             self._held = items.pop()
-        return items  # type: ignore[return-value]
+        return [message, *items]  # type: ignore[list-item]
 
     def _pieces_of(self, messages: list[common_pb2.GenerateResponse]) -> list[Piece]:
         if self.policy_version is None:

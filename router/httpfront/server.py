@@ -40,6 +40,8 @@ class HttpServer:
     async def start(self) -> int:
         """Bind and serve; returns the bound port once uvicorn accepts connections."""
         sock = _listen(self.host, self.port)
+        # http="auto": httptools (a dependency: C parsing and writing, the cheaper per request and
+        # per streamed write), h11 where it is missing.
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=STOP_TIMEOUT_SECONDS,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from epochserve.router.httpfront.codec import Codec
@@ -79,6 +80,14 @@ def choice_fields(part: Piece | Choice, return_raw_logprobs: bool, return_routed
     return fields
 
 
+def _check(piece: Piece) -> None:
+    """One logprob (and with top logprobs, one top-N entry) per token, as the worker sends them."""
+    num = len(piece.token_ids)
+    if len(piece.logprobs) != num or (piece.top_logprobs and len(piece.top_logprobs) != num):
+        raise ValueError(f"sample {piece.index}: {num} tokens, {len(piece.logprobs)} logprobs, "
+                         f"{len(piece.top_logprobs)} top logprobs")  # fmt: skip
+
+
 def _top(codec: Codec, token_id: int, logprob: float) -> Json:
     text = codec.token_text(token_id)
     return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
@@ -98,26 +107,25 @@ def chat_logprobs(codec: Codec, pieces: Iterable[Piece]) -> Json:
 
 def completion_logprobs(codec: Codec, pieces: Iterable[Piece], num_top: int, offset: int = 0) -> Json:
     """`{tokens, token_logprobs, top_logprobs, text_offset}`. `offset`: where the first token's text
-    starts in the choice's text (a stream's later chunks)."""
+    starts in the choice's text (a stream's later chunks). Built a list at a time (C-level maps),
+    not a token at a time."""
+    token_text = codec.token_text
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
-    tops: list[dict[str, float]] = []
-    offsets: list[int] = []
+    tops: list[dict[str, float]] | None = [] if num_top else None
     for piece in pieces:
-        piece_tops = piece.top_logprobs or [((), ())] * len(piece.token_ids)
-        for token_id, logprob, (top_ids, top_lps) in zip(
-            piece.token_ids, piece.logprobs, piece_tops, strict=True
-        ):
-            text = codec.token_text(token_id)
-            tokens.append(text)
-            token_logprobs.append(logprob)
-            tops.append({codec.token_text(t): lp for t, lp in zip(top_ids, top_lps, strict=True)})
-            offsets.append(offset)
-            offset += len(text)
+        _check(piece)
+        tokens += map(token_text, piece.token_ids)
+        token_logprobs += piece.logprobs
+        if tops is not None:
+            piece_tops = piece.top_logprobs or [((), ())] * len(piece.token_ids)
+            tops += [{token_text(t): lp for t, lp in zip(ids, lps, strict=True)} for ids, lps in piece_tops]
+    offsets = list(accumulate(map(len, tokens), initial=offset))
+    offsets.pop()  # the end of the last token's text
     return {
         "tokens": tokens,
         "token_logprobs": token_logprobs,
-        "top_logprobs": tops if num_top else None,
+        "top_logprobs": tops,
         "text_offset": offsets,
     }
 
