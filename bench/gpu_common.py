@@ -52,8 +52,8 @@ def weight_bytes(config: dict, bytes_per_param: int = 2) -> int:
 
 
 def kv_bytes_per_token(config: dict, bytes_per_value: int = 2) -> int:
-    kv = config["num_key_value_heads"] * config["hidden_size"] // config["num_attention_heads"]
-    return 2 * config["num_hidden_layers"] * kv * bytes_per_value
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * bytes_per_value
 
 
 def cuda_time(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
@@ -84,8 +84,10 @@ def measure_ceilings() -> dict[str, float]:
 
 
 def wall(fn: Callable[[], object]) -> float:
-    torch.cuda.synchronize()
+    """Seconds of fn(), the device's queued work included (CPU runs: no device to wait for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - start

@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
-from gpu_common import measure_ceilings, write_config  # noqa: E402
+from gpu_common import kv_bytes_per_token, measure_ceilings, wall, write_config  # noqa: E402
 from w5_rollout import Workload, random_prompts, run_cluster  # noqa: E402
 
 QWEN3_30B_A3B = {
@@ -72,11 +72,7 @@ def expert_params(c: dict) -> int:
 
 def experts_touched(c: dict, batch: int) -> float:
     e, k = c["num_experts"], c["num_experts_per_tok"]
-    return float(k) if batch == 1 else e * (1 - (1 - k / e) ** batch)
-
-
-def kv_bytes_per_token(c: dict) -> int:
-    return 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * c["head_dim"] * BF16
+    return e * (1 - (1 - k / e) ** batch)  # k exactly at batch 1
 
 
 def step_bytes(c: dict, batch: int, context_tokens: int) -> float:
@@ -105,16 +101,6 @@ def w5_roofline(c: dict, w: Workload, max_num_seqs: int, ceilings: dict[str, flo
         decode += sum(step_bytes(c, running, running * (w.prompt_len + t)) for t in range(w.max_tokens))
     seconds = prefill_flops / ceilings["bf16_flop_per_s"] + decode / ceilings["hbm_bytes_per_s"]
     return w.output_tokens / seconds
-
-
-def wall(fn) -> float:
-    """Seconds of fn(), the device's queued work included."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
 
 
 def engine_runs(model_dir: Path, overrides: dict, workloads: list[Workload], w1_new: int, vocab: int) -> dict:
