@@ -127,7 +127,7 @@ def phases(engine, steps: int) -> dict[str, float]:
     Engine.step would leave them; ModelRunner.plan is wrapped to time it inside _launch. Never call
     runner.plan on a batch scheduled while a run-ahead step is in flight: its sequences then have
     nothing uncomputed and the plan's logits indices point before the batch (-1 for the first)."""
-    assert engine._launched is None, "resolve the step in flight first (prefill does)"
+    assert not engine._launched, "resolve the step in flight first (prefill does)"
     device = engine.config.torch_device
     runner = engine.runner
     times: dict[str, list[float]] = defaultdict(list)

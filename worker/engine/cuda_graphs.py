@@ -7,6 +7,11 @@ and attends over that block alone. Everything else (prefill, mixed steps, larger
 eagerly. Graphs read the weights at their fixed addresses, so in-place weight swaps need no
 re-capture; they hold a private memory pool sized at capture.
 
+Staged twins (drain=overlap): `on_weights(twins)` makes a sibling whose graphs read the twins
+instead of the live parameters. It shares the static inputs, the device block table and the memory
+pool (replays run one after another on one stream) and is captured once per set of twin buffers;
+the weight updater reuses those buffers from one rollout to the next, so the capture is paid once.
+
 Routing replay: each MoE layer's expert ids are outputs of the captured graph like the logits
 (held per bucket in `topk_ids`, rewritten by every replay), so decode steps that return routed
 experts replay the same graphs; the runner copies the rows out after the replay, before the next
@@ -21,6 +26,7 @@ a lookup in them: the host's work per step no longer grows with the context.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from itertools import repeat
@@ -30,6 +36,7 @@ import torch
 
 from epochserve.worker.engine.host_buffers import PinnedStaging, pack_int64
 from epochserve.worker.engine.kv_cache import KVCachePool
+from epochserve.worker.engine.staged_forward import run_on_weights
 from epochserve.worker.engine.step_plan import StepPlan
 from epochserve.worker.layers.attention import AttentionMetadata
 from epochserve.worker.models.llama import LlamaForCausalLM
@@ -75,14 +82,26 @@ class DecodeGraphs:
         self.last_batch = 0  # the bucket of the last replay
         self.staging = PinnedStaging(device)
         self.pool: Any = None  # the graphs' shared memory pool, made by the first capture
+        self.weights: dict[str, torch.Tensor] | None = None  # what the graphs read; None: the live ones
+
+    def on_weights(self, weights: dict[str, torch.Tensor]) -> DecodeGraphs:
+        """Uncaptured graphs over `weights` (parameter name → tensor, e.g. staged twins) that share
+        this one's static inputs, block table and pool. Capture after this one."""
+        sibling = copy.copy(self)
+        sibling.weights = weights
+        sibling.graphs, sibling.logits, sibling.topk_ids = {}, {}, {}
+        return sibling
 
     def _forward(self, batch: int) -> torch.Tensor:
         """The captured work: inputs from the static buffers and the device block table."""
         positions = self.seq_lens[:batch].long() - 1
-        hidden = self.model(
-            self.input_ids[:batch], positions, self.kv_pool.layers, self._meta(batch, positions)
-        )
-        return self.model.compute_logits(hidden).float()
+
+        def logits() -> torch.Tensor:
+            meta = self._meta(batch, positions)
+            hidden = self.model(self.input_ids[:batch], positions, self.kv_pool.layers, meta)
+            return self.model.compute_logits(hidden).float()
+
+        return logits() if self.weights is None else run_on_weights(self.model, self.weights, logits)
 
     def _meta(self, batch: int, positions: torch.Tensor) -> AttentionMetadata:
         """Block tables gathered from the rows, each new token's slot looked up in them."""
@@ -119,7 +138,9 @@ class DecodeGraphs:
                 self.pool = graph.pool()
             self.graphs[batch] = graph
         torch.cuda.synchronize()
-        logger.info("captured %d decode graphs (batch sizes %s)", len(self.graphs), list(self.buckets))
+        on = "the live weights" if self.weights is None else "staged twins"
+        buckets = list(self.buckets)
+        logger.info("captured %d decode graphs on %s (batch sizes %s)", len(self.graphs), on, buckets)
 
     def run(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 logits [num_seqs, vocab] of a graph decode plan (ModelRunner.plan), from the

@@ -100,7 +100,8 @@ class Engine:
         on_cuda = config.torch_device.type == "cuda"
         wanted = config.async_scheduling == "on" or (config.async_scheduling == "auto" and on_cuda)
         self.run_ahead = wanted
-        self._launched: LaunchedStep | None = None  # the step in flight between two calls to step()
+        # The step in flight between two calls to step(): one launch, or one per version (overlap).
+        self._launched: list[LaunchedStep] = []
         self.num_run_ahead_steps = 0  # steps queued behind a running one (diagnostics, tests)
 
     # ---- requests ------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class Engine:
         return outputs
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work() or self._launched is not None
+        return self.scheduler.has_work() or bool(self._launched)
 
     def idle(self) -> None:
         """Called by the loop when there is no work (TP: heartbeats to the followers)."""
@@ -200,34 +201,48 @@ class Engine:
         """Run one batch through the model and sample; returns what each sampling sequence got.
 
         With run-ahead, a call may leave its decode step in flight and return nothing; the next
-        call queues the step after it, then returns the outputs of the one in flight."""
-        launched, self._launched = self._launched, None
-        if launched is None and self.draining is not None and self.draining.overlapping:
-            return self._overlap_step(self.draining.old)
-        if launched is None:
+        call queues the step after it, then returns the outputs of the one in flight. During a
+        drain=overlap a step is two launches, one per version (_launch_by_version)."""
+        launched, self._launched = self._launched, []
+        if not launched:
             batch = self.scheduler.schedule()
             if batch.is_empty():
                 return []
-            launched = self._launch(batch)
+            launched = self._launch_by_version(batch)
             if self.run_ahead and self._can_run_ahead(launched):
                 self._launched = launched  # resolved by the next call, behind its successor
                 return []
-            return self._resolve(launched, placeholders=False)
+            return self._resolve_all(launched, placeholders=False)
         if not self._can_run_ahead(launched):
-            return self._resolve(launched, placeholders=False)
-        assert launched.sample is not None
-        self._launched = self._launch(self._next_decode(launched.seqs), launched.sample.token_ids)
+            return self._resolve_all(launched, placeholders=False)
+        for step in launched:
+            assert step.sample is not None
+            successor = self._next_decode(step.seqs)
+            self._launched.append(self._launch(successor, step.sample.token_ids, self._on_twins(step.seqs)))
         self.num_run_ahead_steps += 1
-        return self._resolve(launched, placeholders=True)
+        return self._resolve_all(launched, placeholders=True)
 
-    def _overlap_step(self, old_version: int) -> list[SequenceOutput]:
-        """One step of a drain=overlap: the old version's sequences on the live weights, the new
-        version's on the staged twins, each batch in its own forward pass (drain.py)."""
-        batch = self.scheduler.schedule()
-        old, new = batch.split(lambda seq: seq.policy_version == old_version)
-        launched = [self._launch(old)] if old.seqs else []
-        launched += [self._launch(new, on_twins=True)] if new.seqs else []
-        return [out for step in launched for out in self._resolve(step, placeholders=False)]
+    def _launch_by_version(self, batch: ScheduledBatch) -> list[LaunchedStep]:
+        """`batch` launched as one step; during a drain=overlap as one per version, each its own
+        forward pass: the old version's sequences on the live weights, the new one's on the staged
+        twins (drain.py). They are resolved in the same order."""
+        if self._twins_version() is None:
+            return [self._launch(batch)]
+        twins, live = batch.split(lambda seq: self._on_twins([seq]))
+        return [self._launch(part, on_twins=part is twins) for part in (live, twins) if part.seqs]
+
+    def _twins_version(self) -> int | None:
+        """The version whose sequences run on the staged twins: an overlap's new version, from
+        the commit until the twins are promoted to the live weights (complete_swap)."""
+        drain = self.draining
+        return drain.new if drain is not None and drain.policy is DrainPolicy.OVERLAP else None
+
+    def _on_twins(self, seqs: list[Sequence]) -> bool:
+        """Whether these sequences (all of one version) run on the staged twins."""
+        return seqs[0].policy_version == self._twins_version()
+
+    def _resolve_all(self, launched: list[LaunchedStep], placeholders: bool) -> list[SequenceOutput]:
+        return [out for step in launched for out in self._resolve(step, placeholders)]
 
     def _launch(self, batch: ScheduledBatch, input_ids=None, on_twins: bool = False) -> LaunchedStep:
         """Queue the model and the sampling of `batch` on the device; the host does not wait.
@@ -246,17 +261,19 @@ class Engine:
             targets += seq.prompt_token_ids[positions.start + 1 : positions.stop + 1]
         return self.sampler.score(logits.prompt, params, targets)
 
-    def _can_run_ahead(self, launched: LaunchedStep) -> bool:
+    def _can_run_ahead(self, launched: list[LaunchedStep]) -> bool:
         """Whether the step after `launched` is certain: every sequence of it samples, all are still
         running and none can end by length on this token, no waiting sequence could be admitted
         (none waits, or the running ones fill max_num_seqs), and one more token each fits in the
         free blocks. (A stop token may still end one: its next row is discarded, and a waiting
         sequence starts a step later than it would have, with the same tokens.)"""
-        seqs = launched.seqs
-        if launched.sample is None or len(seqs) != len(launched.batch.seqs):
+        if any(step.sample is None or len(step.seqs) != len(step.batch.seqs) for step in launched):
             return False
+        seqs = [seq for step in launched for seq in step.seqs]
         scheduler = self.scheduler
-        if scheduler.running != seqs or (scheduler.waiting and len(seqs) < scheduler.max_num_seqs):
+        if not _same_sequences(scheduler.running, seqs):
+            return False
+        if scheduler.waiting and len(seqs) < scheduler.max_num_seqs:
             return False
         if len(seqs) > self.scheduler.max_num_batched_tokens:
             return False
@@ -277,9 +294,9 @@ class Engine:
         return batch
 
     def _flush(self) -> list[SequenceOutput]:
-        """Resolve the step in flight, if any (before anything changes the sequences it holds)."""
-        launched, self._launched = self._launched, None
-        return self._resolve(launched, placeholders=False) if launched is not None else []
+        """Resolve the steps in flight, if any (before anything changes the sequences they hold)."""
+        launched, self._launched = self._launched, []
+        return self._resolve_all(launched, placeholders=False)
 
     def _resolve(self, launched: LaunchedStep, placeholders: bool) -> list[SequenceOutput]:
         """Wait for a launched step's samples and apply them. placeholders: each sequence holds one
@@ -522,3 +539,10 @@ class Engine:
     @property
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
+
+
+def _same_sequences(running: list[Sequence], seqs: list[Sequence]) -> bool:
+    """Whether `seqs` are exactly the running sequences, in any order."""
+    if running == seqs:  # the usual case: one launch, in the scheduler's order
+        return True
+    return len(running) == len(seqs) and {id(s) for s in running} == {id(s) for s in seqs}

@@ -77,6 +77,8 @@ class ModelRunner:
         # This rank's staged twins when a step can run on them (drain=overlap; set by the engine or
         # the follower to its RankWeightUpdater.runnable_twins).
         self.twins: Callable[[], dict[str, torch.Tensor] | None] = lambda: None
+        self.twin_graphs: DecodeGraphs | None = None  # self.graphs' sibling on the twins, once captured
+        self._last_graphs: DecodeGraphs | None = None  # the graphs of the last graph decode step
         self.staging = PinnedStaging(device)
 
     # ---- rank 0 ------------------------------------------------------------------------------
@@ -85,9 +87,9 @@ class ModelRunner:
     ) -> tuple[StepPlan, list[Sequence], list[ScoredPrompt]]:
         """The plan of one step, the sequences that sample (in logits row order), and the prompt
         positions it scores (their logits rows follow the sampling rows). on_twins: run on the
-        staged twins (eagerly: the graphs hold the live weights)."""
-        if not on_twins and self._fits_graphs(batch):
-            return self._graph_decode_plan(batch), batch.seqs, []
+        staged twins (decode steps on graphs captured on them, the rest eagerly)."""
+        if self._fits_graphs(batch):
+            return self._graph_decode_plan(batch, on_twins), batch.seqs, []
         plan = StepPlan(on_twins=on_twins)
         sampling_seqs: list[Sequence] = []
         scored: list[ScoredPrompt] = []
@@ -127,9 +129,9 @@ class ModelRunner:
             for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True)
         )
 
-    def _graph_decode_plan(self, batch: ScheduledBatch) -> StepPlan:
+    def _graph_decode_plan(self, batch: ScheduledBatch, on_twins: bool) -> StepPlan:
         """Each sequence's last token, length and table row; only the blocks its row lacks."""
-        plan = StepPlan()
+        plan = StepPlan(on_twins=on_twins)
         updates = plan.table_updates
         for seq in batch.seqs:
             plan.input_ids.append(
@@ -184,7 +186,7 @@ class ModelRunner:
             first_row += num_new
         if not spans:
             return None
-        graphs = self.graphs
+        graphs = self._last_graphs
         if graph_decode and graphs is not None:
             routed = graphs.last_routed_experts(len(batch.seqs))
         else:
@@ -216,19 +218,36 @@ class ModelRunner:
         if plan.input_ids_on_device and self.tp.size > 1:
             input_ids = self._share_input_ids(input_ids, len(plan.input_ids))
         if plan.is_graph_decode:
-            assert self.graphs is not None, "a graph decode plan on a rank without graphs"
-            return self.graphs.run(plan, input_ids)
+            self._last_graphs = self._twin_graphs() if plan.on_twins else self.graphs
+            assert self._last_graphs is not None, "a graph decode plan on a rank without graphs"
+            return self._last_graphs.run(plan, input_ids)
         inputs = build_step_inputs(plan, self.device, self.staging)
         if input_ids is not None:
             inputs.input_ids = input_ids
         if plan.on_twins:
-            twins = self.twins()
-            if twins is None:
-                raise RuntimeError(f"rank {self.tp.rank}: a step planned on staged twins, none can run here")
-            return logits_on_twins(self.model, twins, inputs, self.kv_pool.layers)
+            return logits_on_twins(self.model, self._runnable_twins(), inputs, self.kv_pool.layers)
         hidden = self.model(inputs.input_ids, inputs.positions, self.kv_pool.layers, inputs.meta)
         logits = self.model.compute_logits(hidden.index_select(0, inputs.logits_indices))
         return logits.float()
+
+    def _runnable_twins(self) -> dict[str, torch.Tensor]:
+        twins = self.twins()
+        if twins is None:
+            raise RuntimeError(f"rank {self.tp.rank}: a step planned on staged twins, none can run here")
+        return twins
+
+    def _twin_graphs(self) -> DecodeGraphs:
+        """Decode graphs on the current twins, captured on their first decode step. Every rank
+        captures at the same step (the same plan), so TP collectives inside the capture pair up.
+        The updater reuses the twins' buffers for later versions: one capture serves them all."""
+        twins = self._runnable_twins()
+        if self.twin_graphs is None or self.twin_graphs.weights is not twins:
+            assert self.graphs is not None, "graph decode on twins without live graphs"
+            self.twin_graphs = None  # the old twins' graphs go before the new capture allocates
+            graphs = self.graphs.on_weights(twins)
+            graphs.capture()
+            self.twin_graphs = graphs
+        return self.twin_graphs
 
     def _share_input_ids(self, input_ids: torch.Tensor | None, count: int) -> torch.Tensor:
         """Rank 0's device-side input tokens on every rank: queued like the model's collectives,

@@ -46,11 +46,17 @@ class StagedWeights:
     runnable: bool = False
 
 
-def allocate_twins(model: LlamaForCausalLM, prefer_device: bool) -> tuple[dict[str, torch.Tensor], str]:
+def allocate_twins(
+    model: LlamaForCausalLM, prefer_device: bool, reuse: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
     """Empty twins of every parameter: on the parameters' device when `prefer_device` and it has the
-    memory, otherwise in pinned host memory (slower swap, no device memory)."""
+    memory, otherwise in pinned host memory (slower swap, no device memory). `reuse`: an earlier
+    version's twins beside the live parameters, taken as they are (same addresses, so decode graphs
+    captured on them stay valid) when they still fit the model."""
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
+    if prefer_device and reuse is not None and _twins_fit(reuse, params):
+        return reuse, "gpu" if device.type == "cuda" else "host"
     needed = sum(p.numel() * p.element_size() for p in params.values())
     on_device = device.type == "cpu" or (prefer_device and torch.cuda.mem_get_info(device)[0] > needed * 1.05)
     if on_device:
@@ -59,6 +65,13 @@ def allocate_twins(model: LlamaForCausalLM, prefer_device: bool) -> tuple[dict[s
         }, "gpu" if device.type == "cuda" else "host"
     pin = device.type == "cuda"
     return {name: torch.empty(p.shape, dtype=p.dtype, pin_memory=pin) for name, p in params.items()}, "host"
+
+
+def _twins_fit(twins: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> bool:
+    return twins.keys() == params.keys() and all(
+        t.shape == p.shape and t.dtype == p.dtype and t.device == p.device
+        for t, p in zip(twins.values(), (params[name] for name in twins), strict=True)
+    )
 
 
 def partition_checksum(
@@ -92,12 +105,14 @@ def stage(
     prefer_device: bool = True,
     cancel: threading.Event | None = None,
     error: BaseException | None = None,
+    reuse: dict[str, torch.Tensor] | None = None,
 ) -> StagedWeights:
     """Load `tensors` into twins of the live parameters and verify them with the other ranks.
 
     Raises ManifestError (on every rank alike) when the staged version does not match its manifest
     or any rank failed; StagingCancelled when `cancel` was set. Live weights are never written.
     `error`: this rank already failed (e.g. could not open the source); it still joins the verdict.
+    `reuse`: twins of an earlier version to load into (allocate_twins).
     """
     partial: dict[str, Checksum] = {}
     device = next(model.parameters()).device
@@ -107,7 +122,7 @@ def stage(
         if error is not None:
             raise error
         _check_names(model, manifest)
-        buffers, location = allocate_twins(model, prefer_device)
+        buffers, location = allocate_twins(model, prefer_device, reuse)
         for name, source in tensors:
             if cancel is not None and cancel.is_set():
                 raise StagingCancelled(f"staging of v{manifest.version} cancelled")

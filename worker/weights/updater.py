@@ -70,6 +70,9 @@ class RankWeightUpdater:
         self._cancel = threading.Event()
         self._result: StageResult | None = None
         self._staged: StagedWeights | None = None
+        # Runnable twins no version holds any more (promoted or dropped): the next staging loads
+        # into them, so they keep their addresses and the decode graphs captured on them.
+        self._spare_twins: dict[str, torch.Tensor] | None = None
         self._handles: list = []  # the broadcast's group and TCPStore client, alive while receiving
         self.broadcast_timeout = 600.0  # seconds to join a broadcast or wait for its checkpoint
 
@@ -95,16 +98,23 @@ class RankWeightUpdater:
         self._cancel = threading.Event()
         self._result = None
         self._staged = None
+        reuse, self._spare_twins = self._spare_twins, None
         self._thread = threading.Thread(
             target=self._stage,
-            args=(version, source, expected_manifest, broadcast_rank_base, self._cancel),
+            args=(version, source, expected_manifest, broadcast_rank_base, self._cancel, reuse),
             daemon=True,
             name=f"stage-v{version}",
         )
         self._thread.start()
 
     def _stage(
-        self, version: int, source: str, expected: str | None, rank_base: int | None, cancel: threading.Event
+        self,
+        version: int,
+        source: str,
+        expected: str | None,
+        rank_base: int | None,
+        cancel: threading.Event,
+        reuse: dict[str, torch.Tensor] | None,
     ) -> None:
         manifest = Manifest(version, {})
         tensors: Iterator[tuple[str, WeightSource]] = iter([])
@@ -118,7 +128,9 @@ class RankWeightUpdater:
         except Exception as exc:
             setup_error = exc  # the rank still joins the verdict collective, reporting its failure
         try:
-            staged = stage(self.model, self.tp, manifest, tensors, self.prefer_device, cancel, setup_error)
+            staged = stage(
+                self.model, self.tp, manifest, tensors, self.prefer_device, cancel, setup_error, reuse
+            )
             self._result = StageResult(version, staged)
         except Exception as exc:
             logger.warning("rank %d: staging v%d failed: %s", self.tp.rank, version, exc)
@@ -175,6 +187,8 @@ class RankWeightUpdater:
     def drop(self) -> None:
         """Abandon the staged or staging version (the thread stops at its next tensor)."""
         self._cancel.set()
+        if not self.is_staging:
+            self._keep_spare(self.verified())
         self._staged = None
         self._result = None
 
@@ -189,7 +203,12 @@ class RankWeightUpdater:
             raise RuntimeError(f"swap to v{version} without verified staged weights of v{version}")
         swap_in(self.model, staged)
         self._staged = None
+        self._keep_spare(staged)
         return staged.fingerprint  # equal to live_fingerprint() after the copy (tests check it)
+
+    def _keep_spare(self, staged: StagedWeights | None) -> None:
+        if staged is not None and staged.runnable:
+            self._spare_twins = staged.buffers
 
     def fingerprint(self) -> str:
         return live_fingerprint(self.model, self.tp)

@@ -43,8 +43,8 @@ def alone(model_dir, name: str, max_tokens: int, **overrides) -> dict[int, Sampl
     return run_to_completion(engine, [request(name, engine.limits, max_tokens)])[name]
 
 
-def staged_engine(v0, v2):
-    engine = make_engine(v0, **SETTINGS)
+def staged_engine(v0, v2, **overrides):
+    engine = make_engine(v0, **{**SETTINGS, **overrides})
     engine.weights.stage(2, str(v2), None)
     result = engine.weights.wait(60)
     assert result is not None and result.staged is not None and result.staged.runnable, result
@@ -73,9 +73,10 @@ def step_until_idle(engine, results, when, max_steps=2000) -> None:
     raise AssertionError("the engine did not finish")
 
 
-def test_new_requests_run_on_the_twins_while_the_old_version_finishes(versions):
+@pytest.mark.parametrize("run_ahead", ["off", "on"])
+def test_new_requests_run_on_the_twins_while_the_old_version_finishes(versions, run_ahead):
     v0, v2 = versions
-    engine = staged_engine(v0, v2)
+    engine = staged_engine(v0, v2, async_scheduling=run_ahead)
     results: dict = {}
     when: dict = {}
     engine.add_request(request("old", engine.limits, max_tokens=24))
@@ -85,9 +86,12 @@ def test_new_requests_run_on_the_twins_while_the_old_version_finishes(versions):
     record(results, engine.begin_drain(2, DrainPolicy.OVERLAP), when)
     assert engine.draining is not None and engine.draining.overlapping and engine.policy_version == 2
     engine.add_request(request("new", engine.limits, max_tokens=8))  # unpinned: starts on v2 now
+    run_ahead_before = engine.num_run_ahead_steps
     step_until_idle(engine, results, when)
 
     assert when[("new", "end")] < when[("old", "end")]  # v2 served while v0 still ran
+    # run-ahead: steps of both versions queued behind the pair in flight, outputs unchanged
+    assert (engine.num_run_ahead_steps > run_ahead_before) == (run_ahead == "on")
     assert engine.ready_to_promote and not engine.ready_to_swap
     for name, version, model_dir, max_tokens in (("old", 0, v0, 24), ("new", 2, v2, 8)):
         reference = alone(model_dir, name, max_tokens)
@@ -177,3 +181,31 @@ def test_an_old_version_sequence_never_hits_blocks_the_new_version_cached(versio
     for index, sample in results["new-on-v0"].items():
         assert sample.policy_versions == {0}
         assert sample.logprobs == reference[index].logprobs
+
+
+def test_the_next_version_is_staged_into_the_promoted_twins_buffers(versions, tmp_path):
+    """The twins keep their addresses from one rollout to the next (decode graphs captured on them
+    stay valid), and what a later staging loads into them is that version, not the last one."""
+    v0, v2 = versions
+    engine = staged_engine(v0, v2)
+    twins = engine.weights.verified().buffers
+    engine.begin_drain(2, DrainPolicy.OVERLAP)
+    engine.weights.swap(2)
+    engine.complete_swap(2)
+    v3 = build_tiny_model("llama", tmp_path / "v3", seed=9)
+    manifest_of_checkpoint(3, v3).write(v3)
+    engine.weights.stage(3, str(v3), None)
+    result = engine.weights.wait(60)
+    assert result is not None and result.staged is not None and result.staged.buffers is twins
+    engine.weights.take_result()
+    results: dict = {}
+    when: dict = {}
+    engine.add_request(request("old", engine.limits, max_tokens=16))  # on v2, the live weights now
+    for _ in range(4):  # both samples past their prompts, as in the reference
+        record(results, engine.step(), when)
+    engine.begin_drain(3, DrainPolicy.OVERLAP)
+    engine.add_request(request("later", engine.limits, max_tokens=6))  # on v3, in the twins
+    step_until_idle(engine, results, when)
+    for name, model_dir, max_tokens in (("old", v2, 16), ("later", v3, 6)):
+        reference = alone(model_dir, name, max_tokens)
+        assert [s.logprobs for s in results[name].values()] == [s.logprobs for s in reference.values()]
