@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from epochserve.kernels.fused_moe import fused_moe_torch, topk_route
+from epochserve.kernels.fused_moe_gemv_triton import fused_moe_gemv_triton
 from epochserve.kernels.fused_moe_triton import fused_moe_triton, moe_align
 from epochserve.worker.layers.ops import TritonOps
 
@@ -90,6 +91,20 @@ def test_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens:
         assert rel_err(out, exact) <= 1.1 * rel_err(ref, exact) + 1e-4
 
 
+@pytest.mark.parametrize("tokens", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_the_few_token_path_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens: int):
+    """fused_moe_gemv_triton (decode at batch <= 4 outside batch_invariant): the same bounds."""
+    w13, w2 = layer(layers, shape, dtype)
+    x, weights, ids = make_tokens(shape, tokens, dtype, seed=tokens)
+    out = fused_moe_gemv_triton(x, w13, w2, weights, ids)
+    ref = fused_moe_torch(x, w13, w2, weights, ids)
+    assert out.dtype == dtype and rel_err(out, ref) < TOL[dtype]
+    exact = fused_moe_torch(x.float(), w13.float(), w2.float(), weights, ids)
+    assert rel_err(out, exact) <= 1.1 * rel_err(ref, exact) + 1e-4
+
+
 def test_fp32_matches_reference() -> None:
     w13, w2 = make_weights("qwen1.5-moe-a2.7b", torch.float32)
     x, weights, ids = make_tokens("qwen1.5-moe-a2.7b", 33, torch.float32, seed=1)
@@ -133,10 +148,11 @@ def test_a_tokens_bytes_do_not_depend_on_the_batch(layers: dict, dtype: torch.dt
             assert same_bytes(out[place : place + 1], alone), (others, place)
 
 
-def test_a_cuda_graph_captures_it_and_replays_new_routing(layers: dict) -> None:
+@pytest.mark.parametrize("tokens", [1, 16], ids=["few-token-path", "grouped"])
+def test_a_cuda_graph_captures_it_and_replays_new_routing(layers: dict, tokens: int) -> None:
     """No host synchronisation inside: capture succeeds (a sync would raise), and a replay on new
     inputs and routing gives the eager call's bytes. Through TritonOps, as the engine calls it."""
-    shape, tokens = "qwen3-30b-a3b", 16
+    shape = "qwen3-30b-a3b"
     w13, w2 = layer(layers, shape, torch.bfloat16)
     ops = TritonOps()
     x, weights, ids = make_tokens(shape, tokens, torch.bfloat16, seed=1)
@@ -153,7 +169,7 @@ def test_a_cuda_graph_captures_it_and_replays_new_routing(layers: dict) -> None:
         x.copy_(nx), weights.copy_(nw), ids.copy_(ni)
         graph.replay()
         torch.cuda.synchronize()
-        assert same_bytes(out, fused_moe_triton(nx, w13, w2, nw, ni))
+        assert same_bytes(out, ops.fused_moe(nx, w13, w2, nw, ni))
         assert rel_err(out, fused_moe_torch(nx, w13, w2, nw, ni)) < TOL[torch.bfloat16]
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from epochserve.kernels.fused_moe import fused_moe_torch, topk_route
+from epochserve.kernels.fused_moe_gemv_triton import fused_moe_gemv_triton
 from epochserve.kernels.fused_moe_triton import (
     MoeTiles,
     fused_moe_triton,
@@ -179,6 +180,30 @@ def test_triton_ops_route_fused_moe_to_the_kernel() -> None:
     assert torch.equal(
         TritonOps().fused_moe(x, w13, w2, weights, ids), fused_moe_triton(x, w13, w2, weights, ids)
     )
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_few_token_path_matches_the_reference(tokens: int, dtype: torch.dtype) -> None:
+    """fused_moe_gemv_triton (decode at batch <= 4): the reference's values, all experts local or
+    this rank's experts only (tokens without one give zeros); K not a multiple of its K step."""
+    for local in (None, range(3, 8)):
+        x, w13, w2, weights, ids, expert_map = make_layer(tokens, tokens, 10, 3, 80, 40, dtype, local=local)
+        out = fused_moe_gemv_triton(x, w13, w2, weights, ids, expert_map, block_k=32)
+        assert out.shape == x.shape and out.dtype == dtype
+        assert rel_err(out, fused_moe_torch(x, w13, w2, weights, ids, expert_map)) < TOL[dtype]
+        if local is not None:
+            untouched = ~((ids >= 3) & (ids < 8)).any(dim=1)
+            assert (out[untouched] == 0).all()
+
+
+def test_triton_ops_take_the_few_token_path_outside_batch_invariant_mode() -> None:
+    x, w13, w2, weights, ids, _ = make_layer(4, 2, 8, 2, 64, 32, torch.float32)
+    few = fused_moe_gemv_triton(x, w13, w2, weights, ids)
+    grouped = fused_moe_triton(x, w13, w2, weights, ids)
+    assert torch.equal(TritonOps().fused_moe(x, w13, w2, weights, ids), few)
+    assert torch.equal(TritonOps(batch_invariant=True).fused_moe(x, w13, w2, weights, ids), grouped)
+    assert torch.equal(TritonOps(use_gemv=False).fused_moe(x, w13, w2, weights, ids), grouped)
 
 
 def test_refuses_mismatched_shapes() -> None:

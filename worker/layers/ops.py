@@ -309,9 +309,14 @@ class TritonOps(TorchOps):
         topk_ids: torch.Tensor,
         expert_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        from epochserve.kernels import fused_moe_gemv_triton
         from epochserve.kernels.fused_moe_triton import fused_moe_triton
 
         # Tokens grouped by expert on the device (no host sync, so decode graphs capture MoE layers),
         # one grouped product for gate-up with SiLU-and-mul, one for down, an fp32 combine in each
         # token's expert order. Fixed tiles and no split-K: batch-invariant as it is, so in both modes.
+        # A few tokens (decode at batch 1-4) outside batch_invariant: one matrix-vector product per
+        # (token, expert) pair instead, without the grouping's launches (fused_moe_gemv_triton.py).
+        if self.use_gemv and not self.batch_invariant and x.shape[0] <= fused_moe_gemv_triton.MAX_TOKENS:
+            return fused_moe_gemv_triton.fused_moe_gemv_triton(x, w13, w2, topk_weights, topk_ids, expert_map)
         return fused_moe_triton(x, w13, w2, topk_weights, topk_ids, expert_map)
