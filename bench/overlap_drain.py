@@ -13,6 +13,11 @@ drain report (commit → last v-1 sequence ended, commit → first new-version t
 finished / aborted), commit → DONE as seen here, the GPU idle estimate (idle and lost seconds,
 bench/overlap_drain_metrics.py says how they are computed) and the output thrown away.
 
+The worker's "first v token" counts from the commit, so under a closed loop it includes waiting for
+the first v-1 group to end and free a client (all are busy at the commit). What a new request waits
+is measured apart: as soon as the commit is seen (the drain report appears; polled every 0.25 s) a
+probe request (one token) is sent, and its time to first token is reported ("probe ms").
+
     python bench/overlap_drain.py --tiny                    # CPU smoke: tiny model, short outputs
     python bench/overlap_drain.py --device cuda             # random Llama-3.2-1B shape, 2k-8k tokens
         [--duration 60] [--baseline-duration 40] [--rollout-every 25] [--concurrency 16] [--n 4]
@@ -43,6 +48,7 @@ import overlap_drain_metrics as metrics  # noqa: E402
 from soak import LLAMA_1B, TINY, machine, random_llama  # noqa: E402
 
 from epochserve.app.local.cluster import LocalCluster, LocalClusterSpec  # noqa: E402
+from epochserve.client.errors import GenerationError  # noqa: E402
 from epochserve.client.generation import AsyncGenerationClient  # noqa: E402
 from epochserve.controlplane.admin.client import AdminClient  # noqa: E402
 from epochserve.loadtest.config import DrainName, LoadPlan, SoakConfig  # noqa: E402
@@ -53,11 +59,14 @@ from epochserve.loadtest.soak import RolloutCycler  # noqa: E402
 from epochserve.loadtest.versions import VersionPublisher  # noqa: E402
 from epochserve.loadtest.workload import LengthDistribution, SyntheticWorkload  # noqa: E402
 from epochserve.proto.v1 import admin_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
+from epochserve.sampling import SamplingParams  # noqa: E402
 
 POLICIES: tuple[DrainName, ...] = ("finish", "abort", "overlap")
 # The 1B shape with room for 256-token prompts + 8,192-token outputs (random weights: RoPE only).
 LLAMA_1B_LONG = dict(LLAMA_1B, max_position_embeddings=10240)
 DRAIN_POLL_SECONDS = 0.25
+PROBE_PROMPT = list(range(11, 139))  # 128 ids
+PROBE_TIMEOUT_SECONDS = 300.0
 # Leases longer than the soak's 2 s: a busy host that misses a keepalive would fence the worker
 # mid-run, and its dropped requests would be counted against the drain policy under test.
 LEASE_TTL_SECONDS = "10"
@@ -86,7 +95,7 @@ async def run_once(
         await client.get_policy(timeout=60, wait_for_ready=True)
         driver = LoadDriver(client, workload, plan, state)
         load = asyncio.ensure_future(driver.run())
-        polling = asyncio.ensure_future(poll_drain_reports(cluster, reports, no_more_reports))
+        polling = asyncio.ensure_future(poll_drain_reports(cluster, reports, no_more_reports, client))
         cycler = None
         if drain is not None:
             soak = SoakConfig(
@@ -115,23 +124,45 @@ async def run_once(
 
 
 async def poll_drain_reports(
-    cluster: LocalCluster, reports: dict[int, dict[str, Any]], stop: asyncio.Event
-) -> None:
+    cluster: LocalCluster, reports: dict[int, dict[str, Any]], stop: asyncio.Event,
+    client: AsyncGenerationClient,
+) -> None:  # fmt: skip
     """Keep the worker's latest drain report per version (ListWorkers, every DRAIN_POLL_SECONDS).
     After a finish or abort drain the first new-version token comes after DONE, when the soak
     driver stopped watching; the worker sends its report again then, and it stays until the next
-    commit, so polling sees its final form."""
+    commit, so polling sees its final form. A version's first report (its commit) sends a probe."""
+    probes: dict[int, dict[str, Any]] = {}
+    tasks: list[asyncio.Future] = []
     async with AdminClient(cluster.admin_address, cluster.token) as admin:
         while True:
             stopping = stop.is_set()  # one last poll after `stop`: the report at the last DONE
             with contextlib.suppress(grpc.aio.AioRpcError):  # a slow answer: the next poll
                 for worker in (await admin.list_workers(timeout=5)).workers:
                     if worker.HasField("last_drain"):
-                        reports[worker.last_drain.version] = drain_fields(worker.last_drain)
+                        version = worker.last_drain.version
+                        if version not in probes and not stopping:
+                            probes[version] = {}
+                            tasks.append(asyncio.ensure_future(probe_new_version(client, probes[version])))
+                        reports[version] = drain_fields(worker.last_drain) | probes[version]
             if stopping:
-                return
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), DRAIN_POLL_SECONDS)
+    if tasks:
+        await asyncio.wait(tasks, timeout=PROBE_TIMEOUT_SECONDS)
+    for version, probe in probes.items():  # probes that ended after the last poll
+        reports[version] = reports.get(version, {}) | probe
+
+
+async def probe_new_version(client: AsyncGenerationClient, into: dict[str, Any]) -> None:
+    """One request sent right after a commit was seen: its time to first token and its version."""
+    sampling = SamplingParams(temperature=1.0, max_tokens=1)
+    try:
+        result = await client.generate(PROBE_PROMPT, sampling, timeout=PROBE_TIMEOUT_SECONDS)
+    except GenerationError as exc:
+        into["probe_error"] = str(exc)[:200]
+        return
+    into["probe_ttft_s"], into["probe_version"] = result.ttft_seconds, result.policy_version
 
 
 def drain_fields(d: admin_pb2.DrainReport) -> dict[str, Any]:
@@ -279,7 +310,8 @@ def print_rollouts(runs: list[dict[str, Any]]) -> None:
             print(
                 f"  {run['policy']:>7} v{r['version']} {r['outcome']}: commit at {_f(r['commit_at'])} s, "
                 f"DONE +{_f(r['commit_to_done_s'])} s, v-1 retired +{_f(r['retire_s'])} s, first v token "
-                f"+{_f(r['first_new_token_s'], 3)} s, v-1 finished {r['finished_previous']} aborted "
+                f"+{_f(r['first_new_token_s'], 3)} s, probe ttft {_f(r.get('probe_ttft_s'), 3)} s "
+                f"(v{r.get('probe_version')}), v-1 finished {r['finished_previous']} aborted "
                 f"{r['aborted_previous']}, idle {_f(r.get('idle_s'))} s, lost {_f(r.get('lost_s'))} s, "
                 f"wasted {r.get('wasted_tokens', '-')} tok {r['reason']}".rstrip()
             )
@@ -290,6 +322,7 @@ def print_table(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n{load}; a rollout every {args.rollout_every:g} s; medians over a run's rollouts")
     print(
         f"{'policy':>8} {'tok/s':>8} {'vs none':>8} {'rollouts':>8} {'retire s':>9} {'1st v ms':>9} "
+        f"{'probe ms':>9} "
         f"{'idle s':>7} {'lost s':>7} {'v-1 fin/abrt':>12} {'wasted':>8} {'ttft p99':>9} "
         f"{'err':>4} {'viol':>5}"
     )
@@ -306,6 +339,7 @@ def print_table(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(
             f"{run['policy']:>8} {run['goodput_tok_s']:8.0f} {run['relative']:8.1%} {len(rows):8d} "
             f"{_f(median_of('retire_s')):>9} {_f(median_of('first_new_token_s', 1e3), 0):>9} "
+            f"{_f(median_of('probe_ttft_s', 1e3), 0):>9} "
             f"{_f(median_of('idle_s')):>7} {_f(median_of('lost_s')):>7} {f'{fin}/{abrt}':>12} "
             f"{wasted:8d} {_f(run['ttft_p99_s'], 2):>9} {run['requests']['errors']:4d} {run['violations']:5d}"
         )

@@ -106,6 +106,10 @@ def rollout_row(
         "finished_previous": report.get("finished_previous"),
         "aborted_previous": report.get("aborted_previous"),
         "reason": report.get("reason", "") or rollout.reason,
+        # a request sent when the commit was seen (overlap_drain.py, probe_new_version): its time to
+        # first token, and the version that served it
+        "probe_ttft_s": report.get("probe_ttft_s"),
+        "probe_version": report.get("probe_version"),
     }
     if rollout.committed_at is not None and rollout.done_at is not None:
         start, end = rollout.committed_at, rollout.done_at
