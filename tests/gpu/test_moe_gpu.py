@@ -190,3 +190,17 @@ def test_alignment_on_the_device() -> None:
         assert experts[row // 16 : (row + padded) // 16] == [expert] * (padded // 16)
         row += padded
     assert int(align.num_padded) == row and all(e == -1 for e in experts[row // 16 :])
+
+
+@pytest.mark.parametrize("tokens", [1, 64, 257])
+def test_the_one_launch_router_matches_reference(tokens: int) -> None:
+    """topk_route_triton on CUDA (TritonOps.moe_topk): the reference's ids in order, its weights
+    within fp32 rounding (random logits: no two weights within rounding of each other)."""
+    from epochserve.kernels.moe_topk_triton import topk_route_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    logits = torch.randn(tokens, 128, device="cuda", generator=gen) * 2
+    weights, ids = topk_route_triton(logits, 8, renormalize=True)
+    ref_weights, ref_ids = topk_route(logits, 8, renormalize=True)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-7)

@@ -300,6 +300,15 @@ class TritonOps(TorchOps):
             max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed,
         )  # fmt: skip
 
+    def moe_topk(
+        self, router_logits: torch.Tensor, top_k: int, renormalize: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from epochserve.kernels.moe_topk_triton import topk_route_triton
+
+        # One launch per layer instead of five (kernels/moe_topk_triton.py): a batch-1 decode step
+        # of a 48-layer MoE model pays every launch 48 times.
+        return topk_route_triton(router_logits, top_k, renormalize)
+
     def fused_moe(
         self,
         x: torch.Tensor,
