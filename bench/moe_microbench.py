@@ -8,7 +8,11 @@ weights, so nothing stays in L2 between them. The kernel is timed inside a CUDA 
 runs decode) and eagerly; the reference only eagerly (it synchronises with the host, so no graph
 can capture it). Each is checked against the reference before it is timed.
 
-  python bench/moe_microbench.py [--batches 1,64,256] [--sweep] [--json OUT]
+  python bench/moe_microbench.py [--batches 1,64,256] [--sweep] [--gemv-sweep] [--json OUT]
+
+Batches of at most 4 tokens also time fused_moe_gemv_triton (the path TritonOps takes for them);
+--gemv-sweep tries its gate-up tiles (down at its default), then its down tiles (gate-up at the
+best), and prints the fastest of each.
   python bench/moe_microbench.py --tiny     # CPU, Triton interpreter, a tiny layer: checks it runs
 """
 
@@ -44,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     parser.add_argument("--tiny", action="store_true", help="CPU interpreter, tiny layer (a smoke run)")
     parser.add_argument("--sweep", action="store_true", help="also time other tiles (CUDA)")
+    parser.add_argument("--gemv-sweep", action="store_true", help="tiles of the few-token path (CUDA)")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--json", help="write the numbers here")
     return parser
@@ -112,12 +117,48 @@ def touched_bytes(shape: dict[str, Any], ids: torch.Tensor, element: int) -> int
     return distinct * per_expert + 2 * ids.shape[0] * shape["hidden"] * element
 
 
+def gemv_sweep(few: Callable[..., object], replays: int) -> dict[str, Any]:
+    """Graph µs of the few-token path per gate-up tiles, then per down tiles (the other fixed)."""
+    from epochserve.kernels.fused_moe_gemv_triton import DOWN_TILES
+    from epochserve.kernels.gemv_triton import GemvTiles
+
+    def tiles(block_ks: tuple[int, ...]) -> list[GemvTiles]:
+        return [
+            GemvTiles(n, k, w, s) for n in (8, 16, 32) for k in block_ks for w, s in ((4, 3), (8, 2), (8, 3))
+        ]
+
+    def timed(up: GemvTiles, dn: GemvTiles) -> float:
+        try:
+            return cuda_us(lambda i: few(i, up=up, dn=dn), replays, graph=True)
+        except Exception as exc:  # e.g. a tile past the shared memory: not a candidate
+            print(f"tiles up={up} down={dn}: {type(exc).__name__}", file=sys.stderr)
+            return float("inf")
+
+    up_times = {t: timed(t, DOWN_TILES) for t in tiles((512, 1024))}
+    best_up = min(up_times, key=up_times.__getitem__)
+    down_times = {t: timed(best_up, t) for t in tiles((256, 512))}
+    best_down = min(down_times, key=down_times.__getitem__)
+    return {
+        "gate_up": {str(t): us for t, us in up_times.items()},
+        "down": {str(t): us for t, us in down_times.items()},
+        "best_gate_up": str(best_up), "best_down": str(best_down), "best_us": down_times[best_down],
+        "default_down_us": up_times[best_up], "default_down": str(DOWN_TILES),
+    }  # fmt: skip
+
+
 def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -> dict[str, Any]:
     import triton
     from gpu_common import measure_ceilings
 
     from epochserve.kernels.fused_moe import fused_moe_torch
+    from epochserve.kernels.fused_moe_gemv_triton import (
+        DOWN_TILES,
+        GATE_UP_TILES,
+        MAX_TOKENS,
+        fused_moe_gemv_triton,
+    )
     from epochserve.kernels.fused_moe_triton import MoeTiles, fused_moe_triton, moe_tiles
+    from epochserve.kernels.gemv_triton import GemvTiles
 
     shape = QWEN3_30B_A3B
     bandwidth = measure_ceilings()["hbm_bytes_per_s"]
@@ -149,6 +190,24 @@ def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -
             "triton_eager_us": cuda_us(kernel, args.replays, graph=False),
             "torch_eager_us": cuda_us(reference, args.replays, graph=False),
         }
+        if tokens <= MAX_TOKENS:
+            err = rel_err(
+                fused_moe_gemv_triton(x, w13, w2, weights, ids), fused_moe_torch(x, w13, w2, weights, ids)
+            )
+            assert err < 1e-2, f"few-token path, batch {tokens}: relative error {err:.2e}"
+
+            def few(
+                i: int,
+                up: GemvTiles = GATE_UP_TILES,
+                dn: GemvTiles = DOWN_TILES,
+                b: tuple = (x, weights, ids),
+            ):
+                w13, w2 = layers[i % LAYERS]
+                return fused_moe_gemv_triton(b[0], w13, w2, b[1], b[2], gate_up=up, down_tiles=dn)
+
+            row["gemv_graph_us"] = cuda_us(few, args.replays, graph=True)
+            if args.gemv_sweep:
+                row["gemv_sweep"] = gemv_sweep(few, args.replays)
         if args.sweep:
             row["sweep_graph_us"] = {}
             for block_n, warps, stages in SWEEP:
@@ -210,6 +269,18 @@ def print_table(result: dict[str, Any]) -> None:
               f"{r['torch_eager_us'] / r['triton_graph_us']:7.1f}x")  # fmt: skip
         for name, us in r.get("sweep_graph_us", {}).items():
             print(f"      tiles {name}: {us:.1f} us ({r['limit_us'] / us:.0%} of limit)")
+        if "gemv_graph_us" in r:
+            us = r["gemv_graph_us"]
+            print(f"      few-token path (default tiles): {us:.1f} us ({r['limit_us'] / us:.0%} of limit)")
+        if "gemv_sweep" in r:
+            sweep = r["gemv_sweep"]
+            print(
+                f"      few-token sweep: best gate-up {sweep['best_gate_up']}, down {sweep['best_down']}: "
+                f"{sweep['best_us']:.1f} us ({r['limit_us'] / sweep['best_us']:.0%} of limit)"
+            )
+            for part in ("gate_up", "down"):
+                ranked = sorted(sweep[part].items(), key=lambda kv: kv[1])[:4]
+                print(f"        {part} fastest: " + "; ".join(f"{k} {v:.1f}" for k, v in ranked))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

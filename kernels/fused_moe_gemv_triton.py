@@ -29,8 +29,13 @@ import triton.language as tl
 
 from epochserve.kernels.activation_triton import _silu_and_mul
 from epochserve.kernels.fused_moe_triton import _combine_kernel
+from epochserve.kernels.gemv_triton import GemvTiles
 
 MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched expert once
+# Per-kernel tiles (output rows per program, K step, warps, pipeline stages), fixed for every batch:
+# bench/moe_microbench.py --gemv-sweep, Qwen3-30B-A3B layer at batch 1 (docs/benchmarks.md).
+GATE_UP_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=8, num_stages=2)
+DOWN_TILES = GemvTiles(block_n=16, block_k=512, num_warps=8, num_stages=3)
 
 
 @triton.jit
@@ -84,12 +89,12 @@ def fused_moe_gemv_triton(
     topk_ids: torch.Tensor,  # [num_tokens, top_k] global expert ids
     expert_map: torch.Tensor | None = None,  # [num_experts]: local index or -1
     *,
-    block_n: int = 16,
-    block_k: int = 256,
-    num_warps: int = 4,
+    gate_up: GemvTiles = GATE_UP_TILES,
+    down_tiles: GemvTiles = DOWN_TILES,
 ) -> torch.Tensor:
     """Σ_k weight_k · expert_{id_k}(x) over this rank's experts, [num_tokens, hidden] in x's dtype:
-    fused_moe_triton's contract, for a few tokens (the caller checks shapes: fused_moe_triton)."""
+    fused_moe_triton's contract, for a few tokens (the caller checks shapes: fused_moe_triton).
+    Tiles: for benchmarks and tests (other K steps sum in another order)."""
     num_tokens, hidden = x.shape
     if num_tokens > MAX_TOKENS:
         raise ValueError(f"at most {MAX_TOKENS} tokens, got {num_tokens}")
@@ -105,15 +110,18 @@ def fused_moe_gemv_triton(
     act = torch.empty((num_pairs, width), dtype=x.dtype, device=x.device)
     down = torch.empty((num_pairs, hidden), dtype=x.dtype, device=x.device)
     local_ids = torch.empty(num_pairs, dtype=torch.int32, device=x.device)
-    launch = dict(HAS_MAP=expert_map is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
     the_map = expert_map if expert_map is not None else ids
-    _pair_gemv_kernel[(num_pairs, triton.cdiv(width, block_n))](
+    t = gate_up
+    _pair_gemv_kernel[(num_pairs, triton.cdiv(width, t.block_n))](
         act, x, w13, ids, the_map, local_ids, width, hidden, x.stride(0), w13.stride(0), w13.stride(1),
-        act.stride(0), ROW_DIV=top_k, GATED=True, **launch,
+        act.stride(0), ROW_DIV=top_k, GATED=True, HAS_MAP=expert_map is not None, BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
     )  # fmt: skip
-    _pair_gemv_kernel[(num_pairs, triton.cdiv(hidden, block_n))](
+    t = down_tiles
+    _pair_gemv_kernel[(num_pairs, triton.cdiv(hidden, t.block_n))](
         down, act, w2, ids, the_map, local_ids, hidden, width, act.stride(0), w2.stride(0), w2.stride(1),
-        down.stride(0), ROW_DIV=1, GATED=False, **launch,
+        down.stride(0), ROW_DIV=1, GATED=False, HAS_MAP=expert_map is not None, BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
     )  # fmt: skip
     block_h = min(512, triton.next_power_of_2(hidden))
     block_t = triton.next_power_of_2(num_tokens)
