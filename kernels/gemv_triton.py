@@ -85,9 +85,11 @@ def gemv_triton(
     *,
     silu_and_mul: bool = False,
     tiles: GemvTiles | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """x @ weight.T for a few rows, [M, N] in x's dtype; with silu_and_mul, x is [M, 2K] (gate
-    first) and the product is of silu(gate) * up. tiles: for benchmarks (default: gemv_tiles)."""
+    """x @ weight.T for a few rows, [M, N] in x's dtype (or out_dtype: torch.float32 stores the fp32
+    sums unrounded); with silu_and_mul, x is [M, 2K] (gate first) and the product is of silu(gate)
+    * up. tiles: for benchmarks (default: gemv_tiles)."""
     width = 2 * weight.shape[1] if silu_and_mul else weight.shape[1]
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != width:
         raise ValueError(f"expected [M, {width}] and [N, K], got {tuple(x.shape)}, {tuple(weight.shape)}")
@@ -100,7 +102,7 @@ def gemv_triton(
     if weight.stride(-1) != 1:
         raise ValueError("the weight needs a contiguous last dimension")
     (m, _), (n, k) = x.shape, weight.shape
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     t = tiles or gemv_tiles(n, k)
     if m:
         _gemv_kernel[(triton.cdiv(n, t.block_n),)](

@@ -278,6 +278,16 @@ def test_gemv_matches_linear(dtype: torch.dtype, rows: int, n: int, k: int) -> N
     assert rel_err(gemv_triton(x, weight), x.double() @ weight.double().T) < ATTN_TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_with_fp32_out_matches_fp64(dtype: torch.dtype) -> None:
+    """The MoE router's product (TritonOps.linear_fp32 at one row): 16-bit products are exact in
+    fp32, so only fp32 summation error remains (~sqrt(K) 2**-24 relative; bound 1e-5)."""
+    x = torch.randn(1, 2048, device="cuda", dtype=dtype)
+    weight = torch.randn(128, 2048, device="cuda", dtype=dtype) / 2048**0.5
+    out = gemv_triton(x, weight, out_dtype=torch.float32)
+    assert out.dtype == torch.float32 and rel_err(out, x.double() @ weight.double().T) < 1e-5
+
+
 @pytest.mark.parametrize(
     ("dtype", "n", "k", "precision", "tol"),
     [(torch.bfloat16, 6144, 4096, "ieee", 1e-2), (torch.float16, 4096, 14336, "ieee", 2e-3),

@@ -65,3 +65,28 @@ def test_plain_gemv_matches_linear(rows: int, dtype: torch.dtype) -> None:
     assert out.shape == (rows, 45) and out.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     assert rel_err(out, x.double() @ weight.double().T) < tol
+
+
+def test_fp32_out_keeps_the_sums_unrounded() -> None:
+    """out_dtype=float32 (TritonOps.linear_fp32 at one row: the MoE router): the fp32 sums of the
+    fp16 products, as an fp32 product of the same fp16 numbers gives them; the fp16 output would be
+    off by its rounding (~5e-4 relative)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 512, generator=gen).half()
+    weight = (torch.randn(128, 512, generator=gen) / 512**0.5).half()
+    out = gemv_triton(x, weight, out_dtype=torch.float32)
+    exact = x.double() @ weight.double().T
+    assert out.dtype == torch.float32 and rel_err(out, exact) < 1e-6
+    assert rel_err(gemv_triton(x, weight), exact) > 1e-5
+
+
+def test_triton_ops_take_it_for_a_small_fp32_out_product_only() -> None:
+    from epochserve.worker.layers.ops import TritonOps
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 256, generator=gen).half()
+    router = (torch.randn(64, 256, generator=gen) / 16).half()
+    assert torch.equal(TritonOps().linear_fp32(x, router), gemv_triton(x, router, out_dtype=torch.float32))
+    two_rows = torch.randn(2, 256, generator=gen).half()
+    got = TritonOps().linear_fp32(two_rows, router)
+    assert got.dtype == torch.float32 and rel_err(got, two_rows.double() @ router.double().T) < 1e-6

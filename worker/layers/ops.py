@@ -216,6 +216,12 @@ class TritonOps(TorchOps):
 
             # 16-bit operands on the tensor cores, fp32 accumulator stored as it is (never rounded).
             return matmul_batch_invariant(x, weight, out_dtype=torch.float32)
+        if self._takes_gemv(x, weight) and weight.numel() * weight.element_size() <= GEMV_MAX_WEIGHT_BYTES:
+            from epochserve.kernels.gemv_triton import gemv_triton
+
+            # One row through a small table (the MoE router, 0.5 MB): cuBLAS' fp32-out product takes
+            # ~5 us (H100), 48 times a token. The lm_head (hundreds of MB) stays on cuBLAS.
+            return gemv_triton(x, weight, out_dtype=torch.float32)
         return TorchOps.linear_fp32(self, x, weight)
 
     def softmax_stats(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
