@@ -6,10 +6,21 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from epochserve.kernels.paged_attention import write_kv_cache_torch
+from epochserve.kernels.rmsnorm import rms_norm_torch
+
+
+@dataclass(frozen=True, slots=True)
+class QKNorm:
+    """Per-head RMSNorm of queries and keys before RoPE (Qwen3): each head's own weight vector."""
+
+    q_weight: torch.Tensor  # [head_dim]
+    k_weight: torch.Tensor  # [head_dim]
+    eps: float
 
 
 def rope_inv_freq(
@@ -74,8 +85,13 @@ def rotary_store_kv_torch(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    qk_norm: QKNorm | None = None,
 ) -> torch.Tensor:
-    """The reference: rotate q and k, store k and v (every slot must be a real one)."""
+    """The reference: (RMS-normalize each q and k head, when qk_norm,) rotate q and k, store k and
+    v (every slot must be a real one)."""
+    if qk_norm is not None:
+        q = rms_norm_torch(q, qk_norm.q_weight, qk_norm.eps)
+        k = rms_norm_torch(k, qk_norm.k_weight, qk_norm.eps)
     write_kv_cache_torch(
         apply_rotary_torch(k, positions, cos_sin_cache), v, key_cache, value_cache, slot_mapping
     )

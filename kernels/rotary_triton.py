@@ -15,10 +15,14 @@ import triton.language as tl
 
 @triton.jit
 def _rotate_heads(
-    src_ptr, dst_ptr, token, stride_st, stride_sh, stride_dt, stride_dh, cos, sin,
+    src_ptr, dst_ptr, token, stride_st, stride_sh, stride_dt, stride_dh, cos, sin, norm_ptr, eps,
     NUM_HEADS: tl.constexpr, BLOCK_H: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    HAS_NORM: tl.constexpr,
 ):  # fmt: skip
-    """Rotate all heads of one token: [NUM_HEADS, 2 * HALF] from src to dst (may be the same)."""
+    """Rotate all heads of one token: [NUM_HEADS, 2 * HALF] from src to dst (may be the same).
+    HAS_NORM: RMS-normalize each head first with the weight at norm_ptr [2 * HALF] (Qwen3's q/k
+    norm), rounding where rms_norm_torch rounds: the normalized value, then its product with the
+    weight. Only the order of the head's sum of squares may differ from the separate norm kernel."""
     heads = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, BLOCK_HALF)[None, :]
     mask = (heads < NUM_HEADS) & (dims < HALF)
@@ -27,6 +31,13 @@ def _rotate_heads(
     x2 = tl.load(src + HALF, mask=mask, other=0.0)
     dt = x1.dtype
     a1, a2 = x1.to(tl.float32), x2.to(tl.float32)
+    if HAS_NORM:
+        variance = (tl.sum(a1 * a1, axis=1) + tl.sum(a2 * a2, axis=1)) / (2 * HALF)
+        scale = tl.math.rsqrt(variance + eps)[:, None]
+        w1 = tl.load(norm_ptr + dims, mask=dims < HALF, other=0.0).to(tl.float32)
+        w2 = tl.load(norm_ptr + HALF + dims, mask=dims < HALF, other=0.0).to(tl.float32)
+        a1 = (w1 * (a1 * scale).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+        a2 = (w2 * (a2 * scale).to(dt).to(tl.float32)).to(dt).to(tl.float32)
     out1 = (a1 * cos).to(dt).to(tl.float32) - (a2 * sin).to(dt).to(tl.float32)
     out2 = (a2 * cos).to(dt).to(tl.float32) + (a1 * sin).to(dt).to(tl.float32)
     dst = dst_ptr + token * stride_dt + heads * stride_dh + dims
@@ -60,10 +71,10 @@ def _rotary_kernel(
         cos_sin_ptr, positions_ptr, token, stride_cs, q_ptr.dtype.element_ty, HALF, BLOCK_HALF
     )
     _rotate_heads(q_ptr, q_out_ptr, token, stride_qt, stride_qh, stride_qot, stride_qoh, cos, sin,
-                  NUM_Q_HEADS, BLOCK_QH, HALF, BLOCK_HALF)  # fmt: skip
+                  q_ptr, 0.0, NUM_Q_HEADS, BLOCK_QH, HALF, BLOCK_HALF, False)  # fmt: skip
     if HAS_K:
         _rotate_heads(k_ptr, k_out_ptr, token, stride_kt, stride_kh, stride_kot, stride_koh, cos, sin,
-                      NUM_K_HEADS, BLOCK_KH, HALF, BLOCK_HALF)  # fmt: skip
+                      k_ptr, 0.0, NUM_K_HEADS, BLOCK_KH, HALF, BLOCK_HALF, False)  # fmt: skip
 
 
 def _prepare(x: torch.Tensor, inplace: bool) -> tuple[torch.Tensor, torch.Tensor]:

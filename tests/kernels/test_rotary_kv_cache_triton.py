@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from epochserve.kernels.rotary import (
+    QKNorm,
     apply_rotary_torch,
     rope_cos_sin_cache,
     rope_inv_freq,
@@ -71,6 +72,35 @@ def test_matches_reference(
     untouched = torch.ones(num_blocks * block_size, dtype=torch.bool)
     untouched[slots] = False  # every slot nobody wrote keeps its old bytes
     assert torch.equal(key_cache.flatten(0, 1)[untouched], ref_k.flatten(0, 1)[untouched])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_qk_norm_in_front_matches_the_reference(dtype: torch.dtype) -> None:
+    """QKNorm (Qwen3): every q and k head RMS-normalized with its own weight, then rotated; against
+    rms_norm_torch then the reference, within the rounding tolerance (the sum of squares may run in
+    another order); without it, q and k come out at another scale, so the check has teeth."""
+    head_dim, block_size, num_tokens = 64, 16, 7
+    cos_sin = rope_cos_sin_cache(rope_inv_freq(head_dim, 10000.0), 512)
+    q, k, v = qkv_views(num_tokens, 6, 2, head_dim, dtype)
+    gen = torch.Generator().manual_seed(9)
+    norm = QKNorm((1 + torch.randn(head_dim, generator=gen) / 4).to(dtype),
+                  (1 + torch.randn(head_dim, generator=gen) / 4).to(dtype), 1e-6)  # fmt: skip
+    q, k = q * 3, k * 5  # far from unit RMS
+    positions, slots = torch.arange(3, 3 + num_tokens), torch.arange(num_tokens) * 2
+    shape = (2, 2 * block_size, 2, head_dim)
+    key_cache, value_cache = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+    ref_k, ref_v = key_cache.clone(), value_cache.clone()
+    ref_q = rotary_store_kv_torch(q, k, v, positions, cos_sin, ref_k, ref_v, slots, norm)
+    out_q = rotary_store_kv_triton(q, k, v, positions, cos_sin, key_cache, value_cache, slots, norm)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out_q, ref_q, atol=tol, rtol=tol)
+    torch.testing.assert_close(key_cache, ref_k, atol=tol, rtol=tol)
+    assert torch.equal(value_cache, ref_v)
+    unnormed = rotary_store_kv_triton(q, k, v, positions, cos_sin, key_cache.clone(), value_cache, slots)
+    assert not torch.allclose(unnormed, ref_q, atol=0.1, rtol=0.1)
+    with pytest.raises(ValueError, match="head_dim"):
+        rotary_store_kv_triton(q, k, v, positions, cos_sin, key_cache, value_cache, slots,
+                               QKNorm(norm.q_weight[:8], norm.k_weight, 1e-6))  # fmt: skip
 
 
 def test_a_negative_slot_rotates_q_and_stores_nothing() -> None:

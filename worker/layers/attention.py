@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from epochserve.kernels.rotary import QKNorm
 from epochserve.worker.layers.ops import TorchOps
 
 
@@ -61,6 +62,9 @@ class PagedAttention(nn.Module):
         cos_sin: torch.Tensor,  # [max_positions, head_dim] fp32 RoPE table
         cache: LayerKVCache,
         meta: AttentionMetadata,
+        qk_norm: QKNorm | None = None,  # Qwen3: each q and k head RMS-normalized before RoPE
     ) -> torch.Tensor:
-        q = self.ops.rotary_store_kv(q, k, v, positions, cos_sin, cache.key, cache.value, meta.slot_mapping)
+        q = self.ops.rotary_store_kv(
+            q, k, v, positions, cos_sin, cache.key, cache.value, meta.slot_mapping, qk_norm
+        )
         return self.ops.attention(q, cache.key, cache.value, meta, self.scale)

@@ -19,7 +19,7 @@ from epochserve.kernels.activation import silu_and_mul_torch
 from epochserve.kernels.fused_moe import fused_moe_torch, topk_route
 from epochserve.kernels.paged_attention import paged_attention_torch
 from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch
-from epochserve.kernels.rotary import rotary_store_kv_torch
+from epochserve.kernels.rotary import QKNorm, rotary_store_kv_torch
 from epochserve.kernels.sampling import SampledRows, SampleRows
 from epochserve.kernels.softmax_stats import softmax_stats_torch
 
@@ -109,9 +109,13 @@ class TorchOps:
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
+        qk_norm: QKNorm | None = None,
     ) -> torch.Tensor:
-        """Rotate q and k by their positions, store k and v in their cache slots; the rotated q."""
-        return rotary_store_kv_torch(q, k, v, positions, cos_sin, key_cache, value_cache, slot_mapping)
+        """(Normalize each q and k head, when qk_norm,) rotate q and k by their positions, store k
+        and v in their cache slots; the rotated q."""
+        return rotary_store_kv_torch(
+            q, k, v, positions, cos_sin, key_cache, value_cache, slot_mapping, qk_norm
+        )
 
     def silu_and_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The MLP's down projection of its gate-up output: silu(gate) * up, then · Wᵀ."""
@@ -267,12 +271,15 @@ class TritonOps(TorchOps):
         key_cache: torch.Tensor,
         value_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
+        qk_norm: QKNorm | None = None,
     ) -> torch.Tensor:
-        # One launch; per-token arithmetic, so batch-invariant as it is. Negative slots (padded
-        # rows of a CUDA-graph batch) are skipped.
+        # One launch, the q/k norms included; per-token arithmetic, so batch-invariant as it is.
+        # Negative slots (padded rows of a CUDA-graph batch) are skipped.
         from epochserve.kernels.rotary_kv_cache_triton import rotary_store_kv_triton
 
-        return rotary_store_kv_triton(q, k, v, positions, cos_sin, key_cache, value_cache, slot_mapping)
+        return rotary_store_kv_triton(
+            q, k, v, positions, cos_sin, key_cache, value_cache, slot_mapping, qk_norm
+        )
 
     def silu_and_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         from epochserve.kernels.activation_triton import silu_and_mul_triton

@@ -14,7 +14,7 @@ from typing import ClassVar, Protocol, cast
 import torch
 from torch import nn
 
-from epochserve.kernels.rotary import rope_cos_sin_cache, rope_inv_freq
+from epochserve.kernels.rotary import QKNorm, rope_cos_sin_cache, rope_inv_freq
 from epochserve.worker.layers.attention import AttentionMetadata, LayerKVCache, PagedAttention
 from epochserve.worker.layers.context import LayerContext
 from epochserve.worker.layers.linear import RowParallelLinear, column_linear, copy_checked, qkv_linear
@@ -100,9 +100,10 @@ class Attention(nn.Module):
             k.view(n, self.num_kv_heads, d),
             v.view(n, self.num_kv_heads, d),
         )
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        out = self.attn(q, k, v, positions, self.rotary.cos_sin, cache, meta)
+        qk_norm = None
+        if self.q_norm is not None and self.k_norm is not None:  # applied inside rotary_store_kv
+            qk_norm = QKNorm(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        out = self.attn(q, k, v, positions, self.rotary.cos_sin, cache, meta, qk_norm)
         return self.o_proj(out.reshape(n, self.num_heads * d))
 
 
