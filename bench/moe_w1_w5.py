@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="CPU, a tiny Qwen3-MoE, small counts")
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-link", action="store_true")
+    parser.add_argument("--w1-only", action="store_true", help="no W5 (nor its link path)")
     parser.add_argument("--max-num-seqs", type=int, default=160)
     parser.add_argument("--prompts", type=int, default=40, help="W5 prompts (n 8 each)")
     parser.add_argument("--json", type=Path, default=None)
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts, n, new, w1_new, peer_new = (4, 2, 8, 8, 8) if args.tiny else (args.prompts, 8, 512, W1_NEW, 64)
     max_num_seqs = min(args.max_num_seqs, 8) if args.tiny else args.max_num_seqs
     workloads = [Workload(prompts, n, new, top_p, 16 if args.tiny else 256) for top_p in (1.0, 0.95)]
+    if args.w1_only:
+        workloads, args.skip_link = [], True
     r: dict = {"shape": "tiny" if args.tiny else "qwen3-30b-a3b", "date": time.strftime("%Y-%m-%d"),
                "max_num_seqs": max_num_seqs}  # fmt: skip
     if device == "cuda":
