@@ -19,11 +19,13 @@ ratios).
 
 Usage: python bench/http_vs_grpc.py [--model DIR] [--weights real|random|tiny] [--device cpu|cuda]
        [--tp N] [--requests 32] [--n 2] [--new-tokens 48] [--rounds 3]
-       [--worker-arg=--max-num-seqs=256 ...] [--json OUT] [--front-only [--profile OUT]]
+       [--worker-arg=--max-num-seqs=256 ...] [--router-arg=--http-processes=4 ...] [--json OUT]
+       [--front-only [--profile OUT]]
 The default model is the bundled SmolLM2-135M-Instruct. --weights random needs only --model's
 config.json and tokenizer (random weights of its shape); tiny: a tiny random Llama with the same
-tokenizer, so that the engine costs little next to the router. Numbers go to docs/benchmarks.md
-(machine, date, commit); they are not pass/fail.
+tokenizer, so that the engine costs little next to the router. --router-arg passes a flag to the
+router (`--router-arg=--http-processes=4`: the HTTP front in 4 processes of their own, docs/http.md).
+Numbers go to docs/benchmarks.md (machine, date, commit); they are not pass/fail.
 
 --front-only measures the HTTP front alone, without a cluster: the real app and tokenizer in a
 process of their own, on a backend that answers at once (InstantBackend), so that the front's own
@@ -212,6 +214,9 @@ class InstantBackend:
     async def abort(self, request_id: str) -> bool:
         return False
 
+    async def refresh(self) -> None:
+        pass
+
 
 def serve_front(model_dir: Path, output_ids: list[int], conn: Connection, profile: Path | None) -> None:
     """--front-only's server process: the HTTP front on InstantBackend until `conn` says stop."""
@@ -318,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--worker-arg", action="append", default=[], help="an extra `epochctl worker` flag (repeatable)"
     )
+    parser.add_argument(
+        "--router-arg", action="append", default=[], help="an extra `epochctl router` flag (repeatable)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--front-only", action="store_true", help="the HTTP front alone (module doc)")
     parser.add_argument("--profile", type=Path, default=None, help="--front-only: cProfile stats here")
@@ -339,12 +347,13 @@ def main(argv: list[str] | None = None) -> None:
         print(front_report(asyncio.run(front_only(model_dir, work, args.rounds, args.profile))))
         return
     worker_args = tuple(arg for flag in args.worker_arg for arg in flag.split("=", 1))
+    router_args = tuple(arg for flag in args.router_arg for arg in flag.split("=", 1))
     with tempfile.TemporaryDirectory() as tmp:
         if args.weights != "real":
             model_dir = random_model(model_dir, Path(tmp) / "model", tiny=args.weights == "tiny")
         spec = LocalClusterSpec(
             model_dir=model_dir, workdir=Path(tmp) / "cluster", tp=args.tp, device=args.device,
-            worker_args=worker_args, num_routers=1, http_front=True, fast_etcd=True,
+            worker_args=worker_args, router_args=router_args, num_routers=1, http_front=True, fast_etcd=True,
         )  # fmt: skip
         with LocalCluster(spec) as cluster:
             samples = asyncio.run(measure(cluster, work, args.rounds))

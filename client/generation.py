@@ -46,10 +46,10 @@ import grpc
 from epochserve.channels import CLIENT_CHANNEL_OPTIONS, ClientTls, aio_channel
 from epochserve.client.errors import DeadlineExceededError, RequestCancelledError, error_from_rpc
 from epochserve.client.loop_thread import LoopClosedError, LoopThread, LoopWaitTimeout
-from epochserve.proto.convert import OutputMode, sampling_to_proto
+from epochserve.proto.convert import OutputMode, limits_from_policy, sampling_to_proto
 from epochserve.proto.results import GenerateResult, ResponseAssembler, StreamEvent
 from epochserve.proto.v1 import common_pb2, generation_pb2, generation_pb2_grpc
-from epochserve.sampling import SamplingParams
+from epochserve.sampling import ModelLimits, SamplingParams
 
 DEFAULT_TIMEOUT_SECONDS = 600.0
 Prompt = Sequence[int] | str  # token ids, or text the worker tokenizes
@@ -68,6 +68,8 @@ class PolicyInfo:
     num_workers: int
     router_id: str
     model_path: str  # the workers' model directory (on their machines); "" until one answered
+    limits: ModelLimits | None = None  # what the router checks requests against; None: no worker yet
+    stopping: bool = False  # the router drains before it stops: it admits no new request
 
 
 def build_request(
@@ -112,6 +114,8 @@ def _policy_info(response: generation_pb2.GetPolicyResponse) -> PolicyInfo:
         response.num_workers,
         response.router_id,
         response.model_path,
+        limits_from_policy(response),
+        response.stopping,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from epochserve.errors import InvalidRequestError
-from epochserve.proto.v1 import common_pb2
+from epochserve.proto.v1 import common_pb2, generation_pb2
 from epochserve.sampling import (
     ModelLimits,
     SamplingParams,
@@ -111,6 +111,24 @@ def sampling_to_proto(params: SamplingParams) -> common_pb2.SamplingParams:
     if params.seed is not None:
         msg.seed = params.seed
     return msg
+
+
+def limits_to_proto(limits: ModelLimits | None) -> generation_pb2.ModelLimits | None:
+    """GetPolicyResponse.limits (None: unset, no worker answered yet)."""
+    if limits is None:
+        return None
+    return generation_pb2.ModelLimits(
+        vocab_size=limits.vocab_size, max_model_len=limits.max_model_len, max_n=limits.max_n
+    )
+
+
+def limits_from_policy(response: generation_pb2.GetPolicyResponse) -> ModelLimits | None:
+    """The model limits a GetPolicy answer carries; None before a worker answered (or from a router
+    that predates the field)."""
+    if not response.HasField("limits"):
+        return None
+    limits = response.limits
+    return ModelLimits(limits.vocab_size, limits.max_model_len, limits.max_n)
 
 
 def parse_generate_request(

@@ -17,6 +17,8 @@ from epochserve.errors import ConfigError
 from epochserve.router.admission import QueueLimits
 from epochserve.router.policies import DEFAULT_POLICY, POLICIES
 
+MAX_HTTP_PROCESSES = 64  # a typo (1000) would otherwise fork a process per core and more
+
 
 @dataclass(frozen=True, slots=True)
 class ServerTls:
@@ -55,6 +57,9 @@ class RouterConfig:
     model_name: str = ""  # the name clients use; default the tokenizer dir's name, else "epochserve"
     api_key_file: Path | None = None  # clients must send `Authorization: Bearer <its contents>`
     http_max_body_bytes: int = 4 * 2**20  # larger request bodies get 413
+    # 1: the front runs in this process. N > 1: N processes of their own serve it on the one port
+    # (SO_REUSEPORT), each a gRPC client of this router (docs/http.md, "Several HTTP processes").
+    http_processes: int = 1
     # The Admin service the HTTP front's POST /update_weights_from_disk starts rollouts through:
     admin_address: str = ""  # HOST:PORT of a coordinator; "": that route answers 503
     admin_token_file: Path | None = None  # its bearer token; else $EPOCHSERVE_ADMIN_TOKEN
@@ -74,6 +79,10 @@ class RouterConfig:
             raise ConfigError(f"HTTP port {self.http_port}: must be in 0..65535")
         if self.tokenizer is not None and not self.tokenizer.is_dir():
             raise ConfigError(f"--tokenizer {self.tokenizer}: not a directory")
+        if not 1 <= self.http_processes <= MAX_HTTP_PROCESSES:
+            raise ConfigError(f"--http-processes {self.http_processes}: must be in 1..{MAX_HTTP_PROCESSES}")
+        if self.http_processes > 1 and self.http_port is None:
+            raise ConfigError(f"--http-processes {self.http_processes}: needs --http-port (the front is off)")
         if self.http_max_body_bytes < 1024:
             raise ConfigError(f"HTTP body limit {self.http_max_body_bytes}: must be >= 1024 bytes")
         if self.policy not in POLICIES:

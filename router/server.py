@@ -1,5 +1,7 @@
 """Run one router process: Generation + health + reflection over gRPC, the control-plane follower,
-the Prometheus endpoint, the audit log and, with --http-port, the HTTP front (router/httpfront/).
+the Prometheus endpoint, the audit log and, with --http-port, the HTTP front (router/httpfront/):
+in this process, or with --http-processes N > 1 in N processes of their own that reach this one's
+Generation service on a private Unix socket (httpfront/front_pool.py).
 
 Start-up: bind the port → register in etcd under a lease → read the committed epoch and switch
 admission to it (and ack) → metrics and HTTP front (its tokenizer loads meanwhile) → health
@@ -28,6 +30,7 @@ from prometheus_client import start_http_server
 
 from epochserve.channels import SERVER_OPTIONS, WORKER_CHANNEL_OPTIONS, aio_channel
 from epochserve.controlplane.participants.router import RouterParticipant
+from epochserve.errors import ConfigError
 from epochserve.net import bind_grpc, port_errors
 from epochserve.proto.v1 import generation_pb2, generation_pb2_grpc
 from epochserve.router.audit import AuditLog
@@ -36,8 +39,10 @@ from epochserve.router.core import RouterCore
 from epochserve.router.epochs import ControlPlaneFollower
 from epochserve.router.httpfront.app import build_app
 from epochserve.router.httpfront.backend import RouterBackend
-from epochserve.router.httpfront.codec import Codec, NoTextCodec, TextCodec
+from epochserve.router.httpfront.codec import Codec, NoTextCodec, load_codec
 from epochserve.router.httpfront.front import AdminAccess, Front
+from epochserve.router.httpfront.front_pool import FrontProcesses
+from epochserve.router.httpfront.front_process import FrontProcessSpec
 from epochserve.router.httpfront.server import HttpServer
 from epochserve.router.metrics import RouterMetrics
 from epochserve.router.policies import make_policy
@@ -100,13 +105,23 @@ async def serve(config: RouterConfig) -> int:
     for name in ("", GENERATION_SERVICE):  # until admission knows the committed version
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = bind(server, config)
-    await server.start()
+    fronts = None
+    if config.http_port is not None and config.http_processes > 1:
+        fronts = FrontProcesses(config.http_processes, config.host, config.http_port)
+    try:
+        if fronts is not None and not server.add_insecure_port(fronts.router_target):
+            raise ConfigError(f"cannot listen on {fronts.router_target} (the HTTP front processes' socket)")
+        await server.start()
+    except BaseException:
+        if fronts is not None:
+            fronts.discard()
+        raise
     core.router_id, address = config.identity(port)
     participant = RouterParticipant(
         config.etcd, config.cluster, core.router_id, address, lease_ttl=config.lease_ttl
     )
     follower = ControlPlaneFollower(participant, core)
-    metrics_server = None
+    metrics_server = fronts_metrics_server = None
     http_server: HttpServer | None = None
     try:
         await participant.start()
@@ -118,7 +133,14 @@ async def serve(config: RouterConfig) -> int:
                     config.metrics_port, config.metrics_host, core.metrics.registry
                 )
         http_port = None
-        if config.http_port is not None:
+        if fronts is not None:
+            if metrics_server is not None:  # the front processes relay /metrics from there
+                metrics_url = _metrics_url(config.metrics_host, metrics_server.server_port)
+            else:  # or from one of their own, on loopback
+                fronts_metrics_server, _ = start_http_server(0, "127.0.0.1", core.metrics.registry)
+                metrics_url = _metrics_url("127.0.0.1", fronts_metrics_server.server_port)
+            http_port = await fronts.start(_front_spec(config, fronts.router_target, metrics_url))
+        elif config.http_port is not None:
             http_server = HttpServer(_http_app(config, core, await codec), config.host, config.http_port)
             http_port = await http_server.start()
         for name in ("", GENERATION_SERVICE):
@@ -126,8 +148,10 @@ async def serve(config: RouterConfig) -> int:
         metrics_port = metrics_server.server_port if metrics_server is not None else None
         loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]
         logger.info(
-            "router %s serving on %s (policy version %d, metrics port %s, HTTP port %s, %s loop)",
-            *(core.router_id, address, version, metrics_port, http_port, loop_kind),
+            "router %s serving on %s (policy version %d, metrics port %s, HTTP port %s%s, %s loop)",
+            *(core.router_id, address, version, metrics_port, http_port),
+            "" if fronts is None else f" in {config.http_processes} processes",
+            loop_kind,
         )
         _write_ready_file(config, port, metrics_port, http_port, core.router_id)
         failed = await _wait_for_stop(follower)
@@ -138,13 +162,16 @@ async def serve(config: RouterConfig) -> int:
         codec.cancel()
         if http_server is not None:
             await http_server.stop()
+        if fronts is not None:  # before gRPC: their requests in flight are this router's
+            await fronts.stop()
         await server.stop(grace=1.0)
         await follower.stop()
         with contextlib.suppress(Exception):
             await participant.close()
         await core.registry.close()
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        for metrics in (metrics_server, fronts_metrics_server):
+            if metrics is not None:
+                metrics.shutdown()
         if core.audit is not None:
             core.audit.close()
 
@@ -161,15 +188,9 @@ def _grpc_server(core: RouterCore) -> tuple[grpc.aio.Server, health.aio.HealthSe
 
 
 async def _load_codec(config: RouterConfig) -> Codec:
-    if config.http_port is None or config.tokenizer is None:
+    if config.http_port is None or config.http_processes > 1:  # front processes load their own
         return NoTextCodec()
-    try:
-        return await asyncio.to_thread(TextCodec.load, config.tokenizer)
-    except Exception as exc:  # transformers raises many kinds; the router must still serve
-        # `epochctl up` passes the model directory, which may hold no usable tokenizer (random or
-        # token-id-only models): serve token ids (prompt_token_ids), say why text is refused.
-        logger.warning("no tokenizer in %s (%s): HTTP takes token ids only", config.tokenizer, exc)
-        return NoTextCodec()
+    return await asyncio.to_thread(load_codec, config.tokenizer)
 
 
 def _http_app(config: RouterConfig, core: RouterCore, codec: Codec) -> object:
@@ -182,6 +203,28 @@ def _http_app(config: RouterConfig, core: RouterCore, codec: Codec) -> object:
         api_key=config.api_key(),
         metrics=core.metrics.registry,
     )
+
+
+def _front_spec(config: RouterConfig, router_target: str, metrics_url: str) -> FrontProcessSpec:
+    """What every HTTP front process gets (front_pool.py fills in its index and the port). The API
+    key and the admin token are read here, so that a bad file fails the router in one line."""
+    token = config.admin_token()
+    return FrontProcessSpec(
+        index=0, host=config.host, port=0, router_target=router_target, router_pid=os.getpid(),
+        tokenizer=config.tokenizer, model_name=config.served_model_name,
+        max_body_bytes=config.http_max_body_bytes, api_key=config.api_key(),
+        admin=AdminAccess(config.admin_address, token) if token is not None else None,
+        metrics_url=metrics_url, log_level=logging.getLogger().getEffectiveLevel(),
+    )  # fmt: skip
+
+
+_LOOPBACK_OF = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # a server on every interface
+
+
+def _metrics_url(host: str, port: int) -> str:
+    """The URL the front processes read this router's metrics at (its Prometheus server's)."""
+    host = _LOOPBACK_OF.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
 
 def _write_ready_file(

@@ -14,6 +14,7 @@ import logging
 import grpc
 
 from epochserve.errors import UnavailableError
+from epochserve.proto.convert import limits_to_proto
 from epochserve.proto.status import abort_with
 from epochserve.proto.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from epochserve.router.aborting import abort_request
@@ -32,9 +33,9 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
     async def Generate(self, request: common_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> None:
         """Server streaming through context.write (router/attempt.py says why not a generator)."""
         if not self.core.is_accepting:
-            await abort_with(
-                context, RouterShuttingDownError("the router is shutting down"), request_id=request.request_id
-            )
+            named = request.request_id or "(no id)"
+            stopping = RouterShuttingDownError(f"request {named}: the router is shutting down")
+            await abort_with(context, stopping, request_id=request.request_id)
         flow = RequestFlow(self.core, request, Deadline.after(context.time_remaining()), context.write)
         try:
             await flow.run()
@@ -64,4 +65,6 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             num_workers=len(view.workers),
             router_id=self.core.router_id,
             model_path=self.core.registry.model_path,
+            limits=limits_to_proto(self.core.registry.limits),
+            stopping=not self.core.is_accepting,
         )

@@ -63,6 +63,13 @@ ROUTER_FLAGS: tuple[Flag, ...] = (
         field="http_max_body_bytes",
     ),
     Flag(
+        "http-processes",
+        "processes serving the HTTP front on --http-port (1: inside the router; N > 1: N of their own)",
+        int,
+        1,
+        "N",
+    ),
+    Flag(
         "admin-address", "Admin service for POST /update_weights_from_disk", default="", metavar="HOST:PORT"
     ),
     Flag("admin-token-file", "its bearer token (else $EPOCHSERVE_ADMIN_TOKEN)", Path, metavar="FILE"),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from epochserve.proto.v1 import common_pb2 as epochserve_dot_proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$epochserve/proto/v1/generation.proto\x12\repochserve.v1\x1a epochserve/proto/v1/common.proto\"\x12\n\x10GetPolicyRequest\"\x9a\x01\n\x11GetPolicyResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x14\n\x0crollout_done\x18\x02 \x01(\x08\x12\x1b\n\x13num_workers_serving\x18\x03 \x01(\r\x12\x13\n\x0bnum_workers\x18\x04 \x01(\r\x12\x11\n\trouter_id\x18\x05 \x01(\t\x12\x12\n\nmodel_path\x18\x06 \x01(\t2\xef\x01\n\nGeneration\x12M\n\x08Generate\x12\x1e.epochserve.v1.GenerateRequest\x1a\x1f.epochserve.v1.GenerateResponse0\x01\x12\x42\n\x05\x41\x62ort\x12\x1b.epochserve.v1.AbortRequest\x1a\x1c.epochserve.v1.AbortResponse\x12N\n\tGetPolicy\x12\x1f.epochserve.v1.GetPolicyRequest\x1a .epochserve.v1.GetPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$epochserve/proto/v1/generation.proto\x12\repochserve.v1\x1a epochserve/proto/v1/common.proto\"\x12\n\x10GetPolicyRequest\"\xd8\x01\n\x11GetPolicyResponse\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12\x14\n\x0crollout_done\x18\x02 \x01(\x08\x12\x1b\n\x13num_workers_serving\x18\x03 \x01(\r\x12\x13\n\x0bnum_workers\x18\x04 \x01(\r\x12\x11\n\trouter_id\x18\x05 \x01(\t\x12\x12\n\nmodel_path\x18\x06 \x01(\t\x12*\n\x06limits\x18\x07 \x01(\x0b\x32\x1a.epochserve.v1.ModelLimits\x12\x10\n\x08stopping\x18\x08 \x01(\x08\"G\n\x0bModelLimits\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\r\n\x05max_n\x18\x03 \x01(\r2\xef\x01\n\nGeneration\x12M\n\x08Generate\x12\x1e.epochserve.v1.GenerateRequest\x1a\x1f.epochserve.v1.GenerateResponse0\x01\x12\x42\n\x05\x41\x62ort\x12\x1b.epochserve.v1.AbortRequest\x1a\x1c.epochserve.v1.AbortResponse\x12N\n\tGetPolicy\x12\x1f.epochserve.v1.GetPolicyRequest\x1a .epochserve.v1.GetPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPOLICYREQUEST']._serialized_start=89
   _globals['_GETPOLICYREQUEST']._serialized_end=107
   _globals['_GETPOLICYRESPONSE']._serialized_start=110
-  _globals['_GETPOLICYRESPONSE']._serialized_end=264
-  _globals['_GENERATION']._serialized_start=267
-  _globals['_GENERATION']._serialized_end=506
+  _globals['_GETPOLICYRESPONSE']._serialized_end=326
+  _globals['_MODELLIMITS']._serialized_start=328
+  _globals['_MODELLIMITS']._serialized_end=399
+  _globals['_GENERATION']._serialized_start=402
+  _globals['_GENERATION']._serialized_end=641
 # @@protoc_insertion_point(module_scope)

@@ -2,7 +2,8 @@
 refusals before any route.
 
     GET  /health                    200 while the router admits requests (a committed version read), else 503
-    GET  /metrics                   the router's Prometheus metrics (also on --metrics-port)
+    GET  /metrics                   the router's Prometheus metrics (also on --metrics-port; in a front
+                                    process of its own, relayed from the router: metrics_relay.py)
     GET  /v1/models                 the one model this cluster serves
     POST /v1/completions            completions.py
     POST /v1/chat/completions       chat.py
@@ -32,6 +33,7 @@ from epochserve.router.httpfront.error_shapes import failure_response
 from epochserve.router.httpfront.errors import HttpFailure, http_failure
 from epochserve.router.httpfront.front import Front
 from epochserve.router.httpfront.guards import AdminTokenCheck, ApiKeyCheck, BodyLimit
+from epochserve.router.httpfront.metrics_relay import MetricsRelay
 from epochserve.router.httpfront.requests import ChatCompletionRequest, CompletionRequest
 from epochserve.router.httpfront.responses import ModelCard, ModelList
 from epochserve.router.httpfront.sglang_shapes import GenerateBody, UpdateWeightsBody
@@ -45,7 +47,10 @@ def build_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     api_key: str | None = None,
     metrics: CollectorRegistry | None = None,
+    metrics_url: str | None = None,
 ) -> FastAPI:
+    """`metrics`: the registry /metrics serves; or, in a front process of its own, `metrics_url`:
+    the router's metrics endpoint, relayed. Neither: no /metrics."""
     app = FastAPI(title="epochserve", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/health")
@@ -91,6 +96,8 @@ def build_app(
 
     if metrics is not None:
         app.mount("/metrics", make_asgi_app(metrics))
+    elif metrics_url is not None:
+        app.mount("/metrics", MetricsRelay(metrics_url))
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     # Added last, so they run first: a refused credential never has its body read.

@@ -1,5 +1,7 @@
 """What the HTTP front needs of the router: run a GenerateRequest down the gRPC front's own path
-(RequestFlow), abort one, and what it reports (version, limits). Tests substitute a scripted one."""
+(RequestFlow), abort one, and what it reports (version, limits). RouterBackend is the router's own,
+in its process; GrpcBackend (grpc_backend.py) the one of an HTTP front process of its own, over
+gRPC. Tests substitute a scripted one."""
 
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ class Backend(Protocol):
 
     async def abort(self, request_id: str) -> bool: ...
 
+    async def refresh(self) -> None:
+        """Make `version` and `limits` current now (where the backend reads them periodically)."""
+
 
 class RouterBackend:
     def __init__(self, core: RouterCore) -> None:
@@ -56,3 +61,6 @@ class RouterBackend:
 
     async def abort(self, request_id: str) -> bool:
         return await abort_request(self.core, request_id)
+
+    async def refresh(self) -> None:
+        pass  # read live from the router's own state

@@ -7,11 +7,14 @@ A router started without `--tokenizer` serves token ids only: requests must carr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from epochserve.errors import ConfigError, InvalidRequestError
+
+logger = logging.getLogger(__name__)
 
 
 class TextCodec:
@@ -100,3 +103,17 @@ class NoTextCodec:
 
 
 Codec = TextCodec | NoTextCodec
+
+
+def load_codec(tokenizer: Path | None) -> Codec:
+    """The front's codec: `tokenizer`'s, else (none given, or none usable there) token ids only.
+    Slow (transformers imports torch): call it off the event loop."""
+    if tokenizer is None:
+        return NoTextCodec()
+    try:
+        return TextCodec.load(tokenizer)
+    except Exception as exc:  # transformers raises many kinds; the router must still serve
+        # `epochctl up` passes the model directory, which may hold no usable tokenizer (random or
+        # token-id-only models): serve token ids (prompt_token_ids), say why text is refused.
+        logger.warning("no tokenizer in %s (%s): HTTP takes token ids only", tokenizer, exc)
+        return NoTextCodec()

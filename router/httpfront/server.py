@@ -1,8 +1,11 @@
-"""HttpServer: uvicorn serving the HTTP front on the router's own event loop, beside gRPC.
+"""HttpServer: uvicorn serving the HTTP front on the router's own event loop, beside gRPC (or on
+the loop of an HTTP front process, front_process.py).
 
 The router process owns its signals (router/server.py stops gRPC and HTTP together after the
 drain), so uvicorn's own signal handling is switched off. The port is bound here, so that a taken
-port fails the router in one line (PortInUseError) like its other ports.
+port fails the router in one line (PortInUseError) like its other ports. `reuse_port`: the port is
+shared with the router's other HTTP front processes (SO_REUSEPORT: the kernel spreads connections
+over them); only they set it, so nothing else can join.
 """
 
 from __future__ import annotations
@@ -30,16 +33,17 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, *, reuse_port: bool = False) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port once uvicorn accepts connections."""
-        sock = _listen(self.host, self.port)
+        sock = _listen(self.host, self.port, self.reuse_port)
         # http="auto": httptools (a dependency: C parsing and writing, the cheaper per request and
         # per streamed write), h11 where it is missing.
         config = uvicorn.Config(
@@ -65,18 +69,26 @@ class HttpServer:
             logger.warning("HTTP server stop: %r", exc)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    sock = bound_socket(host, port, reuse_port)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to host:port, not listening; PortInUseError when the port is taken."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not SO_REUSEPORT: never shared
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     with port_errors(port):
         try:
             sock.bind(address)
         except OSError:
             sock.close()
             raise
-    sock.listen(1024)
-    sock.setblocking(False)
     return sock

@@ -229,6 +229,7 @@ def _finish(reason: str | None, sample: SampleText) -> dict[str, Any] | None:
 
 
 async def weight_version(front: Front) -> Response:
+    await front.backend.refresh()  # exact: a trainer asks right after a rollout it waited for
     version = front.backend.version
     if version is None:
         return JSONResponse({"weight_version": None, "policy_version": None}, 503)

@@ -73,6 +73,7 @@ def rollout_request(front: Front, body: UpdateWeightsBody) -> pb.StartRolloutReq
 async def update_weights_from_disk(front: Front, body: UpdateWeightsBody) -> Response:
     if front.admin is None:
         raise HttpError(503, NO_ADMIN, "unavailable")
+    await front.backend.refresh()  # the default version is the committed one + 1: read it now
     request = rollout_request(front, body)
     timeout = body.timeout or DEFAULT_TIMEOUT_SECONDS
     try:

@@ -183,6 +183,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--model-name MODEL_NAME": "",
         "--api-key-file FILE": None,
         "--http-max-body BYTES": 4 * 2**20,
+        "--http-processes N": 1,
         "--admin-address HOST:PORT": "",
         "--admin-token-file FILE": None,
     },

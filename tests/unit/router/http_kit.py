@@ -148,6 +148,9 @@ class ScriptedBackend:
         self.aborted.append(request_id)
         return True
 
+    async def refresh(self) -> None:
+        pass
+
 
 def add_routing(
     chunk: common_pb2.GenerateChunk, request: common_pb2.GenerateRequest, sample: int, sent: int, num: int
