@@ -100,6 +100,7 @@ class RouterSpec(ServiceTierSpec):
     """The routers, which may also serve the HTTP front (docs/http.md)."""
 
     http_port: int | None = None  # in the pod and on the Service; None: no HTTP front
+    http_processes: int = 1  # `--http-processes`: the front in that many processes of its own
     tokenizer: TokenizerSource = field(default_factory=TokenizerSource)
     model_name: str | None = None  # the model's name on the HTTP front; None: the cluster's name
 
@@ -191,6 +192,7 @@ def _router(raw: Mapping[str, Any]) -> RouterSpec:
         resources=_resources(raw.get("resources")),
         service_type=raw["serviceType"],
         http_port=http_port,
+        http_processes=int(raw.get("httpProcesses", 1)),
         tokenizer=_tokenizer(raw["tokenizer"]),
         model_name=raw.get("modelName"),
     )

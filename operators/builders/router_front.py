@@ -86,6 +86,8 @@ def http_front_parts(spec: ClusterSpec) -> PodParts:
         return PodParts()
     model_name = spec.router.model_name or spec.name
     parts = PodParts(args=["--http-port", str(spec.router.http_port), "--model-name", model_name])
+    if spec.router.http_processes > 1:
+        parts.args += ["--http-processes", str(spec.router.http_processes)]
     for more in (tokenizer_parts(spec), admin_parts(spec)):
         parts.args += more.args
         parts.volumes += more.volumes

@@ -220,3 +220,10 @@ def test_router_tokenizer_defaults_to_the_model_and_takes_a_claim_of_its_own():
     )
     assert errors(obj) == []
     assert admit(_edit("epochcluster.yaml", "spec", "router", "tokenizer", {"mode": "Disabled"}))
+
+
+def test_router_http_processes_default_to_one_within_1_to_64():
+    assert admit(example("epochcluster.yaml"))["spec"]["router"]["httpProcesses"] == 1
+    assert errors(_edit("epochcluster.yaml", "spec", "router", "httpProcesses", 8)) == []
+    for bad in (0, 65):
+        assert errors(_edit("epochcluster.yaml", "spec", "router", "httpProcesses", bad)), bad

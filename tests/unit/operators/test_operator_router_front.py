@@ -175,3 +175,12 @@ def test_the_real_router_cli_reads_an_overridden_fetched_or_no_tokenizer(tmp_pat
 
     config = _run_router_args(_objects({"httpPort": 0}), tmp_path / "off")
     assert config.http_port is None and config.tokenizer is None and config.admin_token() is None
+
+
+def test_http_processes_reach_the_real_router_cli(tmp_path):
+    for root in (tmp_path / "one", tmp_path / "four"):
+        (claim_dir(root, "models") / "smollm2-135m-instruct").mkdir(parents=True)
+    assert _run_router_args(_objects(), tmp_path / "one").http_processes == 1
+    assert "--http-processes" not in _router_pod(_objects())["containers"][0]["args"]
+    config = _run_router_args(_objects({"httpProcesses": 4}), tmp_path / "four")
+    assert config.http_processes == 4 and config.http_port == 8000
