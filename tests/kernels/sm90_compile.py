@@ -182,6 +182,34 @@ def _moe_routing() -> list[tuple[str, tuple]]:
     ]
 
 
+def _moe_few_tokens() -> list[tuple[str, tuple]]:
+    """fused_moe_gemv_triton's products (its engine tiles), the router's top-k and its fp32-out
+    product: Qwen3-30B-A3B, 128 experts, top-8, hidden 2048, width 768."""
+    from epochserve.kernels.fused_moe_gemv_triton import DOWN_TILES, GATE_UP_TILES, _pair_gemv_kernel
+    from epochserve.kernels.gemv_triton import _gemv_kernel
+    from epochserve.kernels.moe_topk_triton import _topk_route_kernel
+
+    def pair(gated: bool) -> tuple:
+        t = GATE_UP_TILES if gated else DOWN_TILES
+        args = dict(out_ptr="*bf16", a_ptr="*bf16", w_ptr="*bf16", ids_ptr="*i64", expert_map_ptr="*i64",
+                    local_ids_ptr="*i32", N="i32", K="i32", stride_am="i32", stride_we="i32", stride_wn="i32",
+                    stride_om="i32", ROW_DIV=_const(8 if gated else 1), GATED=_const(gated),
+                    HAS_MAP=_const(False), BLOCK_N=_const(t.block_n), BLOCK_K=_const(t.block_k))  # fmt: skip
+        return _pair_gemv_kernel, args, t.num_warps, t.num_stages
+
+    topk = dict(logits_ptr="*fp32", weights_ptr="*fp32", ids_ptr="*i64", num_experts="i32", stride_l="i32",
+                TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128), RENORMALIZE=_const(True))  # fmt: skip
+    router = dict(out_ptr="*fp32", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
+                  stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(False),
+                  BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
+    return [
+        ("moe few-token gate-up+silu bf16 H2048 W768", pair(True)),
+        ("moe few-token down bf16 H2048 W768", pair(False)),
+        ("moe router top-k E128 k8", (_topk_route_kernel, topk, 1, 3)),
+        ("moe router gemv fp32-out N128 K2048", (_gemv_kernel, router, 8, 2)),
+    ]
+
+
 def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.activation_triton import _silu_and_mul_kernel
     from epochserve.kernels.gemv_triton import _gemv_kernel
@@ -206,8 +234,9 @@ def _elementwise() -> list[tuple[str, tuple]]:
     rot_kv = {n: "i32" for n in _rotary_store_kv_kernel.arg_names if n.startswith("stride")}
     rot_kv.update(q_ptr="*bf16", q_out_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", key_cache_ptr="*bf16",
                   value_cache_ptr="*bf16", positions_ptr="*i64", slot_mapping_ptr="*i64", cos_sin_ptr="*fp32",
-                  NUM_Q_HEADS=_const(32), NUM_KV_HEADS=_const(8), BLOCK_QH=_const(32), BLOCK_KH=_const(8),
-                  HALF=_const(64), BLOCK_HALF=_const(64), PAGE_SIZE=_const(16))  # fmt: skip
+                  q_norm_ptr="*bf16", k_norm_ptr="*bf16", eps="fp32", NUM_Q_HEADS=_const(32),
+                  NUM_KV_HEADS=_const(8), BLOCK_QH=_const(32), BLOCK_KH=_const(8), HALF=_const(64),
+                  BLOCK_HALF=_const(64), PAGE_SIZE=_const(16), HAS_NORM=_const(False))  # fmt: skip
     gemv = dict(out_ptr="*bf16", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                 stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(True),
                 BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
@@ -225,6 +254,15 @@ def _elementwise() -> list[tuple[str, tuple]]:
         ("rotary_qk bf16 32/8x128", (_rotary_kernel, rot, 4, 3)),
         ("silu_and_mul bf16", (_silu_and_mul_kernel, silu, 4, 3)),
         ("rotary_store_kv bf16 32/8x128", (_rotary_store_kv_kernel, rot_kv, 4, 3)),
+        (
+            "rotary_store_kv + q/k norm bf16 32/4x128",
+            (
+                _rotary_store_kv_kernel,
+                {**rot_kv, "NUM_KV_HEADS": _const(4), "BLOCK_KH": _const(4), "HAS_NORM": _const(True)},
+                4,
+                3,
+            ),
+        ),
         ("silu_and_mul gemv bf16 N4096 K14336", (_gemv_kernel, gemv, 8, 2)),
         ("gemv bf16 N6144 K4096", (_gemv_kernel, {**gemv, "SILU_AND_MUL": _const(False)}, 8, 2)),
     ]
@@ -260,6 +298,7 @@ def cases() -> list[tuple[str, Callable[[], tuple]]]:
             label = f"moe {'gate-up+silu' if gated else 'down'} {dtype} H2048 W768"
             out.append((label, functools.partial(_moe, dtype, gated)))
     out.extend((label, lambda c=case: c) for label, case in _moe_routing())
+    out.extend((label, lambda c=case: c) for label, case in _moe_few_tokens())
     return out
 
 
