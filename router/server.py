@@ -194,9 +194,7 @@ async def _load_codec(config: RouterConfig) -> Codec:
 
 
 def _http_app(config: RouterConfig, core: RouterCore, codec: Codec) -> object:
-    token = config.admin_token()
-    admin = AdminAccess(config.admin_address, token) if token is not None else None
-    front = Front(RouterBackend(core), codec, config.served_model_name, admin)
+    front = Front(RouterBackend(core), codec, config.served_model_name, _admin_access(config))
     return build_app(
         front,
         max_body_bytes=config.http_max_body_bytes,
@@ -205,15 +203,20 @@ def _http_app(config: RouterConfig, core: RouterCore, codec: Codec) -> object:
     )
 
 
+def _admin_access(config: RouterConfig) -> AdminAccess | None:
+    """Where /update_weights_from_disk starts rollouts; None without an Admin token."""
+    token = config.admin_token()
+    return AdminAccess(config.admin_address, token) if token is not None else None
+
+
 def _front_spec(config: RouterConfig, router_target: str, metrics_url: str) -> FrontProcessSpec:
     """What every HTTP front process gets (front_pool.py fills in its index and the port). The API
     key and the admin token are read here, so that a bad file fails the router in one line."""
-    token = config.admin_token()
     return FrontProcessSpec(
         index=0, host=config.host, port=0, router_target=router_target, router_pid=os.getpid(),
         tokenizer=config.tokenizer, model_name=config.served_model_name,
         max_body_bytes=config.http_max_body_bytes, api_key=config.api_key(),
-        admin=AdminAccess(config.admin_address, token) if token is not None else None,
+        admin=_admin_access(config),
         metrics_url=metrics_url, log_level=logging.getLogger().getEffectiveLevel(),
     )  # fmt: skip
 

@@ -21,6 +21,6 @@ def http_cluster(workdir: Path, model_dir: Path) -> Iterator[LocalCluster]:
         yield running
 
 
-def front_url(cluster: LocalCluster) -> str:
-    info = cluster.routers[0].info
+def front_url(cluster: LocalCluster, router: int = 0) -> str:
+    info = cluster.routers[router].info
     return f"http://{info['host']}:{info['http_port']}"

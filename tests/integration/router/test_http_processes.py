@@ -15,10 +15,8 @@ import urllib.request
 
 import openai
 import pytest
-from http_clusters import http_cluster
+from http_clusters import front_url, http_cluster
 from routerkit import wait_until
-
-from epochserve.app.local.cluster import LocalCluster
 
 PROCESS_HEADER = "x-epochserve-http-process"
 MESSAGES = [{"role": "user", "content": "Name three colors."}]
@@ -33,16 +31,11 @@ def cluster(smollm2_dir, tmp_path_factory):
         yield running
 
 
-def root_url(cluster: LocalCluster, index: int) -> str:
-    info = cluster.routers[index].info
-    return f"http://{info['host']}:{info['http_port']}"
-
-
 @pytest.fixture(scope="module")
 def clients(cluster) -> tuple[openai.OpenAI, openai.OpenAI]:
     """(router-0's front, in its process; router-1's, in two processes)."""
     return tuple(
-        openai.OpenAI(base_url=f"{root_url(cluster, i)}/v1", api_key="unused", max_retries=0, timeout=120)
+        openai.OpenAI(base_url=f"{front_url(cluster, i)}/v1", api_key="unused", max_retries=0, timeout=120)
         for i in (0, 1)
     )  # type: ignore[return-value]
 
@@ -96,22 +89,22 @@ def test_completions_and_chat_whole_and_streamed_are_the_same_through_either_fro
 def test_a_bad_request_gets_the_same_400_body(cluster, smollm2_dir):
     bad = {"model": smollm2_dir.name, "prompt": PROMPT, "max_tokens": 2, "temperature": -0.5}
     (status, body, header), (status_n, body_n, header_n) = (
-        get(f"{root_url(cluster, i)}/v1/completions", bad) for i in (0, 1)
+        get(f"{front_url(cluster, i)}/v1/completions", bad) for i in (0, 1)
     )
     assert (status_n, body_n) == (status, body) and status == 400
     assert body["error"]["param"] == "temperature"
     assert header is None and header_n is not None  # the header only where there are processes
-    malformed = [get(f"{root_url(cluster, i)}/v1/completions", raw=b'{"model": ')[:2] for i in (0, 1)]
+    malformed = [get(f"{front_url(cluster, i)}/v1/completions", raw=b'{"model": ')[:2] for i in (0, 1)]
     assert malformed[1] == malformed[0] and malformed[0][1]["error"]["code"] == "invalid_json"
 
 
 def test_health_models_and_metrics_answer_as_the_routers_own_front(cluster, smollm2_dir):
     for path in ("/health", "/v1/models"):
-        assert get(root_url(cluster, 1) + path)[:2] == get(root_url(cluster, 0) + path)[:2]
-    status, models, _ = get(root_url(cluster, 1) + "/v1/models")
+        assert get(front_url(cluster, 1) + path)[:2] == get(front_url(cluster, 0) + path)[:2]
+    status, models, _ = get(front_url(cluster, 1) + "/v1/models")
     assert status == 200 and models["data"][0]["id"] == smollm2_dir.name
     assert models["data"][0]["max_model_len"] > 0  # the limits came over GetPolicy
-    metrics = urllib.request.urlopen(root_url(cluster, 1) + "/metrics", timeout=30).read().decode()
+    metrics = urllib.request.urlopen(front_url(cluster, 1) + "/metrics", timeout=30).read().decode()
     assert 'epochserve_router_requests_total{status="OK",version="0"}' in metrics  # the router's registry
 
 
@@ -119,7 +112,7 @@ def test_both_processes_answer_requests(cluster, smollm2_dir):
     seen: dict[str, int] = {}
     request = {"model": smollm2_dir.name, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
     for _ in range(40):
-        status, _, pid = get(f"{root_url(cluster, 1)}/v1/completions", request)
+        status, _, pid = get(f"{front_url(cluster, 1)}/v1/completions", request)
         assert status == 200 and pid is not None
         seen[pid] = seen.get(pid, 0) + 1
         if len(seen) == 2:
@@ -133,11 +126,11 @@ def test_stopping_the_router_stops_every_front_process(cluster, smollm2_dir):
     pids = set()
     deadline = time.monotonic() + 60
     while len(pids) < 2 and time.monotonic() < deadline:
-        pids.add(int(get(root_url(cluster, 1) + "/health")[2] or 0))
+        pids.add(int(get(front_url(cluster, 1) + "/health")[2] or 0))
     assert len(pids) == 2 and 0 not in pids
     assert cluster.routers[1].stop(timeout=60) == 0
     wait_until(lambda: not any(_is_running(pid) for pid in pids), 10, "the HTTP front processes to exit")
-    assert get(root_url(cluster, 0) + "/health")[0] == 200  # the other router's front is untouched
+    assert get(front_url(cluster, 0) + "/health")[0] == 200  # the other router's front is untouched
 
 
 def _is_running(pid: int) -> bool:
