@@ -108,7 +108,13 @@ class RequestFlow:
     async def _is_done(self, attempt: Attempt, report: AttemptReport) -> bool:
         """True when the request completed; False to run it again; raises to end it."""
         state = self.state
-        decision = decide(report, state.request_id, self.core.max_attempts)
+        committed = self.core.admission.version
+        decision = decide(
+            report,
+            state.request_id,
+            self.core.max_attempts,
+            is_superseded=committed is not None and committed > state.version,
+        )
         if decision.action is Action.DONE:
             self._write_audit()
             return True

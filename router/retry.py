@@ -8,7 +8,9 @@ error naming it (I5).
     outcome          nothing sent yet                      something sent
     COMPLETED        done                                  done
     WORKER_LOST      again, same version, other worker     UNAVAILABLE (WorkerLostError)
-    STALE_VERSION    again, same version, other worker     (cannot happen: refused at start)
+    STALE_VERSION    again, same version, other worker;    (cannot happen: refused at start)
+                     under the newer version once one
+                     is committed (superseded)
     RETIRED          again, under the newer version        ABORTED (RolloutRetiredError)
     FAILED           the worker's status, as is            the worker's status, as is
 
@@ -74,8 +76,13 @@ def classify_status(code: grpc.StatusCode, details: str) -> Outcome:
     return Outcome.FAILED
 
 
-def decide(report: AttemptReport, request_id: str, max_attempts: int) -> Decision:
-    """The action after an attempt; see the module docstring's table."""
+def decide(
+    report: AttemptReport, request_id: str, max_attempts: int, *, is_superseded: bool = False
+) -> Decision:
+    """The action after an attempt; see the module docstring's table. `is_superseded`: a version
+    above the request's pinned one is committed. A worker that refused the pinned version then has
+    moved past it (an overlap drain whose old version retired, a swap), and other workers follow:
+    the request moves up rather than chase a version that is going away."""
     match report.outcome:
         case Outcome.COMPLETED:
             return Decision(Action.DONE)
@@ -105,6 +112,6 @@ def decide(report: AttemptReport, request_id: str, max_attempts: int) -> Decisio
                 f"(last on {report.worker_id}: {report.detail})"
             ),
         )
-    if report.outcome is Outcome.RETIRED:
+    if report.outcome is Outcome.RETIRED or (report.outcome is Outcome.STALE_VERSION and is_superseded):
         return Decision(Action.RERUN_NEWER_VERSION)
     return Decision(Action.RETRY_SAME_VERSION)

@@ -43,6 +43,15 @@ class Drain:
         """Both versions run: the new one on the staged twins (until the old one retired)."""
         return self.policy is DrainPolicy.OVERLAP and self.retired is None
 
+    @property
+    def takes_old_work(self) -> bool:
+        """Whether requests pinned to the old version may still start: under finish until the swap,
+        under overlap until the old version retired (its last sequence ended: the promotion that
+        follows between two steps would change its weights under a new one), never under abort."""
+        if self.policy is DrainPolicy.ABORT:
+            return False
+        return self.policy is DrainPolicy.FINISH or self.retired is None
+
     def deadline_passed(self, now: float) -> bool:
         if self.deadline_seconds is None or self.retired is not None:
             return False

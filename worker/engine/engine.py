@@ -117,13 +117,15 @@ class Engine:
         if drain is not None:
             if pinned is None or pinned == drain.new:
                 return StartDecision.START if drain.overlapping else StartDecision.HOLD
-            if pinned == drain.old and drain.policy is not DrainPolicy.ABORT:
+            if pinned == drain.old and drain.takes_old_work:
                 return StartDecision.START
         elif pinned is None or pinned == self.policy_version:
             return StartDecision.START
+        retired = drain is not None and pinned == drain.old and drain.retired is not None
         raise VersionMismatchError(
             f"request pinned to policy version {pinned}; this worker serves {self.policy_version}"
-            + (f" and is moving to {self.draining.new}" if self.draining else "")
+            + (f" and is moving to {drain.new}" if drain else "")
+            + (f" (v{pinned} retired here)" if retired else "")
         )
 
     def check_supported(self, request: ParsedGenerateRequest) -> None:

@@ -40,7 +40,11 @@ from epochserve.sampling import SamplingParams
 
 WORKER_ARGS = ("--lease-ttl", "2", "--block-size", "4")
 ROUTER_ARGS = ("--lease-ttl", "2", "--policy", "round-robin")
-NUM_TOKENS = 400  # long enough that v0 still runs well after the commit (tiny model, max len 512)
+# v0 requests must outlive the rollout's staging and commit and the v1 requests' start on the
+# victim: three times as long as v1's, whatever the machine's speed (tiny model, max len 2048).
+OLD_TOKENS = 1200
+NEW_TOKENS = 400
+MAX_LEN = 2048
 N = 2  # samples per request, as RL groups
 NUM_REQUESTS = 6  # per phase: 3 per worker
 WAIT_SECONDS = 120.0  # bound of every wait on the cluster (a slow 2-core CI machine)
@@ -52,6 +56,7 @@ class Stream:
 
     request_id: str
     prompt: list[int]
+    max_tokens: int
     token_times: list[float] = field(default_factory=list)  # time.monotonic() of each chunk
     chunk_versions: set[int] = field(default_factory=set)
     samples: list[Sample] = field(default_factory=list)
@@ -66,13 +71,13 @@ class Stream:
 def models(tmp_path_factory):
     """(A's directory: version 0, {version: transformers model} for 0 and 1, a root for checkpoints)."""
     root = tmp_path_factory.mktemp("versions")
-    a_dir = build_tiny_model("llama", root / "A", seed=0)
-    b_model = hf_model(build_tiny_model("llama", root / "B-raw", seed=1))
+    a_dir = build_tiny_model("llama", root / "A", seed=0, max_position_embeddings=MAX_LEN)
+    b_model = hf_model(build_tiny_model("llama", root / "B-raw", seed=1, max_position_embeddings=MAX_LEN))
     return a_dir, {0: hf_model(a_dir), 1: b_model}, root
 
 
 async def consume(client: AsyncGenerationClient, stream: Stream, output_mode: OutputMode) -> None:
-    sampling = SamplingParams(temperature=1.0, max_tokens=NUM_TOKENS, ignore_eos=True)
+    sampling = SamplingParams(temperature=1.0, max_tokens=stream.max_tokens, ignore_eos=True)
     events = client.stream(
         stream.prompt, sampling, n=N, request_id=stream.request_id, timeout=300, output_mode=output_mode
     )
@@ -122,7 +127,7 @@ async def kill_during_overlap(
         async def router_pins_v1() -> bool:
             return (await client.get_policy(timeout=30)).policy_version == 1
 
-        old = [Stream(f"old-{i}", [5, 17, 33, 9, 100 + i]) for i in range(NUM_REQUESTS)]
+        old = [Stream(f"old-{i}", [5, 17, 33, 9, 100 + i], OLD_TOKENS) for i in range(NUM_REQUESTS)]
         tasks = [asyncio.ensure_future(consume(client, s, output_mode)) for s in old]
         if output_mode is OutputMode.STREAM:
             await until(lambda: all(s.token_times for s in old), "every v0 request to stream")
@@ -130,8 +135,15 @@ async def kill_during_overlap(
             await until(all_running, "every v0 sequence to run")
         await asyncio.to_thread(publish_v1, cluster, b_model, root)
         await until(router_pins_v1, "the router to pin to v1")
+
+        async def both_overlap() -> bool:
+            workers = (await admin.list_workers(timeout=30)).workers
+            return len(workers) == 2 and all(w.serving_version == 1 for w in workers)
+
+        # Round-robin spreads the v1 requests over both workers only once both serve v1.
+        await until(both_overlap, "both workers to run v1 beside v0")
         on_victim = await running(victim.address)
-        new = [Stream(f"new-{i}", [6, 18, 34, 10, 200 + i]) for i in range(NUM_REQUESTS)]
+        new = [Stream(f"new-{i}", [6, 18, 34, 10, 200 + i], NEW_TOKENS) for i in range(NUM_REQUESTS)]
         tasks += [asyncio.ensure_future(consume(client, s, output_mode)) for s in new]
 
         async def both_versions_on_victim() -> bool:
@@ -141,7 +153,7 @@ async def kill_during_overlap(
             if record.serving_version != 1:  # its record does not show the commit yet
                 return False
             assert record.HasField("retiring_version"), (
-                f"v0 ended on the victim before the kill (raise NUM_TOKENS): {record}"
+                f"v0 ended on the victim before the kill (raise OLD_TOKENS): {record}"
             )
             if output_mode is OutputMode.STREAM:
                 return all(s.token_times for s in new)
@@ -184,7 +196,9 @@ def assert_pure(stream: Stream, models) -> int:
     assert len(versions) == 1, f"{stream.request_id} mixes versions {versions}"
     (version,) = versions
     for sample in stream.samples:
-        assert len(sample.token_ids) == NUM_TOKENS and sample.finish_reason == "length", stream.request_id
+        assert len(sample.token_ids) == stream.max_tokens and sample.finish_reason == "length", (
+            stream.request_id
+        )
         assert max_logprob_gap(models[version], stream.prompt, sample) < 1e-4, stream.request_id
         assert max_logprob_gap(models[1 - version], stream.prompt, sample) > 1e-2, "the other version's"
     return version

@@ -30,6 +30,25 @@ def test_nothing_sent_yet(outcome, action):
     assert decision.error is None  # FAILED re-raises the worker's own status
 
 
+@pytest.mark.parametrize(
+    ("outcome", "action"),
+    [
+        (Outcome.STALE_VERSION, Action.RERUN_NEWER_VERSION),
+        (Outcome.WORKER_LOST, Action.RETRY_SAME_VERSION),
+        (Outcome.RETIRED, Action.RERUN_NEWER_VERSION),
+    ],
+)
+def test_a_worker_that_moved_past_a_superseded_version_sends_the_request_up(outcome, action):
+    # An overlap drain's old version retired on the worker (or it swapped) after a newer version
+    # was committed: the request moves up instead of chasing the old version from worker to worker.
+    assert decide(report(outcome), "r", MAX_ATTEMPTS, is_superseded=True).action is action
+
+
+def test_a_stale_version_after_tokens_were_sent_still_fails_when_superseded():
+    decision = decide(report(Outcome.STALE_VERSION, has_sent=True), "r", MAX_ATTEMPTS, is_superseded=True)
+    assert decision.action is Action.FAIL and isinstance(decision.error, WorkerLostError)
+
+
 def test_a_worker_lost_after_tokens_were_sent_ends_unavailable_naming_the_request():
     decision = decide(report(Outcome.WORKER_LOST, has_sent=True), "req-9", MAX_ATTEMPTS)
     assert decision.action is Action.FAIL and isinstance(decision.error, WorkerLostError)

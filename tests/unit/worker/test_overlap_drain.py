@@ -15,6 +15,7 @@ from fixtures.engine import SampleResult, make_engine, make_request, run_to_comp
 from fixtures.models import build_tiny_model
 
 from epochserve.controlplane.store.records import DrainPolicy
+from epochserve.errors import VersionMismatchError
 from epochserve.proto.convert import is_rollout_abort
 from epochserve.worker.engine.sequence import FinishReason
 from epochserve.worker.weights.manifest import manifest_of_checkpoint
@@ -124,6 +125,11 @@ def test_old_version_pins_start_during_the_overlap_and_retire_with_it(versions):
     step_until_idle(engine, results, {})
     assert results["later"][0].policy_versions == {0}
     assert engine.last_drain.report().finished_previous == 4
+    # Retired, not yet promoted (the agent promotes between steps): the old version takes no more
+    # work, or the promotion would swap its weights under it.
+    assert engine.ready_to_promote
+    with pytest.raises(VersionMismatchError, match="retired"):
+        engine.add_request(request("old", engine.limits, max_tokens=4, policy_version=0))
 
 
 def test_the_drain_deadline_aborts_what_the_old_version_still_runs(versions):
