@@ -1,5 +1,5 @@
 """The batch-1 decode step's kernels against their alternatives, timed inside CUDA graphs (as the
-engine runs them), 8B shapes, bf16.
+engine runs them), 8B shapes (or --model qwen3-30b-a3b: its dense projections only), bf16.
 
   projections: cuBLAS (down: silu_and_mul_triton + cuBLAS)  vs  gemv_triton (tiles swept)
   attention input: apply_rotary_qk_triton + write_kv_cache_triton  vs  rotary_store_kv_triton
@@ -7,7 +7,7 @@ engine runs them), 8B shapes, bf16.
 
 Each graph runs the op 32 times (projections: over 4 weight copies, so nothing stays in L2); the
 time per op is the graph's replay time / 32 (median of replays). Bandwidth counts weight bytes once.
-python bench/decode_kernels_microbench.py
+python bench/decode_kernels_microbench.py [--model llama-8b|qwen3-30b-a3b]
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ TILES = [(16, 1024, 8, 2), (16, 2048, 8, 1), (8, 2048, 8, 2), (16, 1024, 16, 2),
          (16, 512, 8, 3), (8, 1024, 4, 3)]  # fmt: skip
 # name → (N, K) of the 8B model's projections at batch 1.
 SHAPES = {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+# Qwen3-30B-A3B's dense projections (the experts: bench/moe_microbench.py); the router's product
+# stores fp32. Few output features: the tiles add narrow programs so the grid covers every SM.
+QWEN3_30B_SHAPES = {"qkv": (5120, 2048), "o_proj": (2048, 4096), "router": (128, 2048)}
+QWEN3_30B_TILES = [*TILES[:2], (8, 1024, 4, 2), (4, 1024, 4, 2), (4, 2048, 4, 2), (2, 2048, 4, 2),
+                   (4, 512, 4, 3), (2, 1024, 2, 3), (1, 2048, 2, 2), (1, 1024, 1, 3)]  # fmt: skip
 
 
 def graph_us(op: Callable[[int], object], replays: int = 30) -> float:
@@ -56,31 +61,41 @@ def graph_us(op: Callable[[int], object], replays: int = 30) -> float:
     return statistics.median(times)
 
 
-def projections(bytes_per_us: float) -> None:
-    """Each projection at 1 row: cuBLAS (the down projection: SiLU-and-mul + cuBLAS) vs gemv_triton."""
+def projections(bytes_per_us: float, shapes: dict[str, tuple[int, int]], tiles: list[tuple]) -> None:
+    """Each projection at 1 row: cuBLAS (the down projection: SiLU-and-mul + cuBLAS) vs gemv_triton
+    (the router's: fp32 out, as the engine stores it)."""
     from epochserve.kernels.activation_triton import silu_and_mul_triton
     from epochserve.kernels.gemv_triton import GemvTiles, gemv_triton
 
     print("\nprojections at 1 row, us per call (fraction of copy bandwidth); the Triton columns are tiles")
-    print(f"{'':8} {'cuBLAS':>12} " + " ".join(f"{t!s:>17}" for t in TILES))
-    for name, (n, k) in SHAPES.items():
+    print(f"{'':8} {'cuBLAS':>12} " + " ".join(f"{t!s:>17}" for t in tiles))
+    for name, (n, k) in shapes.items():
         weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(4)]
-        fused = name == "down"
+        fused, out_dtype = name == "down", torch.float32 if name == "router" else None
         x = torch.randn(1, 2 * k if fused else k, device="cuda", dtype=torch.bfloat16) * 3
         nbytes = n * k * 2
 
-        def cublas(i: int, x: torch.Tensor = x, fused: bool = fused, weights: list = weights) -> object:
-            return F.linear(silu_and_mul_triton(x) if fused else x, weights[i % 4])
+        def cublas(i: int, x: torch.Tensor = x, fused: bool = fused, weights: list = weights,
+                   od: object = out_dtype) -> object:  # fmt: skip
+            out = F.linear(silu_and_mul_triton(x) if fused else x, weights[i % 4])
+            return out.float() if od else out
 
         def cell(us: float, nbytes: int = nbytes) -> str:
             return f"{us:6.1f} ({nbytes / us / bytes_per_us:4.0%})"
 
         cells = []
-        for block_n, block_k, warps, stages in TILES:
+        for block_n, block_k, warps, stages in tiles:
 
-            def triton_gemv(i: int, x: torch.Tensor = x, fused: bool = fused, weights: list = weights,
-                            t: tuple = (block_n, block_k, warps, stages)) -> object:  # fmt: skip
-                return gemv_triton(x, weights[i % 4], silu_and_mul=fused, tiles=GemvTiles(*t))
+            def triton_gemv(
+                i: int,
+                x: torch.Tensor = x,
+                fused: bool = fused,
+                weights: list = weights,
+                t: tuple = (block_n, block_k, warps, stages),
+                od: object = out_dtype,
+            ) -> object:
+                g = GemvTiles(*t)
+                return gemv_triton(x, weights[i % 4], silu_and_mul=fused, tiles=g, out_dtype=od)
 
             cells.append(cell(graph_us(triton_gemv)))
         print(f"{name:8} {cell(graph_us(cublas)):>12} " + " ".join(f"{c:>17}" for c in cells))
@@ -151,15 +166,22 @@ def attention_input_ops(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="llama-8b", choices=["llama-8b", "qwen3-30b-a3b"])
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     ceilings = measure_ceilings()
     bandwidth = ceilings["hbm_bytes_per_s"] / 1e12  # TB/s, copy (read + write)
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth:.2f} TB/s")
-    projections(bandwidth * 1e6)  # bytes per us
+    if args.model == "qwen3-30b-a3b":
+        projections(bandwidth * 1e6, QWEN3_30B_SHAPES, QWEN3_30B_TILES)
+        return
+    projections(bandwidth * 1e6, SHAPES, TILES)  # bytes per us
     attention_input()
     decode_attention()
 

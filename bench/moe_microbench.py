@@ -10,9 +10,10 @@ can capture it). Each is checked against the reference before it is timed.
 
   python bench/moe_microbench.py [--batches 1,64,256] [--sweep] [--gemv-sweep] [--json OUT]
 
-Batches of at most 4 tokens also time fused_moe_gemv_triton (the path TritonOps takes for them);
---gemv-sweep tries its gate-up tiles (down at its default), then its down tiles (gate-up at the
-best), and prints the fastest of each.
+Batches of at most 4 tokens also time routed_moe_gemv_triton (the path TritonOps takes for them;
+its time includes the router's top-k, which the grouped path's does not); --gemv-sweep tries its
+gate-up tiles (down at its default), then its down-and-combine tiles (gate-up at the best), and
+prints the fastest of each.
   python bench/moe_microbench.py --tiny     # CPU, Triton interpreter, a tiny layer: checks it runs
 """
 
@@ -107,7 +108,7 @@ def make_batch(shape: dict[str, Any], tokens: int, dtype: torch.dtype, device: s
     x = torch.randn(tokens, shape["hidden"], device=device).to(dtype)
     logits = torch.randn(tokens, shape["experts"], device=device) * 2
     weights, ids = topk_route(logits, shape["top_k"], shape["renormalize"])
-    return x, weights, ids
+    return x, logits, weights, ids
 
 
 def touched_bytes(shape: dict[str, Any], ids: torch.Tensor, element: int) -> int:
@@ -122,10 +123,8 @@ def gemv_sweep(few: Callable[..., object], replays: int) -> dict[str, Any]:
     from epochserve.kernels.fused_moe_gemv_triton import DOWN_TILES
     from epochserve.kernels.gemv_triton import GemvTiles
 
-    def tiles(block_ks: tuple[int, ...]) -> list[GemvTiles]:
-        return [
-            GemvTiles(n, k, w, s) for n in (8, 16, 32) for k in block_ks for w, s in ((4, 3), (8, 2), (8, 3))
-        ]
+    def tiles(block_ns: tuple[int, ...], block_ks: tuple[int, ...], warps_stages: tuple) -> list[GemvTiles]:
+        return [GemvTiles(n, k, w, s) for n in block_ns for k in block_ks for w, s in warps_stages]
 
     def timed(up: GemvTiles, dn: GemvTiles) -> float:
         try:
@@ -134,9 +133,11 @@ def gemv_sweep(few: Callable[..., object], replays: int) -> dict[str, Any]:
             print(f"tiles up={up} down={dn}: {type(exc).__name__}", file=sys.stderr)
             return float("inf")
 
-    up_times = {t: timed(t, DOWN_TILES) for t in tiles((512, 1024))}
+    up_times = {t: timed(t, DOWN_TILES) for t in tiles((8, 16, 32), (512, 1024), ((4, 3), (8, 2), (8, 3)))}
     best_up = min(up_times, key=up_times.__getitem__)
-    down_times = {t: timed(best_up, t) for t in tiles((256, 512))}
+    # the down product with the combine: a program per (token, hidden tile) walks all k experts
+    down = tiles((2, 4, 8, 16), (128, 256, 512), ((2, 4), (4, 3), (4, 4), (8, 3)))
+    down_times = {t: timed(best_up, t) for t in down}
     best_down = min(down_times, key=down_times.__getitem__)
     return {
         "gate_up": {str(t): us for t, us in up_times.items()},
@@ -155,18 +156,19 @@ def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -
         DOWN_TILES,
         GATE_UP_TILES,
         MAX_TOKENS,
-        fused_moe_gemv_triton,
+        routed_moe_gemv_triton,
     )
     from epochserve.kernels.fused_moe_triton import MoeTiles, fused_moe_triton, moe_tiles
     from epochserve.kernels.gemv_triton import GemvTiles
 
     shape = QWEN3_30B_A3B
+    top_k, renormalize = shape["top_k"], shape["renormalize"]
     bandwidth = measure_ceilings()["hbm_bytes_per_s"]
     layers = make_layers(shape, dtype, "cuda", LAYERS)
     default = moe_tiles(shape["hidden"], shape["width"], dtype)
     rows = []
     for tokens in batches:
-        x, weights, ids = make_batch(shape, tokens, dtype, "cuda")
+        x, logits, weights, ids = make_batch(shape, tokens, dtype, "cuda")
         w13, w2 = layers[0]
         err = rel_err(fused_moe_triton(x, w13, w2, weights, ids), fused_moe_torch(x, w13, w2, weights, ids))
         assert err < 1e-2, f"batch {tokens}: relative error {err:.2e} against the reference"
@@ -191,19 +193,20 @@ def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -
             "torch_eager_us": cuda_us(reference, args.replays, graph=False),
         }
         if tokens <= MAX_TOKENS:
-            err = rel_err(
-                fused_moe_gemv_triton(x, w13, w2, weights, ids), fused_moe_torch(x, w13, w2, weights, ids)
-            )
+            out, few_weights, few_ids = routed_moe_gemv_triton(x, logits, w13, w2, top_k, renormalize)
+            err = rel_err(out, fused_moe_torch(x, w13, w2, few_weights, few_ids))
             assert err < 1e-2, f"few-token path, batch {tokens}: relative error {err:.2e}"
 
             def few(
                 i: int,
                 up: GemvTiles = GATE_UP_TILES,
                 dn: GemvTiles = DOWN_TILES,
-                b: tuple = (x, weights, ids),
+                b: tuple = (x, logits),
             ):
                 w13, w2 = layers[i % LAYERS]
-                return fused_moe_gemv_triton(b[0], w13, w2, b[1], b[2], gate_up=up, down_tiles=dn)
+                return routed_moe_gemv_triton(
+                    b[0], b[1], w13, w2, top_k, renormalize, gate_up=up, down_tiles=dn
+                )
 
             row["gemv_graph_us"] = cuda_us(few, args.replays, graph=True)
             if args.gemv_sweep:
@@ -237,7 +240,7 @@ def run_tiny(batches: list[int], dtype: torch.dtype) -> dict[str, Any]:
     shape = TINY
     (w13, w2), rows = make_layers(shape, dtype, "cpu", 1)[0], []
     for tokens in batches:
-        x, weights, ids = make_batch(shape, tokens, dtype, "cpu")
+        x, _, weights, ids = make_batch(shape, tokens, dtype, "cpu")
         start = time.perf_counter()
         out = fused_moe_triton(x, w13, w2, weights, ids)
         triton_s = time.perf_counter() - start
@@ -271,7 +274,10 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"      tiles {name}: {us:.1f} us ({r['limit_us'] / us:.0%} of limit)")
         if "gemv_graph_us" in r:
             us = r["gemv_graph_us"]
-            print(f"      few-token path (default tiles): {us:.1f} us ({r['limit_us'] / us:.0%} of limit)")
+            print(
+                f"      few-token path with top-k (default tiles): {us:.1f} us "
+                f"({r['limit_us'] / us:.0%} of limit)"
+            )
         if "gemv_sweep" in r:
             sweep = r["gemv_sweep"]
             print(

@@ -375,6 +375,21 @@ def _combine_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=token_ok[:, None] & col_ok[None, :])
 
 
+def check_moe_shapes(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> None:
+    """ValueError unless x [n, h], w13 [e, 2i, h] and w2 [e, h, i] fit, share a dtype, and the
+    weights' last dimension is contiguous (the kernels' contract)."""
+    if x.dim() != 2 or w13.dim() != 3 or w2.dim() != 3:
+        raise ValueError(f"expected x [n, h], w13 [e, 2i, h], w2 [e, h, i]; got {tuple(x.shape)}, "
+                         f"{tuple(w13.shape)}, {tuple(w2.shape)}")  # fmt: skip
+    hidden, (num_local, _, width) = x.shape[1], w2.shape
+    if w13.shape != (num_local, 2 * width, hidden) or w2.shape[1] != hidden:
+        raise ValueError(f"w13 {tuple(w13.shape)} and w2 {tuple(w2.shape)} do not fit x {tuple(x.shape)}")
+    if not (x.dtype == w13.dtype == w2.dtype):
+        raise ValueError(f"x is {x.dtype}, w13 {w13.dtype}, w2 {w2.dtype}")
+    if w13.stride(-1) != 1 or w2.stride(-1) != 1:
+        raise ValueError("expert weights need a contiguous last dimension")
+
+
 def fused_moe_triton(
     x: torch.Tensor,  # [num_tokens, hidden]
     w13: torch.Tensor,  # [num_local, 2 * width, hidden]: gate rows, then up rows
@@ -387,19 +402,11 @@ def fused_moe_triton(
 ) -> torch.Tensor:
     """Σ_k weight_k · expert_{id_k}(x) over this rank's experts: [num_tokens, hidden] in x's dtype, the
     same contract as fused_moe_torch (the caller all-reduces across ranks). tiles: for benchmarks."""
-    if x.dim() != 2 or w13.dim() != 3 or w2.dim() != 3:
-        raise ValueError(f"expected x [n, h], w13 [e, 2i, h], w2 [e, h, i]; got {tuple(x.shape)}, "
-                         f"{tuple(w13.shape)}, {tuple(w2.shape)}")  # fmt: skip
+    check_moe_shapes(x, w13, w2)
     num_tokens, hidden = x.shape
     num_local, width = w2.shape[0], w2.shape[2]
-    if w13.shape != (num_local, 2 * width, hidden) or w2.shape[1] != hidden:
-        raise ValueError(f"w13 {tuple(w13.shape)} and w2 {tuple(w2.shape)} do not fit x {tuple(x.shape)}")
     if topk_ids.shape != topk_weights.shape or topk_ids.shape[0] != num_tokens:
         raise ValueError(f"topk ids {tuple(topk_ids.shape)} and weights {tuple(topk_weights.shape)} differ")
-    if not (x.dtype == w13.dtype == w2.dtype):
-        raise ValueError(f"x is {x.dtype}, w13 {w13.dtype}, w2 {w2.dtype}")
-    if w13.stride(-1) != 1 or w2.stride(-1) != 1:
-        raise ValueError("expert weights need a contiguous last dimension")
     top_k = topk_ids.shape[1]
     out = torch.empty_like(x)
     if num_tokens == 0 or hidden == 0:

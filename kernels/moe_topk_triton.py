@@ -19,14 +19,12 @@ import triton.language as tl
 
 
 @triton.jit
-def _topk_route_kernel(
-    logits_ptr,  # [tokens, E] router logits
-    weights_ptr,  # [tokens, TOP_K] fp32 out
-    ids_ptr,  # [tokens, TOP_K] int64 out
-    num_experts, stride_l,
+def _route_row(
+    logits_ptr, row, num_experts, stride_l,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, RENORMALIZE: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
+    """One token's choice: (fp32 weights [K_PAD], int64 expert ids [K_PAD]); slots past TOP_K hold 0.
+    Shared with fused_moe_gemv_triton, whose programs route their token themselves."""
     experts = tl.arange(0, E_PAD)
     valid = experts < num_experts
     logits = tl.load(logits_ptr + row * stride_l + experts, mask=valid, other=-float("inf")).to(tl.float32)
@@ -44,9 +42,30 @@ def _topk_route_kernel(
         left = tl.where(experts == best_id, -1.0, left)
     if RENORMALIZE:
         chosen_w = chosen_w / tl.sum(chosen_w, 0)  # the padding slots hold 0
+    return chosen_w, chosen_id
+
+
+@triton.jit
+def _topk_route_kernel(
+    logits_ptr,  # [tokens, E] router logits
+    weights_ptr,  # [tokens, TOP_K] fp32 out
+    ids_ptr,  # [tokens, TOP_K] int64 out
+    num_experts, stride_l,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, RENORMALIZE: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    chosen_w, chosen_id = _route_row(
+        logits_ptr, row, num_experts, stride_l, TOP_K=TOP_K, K_PAD=K_PAD, E_PAD=E_PAD, RENORMALIZE=RENORMALIZE
+    )
+    slots = tl.arange(0, K_PAD)
     out = row * TOP_K + slots
     tl.store(weights_ptr + out, chosen_w, mask=slots < TOP_K)
     tl.store(ids_ptr + out, chosen_id, mask=slots < TOP_K)
+
+
+def route_pads(top_k: int, num_experts: int) -> tuple[int, int]:
+    """(K_PAD, E_PAD) of _route_row for this router."""
+    return max(2, triton.next_power_of_2(top_k)), max(16, triton.next_power_of_2(num_experts))
 
 
 def topk_route_triton(
@@ -59,10 +78,10 @@ def topk_route_triton(
     logits = router_logits if router_logits.stride(-1) == 1 else router_logits.contiguous()
     weights = torch.empty((tokens, top_k), dtype=torch.float32, device=logits.device)
     ids = torch.empty((tokens, top_k), dtype=torch.int64, device=logits.device)
+    k_pad, e_pad = route_pads(top_k, experts)
     if tokens:
         _topk_route_kernel[(tokens,)](
-            logits, weights, ids, experts, logits.stride(0), TOP_K=top_k,
-            K_PAD=max(2, triton.next_power_of_2(top_k)), E_PAD=max(16, triton.next_power_of_2(experts)),
+            logits, weights, ids, experts, logits.stride(0), TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad,
             RENORMALIZE=renormalize, num_warps=1 if experts <= 256 else 4,
         )  # fmt: skip
     return weights, ids

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from epochserve.kernels.fused_moe import fused_moe_torch, topk_route
-from epochserve.kernels.fused_moe_gemv_triton import fused_moe_gemv_triton
+from epochserve.kernels.fused_moe_gemv_triton import routed_moe_gemv_triton
 from epochserve.kernels.fused_moe_triton import fused_moe_triton, moe_align
 from epochserve.worker.layers.ops import TritonOps
 
@@ -65,6 +65,14 @@ def make_tokens(shape: str, tokens: int, dtype: torch.dtype, seed: int) -> tuple
     return x, weights, ids
 
 
+def make_routed_tokens(shape: str, tokens: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    """x and its router logits (make_tokens' values): the input of the routed paths."""
+    experts, _, hidden, _, _ = SHAPES[shape]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(tokens, hidden, device="cuda", generator=gen).to(dtype)
+    return x, torch.randn(tokens, experts, device="cuda", generator=gen) * 2
+
+
 @pytest.fixture(scope="module")
 def layers() -> dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]]:
     return {}
@@ -95,10 +103,15 @@ def test_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_the_few_token_path_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens: int):
-    """fused_moe_gemv_triton (decode at batch <= 4 outside batch_invariant): the same bounds."""
+    """routed_moe_gemv_triton (decode at batch <= 4 outside batch_invariant): the reference router's
+    experts (random logits: no near-ties), its weights within fp32 rounding, and the same bounds."""
     w13, w2 = layer(layers, shape, dtype)
-    x, weights, ids = make_tokens(shape, tokens, dtype, seed=tokens)
-    out = fused_moe_gemv_triton(x, w13, w2, weights, ids)
+    _, top_k, _, _, renormalize = SHAPES[shape]
+    x, logits = make_routed_tokens(shape, tokens, dtype, seed=tokens)
+    out, weights, ids = routed_moe_gemv_triton(x, logits, w13, w2, top_k, renormalize)
+    ref_weights, ref_ids = topk_route(logits, top_k, renormalize)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-7)
     ref = fused_moe_torch(x, w13, w2, weights, ids)
     assert out.dtype == dtype and rel_err(out, ref) < TOL[dtype]
     exact = fused_moe_torch(x.float(), w13.float(), w2.float(), weights, ids)
@@ -151,25 +164,29 @@ def test_a_tokens_bytes_do_not_depend_on_the_batch(layers: dict, dtype: torch.dt
 @pytest.mark.parametrize("tokens", [1, 16], ids=["few-token-path", "grouped"])
 def test_a_cuda_graph_captures_it_and_replays_new_routing(layers: dict, tokens: int) -> None:
     """No host synchronisation inside: capture succeeds (a sync would raise), and a replay on new
-    inputs and routing gives the eager call's bytes. Through TritonOps, as the engine calls it."""
+    inputs and router logits gives the eager call's bytes and experts. Through TritonOps.routed_moe,
+    as the engine calls it (routing included)."""
     shape = "qwen3-30b-a3b"
     w13, w2 = layer(layers, shape, torch.bfloat16)
+    _, top_k, _, _, renormalize = SHAPES[shape]
     ops = TritonOps()
-    x, weights, ids = make_tokens(shape, tokens, torch.bfloat16, seed=1)
+    x, logits = make_routed_tokens(shape, tokens, torch.bfloat16, seed=1)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        ops.fused_moe(x, w13, w2, weights, ids)  # compile outside the capture
+        ops.routed_moe(x, logits, w13, w2, top_k, renormalize)  # compile outside the capture
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = ops.fused_moe(x, w13, w2, weights, ids)
+        out, ids = ops.routed_moe(x, logits, w13, w2, top_k, renormalize)
     for seed in (2, 3):
-        nx, nw, ni = make_tokens(shape, tokens, torch.bfloat16, seed=seed)
-        x.copy_(nx), weights.copy_(nw), ids.copy_(ni)
+        nx, nl = make_routed_tokens(shape, tokens, torch.bfloat16, seed=seed)
+        x.copy_(nx), logits.copy_(nl)
         graph.replay()
         torch.cuda.synchronize()
-        assert same_bytes(out, ops.fused_moe(nx, w13, w2, nw, ni))
+        eager, eager_ids = ops.routed_moe(nx, nl, w13, w2, top_k, renormalize)
+        assert same_bytes(out, eager) and torch.equal(ids, eager_ids)
+        nw, ni = topk_route(nl, top_k, renormalize)
         assert rel_err(out, fused_moe_torch(nx, w13, w2, nw, ni)) < TOL[torch.bfloat16]
 
 

@@ -183,28 +183,42 @@ def _moe_routing() -> list[tuple[str, tuple]]:
 
 
 def _moe_few_tokens() -> list[tuple[str, tuple]]:
-    """fused_moe_gemv_triton's products (its engine tiles), the router's top-k and its fp32-out
+    """routed_moe_gemv_triton's two kernels (its engine tiles), the router's top-k and its fp32-out
     product: Qwen3-30B-A3B, 128 experts, top-8, hidden 2048, width 768."""
-    from epochserve.kernels.fused_moe_gemv_triton import DOWN_TILES, GATE_UP_TILES, _pair_gemv_kernel
+    from epochserve.kernels.fused_moe_gemv_triton import (
+        DOWN_TILES,
+        GATE_UP_TILES,
+        _down_combine_kernel,
+        _routed_gate_up_kernel,
+    )
     from epochserve.kernels.gemv_triton import _gemv_kernel
     from epochserve.kernels.moe_topk_triton import _topk_route_kernel
 
-    def pair(gated: bool) -> tuple:
-        t = GATE_UP_TILES if gated else DOWN_TILES
-        args = dict(out_ptr="*bf16", a_ptr="*bf16", w_ptr="*bf16", ids_ptr="*i64", expert_map_ptr="*i64",
-                    local_ids_ptr="*i32", N="i32", K="i32", stride_am="i32", stride_we="i32", stride_wn="i32",
-                    stride_om="i32", ROW_DIV=_const(8 if gated else 1), GATED=_const(gated),
-                    HAS_MAP=_const(False), BLOCK_N=_const(t.block_n), BLOCK_K=_const(t.block_k))  # fmt: skip
-        return _pair_gemv_kernel, args, t.num_warps, t.num_stages
-
+    up, dn = GATE_UP_TILES, DOWN_TILES
+    gate_up = dict(act_ptr="*bf16", x_ptr="*bf16", logits_ptr="*fp32", w_ptr="*bf16", expert_map_ptr="*i64",
+                   weights_ptr="*fp32", ids_ptr="*i64", local_ids_ptr="*i32", N="i32", K="i32",
+                   num_experts="i32", stride_xm="i32", stride_l="i32", stride_we="i32", stride_wn="i32",
+                   stride_om="i32", TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128),
+                   RENORMALIZE=_const(True), HAS_MAP=_const(False), BLOCK_N=_const(up.block_n),
+                   BLOCK_K=_const(up.block_k))  # fmt: skip
+    down = dict(out_ptr="*bf16", act_ptr="*bf16", w_ptr="*bf16", weights_ptr="*fp32", local_ids_ptr="*i32",
+                N="i32", K="i32", stride_om="i32", stride_am="i32", stride_we="i32", stride_wn="i32",
+                TOP_K=_const(8), K_PAD=_const(8), BLOCK_N=_const(dn.block_n),
+                BLOCK_K=_const(dn.block_k))  # fmt: skip
     topk = dict(logits_ptr="*fp32", weights_ptr="*fp32", ids_ptr="*i64", num_experts="i32", stride_l="i32",
                 TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128), RENORMALIZE=_const(True))  # fmt: skip
     router = dict(out_ptr="*fp32", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                   stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(False),
                   BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
     return [
-        ("moe few-token gate-up+silu bf16 H2048 W768", pair(True)),
-        ("moe few-token down bf16 H2048 W768", pair(False)),
+        (
+            "moe few-token route+gate-up+silu bf16 H2048 W768",
+            (_routed_gate_up_kernel, gate_up, up.num_warps, up.num_stages),
+        ),
+        (
+            "moe few-token down+combine bf16 H2048 W768",
+            (_down_combine_kernel, down, dn.num_warps, dn.num_stages),
+        ),
         ("moe router top-k E128 k8", (_topk_route_kernel, topk, 1, 3)),
         ("moe router gemv fp32-out N128 K2048", (_gemv_kernel, router, 8, 2)),
     ]

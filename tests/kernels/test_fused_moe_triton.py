@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from epochserve.kernels.fused_moe import fused_moe_torch, topk_route
-from epochserve.kernels.fused_moe_gemv_triton import fused_moe_gemv_triton
+from epochserve.kernels.fused_moe_gemv_triton import routed_moe_gemv_triton
 from epochserve.kernels.fused_moe_triton import (
     MoeTiles,
     fused_moe_triton,
@@ -29,6 +29,7 @@ from epochserve.kernels.fused_moe_triton import (
     moe_align,
 )
 from epochserve.kernels.gemv_triton import GemvTiles
+from epochserve.kernels.moe_topk_triton import topk_route_triton
 from epochserve.worker.layers.ops import TritonOps
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
@@ -183,29 +184,60 @@ def test_triton_ops_route_fused_moe_to_the_kernel() -> None:
     )
 
 
+def router_logits(seed: int, tokens: int, experts: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 1000)
+    return torch.randn(tokens, experts, generator=gen) * 2
+
+
 @pytest.mark.parametrize("tokens", [1, 2, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_the_few_token_path_matches_the_reference(tokens: int, dtype: torch.dtype) -> None:
-    """fused_moe_gemv_triton (decode at batch <= 4): the reference's values, all experts local or
-    this rank's experts only (tokens without one give zeros); K not a multiple of its K step."""
+    """routed_moe_gemv_triton (decode at batch <= 4): the reference router's choice and the
+    reference's values, all experts local or this rank's experts only (tokens without one give
+    zeros); K not a multiple of its K step, hidden not a multiple of the down tile."""
+    small_up = GemvTiles(block_n=16, block_k=32, num_warps=4, num_stages=1)  # K=80: masked steps
+    small_down = GemvTiles(block_n=32, block_k=16, num_warps=4, num_stages=1)  # K=40, hidden 80
     for local in (None, range(3, 8)):
-        x, w13, w2, weights, ids, expert_map = make_layer(tokens, tokens, 10, 3, 80, 40, dtype, local=local)
-        small = GemvTiles(block_n=16, block_k=32, num_warps=4, num_stages=1)  # K=80, 40: masked steps
-        out = fused_moe_gemv_triton(x, w13, w2, weights, ids, expert_map, gate_up=small, down_tiles=small)
-        assert out.shape == x.shape and out.dtype == dtype
-        assert rel_err(out, fused_moe_torch(x, w13, w2, weights, ids, expert_map)) < TOL[dtype]
-        if local is not None:
-            untouched = ~((ids >= 3) & (ids < 8)).any(dim=1)
-            assert (out[untouched] == 0).all()
+        for renormalize in (False, True):
+            x, w13, w2, _, _, expert_map = make_layer(tokens, tokens, 10, 3, 80, 40, dtype, local=local)
+            logits = router_logits(tokens, tokens, 10)
+            want_w, want_ids = topk_route(logits, 3, renormalize)
+            out, weights, ids = routed_moe_gemv_triton(
+                x, logits, w13, w2, 3, renormalize, expert_map, gate_up=small_up, down_tiles=small_down
+            )
+            assert torch.equal(ids, want_ids)
+            torch.testing.assert_close(weights, want_w, rtol=1e-6, atol=0)  # Triton's exp: a few ulps
+            assert out.shape == x.shape and out.dtype == dtype
+            want = fused_moe_torch(x, w13, w2, want_w, want_ids, expert_map)
+            assert rel_err(out, want) < TOL[dtype]
+            if local is not None:
+                untouched = ~((ids >= 3) & (ids < 8)).any(dim=1)
+                assert (out[untouched] == 0).all()
+
+
+def test_the_few_token_path_takes_the_top_k_kernels_routing() -> None:
+    """Its programs route with moe_topk_triton's code: the same ids and weights, to the bit."""
+    logits = router_logits(7, 4, 64)
+    x, w13, w2, _, _, _ = make_layer(7, 4, 64, 8, 32, 16, torch.float32)
+    _, weights, ids = routed_moe_gemv_triton(x, logits, w13, w2, 8, True)
+    want_w, want_ids = topk_route_triton(logits, 8, True)
+    assert torch.equal(ids, want_ids) and torch.equal(weights, want_w)
 
 
 def test_triton_ops_take_the_few_token_path_outside_batch_invariant_mode() -> None:
-    x, w13, w2, weights, ids, _ = make_layer(4, 2, 8, 2, 64, 32, torch.float32)
-    few = fused_moe_gemv_triton(x, w13, w2, weights, ids)
+    x, w13, w2, _, _, _ = make_layer(4, 2, 8, 2, 64, 32, torch.float32)
+    logits = router_logits(4, 2, 8)
+    few, _, few_ids = routed_moe_gemv_triton(x, logits, w13, w2, 2, False)
+    weights, ids = topk_route_triton(logits, 2, False)
     grouped = fused_moe_triton(x, w13, w2, weights, ids)
-    assert torch.equal(TritonOps().fused_moe(x, w13, w2, weights, ids), few)
-    assert torch.equal(TritonOps(batch_invariant=True).fused_moe(x, w13, w2, weights, ids), grouped)
-    assert torch.equal(TritonOps(use_gemv=False).fused_moe(x, w13, w2, weights, ids), grouped)
+    assert rel_err(few, grouped) < TOL[torch.float32]
+    for ops, want in (
+        (TritonOps(), few),
+        (TritonOps(batch_invariant=True), grouped),
+        (TritonOps(use_gemv=False), grouped),
+    ):
+        out, got_ids = ops.routed_moe(x, logits, w13, w2, 2, False)
+        assert torch.equal(out, want) and torch.equal(got_ids, few_ids)
 
 
 def test_refuses_mismatched_shapes() -> None:

@@ -3,13 +3,13 @@ expert, combined with one all-reduce.
 
 Every rank routes every token itself (the router is replicated and its input is identical on all
 ranks), so no routing crosses ranks. Experts are stacked per layer, w13 [experts, 2 * width, hidden]
-and w2 [experts, hidden, width], and the dispatch runs behind `ops.fused_moe` (TorchOps: the PyTorch
-reference; TritonOps: kernels/fused_moe_triton.py, free of host syncs, so CUDA graphs capture it).
-Which slice of the experts a rank holds is an ExpertShard: with tensor parallelism every rank holds
-every expert and a slice of each one's width; with expert
-parallelism (docs/design.md §2) a rank would hold whole experts, a range of ids. Either way a rank's
-output is a partial sum over what it holds and the ranks all-reduce it, so the model code does not
-change with the sharding.
+and w2 [experts, hidden, width], and routing and dispatch run behind `ops.routed_moe` (TorchOps:
+the PyTorch reference; TritonOps: kernels/fused_moe_triton.py, or fused_moe_gemv_triton.py for a
+few tokens, free of host syncs, so CUDA graphs capture them). Which slice of the experts a rank
+holds is an ExpertShard: with tensor parallelism every rank holds every expert and a slice of each
+one's width; with expert parallelism (docs/design.md §2) a rank would hold whole experts, a range
+of ids. Either way a rank's output is a partial sum over what it holds and the ranks all-reduce it,
+so the model code does not change with the sharding.
 """
 
 from __future__ import annotations
@@ -89,8 +89,11 @@ class StackedExperts(nn.Module):
         else:  # down: [hidden, width] columns
             copy_checked(out[local], source.read(1, s.width_start, s.width), f"expert {expert} {param_name}")
 
-    def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        return self.ops.fused_moe(x, self.w13, self.w2, topk_weights, topk_ids, self.expert_map)
+    def forward(
+        self, x: torch.Tensor, router_logits: torch.Tensor, top_k: int, renormalize: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's partial output, the chosen expert ids [n, top_k] by descending weight)."""
+        return self.ops.routed_moe(x, router_logits, self.w13, self.w2, top_k, renormalize, self.expert_map)
 
 
 class ReplicatedLinear(nn.Module):
@@ -148,9 +151,7 @@ class SparseMoeBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The router's logits in fp32 whatever the model dtype: fewer near-ties decided by rounding.
         logits = self.ops.linear_fp32(x, self.gate.weight)
-        weights, ids = self.ops.moe_topk(logits, self.top_k, self.renormalize)
-        self.last_topk_ids = ids
-        out = self.experts(x, weights, ids)
+        out, self.last_topk_ids = self.experts(x, logits, self.top_k, self.renormalize)
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             shared = self.shared_expert(x)
             # The gate is per token and replicated: scaling each rank's partial scales the sum. Its

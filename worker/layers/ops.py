@@ -139,6 +139,21 @@ class TorchOps:
         """The router's choice: (fp32 weights, expert ids) [n, top_k], by descending weight."""
         return topk_route(router_logits, top_k, renormalize)
 
+    def routed_moe(
+        self,
+        x: torch.Tensor,
+        router_logits: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        top_k: int,
+        renormalize: bool,
+        expert_map: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The router's choice of its logits, then this rank's share of the chosen experts' output:
+        (output [n, hidden], expert ids [n, top_k] by descending weight); the caller all-reduces."""
+        weights, ids = self.moe_topk(router_logits, top_k, renormalize)
+        return self.fused_moe(x, w13, w2, weights, ids, expert_map), ids
+
     def fused_moe(
         self,
         x: torch.Tensor,
@@ -331,14 +346,31 @@ class TritonOps(TorchOps):
         topk_ids: torch.Tensor,
         expert_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        from epochserve.kernels import fused_moe_gemv_triton
         from epochserve.kernels.fused_moe_triton import fused_moe_triton
 
         # Tokens grouped by expert on the device (no host sync, so decode graphs capture MoE layers),
         # one grouped product for gate-up with SiLU-and-mul, one for down, an fp32 combine in each
         # token's expert order. Fixed tiles and no split-K: batch-invariant as it is, so in both modes.
-        # A few tokens (decode at batch 1-4) outside batch_invariant: one matrix-vector product per
-        # (token, expert) pair instead, without the grouping's launches (fused_moe_gemv_triton.py).
-        if self.use_gemv and not self.batch_invariant and x.shape[0] <= fused_moe_gemv_triton.MAX_TOKENS:
-            return fused_moe_gemv_triton.fused_moe_gemv_triton(x, w13, w2, topk_weights, topk_ids, expert_map)
         return fused_moe_triton(x, w13, w2, topk_weights, topk_ids, expert_map)
+
+    def routed_moe(
+        self,
+        x: torch.Tensor,
+        router_logits: torch.Tensor,
+        w13: torch.Tensor,
+        w2: torch.Tensor,
+        top_k: int,
+        renormalize: bool,
+        expert_map: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from epochserve.kernels import fused_moe_gemv_triton as few
+
+        # A few tokens (decode at batch 1-4) outside batch_invariant: routing and one matrix-vector
+        # product per (token, expert) pair in two launches, without the top-k, grouping and
+        # combine launches (kernels/fused_moe_gemv_triton.py).
+        if self.use_gemv and not self.batch_invariant and x.shape[0] <= few.MAX_TOKENS:
+            out, _, ids = few.routed_moe_gemv_triton(
+                x, router_logits, w13, w2, top_k, renormalize, expert_map
+            )
+            return out, ids
+        return TorchOps.routed_moe(self, x, router_logits, w13, w2, top_k, renormalize, expert_map)
