@@ -38,6 +38,7 @@ from epochserve.kernels.activation_triton import _silu_and_mul
 from epochserve.kernels.fused_moe_triton import check_moe_shapes
 from epochserve.kernels.gemv_triton import GemvTiles
 from epochserve.kernels.moe_topk_triton import _route_row, route_pads
+from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched expert once
 # Per-kernel tiles (output rows per program, K step, warps, pipeline stages), fixed for every batch:
@@ -57,8 +58,9 @@ def _routed_gate_up_kernel(
     weights_ptr, ids_ptr, local_ids_ptr,  # [pairs] out: fp32 weight, int64 global id, int32 local id
     N, K, num_experts, stride_xm, stride_l, stride_we, stride_wn, stride_om,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, RENORMALIZE: tl.constexpr,
-    HAS_MAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_MAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_prologue(PDL)
     pair = tl.program_id(0)
     token = pair // TOP_K
     chosen_w, chosen_id = _route_row(
@@ -106,7 +108,9 @@ def _down_combine_kernel(
     weights_ptr, local_ids_ptr,  # [pairs] from _routed_gate_up_kernel
     N, K, stride_om, stride_am, stride_we, stride_wn,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -177,20 +181,21 @@ def routed_moe_gemv_triton(
     act = torch.empty((num_pairs, width), dtype=x.dtype, device=x.device)
     local_ids = torch.empty(num_pairs, dtype=torch.int32, device=x.device)
     k_pad, e_pad = route_pads(top_k, num_experts)
+    pdl = pdl_enabled(x.device)
     t = gate_up
     _routed_gate_up_kernel[(num_pairs, max(1, triton.cdiv(width, t.block_n)))](
         act, x, logits, w13, expert_map if expert_map is not None else ids, weights, ids, local_ids,
         width, hidden, num_experts, x.stride(0), logits.stride(0), w13.stride(0), w13.stride(1),
         act.stride(0), TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad, RENORMALIZE=renormalize,
-        HAS_MAP=expert_map is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, num_warps=t.num_warps,
-        num_stages=t.num_stages,
+        HAS_MAP=expert_map is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl,
+        num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     if hidden == 0:
         return out, weights, ids
     t = down_tiles
     _down_combine_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
-        w2.stride(1), TOP_K=top_k, K_PAD=k_pad, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        num_warps=t.num_warps, num_stages=t.num_stages,
+        w2.stride(1), TOP_K=top_k, K_PAD=k_pad, BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl,
+        num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return out, weights, ids

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from epochserve.kernels.activation_triton import _silu_and_mul
+from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 # Rows one launch takes (the kernel's unrolled row loop); the engine uses it for fewer (ops.py).
 MAX_ROWS = 4
@@ -36,7 +37,9 @@ def _gemv_kernel(
     weight_ptr,  # [N, K]
     M, N, K, stride_xm, stride_wn, stride_om,
     SILU_AND_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_prologue(PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, BLOCK_M)
     col_ok = cols < N
@@ -105,10 +108,11 @@ def gemv_triton(
     out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
     t = tiles or gemv_tiles(n, k)
     if m:
+        pdl = pdl_enabled(x.device)
         _gemv_kernel[(triton.cdiv(n, t.block_n),)](
             out, x, weight, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
             SILU_AND_MUL=silu_and_mul, BLOCK_M=triton.next_power_of_2(m), BLOCK_N=t.block_n,
-            BLOCK_K=t.block_k, num_warps=t.num_warps, num_stages=t.num_stages,
+            BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
         )  # fmt: skip
     return out
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from epochserve.kernels.pdl import pdl_prologue
+
 # A finite "minus infinity" for running maxima: exp2(NEG_INIT - NEG_INIT) = 1 and
 # exp2(NEG_INIT - real max) = 0, so fully masked rows and partitions never produce inf - inf = NaN
 # and fold into a running state as exact no-ops.
@@ -163,7 +165,9 @@ def _paged_attention_kernel(
     SCHEDULE: tl.constexpr,
     DECODE: tl.constexpr,  # every sequence has at most one new token (max_query_len <= 1)
     DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     kv_head = tl.program_id(1)
     # DECODE: at most one new token per sequence, so program i owns sequence i (no search).
     seq = tl.program_id(0) if DECODE else _find_seq(tl.program_id(0), query_start_loc_ptr, num_seqs, BLOCK_Q)
@@ -245,12 +249,14 @@ def _reduce_partitions_kernel(
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program per (token, kv head): fold the token's partitions 0..pos // split_tokens in order.
 
     The token's sequence is searched even for decode: a sequence with no new token would otherwise
     shift every later token onto the wrong sequence.
     """
+    pdl_prologue(PDL)
     token = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = _find_seq(token, query_start_loc_ptr, num_seqs, 1)

@@ -27,6 +27,7 @@ import triton
 
 from epochserve.kernels import device_info
 from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, _reduce_partitions_kernel
+from epochserve.kernels.pdl import pdl_enabled
 
 # Partition length the batch-invariant mode is meant to use: a decode step at 1k-32k context and
 # batch ≥ 8 gives ≥ 2 partitions per (sequence, kv head); partial state is ~1.6% of the KV bytes.
@@ -203,6 +204,7 @@ def _launch(
     part_m = torch.empty(parts_shape, dtype=torch.float32, device=query.device)
     part_l = torch.empty(parts_shape, dtype=torch.float32, device=query.device)
     part_acc = torch.empty((*parts_shape, head_dim_pad), dtype=torch.float32, device=query.device)
+    pdl = pdl_enabled(query.device)
     _paged_attention_kernel[grid](
         out, part_acc, part_m, part_l, query, key_cache, value_cache,
         block_tables, seq_lens, query_start_loc,
@@ -214,13 +216,13 @@ def _launch(
         GROUP=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         BLOCK_M=tiles.block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n, PAGE_SIZE=key_cache.shape[1],
         SCHEDULE=plan.schedule, DECODE=plan.is_decode,
-        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", PDL=pdl,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     if split:
         _reduce_partitions_kernel[(num_tokens, num_kv_heads)](
             out, part_acc, part_m, part_l, seq_lens, query_start_loc,
             num_seqs, plan.split_tokens, plan.num_parts, out.stride(0), out.stride(1),
             GROUP=group, GROUP_PAD=triton.next_power_of_2(group),
-            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, num_warps=4,
+            HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, PDL=pdl, num_warps=4, launch_pdl=pdl,
         )  # fmt: skip

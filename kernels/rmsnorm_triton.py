@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -27,7 +29,9 @@ def _rms_norm_kernel(
     HIDDEN: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < HIDDEN
@@ -72,9 +76,11 @@ def _launch(
     block = triton.next_power_of_2(hidden)
     # Warps by row width only (never by row count): keeps the reduction tree batch-invariant.
     num_warps = min(16, max(1, block // 512))
+    pdl = pdl_enabled(x.device)
     _rms_norm_kernel[(num_rows,)](
         out, summed if summed is not None else out, xv, rv, weight, eps, inner, sx0, sx1, sr0, sr1,
-        HIDDEN=hidden, BLOCK=block, HAS_RESIDUAL=residual is not None, num_warps=num_warps,
+        HIDDEN=hidden, BLOCK=block, HAS_RESIDUAL=residual is not None, PDL=pdl, num_warps=num_warps,
+        launch_pdl=pdl,
     )  # fmt: skip
     return out, summed
 

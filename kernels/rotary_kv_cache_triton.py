@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 from epochserve.kernels.rotary import QKNorm
 from epochserve.kernels.rotary_triton import _cos_sin, _rotate_heads
 
@@ -27,9 +28,11 @@ def _rotary_store_kv_kernel(
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch, stride_cs,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_QH: tl.constexpr, BLOCK_KH: tl.constexpr,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_NORM: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """One program per token: rotate its q heads into q_out; rotate its k heads and copy its v
     heads straight into the token's cache slot."""
+    pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
     cos, sin = _cos_sin(
         cos_sin_ptr, positions_ptr, token, stride_cs, q_ptr.dtype.element_ty, HALF, BLOCK_HALF
@@ -83,7 +86,7 @@ def rotary_store_kv_triton(
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     norms = (qk_norm.q_weight, qk_norm.k_weight, qk_norm.eps) if qk_norm is not None else (q, k, 0.0)
     if num_tokens:
-        num_kv_heads = k.shape[1]
+        num_kv_heads, pdl = k.shape[1], pdl_enabled(q.device)
         _rotary_store_kv_kernel[(num_tokens,)](
             q, q_out, k, v, key_cache, value_cache, positions, slot_mapping, cos_sin_cache, *norms,
             q.stride(0), q.stride(1), q_out.stride(0), q_out.stride(1),
@@ -93,6 +96,7 @@ def rotary_store_kv_triton(
             NUM_Q_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads,
             BLOCK_QH=triton.next_power_of_2(num_heads), BLOCK_KH=triton.next_power_of_2(num_kv_heads),
             HALF=head_dim // 2, BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
-            PAGE_SIZE=key_cache.shape[1], HAS_NORM=qk_norm is not None, num_warps=4,
+            PAGE_SIZE=key_cache.shape[1], HAS_NORM=qk_norm is not None, PDL=pdl, num_warps=4,
+            launch_pdl=pdl,
         )  # fmt: skip
     return q_out

@@ -76,7 +76,7 @@ def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, sch
         HEAD_DIM_PAD=_const(triton.next_power_of_2(head_dim)), BLOCK_M=_const(tiles.block_m),
         BLOCK_Q=_const(tiles.block_m // group), BLOCK_N=_const(tiles.block_n), PAGE_SIZE=_const(page),
         SCHEDULE=_const(schedule), DECODE=_const(schedule == "split"),
-        DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"),
+        DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"), PDL=_const(True),
     )  # fmt: skip
     return _paged_attention_kernel, args, tiles.num_warps, tiles.num_stages
 
@@ -89,7 +89,7 @@ def _reduce(dtype: str, group: int, head_dim: int) -> tuple:
         seq_lens_ptr="*i32", query_start_loc_ptr="*i32", num_seqs="i32", split_tokens="i32",
         num_parts="i32", stride_ot="i32", stride_oh="i32", GROUP=_const(group),
         GROUP_PAD=_const(triton.next_power_of_2(group)), HEAD_DIM=_const(head_dim),
-        HEAD_DIM_PAD=_const(head_dim),
+        HEAD_DIM_PAD=_const(head_dim), PDL=_const(True),
     )  # fmt: skip
     return _reduce_partitions_kernel, args, 4, 3
 
@@ -200,16 +200,16 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
                    num_experts="i32", stride_xm="i32", stride_l="i32", stride_we="i32", stride_wn="i32",
                    stride_om="i32", TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128),
                    RENORMALIZE=_const(True), HAS_MAP=_const(False), BLOCK_N=_const(up.block_n),
-                   BLOCK_K=_const(up.block_k))  # fmt: skip
+                   BLOCK_K=_const(up.block_k), PDL=_const(True))  # fmt: skip
     down = dict(out_ptr="*bf16", act_ptr="*bf16", w_ptr="*bf16", weights_ptr="*fp32", local_ids_ptr="*i32",
                 N="i32", K="i32", stride_om="i32", stride_am="i32", stride_we="i32", stride_wn="i32",
                 TOP_K=_const(8), K_PAD=_const(8), BLOCK_N=_const(dn.block_n),
-                BLOCK_K=_const(dn.block_k))  # fmt: skip
+                BLOCK_K=_const(dn.block_k), PDL=_const(True))  # fmt: skip
     topk = dict(logits_ptr="*fp32", weights_ptr="*fp32", ids_ptr="*i64", num_experts="i32", stride_l="i32",
                 TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128), RENORMALIZE=_const(True))  # fmt: skip
     router = dict(out_ptr="*fp32", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                   stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(False),
-                  BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
+                  BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024), PDL=_const(True))  # fmt: skip
     return [
         (
             "moe few-token route+gate-up+silu bf16 H2048 W768",
@@ -239,7 +239,8 @@ def _elementwise() -> list[tuple[str, tuple]]:
               BLOCK_D=_const(128), PAGE_SIZE=_const(16))  # fmt: skip
     norm = dict(out_ptr="*bf16", summed_ptr="*bf16", x_ptr="*bf16", residual_ptr="*bf16", weight_ptr="*bf16",
                 eps="fp32", inner="i32", stride_x0="i32", stride_x1="i32", stride_r0="i32", stride_r1="i32",
-                HIDDEN=_const(4096), BLOCK=_const(4096), HAS_RESIDUAL=_const(True))  # fmt: skip
+                HIDDEN=_const(4096), BLOCK=_const(4096), HAS_RESIDUAL=_const(True),
+                PDL=_const(True))  # fmt: skip
     rot = {n: "i32" for n in _rotary_kernel.arg_names if n.startswith("stride")}
     rot.update(q_ptr="*bf16", q_out_ptr="*bf16", k_ptr="*bf16", k_out_ptr="*bf16", positions_ptr="*i64",
                cos_sin_ptr="*fp32", NUM_Q_HEADS=_const(32), NUM_K_HEADS=_const(8), BLOCK_QH=_const(32),
@@ -250,10 +251,11 @@ def _elementwise() -> list[tuple[str, tuple]]:
                   value_cache_ptr="*bf16", positions_ptr="*i64", slot_mapping_ptr="*i64", cos_sin_ptr="*fp32",
                   q_norm_ptr="*bf16", k_norm_ptr="*bf16", eps="fp32", NUM_Q_HEADS=_const(32),
                   NUM_KV_HEADS=_const(8), BLOCK_QH=_const(32), BLOCK_KH=_const(8), HALF=_const(64),
-                  BLOCK_HALF=_const(64), PAGE_SIZE=_const(16), HAS_NORM=_const(False))  # fmt: skip
+                  BLOCK_HALF=_const(64), PAGE_SIZE=_const(16), HAS_NORM=_const(False),
+                  PDL=_const(True))  # fmt: skip
     gemv = dict(out_ptr="*bf16", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                 stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(True),
-                BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024))  # fmt: skip
+                BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024), PDL=_const(True))  # fmt: skip
     chunk_stats = dict(logits_ptr="*fp32", max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32",
                        finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32",
                        CHUNK=_const(CHUNK))  # fmt: skip
