@@ -180,6 +180,25 @@ def test_router_http_port_value_reaches_the_epochcluster(helm, http_port):
     assert admit(cluster)["spec"]["router"]["httpPort"] == http_port
 
 
+def test_router_http_processes_value_reaches_the_router_pods(helm):
+    """router.httpProcesses (values) becomes the EpochCluster's and, through the operator, the
+    router container's `--http-processes`; a cluster.spec value wins; 0 is refused at render."""
+    default = _find(_built_from_chart(helm), "Deployment", "policy-70b-router")
+    assert "--http-processes" not in default["spec"]["template"]["spec"]["containers"][0]["args"]
+    four = _find(
+        _built_from_chart(helm, "--set", "router.httpProcesses=4"), "Deployment", "policy-70b-router"
+    )
+    args = four["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--http-processes") + 1] == "4"
+    spec_wins = ["--set", "router.httpProcesses=4", "--set", "cluster.spec.router.httpProcesses=2"]
+    args = _find(_built_from_chart(helm, *spec_wins), "Deployment", "policy-70b-router")["spec"]["template"][
+        "spec"
+    ]["containers"][0]["args"]
+    assert args[args.index("--http-processes") + 1] == "2"
+    refused = _render(helm, "-f", str(PRODUCTION), "--set", "router.httpProcesses=0", check=False)
+    assert refused.returncode != 0 and "httpProcesses" in refused.stderr
+
+
 def test_operator_env_points_at_every_managed_etcd_member_over_tls(helm):
     docs = _docs(_render(helm).stdout)
     operator = _find(docs, "Deployment", "epochserve-operator")
