@@ -41,9 +41,10 @@ from epochserve.kernels.moe_topk_triton import _route_row, route_pads
 from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched expert once
-# Per-kernel tiles (output rows per program, K step, warps, pipeline stages), fixed for every batch:
-# bench/moe_microbench.py --gemv-sweep, Qwen3-30B-A3B layer at batch 1 (docs/benchmarks.md).
-# H100, 2026-12-06: 35.0 us a layer call (72% of the copy bandwidth; the grouped path 47.0 us).
+# Per-kernel tiles (output rows per program, K step, warps, pipeline stages), fixed for every batch.
+# Gate-up: bench/moe_microbench.py --gemv-sweep, Qwen3-30B-A3B layer at batch 1, H100 2026-12-06
+# (docs/benchmarks.md). Down-and-combine: a first guess, not yet swept — its grid is tokens x hidden
+# tiles (no longer x k), so narrow tiles keep every SM busy at batch 1 (2048 / 4 = 512 programs).
 GATE_UP_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=4, num_stages=3)
 DOWN_TILES = GemvTiles(block_n=4, block_k=256, num_warps=4, num_stages=4)
 

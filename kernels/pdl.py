@@ -3,13 +3,14 @@ while the kernel before it in the stream is still finishing, and waits on the de
 launch queue, until that kernel's writes are visible.
 
 Why: a batch-1 decode step is ~500 small kernels replayed from a CUDA graph; between two of them the
-GPU idles for the launch and ramp-up of the next (~0.35 of a 4 ms step on the Qwen3-30B-A3B shape,
+GPU idles for the launch and ramp-up of the next (~0.35 ms of a 4 ms step on the Qwen3-30B-A3B shape,
 bench/profile_moe_w1.py). With it, the next kernel's programs are resident when the previous one
 ends. Graph capture keeps the programmatic edges.
 
 The contract every kernel that takes `PDL` keeps: `pdl_prologue(PDL)` first, before any load or
-store, so nothing reads a previous kernel's output (or overwrites its input) early. Off on older
-GPUs, in the interpreter, and with EPOCHSERVE_PDL=0 (to compare).
+store, so nothing reads a previous kernel's output (or overwrites its input) early. Opt-in with
+EPOCHSERVE_PDL=1 until a GPU run has measured it (tests/gpu/test_engine_gpu.py checks it changes no
+bit); never on older GPUs or in the interpreter.
 """
 
 from __future__ import annotations
@@ -32,6 +33,6 @@ def pdl_prologue(PDL: tl.constexpr):
 @functools.lru_cache(maxsize=8)
 def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels on this device launch with programmatic dependent launch."""
-    if device.type != "cuda" or os.environ.get("EPOCHSERVE_PDL", "1") == "0":
+    if device.type != "cuda" or os.environ.get("EPOCHSERVE_PDL", "0") != "1":
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9
