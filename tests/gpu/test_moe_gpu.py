@@ -56,21 +56,19 @@ def make_weights(shape: str, dtype: torch.dtype, seed: int = 0) -> tuple[torch.T
     return w13.to(dtype), w2.to(dtype)
 
 
-def make_tokens(shape: str, tokens: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
-    experts, top_k, hidden, _, renormalize = SHAPES[shape]
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    x = torch.randn(tokens, hidden, device="cuda", generator=gen).to(dtype)
-    logits = torch.randn(tokens, experts, device="cuda", generator=gen) * 2
-    weights, ids = topk_route(logits, top_k, renormalize)
-    return x, weights, ids
-
-
 def make_routed_tokens(shape: str, tokens: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
-    """x and its router logits (make_tokens' values): the input of the routed paths."""
+    """x and its router logits: the input of the routed paths."""
     experts, _, hidden, _, _ = SHAPES[shape]
     gen = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(tokens, hidden, device="cuda", generator=gen).to(dtype)
     return x, torch.randn(tokens, experts, device="cuda", generator=gen) * 2
+
+
+def make_tokens(shape: str, tokens: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, ...]:
+    """x and the reference router's (weights, ids) for make_routed_tokens' logits."""
+    _, top_k, _, _, renormalize = SHAPES[shape]
+    x, logits = make_routed_tokens(shape, tokens, dtype, seed)
+    return x, *topk_route(logits, top_k, renormalize)
 
 
 @pytest.fixture(scope="module")
