@@ -1,33 +1,39 @@
-# The batch-1 decode kernels of the Qwen3-30B-A3B shape on a lent machine with one GPU, correctness
-# first: the early-launch test (decode with and without programmatic dependent launch, bit for bit)
-# and the MoE GPU tests; then the few-token MoE tile sweep, the dense projections' tile sweep, W1
-# against its roofline with early launch on and off, and where the W1 step goes. Two calls, each
-# within the 10-minute limit (the second on the warm machine: call it at once after the first):
-#   bash bench/device_w1_kernels.sh kernels   # tests + sweeps (~5 min)
-#   bash bench/device_w1_kernels.sh w1        # W1 on/off + profile (~5 min)
-# Carry .whl (bash bench/device_wheels.sh). Results: $OUT/*.json and the printed tables.
+# GPU runs for #21 (the batch-1 decode kernels of the Qwen3-30B-A3B shape) and #20 (HTTP vs gRPC) on
+# a lent machine with one GPU, correctness first. Each mode fits the 10-minute limit; `all` runs
+# http, w1 and kernels in one call (~8 min):
+#   bash bench/device_w1_kernels.sh http      # bench/http_vs_grpc.py, 4 HTTP front processes (~2 min)
+#   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the large gemv tiles, profile (~2 min)
+#   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
+# Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
+# tokenizer files). Results: $OUT/*.json and the printed tables.
 source bench/device_env.sh || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 date -u
-case "${1:-kernels}" in
-kernels)
-    echo "=== GPU tests: early launch, MoE"
-    timeout 150 python -m pytest -q -x tests/gpu/test_moe_gpu.py \
-        "tests/gpu/test_engine_gpu.py::test_early_launch_changes_no_bit_on_gpu" 2>&1 | tail -4
-    echo "=== few-token MoE: tiles (gate-up, then down-and-combine)"
+mode=${1:-kernels}
+if [ "$mode" = http ] || [ "$mode" = all ]; then
+    echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes"
+    timeout 240 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
+        --requests 256 --new-tokens 64 --rounds 3 --worker-arg=--max-num-seqs=512 \
+        --router-arg=--http-processes=4 --json "$OUT/http4.json" 2>&1 | grep -v -i warn | tail -12
+fi
+if [ "$mode" = w1 ] || [ "$mode" = all ]; then
+    for tiles in engine large; do
+        echo "=== W1, gemv tiles: $tiles"
+        flag=$([ $tiles = large ] && echo --large-gemv-tiles)
+        EPOCHSERVE_PDL=0 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 $flag \
+            --json "$OUT/w1_$tiles.json" 2>&1 | grep -v -i warn | tail -3
+    done
+    echo "=== where the W1 step goes"
+    EPOCHSERVE_PDL=0 timeout 100 python bench/profile_moe_w1.py --rows 16 2>&1 | tail -19
+fi
+if [ "$mode" = kernels ] || [ "$mode" = all ]; then
+    echo "=== GPU tests: MoE"
+    timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py 2>&1 | tail -3
+    echo "=== few-token MoE: routing inside gate-up or a top-k launch; down loops and tiles"
     timeout 200 python bench/moe_microbench.py --batches 1,4 --gemv-sweep --json "$OUT/moe.json" 2>&1 |
         grep -v -i warn | tail -14
     echo "=== dense projections of the Qwen3-30B-A3B shape: gemv tiles"
-    timeout 90 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 | grep -v Warning | tail -6
-    ;;
-w1)
-    echo "=== W1, early launch on"
-    EPOCHSERVE_PDL=1 timeout 120 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
-        --json "$OUT/w1_pdl.json" 2>&1 | grep -v -i warn | tail -4
-    echo "=== W1, early launch off"
-    EPOCHSERVE_PDL=0 timeout 120 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
-        --json "$OUT/w1_nopdl.json" 2>&1 | grep -v -i warn | tail -4
-    echo "=== where the W1 step goes (early launch on)"
-    EPOCHSERVE_PDL=1 timeout 150 python bench/profile_moe_w1.py --rows 24 2>&1 | tail -27
-    ;;
-esac
+    timeout 60 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 | grep -v Warning | tail -5
+    echo "=== dense projections of the Llama-3.1-8B shape: gemv tiles"
+    timeout 90 python bench/decode_kernels_microbench.py 2>&1 | grep -v Warning | grep -A5 "projections at 1 row"
+fi

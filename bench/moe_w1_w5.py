@@ -176,11 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-num-seqs", type=int, default=160)
     parser.add_argument("--prompts", type=int, default=40, help="W5 prompts (n 8 each)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--large-gemv-tiles", action="store_true",
+        help="the large-weight gemv tiles for every projection (the engine before its small-weight rule)",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.large_gemv_tiles:
+        from epochserve.kernels import gemv_triton
+
+        gemv_triton.SMALL_WEIGHT_BYTES = 0
     device = "cpu" if args.tiny else "cuda"
     config = QWEN3_MOE_TINY if args.tiny else QWEN3_30B_A3B
     prompts, n, new, w1_new, peer_new = (4, 2, 8, 8, 8) if args.tiny else (args.prompts, 8, 512, W1_NEW, 64)

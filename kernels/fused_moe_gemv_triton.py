@@ -37,7 +37,7 @@ import triton.language as tl
 from epochserve.kernels.activation_triton import _silu_and_mul
 from epochserve.kernels.fused_moe_triton import check_moe_shapes
 from epochserve.kernels.gemv_triton import GemvTiles
-from epochserve.kernels.moe_topk_triton import _route_row, route_pads
+from epochserve.kernels.moe_topk_triton import _route_row, route_pads, topk_route_triton
 from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched expert once
@@ -47,6 +47,8 @@ MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched e
 # tiles (no longer x k), so narrow tiles keep every SM busy at batch 1 (2048 / 4 = 512 programs).
 GATE_UP_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=4, num_stages=3)
 DOWN_TILES = GemvTiles(block_n=4, block_k=256, num_warps=4, num_stages=4)
+ROUTE_IN_GATE_UP = True  # else a topk_route_triton launch first
+DOWN_EXPERT_OUTER = False  # one K loop per expert; else one loop over all k experts' K steps
 
 
 @triton.jit
@@ -59,24 +61,28 @@ def _routed_gate_up_kernel(
     weights_ptr, ids_ptr, local_ids_ptr,  # [pairs] out: fp32 weight, int64 global id, int32 local id
     N, K, num_experts, stride_xm, stride_l, stride_we, stride_wn, stride_om,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, RENORMALIZE: tl.constexpr,
+    ROUTE: tl.constexpr,  # route here; else weights and ids hold topk_route_triton's choice
     HAS_MAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     pdl_prologue(PDL)
     pair = tl.program_id(0)
     token = pair // TOP_K
-    chosen_w, chosen_id = _route_row(
-        logits_ptr, token.to(tl.int64), num_experts, stride_l,
-        TOP_K=TOP_K, K_PAD=K_PAD, E_PAD=E_PAD, RENORMALIZE=RENORMALIZE,
-    )  # fmt: skip
-    mine = tl.arange(0, K_PAD) == pair % TOP_K
-    expert_id = tl.sum(tl.where(mine, chosen_id, 0), 0)  # exact: one term is non-zero
+    first = tl.program_id(1) == 0
+    if ROUTE:
+        chosen_w, chosen_id = _route_row(
+            logits_ptr, token.to(tl.int64), num_experts, stride_l,
+            TOP_K=TOP_K, K_PAD=K_PAD, E_PAD=E_PAD, RENORMALIZE=RENORMALIZE,
+        )  # fmt: skip
+        mine = tl.arange(0, K_PAD) == pair % TOP_K
+        expert_id = tl.sum(tl.where(mine, chosen_id, 0), 0)  # exact: one term is non-zero
+        tl.store(weights_ptr + pair, tl.sum(tl.where(mine, chosen_w, 0.0), 0), mask=first)
+        tl.store(ids_ptr + pair, expert_id, mask=first)
+    else:
+        expert_id = tl.load(ids_ptr + pair)
     if HAS_MAP:  # noqa: SIM108 (a constexpr branch: the other side's load is never compiled)
         expert = tl.load(expert_map_ptr + expert_id).to(tl.int32)
     else:
         expert = expert_id.to(tl.int32)
-    first = tl.program_id(1) == 0
-    tl.store(weights_ptr + pair, tl.sum(tl.where(mine, chosen_w, 0.0), 0), mask=first)
-    tl.store(ids_ptr + pair, expert_id, mask=first)
     tl.store(local_ids_ptr + pair, expert, mask=first)
     if expert < 0:
         return  # another rank's expert: the combine skips this pair
@@ -109,7 +115,7 @@ def _down_combine_kernel(
     weights_ptr, local_ids_ptr,  # [pairs] from _routed_gate_up_kernel
     N, K, stride_om, stride_am, stride_we, stride_wn,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
+    EXPERT_OUTER: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
@@ -122,26 +128,45 @@ def _down_combine_kernel(
     # Each slot's place in ascending local expert id (a token's ids are distinct; absent slots last).
     key = tl.where(held, local, (1 << 30) + slots)
     rank = tl.sum((key[None, :] < key[:, None]).to(tl.int32), 1)  # [K_PAD]
-    steps = tl.cdiv(K, BLOCK_K)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)  # the current expert's product
-    total = tl.zeros([BLOCK_N], dtype=tl.float32)  # the weighted sum
     out_ty = out_ptr.dtype.element_ty
-    for i in range(0, TOP_K * steps):
-        turn = rank == i // steps
-        present = tl.sum((turn & held).to(tl.int32), 0) > 0
-        slot = tl.sum(tl.where(turn, slots, 0), 0)
-        expert = tl.maximum(tl.sum(tl.where(turn, local, 0), 0), 0).to(tl.int64)
-        ks = (i % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_ok = ks < tl.where(present, K, 0)  # an absent slot loads nothing
-        a = tl.load(act_ptr + (token * TOP_K + slot) * stride_am + ks, mask=k_ok, other=0.0)
-        w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
-        w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
-        last = i % steps == steps - 1
-        w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
-        # the expert's product rounded to the dtype (the reference's down output), then weighted
-        total = tl.where(last & present, total + acc.to(out_ty).to(tl.float32) * w_turn, total)
-        acc = tl.where(last, 0.0, acc)
+    total = tl.zeros([BLOCK_N], dtype=tl.float32)  # the weighted sum
+    if EXPERT_OUTER:  # one pipelined K loop per expert
+        for r in tl.static_range(TOP_K):
+            turn = rank == r
+            present = tl.sum((turn & held).to(tl.int32), 0) > 0
+            slot = tl.sum(tl.where(turn, slots, 0), 0)
+            expert = tl.maximum(tl.sum(tl.where(turn, local, 0), 0), 0).to(tl.int64)
+            k_end = tl.where(present, K, 0)  # an absent slot loads nothing
+            a_row = act_ptr + (token * TOP_K + slot) * stride_am
+            w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
+            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                k_ok = ks < k_end
+                a = tl.load(a_row + ks, mask=k_ok, other=0.0)
+                w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+                acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
+            w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
+            total = tl.where(present, total + acc.to(out_ty).to(tl.float32) * w_turn, total)
+    else:  # one loop over the k experts' K steps back to back
+        steps = tl.cdiv(K, BLOCK_K)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)  # the current expert's product
+        for i in range(0, TOP_K * steps):
+            turn = rank == i // steps
+            present = tl.sum((turn & held).to(tl.int32), 0) > 0
+            slot = tl.sum(tl.where(turn, slots, 0), 0)
+            expert = tl.maximum(tl.sum(tl.where(turn, local, 0), 0), 0).to(tl.int64)
+            ks = (i % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = ks < tl.where(present, K, 0)  # an absent slot loads nothing
+            a = tl.load(act_ptr + (token * TOP_K + slot) * stride_am + ks, mask=k_ok, other=0.0)
+            w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
+            w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
+            last = i % steps == steps - 1
+            w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
+            # the expert's product rounded to the dtype (the reference's down output), then weighted
+            total = tl.where(last & present, total + acc.to(out_ty).to(tl.float32) * w_turn, total)
+            acc = tl.where(last, 0.0, acc)
     tl.store(out_ptr + token * stride_om + cols, total.to(out_ty), mask=col_ok)
 
 
@@ -156,6 +181,8 @@ def routed_moe_gemv_triton(
     *,
     gate_up: GemvTiles = GATE_UP_TILES,
     down_tiles: GemvTiles = DOWN_TILES,
+    route_in_gate_up: bool = ROUTE_IN_GATE_UP,
+    expert_outer: bool = DOWN_EXPERT_OUTER,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Σ_k weight_k · expert_{id_k}(x) over this rank's experts [num_tokens, hidden] in x's dtype,
     the routing weights fp32 and global expert ids int64 [num_tokens, top_k] by descending weight):
@@ -183,20 +210,22 @@ def routed_moe_gemv_triton(
     local_ids = torch.empty(num_pairs, dtype=torch.int32, device=x.device)
     k_pad, e_pad = route_pads(top_k, num_experts)
     pdl = pdl_enabled(x.device)
+    if not route_in_gate_up:
+        weights, ids = topk_route_triton(logits, top_k, renormalize)
     t = gate_up
     _routed_gate_up_kernel[(num_pairs, max(1, triton.cdiv(width, t.block_n)))](
         act, x, logits, w13, expert_map if expert_map is not None else ids, weights, ids, local_ids,
         width, hidden, num_experts, x.stride(0), logits.stride(0), w13.stride(0), w13.stride(1),
         act.stride(0), TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad, RENORMALIZE=renormalize,
-        HAS_MAP=expert_map is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl,
-        num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
+        ROUTE=route_in_gate_up, HAS_MAP=expert_map is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     if hidden == 0:
         return out, weights, ids
     t = down_tiles
     _down_combine_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
-        w2.stride(1), TOP_K=top_k, K_PAD=k_pad, BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl,
-        num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
+        w2.stride(1), TOP_K=top_k, K_PAD=k_pad, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+        EXPERT_OUTER=expert_outer, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return out, weights, ids

@@ -186,30 +186,34 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
     """routed_moe_gemv_triton's two kernels (its engine tiles), the router's top-k and its fp32-out
     product: Qwen3-30B-A3B, 128 experts, top-8, hidden 2048, width 768."""
     from epochserve.kernels.fused_moe_gemv_triton import (
+        DOWN_EXPERT_OUTER,
         DOWN_TILES,
         GATE_UP_TILES,
+        ROUTE_IN_GATE_UP,
         _down_combine_kernel,
         _routed_gate_up_kernel,
     )
-    from epochserve.kernels.gemv_triton import _gemv_kernel
+    from epochserve.kernels.gemv_triton import _gemv_kernel, gemv_tiles
     from epochserve.kernels.moe_topk_triton import _topk_route_kernel
 
-    up, dn = GATE_UP_TILES, DOWN_TILES
+    up, dn, rt = GATE_UP_TILES, DOWN_TILES, gemv_tiles(128, 2048)
     gate_up = dict(act_ptr="*bf16", x_ptr="*bf16", logits_ptr="*fp32", w_ptr="*bf16", expert_map_ptr="*i64",
                    weights_ptr="*fp32", ids_ptr="*i64", local_ids_ptr="*i32", N="i32", K="i32",
                    num_experts="i32", stride_xm="i32", stride_l="i32", stride_we="i32", stride_wn="i32",
                    stride_om="i32", TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128),
-                   RENORMALIZE=_const(True), HAS_MAP=_const(False), BLOCK_N=_const(up.block_n),
+                   RENORMALIZE=_const(True), ROUTE=_const(ROUTE_IN_GATE_UP), HAS_MAP=_const(False),
+                   BLOCK_N=_const(up.block_n),
                    BLOCK_K=_const(up.block_k), PDL=_const(True))  # fmt: skip
     down = dict(out_ptr="*bf16", act_ptr="*bf16", w_ptr="*bf16", weights_ptr="*fp32", local_ids_ptr="*i32",
                 N="i32", K="i32", stride_om="i32", stride_am="i32", stride_we="i32", stride_wn="i32",
-                TOP_K=_const(8), K_PAD=_const(8), BLOCK_N=_const(dn.block_n),
-                BLOCK_K=_const(dn.block_k), PDL=_const(True))  # fmt: skip
+                TOP_K=_const(8), K_PAD=_const(8), BLOCK_N=_const(dn.block_n), BLOCK_K=_const(dn.block_k),
+                EXPERT_OUTER=_const(DOWN_EXPERT_OUTER), PDL=_const(True))  # fmt: skip
     topk = dict(logits_ptr="*fp32", weights_ptr="*fp32", ids_ptr="*i64", num_experts="i32", stride_l="i32",
                 TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128), RENORMALIZE=_const(True))  # fmt: skip
     router = dict(out_ptr="*fp32", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                   stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(False),
-                  BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024), PDL=_const(True))  # fmt: skip
+                  BLOCK_M=_const(1), BLOCK_N=_const(rt.block_n), BLOCK_K=_const(rt.block_k),
+                  PDL=_const(True))  # fmt: skip
     return [
         (
             "moe few-token route+gate-up+silu bf16 H2048 W768",
@@ -220,13 +224,13 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
             (_down_combine_kernel, down, dn.num_warps, dn.num_stages),
         ),
         ("moe router top-k E128 k8", (_topk_route_kernel, topk, 1, 3)),
-        ("moe router gemv fp32-out N128 K2048", (_gemv_kernel, router, 8, 2)),
+        ("moe router gemv fp32-out N128 K2048", (_gemv_kernel, router, rt.num_warps, rt.num_stages)),
     ]
 
 
 def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.activation_triton import _silu_and_mul_kernel
-    from epochserve.kernels.gemv_triton import _gemv_kernel
+    from epochserve.kernels.gemv_triton import _gemv_kernel, gemv_tiles
     from epochserve.kernels.kv_cache_triton import _write_kv_cache_kernel
     from epochserve.kernels.rmsnorm_triton import _rms_norm_kernel
     from epochserve.kernels.rotary_kv_cache_triton import _rotary_store_kv_kernel
@@ -256,6 +260,9 @@ def _elementwise() -> list[tuple[str, tuple]]:
     gemv = dict(out_ptr="*bf16", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                 stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(True),
                 BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024), PDL=_const(True))  # fmt: skip
+    small = gemv_tiles(5120, 2048)
+    small_gemv = {**gemv, "SILU_AND_MUL": _const(False), "BLOCK_N": _const(small.block_n),
+                  "BLOCK_K": _const(small.block_k)}  # fmt: skip
     chunk_stats = dict(logits_ptr="*fp32", max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32",
                        finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32",
                        CHUNK=_const(CHUNK))  # fmt: skip
@@ -281,6 +288,10 @@ def _elementwise() -> list[tuple[str, tuple]]:
         ),
         ("silu_and_mul gemv bf16 N4096 K14336", (_gemv_kernel, gemv, 8, 2)),
         ("gemv bf16 N6144 K4096", (_gemv_kernel, {**gemv, "SILU_AND_MUL": _const(False)}, 8, 2)),
+        (
+            "gemv bf16 N5120 K2048 (small-weight tiles)",
+            (_gemv_kernel, small_gemv, small.num_warps, small.num_stages),
+        ),
     ]
 
 
