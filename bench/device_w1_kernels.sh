@@ -1,7 +1,8 @@
 # GPU runs for #21 (the batch-1 decode kernels of the Qwen3-30B-A3B shape) and #20 (HTTP vs gRPC) on
 # a lent machine with one GPU, correctness first. Each mode fits the 10-minute limit; `all` runs
-# http, w1 and kernels in one call (~8 min):
-#   bash bench/device_w1_kernels.sh http      # bench/http_vs_grpc.py, 4 HTTP front processes (~2 min)
+# http, w1 and kernels in one call (~9 min):
+#   bash bench/device_w1_kernels.sh http      # bench/http_vs_grpc.py, 4 HTTP front processes, 4 and 1
+#                                             # client processes (~3 min)
 #   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the large gemv tiles, profile (~2 min)
 #   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
@@ -10,11 +11,15 @@ source bench/device_env.sh || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 date -u
 mode=${1:-kernels}
-if [ "$mode" = http ] || [ "$mode" = all ]; then
-    echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes"
-    timeout 240 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
+http() {  # $1: client processes
+    echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes"
+    timeout 200 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
         --requests 256 --new-tokens 64 --rounds 3 --worker-arg=--max-num-seqs=512 \
-        --router-arg=--http-processes=4 --json "$OUT/http4.json" 2>&1 | grep -v -i warn | tail -12
+        --router-arg=--http-processes=4 --client-processes "$1" --json "$OUT/http4_c$1.json" 2>&1 |
+        grep -v -i warn | tail -6
+}
+if [ "$mode" = http ] || [ "$mode" = all ]; then
+    http 4
 fi
 if [ "$mode" = w1 ] || [ "$mode" = all ]; then
     for tiles in engine large; do

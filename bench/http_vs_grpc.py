@@ -19,7 +19,8 @@ ratios).
 
 Usage: python bench/http_vs_grpc.py [--model DIR] [--weights real|random|tiny] [--device cpu|cuda]
        [--tp N] [--requests 32] [--n 2] [--new-tokens 48] [--rounds 3]
-       [--worker-arg=--max-num-seqs=256 ...] [--router-arg=--http-processes=4 ...] [--json OUT]
+       [--worker-arg=--max-num-seqs=256 ...] [--router-arg=--http-processes=4 ...]
+       [--client-processes 4] [--json OUT]
        [--front-only [--profile OUT]]
 The default model is the bundled SmolLM2-135M-Instruct. --weights random needs only --model's
 config.json and tokenizer (random weights of its shape); tiny: a tiny random Llama with the same
@@ -81,8 +82,11 @@ class Workload:
         return PROMPTS[i % len(PROMPTS)], self.prompt_ids[i % len(PROMPTS)]
 
 
-async def grpc_round(client: AsyncGenerationClient, work: Workload, mode: OutputMode) -> int:
-    """Every request at once through the Generation service; returns the tokens generated."""
+async def grpc_round(
+    client: AsyncGenerationClient, work: Workload, mode: OutputMode, share: range | None = None
+) -> int:
+    """Every request (of this client's share) at once through the Generation service; returns the
+    tokens generated."""
 
     async def one(i: int) -> int:
         sampling = SamplingParams(
@@ -91,12 +95,15 @@ async def grpc_round(client: AsyncGenerationClient, work: Workload, mode: Output
         result = await client.generate(work.prompt(i)[1], sampling, n=work.n, output_mode=mode)
         return sum(len(sample.token_ids) for sample in result.samples)
 
-    return sum(await asyncio.gather(*(one(i) for i in range(work.num_requests))))
+    return sum(await asyncio.gather(*(one(i) for i in share or range(work.num_requests))))
 
 
-async def http_round(client: openai.AsyncOpenAI, work: Workload, model: str, stream: bool) -> int:
-    """Every request at once through POST /v1/completions (the official openai client); returns the
-    tokens generated (`token_ids`, the RL extension, of every choice or streamed chunk)."""
+async def http_round(
+    client: openai.AsyncOpenAI, work: Workload, model: str, stream: bool, share: range | None = None
+) -> int:
+    """Every request (of this client's share) at once through POST /v1/completions (the official
+    openai client); returns the tokens generated (`token_ids`, the RL extension, of every choice or
+    streamed chunk)."""
 
     async def one(i: int) -> int:
         response = await client.completions.create(
@@ -107,7 +114,7 @@ async def http_round(client: openai.AsyncOpenAI, work: Workload, model: str, str
             return sum(len(choice.token_ids) for choice in response.choices)  # type: ignore[attr-defined]
         return sum([len(c.token_ids) async for chunk in response for c in chunk.choices])  # type: ignore[attr-defined,union-attr]
 
-    return sum(await asyncio.gather(*(one(i) for i in range(work.num_requests))))
+    return sum(await asyncio.gather(*(one(i) for i in share or range(work.num_requests))))
 
 
 async def timed(round_: Callable[[], Awaitable[int]]) -> tuple[int, float]:
@@ -116,32 +123,90 @@ async def timed(round_: Callable[[], Awaitable[int]]) -> tuple[int, float]:
     return num_tokens, time.perf_counter() - start
 
 
-async def measure(cluster: LocalCluster, work: Workload, rounds: int) -> dict[str, list[float]]:
-    """Output tokens per second of every timed round, by path."""
+def path_rounds(
+    grpc_client: AsyncGenerationClient, http: openai.AsyncOpenAI, work: Workload, model: str, share: range
+) -> dict[str, Callable[[], Awaitable[int]]]:
+    return {
+        "grpc final": lambda: grpc_round(grpc_client, work, OutputMode.FINAL, share),
+        "http whole": lambda: http_round(http, work, model, False, share),
+        "grpc stream": lambda: grpc_round(grpc_client, work, OutputMode.STREAM, share),
+        "http stream": lambda: http_round(http, work, model, True, share),
+    }
+
+
+def client_process(conn: Connection, router: str, base_url: str, work: Workload, share: range) -> None:
+    """--client-processes: one client of its own (both paths) that runs its share of a round's requests
+    each time the parent names a path, and answers with the tokens generated (None: stop)."""
+
+    async def serve() -> None:
+        async with (
+            AsyncGenerationClient(router, timeout=600) as grpc_client,
+            openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600) as http,
+        ):
+            runs = path_rounds(grpc_client, http, work, (await http.models.list()).data[0].id, share)
+            conn.send("ready")
+            while (path := await asyncio.to_thread(conn.recv)) is not None:
+                conn.send(await runs[path]())
+
+    asyncio.run(serve())
+
+
+async def measure(
+    cluster: LocalCluster, work: Workload, rounds: int, processes: int
+) -> dict[str, list[float]]:
+    """Output tokens per second of every timed round, by path. With processes > 1, the requests of a
+    round are split over that many client processes (one Python client process is itself a limit
+    past ~20k streamed tokens a second)."""
     info = cluster.routers[0].info
     base_url = f"http://{info['host']}:{info['http_port']}/v1"
-    async with (
-        AsyncGenerationClient(cluster.router_address, timeout=600) as grpc_client,
-        openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600) as http,
-    ):
-        model = (await http.models.list()).data[0].id
-        runs: dict[str, Callable[[], Awaitable[int]]] = {
-            "grpc final": lambda: grpc_round(grpc_client, work, OutputMode.FINAL),
-            "http whole": lambda: http_round(http, work, model, stream=False),
-            "grpc stream": lambda: grpc_round(grpc_client, work, OutputMode.STREAM),
-            "http stream": lambda: http_round(http, work, model, stream=True),
-        }
-        expected = work.num_requests * work.n * work.new_tokens
-        samples: dict[str, list[float]] = {path: [] for path in PATHS}
-        for round_index in range(rounds + 1):  # round 0 warms up (connections, kernels, caches)
-            for path in PATHS:
-                num_tokens, seconds = await timed(runs[path])
-                assert num_tokens == expected, f"{path}: {num_tokens} tokens, expected {expected}"
-                if round_index:
-                    samples[path].append(num_tokens / seconds)
-                    print(
-                        f"  round {round_index} {path:12s} {num_tokens / seconds:9.1f} out tok/s", flush=True
-                    )
+    context = multiprocessing.get_context("spawn")
+    pipes, children = [], []
+    for rank in range(processes if processes > 1 else 0):
+        parent, child = context.Pipe()
+        share = range(rank, work.num_requests, processes)
+        args = (child, cluster.router_address, base_url, work, share)
+        children.append(context.Process(target=client_process, args=args, daemon=True))
+        children[-1].start()
+        pipes.append(parent)
+    try:
+        for pipe in pipes:
+            if not pipe.poll(120) or pipe.recv() != "ready":
+                raise RuntimeError("a client process did not start within 120 s")
+
+        async def spread(path: str) -> int:
+            for pipe in pipes:
+                pipe.send(path)
+            counts = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
+            return sum(counts)
+
+        async with (
+            AsyncGenerationClient(cluster.router_address, timeout=600) as grpc_client,
+            openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600) as http,
+        ):
+            model = (await http.models.list()).data[0].id
+            runs = path_rounds(grpc_client, http, work, model, range(work.num_requests))
+            if pipes:
+                runs = {path: (lambda p=path: spread(p)) for path in PATHS}
+            return await measure_rounds(runs, work, rounds)
+    finally:
+        for pipe in pipes:
+            pipe.send(None)
+        for child in children:
+            child.join(timeout=30)
+
+
+async def measure_rounds(
+    runs: dict[str, Callable[[], Awaitable[int]]], work: Workload, rounds: int
+) -> dict[str, list[float]]:
+    expected = work.num_requests * work.n * work.new_tokens
+    samples: dict[str, list[float]] = {path: [] for path in PATHS}
+    for round_index in range(rounds + 1):  # round 0 warms up (connections, kernels, caches)
+        for path in PATHS:
+            num_tokens, seconds = await timed(runs[path])
+            assert num_tokens == expected, f"{path}: {num_tokens} tokens, expected {expected}"
+            if round_index:
+                samples[path].append(num_tokens / seconds)
+                print(f"  round {round_index} {path:12s} {num_tokens / seconds:9.1f} out tok/s", flush=True)
     return samples
 
 
@@ -326,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--router-arg", action="append", default=[], help="an extra `epochctl router` flag (repeatable)"
     )
+    parser.add_argument(
+        "--client-processes", type=int, default=1, help="split each round's requests over this many clients"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--front-only", action="store_true", help="the HTTP front alone (module doc)")
     parser.add_argument("--profile", type=Path, default=None, help="--front-only: cProfile stats here")
@@ -356,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
             worker_args=worker_args, router_args=router_args, num_routers=1, http_front=True, fast_etcd=True,
         )  # fmt: skip
         with LocalCluster(spec) as cluster:
-            samples = asyncio.run(measure(cluster, work, args.rounds))
+            samples = asyncio.run(measure(cluster, work, args.rounds, args.client_processes))
     print(report(samples))
     setup = {key: value for key, value in vars(args).items() if key != "json"}
     summary = {"machine": platform.processor() or platform.machine(), "setup": setup, "rounds": samples}
