@@ -15,19 +15,19 @@ http() {  # $1: client processes
     echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes"
     timeout 200 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
         --requests 256 --new-tokens 64 --rounds 3 --worker-arg=--max-num-seqs=512 \
-        --router-arg=--http-processes=4 --client-processes "$1" --json "$OUT/http4_c$1.json" 2>&1 |
+        --router-arg=--http-processes=4 --client-processes "${1:-4}" --json "$OUT/http4_c${1:-4}.json" 2>&1 |
         grep -v -i warn | tail -6
 }
 if [ "$mode" = http ] || [ "$mode" = all ]; then
     http 4
 fi
 if [ "$mode" = w1 ] || [ "$mode" = all ]; then
-    for tiles in engine large; do
-        echo "=== W1, gemv tiles: $tiles"
-        flag=$([ $tiles = large ] && echo --large-gemv-tiles)
-        EPOCHSERVE_PDL=0 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 $flag \
-            --json "$OUT/w1_$tiles.json" 2>&1 | grep -v -i warn | tail -3
-    done
+    echo "=== W1, the engine's gemv tiles"
+    EPOCHSERVE_PDL=0 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
+        --json "$OUT/w1_engine.json" 2>&1 | grep -v -i warn | tail -3
+    echo "=== W1, the large-weight gemv tiles everywhere (before 52996ef)"
+    EPOCHSERVE_PDL=0 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
+        --large-gemv-tiles --json "$OUT/w1_large.json" 2>&1 | grep -v -i warn | tail -3
     echo "=== where the W1 step goes"
     EPOCHSERVE_PDL=0 timeout 100 python bench/profile_moe_w1.py --rows 16 2>&1 | tail -19
 fi
