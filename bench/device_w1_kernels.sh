@@ -22,6 +22,8 @@ if [ "$mode" = http ] || [ "$mode" = all ]; then
     http 4
 fi
 if [ "$mode" = w1 ] || [ "$mode" = all ]; then
+    echo "=== GPU tests: gemv (its tiles changed)"
+    timeout 60 python -m pytest -q -x tests/gpu/test_kernels_gpu.py -k gemv 2>&1 | tail -2
     echo "=== W1, the engine's gemv tiles"
     EPOCHSERVE_PDL=0 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
         --json "$OUT/w1_engine.json" 2>&1 | grep -v -i warn | tail -3
@@ -32,8 +34,6 @@ if [ "$mode" = w1 ] || [ "$mode" = all ]; then
     EPOCHSERVE_PDL=0 timeout 100 python bench/profile_moe_w1.py --rows 16 2>&1 | tail -19
 fi
 if [ "$mode" = kernels ] || [ "$mode" = all ]; then
-    echo "=== GPU tests: MoE"
-    timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py 2>&1 | tail -3
     echo "=== few-token MoE: routing inside gate-up or a top-k launch; down loops and tiles"
     timeout 200 python bench/moe_microbench.py --batches 1,4 --gemv-sweep --json "$OUT/moe.json" 2>&1 |
         grep -v -i warn | tail -14
