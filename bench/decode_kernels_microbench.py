@@ -26,7 +26,8 @@ from gpu_common import measure_ceilings
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, HEAD_DIM = 4096, 14336, 32, 8, 128
 REPS = 32
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) of gemv_triton; the engine's default first.
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of gemv_triton; gemv_tiles' long-row default first, its
+# short-row one (rows up to 4096) is (2, 2048, 4, 2).
 TILES = [(16, 1024, 8, 2), (16, 2048, 8, 1), (8, 2048, 8, 2), (16, 1024, 16, 2), (32, 1024, 8, 2),
          (16, 512, 8, 3), (8, 1024, 4, 3), (4, 2048, 4, 2), (2, 2048, 4, 2), (4, 1024, 4, 2)]  # fmt: skip
 # name → (N, K) of the 8B model's projections at batch 1.
@@ -34,8 +35,9 @@ SHAPES = {"qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
 # Qwen3-30B-A3B's dense projections (the experts: bench/moe_microbench.py); the router's product
 # stores fp32. Few output features: the tiles add narrow programs so the grid covers every SM.
 QWEN3_30B_SHAPES = {"qkv": (5120, 2048), "o_proj": (2048, 4096), "router": (128, 2048)}
-QWEN3_30B_TILES = [*TILES[:2], (16, 512, 8, 3), (8, 1024, 4, 2), (4, 1024, 4, 2), (4, 2048, 4, 2), (2, 2048, 4, 2),
-                   (4, 512, 4, 3), (2, 1024, 2, 3), (1, 2048, 2, 2), (1, 1024, 1, 3)]  # fmt: skip
+QWEN3_30B_TILES = [*TILES[:2], (16, 512, 8, 3), (8, 1024, 4, 2), (4, 1024, 4, 2), (4, 2048, 4, 2),
+                   (2, 2048, 4, 2), (4, 512, 4, 3), (2, 1024, 2, 3), (1, 2048, 2, 2),
+                   (1, 1024, 1, 3)]  # fmt: skip
 
 
 def graph_us(op: Callable[[int], object], replays: int = 30) -> float:

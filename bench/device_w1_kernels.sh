@@ -3,7 +3,7 @@
 # http, w1 and kernels in one call (~9 min):
 #   bash bench/device_w1_kernels.sh http      # bench/http_vs_grpc.py, 4 HTTP front processes, 4 and 1
 #                                             # client processes (~3 min)
-#   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the large gemv tiles, profile (~2 min)
+#   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the long-row gemv tiles, profile (~2 min)
 #   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
 # tokenizer files). Results: $OUT/*.json and the printed tables.
@@ -27,7 +27,7 @@ if [ "$mode" = w1 ] || [ "$mode" = all ]; then
     echo "=== W1, the engine's gemv tiles"
     EPOCHSERVE_PDL=0 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
         --json "$OUT/w1_engine.json" 2>&1 | grep -v -i warn | tail -3
-    echo "=== W1, the large-weight gemv tiles everywhere (before 52996ef)"
+    echo "=== W1, the long-row gemv tiles everywhere (before 52996ef)"
     EPOCHSERVE_PDL=0 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
         --large-gemv-tiles --json "$OUT/w1_large.json" 2>&1 | grep -v -i warn | tail -3
     echo "=== where the W1 step goes"

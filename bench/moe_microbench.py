@@ -119,38 +119,32 @@ def touched_bytes(shape: dict[str, Any], ids: torch.Tensor, element: int) -> int
 
 
 def gemv_sweep(few: Callable[..., object], replays: int) -> dict[str, Any]:
-    """Graph µs of the few-token path: gate-up tiles with the routing inside the gate-up programs or
-    in a top-k launch first (down at its default), then down-and-combine tiles for each down loop
-    (one over all experts' K steps, or one per expert), the best gate-up fixed."""
+    """Graph µs of the few-token path per gate-up tiles (down at its default), then per down tiles
+    (gate-up at the best)."""
     from epochserve.kernels.fused_moe_gemv_triton import DOWN_TILES
     from epochserve.kernels.gemv_triton import GemvTiles
 
     def tiles(block_ns: tuple[int, ...], block_ks: tuple[int, ...], warps_stages: tuple) -> list[GemvTiles]:
         return [GemvTiles(n, k, w, s) for n in block_ns for k in block_ks for w, s in warps_stages]
 
-    def timed(up: GemvTiles, dn: GemvTiles, route: bool, outer: bool) -> float:
+    def timed(up: GemvTiles, dn: GemvTiles) -> float:
         try:
-            return cuda_us(lambda i: few(i, up=up, dn=dn, route=route, outer=outer), replays, graph=True)
+            return cuda_us(lambda i: few(i, up=up, dn=dn), replays, graph=True)
         except Exception as exc:  # e.g. a tile past the shared memory: not a candidate
             print(f"tiles up={up} down={dn}: {type(exc).__name__}", file=sys.stderr)
             return float("inf")
 
-    def name(t: GemvTiles, flag: str) -> str:
-        return f"{flag} ({t.block_n}, {t.block_k}, {t.num_warps}, {t.num_stages})"
-
-    up_tiles = tiles((8, 16), (512, 1024), ((4, 3),))
-    up_times = {(t, route): timed(t, DOWN_TILES, route, False) for t in up_tiles for route in (True, False)}
-    best_up, best_route = min(up_times, key=up_times.__getitem__)
+    up_times = {t: timed(t, DOWN_TILES) for t in tiles((8, 16, 32), (512, 1024), ((4, 3), (8, 2)))}
+    best_up = min(up_times, key=up_times.__getitem__)
+    # the down product with the combine: a program per (token, hidden tile) walks all k experts
     down = tiles((1, 2, 4, 8), (256, 512, 1024), ((2, 4), (4, 3)))
-    down_times = {(t, outer): timed(best_up, t, best_route, outer) for t in down for outer in (False, True)}
-    best_down, best_outer = min(down_times, key=down_times.__getitem__)
+    down_times = {t: timed(best_up, t) for t in down}
+    best_down = min(down_times, key=down_times.__getitem__)
     return {
-        "gate_up": {name(t, "routed" if r else "top-k launch"): us for (t, r), us in up_times.items()},
-        "down": {name(t, "per expert" if o else "flat"): us for (t, o), us in down_times.items()},
-        "best_gate_up": name(best_up, "routed" if best_route else "top-k launch"),
-        "best_down": name(best_down, "per expert" if best_outer else "flat"),
-        "best_us": down_times[(best_down, best_outer)],
-        "default_down_us": up_times[(best_up, best_route)], "default_down": str(DOWN_TILES),
+        "gate_up": {str(t): us for t, us in up_times.items()},
+        "down": {str(t): us for t, us in down_times.items()},
+        "best_gate_up": str(best_up), "best_down": str(best_down), "best_us": down_times[best_down],
+        "default_down_us": up_times[best_up], "default_down": str(DOWN_TILES),
     }  # fmt: skip
 
 
@@ -160,11 +154,9 @@ def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -
 
     from epochserve.kernels.fused_moe import fused_moe_torch
     from epochserve.kernels.fused_moe_gemv_triton import (
-        DOWN_EXPERT_OUTER,
         DOWN_TILES,
         GATE_UP_TILES,
         MAX_TOKENS,
-        ROUTE_IN_GATE_UP,
         routed_moe_gemv_triton,
     )
     from epochserve.kernels.fused_moe_triton import MoeTiles, fused_moe_triton, moe_tiles
@@ -210,15 +202,12 @@ def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -
                 i: int,
                 up: GemvTiles = GATE_UP_TILES,
                 dn: GemvTiles = DOWN_TILES,
-                route: bool = ROUTE_IN_GATE_UP,
-                outer: bool = DOWN_EXPERT_OUTER,
                 b: tuple = (x, logits),
             ):
                 w13, w2 = layers[i % LAYERS]
                 return routed_moe_gemv_triton(
-                    b[0], b[1], w13, w2, top_k, renormalize, gate_up=up, down_tiles=dn,
-                    route_in_gate_up=route, expert_outer=outer,
-                )  # fmt: skip
+                    b[0], b[1], w13, w2, top_k, renormalize, gate_up=up, down_tiles=dn
+                )
 
             row["gemv_graph_us"] = cuda_us(few, args.replays, graph=True)
             if args.gemv_sweep:

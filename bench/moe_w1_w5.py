@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--large-gemv-tiles", action="store_true",
-        help="the large-weight gemv tiles for every projection (the engine before its small-weight rule)",
+        help="the long-row gemv tiles for every projection (the engine before 52996ef)",
     )  # fmt: skip
     return parser
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.large_gemv_tiles:
         from epochserve.kernels import gemv_triton
 
-        gemv_triton.SMALL_WEIGHT_BYTES = 0
+        gemv_triton.SHORT_ROW = 0
     device = "cpu" if args.tiny else "cuda"
     config = QWEN3_MOE_TINY if args.tiny else QWEN3_30B_A3B
     prompts, n, new, w1_new, peer_new = (4, 2, 8, 8, 8) if args.tiny else (args.prompts, 8, 512, W1_NEW, 64)

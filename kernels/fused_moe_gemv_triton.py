@@ -6,21 +6,24 @@ topk_route and fused_moe_torch in kernels/fused_moe.py), for calls of at most MA
 outside batch_invariant mode (worker/layers/ops.py). Why: a batch-1 decode step of a 48-layer MoE
 model is bound by reading each layer's 8 experts and by launches; the grouped path spends a top-k
 launch, three grouping launches and a combine launch per layer and pads each expert's one row to a
-16-row tile. Here a token's k experts are distinct, so nothing needs grouping, and two launches do
-the whole layer after the router's product:
+16-row tile. Here a token's k experts are distinct, so nothing needs grouping, and three launches
+do the whole layer after the router's product:
 
-1. `_routed_gate_up_kernel` (grid: (token, slot) pairs x width tiles): each program routes its token
-   itself (moe_topk_triton's `_route_row`: softmax, top-k, optional rescale — a few hundred
-   instructions on 128 logits, next to the 16 x 2 x hidden weights it reads), takes its slot's
-   expert, and computes that expert's gate and up rows for the token's x → SiLU-and-mul, rounded
-   where the reference rounds → act [pairs, width]. The first tile's program stores the pair's
-   weight, global id (routing replay) and local expert (-1: another rank's; its act rows stay
+1. moe_topk_triton's router (one program per token): weights and global expert ids (routing replay).
+2. `_gate_up_kernel` (grid: (token, slot) pairs x width tiles): the pair's expert's gate and up rows
+   for the token's x → SiLU-and-mul, rounded where the reference rounds → act [pairs, width]. The
+   first tile's program stores the pair's local expert (-1: another rank's; its act rows stay
    unwritten).
-2. `_down_combine_kernel` (grid: tokens x hidden tiles): for each of the token's k pairs in
+3. `_down_combine_kernel` (grid: tokens x hidden tiles): for each of the token's k pairs in
    ascending local expert id (the reference's order), act's row times the expert's down rows,
    rounded to the dtype as the reference's down product is, then weighted and summed in fp32; the
    sum rounded once. One loop walks the k experts' K steps back to back, so the loads of the next
    expert are in flight while the last steps of this one are summed.
+
+Measured and dropped (bench/moe_microbench.py --gemv-sweep, H100, docs/benchmarks.md): routing
+inside every gate-up program instead of launch 1 (each program's 16 cross-warp reductions come
+before its first weight load: no faster at batch 1, 5% slower at 4); one K loop per expert in the
+down product (the same at batch 1, slower at 4).
 
 Each program sums its K steps in a fixed order (CUDA-core FMAs: one row gives the tensor cores
 nothing to do) as gemv_triton does. A token's bits depend on how many tokens share the call only
@@ -37,48 +40,35 @@ import triton.language as tl
 from epochserve.kernels.activation_triton import _silu_and_mul
 from epochserve.kernels.fused_moe_triton import check_moe_shapes
 from epochserve.kernels.gemv_triton import GemvTiles
-from epochserve.kernels.moe_topk_triton import _route_row, route_pads, topk_route_triton
+from epochserve.kernels.moe_topk_triton import topk_route_triton
 from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched expert once
-# Per-kernel tiles (output rows per program, K step, warps, pipeline stages), fixed for every batch.
-# Gate-up: bench/moe_microbench.py --gemv-sweep, Qwen3-30B-A3B layer at batch 1, H100 2026-12-06
-# (docs/benchmarks.md). Down-and-combine: a first guess, not yet swept — its grid is tokens x hidden
-# tiles (no longer x k), so narrow tiles keep every SM busy at batch 1 (2048 / 4 = 512 programs).
+# Per-kernel tiles (output rows per program, K step, warps, pipeline stages), fixed for every batch:
+# bench/moe_microbench.py --gemv-sweep, Qwen3-30B-A3B layer, H100 2026-12-06 (docs/benchmarks.md):
+# 36.8 us a layer call at batch 1 (68% of the copy bandwidth), 104 us at 4. The down product's grid
+# is tokens x hidden tiles, so it wants narrow programs (2048 / 2 = 1024 at batch 1).
 GATE_UP_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=4, num_stages=3)
-DOWN_TILES = GemvTiles(block_n=4, block_k=256, num_warps=4, num_stages=4)
-ROUTE_IN_GATE_UP = True  # else a topk_route_triton launch first
-DOWN_EXPERT_OUTER = False  # one K loop per expert; else one loop over all k experts' K steps
+DOWN_TILES = GemvTiles(block_n=2, block_k=1024, num_warps=4, num_stages=3)
 
 
 @triton.jit
-def _routed_gate_up_kernel(
+def _gate_up_kernel(
     act_ptr,  # [pairs, N] out
     x_ptr,  # [tokens, K]
-    logits_ptr,  # [tokens, E] the router's logits
     w_ptr,  # [local experts, 2N (gate rows, then up rows), K]
+    ids_ptr,  # [pairs] global expert ids (the router's)
     expert_map_ptr,  # [E] local index or -1 (read with HAS_MAP)
-    weights_ptr, ids_ptr, local_ids_ptr,  # [pairs] out: fp32 weight, int64 global id, int32 local id
-    N, K, num_experts, stride_xm, stride_l, stride_we, stride_wn, stride_om,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, RENORMALIZE: tl.constexpr,
-    ROUTE: tl.constexpr,  # route here; else weights and ids hold topk_route_triton's choice
-    HAS_MAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    local_ids_ptr,  # [pairs] int32 out: local expert id, -1 for another rank's
+    N, K, stride_xm, stride_we, stride_wn, stride_om,
+    TOP_K: tl.constexpr, HAS_MAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     pdl_prologue(PDL)
     pair = tl.program_id(0)
     token = pair // TOP_K
     first = tl.program_id(1) == 0
-    if ROUTE:
-        chosen_w, chosen_id = _route_row(
-            logits_ptr, token.to(tl.int64), num_experts, stride_l,
-            TOP_K=TOP_K, K_PAD=K_PAD, E_PAD=E_PAD, RENORMALIZE=RENORMALIZE,
-        )  # fmt: skip
-        mine = tl.arange(0, K_PAD) == pair % TOP_K
-        expert_id = tl.sum(tl.where(mine, chosen_id, 0), 0)  # exact: one term is non-zero
-        tl.store(weights_ptr + pair, tl.sum(tl.where(mine, chosen_w, 0.0), 0), mask=first)
-        tl.store(ids_ptr + pair, expert_id, mask=first)
-    else:
-        expert_id = tl.load(ids_ptr + pair)
+    expert_id = tl.load(ids_ptr + pair)
     if HAS_MAP:  # noqa: SIM108 (a constexpr branch: the other side's load is never compiled)
         expert = tl.load(expert_map_ptr + expert_id).to(tl.int32)
     else:
@@ -112,10 +102,10 @@ def _down_combine_kernel(
     out_ptr,  # [tokens, N]
     act_ptr,  # [pairs, K]
     w_ptr,  # [local experts, N, K]
-    weights_ptr, local_ids_ptr,  # [pairs] from _routed_gate_up_kernel
+    weights_ptr, local_ids_ptr,  # [pairs]: the router's weights, _gate_up_kernel's local ids
     N, K, stride_om, stride_am, stride_we, stride_wn,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EXPERT_OUTER: tl.constexpr, PDL: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
@@ -130,43 +120,24 @@ def _down_combine_kernel(
     rank = tl.sum((key[None, :] < key[:, None]).to(tl.int32), 1)  # [K_PAD]
     out_ty = out_ptr.dtype.element_ty
     total = tl.zeros([BLOCK_N], dtype=tl.float32)  # the weighted sum
-    if EXPERT_OUTER:  # one pipelined K loop per expert
-        for r in tl.static_range(TOP_K):
-            turn = rank == r
-            present = tl.sum((turn & held).to(tl.int32), 0) > 0
-            slot = tl.sum(tl.where(turn, slots, 0), 0)
-            expert = tl.maximum(tl.sum(tl.where(turn, local, 0), 0), 0).to(tl.int64)
-            k_end = tl.where(present, K, 0)  # an absent slot loads nothing
-            a_row = act_ptr + (token * TOP_K + slot) * stride_am
-            w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
-            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K)
-                k_ok = ks < k_end
-                a = tl.load(a_row + ks, mask=k_ok, other=0.0)
-                w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-                acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
-            w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
-            total = tl.where(present, total + acc.to(out_ty).to(tl.float32) * w_turn, total)
-    else:  # one loop over the k experts' K steps back to back
-        steps = tl.cdiv(K, BLOCK_K)
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)  # the current expert's product
-        for i in range(0, TOP_K * steps):
-            turn = rank == i // steps
-            present = tl.sum((turn & held).to(tl.int32), 0) > 0
-            slot = tl.sum(tl.where(turn, slots, 0), 0)
-            expert = tl.maximum(tl.sum(tl.where(turn, local, 0), 0), 0).to(tl.int64)
-            ks = (i % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
-            k_ok = ks < tl.where(present, K, 0)  # an absent slot loads nothing
-            a = tl.load(act_ptr + (token * TOP_K + slot) * stride_am + ks, mask=k_ok, other=0.0)
-            w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
-            w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
-            last = i % steps == steps - 1
-            w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
-            # the expert's product rounded to the dtype (the reference's down output), then weighted
-            total = tl.where(last & present, total + acc.to(out_ty).to(tl.float32) * w_turn, total)
-            acc = tl.where(last, 0.0, acc)
+    steps = tl.cdiv(K, BLOCK_K)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)  # the current expert's product
+    for i in range(0, TOP_K * steps):
+        turn = rank == i // steps
+        present = tl.sum((turn & held).to(tl.int32), 0) > 0
+        slot = tl.sum(tl.where(turn, slots, 0), 0)
+        expert = tl.maximum(tl.sum(tl.where(turn, local, 0), 0), 0).to(tl.int64)
+        ks = (i % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = ks < tl.where(present, K, 0)  # an absent slot loads nothing
+        a = tl.load(act_ptr + (token * TOP_K + slot) * stride_am + ks, mask=k_ok, other=0.0)
+        w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
+        w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
+        last = i % steps == steps - 1
+        w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
+        # the expert's product rounded to the dtype (the reference's down output), then weighted
+        total = tl.where(last & present, total + acc.to(out_ty).to(tl.float32) * w_turn, total)
+        acc = tl.where(last, 0.0, acc)
     tl.store(out_ptr + token * stride_om + cols, total.to(out_ty), mask=col_ok)
 
 
@@ -181,13 +152,11 @@ def routed_moe_gemv_triton(
     *,
     gate_up: GemvTiles = GATE_UP_TILES,
     down_tiles: GemvTiles = DOWN_TILES,
-    route_in_gate_up: bool = ROUTE_IN_GATE_UP,
-    expert_outer: bool = DOWN_EXPERT_OUTER,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Σ_k weight_k · expert_{id_k}(x) over this rank's experts [num_tokens, hidden] in x's dtype,
     the routing weights fp32 and global expert ids int64 [num_tokens, top_k] by descending weight):
-    topk_route_triton then fused_moe_triton, for a few tokens. Tiles: for benchmarks and tests (other
-    K steps sum in another order)."""
+    topk_route_triton then fused_moe_triton's contract, for a few tokens. Tiles: for benchmarks and
+    tests (other K steps sum in another order)."""
     check_moe_shapes(x, w13, w2)
     num_tokens, hidden = x.shape
     if num_tokens > MAX_TOKENS:
@@ -196,36 +165,29 @@ def routed_moe_gemv_triton(
         raise ValueError(
             f"router logits {tuple(router_logits.shape)} do not fit {num_tokens} tokens, top {top_k}"
         )
-    width, num_experts = w2.shape[2], router_logits.shape[1]
+    width = w2.shape[2]
     num_pairs = num_tokens * top_k
+    weights, ids = topk_route_triton(router_logits, top_k, renormalize)
     out = torch.empty_like(x)
-    weights = torch.empty((num_tokens, top_k), dtype=torch.float32, device=x.device)
-    ids = torch.empty((num_tokens, top_k), dtype=torch.int64, device=x.device)
-    if num_pairs == 0:
+    if num_pairs == 0 or hidden == 0:
         return out, weights, ids
     x = x if x.stride(-1) == 1 else x.contiguous()
-    logits = router_logits if router_logits.stride(-1) == 1 else router_logits.contiguous()
+    flat_ids = ids.reshape(-1)  # contiguous: the router's own output
     expert_map = expert_map.contiguous() if expert_map is not None else None
     act = torch.empty((num_pairs, width), dtype=x.dtype, device=x.device)
     local_ids = torch.empty(num_pairs, dtype=torch.int32, device=x.device)
-    k_pad, e_pad = route_pads(top_k, num_experts)
     pdl = pdl_enabled(x.device)
-    if not route_in_gate_up:
-        weights, ids = topk_route_triton(logits, top_k, renormalize)
     t = gate_up
-    _routed_gate_up_kernel[(num_pairs, max(1, triton.cdiv(width, t.block_n)))](
-        act, x, logits, w13, expert_map if expert_map is not None else ids, weights, ids, local_ids,
-        width, hidden, num_experts, x.stride(0), logits.stride(0), w13.stride(0), w13.stride(1),
-        act.stride(0), TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad, RENORMALIZE=renormalize,
-        ROUTE=route_in_gate_up, HAS_MAP=expert_map is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
+    _gate_up_kernel[(num_pairs, max(1, triton.cdiv(width, t.block_n)))](
+        act, x, w13, flat_ids, expert_map if expert_map is not None else flat_ids, local_ids,
+        width, hidden, x.stride(0), w13.stride(0), w13.stride(1), act.stride(0), TOP_K=top_k,
+        HAS_MAP=expert_map is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl,
+        num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
-    if hidden == 0:
-        return out, weights, ids
     t = down_tiles
     _down_combine_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
-        w2.stride(1), TOP_K=top_k, K_PAD=k_pad, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-        EXPERT_OUTER=expert_outer, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
+        w2.stride(1), TOP_K=top_k, K_PAD=max(2, triton.next_power_of_2(top_k)), BLOCK_N=t.block_n,
+        BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return out, weights, ids

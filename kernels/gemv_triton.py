@@ -72,18 +72,19 @@ class GemvTiles:
     num_stages: int
 
 
-# Weights up to this size are bound by each program's ramp-up and the grid's tail, not bandwidth:
-# narrow programs with one or two long K steps put every SM to work at once.
-SMALL_WEIGHT_BYTES = 24 << 20
+# Rows up to this long take narrow programs of one or two K steps: such products are bound by each
+# program's ramp-up and the grid's tail more than by bandwidth, and narrow programs put every SM to
+# work at once (bench/decode_kernels_microbench.py, H100 2026-12-06, docs/benchmarks.md).
+SHORT_ROW = 4096
 
 
-def gemv_tiles(n: int, k: int, element_size: int = 2) -> GemvTiles:
-    """Tiles for an [n, k] weight at one row (bench/decode_kernels_microbench.py; times in
-    docs/benchmarks.md). Large weights (the 8B shapes): 16 output features and 1024-wide K steps per
-    program, 8 warps; wider in N than in K (qkv), shorter, deeper-pipelined K steps (512 x 3 stages).
-    Small weights (the Qwen3-30B-A3B's attention and router, H100 2026-12-06: qkv 9.7 -> 8.7 us,
-    o_proj 9.5 -> 7.5, router 2.9 -> 1.7): 2 output features and 2048-wide K steps, 4 warps."""
-    if n * k * element_size <= SMALL_WEIGHT_BYTES:
+def gemv_tiles(n: int, k: int) -> GemvTiles:
+    """Tiles for an [n, k] weight at one row. Short rows: 2 output features and K steps of up to 2048,
+    4 warps (Qwen3-30B-A3B qkv 9.7 -> 8.7 us, o_proj 9.5 -> 7.5, router 2.9 -> 1.7; Llama-3.1-8B qkv
+    23.1 -> 18.2, o_proj 13.5 -> 13.0). Long rows (the 8B's down, K 14336, at 97% of bandwidth): 16
+    output features and 1024-wide K steps, 8 warps; wider in N than in K, shorter, deeper-pipelined
+    K steps (512 x 3 stages)."""
+    if k <= SHORT_ROW:
         return GemvTiles(block_n=2, block_k=min(2048, triton.next_power_of_2(k)), num_warps=4, num_stages=2)
     if n > k:
         return GemvTiles(block_n=16, block_k=512, num_warps=8, num_stages=3)
@@ -114,7 +115,7 @@ def gemv_triton(
         raise ValueError("the weight needs a contiguous last dimension")
     (m, _), (n, k) = x.shape, weight.shape
     out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
-    t = tiles or gemv_tiles(n, k, weight.element_size())
+    t = tiles or gemv_tiles(n, k)
     if m:
         pdl = pdl_enabled(x.device)
         _gemv_kernel[(triton.cdiv(n, t.block_n),)](

@@ -183,31 +183,26 @@ def _moe_routing() -> list[tuple[str, tuple]]:
 
 
 def _moe_few_tokens() -> list[tuple[str, tuple]]:
-    """routed_moe_gemv_triton's two kernels (its engine tiles), the router's top-k and its fp32-out
-    product: Qwen3-30B-A3B, 128 experts, top-8, hidden 2048, width 768."""
+    """routed_moe_gemv_triton's gate-up and down kernels (its engine tiles), the router's top-k and
+    its fp32-out product: Qwen3-30B-A3B, 128 experts, top-8, hidden 2048, width 768."""
     from epochserve.kernels.fused_moe_gemv_triton import (
-        DOWN_EXPERT_OUTER,
         DOWN_TILES,
         GATE_UP_TILES,
-        ROUTE_IN_GATE_UP,
         _down_combine_kernel,
-        _routed_gate_up_kernel,
+        _gate_up_kernel,
     )
     from epochserve.kernels.gemv_triton import _gemv_kernel, gemv_tiles
     from epochserve.kernels.moe_topk_triton import _topk_route_kernel
 
     up, dn, rt = GATE_UP_TILES, DOWN_TILES, gemv_tiles(128, 2048)
-    gate_up = dict(act_ptr="*bf16", x_ptr="*bf16", logits_ptr="*fp32", w_ptr="*bf16", expert_map_ptr="*i64",
-                   weights_ptr="*fp32", ids_ptr="*i64", local_ids_ptr="*i32", N="i32", K="i32",
-                   num_experts="i32", stride_xm="i32", stride_l="i32", stride_we="i32", stride_wn="i32",
-                   stride_om="i32", TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128),
-                   RENORMALIZE=_const(True), ROUTE=_const(ROUTE_IN_GATE_UP), HAS_MAP=_const(False),
-                   BLOCK_N=_const(up.block_n),
+    gate_up = dict(act_ptr="*bf16", x_ptr="*bf16", w_ptr="*bf16", ids_ptr="*i64", expert_map_ptr="*i64",
+                   local_ids_ptr="*i32", N="i32", K="i32", stride_xm="i32", stride_we="i32", stride_wn="i32",
+                   stride_om="i32", TOP_K=_const(8), HAS_MAP=_const(False), BLOCK_N=_const(up.block_n),
                    BLOCK_K=_const(up.block_k), PDL=_const(True))  # fmt: skip
     down = dict(out_ptr="*bf16", act_ptr="*bf16", w_ptr="*bf16", weights_ptr="*fp32", local_ids_ptr="*i32",
                 N="i32", K="i32", stride_om="i32", stride_am="i32", stride_we="i32", stride_wn="i32",
                 TOP_K=_const(8), K_PAD=_const(8), BLOCK_N=_const(dn.block_n), BLOCK_K=_const(dn.block_k),
-                EXPERT_OUTER=_const(DOWN_EXPERT_OUTER), PDL=_const(True))  # fmt: skip
+                PDL=_const(True))  # fmt: skip
     topk = dict(logits_ptr="*fp32", weights_ptr="*fp32", ids_ptr="*i64", num_experts="i32", stride_l="i32",
                 TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128), RENORMALIZE=_const(True))  # fmt: skip
     router = dict(out_ptr="*fp32", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
@@ -216,8 +211,8 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
                   PDL=_const(True))  # fmt: skip
     return [
         (
-            "moe few-token route+gate-up+silu bf16 H2048 W768",
-            (_routed_gate_up_kernel, gate_up, up.num_warps, up.num_stages),
+            "moe few-token gate-up+silu bf16 H2048 W768",
+            (_gate_up_kernel, gate_up, up.num_warps, up.num_stages),
         ),
         (
             "moe few-token down+combine bf16 H2048 W768",

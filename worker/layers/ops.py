@@ -365,9 +365,9 @@ class TritonOps(TorchOps):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         from epochserve.kernels import fused_moe_gemv_triton as few
 
-        # A few tokens (decode at batch 1-4) outside batch_invariant: routing and one matrix-vector
-        # product per (token, expert) pair in two launches, without the top-k, grouping and
-        # combine launches (kernels/fused_moe_gemv_triton.py).
+        # A few tokens (decode at batch 1-4) outside batch_invariant: the top-k, then one
+        # matrix-vector product per (token, expert) pair, the down one with the combine: three
+        # launches, no grouping (kernels/fused_moe_gemv_triton.py).
         if self.use_gemv and not self.batch_invariant and x.shape[0] <= few.MAX_TOKENS:
             out, _, ids = few.routed_moe_gemv_triton(
                 x, router_logits, w13, w2, top_k, renormalize, expert_map
