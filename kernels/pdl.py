@@ -9,8 +9,9 @@ ends. Graph capture keeps the programmatic edges.
 
 The contract every kernel that takes `PDL` keeps: `pdl_prologue(PDL)` first, before any load or
 store, so nothing reads a previous kernel's output (or overwrites its input) early. Opt-in with
-EPOCHSERVE_PDL=1 until a GPU run has measured it (tests/gpu/test_engine_gpu.py checks it changes no
-bit); never on older GPUs or in the interpreter.
+EPOCHSERVE_PDL=1: it changes no bit (tests/gpu/test_engine_gpu.py) but made W1 11% slower on an H100
+(docs/benchmarks.md, 2026-12-06), since a kernel that waits at its first instruction gains nothing
+from being resident early. Never on older GPUs or in the interpreter.
 """
 
 from __future__ import annotations
