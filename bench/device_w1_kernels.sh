@@ -14,7 +14,7 @@ mode=${1:-kernels}
 http() {  # $1: client processes
     echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes"
     timeout 200 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
-        --requests 256 --new-tokens 64 --rounds 3 --worker-arg=--max-num-seqs=512 \
+        --requests 256 --new-tokens 64 --rounds 5 --worker-arg=--max-num-seqs=512 \
         --router-arg=--http-processes=4 --client-processes "${1:-4}" --json "$OUT/http4_c${1:-4}.json" 2>&1 |
         grep -v -i warn | tail -6
 }
@@ -34,11 +34,16 @@ if [ "$mode" = w1 ] || [ "$mode" = all ]; then
     EPOCHSERVE_PDL=0 timeout 100 python bench/profile_moe_w1.py --rows 16 2>&1 | tail -19
 fi
 if [ "$mode" = kernels ] || [ "$mode" = all ]; then
-    echo "=== few-token MoE: routing inside gate-up or a top-k launch; down loops and tiles"
+    echo "=== few-token MoE: gate-up tiles, then down-and-combine tiles"
     timeout 200 python bench/moe_microbench.py --batches 1,4 --gemv-sweep --json "$OUT/moe.json" 2>&1 |
         grep -v -i warn | tail -14
     echo "=== dense projections of the Qwen3-30B-A3B shape: gemv tiles"
     timeout 60 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 | grep -v Warning | tail -5
     echo "=== dense projections of the Llama-3.1-8B shape: gemv tiles"
     timeout 90 python bench/decode_kernels_microbench.py 2>&1 | grep -v Warning | grep -A5 "projections at 1 row"
+    echo "=== GPU tests: MoE"
+    timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py 2>&1 | tail -2
+fi
+if [ "$mode" = http ] || [ "$mode" = all ]; then
+    http 1
 fi
