@@ -13,7 +13,8 @@ It turns the control plane's directives into engine actions and reports back:
                At the rollout's drain deadline, the v-1 sequences still running end with ABORT.
                The drain's report (first v token, v-1's end, counts) goes out as it progresses.
     Abort(v)   → every rank drops the staged copy → report_released(v)
-    Fenced     → the worker stops accepting requests until the participant registers again
+    Fenced     → the worker stops accepting requests until the participant registers again; staged
+                 weights not yet committed are dropped (an overlap's twins are committed: kept)
 
 A failed swap leaves weights that cannot be trusted: the exception stops the engine loop and the
 worker exits non-zero (fail-stop) rather than serve a mix of versions.
@@ -97,7 +98,9 @@ class RolloutAgent:
                 self.participant.report_released(version)
             case Fenced(reason=reason):
                 logger.warning("fenced (%s): refusing new requests until registered again", reason)
-                if self.committing is None:
+                # Only uncommitted weights are void: a committed version's (a swap pending, or the
+                # twins an overlap runs v on) stays, and its sequences run to their end.
+                if self.committing is None and self.retiring is None:
                     weights.drop()
                     self.staging = None
         return []

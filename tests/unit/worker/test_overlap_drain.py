@@ -14,10 +14,12 @@ import pytest
 from fixtures.engine import SampleResult, make_engine, make_request, run_to_completion
 from fixtures.models import build_tiny_model
 
+from epochserve.controlplane.participants.directives import Commit, Fenced
 from epochserve.controlplane.store.records import DrainPolicy
 from epochserve.errors import VersionMismatchError
 from epochserve.proto.convert import is_rollout_abort
 from epochserve.worker.engine.sequence import FinishReason
+from epochserve.worker.rollout.agent import RolloutAgent
 from epochserve.worker.weights.manifest import manifest_of_checkpoint
 
 PROMPTS = {"old": [5, 17, 33, 9, 100, 200], "new": [7, 8, 11, 300, 41], "later": [12, 13, 14, 15]}
@@ -215,3 +217,49 @@ def test_the_next_version_is_staged_into_the_promoted_twins_buffers(versions, tm
     for name, model_dir, max_tokens in (("old", v2, 16), ("later", v3, 6)):
         reference = alone(model_dir, name, max_tokens)
         assert [s.logprobs for s in results[name].values()] == [s.logprobs for s in reference.values()]
+
+
+class FakeParticipant:
+    """The control plane's side of RolloutAgent, scripted: directives in order, reports recorded."""
+
+    can_accept_work = True
+
+    def __init__(self, *directives) -> None:
+        self.directives = list(directives)
+        self.reports: list[tuple] = []
+
+    def next_directive(self, timeout: float):
+        return self.directives.pop(0) if self.directives else None
+
+    def __getattr__(self, name: str):
+        if not name.startswith("report_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self.reports.append((name, args, kwargs))
+
+
+def test_a_worker_fenced_during_an_overlap_keeps_the_twins_and_finishes_both_versions(versions):
+    """A lease lost mid-overlap (a starved keepalive on a loaded machine) fences the worker: it stops
+    taking requests, but the committed twins that v runs on stay; dropping them (as for uncommitted
+    weights) failed every running request and stopped the engine loop."""
+    v0, v2 = versions
+    engine = staged_engine(v0, v2)
+    results: dict = {}
+    when: dict = {}
+    engine.add_request(request("old", engine.limits, max_tokens=24))
+    record(results, engine.step(), when)
+    participant = FakeParticipant(Commit(2, DrainPolicy.OVERLAP))
+    agent = RolloutAgent(participant, "worker-0")  # type: ignore[arg-type]
+    record(results, agent(engine), when)
+    assert engine.draining is not None and engine.draining.overlapping
+    engine.add_request(request("new", engine.limits, max_tokens=8))
+    record(results, engine.step(), when)
+    participant.directives.append(Fenced("lease lost"))
+    for _ in range(2000):  # the engine loop: a step, then the agent between steps
+        if not engine.has_work() and agent.retiring is None:
+            break
+        record(results, engine.step(), when)
+        record(results, agent(engine), when)
+    assert [results[name][0].finish.reason for name in ("old", "new")] == [FinishReason.LENGTH] * 2
+    assert results["old"][0].policy_versions == {0} and results["new"][0].policy_versions == {2}
+    assert engine.draining is None and engine.policy_version == 2  # the twins were promoted
+    assert ("report_retired", (0, engine.weights.fingerprint()), {}) in participant.reports
