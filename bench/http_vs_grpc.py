@@ -82,10 +82,8 @@ class Workload:
         return PROMPTS[i % len(PROMPTS)], self.prompt_ids[i % len(PROMPTS)]
 
 
-async def grpc_round(
-    client: AsyncGenerationClient, work: Workload, mode: OutputMode, share: range | None = None
-) -> int:
-    """Every request (of this client's share) at once through the Generation service; returns the
+async def grpc_round(client: AsyncGenerationClient, work: Workload, mode: OutputMode, share: range) -> int:
+    """This client's share of the requests, all at once, through the Generation service; returns the
     tokens generated."""
 
     async def one(i: int) -> int:
@@ -95,13 +93,13 @@ async def grpc_round(
         result = await client.generate(work.prompt(i)[1], sampling, n=work.n, output_mode=mode)
         return sum(len(sample.token_ids) for sample in result.samples)
 
-    return sum(await asyncio.gather(*(one(i) for i in share or range(work.num_requests))))
+    return sum(await asyncio.gather(*(one(i) for i in share)))
 
 
 async def http_round(
-    client: openai.AsyncOpenAI, work: Workload, model: str, stream: bool, share: range | None = None
+    client: openai.AsyncOpenAI, work: Workload, model: str, stream: bool, share: range
 ) -> int:
-    """Every request (of this client's share) at once through POST /v1/completions (the official
+    """This client's share of the requests, all at once, through POST /v1/completions (the official
     openai client); returns the tokens generated (`token_ids`, the RL extension, of every choice or
     streamed chunk)."""
 
@@ -114,7 +112,7 @@ async def http_round(
             return sum(len(choice.token_ids) for choice in response.choices)  # type: ignore[attr-defined]
         return sum([len(c.token_ids) async for chunk in response for c in chunk.choices])  # type: ignore[attr-defined,union-attr]
 
-    return sum(await asyncio.gather(*(one(i) for i in share or range(work.num_requests))))
+    return sum(await asyncio.gather(*(one(i) for i in share)))
 
 
 async def timed(round_: Callable[[], Awaitable[int]]) -> tuple[int, float]:
@@ -176,17 +174,16 @@ async def measure(
         async def spread(path: str) -> int:
             for pipe in pipes:
                 pipe.send(path)
-            counts = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
-            return sum(counts)
+            return sum([await asyncio.to_thread(pipe.recv) for pipe in pipes])
 
+        if pipes:
+            return await measure_rounds({path: (lambda p=path: spread(p)) for path in PATHS}, work, rounds)
         async with (
             AsyncGenerationClient(cluster.router_address, timeout=600) as grpc_client,
             openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600) as http,
         ):
             model = (await http.models.list()).data[0].id
             runs = path_rounds(grpc_client, http, work, model, range(work.num_requests))
-            if pipes:
-                runs = {path: (lambda p=path: spread(p)) for path in PATHS}
             return await measure_rounds(runs, work, rounds)
     finally:
         for pipe in pipes:

@@ -24,7 +24,7 @@ def _route_row(
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, RENORMALIZE: tl.constexpr,
 ):  # fmt: skip
     """One token's choice: (fp32 weights [K_PAD], int64 expert ids [K_PAD]); slots past TOP_K hold 0.
-    Its own function so that a kernel can route inside itself (tried in fused_moe_gemv_triton: slower)."""
+    The router's arithmetic, apart from the kernel's loads and stores."""
     experts = tl.arange(0, E_PAD)
     valid = experts < num_experts
     logits = tl.load(logits_ptr + row * stride_l + experts, mask=valid, other=-float("inf")).to(tl.float32)

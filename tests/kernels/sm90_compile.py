@@ -255,9 +255,9 @@ def _elementwise() -> list[tuple[str, tuple]]:
     gemv = dict(out_ptr="*bf16", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
                 stride_xm="i32", stride_wn="i32", stride_om="i32", SILU_AND_MUL=_const(True),
                 BLOCK_M=_const(1), BLOCK_N=_const(16), BLOCK_K=_const(1024), PDL=_const(True))  # fmt: skip
-    small = gemv_tiles(5120, 2048)
-    small_gemv = {**gemv, "SILU_AND_MUL": _const(False), "BLOCK_N": _const(small.block_n),
-                  "BLOCK_K": _const(small.block_k)}  # fmt: skip
+    short = gemv_tiles(5120, 2048)
+    short_gemv = {**gemv, "SILU_AND_MUL": _const(False), "BLOCK_N": _const(short.block_n),
+                  "BLOCK_K": _const(short.block_k)}  # fmt: skip
     chunk_stats = dict(logits_ptr="*fp32", max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32",
                        finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32",
                        CHUNK=_const(CHUNK))  # fmt: skip
@@ -284,8 +284,8 @@ def _elementwise() -> list[tuple[str, tuple]]:
         ("silu_and_mul gemv bf16 N4096 K14336", (_gemv_kernel, gemv, 8, 2)),
         ("gemv bf16 N6144 K4096", (_gemv_kernel, {**gemv, "SILU_AND_MUL": _const(False)}, 8, 2)),
         (
-            "gemv bf16 N5120 K2048 (small-weight tiles)",
-            (_gemv_kernel, small_gemv, small.num_warps, small.num_stages),
+            "gemv bf16 N5120 K2048 (short-row tiles)",
+            (_gemv_kernel, short_gemv, short.num_warps, short.num_stages),
         ),
     ]
 
