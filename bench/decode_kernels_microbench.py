@@ -4,6 +4,7 @@ engine runs them), 8B shapes (or --model qwen3-30b-a3b: its dense projections on
   projections: cuBLAS (down: silu_and_mul_triton + cuBLAS)  vs  gemv_triton (tiles swept)
   attention input: apply_rotary_qk_triton + write_kv_cache_triton  vs  rotary_store_kv_triton
   decode attention: partition lengths of the split schedule, short contexts under a 2048 bound
+  add + RMSNorm + projection: add_rms_norm_triton + gemv_triton  vs  add_rms_norm_gemv_triton
 
 Each graph runs the op 32 times (projections: over 4 weight copies, so nothing stays in L2); the
 time per op is the graph's replay time / 32 (median of replays). Bandwidth counts weight bytes once.
@@ -13,6 +14,7 @@ python bench/decode_kernels_microbench.py [--model llama-8b|qwen3-30b-a3b]
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from collections.abc import Callable
@@ -104,6 +106,73 @@ def projections(bytes_per_us: float, shapes: dict[str, tuple[int, int]], tiles: 
         del weights
 
 
+# (BLOCK_N, num_warps) of add_rms_norm_gemv_triton (its K step is the whole row).
+NORM_GEMV_TILES = [(2, 4), (4, 4), (8, 4), (16, 8), (2, 2), (4, 8)]
+
+
+def norm_then_projection(bytes_per_us: float, shapes: dict[str, tuple[int, int]]) -> None:
+    """Residual add + RMSNorm then a projection at 1 row: two launches (add_rms_norm_triton, then
+    gemv_triton at its tiles) vs add_rms_norm_gemv_triton (tiles swept). The router's product stores
+    fp32 and the normalized row, as the MoE block needs."""
+    from epochserve.kernels.gemv_triton import GemvTiles
+
+    print("\nadd + RMSNorm + projection at 1 row, us per call (fraction of copy bandwidth); fused columns:")
+    print(f"{'':8} {'two launches':>14} " + " ".join(f"{t!s:>14}" for t in NORM_GEMV_TILES))
+    for name, (n, k) in shapes.items():
+        if name not in ("qkv", "router"):
+            continue
+        weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(4)]
+        x, residual = (torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        norm_weight = torch.rand(k, device="cuda", dtype=torch.bfloat16)
+        router = name == "router"
+        out_dtype, nbytes = torch.float32 if router else None, n * k * 2
+
+        def cell(us: float, nbytes: int = nbytes) -> str:
+            return f"{us:5.1f} ({nbytes / us / bytes_per_us:4.0%})"
+
+        args = dict(x=x, residual=residual, norm_weight=norm_weight, weights=weights, out_dtype=out_dtype)
+        cells = [
+            cell(graph_us(functools.partial(_fused_norm_gemv, **args, store_normed=router, tiles=t)))
+            for t in (GemvTiles(block_n, 0, warps, 1) for block_n, warps in NORM_GEMV_TILES)
+        ]
+        two = cell(graph_us(functools.partial(_norm_then_gemv, **args)))
+        print(f"{name:8} {two:>14} " + " ".join(f"{c:>14}" for c in cells))
+        del weights
+
+
+def _norm_then_gemv(
+    i: int,
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    weights: list,
+    out_dtype: object,
+) -> object:
+    from epochserve.kernels.gemv_triton import gemv_triton
+    from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton
+
+    normed, _ = add_rms_norm_triton(x, residual, norm_weight, 1e-6)
+    return gemv_triton(normed, weights[i % 4], out_dtype=out_dtype)
+
+
+def _fused_norm_gemv(
+    i: int, x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, weights: list,
+    out_dtype: object, store_normed: bool, tiles: object,
+) -> object:  # fmt: skip
+    from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_gemv_triton
+
+    return add_rms_norm_gemv_triton(
+        x,
+        residual,
+        norm_weight,
+        1e-6,
+        weights[i % 4],
+        out_dtype=out_dtype,
+        store_normed=store_normed,
+        tiles=tiles,
+    )
+
+
 def decode_attention() -> None:
     """Batch-1 decode attention as a graph captured for a 2048-position bound runs it, by partition
     length (the split schedule: partitions + a reduce kernel; 2048: one partition, no reduce)."""
@@ -182,8 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth:.2f} TB/s")
     if args.model == "qwen3-30b-a3b":
         projections(bandwidth * 1e6, QWEN3_30B_SHAPES, QWEN3_30B_TILES)
+        norm_then_projection(bandwidth * 1e6, QWEN3_30B_SHAPES)
         return
     projections(bandwidth * 1e6, SHAPES, TILES)  # bytes per us
+    norm_then_projection(bandwidth * 1e6, SHAPES)
     attention_input()
     decode_attention()
 

@@ -1,10 +1,13 @@
 # GPU runs for #21 (the batch-1 decode kernels of the Qwen3-30B-A3B shape) and #20 (HTTP vs gRPC) on
 # a lent machine with one GPU, correctness first. Each mode fits the 10-minute limit; `all` runs
 # http, w1 and kernels in one call (~9 min):
-#   bash bench/device_w1_kernels.sh http      # bench/http_vs_grpc.py, 4 HTTP front processes, 4 and 1
-#                                             # client processes (~3 min)
+#   bash bench/device_w1_kernels.sh http [N]  # bench/http_vs_grpc.py, 4 HTTP front processes, 4 and 1
+#                                             # client processes, or N only (~3 min)
 #   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the long-row gemv tiles, profile (~2 min)
 #   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
+#   bash bench/device_w1_kernels.sh dense     # W1/W2 of the 8B Llama shape, bench/w1_w2.py (~3 min)
+#   bash bench/device_w1_kernels.sh pdl       # early launch and norms folded into gemv: GPU tests, W1 with
+#                                             # and without each, kernels (~8 min)
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
 # tokenizer files). Results: $OUT/*.json and the printed tables.
 source bench/device_env.sh || exit 1
@@ -19,7 +22,7 @@ http() {  # $1: client processes
         grep -v -i warn | tail -6
 }
 if [ "$mode" = http ] || [ "$mode" = all ]; then
-    http 4
+    http "${2:-4}"  # `http 1`: one client process only
 fi
 if [ "$mode" = w1 ] || [ "$mode" = all ]; then
     echo "=== GPU tests: gemv (its tiles changed)"
@@ -44,6 +47,27 @@ if [ "$mode" = kernels ] || [ "$mode" = all ]; then
     echo "=== GPU tests: MoE"
     timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py 2>&1 | tail -2
 fi
-if [ "$mode" = http ] || [ "$mode" = all ]; then
+if { [ "$mode" = http ] && [ -z "$2" ]; } || [ "$mode" = all ]; then
     http 1
+fi
+if [ "$mode" = pdl ]; then
+    echo "=== GPU tests: early launch changes no bit; gemv and add-norm gemv kernels; norms folded, engine"
+    timeout 150 python -m pytest -q -x tests/gpu/test_engine_gpu.py -k "early_launch or norms_folded" 2>&1 | tail -2
+    timeout 90 python -m pytest -q -x tests/gpu/test_kernels_gpu.py -k gemv 2>&1 | tail -2
+    for flags in "0 0" "1 0" "0 1" "1 1"; do
+        set -- $flags
+        echo "=== W1, EPOCHSERVE_PDL=$1 EPOCHSERVE_NORM_GEMV=$2"
+        EPOCHSERVE_PDL=$1 EPOCHSERVE_NORM_GEMV=$2 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
+            --max-num-seqs 8 --json "$OUT/w1_pdl$1_norm$2.json" 2>&1 | grep -v -i warn | tail -3
+    done
+    for pdl in 0 1; do
+        echo "=== Qwen3-30B-A3B projections, add-norm + projection, EPOCHSERVE_PDL=$pdl"
+        EPOCHSERVE_PDL=$pdl timeout 90 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 |
+            grep -v Warning | tail -9
+    done
+fi
+if [ "$mode" = dense ]; then
+    echo "=== W1/W2, Llama-3.1-8B shape (no peer)"
+    EPOCHSERVE_PDL=0 timeout 280 python bench/w1_w2.py --skip-peer --json "$OUT/w1_w2.json" 2>&1 |
+        grep -v -i warn | tail -8
 fi

@@ -41,6 +41,7 @@ import asyncio
 import cProfile
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import tempfile
@@ -68,6 +69,7 @@ PROMPTS = [
     "Describe the water cycle to a curious ten-year-old, using an everyday example.",
 ]
 PATHS = ("grpc final", "http whole", "grpc stream", "http stream")
+CPU_GROUPS = ("router", "worker", "clients")  # whose CPU time a round reports, per output token
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,31 @@ def client_process(conn: Connection, router: str, base_url: str, work: Workload,
     asyncio.run(serve())
 
 
+class CpuMeter:
+    """CPU seconds (user + system) used so far by named groups of processes, each with its live
+    children (the router's HTTP front processes, the worker's TP ranks), so that a round shows which
+    side of the connection is busy: the router, the worker, or the bench's own clients. A pid in
+    `alone` counts without its children (this process, when it is the client: the cluster is its child)."""
+
+    def __init__(self, groups: dict[str, list[int]], alone: tuple[int, ...] = ()) -> None:
+        self.groups = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
+        self.alone = alone
+
+    def read(self) -> dict[str, float]:
+        return {name: sum(map(self._cpu, processes)) for name, processes in self.groups.items()}
+
+    def _cpu(self, process: psutil.Process) -> float:
+        members = [process] if process.pid in self.alone else [process, *process.children(recursive=True)]
+        total = 0.0
+        for member in members:
+            try:
+                times = member.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+
 async def measure(
     cluster: LocalCluster, work: Workload, rounds: int, processes: int
 ) -> dict[str, list[float]]:
@@ -176,15 +203,21 @@ async def measure(
                 pipe.send(path)
             return sum([await asyncio.to_thread(pipe.recv) for pipe in pipes])
 
+        meter = CpuMeter({
+            "router": [router.pid for router in cluster.routers if router.pid],
+            "worker": [worker.pid for worker in cluster.workers if worker.pid],
+            "clients": [child.pid for child in children if child.pid] or [os.getpid()],
+        }, alone=(os.getpid(),))  # fmt: skip
         if pipes:
-            return await measure_rounds({path: (lambda p=path: spread(p)) for path in PATHS}, work, rounds)
+            runs = {path: (lambda p=path: spread(p)) for path in PATHS}
+            return await measure_rounds(runs, work, rounds, meter)
         async with (
             AsyncGenerationClient(cluster.router_address, timeout=600) as grpc_client,
             openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600) as http,
         ):
             model = (await http.models.list()).data[0].id
             runs = path_rounds(grpc_client, http, work, model, range(work.num_requests))
-            return await measure_rounds(runs, work, rounds)
+            return await measure_rounds(runs, work, rounds, meter)
     finally:
         for pipe in pipes:
             pipe.send(None)
@@ -193,17 +226,25 @@ async def measure(
 
 
 async def measure_rounds(
-    runs: dict[str, Callable[[], Awaitable[int]]], work: Workload, rounds: int
+    runs: dict[str, Callable[[], Awaitable[int]]], work: Workload, rounds: int, meter: CpuMeter
 ) -> dict[str, list[float]]:
+    """Per path, each timed round's out tok/s; under "PATH cpu GROUP", the CPU µs per output token
+    each process group used in that round."""
     expected = work.num_requests * work.n * work.new_tokens
     samples: dict[str, list[float]] = {path: [] for path in PATHS}
     for round_index in range(rounds + 1):  # round 0 warms up (connections, kernels, caches)
         for path in PATHS:
+            before = meter.read()
             num_tokens, seconds = await timed(runs[path])
+            used = {group: cpu - before[group] for group, cpu in meter.read().items()}
             assert num_tokens == expected, f"{path}: {num_tokens} tokens, expected {expected}"
             if round_index:
                 samples[path].append(num_tokens / seconds)
-                print(f"  round {round_index} {path:12s} {num_tokens / seconds:9.1f} out tok/s", flush=True)
+                for group, cpu in used.items():
+                    samples.setdefault(f"{path} cpu {group}", []).append(1e6 * cpu / num_tokens)
+                cpu_text = ", ".join(f"{group} {1e6 * cpu / num_tokens:.1f}" for group, cpu in used.items())
+                print(f"  round {round_index} {path:12s} {num_tokens / seconds:9.1f} out tok/s; "
+                      f"CPU µs/token: {cpu_text}", flush=True)  # fmt: skip
     return samples
 
 
@@ -213,16 +254,20 @@ GRPC_PAIR = {"http whole": "grpc final", "http stream": "grpc stream"}  # the sa
 def report(samples: dict[str, list[float]]) -> str:
     """Medians per path; HTTP / gRPC is the median of each round's own ratio (a round's paths run
     back to back, so a machine that slows down for a while slows both)."""
-    lines = ["| path | out tok/s (median) | min-max | HTTP / gRPC |", "|---|---|---|---|"]
+    cpu_heads = " | ".join(f"{group} CPU µs/tok" for group in CPU_GROUPS)
+    lines = [
+        f"| path | out tok/s (median) | min-max | HTTP / gRPC | {cpu_heads} |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path in PATHS:
         rates = samples[path]
         ratio = ""
         if path in GRPC_PAIR:
             pairs = zip(rates, samples[GRPC_PAIR[path]], strict=True)
             ratio = f"{statistics.median(http / grpc for http, grpc in pairs):.2f}"
-        lines.append(
-            f"| {path} | {statistics.median(rates):.1f} | {min(rates):.1f}-{max(rates):.1f} | {ratio} |"
-        )
+        cpu = " | ".join(f"{statistics.median(samples[f'{path} cpu {group}']):.1f}" for group in CPU_GROUPS)
+        spread = f"{min(rates):.1f}-{max(rates):.1f}"
+        lines.append(f"| {path} | {statistics.median(rates):.1f} | {spread} | {ratio} | {cpu} |")
     return "\n".join(lines)
 
 

@@ -39,29 +39,55 @@ def _gemv_kernel(
     SILU_AND_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
-    pdl_prologue(PDL)
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.arange(0, BLOCK_M)
     col_ok = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    start = 0
+    if PDL:
+        # The weight is never written by the kernel just before (pdl.py), so its first K step is
+        # loaded while that kernel finishes; only x waits.
+        ks = tl.arange(0, BLOCK_K)
+        w = _load_weight_step(weight_ptr, cols, ks, col_ok, K, stride_wn)
+        pdl_prologue(PDL)
+        acc = _gemv_step(acc, w, x_ptr, ks, M, K, stride_xm, SILU_AND_MUL, BLOCK_M, BLOCK_K)
+        start = BLOCK_K
+    for k0 in range(start, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        w = tl.load(
-            weight_ptr + cols[:, None] * stride_wn + ks[None, :],
-            mask=col_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        for m in tl.static_range(BLOCK_M):
-            x_mask = k_ok & (tl.full([BLOCK_K], m, tl.int32) < M)  # padded rows (M=3 → 4) load zeros
-            x = tl.load(x_ptr + m * stride_xm + ks, mask=x_mask, other=0.0)
-            if SILU_AND_MUL:
-                up = tl.load(x_ptr + m * stride_xm + K + ks, mask=x_mask, other=0.0)
-                x = _silu_and_mul(x, up)  # rounded exactly as silu_and_mul_triton rounds it
-            part = tl.sum(w * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_N]: this K step of row m
-            acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
+        w = _load_weight_step(weight_ptr, cols, ks, col_ok, K, stride_wn)
+        acc = _gemv_step(acc, w, x_ptr, ks, M, K, stride_xm, SILU_AND_MUL, BLOCK_M, BLOCK_K)
     out_ptrs = out_ptr + rows[:, None] * stride_om + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < M) & col_ok[None, :])
+
+
+@triton.jit
+def _load_weight_step(weight_ptr, cols, ks, col_ok, K, stride_wn):
+    return tl.load(
+        weight_ptr + cols[:, None] * stride_wn + ks[None, :],
+        mask=col_ok[:, None] & (ks < K)[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _gemv_step(
+    acc, w, x_ptr, ks, M, K, stride_xm,
+    SILU_AND_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """acc [BLOCK_M, BLOCK_N] plus every row's products with one K step of the weight, w [BLOCK_N,
+    BLOCK_K] (masked lanes zero)."""
+    rows = tl.arange(0, BLOCK_M)
+    k_ok = ks < K
+    w = w.to(tl.float32)
+    for m in tl.static_range(BLOCK_M):
+        x_mask = k_ok & (tl.full([BLOCK_K], m, tl.int32) < M)  # padded rows (M=3 → 4) load zeros
+        x = tl.load(x_ptr + m * stride_xm + ks, mask=x_mask, other=0.0)
+        if SILU_AND_MUL:
+            up = tl.load(x_ptr + m * stride_xm + K + ks, mask=x_mask, other=0.0)
+            x = _silu_and_mul(x, up)  # rounded exactly as silu_and_mul_triton rounds it
+        part = tl.sum(w * x.to(tl.float32)[None, :], axis=1)  # [BLOCK_N]: this K step of row m
+        acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
+    return acc
 
 
 @dataclass(frozen=True, slots=True)

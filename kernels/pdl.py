@@ -7,8 +7,11 @@ GPU idles for the launch and ramp-up of the next (~0.35 ms of a 4 ms step on the
 bench/profile_moe_w1.py). With it, the next kernel's programs are resident when the previous one
 ends. Graph capture keeps the programmatic edges.
 
-The contract every kernel that takes `PDL` keeps: `pdl_prologue(PDL)` first, before any load or
-store, so nothing reads a previous kernel's output (or overwrites its input) early. Opt-in with
+The contract every kernel that takes `PDL` keeps: `pdl_prologue(PDL)` before any store and before
+any load of what an earlier kernel of the step may write, so nothing reads a previous kernel's output
+(or overwrites its input) early. Model weights are the one exception: no kernel of a step writes them
+(weight swaps are ordinary copies between steps, on the stream, many kernels before), so gemv_triton
+loads its first weight tile before the wait, overlapping the previous kernel's tail. Opt-in with
 EPOCHSERVE_PDL=1: it changes no bit (tests/gpu/test_engine_gpu.py) but made W1 11% slower on an H100
 (docs/benchmarks.md, 2026-12-06), since a kernel that waits at its first instruction gains nothing
 from being resident early. Never on older GPUs or in the interpreter.

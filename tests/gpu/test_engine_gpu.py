@@ -128,11 +128,36 @@ def test_bf16_greedy_matches_transformers_up_to_near_ties(bf16_model_dir):
     model_dir = bf16_model_dir
     engine = make_engine(model_dir, device="cuda", dtype="bfloat16")
     assert engine.model.lm_head.weight.dtype == torch.bfloat16 and engine.model.lm_head.fp32_logits
+    batch = prompts(12)
+    check_greedy_up_to_near_ties(model_dir, batch, greedy(engine, batch))
+
+
+@pytest.mark.parametrize("kind", ["bf16", "qwen3_moe"])
+def test_norms_folded_into_projections_match_transformers_at_batch_1(
+    kind, bf16_model_dir, tmp_path_factory, monkeypatch
+):
+    """EPOCHSERVE_NORM_GEMV=1 (ops.norm_then_linear: each norm inside the 1-row projection after it,
+    the qkv and, in the MoE model, the router's): greedy decoding one request at a time, so every
+    decode step takes the fused kernel, matches transformers up to near-ties."""
+    monkeypatch.setenv("EPOCHSERVE_NORM_GEMV", "1")
+    model_dir = bf16_model_dir
+    if kind == "qwen3_moe":
+        if bf16_model_dir.name != "llama":
+            pytest.skip("the MoE model once (it does not depend on bf16_model_dir)")
+        model_dir = build_tiny_model(kind, tmp_path_factory.mktemp("gpu") / kind, save_dtype=torch.bfloat16)
+    engine = make_engine(model_dir, device="cuda", dtype="bfloat16")
+    assert engine.model.lm_head.ops.norm_into_gemv
+    batch = prompts(4, seed=2, vocab=engine.limits.vocab_size)
+    check_greedy_up_to_near_ties(model_dir, batch, [greedy(engine, [prompt])[0] for prompt in batch])
+
+
+def check_greedy_up_to_near_ties(model_dir, batch: list[list[int]], outputs: list[list[int]]) -> None:
+    """Each greedy output equals transformers' (bf16, fp32 lm_head) up to its first difference, where
+    transformers' own fp32 margin between the two tokens must be a near-tie (BF16_LOGIT_TIE)."""
     reference = hf_model(model_dir, torch.bfloat16, fp32_head=True)
     fp32 = hf_model(model_dir, torch.bfloat16, fp32_head=False).float()
-    batch = prompts(12)
     exact, ties = 0, []
-    for prompt, ours in zip(batch, greedy(engine, batch), strict=True):
+    for prompt, ours in zip(batch, outputs, strict=True):
         theirs = hf_greedy(reference, prompt)
         if ours == theirs:
             exact += 1

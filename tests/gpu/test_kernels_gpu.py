@@ -39,6 +39,7 @@ from epochserve.kernels.paged_attention_triton import (  # noqa: E402
     paged_attention_triton,
 )
 from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch  # noqa: E402
+from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_gemv_triton  # noqa: E402
 from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton, rms_norm_triton  # noqa: E402
 from epochserve.kernels.rotary import apply_rotary_torch, rope_cos_sin_cache, rope_inv_freq  # noqa: E402
 from epochserve.kernels.rotary_kv_cache_triton import rotary_store_kv_triton  # noqa: E402
@@ -304,6 +305,37 @@ def test_gemv_matches_linear(dtype: torch.dtype, rows: int, n: int, k: int) -> N
     x = torch.randn(rows, k, device="cuda", dtype=dtype)
     weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
     assert rel_err(gemv_triton(x, weight), x.double() @ weight.double().T) < ATTN_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("rows", "n", "k", "router"),
+    [(1, 5120, 2048, False), (1, 128, 2048, True), (4, 6144, 4096, False), (3, 1000, 333, True)],
+)
+def test_add_rms_norm_gemv_matches_the_two_launches(
+    dtype: torch.dtype, rows: int, n: int, k: int, router: bool
+) -> None:
+    """Against add_rms_norm_triton then the product: the residual sum is bit-equal; the normalized
+    row differs only where the variance's summation order flips a rounding (`close`); the product
+    is checked against fp64 of the kernel's own normalized row (ATTN_TOL; fp32 out: 1e-5). Each
+    row's bytes do not depend on the other rows."""
+    x, residual = (
+        torch.randn(rows, k, device="cuda", dtype=dtype) * 3,
+        torch.randn(rows, k, device="cuda", dtype=dtype),
+    )
+    norm_weight = torch.rand(k, device="cuda", dtype=dtype) + 0.5
+    weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    out_dtype = torch.float32 if router else None
+    out, summed, normed = add_rms_norm_gemv_triton(
+        x, residual, norm_weight, 1e-6, weight, out_dtype=out_dtype, store_normed=True
+    )
+    ref_normed, ref_summed = add_rms_norm_triton(x, residual, norm_weight, 1e-6)
+    assert normed is not None and same_bytes(summed, ref_summed)
+    close(normed, ref_normed)
+    tol = 1e-5 if router else ATTN_TOL[dtype]
+    assert rel_err(out, normed.double() @ weight.double().T) < tol
+    last = add_rms_norm_gemv_triton(x[-1:], residual[-1:], norm_weight, 1e-6, weight, out_dtype=out_dtype)[0]
+    assert same_bytes(last, out[-1:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -227,6 +227,7 @@ def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.activation_triton import _silu_and_mul_kernel
     from epochserve.kernels.gemv_triton import _gemv_kernel, gemv_tiles
     from epochserve.kernels.kv_cache_triton import _write_kv_cache_kernel
+    from epochserve.kernels.rmsnorm_gemv_triton import _add_rms_norm_gemv_kernel, norm_gemv_tiles
     from epochserve.kernels.rmsnorm_triton import _rms_norm_kernel
     from epochserve.kernels.rotary_kv_cache_triton import _rotary_store_kv_kernel
     from epochserve.kernels.rotary_triton import _rotary_kernel
@@ -258,6 +259,13 @@ def _elementwise() -> list[tuple[str, tuple]]:
     short = gemv_tiles(5120, 2048)
     short_gemv = {**gemv, "SILU_AND_MUL": _const(False), "BLOCK_N": _const(short.block_n),
                   "BLOCK_K": _const(short.block_k)}  # fmt: skip
+    norm_tiles = norm_gemv_tiles(5120, 2048)
+    norm_gemv = dict(out_ptr="*bf16", summed_ptr="*bf16", normed_ptr="*bf16", x_ptr="*bf16",
+                     residual_ptr="*bf16", norm_weight_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32",
+                     K="i32", eps="fp32",
+                     stride_xm="i32", stride_rm="i32", stride_wn="i32", stride_om="i32",
+                     HAS_RESIDUAL=_const(True), STORE_NORMED=_const(False), BLOCK_M=_const(1),
+                     BLOCK_N=_const(norm_tiles.block_n), BLOCK_K=_const(2048), PDL=_const(True))  # fmt: skip
     chunk_stats = dict(logits_ptr="*fp32", max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32",
                        finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32",
                        CHUNK=_const(CHUNK))  # fmt: skip
@@ -286,6 +294,19 @@ def _elementwise() -> list[tuple[str, tuple]]:
         (
             "gemv bf16 N5120 K2048 (short-row tiles)",
             (_gemv_kernel, short_gemv, short.num_warps, short.num_stages),
+        ),
+        (
+            "add_rms_norm gemv bf16 N5120 K2048",
+            (_add_rms_norm_gemv_kernel, norm_gemv, norm_tiles.num_warps, norm_tiles.num_stages),
+        ),
+        (
+            "add_rms_norm gemv fp32-out N128 K2048 + normed row",
+            (
+                _add_rms_norm_gemv_kernel,
+                {**norm_gemv, "out_ptr": "*fp32", "STORE_NORMED": _const(True)},
+                norm_tiles.num_warps,
+                norm_tiles.num_stages,
+            ),
         ),
     ]
 

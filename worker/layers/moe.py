@@ -150,7 +150,11 @@ class SparseMoeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The router's logits in fp32 whatever the model dtype: fewer near-ties decided by rounding.
-        logits = self.ops.linear_fp32(x, self.gate.weight)
+        return self.from_router_logits(x, self.ops.linear_fp32(x, self.gate.weight))
+
+    def from_router_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The block's output for x given its router's fp32 logits (the decoder layer computes them
+        together with the norm before, see DecoderLayer)."""
         out, self.last_topk_ids = self.experts(x, logits, self.top_k, self.renormalize)
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             shared = self.shared_expert(x)

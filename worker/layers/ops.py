@@ -99,6 +99,27 @@ class TorchOps:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return add_rms_norm_torch(x, residual, weight, eps)
 
+    def norm_then_linear(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        fp32_out: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(linear(norm(x + residual)), x + residual, norm(x + residual)): a pre-norm block's norm and
+        the projection after it (fp32_out: linear_fp32, the MoE router's). Without a residual, x is
+        the residual stream itself (the first layer's embedding)."""
+        if residual is None:
+            normed, summed = self.rms_norm(x, norm_weight, eps), x
+        else:
+            normed, summed = self.add_rms_norm(x, residual, norm_weight, eps)
+        out = self.linear_fp32(normed, weight) if fp32_out else self.linear(normed, weight, bias)
+        return out, summed, normed
+
     def rotary_store_kv(
         self,
         q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
@@ -196,6 +217,9 @@ class TritonOps(TorchOps):
 
     name: str = "triton"
     use_gemv: bool = True  # 1-row projections through gemv_triton (benchmarks compare with cuBLAS)
+    # A norm and the 1-row projection after it in one launch (add_rms_norm_gemv_triton); opt-in
+    # (EPOCHSERVE_NORM_GEMV=1) until a GPU measurement says it is faster.
+    norm_into_gemv: bool = False
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         from epochserve.kernels.matmul_batch_invariant import matmul_batch_invariant
@@ -275,6 +299,35 @@ class TritonOps(TorchOps):
         from epochserve.kernels.rmsnorm_triton import add_rms_norm_triton
 
         return add_rms_norm_triton(x, residual, weight, eps)
+
+    def norm_then_linear(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        fp32_out: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_gemv_triton, takes_norm_gemv
+
+        if (
+            self.norm_into_gemv
+            and bias is None
+            and self._takes_gemv(x, weight)
+            and takes_norm_gemv(x, weight)
+            and norm_weight.dtype == x.dtype
+        ):
+            # One launch instead of two at batch 1 (kernels/rmsnorm_gemv_triton.py).
+            out_dtype = torch.float32 if fp32_out else None
+            out, summed, normed = add_rms_norm_gemv_triton(
+                x, residual, norm_weight, eps, weight, out_dtype=out_dtype, store_normed=True
+            )
+            assert normed is not None
+            return out, summed, normed
+        return TorchOps.norm_then_linear(self, x, residual, norm_weight, eps, weight, bias, fp32_out=fp32_out)
 
     def rotary_store_kv(
         self,

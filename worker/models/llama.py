@@ -91,10 +91,15 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata
     ) -> torch.Tensor:
-        n, d = x.shape[0], self.head_dim
-        q, k, v = self.qkv_proj(x).split(
-            [self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], -1
-        )
+        return self.attend(self.qkv_proj(x), positions, cache, meta)
+
+    def attend(
+        self, qkv: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        """The block's output from the qkv projection's output (DecoderLayer computes that together
+        with the norm before it)."""
+        n, d = qkv.shape[0], self.head_dim
+        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], -1)
         q, k, v = (
             q.view(n, self.num_heads, d),
             k.view(n, self.num_kv_heads, d),
@@ -129,6 +134,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
         self.self_attn = Attention(config, rotary, ctx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
+        self.ops = ctx.ops
         moe = config.moe
         self.mlp: MLP | SparseMoeBlock
         if moe is None or not moe.is_sparse(index):
@@ -152,12 +158,20 @@ class DecoderLayer(nn.Module):
         cache: LayerKVCache,
         meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:  # first layer: `delta` is the embedding itself
-            h, residual = self.input_layernorm(delta), delta
-        else:
-            h, residual = self.input_layernorm.add_and_norm(delta, residual)
-        h = self.self_attn(h, positions, cache, meta)
-        h, residual = self.post_attention_layernorm.add_and_norm(h, residual)
+        # Each norm and the projection after it go through one op, so that a batch-1 step can run
+        # them as one kernel (ops.norm_then_linear); residual None: `delta` is the embedding itself.
+        qkv_proj, norm = self.self_attn.qkv_proj, self.input_layernorm
+        qkv, residual, _ = self.ops.norm_then_linear(
+            delta, residual, norm.weight, norm.eps, qkv_proj.weight, qkv_proj.bias
+        )
+        h = self.self_attn.attend(qkv, positions, cache, meta)
+        norm = self.post_attention_layernorm
+        if isinstance(self.mlp, SparseMoeBlock):
+            logits, residual, h = self.ops.norm_then_linear(
+                h, residual, norm.weight, norm.eps, self.mlp.gate.weight, fp32_out=True
+            )
+            return self.mlp.from_router_logits(h, logits), residual
+        h, residual = norm.add_and_norm(h, residual)
         return self.mlp(h), residual
 
 
