@@ -2,7 +2,8 @@
 # a lent machine with one GPU, correctness first. Each mode fits the 10-minute limit; `all` runs
 # http, w1 and kernels in one call (~9 min):
 #   bash bench/device_w1_kernels.sh http [N]  # bench/http_vs_grpc.py, 4 HTTP front processes, 4 and 1
-#                                             # client processes, or N only (~3 min)
+#                                             # client processes, or N only (~3 min); HTTP_TOKENS=256
+#                                             # for longer samples (default 64)
 #   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the long-row gemv tiles, profile (~2 min)
 #   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
 #   bash bench/device_w1_kernels.sh dense     # W1/W2 of the 8B Llama shape, bench/w1_w2.py (~3 min)
@@ -14,11 +15,12 @@ source bench/device_env.sh || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 date -u
 mode=${1:-kernels}
-http() {  # $1: client processes
-    echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes"
+http() {  # $1: client processes, $2: new tokens a sample (HTTP_TOKENS, default 64)
+    local tokens=${HTTP_TOKENS:-64}
+    echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes, $tokens tokens"
     timeout 200 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
-        --requests 256 --new-tokens 64 --rounds 5 --worker-arg=--max-num-seqs=512 \
-        --router-arg=--http-processes=4 --client-processes "${1:-4}" --json "$OUT/http4_c${1:-4}.json" 2>&1 |
+        --requests 256 --new-tokens "$tokens" --rounds 5 --worker-arg=--max-num-seqs=512 \
+        --router-arg=--http-processes=4 --client-processes "${1:-4}" --json "$OUT/http4_c${1:-4}_t$tokens.json" 2>&1 |
         grep -v -i warn | tail -6
 }
 if [ "$mode" = http ] || [ "$mode" = all ]; then
@@ -60,11 +62,9 @@ if [ "$mode" = pdl ]; then
         EPOCHSERVE_PDL=$1 EPOCHSERVE_NORM_GEMV=$2 timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
             --max-num-seqs 8 --json "$OUT/w1_pdl$1_norm$2.json" 2>&1 | grep -v -i warn | tail -3
     done
-    for pdl in 0 1; do
-        echo "=== Qwen3-30B-A3B projections, add-norm + projection, EPOCHSERVE_PDL=$pdl"
-        EPOCHSERVE_PDL=$pdl timeout 90 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 |
-            grep -v Warning | tail -9
-    done
+    echo "=== Qwen3-30B-A3B projections, add-norm + projection"
+    EPOCHSERVE_PDL=0 timeout 90 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 |
+        grep -v Warning | tail -9
 fi
 if [ "$mode" = dense ]; then
     echo "=== W1/W2, Llama-3.1-8B shape (no peer)"

@@ -40,7 +40,7 @@ import triton.language as tl
 from epochserve.kernels.activation_triton import _silu_and_mul
 from epochserve.kernels.fused_moe_triton import check_moe_shapes
 from epochserve.kernels.gemv_triton import GemvTiles
-from epochserve.kernels.moe_topk_triton import topk_route_triton
+from epochserve.kernels.moe_topk_triton import slot_pad, topk_route_triton
 from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched expert once
@@ -187,7 +187,7 @@ def routed_moe_gemv_triton(
     t = down_tiles
     _down_combine_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
-        w2.stride(1), TOP_K=top_k, K_PAD=max(2, triton.next_power_of_2(top_k)), BLOCK_N=t.block_n,
+        w2.stride(1), TOP_K=top_k, K_PAD=slot_pad(top_k), BLOCK_N=t.block_n,
         BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return out, weights, ids

@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 
 from epochserve.kernels.activation_triton import _silu_and_mul
+from epochserve.kernels.moe_topk_triton import slot_pad
 
 # Pairs per alignment chunk at most (the place kernel sorts a chunk in registers).
 MAX_CHUNK = 1024
@@ -439,7 +440,7 @@ def fused_moe_triton(
     block_h = min(512, triton.next_power_of_2(hidden))
     _combine_kernel[(triton.cdiv(num_tokens, block_t), triton.cdiv(hidden, block_h))](
         out, down, weights, align.local_ids, num_tokens, hidden, out.stride(0), down.stride(0),
-        weights.stride(0), TOP_K=top_k, K_PAD=max(2, triton.next_power_of_2(top_k)), BLOCK_T=block_t,
+        weights.stride(0), TOP_K=top_k, K_PAD=slot_pad(top_k), BLOCK_T=block_t,
         BLOCK_H=block_h, num_warps=4,
     )  # fmt: skip
     return out

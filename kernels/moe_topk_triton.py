@@ -63,9 +63,14 @@ def _topk_route_kernel(
     tl.store(ids_ptr + out, chosen_id, mask=slots < TOP_K)
 
 
+def slot_pad(top_k: int) -> int:
+    """K_PAD: a token's top_k slots padded to a power of two (at least 2, for tl.arange)."""
+    return max(2, triton.next_power_of_2(top_k))
+
+
 def route_pads(top_k: int, num_experts: int) -> tuple[int, int]:
     """(K_PAD, E_PAD) of _route_row for this router."""
-    return max(2, triton.next_power_of_2(top_k)), max(16, triton.next_power_of_2(num_experts))
+    return slot_pad(top_k), max(16, triton.next_power_of_2(num_experts))
 
 
 def topk_route_triton(
