@@ -114,9 +114,9 @@ SHELL_END = {"2>&1", "|", ";", "&&", "||", ">", "2>", "&"}
 
 
 def bench_calls(path: Path) -> list[tuple[str, list[str]]]:
-    """(script, argv) of each `python3 bench/X.py ...` in a driver; `${1:-4}` reads as its default,
-    and "$@" (the driver's own arguments, passed on) as nothing."""
-    text = re.sub(r"\$\{\d+:-([^}]*)\}", r"\1", path.read_text().replace("\\\n", " "))
+    """(script, argv) of each `python3 bench/X.py ...` in a driver; `${1:-4}` or `${NAME:-4}` reads as
+    its default, and "$@" (the driver's own arguments, passed on) as nothing."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", path.read_text().replace("\\\n", " "))
     calls = []
     for script, rest in BENCH_CALL.findall(text):
         argv = []
