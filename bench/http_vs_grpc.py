@@ -360,16 +360,18 @@ async def front_only(
     server.start()
     try:
         port = await asyncio.wait_for(asyncio.to_thread(parent.recv), 120)
-        cpu = psutil.Process(server.pid)
+        meter = CpuMeter({"router": [server.pid]}, alone=(server.pid,))
         samples: dict[str, list[float]] = {}
         async with openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600
         ) as http:
             for round_index in range(rounds + 1):  # round 0 warms up
                 for path, stream in (("http whole", False), ("http stream", True)):
-                    before = sum(cpu.cpu_times()[:2])
-                    num_tokens, seconds = await timed(lambda: http_round(http, work, "bench", stream))  # noqa: B023
-                    used = sum(cpu.cpu_times()[:2]) - before
+                    before = meter.read()["router"]
+                    num_tokens, seconds = await timed(
+                        lambda: http_round(http, work, "bench", stream, range(work.num_requests))  # noqa: B023
+                    )
+                    used = meter.read()["router"] - before
                     if round_index:
                         samples.setdefault(path, []).append(num_tokens / seconds)
                         samples.setdefault(f"{path} µs", []).append(1e6 * used / num_tokens)
