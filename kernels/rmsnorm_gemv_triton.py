@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from epochserve.kernels.gemv_triton import MAX_ROWS, SHORT_ROW, GemvTiles
+from epochserve.kernels.gemv_triton import MAX_ROWS, SHORT_ROW, GemvTiles, _load_weight_step
 from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 
@@ -43,9 +43,7 @@ def _add_rms_norm_gemv_kernel(
     ks = tl.arange(0, BLOCK_K)
     k_ok = ks < K
     # Weights first: no kernel of a step writes them (pdl.py), so they load while the last one ends.
-    w = tl.load(
-        weight_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0
-    )
+    w = _load_weight_step(weight_ptr, cols, ks, col_ok, K, stride_wn)
     gamma = tl.load(norm_weight_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
     pdl_prologue(PDL)
     w = w.to(tl.float32)

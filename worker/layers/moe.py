@@ -148,10 +148,6 @@ class SparseMoeBlock(nn.Module):
         # the last forward's expert ids [num_tokens, top_k] (what routing replay will return)
         self.last_topk_ids: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The router's logits in fp32 whatever the model dtype: fewer near-ties decided by rounding.
-        return self.from_router_logits(x, self.ops.linear_fp32(x, self.gate.weight))
-
     def from_router_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The block's output for x given its router's fp32 logits (the decoder layer computes them
         together with the norm before, see DecoderLayer)."""

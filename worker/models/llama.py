@@ -88,11 +88,6 @@ class Attention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, d, ctx.ops)
         self.head_dim = d
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        return self.attend(self.qkv_proj(x), positions, cache, meta)
-
     def attend(
         self, qkv: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache, meta: AttentionMetadata
     ) -> torch.Tensor:
@@ -167,6 +162,7 @@ class DecoderLayer(nn.Module):
         h = self.self_attn.attend(qkv, positions, cache, meta)
         norm = self.post_attention_layernorm
         if isinstance(self.mlp, SparseMoeBlock):
+            # The router's logits in fp32 whatever the model dtype: fewer near-ties decided by rounding.
             logits, residual, h = self.ops.norm_then_linear(
                 h, residual, norm.weight, norm.eps, self.mlp.gate.weight, fp32_out=True
             )
