@@ -38,8 +38,11 @@ from epochserve.proto.results import MixedVersionError, Sample, SampleFinished, 
 from epochserve.proto.v1 import admin_pb2 as pb
 from epochserve.sampling import SamplingParams
 
-WORKER_ARGS = ("--lease-ttl", "2", "--block-size", "4")
-ROUTER_ARGS = ("--lease-ttl", "2", "--policy", "round-robin")
+# Leases of 6 s: a worker decoding two versions at once on a loaded 2-core machine let a 2 s lease
+# lapse before the kill (CI, twice: "the victim left before the kill"); the victim's lease then
+# ends 6 s after the kill, well inside WAIT_SECONDS.
+WORKER_ARGS = ("--lease-ttl", "6", "--block-size", "4")
+ROUTER_ARGS = ("--lease-ttl", "6", "--policy", "round-robin")
 # v0 requests must outlive the rollout's staging and commit and the v1 requests' start on the
 # victim: three times as long as v1's, whatever the machine's speed (tiny model, max len 2048).
 OLD_TOKENS = 1200
