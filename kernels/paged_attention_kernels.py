@@ -10,6 +10,11 @@ increasing order by `_merge_state`, either inside the program (loop schedule) or
 schedule). Both schedules run the same float operations in the same order on the same values, so a
 query row's output is bit-identical whichever schedule, tile neighbours or batch it had.
 
+The split schedule can also fold in its own launch (FOLD): each partition program takes a ticket
+from a per-(sequence, kv head) counter after storing its partial state, and the program that draws
+the last ticket folds the partitions, with `_fold_partitions` as the reduce kernel does (same order,
+same bits), and sets the counter back to 0. One launch a layer fewer at decode.
+
 Softmax runs in the log2 domain (scores pre-multiplied by scale * log2(e), exp2 instead of exp).
 """
 
@@ -138,6 +143,7 @@ def _paged_attention_kernel(
     block_tables_ptr,  # [num_seqs, max_blocks] int32
     seq_lens_ptr,  # [num_seqs] int32
     query_start_loc_ptr,  # [num_seqs + 1] int32
+    counters_ptr,  # [>= num_seqs * num_kv_heads] int32, all 0 (FOLD: left all 0 again)
     scale_log2e,
     num_seqs,
     split_tokens,  # partition length in positions, a multiple of BLOCK_N
@@ -166,6 +172,8 @@ def _paged_attention_kernel(
     DECODE: tl.constexpr,  # every sequence has at most one new token (max_query_len <= 1)
     DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
+    FOLD: tl.constexpr,  # split schedule at decode: the last partition program folds (module doc)
+    GROUP_PAD: tl.constexpr,  # the fold's rows: GROUP padded to a power of two
 ):
     pdl_prologue(PDL)
     kv_head = tl.program_id(1)
@@ -225,11 +233,62 @@ def _paged_attention_kernel(
         tl.store(part_l_ptr + part_row, l_run, mask=row_mask)
         acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
         tl.store(part_acc_ptr + acc_offs, acc_run, mask=row_mask[:, None])
+        if FOLD:  # DECODE: one token; its partitions are those below kv_hi
+            counter = counters_ptr + seq * tl.num_programs(1) + kv_head
+            if _last_to_arrive(counter, (kv_hi - 1) // split_tokens + 1):
+                _fold_partitions(
+                    out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, q_start.to(tl.int64), kv_head,
+                    kv_hi - 1, split_tokens, num_parts, num_heads, stride_ot, stride_oh,
+                    GROUP, GROUP_PAD, HEAD_DIM, HEAD_DIM_PAD,
+                )  # fmt: skip
     else:
         # Rows past the tile's tokens have l_run = 0; dividing them by 1 keeps NaN out of registers.
         out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
         o_offs = token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=qd_mask)
+
+
+@triton.jit
+def _last_to_arrive(counter_ptr, arrivals):
+    """True in the program that brings the counter to `arrivals` (and sets it back to 0).
+
+    Every program of the group calls this once, after its stores. The compiler puts a CTA barrier
+    before the scalar atomic and one after it (checked in its PTX): the barrier orders every warp's
+    stores before the release, and the acquire orders the last program's loads after all of them.
+    """
+    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == arrivals - 1
+    if last:  # the others have all arrived: nobody else touches the counter in this launch
+        tl.atomic_xchg(counter_ptr, 0, sem="relaxed", scope="gpu")
+    return last
+
+
+@triton.jit
+def _fold_partitions(
+    out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, token, kv_head, pos, split_tokens, num_parts,
+    num_heads, stride_ot, stride_oh,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+):  # fmt: skip
+    """Fold one token's partitions 0..pos // split_tokens of one kv head's GROUP query heads in
+    increasing order and store the normalized output."""
+    rows = tl.arange(0, GROUP_PAD)
+    row_mask = rows < GROUP
+    head = kv_head * GROUP + rows
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    first_part = (token * num_heads + head) * num_parts
+    m_run = tl.full([GROUP_PAD], NEG_INIT, tl.float32)
+    l_run = tl.zeros([GROUP_PAD], tl.float32)
+    acc_run = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], tl.float32)
+    for part in range(0, pos // split_tokens + 1):
+        part_row = first_part + part
+        m_i = tl.load(part_m_ptr + part_row, mask=row_mask, other=NEG_INIT)
+        l_i = tl.load(part_l_ptr + part_row, mask=row_mask, other=0.0)
+        acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
+        acc = tl.load(part_acc_ptr + acc_offs, mask=row_mask[:, None], other=0.0)
+        m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m_i, l_i, acc)
+    out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
+    o_offs = token * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+    o_mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit(do_not_specialize=["num_seqs", "split_tokens", "num_parts"])
@@ -263,24 +322,7 @@ def _reduce_partitions_kernel(
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
     pos = tl.load(seq_lens_ptr + seq) - q_len + (token - q_start)
-    num_heads = tl.num_programs(1) * GROUP
-
-    rows = tl.arange(0, GROUP_PAD)
-    row_mask = rows < GROUP
-    head = kv_head * GROUP + rows
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    first_part = (token.to(tl.int64) * num_heads + head) * num_parts
-    m_run = tl.full([GROUP_PAD], NEG_INIT, tl.float32)
-    l_run = tl.zeros([GROUP_PAD], tl.float32)
-    acc_run = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], tl.float32)
-    for part in range(0, pos // split_tokens + 1):
-        part_row = first_part + part
-        m_i = tl.load(part_m_ptr + part_row, mask=row_mask, other=NEG_INIT)
-        l_i = tl.load(part_l_ptr + part_row, mask=row_mask, other=0.0)
-        acc_offs = part_row[:, None] * HEAD_DIM_PAD + offs_d[None, :]
-        acc = tl.load(part_acc_ptr + acc_offs, mask=row_mask[:, None], other=0.0)
-        m_run, l_run, acc_run = _merge_state(m_run, l_run, acc_run, m_i, l_i, acc)
-    out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
-    o_offs = token.to(tl.int64) * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
-    o_mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
-    tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=o_mask)
+    _fold_partitions(
+        out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, token.to(tl.int64), kv_head, pos, split_tokens,
+        num_parts, tl.num_programs(1) * GROUP, stride_ot, stride_oh, GROUP, GROUP_PAD, HEAD_DIM, HEAD_DIM_PAD,
+    )  # fmt: skip

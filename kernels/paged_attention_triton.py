@@ -10,6 +10,11 @@ kernels/paged_attention_kernels.py; this module picks tile shapes, the partition
   partition's (max, sum, unnormalized output) in fp32; a second kernel folds them in order. Used for
   decode (max_query_len == 1) so that long contexts at small batch still use every SM.
 
+Folding the split schedule's reduce into its partition programs (FOLD in
+kernels/paged_attention_kernels.py) needs a counter per (sequence, kv head) that stays at 0 between
+launches: `_counters` keeps one zeroed buffer per device, never freed, since CUDA graphs hold its
+address. Opt-in, EPOCHSERVE_ATTENTION_FOLD=1, until a GPU measurement says it is faster.
+
 Batch invariance: with `fixed_split_tokens` set, the tile shapes and the partition length are
 constants, so a query row's arithmetic depends only on its own sequence (docs/kernels.md). The two
 schedules are bit-identical by construction, so the choice between them (which depends on the
@@ -19,6 +24,7 @@ batch) cannot change a result either.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +50,27 @@ _MAX_DECODE_PARTS = 256  # bounds the grid and the fp32 partial states of a long
 # runs instead (bit-identical, only less parallel).
 _MAX_PARTIAL_BYTES = 1 << 30
 _LOG2E = 1.4426950408889634
+_MIN_COUNTERS = 1 << 14  # (sequence, kv head) pairs the first counter buffer of a device covers
+_counter_buffers: dict[torch.device, list[torch.Tensor]] = {}  # per device, the newest last
+
+
+def fold_enabled() -> bool:
+    """Whether decode's split schedule folds its partitions in-kernel (EPOCHSERVE_ATTENTION_FOLD=1)."""
+    return os.environ.get("EPOCHSERVE_ATTENTION_FOLD", "0") == "1"
+
+
+def _counters(device: torch.device, needed: int) -> torch.Tensor | None:
+    """A zeroed int32 buffer of at least `needed` counters, or None while a CUDA graph is being
+    captured and the device has none that large (the capture then keeps the reduce launch: a buffer
+    allocated inside it would belong to the graph's pool). Buffers are never freed: a graph replays
+    on the address it captured, and every launch leaves its counters at 0."""
+    buffers = _counter_buffers.setdefault(device, [])
+    if buffers and buffers[-1].numel() >= needed:
+        return buffers[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    buffers.append(torch.zeros(max(_MIN_COUNTERS, 2 * needed), dtype=torch.int32, device=device))
+    return buffers[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +180,7 @@ def paged_attention_triton(
     fixed_split_tokens: int | None = None,
     tiles: AttentionTiles | None = None,
     out: torch.Tensor | None = None,
+    fold: bool | None = None,
 ) -> torch.Tensor:
     """Causal GQA attention of each sequence's new tokens over its paged context; [T, Hq, D].
 
@@ -161,7 +189,8 @@ def paged_attention_triton(
     length follow the batch (fast, not batch-invariant); an int (multiple of the tiles' block_n,
     e.g. BATCH_INVARIANT_SPLIT_TOKENS) fixes it and the tiles, making each row's result independent
     of the batch. tiles: override the tile shapes (benchmarks; breaks invariance if it varies).
-    out: optional [T, Hq, D] destination (e.g. a CUDA-graph static buffer).
+    out: optional [T, Hq, D] destination (e.g. a CUDA-graph static buffer). fold: the split
+    schedule folds its partitions in-kernel (None: EPOCHSERVE_ATTENTION_FOLD); same bits either way.
     """
     _check_inputs(query, key_cache, value_cache)
     if query.stride(-1) != 1:
@@ -178,7 +207,12 @@ def paged_attention_triton(
         num_sms=device_info.num_sms(query.device), tiles=tiles,
     )  # fmt: skip
     if num_tokens:
-        _launch(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, plan, out)
+        counters = None
+        if plan.schedule == "split" and (fold_enabled() if fold is None else fold):
+            counters = _counters(query.device, num_seqs * num_kv_heads)
+        _launch(
+            query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, plan, out, counters
+        )
     return out
 
 
@@ -192,6 +226,7 @@ def _launch(
     scale: float,
     plan: AttentionPlan,
     out: torch.Tensor,
+    counters: torch.Tensor | None,  # given: the split schedule folds in-kernel (FOLD)
 ) -> None:
     num_tokens, num_heads, head_dim = query.shape
     num_seqs, num_kv_heads = seq_lens.shape[0], key_cache.shape[2]
@@ -207,7 +242,7 @@ def _launch(
     pdl = pdl_enabled(query.device)
     _paged_attention_kernel[grid](
         out, part_acc, part_m, part_l, query, key_cache, value_cache,
-        block_tables, seq_lens, query_start_loc,
+        block_tables, seq_lens, query_start_loc, counters if counters is not None else seq_lens,
         scale * _LOG2E, num_seqs, plan.split_tokens, plan.num_parts,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
@@ -217,9 +252,10 @@ def _launch(
         BLOCK_M=tiles.block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n, PAGE_SIZE=key_cache.shape[1],
         SCHEDULE=plan.schedule, DECODE=plan.is_decode,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", PDL=pdl,
+        FOLD=counters is not None, GROUP_PAD=triton.next_power_of_2(group),
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, launch_pdl=pdl,
     )  # fmt: skip
-    if split:
+    if split and counters is None:
         _reduce_partitions_kernel[(num_tokens, num_kv_heads)](
             out, part_acc, part_m, part_l, seq_lens, query_start_loc,
             num_seqs, plan.split_tokens, plan.num_parts, out.stride(0), out.stride(1),

@@ -388,22 +388,43 @@ def _record(results: dict, outputs) -> None:
         sample.logprobs += out.processed_logprobs
 
 
+@pytest.mark.parametrize("switch", ["EPOCHSERVE_PDL", "EPOCHSERVE_ATTENTION_FOLD"])
 @pytest.mark.parametrize("kind", ["llama", "qwen3_moe"])
-def test_early_launch_changes_no_bit_on_gpu(kind, model_dir, tmp_path_factory, monkeypatch):
-    """Programmatic dependent launch (kernels/pdl.py) changes only when kernels start, never what
-    they read: decode on CUDA graphs with it gives, to the bit, the tokens and logprobs of decode
-    without it — greedy and sampled requests, alone (batch 1: the gemv and few-token MoE paths) and
-    together. A kernel that read its predecessor's output before its wait would differ here."""
+def test_launch_switches_change_no_bit_on_gpu(switch, kind, model_dir, tmp_path_factory, monkeypatch):
+    """Two switches that change how kernels are launched, never what they compute: programmatic
+    dependent launch (kernels/pdl.py) and attention partitions folded by their last program
+    (kernels/paged_attention_kernels.py). Decode on CUDA graphs with each on gives, to the bit, the
+    tokens and logprobs without it — greedy and sampled requests, alone (batch 1: the gemv and
+    few-token MoE paths) and together. A kernel that read its predecessor's output before its wait,
+    or a fold that read a partition before it was written, would differ here."""
     from epochserve.kernels.pdl import pdl_enabled
 
-    if torch.cuda.get_device_capability()[0] < 9:
+    if switch == "EPOCHSERVE_PDL" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs sm_90 or later")
     directory = model_dir
     if kind == "qwen3_moe":
         directory = build_tiny_model(kind, tmp_path_factory.mktemp("gpu") / kind, save_dtype=torch.bfloat16)
 
     def run(flag: str) -> dict:
-        monkeypatch.setenv("EPOCHSERVE_PDL", flag)
+        monkeypatch.setenv(switch, flag)
+        pdl_enabled.cache_clear()
+        engine = make_engine(directory, device="cuda", dtype="bfloat16", num_kv_blocks=512)
+        outputs = {}
+        for batch in (1, 6):
+            requests = [
+                make_request(f"b{batch}-{i}", p, engine.limits, temperature=1.0 if i % 2 else 0.0, seed=i,
+                             max_tokens=16, ignore_eos=True)
+                for i, p in enumerate(prompts(batch, seed=batch, vocab=engine.limits.vocab_size))
+            ]  # fmt: skip
+            for rid, samples in run_to_completion(engine, requests).items():
+                outputs[rid] = _bytes(samples[0])
+        del engine
+        torch.cuda.empty_cache()
+        return outputs
+
+    try:
+        assert run("1") == run("0")
+    finally:
         pdl_enabled.cache_clear()
         engine = make_engine(directory, device="cuda", dtype="bfloat16", num_kv_blocks=512)
         outputs = {}

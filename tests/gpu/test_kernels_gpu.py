@@ -197,6 +197,41 @@ def test_paged_attention_replays_in_a_cuda_graph() -> None:
     assert rel_err(out, reference(batch)) < ATTN_TOL[torch.bfloat16]
 
 
+@pytest.mark.parametrize("fixed", [None, SPLIT])
+@pytest.mark.parametrize("num_kv_heads", [4, 8])
+@pytest.mark.parametrize("num_seqs", [1, 64])
+def test_folded_partitions_are_the_reduce_launch_in_bytes(
+    fixed: int | None, num_kv_heads: int, num_seqs: int
+) -> None:
+    """The split schedule folding its partitions in-kernel (the last program to take a ticket) gives
+    the reduce launch's bytes: eagerly and replayed from a graph, 200 times each with new lengths,
+    at batch 1 (the W1 shape: 64-token partitions under a 4096 bound) and 64. A missing
+    release/acquire would show as stale partials in some replay."""
+    seqs = [(s, 1) for s, _ in random_batch(num_seqs, seed=13)]
+    batch = make_paged_batch(seqs, 32, num_kv_heads, 128, 16, torch.bfloat16, "cuda", seed=14)
+    folded, reduced = torch.empty_like(batch.query), torch.empty_like(batch.query)
+
+    def step(out: torch.Tensor, fold: bool) -> None:
+        paged_attention_triton(
+            batch.query, batch.key_cache, batch.value_cache, batch.block_tables, batch.seq_lens,
+            batch.query_start_loc, 128**-0.5, max_query_len=1, max_seq_len=4096,
+            fixed_split_tokens=fixed, out=out, fold=fold,
+        )  # fmt: skip
+
+    step(folded, True)  # compile and allocate the counters outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(folded, True)
+    gen = torch.Generator(device="cuda").manual_seed(15)
+    most = batch.block_tables.shape[1] * 16  # table entries past a sequence's own: a spare block
+    for i in range(200):
+        batch.seq_lens.copy_(torch.randint(1, most + 1, (num_seqs,), generator=gen, device="cuda"))
+        batch.query.copy_(torch.randn(batch.query.shape, generator=gen, device="cuda"))
+        graph.replay() if i % 2 else step(folded, True)
+        step(reduced, False)
+        assert same_bytes(folded, reduced), i
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_write_kv_cache_matches_reference(dtype: torch.dtype) -> None:
     qkv = torch.randn(300, (32 + 16) * 128, device="cuda", dtype=dtype)

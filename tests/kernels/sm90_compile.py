@@ -72,10 +72,12 @@ def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, sch
     args.update(
         out_ptr=f"*{dtype}", part_acc_ptr="*fp32", part_m_ptr="*fp32", part_l_ptr="*fp32", q_ptr=f"*{dtype}",
         k_cache_ptr=f"*{dtype}", v_cache_ptr=f"*{dtype}", block_tables_ptr="*i32", seq_lens_ptr="*i32",
-        query_start_loc_ptr="*i32", scale_log2e="fp32", GROUP=_const(group), HEAD_DIM=_const(head_dim),
+        query_start_loc_ptr="*i32", counters_ptr="*i32", scale_log2e="fp32", GROUP=_const(group),
+        HEAD_DIM=_const(head_dim), GROUP_PAD=_const(triton.next_power_of_2(group)),
         HEAD_DIM_PAD=_const(triton.next_power_of_2(head_dim)), BLOCK_M=_const(tiles.block_m),
         BLOCK_Q=_const(tiles.block_m // group), BLOCK_N=_const(tiles.block_n), PAGE_SIZE=_const(page),
-        SCHEDULE=_const(schedule), DECODE=_const(schedule == "split"),
+        SCHEDULE=_const(schedule.removesuffix("-fold")), DECODE=_const(schedule.startswith("split")),
+        FOLD=_const(schedule.endswith("-fold")),
         DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"), PDL=_const(True),
     )  # fmt: skip
     return _paged_attention_kernel, args, tiles.num_warps, tiles.num_stages
@@ -318,7 +320,8 @@ def cases() -> list[tuple[str, Callable[[], tuple]]]:
     out: list[tuple[str, Callable[[], tuple]]] = []
     for dtype, group, head_dim, page in (("bf16", 4, 128, 16), ("fp16", 3, 64, 32), ("bf16", 8, 128, 32)):
         decode, prefill = decode_tiles(group), prefill_tiles(group)
-        for tiles, schedule in ((decode, "single"), (decode, "loop"), (decode, "split"), (prefill, "single")):
+        schedules = ((decode, "single"), (decode, "loop"), (decode, "split"), (decode, "split-fold"))
+        for tiles, schedule in (*schedules, (prefill, "single")):
             kind = "decode" if tiles is decode else "prefill"
             label = f"attention {dtype} G{group} D{head_dim} page{page} {kind}-tiles {schedule}"
             thunk = functools.partial(_attention, dtype, group, head_dim, tiles, page, schedule)

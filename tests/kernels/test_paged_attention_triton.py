@@ -172,3 +172,36 @@ def test_sequence_without_new_tokens_is_skipped() -> None:
         torch.tensor([0, 1, 2], dtype=torch.int32),
     )  # fmt: skip
     torch.testing.assert_close(out, run_reference(without), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fixed_split_tokens", [None, 64], ids=["auto", "split64"])
+def test_folded_reduce_equals_reduce_launch_bitwise(fixed_split_tokens: int | None) -> None:
+    """The split schedule's last partition program folds the partitions itself (fold=True): the
+    same bits as the reduce launch, every output written, and the counters back at 0 so the next
+    launch (a graph replay) folds again. Contexts of one partition and a sequence without a new
+    token (it takes no ticket) included."""
+    from epochserve.kernels import paged_attention_triton as module
+
+    seqs = [(300, 1), (50, 0), (1, 1), (129, 1), (64, 1), (65, 1)]
+    batch = make_paged_batch(seqs, 8, 2, 64, 16, torch.float32, merged_qkv=False, seed=9)
+    plan = plan_attention(
+        batch.query.shape[0], len(seqs), 8, 2, 64, max_query_len=1, max_seq_len=300,
+        fixed_split_tokens=fixed_split_tokens, num_sms=4,
+    )  # fmt: skip
+    assert plan.schedule == "split" and plan.num_parts >= 2
+    reduced = run_triton(batch, fixed_split_tokens=fixed_split_tokens, fold=False)
+    for _ in range(2):
+        out = torch.full_like(batch.query, float("nan"))
+        run_triton(batch, fixed_split_tokens=fixed_split_tokens, out=out, fold=True)
+        assert torch.equal(out, reduced)
+        counters = module._counter_buffers[batch.query.device][-1]
+        assert counters.numel() >= len(seqs) * 2 and not counters.any()
+
+
+def test_fold_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epochserve.kernels.paged_attention_triton import fold_enabled
+
+    monkeypatch.delenv("EPOCHSERVE_ATTENTION_FOLD", raising=False)
+    assert not fold_enabled()
+    monkeypatch.setenv("EPOCHSERVE_ATTENTION_FOLD", "1")
+    assert fold_enabled()
