@@ -426,21 +426,3 @@ def test_launch_switches_change_no_bit_on_gpu(switch, kind, model_dir, tmp_path_
         assert run("1") == run("0")
     finally:
         pdl_enabled.cache_clear()
-        engine = make_engine(directory, device="cuda", dtype="bfloat16", num_kv_blocks=512)
-        outputs = {}
-        for batch in (1, 6):
-            requests = [
-                make_request(f"b{batch}-{i}", p, engine.limits, temperature=1.0 if i % 2 else 0.0, seed=i,
-                             max_tokens=16, ignore_eos=True)
-                for i, p in enumerate(prompts(batch, seed=batch, vocab=engine.limits.vocab_size))
-            ]  # fmt: skip
-            for rid, samples in run_to_completion(engine, requests).items():
-                outputs[rid] = _bytes(samples[0])
-        del engine
-        torch.cuda.empty_cache()
-        return outputs
-
-    try:
-        assert run("1") == run("0")
-    finally:
-        pdl_enabled.cache_clear()
