@@ -10,10 +10,10 @@ increasing order by `_merge_state`, either inside the program (loop schedule) or
 schedule). Both schedules run the same float operations in the same order on the same values, so a
 query row's output is bit-identical whichever schedule, tile neighbours or batch it had.
 
-The split schedule can also fold in its own launch (FOLD): each partition program takes a ticket
-from a per-(sequence, kv head) counter after storing its partial state, and the program that draws
-the last ticket folds the partitions, with `_fold_partitions` as the reduce kernel does (same order,
-same bits), and sets the counter back to 0. One launch a layer fewer at decode.
+The split schedule can also fold in its own launch (FOLD, kernels/arrival.py): each partition
+program takes a ticket from a per-(sequence, kv head) counter after storing its partial state, and
+the program that draws the last ticket folds the partitions with `_fold_partitions`, as the reduce
+kernel does (same order, same bits). One launch a layer fewer at decode.
 
 Softmax runs in the log2 domain (scores pre-multiplied by scale * log2(e), exp2 instead of exp).
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from epochserve.kernels.arrival import last_to_arrive
 from epochserve.kernels.pdl import pdl_prologue
 
 # A finite "minus infinity" for running maxima: exp2(NEG_INIT - NEG_INIT) = 1 and
@@ -235,7 +236,7 @@ def _paged_attention_kernel(
         tl.store(part_acc_ptr + acc_offs, acc_run, mask=row_mask[:, None])
         if FOLD:  # DECODE: one token; its partitions are those below kv_hi
             counter = counters_ptr + seq * tl.num_programs(1) + kv_head
-            if _last_to_arrive(counter, (kv_hi - 1) // split_tokens + 1):
+            if last_to_arrive(counter, (kv_hi - 1) // split_tokens + 1):
                 _fold_partitions(
                     out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, q_start.to(tl.int64), kv_head,
                     kv_hi - 1, split_tokens, num_parts, num_heads, stride_ot, stride_oh,
@@ -246,20 +247,6 @@ def _paged_attention_kernel(
         out = acc_run / tl.where(l_run > 0, l_run, 1.0)[:, None]
         o_offs = token[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(out_ptr + o_offs, out.to(out_ptr.dtype.element_ty), mask=qd_mask)
-
-
-@triton.jit
-def _last_to_arrive(counter_ptr, arrivals):
-    """True in the program that brings the counter to `arrivals` (and sets it back to 0).
-
-    Every program of the group calls this once, after its stores. The compiler puts a CTA barrier
-    before the scalar atomic and one after it (checked in its PTX): the barrier orders every warp's
-    stores before the release, and the acquire orders the last program's loads after all of them.
-    """
-    last = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu") == arrivals - 1
-    if last:  # the others have all arrived: nobody else touches the counter in this launch
-        tl.atomic_xchg(counter_ptr, 0, sem="relaxed", scope="gpu")
-    return last
 
 
 @triton.jit

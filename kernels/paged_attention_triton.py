@@ -10,10 +10,9 @@ kernels/paged_attention_kernels.py; this module picks tile shapes, the partition
   partition's (max, sum, unnormalized output) in fp32; a second kernel folds them in order. Used for
   decode (max_query_len == 1) so that long contexts at small batch still use every SM.
 
-Folding the split schedule's reduce into its partition programs (FOLD in
-kernels/paged_attention_kernels.py) needs a counter per (sequence, kv head) that stays at 0 between
-launches: `_counters` keeps one zeroed buffer per device, never freed, since CUDA graphs hold its
-address. Opt-in, EPOCHSERVE_ATTENTION_FOLD=1, until a GPU measurement says it is faster.
+The split schedule can fold its reduce into its partition programs (FOLD, a counter per (sequence,
+kv head) from kernels/arrival.py). Opt-in, EPOCHSERVE_ATTENTION_FOLD=1, until a GPU measurement
+says it is faster.
 
 Batch invariance: with `fixed_split_tokens` set, the tile shapes and the partition length are
 constants, so a query row's arithmetic depends only on its own sequence (docs/kernels.md). The two
@@ -32,6 +31,7 @@ import torch
 import triton
 
 from epochserve.kernels import device_info
+from epochserve.kernels.arrival import arrival_counters
 from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, _reduce_partitions_kernel
 from epochserve.kernels.pdl import pdl_enabled
 
@@ -50,27 +50,11 @@ _MAX_DECODE_PARTS = 256  # bounds the grid and the fp32 partial states of a long
 # runs instead (bit-identical, only less parallel).
 _MAX_PARTIAL_BYTES = 1 << 30
 _LOG2E = 1.4426950408889634
-_MIN_COUNTERS = 1 << 14  # (sequence, kv head) pairs the first counter buffer of a device covers
-_counter_buffers: dict[torch.device, list[torch.Tensor]] = {}  # per device, the newest last
 
 
 def fold_enabled() -> bool:
     """Whether decode's split schedule folds its partitions in-kernel (EPOCHSERVE_ATTENTION_FOLD=1)."""
     return os.environ.get("EPOCHSERVE_ATTENTION_FOLD", "0") == "1"
-
-
-def _counters(device: torch.device, needed: int) -> torch.Tensor | None:
-    """A zeroed int32 buffer of at least `needed` counters, or None while a CUDA graph is being
-    captured and the device has none that large (the capture then keeps the reduce launch: a buffer
-    allocated inside it would belong to the graph's pool). Buffers are never freed: a graph replays
-    on the address it captured, and every launch leaves its counters at 0."""
-    buffers = _counter_buffers.setdefault(device, [])
-    if buffers and buffers[-1].numel() >= needed:
-        return buffers[-1]
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return None
-    buffers.append(torch.zeros(max(_MIN_COUNTERS, 2 * needed), dtype=torch.int32, device=device))
-    return buffers[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +193,7 @@ def paged_attention_triton(
     if num_tokens:
         counters = None
         if plan.schedule == "split" and (fold_enabled() if fold is None else fold):
-            counters = _counters(query.device, num_seqs * num_kv_heads)
+            counters = arrival_counters(query.device, num_seqs * num_kv_heads)
         _launch(
             query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, plan, out, counters
         )

@@ -97,16 +97,20 @@ def test_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens:
         assert rel_err(out, exact) <= 1.1 * rel_err(ref, exact) + 1e-4
 
 
+@pytest.mark.parametrize("split_down", [False, True], ids=["combined-down", "split-down"])
 @pytest.mark.parametrize("tokens", [1, 2, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_the_few_token_path_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens: int):
+def test_the_few_token_path_matches_reference(
+    layers: dict, shape: str, dtype: torch.dtype, tokens: int, split_down: bool
+):
     """routed_moe_gemv_triton (decode at batch <= 4 outside batch_invariant): the reference router's
-    experts (random logits: no near-ties), its weights within fp32 rounding, and the same bounds."""
+    experts (random logits: no near-ties), its weights within fp32 rounding, and the same bounds;
+    with either down product (split over the experts: the last program to arrive combines)."""
     w13, w2 = layer(layers, shape, dtype)
     _, top_k, _, _, renormalize = SHAPES[shape]
     x, logits = make_routed_tokens(shape, tokens, dtype, seed=tokens)
-    out, weights, ids = routed_moe_gemv_triton(x, logits, w13, w2, top_k, renormalize)
+    out, weights, ids = routed_moe_gemv_triton(x, logits, w13, w2, top_k, renormalize, split_down=split_down)
     ref_weights, ref_ids = topk_route(logits, top_k, renormalize)
     assert torch.equal(ids, ref_ids)
     torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-7)
@@ -159,11 +163,15 @@ def test_a_tokens_bytes_do_not_depend_on_the_batch(layers: dict, dtype: torch.dt
             assert same_bytes(out[place : place + 1], alone), (others, place)
 
 
+@pytest.mark.parametrize("split_down", ["0", "1"], ids=["combined-down", "split-down"])
 @pytest.mark.parametrize("tokens", [1, 16], ids=["few-token-path", "grouped"])
-def test_a_cuda_graph_captures_it_and_replays_new_routing(layers: dict, tokens: int) -> None:
+def test_a_cuda_graph_captures_it_and_replays_new_routing(
+    layers: dict, tokens: int, split_down: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No host synchronisation inside: capture succeeds (a sync would raise), and a replay on new
     inputs and router logits gives the eager call's bytes and experts. Through TritonOps.routed_moe,
-    as the engine calls it (routing included)."""
+    as the engine calls it (routing included); the split down product's counters too (64 replays)."""
+    monkeypatch.setenv("EPOCHSERVE_MOE_SPLIT_DOWN", split_down)
     shape = "qwen3-30b-a3b"
     w13, w2 = layer(layers, shape, torch.bfloat16)
     _, top_k, _, _, renormalize = SHAPES[shape]
@@ -177,7 +185,7 @@ def test_a_cuda_graph_captures_it_and_replays_new_routing(layers: dict, tokens: 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out, ids = ops.routed_moe(x, logits, w13, w2, top_k, renormalize)
-    for seed in (2, 3):
+    for seed in range(2, 66):
         nx, nl = make_routed_tokens(shape, tokens, torch.bfloat16, seed=seed)
         x.copy_(nx), logits.copy_(nl)
         graph.replay()

@@ -180,7 +180,7 @@ def test_folded_reduce_equals_reduce_launch_bitwise(fixed_split_tokens: int | No
     same bits as the reduce launch, every output written, and the counters back at 0 so the next
     launch (a graph replay) folds again. Contexts of one partition and a sequence without a new
     token (it takes no ticket) included."""
-    from epochserve.kernels import paged_attention_triton as module
+    from epochserve.kernels.arrival import counters_in_use
 
     seqs = [(300, 1), (50, 0), (1, 1), (129, 1), (64, 1), (65, 1)]
     batch = make_paged_batch(seqs, 8, 2, 64, 16, torch.float32, merged_qkv=False, seed=9)
@@ -194,7 +194,7 @@ def test_folded_reduce_equals_reduce_launch_bitwise(fixed_split_tokens: int | No
         out = torch.full_like(batch.query, float("nan"))
         run_triton(batch, fixed_split_tokens=fixed_split_tokens, out=out, fold=True)
         assert torch.equal(out, reduced)
-        counters = module._counter_buffers[batch.query.device][-1]
+        counters = counters_in_use(batch.query.device)
         assert counters.numel() >= len(seqs) * 2 and not counters.any()
 
 
