@@ -55,7 +55,7 @@ if { [ "$mode" = http ] && [ -z "$2" ]; } || [ "$mode" = all ]; then
 fi
 if [ "$mode" = pdl ]; then
     echo "=== GPU tests: attention fold, MoE split down, gemv and add-norm gemv kernels; the switches (engine)"
-    timeout 100 python -m pytest -q -x tests/gpu/test_kernels_gpu.py -k "gemv or folded" 2>&1 | tail -1
+    timeout 100 python -m pytest -q -x tests/gpu/test_kernels_gpu.py -k "gemv or folded or routes" 2>&1 | tail -1
     timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py -k "few_token or cuda_graph" 2>&1 | tail -1
     timeout 150 python -m pytest -q -x tests/gpu/test_engine_gpu.py -k "launch_switches or norms_folded" 2>&1 |
         tail -1

@@ -3,7 +3,9 @@ included, in Triton.
 
 Same contract and rounding as topk_route_triton followed by fused_moe_triton (references:
 topk_route and fused_moe_torch in kernels/fused_moe.py), for calls of at most MAX_TOKENS tokens
-outside batch_invariant mode (worker/layers/ops.py). Why: a batch-1 decode step of a 48-layer MoE
+outside batch_invariant mode (worker/layers/ops.py): `routed_moe_gemv_triton` from the router's
+logits, `moe_gemv_triton` from its choice (steps 2 and 3 below; the engine's router product may
+have routed already, kernels/rmsnorm_gemv_triton.py). Why: a batch-1 decode step of a 48-layer MoE
 model is bound by reading each layer's 8 experts and by launches; the grouped path spends a top-k
 launch, three grouping launches and a combine launch per layer and pads each expert's one row to a
 16-row tile. Here a token's k experts are distinct, so nothing needs grouping, and three launches
@@ -225,25 +227,50 @@ def routed_moe_gemv_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Σ_k weight_k · expert_{id_k}(x) over this rank's experts [num_tokens, hidden] in x's dtype,
     the routing weights fp32 and global expert ids int64 [num_tokens, top_k] by descending weight):
-    topk_route_triton then fused_moe_triton's contract, for a few tokens. Tiles: for benchmarks and
-    tests (other K steps sum in another order); default DOWN_TILES, or DOWN_SPLIT_TILES with
-    split_down (None: EPOCHSERVE_MOE_SPLIT_DOWN)."""
+    topk_route_triton, then moe_gemv_triton (tiles and split_down: its)."""
+    if router_logits.shape[0] != x.shape[0] or not 0 < top_k <= router_logits.shape[1]:
+        raise ValueError(
+            f"router logits {tuple(router_logits.shape)} do not fit {x.shape[0]} tokens, top {top_k}"
+        )
+    weights, ids = topk_route_triton(router_logits, top_k, renormalize)
+    out = moe_gemv_triton(
+        x, w13, w2, weights, ids, expert_map, gate_up=gate_up, down_tiles=down_tiles, split_down=split_down
+    )
+    return out, weights, ids
+
+
+def moe_gemv_triton(
+    x: torch.Tensor,  # [num_tokens <= MAX_TOKENS, hidden]
+    w13: torch.Tensor,  # [num_local, 2 * width, hidden]: gate rows, then up rows
+    w2: torch.Tensor,  # [num_local, hidden, width]
+    weights: torch.Tensor,  # [num_tokens, top_k] fp32: the router's (topk_route_triton's)
+    ids: torch.Tensor,  # [num_tokens, top_k] int64 global expert ids, distinct in a row
+    expert_map: torch.Tensor | None = None,  # [num_experts]: local index or -1
+    *,
+    gate_up: GemvTiles = GATE_UP_TILES,
+    down_tiles: GemvTiles | None = None,
+    split_down: bool | None = None,
+) -> torch.Tensor:
+    """Σ_k weight_k · expert_{id_k}(x) over this rank's experts [num_tokens, hidden] in x's dtype:
+    fused_moe_triton's contract for a few tokens. Tiles: for benchmarks and tests (other K steps
+    sum in another order); default DOWN_TILES, or DOWN_SPLIT_TILES with split_down (None:
+    EPOCHSERVE_MOE_SPLIT_DOWN)."""
     check_moe_shapes(x, w13, w2)
     num_tokens, hidden = x.shape
     if num_tokens > MAX_TOKENS:
         raise ValueError(f"at most {MAX_TOKENS} tokens, got {num_tokens}")
-    if router_logits.shape[0] != num_tokens or not 0 < top_k <= router_logits.shape[1]:
+    if weights.shape != ids.shape or ids.shape[0] != num_tokens:
         raise ValueError(
-            f"router logits {tuple(router_logits.shape)} do not fit {num_tokens} tokens, top {top_k}"
+            f"routing {tuple(weights.shape)} / {tuple(ids.shape)} does not fit {num_tokens} tokens"
         )
-    width = w2.shape[2]
+    top_k, width = ids.shape[1], w2.shape[2]
     num_pairs = num_tokens * top_k
-    weights, ids = topk_route_triton(router_logits, top_k, renormalize)
     out = torch.empty_like(x)
     if num_pairs == 0 or hidden == 0:
-        return out, weights, ids
+        return out
+    weights, ids = weights.contiguous(), ids.contiguous()
     x = x if x.stride(-1) == 1 else x.contiguous()
-    flat_ids = ids.reshape(-1)  # contiguous: the router's own output
+    flat_ids = ids.reshape(-1)
     expert_map = expert_map.contiguous() if expert_map is not None else None
     act = torch.empty((num_pairs, width), dtype=x.dtype, device=x.device)
     local_ids = torch.empty(num_pairs, dtype=torch.int32, device=x.device)
@@ -267,10 +294,10 @@ def routed_moe_gemv_triton(
             BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages,
             launch_pdl=pdl,
         )  # fmt: skip
-        return out, weights, ids
+        return out
     _down_combine_kernel[(num_tokens, tiles)](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
         w2.stride(1), TOP_K=top_k, K_PAD=slot_pad(top_k), BLOCK_N=t.block_n,
         BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
-    return out, weights, ids
+    return out

@@ -14,6 +14,11 @@ scaled by the norm weight and rounded to the input dtype again, then multiplied 
 gemv_triton does. The one difference is the order of the variance's sum (this kernel's layout, not
 the norm kernel's), so the normalized row agrees with rmsnorm_triton's to rounding, not to the bit.
 The whole row is one K step: no split-K, and a row's result does not depend on the other rows.
+
+An MoE router's product can also route (`add_rms_norm_route_triton`): the program that stores its
+logits last (kernels/arrival.py) reads the whole fp32 row back and takes the top-k with
+moe_topk_triton's `_route_row`, so the router's choice is the top-k launch's, bit for bit, without
+that launch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from epochserve.kernels.arrival import arrival_counters, last_to_arrive
 from epochserve.kernels.gemv_triton import MAX_ROWS, SHORT_ROW, GemvTiles, _load_weight_step
+from epochserve.kernels.moe_topk_triton import _route_row, route_pads
 from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 
@@ -34,9 +41,13 @@ def _add_rms_norm_gemv_kernel(
     x_ptr, residual_ptr,  # [M, K]
     norm_weight_ptr,  # [K]
     weight_ptr,  # [N, K]
+    counter_ptr,  # ROUTE: one int32 counter at 0 (left at 0)
+    topk_weights_ptr, topk_ids_ptr,  # ROUTE: [M, TOP_K] fp32 / int64 out
     M, N, K, eps, stride_xm, stride_rm, stride_wn, stride_om,
     HAS_RESIDUAL: tl.constexpr, STORE_NORMED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    ROUTE: tl.constexpr, TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
+    RENORMALIZE: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -68,6 +79,19 @@ def _add_rms_norm_gemv_kernel(
         acc = tl.where(rows[:, None] == m, acc + part[None, :], acc)
     out_ptrs = out_ptr + rows[:, None] * stride_om + cols[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < M) & col_ok[None, :])
+    # A constexpr branch of its own, so that without ROUTE no ticket is ever compiled in (there is
+    # no counter then).
+    if ROUTE:  # noqa: SIM102
+        # out holds the fp32 router logits; the last program to store its share routes the rows
+        if last_to_arrive(counter_ptr, tl.num_programs(0)):
+            slots = tl.arange(0, K_PAD)
+            for m in tl.static_range(BLOCK_M):
+                chosen_w, chosen_id = _route_row(
+                    out_ptr, m, N, stride_om, TOP_K=TOP_K, K_PAD=K_PAD, E_PAD=E_PAD, RENORMALIZE=RENORMALIZE
+                )
+                keep = (slots < TOP_K) & (tl.full([K_PAD], m, tl.int32) < M)
+                tl.store(topk_weights_ptr + m * TOP_K + slots, chosen_w, mask=keep)
+                tl.store(topk_ids_ptr + m * TOP_K + slots, chosen_id, mask=keep)
 
 
 def norm_gemv_tiles(n: int, k: int) -> GemvTiles:
@@ -95,6 +119,51 @@ def add_rms_norm_gemv_triton(
     """(norm(x + residual) @ weight.T, x + residual, norm(x + residual) if store_normed); without a
     residual the second is x itself. out_dtype torch.float32 stores the product's sums unrounded.
     tiles: for benchmarks (default: norm_gemv_tiles; block_k is ignored, the K step is the row)."""
+    x, residual = _checked(x, residual, norm_weight, weight)
+    m, n = x.shape[0], weight.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
+    summed = torch.empty_like(x) if residual is not None else x
+    normed = torch.empty_like(x) if store_normed else None
+    _launch(out, summed, normed, x, residual, norm_weight, eps, weight, tiles, route=None)
+    return out, summed, normed
+
+
+def add_rms_norm_route_triton(
+    x: torch.Tensor,  # [M, K], M <= MAX_ROWS
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,  # [K]
+    eps: float,
+    gate_weight: torch.Tensor,  # [experts, K], K <= SHORT_ROW: the MoE router
+    top_k: int,
+    renormalize: bool,
+    *,
+    tiles: GemvTiles | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """add_rms_norm_gemv_triton's router product (fp32 logits, normed row stored) with the router's
+    choice folded in: (routing weights fp32, expert ids int64 [M, top_k] by descending weight — what
+    topk_route_triton returns for the logits — x + residual, the normalized row). None while a CUDA
+    graph is captured and no counter is free (kernels/arrival.py): the caller takes two launches."""
+    x, residual = _checked(x, residual, norm_weight, gate_weight)
+    m, experts = x.shape[0], gate_weight.shape[0]
+    if not 0 < top_k <= experts:
+        raise ValueError(f"top_k {top_k} is not in 1..{experts}")
+    counters = arrival_counters(x.device, 1)
+    if counters is None:
+        return None
+    logits = torch.empty((m, experts), dtype=torch.float32, device=x.device)
+    summed = torch.empty_like(x) if residual is not None else x
+    normed = torch.empty_like(x)
+    weights = torch.empty((m, top_k), dtype=torch.float32, device=x.device)
+    ids = torch.empty((m, top_k), dtype=torch.int64, device=x.device)
+    route = (counters, weights, ids, top_k, renormalize)
+    _launch(logits, summed, normed, x, residual, norm_weight, eps, gate_weight, tiles, route)
+    return weights, ids, summed, normed
+
+
+def _checked(
+    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x and residual with contiguous rows, once the shapes and dtypes are checked."""
     if not takes_norm_gemv(x, weight) or x.shape[1] != weight.shape[1] or norm_weight.shape != (x.shape[1],):
         raise ValueError(
             f"expected x [M <= {MAX_ROWS}, K], weight [N, K <= {SHORT_ROW}], norm weight [K]; got "
@@ -111,19 +180,34 @@ def add_rms_norm_gemv_triton(
     x = x if x.stride(-1) == 1 else x.contiguous()
     if residual is not None and residual.stride(-1) != 1:
         residual = residual.contiguous()
+    return x, residual
+
+
+def _launch(
+    out: torch.Tensor,
+    summed: torch.Tensor,
+    normed: torch.Tensor | None,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    tiles: GemvTiles | None,
+    route: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, bool] | None,
+) -> None:
     (m, k), n = x.shape, weight.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype or x.dtype, device=x.device)
-    summed = torch.empty_like(x) if residual is not None else x
-    normed = torch.empty_like(x) if store_normed else None
+    if not m:
+        return
     t = tiles or norm_gemv_tiles(n, k)
-    if m:
-        pdl = pdl_enabled(x.device)
-        _add_rms_norm_gemv_kernel[(triton.cdiv(n, t.block_n),)](
-            out, summed, normed if normed is not None else out, x, residual if residual is not None else x,
-            norm_weight, weight, m, n, k, eps, x.stride(0),
-            residual.stride(0) if residual is not None else 0, weight.stride(0), out.stride(0),
-            HAS_RESIDUAL=residual is not None, STORE_NORMED=store_normed,
-            BLOCK_M=triton.next_power_of_2(m), BLOCK_N=t.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=pdl,
-            num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
-        )  # fmt: skip
-    return out, summed, normed
+    counter, topk_weights, topk_ids, top_k, renormalize = route or (out, out, out, 1, False)
+    k_pad, e_pad = route_pads(top_k, n) if route else (2, 16)
+    pdl = pdl_enabled(x.device)
+    _add_rms_norm_gemv_kernel[(triton.cdiv(n, t.block_n),)](
+        out, summed, normed if normed is not None else out, x, residual if residual is not None else x,
+        norm_weight, weight, counter, topk_weights, topk_ids, m, n, k, eps, x.stride(0),
+        residual.stride(0) if residual is not None else 0, weight.stride(0), out.stride(0),
+        HAS_RESIDUAL=residual is not None, STORE_NORMED=normed is not None,
+        BLOCK_M=triton.next_power_of_2(m), BLOCK_N=t.block_n, BLOCK_K=triton.next_power_of_2(k), PDL=pdl,
+        ROUTE=route is not None, TOP_K=top_k, K_PAD=k_pad, E_PAD=e_pad, RENORMALIZE=renormalize,
+        num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
+    )  # fmt: skip

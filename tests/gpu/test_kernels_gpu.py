@@ -373,6 +373,46 @@ def test_add_rms_norm_gemv_matches_the_two_launches(
     assert same_bytes(last, out[-1:])
 
 
+@pytest.mark.parametrize("rows", [1, 4])
+def test_the_router_product_routes_as_the_top_k_launch(rows: int) -> None:
+    """add_rms_norm_route_triton at the Qwen3-30B-A3B router (128 experts, top 8, hidden 2048):
+    the choice the top-k launch makes on the unrouted kernel's logits, to the bit, eagerly and
+    replayed from a graph 200 times on new rows. A fold that read logits before every program had
+    stored them would choose differently in some replay."""
+    from epochserve.kernels.moe_topk_triton import topk_route_triton
+    from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_route_triton
+
+    x = torch.randn(rows, 2048, device="cuda", dtype=torch.bfloat16)
+    residual = torch.randn(rows, 2048, device="cuda", dtype=torch.bfloat16)
+    norm_weight = torch.rand(2048, device="cuda", dtype=torch.bfloat16) + 0.5
+    gate = torch.randn(128, 2048, device="cuda", dtype=torch.bfloat16) / 2048**0.5
+
+    def route() -> tuple[torch.Tensor, ...]:
+        routed = add_rms_norm_route_triton(x, residual, norm_weight, 1e-6, gate, 8, True)
+        assert routed is not None
+        return routed
+
+    route()  # compile and allocate the counters outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = route()
+    gen = torch.Generator(device="cuda").manual_seed(16)
+    for i in range(200):
+        x.copy_(torch.randn(x.shape, generator=gen, device="cuda"))
+        residual.copy_(torch.randn(x.shape, generator=gen, device="cuda"))
+        if i % 2:
+            graph.replay()
+            weights, ids, summed, normed = captured
+        else:
+            weights, ids, summed, normed = route()
+        logits, want_summed, want_normed = add_rms_norm_gemv_triton(
+            x, residual, norm_weight, 1e-6, gate, out_dtype=torch.float32, store_normed=True
+        )
+        want_weights, want_ids = topk_route_triton(logits, 8, True)
+        assert same_bytes(ids, want_ids) and same_bytes(weights, want_weights), i
+        assert same_bytes(summed, want_summed) and same_bytes(normed, want_normed), i
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gemv_with_fp32_out_matches_fp64(dtype: torch.dtype) -> None:
     """The MoE router's product (TritonOps.linear_fp32 at one row): 16-bit products are exact in

@@ -163,14 +163,20 @@ def test_a_tokens_bytes_do_not_depend_on_the_batch(layers: dict, dtype: torch.dt
             assert same_bytes(out[place : place + 1], alone), (others, place)
 
 
+def routed_moe(ops: TritonOps, x, logits, w13, w2, top_k: int, renormalize: bool) -> tuple:
+    weights, ids = ops.moe_topk(logits, top_k, renormalize)
+    return ops.fused_moe(x, w13, w2, weights, ids), ids
+
+
 @pytest.mark.parametrize("split_down", ["0", "1"], ids=["combined-down", "split-down"])
 @pytest.mark.parametrize("tokens", [1, 16], ids=["few-token-path", "grouped"])
 def test_a_cuda_graph_captures_it_and_replays_new_routing(
     layers: dict, tokens: int, split_down: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No host synchronisation inside: capture succeeds (a sync would raise), and a replay on new
-    inputs and router logits gives the eager call's bytes and experts. Through TritonOps.routed_moe,
-    as the engine calls it (routing included); the split down product's counters too (64 replays)."""
+    inputs and router logits gives the eager call's bytes and experts. Through TritonOps' top-k and
+    fused_moe, as the engine calls them without the norm fold; the split down product's counters
+    too (64 replays)."""
     monkeypatch.setenv("EPOCHSERVE_MOE_SPLIT_DOWN", split_down)
     shape = "qwen3-30b-a3b"
     w13, w2 = layer(layers, shape, torch.bfloat16)
@@ -180,17 +186,17 @@ def test_a_cuda_graph_captures_it_and_replays_new_routing(
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        ops.routed_moe(x, logits, w13, w2, top_k, renormalize)  # compile outside the capture
+        routed_moe(ops, x, logits, w13, w2, top_k, renormalize)  # compile outside the capture
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out, ids = ops.routed_moe(x, logits, w13, w2, top_k, renormalize)
+        out, ids = routed_moe(ops, x, logits, w13, w2, top_k, renormalize)
     for seed in range(2, 66):
         nx, nl = make_routed_tokens(shape, tokens, torch.bfloat16, seed=seed)
         x.copy_(nx), logits.copy_(nl)
         graph.replay()
         torch.cuda.synchronize()
-        eager, eager_ids = ops.routed_moe(nx, nl, w13, w2, top_k, renormalize)
+        eager, eager_ids = routed_moe(ops, nx, nl, w13, w2, top_k, renormalize)
         assert same_bytes(out, eager) and torch.equal(ids, eager_ids)
         nw, ni = topk_route(nl, top_k, renormalize)
         assert rel_err(out, fused_moe_torch(nx, w13, w2, nw, ni)) < TOL[torch.bfloat16]

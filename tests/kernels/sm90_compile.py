@@ -279,7 +279,10 @@ def _elementwise() -> list[tuple[str, tuple]]:
                      K="i32", eps="fp32",
                      stride_xm="i32", stride_rm="i32", stride_wn="i32", stride_om="i32",
                      HAS_RESIDUAL=_const(True), STORE_NORMED=_const(False), BLOCK_M=_const(1),
-                     BLOCK_N=_const(norm_tiles.block_n), BLOCK_K=_const(2048), PDL=_const(True))  # fmt: skip
+                     BLOCK_N=_const(norm_tiles.block_n), BLOCK_K=_const(2048), PDL=_const(True),
+                     counter_ptr="*i32", topk_weights_ptr="*fp32", topk_ids_ptr="*i64",
+                     ROUTE=_const(False), TOP_K=_const(1), K_PAD=_const(2), E_PAD=_const(16),
+                     RENORMALIZE=_const(False))  # fmt: skip
     chunk_stats = dict(logits_ptr="*fp32", max_ptr="*fp32", index_ptr="*i64", sum_ptr="*fp32",
                        finite_ptr="*i32", vocab="i32", row_stride="i32", num_chunks="i32",
                        CHUNK=_const(CHUNK))  # fmt: skip
@@ -318,6 +321,24 @@ def _elementwise() -> list[tuple[str, tuple]]:
             (
                 _add_rms_norm_gemv_kernel,
                 {**norm_gemv, "out_ptr": "*fp32", "STORE_NORMED": _const(True)},
+                norm_tiles.num_warps,
+                norm_tiles.num_stages,
+            ),
+        ),
+        (
+            "add_rms_norm gemv fp32-out N128 K2048 + normed + top-8",
+            (
+                _add_rms_norm_gemv_kernel,
+                {
+                    **norm_gemv,
+                    "out_ptr": "*fp32",
+                    "STORE_NORMED": _const(True),
+                    "ROUTE": _const(True),
+                    "TOP_K": _const(8),
+                    "K_PAD": _const(8),
+                    "E_PAD": _const(128),
+                    "RENORMALIZE": _const(True),
+                },
                 norm_tiles.num_warps,
                 norm_tiles.num_stages,
             ),

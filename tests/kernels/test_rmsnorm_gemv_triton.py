@@ -16,7 +16,7 @@ import torch
 
 from epochserve.kernels.gemv_triton import MAX_ROWS, SHORT_ROW, GemvTiles
 from epochserve.kernels.rmsnorm import add_rms_norm_torch, rms_norm_torch
-from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_gemv_triton
+from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_gemv_triton, add_rms_norm_route_triton
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 EPS = 1e-6
@@ -77,6 +77,39 @@ def test_a_row_does_not_depend_on_the_others() -> None:
     assert torch.equal(together[2:3], alone)  # row 2 of 3 (padded to 4) vs alone (1)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("with_residual", [True, False], ids=["add-norm", "norm"])
+def test_the_router_product_routes_as_the_top_k_launch(
+    rows: int, renormalize: bool, with_residual: bool
+) -> None:
+    """add_rms_norm_route_triton: the last program to store its logits takes the top-k, so the
+    choice is topk_route_triton's on the router product's logits, to the bit; the residual stream and
+    the normalized row are the unrouted kernel's; the counter is back at 0. 60 experts over several
+    programs (the fold must see every program's logits), top 6."""
+    from epochserve.kernels.arrival import counters_in_use
+    from epochserve.kernels.moe_topk_triton import topk_route_triton
+
+    gen = torch.Generator().manual_seed(11 + rows)
+    x, residual = torch.randn(rows, 96, generator=gen).half(), torch.randn(rows, 96, generator=gen).half()
+    residual = residual if with_residual else None
+    norm_weight, gate = torch.rand(96, generator=gen).half(), torch.randn(60, 96, generator=gen).half()
+    tiles = GemvTiles(block_n=4, block_k=0, num_warps=4, num_stages=1)  # 15 programs
+    for _ in range(2):
+        routed = add_rms_norm_route_triton(x, residual, norm_weight, EPS, gate, 6, renormalize, tiles=tiles)
+        assert routed is not None
+        weights, ids, summed, normed = routed
+        logits, want_summed, want_normed = add_rms_norm_gemv_triton(
+            x, residual, norm_weight, EPS, gate, out_dtype=torch.float32, store_normed=True, tiles=tiles
+        )
+        want_weights, want_ids = topk_route_triton(logits, 6, renormalize)
+        assert torch.equal(ids, want_ids) and torch.equal(weights, want_weights)
+        assert torch.equal(summed, want_summed) and torch.equal(normed, want_normed)
+        assert not counters_in_use(x.device).any()
+    with pytest.raises(ValueError, match="top_k"):
+        add_rms_norm_route_triton(x, residual, norm_weight, EPS, gate, 61, renormalize)
+
+
 def test_shapes_it_does_not_take_are_refused() -> None:
     weight, norm_weight = torch.zeros(8, 64), torch.ones(64)
     with pytest.raises(ValueError, match="expected x"):
@@ -115,3 +148,22 @@ def test_triton_ops_fold_the_norm_only_where_asked_and_the_kernel_takes_it() -> 
     # The router's fp32 logits, first layer (no residual: x is the stream).
     logits, stream, _ = fused.norm_then_linear(x[:1], None, norm_weight, EPS, weight, fp32_out=True)
     assert logits.dtype == torch.float32 and torch.equal(stream, x[:1])
+
+
+def test_triton_ops_route_in_the_router_product_only_where_the_norm_folds() -> None:
+    """TritonOps.norm_then_route: with norm_into_gemv, one 16-bit row routes inside the router's
+    product (add_rms_norm_route_triton); two rows or the option off take the router product and the
+    top-k launch. Either way the choice is the top-k kernel's on the same logits, to the bit."""
+    from epochserve.worker.layers.ops import TorchOps, TritonOps
+
+    gen = torch.Generator().manual_seed(7)
+    x, residual = torch.randn(2, 96, generator=gen).half(), torch.randn(2, 96, generator=gen).half()
+    norm_weight, gate = torch.rand(96, generator=gen).half(), torch.randn(40, 96, generator=gen).half()
+    fused = TritonOps(norm_into_gemv=True)
+    got = fused.norm_then_route(x[:1], residual[:1], norm_weight, EPS, gate, 4, True)
+    kernel = add_rms_norm_route_triton(x[:1], residual[:1], norm_weight, EPS, gate, 4, True)
+    assert kernel is not None and all(torch.equal(a, e) for a, e in zip(got, kernel, strict=True))
+    for ops, rows, res in ((fused, x, residual), (fused, x[:1], None), (TritonOps(), x[:1], residual[:1])):
+        got = ops.norm_then_route(rows, res, norm_weight, EPS, gate, 4, False)
+        two_step = TorchOps.norm_then_route(ops, rows, res, norm_weight, EPS, gate, 4, False)
+        assert all(torch.equal(a, e) for a, e in zip(got, two_step, strict=True))

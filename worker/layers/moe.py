@@ -3,9 +3,10 @@ expert, combined with one all-reduce.
 
 Every rank routes every token itself (the router is replicated and its input is identical on all
 ranks), so no routing crosses ranks. Experts are stacked per layer, w13 [experts, 2 * width, hidden]
-and w2 [experts, hidden, width], and routing and dispatch run behind `ops.routed_moe` (TorchOps:
-the PyTorch reference; TritonOps: kernels/fused_moe_triton.py, or fused_moe_gemv_triton.py for a
-few tokens, free of host syncs, so CUDA graphs capture them). Which slice of the experts a rank
+and w2 [experts, hidden, width]; routing runs behind `ops.norm_then_route` (with the norm before the
+router, see DecoderLayer) and dispatch behind `ops.fused_moe` (TorchOps: the PyTorch reference;
+TritonOps: kernels/fused_moe_triton.py, or fused_moe_gemv_triton.py for a few tokens, free of host
+syncs, so CUDA graphs capture them). Which slice of the experts a rank
 holds is an ExpertShard: with tensor parallelism every rank holds every expert and a slice of each
 one's width; with expert parallelism (docs/design.md §2) a rank would hold whole experts, a range
 of ids. Either way a rank's output is a partial sum over what it holds and the ranks all-reduce it,
@@ -89,11 +90,9 @@ class StackedExperts(nn.Module):
         else:  # down: [hidden, width] columns
             copy_checked(out[local], source.read(1, s.width_start, s.width), f"expert {expert} {param_name}")
 
-    def forward(
-        self, x: torch.Tensor, router_logits: torch.Tensor, top_k: int, renormalize: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(this rank's partial output, the chosen expert ids [n, top_k] by descending weight)."""
-        return self.ops.routed_moe(x, router_logits, self.w13, self.w2, top_k, renormalize, self.expert_map)
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """This rank's partial output for the router's choice (weights fp32, global expert ids)."""
+        return self.ops.fused_moe(x, self.w13, self.w2, weights, ids, self.expert_map)
 
 
 class ReplicatedLinear(nn.Module):
@@ -148,10 +147,10 @@ class SparseMoeBlock(nn.Module):
         # the last forward's expert ids [num_tokens, top_k] (what routing replay will return)
         self.last_topk_ids: torch.Tensor | None = None
 
-    def from_router_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The block's output for x given its router's fp32 logits (the decoder layer computes them
-        together with the norm before, see DecoderLayer)."""
-        out, self.last_topk_ids = self.experts(x, logits, self.top_k, self.renormalize)
+    def from_routing(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The block's output for x given its router's choice (the decoder layer routes together
+        with the norm before, see DecoderLayer): weights fp32 and expert ids [n, top_k]."""
+        out, self.last_topk_ids = self.experts(x, weights, ids), ids
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             shared = self.shared_expert(x)
             # The gate is per token and replicated: scaling each rank's partial scales the sum. Its

@@ -120,6 +120,25 @@ class TorchOps:
         out = self.linear_fp32(normed, weight) if fp32_out else self.linear(normed, weight, bias)
         return out, summed, normed
 
+    def norm_then_route(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        gate_weight: torch.Tensor,
+        top_k: int,
+        renormalize: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(routing weights fp32, expert ids [n, top_k] by descending weight, x + residual,
+        norm(x + residual)): an MoE block's norm, its router's product in fp32 (fewer near-ties
+        decided by rounding) and the router's choice."""
+        logits, summed, normed = self.norm_then_linear(
+            x, residual, norm_weight, eps, gate_weight, fp32_out=True
+        )
+        weights, ids = self.moe_topk(logits, top_k, renormalize)
+        return weights, ids, summed, normed
+
     def rotary_store_kv(
         self,
         q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
@@ -159,21 +178,6 @@ class TorchOps:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The router's choice: (fp32 weights, expert ids) [n, top_k], by descending weight."""
         return topk_route(router_logits, top_k, renormalize)
-
-    def routed_moe(
-        self,
-        x: torch.Tensor,
-        router_logits: torch.Tensor,
-        w13: torch.Tensor,
-        w2: torch.Tensor,
-        top_k: int,
-        renormalize: bool,
-        expert_map: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The router's choice of its logits, then this rank's share of the chosen experts' output:
-        (output [n, hidden], expert ids [n, top_k] by descending weight); the caller all-reduces."""
-        weights, ids = self.moe_topk(router_logits, top_k, renormalize)
-        return self.fused_moe(x, w13, w2, weights, ids, expert_map), ids
 
     def fused_moe(
         self,
@@ -217,8 +221,8 @@ class TritonOps(TorchOps):
 
     name: str = "triton"
     use_gemv: bool = True  # 1-row projections through gemv_triton (benchmarks compare with cuBLAS)
-    # A norm and the 1-row projection after it in one launch (add_rms_norm_gemv_triton); opt-in
-    # (EPOCHSERVE_NORM_GEMV=1) until a GPU measurement says it is faster.
+    # A norm and the 1-row projection after it in one launch (add_rms_norm_gemv_triton; an MoE
+    # router's top-k too); opt-in (EPOCHSERVE_NORM_GEMV=1) until a GPU measurement says it is faster.
     norm_into_gemv: bool = False
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -311,15 +315,9 @@ class TritonOps(TorchOps):
         *,
         fp32_out: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_gemv_triton, takes_norm_gemv
+        from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_gemv_triton
 
-        if (
-            self.norm_into_gemv
-            and bias is None
-            and self._takes_gemv(x, weight)
-            and takes_norm_gemv(x, weight)
-            and norm_weight.dtype == x.dtype
-        ):
+        if bias is None and self._folds_norm(x, norm_weight, weight):
             # One launch instead of two at batch 1 (kernels/rmsnorm_gemv_triton.py).
             out_dtype = torch.float32 if fp32_out else None
             out, summed, normed = add_rms_norm_gemv_triton(
@@ -328,6 +326,36 @@ class TritonOps(TorchOps):
             assert normed is not None
             return out, summed, normed
         return TorchOps.norm_then_linear(self, x, residual, norm_weight, eps, weight, bias, fp32_out=fp32_out)
+
+    def norm_then_route(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+        gate_weight: torch.Tensor,
+        top_k: int,
+        renormalize: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        from epochserve.kernels.rmsnorm_gemv_triton import add_rms_norm_route_triton
+
+        if self._folds_norm(x, norm_weight, gate_weight):
+            # The norm, the router's product and its top-k in one launch at batch 1: the program
+            # that stores its logits last routes (kernels/rmsnorm_gemv_triton.py).
+            routed = add_rms_norm_route_triton(x, residual, norm_weight, eps, gate_weight, top_k, renormalize)
+            if routed is not None:  # None: inside a graph capture with no counter to take
+                return routed
+        return TorchOps.norm_then_route(self, x, residual, norm_weight, eps, gate_weight, top_k, renormalize)
+
+    def _folds_norm(self, x: torch.Tensor, norm_weight: torch.Tensor, weight: torch.Tensor) -> bool:
+        from epochserve.kernels.rmsnorm_gemv_triton import takes_norm_gemv
+
+        return (
+            self.norm_into_gemv
+            and self._takes_gemv(x, weight)
+            and takes_norm_gemv(x, weight)
+            and norm_weight.dtype == x.dtype
+        )
 
     def rotary_store_kv(
         self,
@@ -399,31 +427,15 @@ class TritonOps(TorchOps):
         topk_ids: torch.Tensor,
         expert_map: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        from epochserve.kernels import fused_moe_gemv_triton as few
         from epochserve.kernels.fused_moe_triton import fused_moe_triton
 
+        if self.use_gemv and not self.batch_invariant and x.shape[0] <= few.MAX_TOKENS:
+            # A few tokens (decode at batch 1-4) outside batch_invariant: one matrix-vector product
+            # per (token, expert) pair, the down one with the combine, no grouping
+            # (kernels/fused_moe_gemv_triton.py).
+            return few.moe_gemv_triton(x, w13, w2, topk_weights, topk_ids, expert_map)
         # Tokens grouped by expert on the device (no host sync, so decode graphs capture MoE layers),
         # one grouped product for gate-up with SiLU-and-mul, one for down, an fp32 combine in each
         # token's expert order. Fixed tiles and no split-K: batch-invariant as it is, so in both modes.
         return fused_moe_triton(x, w13, w2, topk_weights, topk_ids, expert_map)
-
-    def routed_moe(
-        self,
-        x: torch.Tensor,
-        router_logits: torch.Tensor,
-        w13: torch.Tensor,
-        w2: torch.Tensor,
-        top_k: int,
-        renormalize: bool,
-        expert_map: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        from epochserve.kernels import fused_moe_gemv_triton as few
-
-        # A few tokens (decode at batch 1-4) outside batch_invariant: the top-k, then one
-        # matrix-vector product per (token, expert) pair, the down one with the combine: three
-        # launches, no grouping (kernels/fused_moe_gemv_triton.py).
-        if self.use_gemv and not self.batch_invariant and x.shape[0] <= few.MAX_TOKENS:
-            out, _, ids = few.routed_moe_gemv_triton(
-                x, router_logits, w13, w2, top_k, renormalize, expert_map
-            )
-            return out, ids
-        return TorchOps.routed_moe(self, x, router_logits, w13, w2, top_k, renormalize, expert_map)

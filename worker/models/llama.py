@@ -162,11 +162,11 @@ class DecoderLayer(nn.Module):
         h = self.self_attn.attend(qkv, positions, cache, meta)
         norm = self.post_attention_layernorm
         if isinstance(self.mlp, SparseMoeBlock):
-            # The router's logits in fp32 whatever the model dtype: fewer near-ties decided by rounding.
-            logits, residual, h = self.ops.norm_then_linear(
-                h, residual, norm.weight, norm.eps, self.mlp.gate.weight, fp32_out=True
+            moe = self.mlp
+            weights, ids, residual, h = self.ops.norm_then_route(
+                h, residual, norm.weight, norm.eps, moe.gate.weight, moe.top_k, moe.renormalize
             )
-            return self.mlp.from_router_logits(h, logits), residual
+            return moe.from_routing(h, weights, ids), residual
         h, residual = norm.add_and_norm(h, residual)
         return self.mlp(h), residual
 
