@@ -9,8 +9,8 @@
 #   bash bench/device_w1_kernels.sh dense     # W1/W2 of the 8B Llama shape, bench/w1_w2.py (~3 min)
 #   bash bench/device_w1_kernels.sh pdl       # the opt-in switches (norms folded into gemv, attention
 #                                             # partitions folded in-kernel, MoE down split over experts,
-#                                             # early launch): their GPU tests, W1 turning each on in
-#                                             # turn, then kernels (~9 min)
+#                                             # early launch): kernel GPU tests, W1 turning each on in
+#                                             # turn, engine GPU tests, then kernels (~9 min)
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
 # tokenizer files). Results: $OUT/*.json and the printed tables.
 source bench/device_env.sh || exit 1
@@ -54,11 +54,9 @@ if { [ "$mode" = http ] && [ -z "$2" ]; } || [ "$mode" = all ]; then
     http 1
 fi
 if [ "$mode" = pdl ]; then
-    echo "=== GPU tests: attention fold, MoE split down, gemv and add-norm gemv kernels; the switches (engine)"
-    timeout 100 python -m pytest -q -x tests/gpu/test_kernels_gpu.py -k "gemv or folded or routes" 2>&1 | tail -1
-    timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py -k "few_token or cuda_graph" 2>&1 | tail -1
-    timeout 150 python -m pytest -q -x tests/gpu/test_engine_gpu.py -k "launch_switches or norms_folded" 2>&1 |
-        tail -1
+    echo "=== GPU tests: attention fold, router top-k fold, MoE split down, gemv and add-norm gemv kernels"
+    timeout 100 python -m pytest -q -x tests/gpu/test_kernels_gpu.py -k "gemv or folded or routes" 2>&1 | tail -3
+    timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py -k "few_token or cuda_graph" 2>&1 | tail -3
     # W1 with each switch turned on in turn (PDL NORM_GEMV ATTENTION_FOLD MOE_SPLIT_DOWN)
     for flags in "0 0 0 0" "0 1 0 0" "0 1 1 0" "0 1 1 1" "1 1 1 1"; do
         set -- $flags
@@ -67,6 +65,9 @@ if [ "$mode" = pdl ]; then
             timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
             --json "$OUT/w1_switches_$1$2$3$4.json" 2>&1 | grep -v -i warn | tail -1
     done
+    echo "=== GPU tests: the switches in the engine (decode bytes with and without; norms folded vs HF)"
+    timeout 150 python -m pytest -q -x tests/gpu/test_engine_gpu.py -k "launch_switches or norms_folded" 2>&1 |
+        tail -1
     echo "=== few-token MoE: combined vs split down (default tiles)"
     EPOCHSERVE_PDL=0 timeout 100 python bench/moe_microbench.py --batches 1,4 --json "$OUT/moe_split.json" 2>&1 |
         grep -v -i warn | tail -6
