@@ -123,7 +123,7 @@ class PolicyPublisher:
         self,
         version: int,
         path: Path | str,
-        drain: str = "finish",
+        drain: str = "overlap",
         wait_for: str = "committed",
         drain_deadline: float | None = None,
     ) -> PublishResult:
@@ -131,8 +131,9 @@ class PolicyPublisher:
 
         Writes the manifest first if the checkpoint has none. Returns once the rollout reached
         `wait_for` ("committed": routers admit only v from now; "done": every worker serves v).
-        `drain` is finish, abort or overlap; `drain_deadline` (seconds) bounds how long v-1
-        requests may still run after the commit. Raises RolloutAbortedError when it aborts,
+        `drain` is overlap (the default: v-1 requests finish on their weights while new ones start
+        on v's at once), finish or abort; `drain_deadline` (seconds) bounds how long v-1 requests
+        may still run after the commit. Raises RolloutAbortedError when it aborts,
         grpc.RpcError when the coordinator refuses it.
         """
         path = Path(path).resolve()
@@ -157,7 +158,7 @@ class PolicyPublisher:
         tensors: Mapping[str, torch.Tensor],
         checkpoint_dir: Path | str,
         config_from: Path | str | None = None,
-        drain: str = "finish",
+        drain: str = "overlap",
         wait_for: str = "committed",
         host: str = "127.0.0.1",
         bucket_bytes: int = broadcast.DEFAULT_BUCKET_BYTES,

@@ -28,7 +28,7 @@ def parse_rollout(body: Mapping[str, Any]) -> RolloutRequest:
     """Build a RolloutRequest; raise SpecError when a field is missing or out of range."""
     try:
         meta, spec = body["metadata"], body["spec"]
-        drain = spec.get("drain", "finish")
+        drain = spec.get("drain", "overlap")
         version = int(spec["version"])
         request = RolloutRequest(
             name=meta["name"],

@@ -59,7 +59,7 @@ def rollout_request(front: Front, body: UpdateWeightsBody) -> pb.StartRolloutReq
     version = version_of(front, body)
     if not 0 < version < 2**64:
         raise InvalidRequestError("version", f"must be in [1, 2**64), got {version}")
-    drain = body.drain or ("abort" if body.abort_all_requests else "finish")
+    drain = body.drain or ("abort" if body.abort_all_requests else "overlap")
     deadline = body.drain_deadline
     if deadline is not None and not (math.isfinite(deadline) and deadline >= 0):
         raise InvalidRequestError(

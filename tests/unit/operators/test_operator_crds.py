@@ -88,7 +88,7 @@ def test_example_epochcluster_is_admitted_with_defaults():
 def test_example_policyrollout_is_admitted_with_default_drain():
     rollout = example("policyrollout.yaml")
     del rollout["spec"]["drain"]
-    assert admit(rollout)["spec"]["drain"] == "finish"
+    assert admit(rollout)["spec"]["drain"] == "overlap"
 
 
 def test_minimal_epochcluster_gets_every_component_defaulted():

@@ -196,9 +196,9 @@ def test_update_weights_with_an_unreachable_admin_is_503_and_bad_fields_are_400(
 @pytest.mark.parametrize(
     ("fields", "drain", "deadline"),
     [
-        ({}, pb.DRAIN_POLICY_FINISH, None),
+        ({}, pb.DRAIN_POLICY_OVERLAP, None),
         ({"abort_all_requests": True}, pb.DRAIN_POLICY_ABORT, None),
-        ({"drain": "overlap", "drain_deadline": 30.5}, pb.DRAIN_POLICY_OVERLAP, 30.5),
+        ({"drain": "finish", "drain_deadline": 30.5}, pb.DRAIN_POLICY_FINISH, 30.5),
         ({"drain": "finish", "abort_all_requests": True, "drain_deadline": 0}, pb.DRAIN_POLICY_FINISH, 0.0),
     ],
 )
