@@ -7,10 +7,10 @@
 #   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the long-row gemv tiles, profile (~2 min)
 #   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
 #   bash bench/device_w1_kernels.sh dense     # W1/W2 of the 8B Llama shape, bench/w1_w2.py (~3 min)
-#   bash bench/device_w1_kernels.sh pdl       # the opt-in switches (norms folded into gemv, attention
-#                                             # partitions folded in-kernel, MoE down split over experts,
-#                                             # early launch): kernel GPU tests, W1 turning each on in
-#                                             # turn, engine GPU tests, then kernels (~9 min)
+#   bash bench/device_w1_kernels.sh pdl       # the launch switches (norms folded into gemv, attention
+#                                             # partitions folded in-kernel, early launch): kernel GPU
+#                                             # tests, W1 turning each on in turn, engine GPU tests,
+#                                             # then the projection microbench (~5 min)
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
 # tokenizer files). Results: $OUT/*.json and the printed tables.
 source bench/device_env.sh || exit 1
@@ -54,23 +54,20 @@ if { [ "$mode" = http ] && [ -z "$2" ]; } || [ "$mode" = all ]; then
     http 1
 fi
 if [ "$mode" = pdl ]; then
-    echo "=== GPU tests: attention fold, router top-k fold, MoE split down, gemv and add-norm gemv kernels"
+    echo "=== GPU tests: attention fold, router top-k fold, gemv and add-norm gemv kernels; few-token MoE"
     timeout 100 python -m pytest -q -x tests/gpu/test_kernels_gpu.py -k "gemv or folded or routes" 2>&1 | tail -3
     timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py -k "few_token or cuda_graph" 2>&1 | tail -3
-    # W1 with each switch turned on in turn (PDL NORM_GEMV ATTENTION_FOLD MOE_SPLIT_DOWN)
-    for flags in "0 0 0 0" "0 1 0 0" "0 1 1 0" "0 1 1 1" "1 1 1 1"; do
+    # W1 with each switch turned on in turn (PDL NORM_GEMV ATTENTION_FOLD; ~25 s a run)
+    for flags in "0 0 0" "0 1 0" "0 1 1" "1 0 1" "1 1 1"; do
         set -- $flags
-        echo "=== W1, EPOCHSERVE_PDL=$1 NORM_GEMV=$2 ATTENTION_FOLD=$3 MOE_SPLIT_DOWN=$4"
-        EPOCHSERVE_PDL=$1 EPOCHSERVE_NORM_GEMV=$2 EPOCHSERVE_ATTENTION_FOLD=$3 EPOCHSERVE_MOE_SPLIT_DOWN=$4 \
+        echo "=== W1, EPOCHSERVE_PDL=$1 NORM_GEMV=$2 ATTENTION_FOLD=$3"
+        EPOCHSERVE_PDL=$1 EPOCHSERVE_NORM_GEMV=$2 EPOCHSERVE_ATTENTION_FOLD=$3 \
             timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
-            --json "$OUT/w1_switches_$1$2$3$4.json" 2>&1 | grep -v -i warn | tail -1
+            --json "$OUT/w1_switches_$1$2$3.json" 2>&1 | grep -v -i warn | tail -1
     done
     echo "=== GPU tests: the switches in the engine (decode bytes with and without; norms folded vs HF)"
     timeout 150 python -m pytest -q -x tests/gpu/test_engine_gpu.py -k "launch_switches or norms_folded" 2>&1 |
         tail -1
-    echo "=== few-token MoE: combined vs split down (default tiles)"
-    EPOCHSERVE_PDL=0 timeout 100 python bench/moe_microbench.py --batches 1,4 --json "$OUT/moe_split.json" 2>&1 |
-        grep -v -i warn | tail -6
     echo "=== Qwen3-30B-A3B projections, add-norm + projection"
     EPOCHSERVE_PDL=0 timeout 90 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 |
         grep -v Warning | tail -9

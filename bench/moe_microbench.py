@@ -120,18 +120,18 @@ def touched_bytes(shape: dict[str, Any], ids: torch.Tensor, element: int) -> int
 
 def gemv_sweep(few: Callable[..., object], replays: int) -> dict[str, Any]:
     """Graph µs of the few-token path per gate-up tiles (down at its default), then per down tiles
-    (gate-up at the best), for both down products (walking the k experts; split over them)."""
+    (gate-up at the best)."""
     from epochserve.kernels.fused_moe_gemv_triton import DOWN_TILES
     from epochserve.kernels.gemv_triton import GemvTiles
 
     def tiles(block_ns: tuple[int, ...], block_ks: tuple[int, ...], warps_stages: tuple) -> list[GemvTiles]:
         return [GemvTiles(n, k, w, s) for n in block_ns for k in block_ks for w, s in warps_stages]
 
-    def timed(up: GemvTiles, dn: GemvTiles, split: bool = False) -> float:
+    def timed(up: GemvTiles, dn: GemvTiles) -> float:
         try:
-            return cuda_us(lambda i: few(i, up=up, dn=dn, split=split), replays, graph=True)
+            return cuda_us(lambda i: few(i, up=up, dn=dn), replays, graph=True)
         except Exception as exc:  # e.g. a tile past the shared memory: not a candidate
-            print(f"tiles up={up} down={dn} split={split}: {type(exc).__name__}", file=sys.stderr)
+            print(f"tiles up={up} down={dn}: {type(exc).__name__}", file=sys.stderr)
             return float("inf")
 
     up_times = {t: timed(t, DOWN_TILES) for t in tiles((8, 16, 32), (512, 1024), ((4, 3), (8, 2)))}
@@ -140,16 +140,10 @@ def gemv_sweep(few: Callable[..., object], replays: int) -> dict[str, Any]:
     down = tiles((1, 2, 4, 8), (256, 512, 1024), ((2, 4), (4, 3)))
     down_times = {t: timed(best_up, t) for t in down}
     best_down = min(down_times, key=down_times.__getitem__)
-    # split over the experts: a program per (token, hidden tile, expert), so wider tiles
-    split = tiles((4, 8, 16, 32), (512, 1024), ((4, 3), (8, 2)))
-    split_times = {t: timed(best_up, t, split=True) for t in split}
-    best_split = min(split_times, key=split_times.__getitem__)
     return {
         "gate_up": {str(t): us for t, us in up_times.items()},
         "down": {str(t): us for t, us in down_times.items()},
-        "split_down": {str(t): us for t, us in split_times.items()},
         "best_gate_up": str(best_up), "best_down": str(best_down), "best_us": down_times[best_down],
-        "best_split_down": str(best_split), "best_split_us": split_times[best_split],
         "default_down_us": up_times[best_up], "default_down": str(DOWN_TILES),
     }  # fmt: skip
 
@@ -160,6 +154,7 @@ def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -
 
     from epochserve.kernels.fused_moe import fused_moe_torch
     from epochserve.kernels.fused_moe_gemv_triton import (
+        DOWN_TILES,
         GATE_UP_TILES,
         MAX_TOKENS,
         routed_moe_gemv_triton,
@@ -203,24 +198,18 @@ def run_cuda(args: argparse.Namespace, batches: list[int], dtype: torch.dtype) -
             err = rel_err(out, fused_moe_torch(x, w13, w2, few_weights, few_ids))
             assert err < 1e-2, f"few-token path, batch {tokens}: relative error {err:.2e}"
 
-            split_out, _, _ = routed_moe_gemv_triton(x, logits, w13, w2, top_k, renormalize, split_down=True)
-            err = rel_err(split_out, fused_moe_torch(x, w13, w2, few_weights, few_ids))
-            assert err < 1e-2, f"few-token path, down split over experts, batch {tokens}: {err:.2e}"
-
             def few(
                 i: int,
                 up: GemvTiles = GATE_UP_TILES,
-                dn: GemvTiles | None = None,
-                split: bool = False,
+                dn: GemvTiles = DOWN_TILES,
                 b: tuple = (x, logits),
             ):
                 w13, w2 = layers[i % LAYERS]
                 return routed_moe_gemv_triton(
-                    b[0], b[1], w13, w2, top_k, renormalize, gate_up=up, down_tiles=dn, split_down=split
+                    b[0], b[1], w13, w2, top_k, renormalize, gate_up=up, down_tiles=dn
                 )
 
             row["gemv_graph_us"] = cuda_us(few, args.replays, graph=True)
-            row["gemv_split_graph_us"] = cuda_us(lambda i: few(i, split=True), args.replays, graph=True)
             if args.gemv_sweep:
                 row["gemv_sweep"] = gemv_sweep(few, args.replays)
         if args.sweep:
@@ -285,11 +274,10 @@ def print_table(result: dict[str, Any]) -> None:
         for name, us in r.get("sweep_graph_us", {}).items():
             print(f"      tiles {name}: {us:.1f} us ({r['limit_us'] / us:.0%} of limit)")
         if "gemv_graph_us" in r:
-            us, split_us = r["gemv_graph_us"], r["gemv_split_graph_us"]
+            us = r["gemv_graph_us"]
             print(
                 f"      few-token path with top-k (default tiles): {us:.1f} us "
-                f"({r['limit_us'] / us:.0%} of limit); down split over experts: {split_us:.1f} us "
-                f"({r['limit_us'] / split_us:.0%})"
+                f"({r['limit_us'] / us:.0%} of limit)"
             )
         if "gemv_sweep" in r:
             sweep = r["gemv_sweep"]
@@ -297,11 +285,7 @@ def print_table(result: dict[str, Any]) -> None:
                 f"      few-token sweep: best gate-up {sweep['best_gate_up']}, down {sweep['best_down']}: "
                 f"{sweep['best_us']:.1f} us ({r['limit_us'] / sweep['best_us']:.0%} of limit)"
             )
-            print(
-                f"      few-token sweep, down split over experts: best {sweep['best_split_down']}: "
-                f"{sweep['best_split_us']:.1f} us ({r['limit_us'] / sweep['best_split_us']:.0%} of limit)"
-            )
-            for part in ("gate_up", "down", "split_down"):
+            for part in ("gate_up", "down"):
                 ranked = sorted(sweep[part].items(), key=lambda kv: kv[1])[:6]
                 print(f"        {part} fastest: " + "; ".join(f"{k} {v:.1f}" for k, v in ranked))
 

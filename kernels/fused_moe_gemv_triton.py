@@ -22,17 +22,12 @@ do the whole layer after the router's product:
    sum rounded once. One loop walks the k experts' K steps back to back, so the loads of the next
    expert are in flight while the last steps of this one are summed.
 
-3'. Or (`split_down`, opt-in with EPOCHSERVE_MOE_SPLIT_DOWN=1) `_down_expert_kernel` (grid: tokens x
-   hidden tiles x top_k slots): each program multiplies one pair's act row by its expert's down
-   rows alone (contiguous rows, no walk over k experts) and stores the product rounded to the
-   dtype; the program that arrives last at its (token, hidden tile) sums the k products in
-   ascending local expert id (kernels/arrival.py) as step 3 does. Eight times the programs, each
-   with one independent stream of loads; not yet measured on a GPU.
-
 Measured and dropped (bench/moe_microbench.py --gemv-sweep, H100, docs/benchmarks.md): routing
 inside every gate-up program instead of launch 1 (each program's 16 cross-warp reductions come
 before its first weight load: no faster at batch 1, 5% slower at 4); one K loop per expert in the
-down product (the same at batch 1, slower at 4).
+down product (the same at batch 1, slower at 4); the down product split over the k experts, a
+program per (token, hidden tile, expert) and the last to arrive combining (kernels/arrival.py):
+41.2 vs 36.1 us at batch 1 and 126 vs 104 at 4 (H100, 2026-12-07), W1 6% slower.
 
 Each program sums its K steps in a fixed order (CUDA-core FMAs: one row gives the tensor cores
 nothing to do) as gemv_triton does. A token's bits depend on how many tokens share the call only
@@ -42,14 +37,11 @@ batch_invariant mode never takes it.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from epochserve.kernels.activation_triton import _silu_and_mul
-from epochserve.kernels.arrival import arrival_counters, last_to_arrive
 from epochserve.kernels.fused_moe_triton import check_moe_shapes
 from epochserve.kernels.gemv_triton import GemvTiles
 from epochserve.kernels.moe_topk_triton import slot_pad, topk_route_triton
@@ -62,13 +54,6 @@ MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched e
 # is tokens x hidden tiles, so it wants narrow programs (2048 / 2 = 1024 at batch 1).
 GATE_UP_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=4, num_stages=3)
 DOWN_TILES = GemvTiles(block_n=2, block_k=1024, num_warps=4, num_stages=3)
-# `split_down`: one expert's rows a program, so wider tiles (a first guess; --gemv-sweep sweeps them).
-DOWN_SPLIT_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=4, num_stages=3)
-
-
-def split_down_enabled() -> bool:
-    """Whether the down product splits over the k experts (EPOCHSERVE_MOE_SPLIT_DOWN=1)."""
-    return os.environ.get("EPOCHSERVE_MOE_SPLIT_DOWN", "0") == "1"
 
 
 @triton.jit
@@ -117,6 +102,19 @@ def _gate_up_kernel(
 
 
 @triton.jit
+def _combine_order(local_ids_ptr, weights_ptr, token, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
+    """A token's k pairs as (slots [K_PAD], weights, held (this rank's expert), rank = place in
+    ascending local expert id; another rank's pairs and the padding last)."""
+    slots = tl.arange(0, K_PAD)
+    local = tl.load(local_ids_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=-1)
+    weight = tl.load(weights_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=0.0)
+    held = local >= 0
+    key = tl.where(held, local, (1 << 30) + slots)  # a token's ids are distinct
+    rank = tl.sum((key[None, :] < key[:, None]).to(tl.int32), 1)
+    return slots, local, weight, held, rank
+
+
+@triton.jit
 def _down_combine_kernel(
     out_ptr,  # [tokens, N]
     act_ptr,  # [pairs, K]
@@ -154,64 +152,6 @@ def _down_combine_kernel(
     tl.store(out_ptr + token * stride_om + cols, total.to(out_ty), mask=col_ok)
 
 
-@triton.jit
-def _combine_order(local_ids_ptr, weights_ptr, token, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
-    """A token's k pairs as (slots [K_PAD], weights, held (this rank's expert), rank = place in
-    ascending local expert id; another rank's pairs and the padding last)."""
-    slots = tl.arange(0, K_PAD)
-    local = tl.load(local_ids_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=-1)
-    weight = tl.load(weights_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=0.0)
-    held = local >= 0
-    key = tl.where(held, local, (1 << 30) + slots)  # a token's ids are distinct
-    rank = tl.sum((key[None, :] < key[:, None]).to(tl.int32), 1)
-    return slots, local, weight, held, rank
-
-
-@triton.jit
-def _down_expert_kernel(
-    out_ptr,  # [tokens, N]
-    products_ptr,  # [pairs, N] scratch: each pair's down product in the dtype
-    act_ptr,  # [pairs, K]
-    w_ptr,  # [local experts, N, K]
-    weights_ptr, local_ids_ptr,  # [pairs]: the router's weights, _gate_up_kernel's local ids
-    counters_ptr,  # [>= tokens * hidden tiles] int32, all 0 (left all 0)
-    N, K, stride_om, stride_am, stride_we, stride_wn,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
-):  # fmt: skip
-    pdl_prologue(PDL)
-    token = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
-    pair = token * TOP_K + tl.program_id(2)
-    cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    out_ty = out_ptr.dtype.element_ty
-    expert = tl.load(local_ids_ptr + pair)
-    if expert >= 0:  # another rank's expert: only the ticket
-        w_rows = w_ptr + expert.to(tl.int64) * stride_we + cols.to(tl.int64)[:, None] * stride_wn
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < K
-            a = tl.load(act_ptr + pair * stride_am + ks, mask=k_ok, other=0.0)
-            w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-            acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
-        # rounded to the dtype, as the reference's down product is
-        tl.store(products_ptr + pair * N + cols, acc.to(out_ty), mask=col_ok)
-    if last_to_arrive(counters_ptr + token * tl.num_programs(1) + tile, TOP_K):
-        slots, _, weight, held, rank = _combine_order(local_ids_ptr, weights_ptr, token, TOP_K, K_PAD)
-        total = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for i in tl.static_range(TOP_K):  # the i-th held expert in ascending local id
-            turn = rank == i
-            present = tl.sum((turn & held).to(tl.int32), 0) > 0
-            slot = tl.sum(tl.where(turn, slots, 0), 0)
-            w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
-            rows = products_ptr + (token * TOP_K + slot) * N + cols
-            product = tl.load(rows, mask=cols < tl.where(present, N, 0), other=0.0).to(tl.float32)
-            total = tl.where(present, total + product * w_turn, total)
-        tl.store(out_ptr + token * stride_om + cols, total.to(out_ty), mask=col_ok)
-
-
 def routed_moe_gemv_triton(
     x: torch.Tensor,  # [num_tokens <= MAX_TOKENS, hidden]
     router_logits: torch.Tensor,  # [num_tokens, num_experts]
@@ -222,20 +162,17 @@ def routed_moe_gemv_triton(
     expert_map: torch.Tensor | None = None,  # [num_experts]: local index or -1
     *,
     gate_up: GemvTiles = GATE_UP_TILES,
-    down_tiles: GemvTiles | None = None,
-    split_down: bool | None = None,
+    down_tiles: GemvTiles = DOWN_TILES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Σ_k weight_k · expert_{id_k}(x) over this rank's experts [num_tokens, hidden] in x's dtype,
     the routing weights fp32 and global expert ids int64 [num_tokens, top_k] by descending weight):
-    topk_route_triton, then moe_gemv_triton (tiles and split_down: its)."""
+    topk_route_triton, then moe_gemv_triton (tiles: its)."""
     if router_logits.shape[0] != x.shape[0] or not 0 < top_k <= router_logits.shape[1]:
         raise ValueError(
             f"router logits {tuple(router_logits.shape)} do not fit {x.shape[0]} tokens, top {top_k}"
         )
     weights, ids = topk_route_triton(router_logits, top_k, renormalize)
-    out = moe_gemv_triton(
-        x, w13, w2, weights, ids, expert_map, gate_up=gate_up, down_tiles=down_tiles, split_down=split_down
-    )
+    out = moe_gemv_triton(x, w13, w2, weights, ids, expert_map, gate_up=gate_up, down_tiles=down_tiles)
     return out, weights, ids
 
 
@@ -248,13 +185,11 @@ def moe_gemv_triton(
     expert_map: torch.Tensor | None = None,  # [num_experts]: local index or -1
     *,
     gate_up: GemvTiles = GATE_UP_TILES,
-    down_tiles: GemvTiles | None = None,
-    split_down: bool | None = None,
+    down_tiles: GemvTiles = DOWN_TILES,
 ) -> torch.Tensor:
     """Σ_k weight_k · expert_{id_k}(x) over this rank's experts [num_tokens, hidden] in x's dtype:
     fused_moe_triton's contract for a few tokens. Tiles: for benchmarks and tests (other K steps
-    sum in another order); default DOWN_TILES, or DOWN_SPLIT_TILES with split_down (None:
-    EPOCHSERVE_MOE_SPLIT_DOWN)."""
+    sum in another order)."""
     check_moe_shapes(x, w13, w2)
     num_tokens, hidden = x.shape
     if num_tokens > MAX_TOKENS:
@@ -282,20 +217,8 @@ def moe_gemv_triton(
         HAS_MAP=expert_map is not None, BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl,
         num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
-    split = split_down_enabled() if split_down is None else split_down
-    t = down_tiles or (DOWN_SPLIT_TILES if split else DOWN_TILES)
-    tiles = triton.cdiv(hidden, t.block_n)
-    counters = arrival_counters(x.device, num_tokens * tiles) if split else None
-    if counters is not None:
-        products = torch.empty((num_pairs, hidden), dtype=x.dtype, device=x.device)
-        _down_expert_kernel[(num_tokens, tiles, top_k)](
-            out, products, act, w2, weights, local_ids, counters, hidden, width, out.stride(0),
-            act.stride(0), w2.stride(0), w2.stride(1), TOP_K=top_k, K_PAD=slot_pad(top_k),
-            BLOCK_N=t.block_n, BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages,
-            launch_pdl=pdl,
-        )  # fmt: skip
-        return out
-    _down_combine_kernel[(num_tokens, tiles)](
+    t = down_tiles
+    _down_combine_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
         w2.stride(1), TOP_K=top_k, K_PAD=slot_pad(top_k), BLOCK_N=t.block_n,
         BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,

@@ -10,9 +10,9 @@ kernels/paged_attention_kernels.py; this module picks tile shapes, the partition
   partition's (max, sum, unnormalized output) in fp32; a second kernel folds them in order. Used for
   decode (max_query_len == 1) so that long contexts at small batch still use every SM.
 
-The split schedule can fold its reduce into its partition programs (FOLD, a counter per (sequence,
-kv head) from kernels/arrival.py). Opt-in, EPOCHSERVE_ATTENTION_FOLD=1, until a GPU measurement
-says it is faster.
+The split schedule folds its reduce into its partition programs (FOLD, a counter per (sequence, kv
+head) from kernels/arrival.py): the same bits, one launch fewer; W1 1.6% faster on an H100
+(docs/benchmarks.md, 2026-12-07). EPOCHSERVE_ATTENTION_FOLD=0 launches the reduce instead.
 
 Batch invariance: with `fixed_split_tokens` set, the tile shapes and the partition length are
 constants, so a query row's arithmetic depends only on its own sequence (docs/kernels.md). The two
@@ -53,8 +53,9 @@ _LOG2E = 1.4426950408889634
 
 
 def fold_enabled() -> bool:
-    """Whether decode's split schedule folds its partitions in-kernel (EPOCHSERVE_ATTENTION_FOLD=1)."""
-    return os.environ.get("EPOCHSERVE_ATTENTION_FOLD", "0") == "1"
+    """Whether decode's split schedule folds its partitions in-kernel (EPOCHSERVE_ATTENTION_FOLD=0:
+    no, the reduce runs as a launch of its own)."""
+    return os.environ.get("EPOCHSERVE_ATTENTION_FOLD", "1") == "1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,10 @@ The contract every kernel that takes `PDL` keeps: `pdl_prologue(PDL)` before any
 any load of what an earlier kernel of the step may write, so nothing reads a previous kernel's output
 (or overwrites its input) early. Model weights are the one exception: no kernel of a step writes them
 (weight swaps are ordinary copies between steps, on the stream, many kernels before), so gemv_triton
-loads its first weight tile before the wait, overlapping the previous kernel's tail. Opt-in with
-EPOCHSERVE_PDL=1: it changes no bit (tests/gpu/test_engine_gpu.py) but made W1 11% slower on an H100
-(docs/benchmarks.md, 2026-12-06), since a kernel that waits at its first instruction gains nothing
-from being resident early. Never on older GPUs or in the interpreter.
+loads its first weight tile before the wait, overlapping the previous kernel's tail. On by default
+(EPOCHSERVE_PDL=0 turns it off): it changes no bit (tests/gpu/test_engine_gpu.py), and with the
+weight tile loaded early W1 gains 2-7% (H100 and H200, docs/benchmarks.md, 2026-12-07), where
+waiting at the first instruction had made it 11% slower. Never on older GPUs or in the interpreter.
 """
 
 from __future__ import annotations
@@ -37,6 +37,6 @@ def pdl_prologue(PDL: tl.constexpr):
 @functools.lru_cache(maxsize=8)
 def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels on this device launch with programmatic dependent launch."""
-    if device.type != "cuda" or os.environ.get("EPOCHSERVE_PDL", "0") != "1":
+    if device.type != "cuda" or os.environ.get("EPOCHSERVE_PDL", "1") != "1":
         return False
     return torch.cuda.get_device_capability(device)[0] >= 9

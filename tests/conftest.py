@@ -1,6 +1,7 @@
 """Shared fixtures live in tests/fixtures/, one module per kind of real component."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -31,3 +32,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if any(item.path.is_relative_to(tier) for tier in _PROCESS_TIERS):
             item.add_marker(pytest.mark.processes)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_left_as_found():
+    """Ctrl-C must raise KeyboardInterrupt in every test (the clients' interrupt tests rely on it).
+    A test that leaves SIGINT handled otherwise (an asyncio loop's handler never removed) would
+    silence it for the rest of the session: the handler is put back and that test fails."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left SIGINT handled by {after!r}", pytrace=False)

@@ -97,20 +97,16 @@ def test_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens:
         assert rel_err(out, exact) <= 1.1 * rel_err(ref, exact) + 1e-4
 
 
-@pytest.mark.parametrize("split_down", [False, True], ids=["combined-down", "split-down"])
 @pytest.mark.parametrize("tokens", [1, 2, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_the_few_token_path_matches_reference(
-    layers: dict, shape: str, dtype: torch.dtype, tokens: int, split_down: bool
-):
+def test_the_few_token_path_matches_reference(layers: dict, shape: str, dtype: torch.dtype, tokens: int):
     """routed_moe_gemv_triton (decode at batch <= 4 outside batch_invariant): the reference router's
-    experts (random logits: no near-ties), its weights within fp32 rounding, and the same bounds;
-    with either down product (split over the experts: the last program to arrive combines)."""
+    experts (random logits: no near-ties), its weights within fp32 rounding, and the same bounds."""
     w13, w2 = layer(layers, shape, dtype)
     _, top_k, _, _, renormalize = SHAPES[shape]
     x, logits = make_routed_tokens(shape, tokens, dtype, seed=tokens)
-    out, weights, ids = routed_moe_gemv_triton(x, logits, w13, w2, top_k, renormalize, split_down=split_down)
+    out, weights, ids = routed_moe_gemv_triton(x, logits, w13, w2, top_k, renormalize)
     ref_weights, ref_ids = topk_route(logits, top_k, renormalize)
     assert torch.equal(ids, ref_ids)
     torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-7)
@@ -168,16 +164,11 @@ def routed_moe(ops: TritonOps, x, logits, w13, w2, top_k: int, renormalize: bool
     return ops.fused_moe(x, w13, w2, weights, ids), ids
 
 
-@pytest.mark.parametrize("split_down", ["0", "1"], ids=["combined-down", "split-down"])
 @pytest.mark.parametrize("tokens", [1, 16], ids=["few-token-path", "grouped"])
-def test_a_cuda_graph_captures_it_and_replays_new_routing(
-    layers: dict, tokens: int, split_down: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_cuda_graph_captures_it_and_replays_new_routing(layers: dict, tokens: int) -> None:
     """No host synchronisation inside: capture succeeds (a sync would raise), and a replay on new
     inputs and router logits gives the eager call's bytes and experts. Through TritonOps' top-k and
-    fused_moe, as the engine calls them without the norm fold; the split down product's counters
-    too (64 replays)."""
-    monkeypatch.setenv("EPOCHSERVE_MOE_SPLIT_DOWN", split_down)
+    fused_moe, as the engine calls them without the norm fold."""
     shape = "qwen3-30b-a3b"
     w13, w2 = layer(layers, shape, torch.bfloat16)
     _, top_k, _, _, renormalize = SHAPES[shape]
@@ -191,7 +182,7 @@ def test_a_cuda_graph_captures_it_and_replays_new_routing(
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out, ids = routed_moe(ops, x, logits, w13, w2, top_k, renormalize)
-    for seed in range(2, 66):
+    for seed in (2, 3):
         nx, nl = make_routed_tokens(shape, tokens, torch.bfloat16, seed=seed)
         x.copy_(nx), logits.copy_(nl)
         graph.replay()

@@ -188,11 +188,9 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
     """routed_moe_gemv_triton's gate-up and down kernels (its engine tiles), the router's top-k and
     its fp32-out product: Qwen3-30B-A3B, 128 experts, top-8, hidden 2048, width 768."""
     from epochserve.kernels.fused_moe_gemv_triton import (
-        DOWN_SPLIT_TILES,
         DOWN_TILES,
         GATE_UP_TILES,
         _down_combine_kernel,
-        _down_expert_kernel,
         _gate_up_kernel,
     )
     from epochserve.kernels.gemv_triton import _gemv_kernel, gemv_tiles
@@ -207,12 +205,6 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
                 N="i32", K="i32", stride_om="i32", stride_am="i32", stride_we="i32", stride_wn="i32",
                 TOP_K=_const(8), K_PAD=_const(8), BLOCK_N=_const(dn.block_n), BLOCK_K=_const(dn.block_k),
                 PDL=_const(True))  # fmt: skip
-    ds = DOWN_SPLIT_TILES
-    down_split = dict(out_ptr="*bf16", products_ptr="*bf16", act_ptr="*bf16", w_ptr="*bf16",
-                      weights_ptr="*fp32", local_ids_ptr="*i32", counters_ptr="*i32", N="i32", K="i32",
-                      stride_om="i32", stride_am="i32", stride_we="i32", stride_wn="i32", TOP_K=_const(8),
-                      K_PAD=_const(8), BLOCK_N=_const(ds.block_n), BLOCK_K=_const(ds.block_k),
-                      PDL=_const(True))  # fmt: skip
     topk = dict(logits_ptr="*fp32", weights_ptr="*fp32", ids_ptr="*i64", num_experts="i32", stride_l="i32",
                 TOP_K=_const(8), K_PAD=_const(8), E_PAD=_const(128), RENORMALIZE=_const(True))  # fmt: skip
     router = dict(out_ptr="*fp32", x_ptr="*bf16", weight_ptr="*bf16", M="i32", N="i32", K="i32",
@@ -227,10 +219,6 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
         (
             "moe few-token down+combine bf16 H2048 W768",
             (_down_combine_kernel, down, dn.num_warps, dn.num_stages),
-        ),
-        (
-            "moe few-token down split over experts bf16 H2048 W768",
-            (_down_expert_kernel, down_split, ds.num_warps, ds.num_stages),
         ),
         ("moe router top-k E128 k8", (_topk_route_kernel, topk, 1, 3)),
         ("moe router gemv fp32-out N128 K2048", (_gemv_kernel, router, rt.num_warps, rt.num_stages)),

@@ -215,28 +215,6 @@ def test_the_few_token_path_matches_the_reference(tokens: int, dtype: torch.dtyp
                 assert (out[untouched] == 0).all()
 
 
-@pytest.mark.parametrize("tokens", [1, 4])
-def test_the_split_down_product_is_the_combined_one_in_bits(tokens: int) -> None:
-    """split_down: one program per (token, hidden tile, expert), the last to arrive sums the k
-    products; with the same tiles the same bits as the down-and-combine kernel (same K steps, same
-    combine order), all experts local or some another rank's, and the counters back at 0."""
-    from epochserve.kernels.arrival import counters_in_use
-
-    up = GemvTiles(block_n=16, block_k=32, num_warps=4, num_stages=1)
-    down = GemvTiles(block_n=32, block_k=16, num_warps=4, num_stages=1)  # K=40, hidden 80: masked
-    for local in (None, range(3, 8)):
-        x, w13, w2, _, _, expert_map = make_layer(tokens, tokens, 10, 3, 80, 40, torch.float32, local=local)
-        logits = router_logits(tokens, tokens, 10)
-        runs = [
-            routed_moe_gemv_triton(
-                x, logits, w13, w2, 3, True, expert_map, gate_up=up, down_tiles=down, split_down=split
-            )[0]
-            for split in (False, True, True)
-        ]
-        assert torch.equal(runs[1], runs[0]) and torch.equal(runs[2], runs[0])
-        assert not counters_in_use(x.device).any()
-
-
 def test_the_few_token_path_takes_the_top_k_kernels_routing() -> None:
     """Its routing is moe_topk_triton's: the same ids and weights, to the bit."""
     logits = router_logits(7, 4, 64)

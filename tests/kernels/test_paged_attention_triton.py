@@ -202,6 +202,6 @@ def test_fold_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from epochserve.kernels.paged_attention_triton import fold_enabled
 
     monkeypatch.delenv("EPOCHSERVE_ATTENTION_FOLD", raising=False)
+    assert fold_enabled()  # the default
+    monkeypatch.setenv("EPOCHSERVE_ATTENTION_FOLD", "0")
     assert not fold_enabled()
-    monkeypatch.setenv("EPOCHSERVE_ATTENTION_FOLD", "1")
-    assert fold_enabled()

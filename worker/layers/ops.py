@@ -222,7 +222,8 @@ class TritonOps(TorchOps):
     name: str = "triton"
     use_gemv: bool = True  # 1-row projections through gemv_triton (benchmarks compare with cuBLAS)
     # A norm and the 1-row projection after it in one launch (add_rms_norm_gemv_triton; an MoE
-    # router's top-k too); opt-in (EPOCHSERVE_NORM_GEMV=1) until a GPU measurement says it is faster.
+    # router's top-k too). Opt-in (EPOCHSERVE_NORM_GEMV=1): W1 3.9% faster, but its MoE greedy
+    # check against transformers is not settled (docs/kernels.md).
     norm_into_gemv: bool = False
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
