@@ -17,8 +17,9 @@ The whole row is one K step: no split-K, and a row's result does not depend on t
 
 An MoE router's product can also route (`add_rms_norm_route_triton`): the program that stores its
 logits last (kernels/arrival.py) reads the whole fp32 row back and takes the top-k with
-moe_topk_triton's `_route_row`, so the router's choice is the top-k launch's, bit for bit, without
-that launch.
+moe_topk_triton's `_route_row`: the top-k launch's experts without that launch, and its weights to
+fp32 rounding (the softmax's sum reduces in this kernel's layout, 4 warps, not the top-k kernel's 1;
+the interpreter, whose sums ignore layouts, gives the same bits).
 """
 
 from __future__ import annotations

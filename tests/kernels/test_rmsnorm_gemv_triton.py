@@ -84,7 +84,8 @@ def test_the_router_product_routes_as_the_top_k_launch(
     rows: int, renormalize: bool, with_residual: bool
 ) -> None:
     """add_rms_norm_route_triton: the last program to store its logits takes the top-k, so the
-    choice is topk_route_triton's on the router product's logits, to the bit; the residual stream and
+    choice is topk_route_triton's on the router product's logits (bits here; on a GPU the weights
+    agree to fp32 rounding, tests/gpu); the residual stream and
     the normalized row are the unrouted kernel's; the counter is back at 0. 60 experts over several
     programs (the fold must see every program's logits), top 6."""
     from epochserve.kernels.arrival import counters_in_use
@@ -153,7 +154,8 @@ def test_triton_ops_fold_the_norm_only_where_asked_and_the_kernel_takes_it() -> 
 def test_triton_ops_route_in_the_router_product_only_where_the_norm_folds() -> None:
     """TritonOps.norm_then_route: with norm_into_gemv, one 16-bit row routes inside the router's
     product (add_rms_norm_route_triton); two rows or the option off take the router product and the
-    top-k launch. Either way the choice is the top-k kernel's on the same logits, to the bit."""
+    top-k launch. Either way the choice is the top-k kernel's on the same logits (bits in the
+    interpreter)."""
     from epochserve.worker.layers.ops import TorchOps, TritonOps
 
     gen = torch.Generator().manual_seed(7)
