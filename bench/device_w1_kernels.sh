@@ -19,8 +19,8 @@ date -u
 mode=${1:-kernels}
 http() {  # $1: client processes; HTTP_TOKENS: new tokens a sample (default 64)
     echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes"
-    timeout 200 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
-        --requests 256 --new-tokens "${HTTP_TOKENS:-64}" --rounds 5 --worker-arg=--max-num-seqs=512 \
+    timeout 280 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
+        --requests 256 --new-tokens "${HTTP_TOKENS:-64}" --rounds 3 --worker-arg=--max-num-seqs=512 \
         --router-arg=--http-processes=4 --client-processes "${1:-4}" --json "$OUT/http4_c${1:-4}_t${HTTP_TOKENS:-64}.json" 2>&1 |
         grep -v -i warn | tail -6
 }

@@ -40,8 +40,12 @@ def _sigint_left_as_found():
     A test that leaves SIGINT handled otherwise (an asyncio loop's handler never removed) would
     silence it for the rest of the session: the handler is put back and that test fails."""
     before = signal.getsignal(signal.SIGINT)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
     after = signal.getsignal(signal.SIGINT)
     if after is not before:
         signal.signal(signal.SIGINT, before)
         pytest.fail(f"the test left SIGINT handled by {after!r}", pytrace=False)
+    now_blocked = signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    if now_blocked != blocked:
+        pytest.fail(f"the test left the main thread blocking {now_blocked - blocked}", pytrace=False)
