@@ -36,9 +36,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _sigint_left_as_found():
-    """Ctrl-C must raise KeyboardInterrupt in every test (the clients' interrupt tests rely on it).
-    A test that leaves SIGINT handled otherwise (an asyncio loop's handler never removed) would
-    silence it for the rest of the session: the handler is put back and that test fails."""
+    """A test that leaves SIGINT handled otherwise than it found it (an asyncio loop's handler never
+    removed), or blocked in the main thread, changes what Ctrl-C does for the rest of the session:
+    the state is put back and that test fails."""
     before = signal.getsignal(signal.SIGINT)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
