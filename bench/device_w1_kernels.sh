@@ -3,7 +3,8 @@
 # http, w1 and kernels in one call (~9 min):
 #   bash bench/device_w1_kernels.sh http [N]  # bench/http_vs_grpc.py, 4 HTTP front processes, 4 and 1
 #                                             # client processes, or N only (~3 min); HTTP_TOKENS=256
-#                                             # for longer samples (default 64)
+#                                             # for longer samples (default 64), and
+#                                             # HTTP_MIN_TOKENS=64 for lengths drawn from 64-256
 #   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the long-row gemv tiles, profile (~2 min)
 #   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
 #   bash bench/device_w1_kernels.sh dense     # W1/W2 of the 8B Llama shape, bench/w1_w2.py (~3 min)
@@ -11,17 +12,21 @@
 #                                             # partitions folded in-kernel, early launch): kernel GPU
 #                                             # tests, W1 turning each on in turn, engine GPU tests,
 #                                             # then the projection microbench (~5 min)
+#   bash bench/device_w1_kernels.sh defaults  # batch-1 greedy vs transformers with and without the norm
+#                                             # fold (dense, MoE); W1 at the defaults, and with it (~3 min)
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
 # tokenizer files). Results: $OUT/*.json and the printed tables.
 source bench/device_env.sh || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 date -u
 mode=${1:-kernels}
-http() {  # $1: client processes; HTTP_TOKENS: new tokens a sample (default 64)
+http() {  # $1: client processes; HTTP_TOKENS: new tokens a sample (default 64); HTTP_MIN_TOKENS:
+    # each request's drawn from [HTTP_MIN_TOKENS, HTTP_TOKENS] instead
     echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes"
     timeout 280 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
-        --requests 256 --new-tokens "${HTTP_TOKENS:-64}" --rounds 3 --worker-arg=--max-num-seqs=512 \
-        --router-arg=--http-processes=4 --client-processes "${1:-4}" --json "$OUT/http4_c${1:-4}_t${HTTP_TOKENS:-64}.json" 2>&1 |
+        --requests 256 --new-tokens "${HTTP_TOKENS:-64}" --min-new-tokens "${HTTP_MIN_TOKENS:-0}" \
+        --rounds 3 --worker-arg=--max-num-seqs=512 --router-arg=--http-processes=4 --client-processes "${1:-4}" \
+        --json "$OUT/http4_c${1:-4}_t${HTTP_MIN_TOKENS:-0}-${HTTP_TOKENS:-64}.json" 2>&1 |
         grep -v -i warn | tail -6
 }
 if [ "$mode" = http ] || [ "$mode" = all ]; then
@@ -66,11 +71,21 @@ if [ "$mode" = pdl ]; then
             --json "$OUT/w1_switches_$1$2$3.json" 2>&1 | grep -v -i warn | tail -1
     done
     echo "=== GPU tests: the switches in the engine (decode bytes with and without; norms folded vs HF)"
-    timeout 150 python -m pytest -q -x tests/gpu/test_engine_gpu.py -k "launch_switches or norms_folded" 2>&1 |
+    timeout 150 python -m pytest -q -x tests/gpu/test_engine_gpu.py -k "launch_switches or with_and_without_norms_folded" 2>&1 |
         tail -1
     echo "=== Qwen3-30B-A3B projections, add-norm + projection"
     EPOCHSERVE_PDL=0 timeout 90 python bench/decode_kernels_microbench.py --model qwen3-30b-a3b 2>&1 |
         grep -v Warning | tail -9
+fi
+if [ "$mode" = defaults ]; then
+    echo "=== GPU tests: batch-1 greedy vs transformers, norms folded and not (dense and MoE)"
+    timeout 200 python -m pytest -q -s tests/gpu/test_engine_gpu.py -k "with_and_without_norms_folded" 2>&1 |
+        grep "bf16 greedy\|passed\|failed"
+    for norm in 0 1; do  # the defaults (early launch, attention fold), then with the norm fold
+        echo "=== W1, defaults, EPOCHSERVE_NORM_GEMV=$norm"
+        EPOCHSERVE_NORM_GEMV=$norm timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
+            --max-num-seqs 8 --json "$OUT/w1_defaults_norm$norm.json" 2>&1 | grep -v -i warn | tail -1
+    done
 fi
 if [ "$mode" = dense ]; then
     echo "=== W1/W2, Llama-3.1-8B shape (no peer)"

@@ -12,13 +12,14 @@ directory's tokenizer) and sends the same batch of requests, all at once, down f
 The HTTP requests go through the official openai client and carry the prompt as text, as OpenAI
 clients do: the router tokenizes it and detokenizes every output token, which is part of what the
 front costs. The gRPC requests carry the same prompt's ids. Every request has a seed and ignore_eos
-with a fixed max_tokens, so both paths generate the same tokens and the same number of them. Paths
+with a fixed max_tokens (or, with --min-new-tokens, request i's own, drawn with seed i: RL outputs
+vary in length), so both paths generate the same tokens and the same number of them. Paths
 are interleaved round by round after a warm-up round; each path's median round is reported, and
 HTTP's throughput as a share of gRPC's in the same output mode (the median of the rounds' own
 ratios).
 
 Usage: python bench/http_vs_grpc.py [--model DIR] [--weights real|random|tiny] [--device cpu|cuda]
-       [--tp N] [--requests 32] [--n 2] [--new-tokens 48] [--rounds 3]
+       [--tp N] [--requests 32] [--n 2] [--new-tokens 48 [--min-new-tokens 16]] [--rounds 3]
        [--worker-arg=--max-num-seqs=256 ...] [--router-arg=--http-processes=4 ...]
        [--client-processes 4] [--json OUT]
        [--front-only [--profile OUT]]
@@ -43,6 +44,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -73,59 +75,108 @@ CPU_GROUPS = ("router", "worker", "clients")  # whose CPU time a round reports, 
 
 
 @dataclass(frozen=True, slots=True)
+class Finished:
+    """A round's (or one client's share of it) output tokens, and when its first and last request
+    completed (time.monotonic(), one clock for every process of this machine). Every request asks for
+    the same tokens and they run together, so they end in the same engine step: what separates the
+    first completion from the last is the work each path does after the engine, per response."""
+
+    num_tokens: int
+    first_done: float
+    last_done: float
+
+    @staticmethod
+    def of(parts: list[Finished]) -> Finished:
+        first, last = min(p.first_done for p in parts), max(p.last_done for p in parts)
+        return Finished(sum(p.num_tokens for p in parts), first, last)
+
+
+async def completed(requests: list[Awaitable[int]]) -> Finished:
+    """Run `requests` (each returns its tokens) at once; their tokens and completion times."""
+
+    async def one(request: Awaitable[int]) -> Finished:
+        num_tokens = await request
+        now = time.monotonic()
+        return Finished(num_tokens, now, now)
+
+    return Finished.of(await asyncio.gather(*(one(r) for r in requests)))
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     num_requests: int
     n: int
     new_tokens: int
     temperature: float
     prompt_ids: list[list[int]]  # PROMPTS tokenized as the router does (tokenizer(prompt))
+    min_new_tokens: int = 0  # > 0: request i's length is drawn from [this, new_tokens]
 
     def prompt(self, i: int) -> tuple[str, list[int]]:
         return PROMPTS[i % len(PROMPTS)], self.prompt_ids[i % len(PROMPTS)]
 
+    def max_tokens(self, i: int) -> int:
+        """Request i's tokens a sample: new_tokens, or drawn with seed i (the same on every path)."""
+        if self.min_new_tokens <= 0:
+            return self.new_tokens
+        return random.Random(i).randint(self.min_new_tokens, self.new_tokens)
 
-async def grpc_round(client: AsyncGenerationClient, work: Workload, mode: OutputMode, share: range) -> int:
-    """This client's share of the requests, all at once, through the Generation service; returns the
-    tokens generated."""
+    @property
+    def num_tokens(self) -> int:
+        return self.n * sum(self.max_tokens(i) for i in range(self.num_requests))
+
+
+async def grpc_round(
+    client: AsyncGenerationClient, work: Workload, mode: OutputMode, share: range
+) -> Finished:
+    """This client's share of the requests, all at once, through the Generation service."""
 
     async def one(i: int) -> int:
         sampling = SamplingParams(
-            temperature=work.temperature, max_tokens=work.new_tokens, ignore_eos=True, seed=i
+            temperature=work.temperature, max_tokens=work.max_tokens(i), ignore_eos=True, seed=i
         )
         result = await client.generate(work.prompt(i)[1], sampling, n=work.n, output_mode=mode)
         return sum(len(sample.token_ids) for sample in result.samples)
 
-    return sum(await asyncio.gather(*(one(i) for i in share)))
+    return await completed([one(i) for i in share])
 
 
 async def http_round(
     client: openai.AsyncOpenAI, work: Workload, model: str, stream: bool, share: range
-) -> int:
+) -> Finished:
     """This client's share of the requests, all at once, through POST /v1/completions (the official
-    openai client); returns the tokens generated (`token_ids`, the RL extension, of every choice or
-    streamed chunk)."""
+    openai client); the tokens counted are `token_ids` (the RL extension) of every choice or streamed
+    chunk."""
 
     async def one(i: int) -> int:
         response = await client.completions.create(
-            model=model, prompt=work.prompt(i)[0], n=work.n, max_tokens=work.new_tokens,
+            model=model, prompt=work.prompt(i)[0], n=work.n, max_tokens=work.max_tokens(i),
             temperature=work.temperature, seed=i, stream=stream, extra_body={"ignore_eos": True},
         )  # fmt: skip
         if not stream:
             return sum(len(choice.token_ids) for choice in response.choices)  # type: ignore[attr-defined]
         return sum([len(c.token_ids) async for chunk in response for c in chunk.choices])  # type: ignore[attr-defined,union-attr]
 
-    return sum(await asyncio.gather(*(one(i) for i in share)))
+    return await completed([one(i) for i in share])
 
 
-async def timed(round_: Callable[[], Awaitable[int]]) -> tuple[int, float]:
-    start = time.perf_counter()
-    num_tokens = await round_()
-    return num_tokens, time.perf_counter() - start
+@dataclass(frozen=True, slots=True)
+class Timed:
+    num_tokens: int
+    seconds: float  # the whole round
+    first_done: float  # seconds from the round's start to its first completed request
+    last_done: float
+
+
+async def timed(round_: Callable[[], Awaitable[Finished]]) -> Timed:
+    start = time.monotonic()
+    done = await round_()
+    end = time.monotonic()
+    return Timed(done.num_tokens, end - start, done.first_done - start, done.last_done - start)
 
 
 def path_rounds(
     grpc_client: AsyncGenerationClient, http: openai.AsyncOpenAI, work: Workload, model: str, share: range
-) -> dict[str, Callable[[], Awaitable[int]]]:
+) -> dict[str, Callable[[], Awaitable[Finished]]]:
     return {
         "grpc final": lambda: grpc_round(grpc_client, work, OutputMode.FINAL, share),
         "http whole": lambda: http_round(http, work, model, False, share),
@@ -198,10 +249,10 @@ async def measure(
             if not pipe.poll(120) or pipe.recv() != "ready":
                 raise RuntimeError("a client process did not start within 120 s")
 
-        async def spread(path: str) -> int:
+        async def spread(path: str) -> Finished:
             for pipe in pipes:
                 pipe.send(path)
-            return sum([await asyncio.to_thread(pipe.recv) for pipe in pipes])
+            return Finished.of([await asyncio.to_thread(pipe.recv) for pipe in pipes])
 
         meter = CpuMeter({
             "router": [router.pid for router in cluster.routers if router.pid],
@@ -226,24 +277,29 @@ async def measure(
 
 
 async def measure_rounds(
-    runs: dict[str, Callable[[], Awaitable[int]]], work: Workload, rounds: int, meter: CpuMeter
+    runs: dict[str, Callable[[], Awaitable[Finished]]], work: Workload, rounds: int, meter: CpuMeter
 ) -> dict[str, list[float]]:
     """Per path, each timed round's out tok/s; under "PATH cpu GROUP", the CPU µs per output token
-    each process group used in that round."""
-    expected = work.num_requests * work.n * work.new_tokens
+    each process group used in that round; under "PATH first" and "PATH last", the seconds from the
+    round's start to its first and its last completed request."""
+    expected = work.num_tokens
     samples: dict[str, list[float]] = {path: [] for path in PATHS}
     for round_index in range(rounds + 1):  # round 0 warms up (connections, kernels, caches)
         for path in PATHS:
             before = meter.read()
-            num_tokens, seconds = await timed(runs[path])
+            took = await timed(runs[path])
             used = {group: cpu - before[group] for group, cpu in meter.read().items()}
+            num_tokens = took.num_tokens
             assert num_tokens == expected, f"{path}: {num_tokens} tokens, expected {expected}"
             if round_index:
-                samples[path].append(num_tokens / seconds)
+                samples[path].append(num_tokens / took.seconds)
+                samples.setdefault(f"{path} first", []).append(took.first_done)
+                samples.setdefault(f"{path} last", []).append(took.last_done)
                 for group, cpu in used.items():
                     samples.setdefault(f"{path} cpu {group}", []).append(1e6 * cpu / num_tokens)
                 cpu_text = ", ".join(f"{group} {1e6 * cpu / num_tokens:.1f}" for group, cpu in used.items())
-                print(f"  round {round_index} {path:12s} {num_tokens / seconds:9.1f} out tok/s; "
+                print(f"  round {round_index} {path:12s} {num_tokens / took.seconds:9.1f} out tok/s; "
+                      f"requests done at {took.first_done:.2f}-{took.last_done:.2f} s; "
                       f"CPU µs/token: {cpu_text}", flush=True)  # fmt: skip
     return samples
 
@@ -256,8 +312,8 @@ def report(samples: dict[str, list[float]]) -> str:
     back to back, so a machine that slows down for a while slows both)."""
     cpu_heads = " | ".join(f"{group} CPU µs/tok" for group in CPU_GROUPS)
     lines = [
-        f"| path | out tok/s (median) | min-max | HTTP / gRPC | {cpu_heads} |",
-        "|---|---|---|---|---|---|---|",
+        f"| path | out tok/s (median) | min-max | HTTP / gRPC | requests done at (s) | {cpu_heads} |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for path in PATHS:
         rates = samples[path]
@@ -267,7 +323,9 @@ def report(samples: dict[str, list[float]]) -> str:
             ratio = f"{statistics.median(http / grpc for http, grpc in pairs):.2f}"
         cpu = " | ".join(f"{statistics.median(samples[f'{path} cpu {group}']):.1f}" for group in CPU_GROUPS)
         spread = f"{min(rates):.1f}-{max(rates):.1f}"
-        lines.append(f"| {path} | {statistics.median(rates):.1f} | {spread} | {ratio} | {cpu} |")
+        first, last = (statistics.median(samples[f"{path} {end}"]) for end in ("first", "last"))
+        done = f"{first:.2f}-{last:.2f}"
+        lines.append(f"| {path} | {statistics.median(rates):.1f} | {spread} | {ratio} | {done} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -368,10 +426,11 @@ async def front_only(
             for round_index in range(rounds + 1):  # round 0 warms up
                 for path, stream in (("http whole", False), ("http stream", True)):
                     before = meter.read()["router"]
-                    num_tokens, seconds = await timed(
+                    took = await timed(
                         lambda: http_round(http, work, "bench", stream, range(work.num_requests))  # noqa: B023
                     )
                     used = meter.read()["router"] - before
+                    num_tokens, seconds = took.num_tokens, took.seconds
                     if round_index:
                         samples.setdefault(path, []).append(num_tokens / seconds)
                         samples.setdefault(f"{path} µs", []).append(1e6 * used / num_tokens)
@@ -427,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=32, help="requests per round, sent at once")
     parser.add_argument("--n", type=int, default=2, help="samples per request")
     parser.add_argument("--new-tokens", type=int, default=48, help="tokens per sample (ignore_eos)")
+    parser.add_argument(
+        "--min-new-tokens", type=int, default=0,
+        help="> 0: each request's tokens a sample drawn from [this, --new-tokens] (RL lengths vary)",
+    )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per path, after one warm-up")
     parser.add_argument(
@@ -452,9 +515,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model_dir = args.model or prepare_smollm2(progress=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    work = Workload(
-        args.requests, args.n, args.new_tokens, args.temperature, [list(tokenizer.encode(p)) for p in PROMPTS]
-    )
+    prompt_ids = [list(tokenizer.encode(p)) for p in PROMPTS]
+    work = Workload(args.requests, args.n, args.new_tokens, args.temperature, prompt_ids, args.min_new_tokens)
     if args.front_only:
         print(front_report(asyncio.run(front_only(model_dir, work, args.rounds, args.profile))))
         return

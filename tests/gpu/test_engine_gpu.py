@@ -132,21 +132,23 @@ def test_bf16_greedy_matches_transformers_up_to_near_ties(bf16_model_dir):
     check_greedy_up_to_near_ties(model_dir, batch, greedy(engine, batch))
 
 
+@pytest.mark.parametrize("norm_gemv", ["1", "0"])
 @pytest.mark.parametrize("kind", ["bf16", "qwen3_moe"])
-def test_norms_folded_into_projections_match_transformers_at_batch_1(
-    kind, bf16_model_dir, tmp_path_factory, monkeypatch
+def test_batch_1_greedy_matches_transformers_with_and_without_norms_folded(
+    kind, norm_gemv, bf16_model_dir, tmp_path_factory, monkeypatch
 ):
     """EPOCHSERVE_NORM_GEMV=1 (ops.norm_then_linear: each norm inside the 1-row projection after it,
-    the qkv and, in the MoE model, the router's): greedy decoding one request at a time, so every
-    decode step takes the fused kernel, matches transformers up to near-ties."""
-    monkeypatch.setenv("EPOCHSERVE_NORM_GEMV", "1")
+    the qkv and, in the MoE model, the router's) and =0: greedy decoding one request at a time, so
+    every decode step takes the 1-row kernels, matches transformers up to near-ties. Both settings,
+    so that a difference the fold brings shows beside the path without it."""
+    monkeypatch.setenv("EPOCHSERVE_NORM_GEMV", norm_gemv)
     model_dir = bf16_model_dir
     if kind == "qwen3_moe":
         if bf16_model_dir.name != "llama":
             pytest.skip("the MoE model once (it does not depend on bf16_model_dir)")
         model_dir = build_tiny_model(kind, tmp_path_factory.mktemp("gpu") / kind, save_dtype=torch.bfloat16)
     engine = make_engine(model_dir, device="cuda", dtype="bfloat16")
-    assert engine.model.lm_head.ops.norm_into_gemv
+    assert engine.model.lm_head.ops.norm_into_gemv == (norm_gemv == "1")
     batch = prompts(4, seed=2, vocab=engine.limits.vocab_size)
     check_greedy_up_to_near_ties(model_dir, batch, [greedy(engine, [prompt])[0] for prompt in batch])
 
