@@ -13,7 +13,11 @@
 #                                             # tests, W1 turning each on in turn, engine GPU tests,
 #                                             # then the projection microbench (~5 min)
 #   bash bench/device_w1_kernels.sh defaults  # batch-1 greedy vs transformers with and without the norm
-#                                             # fold (dense, MoE); W1 at the defaults, and with it (~3 min)
+#                                             # fold (dense, MoE); W1 at the defaults, and with it;
+#                                             # then `down` (~8 min in all)
+#   bash bench/device_w1_kernels.sh down      # the MoE down product with all k experts in one tile
+#                                             # (EPOCHSERVE_MOE_DOWN=all): tests, layer µs, W1, its
+#                                             # tiles (~5 min)
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
 # tokenizer files). Results: $OUT/*.json and the printed tables.
 source bench/device_env.sh || exit 1
@@ -86,6 +90,21 @@ if [ "$mode" = defaults ]; then
         EPOCHSERVE_NORM_GEMV=$norm timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
             --max-num-seqs 8 --json "$OUT/w1_defaults_norm$norm.json" 2>&1 | grep -v -i warn | tail -1
     done
+fi
+if [ "$mode" = down ] || [ "$mode" = defaults ]; then
+    echo "=== GPU tests: the few-token MoE path, both down products"
+    timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py -k "few_token" 2>&1 | tail -1
+    for down in walk all; do
+        echo "=== few-token MoE layer, EPOCHSERVE_MOE_DOWN=$down"
+        EPOCHSERVE_MOE_DOWN=$down timeout 100 python bench/moe_microbench.py --batches 1,4 \
+            --json "$OUT/moe_down_$down.json" 2>&1 | grep "few-token path"
+    done
+    echo "=== W1, defaults, EPOCHSERVE_MOE_DOWN=all"
+    EPOCHSERVE_MOE_DOWN=all timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
+        --max-num-seqs 8 --json "$OUT/w1_down_all.json" 2>&1 | grep -v -i warn | tail -1
+    echo "=== few-token MoE tiles with EPOCHSERVE_MOE_DOWN=all"
+    EPOCHSERVE_MOE_DOWN=all timeout 150 python bench/moe_microbench.py --batches 1 --gemv-sweep \
+        --json "$OUT/moe_down_all_sweep.json" 2>&1 | grep -A3 "few-token sweep"
 fi
 if [ "$mode" = dense ]; then
     echo "=== W1/W2, Llama-3.1-8B shape (no peer)"

@@ -37,6 +37,8 @@ batch_invariant mode never takes it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -54,6 +56,7 @@ MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched e
 # is tokens x hidden tiles, so it wants narrow programs (2048 / 2 = 1024 at batch 1).
 GATE_UP_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=4, num_stages=3)
 DOWN_TILES = GemvTiles(block_n=2, block_k=1024, num_warps=4, num_stages=3)
+DOWN_ALL_TILES = GemvTiles(block_n=2, block_k=256, num_warps=4, num_stages=3)  # a first guess
 
 
 @triton.jit
@@ -152,6 +155,45 @@ def _down_combine_kernel(
     tl.store(out_ptr + token * stride_om + cols, total.to(out_ty), mask=col_ok)
 
 
+@triton.jit
+def _down_all_experts_kernel(
+    out_ptr,  # [tokens, N]
+    act_ptr,  # [pairs, K]
+    w_ptr,  # [local experts, N, K]
+    weights_ptr, local_ids_ptr,  # [pairs]: the router's weights, _gate_up_kernel's local ids
+    N, K, stride_om, stride_am, stride_we, stride_wn,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+):  # fmt: skip
+    """The down product and the combine with the token's k experts side by side in one tile
+    [K_PAD, BLOCK_N, BLOCK_K]: each K step loads the rows of all k experts at once (under
+    measurement against _down_combine_kernel, whose loads wait for one expert at a time). The
+    weighted sum over the experts is a fixed tree, not ascending local ids."""
+    pdl_prologue(PDL)
+    token = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    slots = tl.arange(0, K_PAD)
+    local = tl.load(local_ids_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=-1)
+    weight = tl.load(weights_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=0.0)
+    held = local >= 0  # this rank's expert (another rank's act row was never written)
+    experts = tl.maximum(local, 0).to(tl.int64)
+    w_rows = w_ptr + experts[:, None, None] * stride_we + cols.to(tl.int64)[None, :, None] * stride_wn
+    a_rows = act_ptr + (token * TOP_K + slots)[:, None] * stride_am
+    row_ok = held[:, None, None] & col_ok[None, :, None]
+    acc = tl.zeros([K_PAD, BLOCK_N], dtype=tl.float32)  # each expert's product
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_rows + ks[None, :], mask=held[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_rows + ks[None, None, :], mask=row_ok & k_ok[None, None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[:, None, :], axis=2)
+    out_ty = out_ptr.dtype.element_ty
+    # each expert's product rounded to the dtype (the reference's down output), weighted, summed in fp32
+    parts = tl.where(held[:, None], acc.to(out_ty).to(tl.float32) * weight[:, None], 0.0)
+    tl.store(out_ptr + token * stride_om + cols, tl.sum(parts, axis=0).to(out_ty), mask=col_ok)
+
+
 def routed_moe_gemv_triton(
     x: torch.Tensor,  # [num_tokens <= MAX_TOKENS, hidden]
     router_logits: torch.Tensor,  # [num_tokens, num_experts]
@@ -218,7 +260,10 @@ def moe_gemv_triton(
         num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     t = down_tiles
-    _down_combine_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
+    all_experts = os.environ.get("EPOCHSERVE_MOE_DOWN", "walk") == "all"  # under measurement
+    t = DOWN_ALL_TILES if all_experts and down_tiles is DOWN_TILES else down_tiles
+    down_kernel = _down_all_experts_kernel if all_experts else _down_combine_kernel
+    down_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
         w2.stride(1), TOP_K=top_k, K_PAD=slot_pad(top_k), BLOCK_N=t.block_n,
         BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
