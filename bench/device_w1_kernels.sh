@@ -12,12 +12,8 @@
 #                                             # partitions folded in-kernel, early launch): kernel GPU
 #                                             # tests, W1 turning each on in turn, engine GPU tests,
 #                                             # then the projection microbench (~5 min)
-#   bash bench/device_w1_kernels.sh defaults  # batch-1 greedy vs transformers with and without the norm
-#                                             # fold (dense, MoE); W1 at the defaults, and with it;
-#                                             # then `down` (~8 min in all)
-#   bash bench/device_w1_kernels.sh down      # the MoE down product with all k experts in one tile
-#                                             # (EPOCHSERVE_MOE_DOWN=all): tests, layer µs, W1, its
-#                                             # tiles (~5 min)
+#   bash bench/device_w1_kernels.sh defaults  # the GPU tests of the default launch path (norms folded,
+#                                             # launch switches, few-token MoE), then W1 (~3 min)
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
 # tokenizer files). Results: $OUT/*.json and the printed tables.
 source bench/device_env.sh || exit 1
@@ -82,29 +78,14 @@ if [ "$mode" = pdl ]; then
         grep -v Warning | tail -9
 fi
 if [ "$mode" = defaults ]; then
-    echo "=== GPU tests: batch-1 greedy vs transformers, norms folded and not (dense and MoE)"
-    timeout 200 python -m pytest -q -s tests/gpu/test_engine_gpu.py -k "with_and_without_norms_folded" 2>&1 |
-        grep "bf16 greedy\|passed\|failed"
-    for norm in 0 1; do  # the defaults (early launch, attention fold), then with the norm fold
-        echo "=== W1, defaults, EPOCHSERVE_NORM_GEMV=$norm"
-        EPOCHSERVE_NORM_GEMV=$norm timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
-            --max-num-seqs 8 --json "$OUT/w1_defaults_norm$norm.json" 2>&1 | grep -v -i warn | tail -1
-    done
-fi
-if [ "$mode" = down ] || [ "$mode" = defaults ]; then
-    echo "=== GPU tests: the few-token MoE path, both down products"
-    timeout 100 python -m pytest -q -x tests/gpu/test_moe_gpu.py -k "few_token" 2>&1 | tail -1
-    for down in walk all; do
-        echo "=== few-token MoE layer, EPOCHSERVE_MOE_DOWN=$down"
-        EPOCHSERVE_MOE_DOWN=$down timeout 100 python bench/moe_microbench.py --batches 1,4 \
-            --json "$OUT/moe_down_$down.json" 2>&1 | grep "few-token path"
-    done
-    echo "=== W1, defaults, EPOCHSERVE_MOE_DOWN=all"
-    EPOCHSERVE_MOE_DOWN=all timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
-        --max-num-seqs 8 --json "$OUT/w1_down_all.json" 2>&1 | grep -v -i warn | tail -1
-    echo "=== few-token MoE tiles with EPOCHSERVE_MOE_DOWN=all"
-    EPOCHSERVE_MOE_DOWN=all timeout 150 python bench/moe_microbench.py --batches 1 --gemv-sweep \
-        --json "$OUT/moe_down_all_sweep.json" 2>&1 | grep -A3 "few-token sweep"
+    echo "=== GPU tests: batch-1 greedy with the norms folded and not (dense vs transformers, MoE vs the"
+    echo "    engine without the fold), launch switches, the few-token MoE path"
+    timeout 200 python -m pytest -q -s tests/gpu/test_engine_gpu.py -k "norms_folded or launch_switches" 2>&1 |
+        grep "greedy (\|norm fold,\|passed\|failed"
+    timeout 100 python -m pytest -q tests/gpu/test_moe_gpu.py -k "few_token or cuda_graph" 2>&1 | tail -1
+    echo "=== W1, defaults"
+    timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
+        --json "$OUT/w1_defaults.json" 2>&1 | grep -v -i warn | tail -1
 fi
 if [ "$mode" = dense ]; then
     echo "=== W1/W2, Llama-3.1-8B shape (no peer)"

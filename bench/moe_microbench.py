@@ -136,7 +136,7 @@ def gemv_sweep(few: Callable[..., object], replays: int) -> dict[str, Any]:
 
     up_times = {t: timed(t, DOWN_TILES) for t in tiles((8, 16, 32), (512, 1024), ((4, 3), (8, 2)))}
     best_up = min(up_times, key=up_times.__getitem__)
-    # the down product with the combine: a program per (token, hidden tile) walks all k experts
+    # the down product with the combine: a program per (token, hidden tile), all k experts a tile
     down = tiles((1, 2, 4, 8), (256, 512, 1024), ((2, 4), (4, 3)))
     down_times = {t: timed(best_up, t) for t in down}
     best_down = min(down_times, key=down_times.__getitem__)

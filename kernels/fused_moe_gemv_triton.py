@@ -16,16 +16,18 @@ do the whole layer after the router's product:
    for the token's x → SiLU-and-mul, rounded where the reference rounds → act [pairs, width]. The
    first tile's program stores the pair's local expert (-1: another rank's; its act rows stay
    unwritten).
-3. `_down_combine_kernel` (grid: tokens x hidden tiles): for each of the token's k pairs in
-   ascending local expert id (the reference's order), act's row times the expert's down rows,
-   rounded to the dtype as the reference's down product is, then weighted and summed in fp32; the
-   sum rounded once. One loop walks the k experts' K steps back to back, so the loads of the next
-   expert are in flight while the last steps of this one are summed.
+3. `_down_combine_kernel` (grid: tokens x hidden tiles): the token's k experts side by side in one
+   [k, BLOCK_N, BLOCK_K] tile, so each K step loads the down rows of all k experts at once; each
+   expert's product rounded to the dtype as the reference's down product is, then weighted and
+   summed over the experts in fp32 (a fixed tree: the bits do not depend on the routing's order);
+   the sum rounded once.
 
-Measured and dropped (bench/moe_microbench.py --gemv-sweep, H100, docs/benchmarks.md): routing
-inside every gate-up program instead of launch 1 (each program's 16 cross-warp reductions come
-before its first weight load: no faster at batch 1, 5% slower at 4); one K loop per expert in the
-down product (the same at batch 1, slower at 4); the down product split over the k experts, a
+Measured and dropped (bench/moe_microbench.py --gemv-sweep, H100, docs/benchmarks.md): a down
+product walking the k experts one after another in ascending local id (each K step waiting on one
+expert's rows): 38.0 vs 34.6 us a layer call at batch 1, W1 5% slower (2026-12-07); routing inside
+every gate-up program instead of launch 1 (each program's 16 cross-warp reductions come before its
+first weight load: no faster at batch 1, 5% slower at 4); in that walk, one K loop per expert
+(the same at batch 1, slower at 4); the down product split over the k experts, a
 program per (token, hidden tile, expert) and the last to arrive combining (kernels/arrival.py):
 41.2 vs 36.1 us at batch 1 and 126 vs 104 at 4 (H100, 2026-12-07), W1 6% slower.
 
@@ -36,8 +38,6 @@ batch_invariant mode never takes it.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -51,12 +51,12 @@ from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 
 MAX_TOKENS = 4  # above, fused_moe_triton's grouped products read each touched expert once
 # Per-kernel tiles (output rows per program, K step, warps, pipeline stages), fixed for every batch:
-# bench/moe_microbench.py --gemv-sweep, Qwen3-30B-A3B layer, H100 2026-12-06 (docs/benchmarks.md):
-# 36.8 us a layer call at batch 1 (68% of the copy bandwidth), 104 us at 4. The down product's grid
-# is tokens x hidden tiles, so it wants narrow programs (2048 / 2 = 1024 at batch 1).
+# bench/moe_microbench.py --gemv-sweep, Qwen3-30B-A3B layer, H100 2026-12-06 and -07 (the down
+# product's, docs/benchmarks.md): 34.6 us a layer call at batch 1 (73% of the copy bandwidth), 105.5
+# us at 4. The down product's grid is tokens x hidden tiles, so it wants narrow programs (2048 / 2 =
+# 1024 at batch 1), each a tile of k x 2 rows x 256.
 GATE_UP_TILES = GemvTiles(block_n=16, block_k=1024, num_warps=4, num_stages=3)
-DOWN_TILES = GemvTiles(block_n=2, block_k=1024, num_warps=4, num_stages=3)
-DOWN_ALL_TILES = GemvTiles(block_n=2, block_k=256, num_warps=4, num_stages=3)  # a first guess
+DOWN_TILES = GemvTiles(block_n=2, block_k=256, num_warps=4, num_stages=3)
 
 
 @triton.jit
@@ -105,19 +105,6 @@ def _gate_up_kernel(
 
 
 @triton.jit
-def _combine_order(local_ids_ptr, weights_ptr, token, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
-    """A token's k pairs as (slots [K_PAD], weights, held (this rank's expert), rank = place in
-    ascending local expert id; another rank's pairs and the padding last)."""
-    slots = tl.arange(0, K_PAD)
-    local = tl.load(local_ids_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=-1)
-    weight = tl.load(weights_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=0.0)
-    held = local >= 0
-    key = tl.where(held, local, (1 << 30) + slots)  # a token's ids are distinct
-    rank = tl.sum((key[None, :] < key[:, None]).to(tl.int32), 1)
-    return slots, local, weight, held, rank
-
-
-@triton.jit
 def _down_combine_kernel(
     out_ptr,  # [tokens, N]
     act_ptr,  # [pairs, K]
@@ -127,48 +114,6 @@ def _down_combine_kernel(
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
-    pdl_prologue(PDL)
-    token = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    slots, local, weight, held, rank = _combine_order(local_ids_ptr, weights_ptr, token, TOP_K, K_PAD)
-    out_ty = out_ptr.dtype.element_ty
-    total = tl.zeros([BLOCK_N], dtype=tl.float32)  # the weighted sum
-    steps = tl.cdiv(K, BLOCK_K)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)  # the current expert's product
-    for i in range(0, TOP_K * steps):
-        turn = rank == i // steps
-        present = tl.sum((turn & held).to(tl.int32), 0) > 0
-        slot = tl.sum(tl.where(turn, slots, 0), 0)
-        expert = tl.maximum(tl.sum(tl.where(turn, local, 0), 0), 0).to(tl.int64)
-        ks = (i % steps) * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_ok = ks < tl.where(present, K, 0)  # an absent slot loads nothing
-        a = tl.load(act_ptr + (token * TOP_K + slot) * stride_am + ks, mask=k_ok, other=0.0)
-        w_rows = w_ptr + expert * stride_we + cols.to(tl.int64)[:, None] * stride_wn
-        w = tl.load(w_rows + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.sum(w.to(tl.float32) * a.to(tl.float32)[None, :], axis=1)
-        last = i % steps == steps - 1
-        w_turn = tl.sum(tl.where(turn, weight, 0.0), 0)
-        # the expert's product rounded to the dtype (the reference's down output), then weighted
-        total = tl.where(last & present, total + acc.to(out_ty).to(tl.float32) * w_turn, total)
-        acc = tl.where(last, 0.0, acc)
-    tl.store(out_ptr + token * stride_om + cols, total.to(out_ty), mask=col_ok)
-
-
-@triton.jit
-def _down_all_experts_kernel(
-    out_ptr,  # [tokens, N]
-    act_ptr,  # [pairs, K]
-    w_ptr,  # [local experts, N, K]
-    weights_ptr, local_ids_ptr,  # [pairs]: the router's weights, _gate_up_kernel's local ids
-    N, K, stride_om, stride_am, stride_we, stride_wn,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
-):  # fmt: skip
-    """The down product and the combine with the token's k experts side by side in one tile
-    [K_PAD, BLOCK_N, BLOCK_K]: each K step loads the rows of all k experts at once (under
-    measurement against _down_combine_kernel, whose loads wait for one expert at a time). The
-    weighted sum over the experts is a fixed tree, not ascending local ids."""
     pdl_prologue(PDL)
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -260,10 +205,7 @@ def moe_gemv_triton(
         num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     t = down_tiles
-    all_experts = os.environ.get("EPOCHSERVE_MOE_DOWN", "walk") == "all"  # under measurement
-    t = DOWN_ALL_TILES if all_experts and down_tiles is DOWN_TILES else down_tiles
-    down_kernel = _down_all_experts_kernel if all_experts else _down_combine_kernel
-    down_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
+    _down_combine_kernel[(num_tokens, triton.cdiv(hidden, t.block_n))](
         out, act, w2, weights, local_ids, hidden, width, out.stride(0), act.stride(0), w2.stride(0),
         w2.stride(1), TOP_K=top_k, K_PAD=slot_pad(top_k), BLOCK_N=t.block_n,
         BLOCK_K=t.block_k, PDL=pdl, num_warps=t.num_warps, num_stages=t.num_stages, launch_pdl=pdl,

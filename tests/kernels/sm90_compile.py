@@ -188,10 +188,8 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
     """routed_moe_gemv_triton's gate-up and down kernels (its engine tiles), the router's top-k and
     its fp32-out product: Qwen3-30B-A3B, 128 experts, top-8, hidden 2048, width 768."""
     from epochserve.kernels.fused_moe_gemv_triton import (
-        DOWN_ALL_TILES,
         DOWN_TILES,
         GATE_UP_TILES,
-        _down_all_experts_kernel,
         _down_combine_kernel,
         _gate_up_kernel,
     )
@@ -221,11 +219,6 @@ def _moe_few_tokens() -> list[tuple[str, tuple]]:
         (
             "moe few-token down+combine bf16 H2048 W768",
             (_down_combine_kernel, down, dn.num_warps, dn.num_stages),
-        ),
-        (
-            "moe few-token down+combine, all experts a tile",
-            (_down_all_experts_kernel, {**down, "BLOCK_N": _const(DOWN_ALL_TILES.block_n),
-             "BLOCK_K": _const(DOWN_ALL_TILES.block_k)}, DOWN_ALL_TILES.num_warps, DOWN_ALL_TILES.num_stages),
         ),
         ("moe router top-k E128 k8", (_topk_route_kernel, topk, 1, 3)),
         ("moe router gemv fp32-out N128 K2048", (_gemv_kernel, router, rt.num_warps, rt.num_stages)),

@@ -75,9 +75,9 @@ def select_ops(config: EngineConfig) -> TorchOps:
         return TorchOps(batch_invariant=True)
     # EPOCHSERVE_GEMV=0 keeps 1-row projections on cuBLAS (benchmarks compare the two).
     use_gemv = os.environ.get("EPOCHSERVE_GEMV", "1") == "1"
-    # EPOCHSERVE_NORM_GEMV=1 folds each norm into the 1-row projection after it, and an MoE router's
-    # top-k into its product (opt-in, ops.py).
-    norm_into_gemv = os.environ.get("EPOCHSERVE_NORM_GEMV", "0") == "1"
+    # EPOCHSERVE_NORM_GEMV=0 keeps each norm in a launch of its own before the 1-row projection
+    # after it (and an MoE router's top-k after its product): benchmarks compare (ops.py).
+    norm_into_gemv = os.environ.get("EPOCHSERVE_NORM_GEMV", "1") == "1"
     return TritonOps(batch_invariant=config.batch_invariant, use_gemv=use_gemv, norm_into_gemv=norm_into_gemv)
 
 

@@ -222,8 +222,8 @@ class TritonOps(TorchOps):
     name: str = "triton"
     use_gemv: bool = True  # 1-row projections through gemv_triton (benchmarks compare with cuBLAS)
     # A norm and the 1-row projection after it in one launch (add_rms_norm_gemv_triton; an MoE
-    # router's top-k too). Opt-in (EPOCHSERVE_NORM_GEMV=1): W1 3.9% faster, but its MoE greedy
-    # check against transformers is not settled (docs/kernels.md).
+    # router's top-k too): W1 +5% (docs/kernels.md). The engine's default (model_setup.py); off
+    # here, so that a TritonOps built by hand keeps the launches apart.
     norm_into_gemv: bool = False
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
