@@ -96,10 +96,14 @@ class Attempt:
                         return self._end(held_back, response.finish.abort_reason)
                     self._stamp(response.finish.diagnostics)
                     self.reservation.finish_sequence()
-                # a chunk's tokens, or in FINAL a whole sample's, arriving with its finish
-                self.reservation.consume_tokens(len(tokens_of(response).token_ids))
-                await send(response)
-                state.has_sent = True
+                    outgoing = [response]
+                else:
+                    outgoing = merged_by_sample([response, *call.ready_chunks()])
+                for message in outgoing:
+                    # a chunk's tokens, or in FINAL a whole sample's, arriving with its finish
+                    self.reservation.consume_tokens(len(tokens_of(message).token_ids))
+                    await send(message)
+                    state.has_sent = True
             return self._end(Outcome.COMPLETED, "")
         except grpc.aio.AioRpcError as exc:
             self.error = exc
@@ -137,3 +141,24 @@ class Attempt:
         return AttemptReport(
             outcome, self.handle.worker_id, detail, self.state.has_sent, self.state.num_attempts
         )
+
+
+def merged_by_sample(chunks: list[common_pb2.GenerateResponse]) -> list[common_pb2.GenerateResponse]:
+    """Chunk messages of one request, one per sample with its chunks' tokens in order (protobuf's
+    MergeFrom concatenates the repeated fields), samples in order of first arrival. A router that
+    fell behind its worker thus writes, and its client reads, one message per sample for all the
+    steps it missed (STREAM allows a chunk per step at most); one that keeps up sends as it came."""
+    if len(chunks) == 1 or any(c.policy_version != chunks[0].policy_version for c in chunks):
+        return chunks  # never merged across versions: the flow's guard sees each as it came
+    by_sample: dict[int, list[common_pb2.GenerateResponse]] = {}
+    for chunk in chunks:
+        by_sample.setdefault(chunk.sample_index, []).append(chunk)
+    merged = []
+    for parts in by_sample.values():
+        message = parts[0]
+        if len(parts) > 1:
+            message = common_pb2.GenerateResponse()
+            for part in parts:
+                message.MergeFrom(part)
+        merged.append(message)
+    return merged

@@ -226,6 +226,7 @@ class SessionCall:
         self._session = session
         self._stream_id = stream_id
         self._queue = queue
+        self._held: list[Message] = []  # at most one: taken by ready_chunks(), read() returns it first
         self._num_unfinished = num_samples
         self._is_over = False
         # One timer for the whole call, not a wait_for per message (a task and a timer each); when
@@ -241,7 +242,10 @@ class SessionCall:
         if self._num_unfinished == 0:
             self._end()
             return None
-        message = _DEADLINE_PASSED if self._deadline_passed else await self._queue.get()
+        if self._held:
+            message = self._held.pop()
+        else:
+            message = _DEADLINE_PASSED if self._deadline_passed else await self._queue.get()
         if message is _DEADLINE_PASSED:
             self.cancel("deadline exceeded")
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -256,6 +260,18 @@ class SessionCall:
         if message.response.HasField("finish"):
             self._num_unfinished -= 1
         return message.response
+
+    def ready_chunks(self) -> list[common_pb2.GenerateResponse]:
+        """The chunk messages already queued behind the last read, in order, without waiting; the
+        first other item (a finish, an error, the deadline) stays for the next read()."""
+        chunks: list[common_pb2.GenerateResponse] = []
+        while not self._held and not self._queue.empty():
+            message = self._queue.get_nowait()
+            if isinstance(message, worker_pb2.SessionResponse) and message.response.HasField("chunk"):
+                chunks.append(message.response)
+            else:
+                self._held.append(message)
+        return chunks
 
     def cancel(self, reason: str = "cancelled by the router") -> None:
         """Stop the request on the worker unless it ended; a no-op afterwards."""

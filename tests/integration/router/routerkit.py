@@ -22,8 +22,11 @@ from epochserve.app.local.processes import ManagedProcess
 from epochserve.client.publisher import PolicyPublisher
 from epochserve.proto.results import Sample
 
-WORKER_ARGS = ("--lease-ttl", "2", "--block-size", "4")
-ROUTER_ARGS = ("--lease-ttl", "2")
+WORKER_ARGS = ("--block-size", "4")
+# Registrations keep the production lease unless a test kills a process and waits for its lease to
+# lapse (FAST_LEASE_TTL): a 2 s lease can lapse while a loaded 2-core CI machine starves a keepalive.
+LEASE_TTL = 10
+FAST_LEASE_TTL = 2
 PROMPT = [5, 17, 33, 9, 100, 200, 300, 7, 8, 11]
 
 
@@ -35,15 +38,17 @@ def cluster_spec(
     num_routers: int = 1,
     worker_args: tuple[str, ...] = (),
     router_args: tuple[str, ...] = (),
+    lease_ttl: int = LEASE_TTL,
 ) -> LocalClusterSpec:
+    lease = ("--lease-ttl", str(lease_ttl))
     return LocalClusterSpec(
         model_dir=model_dir,
         workdir=tmp_path,
         num_workers=num_workers,
-        worker_args=(*WORKER_ARGS, *worker_args),
+        worker_args=(*WORKER_ARGS, *lease, *worker_args),
         fast_etcd=True,
         num_routers=num_routers,
-        router_args=(*ROUTER_ARGS, *router_args),
+        router_args=(*lease, *router_args),
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from fixtures.grpc_client import worker_info
-from routerkit import PROMPT, cluster_spec, wait_until
+from routerkit import FAST_LEASE_TTL, PROMPT, cluster_spec, wait_until
 
 from epochserve.app.local.cluster import LocalCluster
 from epochserve.client.errors import GenerationError, UnavailableError
@@ -83,7 +83,11 @@ async def kill_a_worker_under_load(
 def test_a_killed_worker_costs_only_the_streams_that_had_tokens(versions, tmp_path, output_mode):
     a_dir, _models, _root = versions
     spec = cluster_spec(
-        tmp_path, a_dir, worker_args=("--max-num-seqs", "4"), router_args=("--policy", "round-robin")
+        tmp_path,
+        a_dir,
+        worker_args=("--max-num-seqs", "4"),
+        router_args=("--policy", "round-robin"),
+        lease_ttl=FAST_LEASE_TTL,  # the killed worker leaves the registry within seconds
     )
     with LocalCluster(spec) as cluster:
         streams, frozen_at = asyncio.run(kill_a_worker_under_load(cluster, output_mode))
@@ -124,7 +128,8 @@ async def kill_the_router_under_load(cluster: LocalCluster) -> list[Stream]:
 
 def test_a_killed_router_fails_its_streams_and_a_restarted_one_serves_the_same_clients(versions, tmp_path):
     a_dir, _models, _root = versions
-    with LocalCluster(cluster_spec(tmp_path, a_dir, num_workers=1)) as cluster:
+    # The restarted router registers again once the killed one's lease lapsed.
+    with LocalCluster(cluster_spec(tmp_path, a_dir, num_workers=1, lease_ttl=FAST_LEASE_TTL)) as cluster:
         address = cluster.router_address
         with GenerationClient(address, timeout=60) as client:
             assert client.generate(PROMPT, SamplingParams(max_tokens=3)).policy_version == 0

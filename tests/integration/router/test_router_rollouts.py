@@ -109,13 +109,8 @@ async def run_load_during_rollouts(cluster: LocalCluster, models: dict, root) ->
 def test_200_concurrent_requests_across_three_rollouts_are_pure_fresh_and_all_accounted(versions, tmp_path):
     a_dir, models, root = versions
     # Few sequences per worker, so that most requests wait inside a worker and a drain=abort
-    # rollout retires some that streamed nothing (re-run) and some that did (ABORTED). Nothing is
-    # killed here, so registrations keep the production lease (10 s): the 2 s of the tests that
-    # kill workers can lapse while 200 requests keep both cores of a CI machine busy.
-    lease = ("--lease-ttl", "10")
-    spec = cluster_spec(
-        tmp_path, a_dir, num_routers=2, worker_args=("--max-num-seqs", "16", *lease), router_args=lease
-    )
+    # rollout retires some that streamed nothing (re-run) and some that did (ABORTED).
+    spec = cluster_spec(tmp_path, a_dir, num_routers=2, worker_args=("--max-num-seqs", "16"))
     with LocalCluster(spec) as cluster:
         run = asyncio.run(run_load_during_rollouts(cluster, models, root))
 

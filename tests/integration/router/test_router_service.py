@@ -180,8 +180,9 @@ def test_metrics_count_what_was_sent(cluster, output_mode):
     assert delta("epochserve_router_requests_total", version="none", status="INVALID_ARGUMENT") == 1
     assert delta("epochserve_router_ttft_seconds_count") == 5
     assert delta("epochserve_router_request_seconds_count") == 6
-    if output_mode is OutputMode.STREAM:
-        assert delta("epochserve_router_inter_token_seconds_count") >= 5 * 2 * 3
+    if output_mode is OutputMode.STREAM:  # a gap per chunk after a sample's first; chunks that
+        # queued behind a busy router go out merged (router/attempt.py), so at most one per token
+        assert 0 < delta("epochserve_router_inter_token_seconds_count") <= 5 * 2 * 3
     else:  # TTFT is the time to the first whole sample; a sample's one message has no gaps
         assert delta("epochserve_router_inter_token_seconds_count") == 0
     used = {s.worker_id for r in results for s in r.samples}
