@@ -4,7 +4,9 @@
 #   bash bench/device_w1_kernels.sh http [N]  # bench/http_vs_grpc.py, 4 HTTP front processes, 4 and 1
 #                                             # client processes, or N only (~3 min); HTTP_TOKENS=256
 #                                             # for longer samples (default 64), and
-#                                             # HTTP_MIN_TOKENS=64 for lengths drawn from 64-256
+#                                             # HTTP_MIN_TOKENS=64 for lengths drawn from 64-256;
+#                                             # EPOCHSERVE_MERGE_CHUNKS=0: the router forwards
+#                                             # each STREAM chunk as it came (router/attempt.py)
 #   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the long-row gemv tiles, profile (~2 min)
 #   bash bench/device_w1_kernels.sh kernels   # MoE GPU tests, few-token MoE variants and tiles, dense tiles
 #   bash bench/device_w1_kernels.sh dense     # W1/W2 of the 8B Llama shape, bench/w1_w2.py (~3 min)
@@ -26,7 +28,7 @@ http() {  # $1: client processes; HTTP_TOKENS: new tokens a sample (default 64);
     timeout 280 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
         --requests 256 --new-tokens "${HTTP_TOKENS:-64}" --min-new-tokens "${HTTP_MIN_TOKENS:-0}" \
         --rounds 3 --worker-arg=--max-num-seqs=512 --router-arg=--http-processes=4 --client-processes "${1:-4}" \
-        --json "$OUT/http4_c${1:-4}_t${HTTP_MIN_TOKENS:-0}-${HTTP_TOKENS:-64}.json" 2>&1 |
+        --json "$OUT/http4_c${1:-4}_t${HTTP_MIN_TOKENS:-0}-${HTTP_TOKENS:-64}_m${EPOCHSERVE_MERGE_CHUNKS:-1}.json" 2>&1 |
         grep -v -i warn | tail -6
 }
 if [ "$mode" = http ] || [ "$mode" = all ]; then

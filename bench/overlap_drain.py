@@ -65,6 +65,7 @@ POLICIES: tuple[DrainName, ...] = ("finish", "abort", "overlap")
 # The 1B shape with room for 256-token prompts + 8,192-token outputs (random weights: RoPE only).
 LLAMA_1B_LONG = dict(LLAMA_1B, max_position_embeddings=10240)
 DRAIN_POLL_SECONDS = 0.25
+TIMELINE_SECONDS = 1.0  # the worker's batch and KV pool, polled
 PROBE_PROMPT = list(range(11, 139))  # 128 ids
 PROBE_TIMEOUT_SECONDS = 300.0
 # Leases longer than the soak's 2 s: a busy host that misses a keepalive would fence the worker
@@ -76,8 +77,9 @@ IDLE_TIMEOUT_SECONDS = 120.0  # between runs: the worker frees the cancelled req
 async def run_once(
     cluster: LocalCluster, args: argparse.Namespace, drain: DrainName | None, sources: tuple[Path, ...],
     publisher: VersionPublisher,
-) -> tuple[RunState, list[ObservedRollout], VersionLog, float]:  # fmt: skip
-    """One run: (its records, its rollouts, its version log, when sending stopped)."""
+) -> tuple[RunState, list[ObservedRollout], VersionLog, float, list[dict[str, Any]]]:  # fmt: skip
+    """One run: (its records, its rollouts, its version log, when sending stopped, the worker's
+    state every TIMELINE_SECONDS)."""
     duration = args.duration if drain else args.baseline_duration
     cap = duration + args.max_extra_seconds  # a drain that never ends must not hang the bench
     state, versions = RunState(time.monotonic()), VersionLog()
@@ -91,11 +93,15 @@ async def run_once(
     )  # fmt: skip
     reports: dict[int, dict[str, Any]] = {}  # version → the worker's drain report
     no_more_rollouts, no_more_reports = asyncio.Event(), asyncio.Event()
+    timeline: list[dict[str, Any]] = []
     async with AsyncGenerationClient(cluster.router_address) as client:
         await client.get_policy(timeout=60, wait_for_ready=True)
         driver = LoadDriver(client, workload, plan, state)
         load = asyncio.ensure_future(driver.run())
         polling = asyncio.ensure_future(poll_drain_reports(cluster, reports, no_more_reports, client))
+        watching = asyncio.ensure_future(
+            poll_worker(cluster.workers[0].address, state.origin, timeline, no_more_reports)
+        )
         cycler = None
         if drain is not None:
             soak = SoakConfig(
@@ -114,13 +120,31 @@ async def run_once(
         driver.stop()
         await load
         no_more_reports.set()
-        await polling
+        await asyncio.gather(polling, watching)
     rollouts = cycler.rollouts if cycler else []
     for rollout in rollouts:  # the status seen at DONE may predate the first new-version token
         (watched,) = rollout.worker_drains.values() or [{}]  # the bench runs one worker
         polled = {k: v for k, v in reports.get(rollout.version, {}).items() if v is not None}
         rollout.worker_drains = {"worker-0": watched | polled}
-    return state, rollouts, versions, stopped_at
+    return state, rollouts, versions, stopped_at, timeline
+
+
+async def poll_worker(address: str, origin: float, into: list[dict[str, Any]], stop: asyncio.Event) -> None:
+    """The worker's batch and KV pool every TIMELINE_SECONDS until `stop`: where throughput dips,
+    whether the batch emptied, requests waited or the pool ran out (sequences preempted)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = worker_pb2_grpc.WorkerStub(channel)
+        while not stop.is_set():
+            with contextlib.suppress(grpc.aio.AioRpcError):  # a slow answer: the next poll
+                info = await stub.GetWorkerInfo(worker_pb2.GetWorkerInfoRequest(), timeout=5)
+                into.append({
+                    "t": round(time.monotonic() - origin, 2), "version": info.policy_version,
+                    "running": info.num_running_seqs, "waiting": info.num_waiting_seqs,
+                    "free_blocks": info.kv_cache.num_blocks_free, "blocks": info.kv_cache.num_blocks_total,
+                    "preemptions": info.num_preemptions,
+                })  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TIMELINE_SECONDS)
 
 
 async def poll_drain_reports(
@@ -178,9 +202,10 @@ def drain_fields(d: admin_pb2.DrainReport) -> dict[str, Any]:
 
 def summarize(
     label: str, state: RunState, rollouts: list[ObservedRollout], versions: VersionLog, stopped_at: float,
-    steady: float | None, warmup: float,
+    steady: float | None, warmup: float, timeline: list[dict[str, Any]], baseline_end: float | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The run's numbers (overlap_drain_metrics.py defines them); `steady` None: this is the baseline."""
+    """The run's numbers (overlap_drain_metrics.py defines them); `steady` None: this is the baseline,
+    which ran `baseline_end` seconds (None: this run's own length)."""
     records = state.records
     series = metrics.Series.of(state.token_ticks, state.origin)
     start = state.origin + warmup
@@ -188,12 +213,18 @@ def summarize(
     ended = [r for r in records if r.outcome != "unfinished"]  # the rest were cancelled at the end
     purity = check_run(ended, versions)
     steady = steady or rate
+    # The same seconds of both runs: sequences age (their KV grows) as a run goes on, so a run
+    # longer than the baseline is slower by that alone.
+    same_end = min(stopped_at, state.origin + (baseline_end or stopped_at - state.origin))
+    same_rate = metrics.goodput(series, records, start, same_end)
     return {
         "policy": label,
         "window_s": stopped_at - start,
         "goodput_tok_s": rate,
         "streamed_tok_s": series.tokens_in(start, stopped_at) / (stopped_at - start),
         "relative": rate / steady,
+        "same_window_s": [warmup, same_end - state.origin],
+        "same_window_tok_s": same_rate,
         "requests": {
             "sent": len(records),
             "completed": sum(r.outcome == "completed" for r in records),
@@ -204,6 +235,7 @@ def summarize(
         "violations": len(purity.violations),
         "rollouts": [metrics.rollout_row(r, series, records, steady, state.origin) for r in rollouts],
         "series_tok_s": [round(c / series.width) for c in series.tokens],
+        "worker_timeline": timeline,
     }
 
 
@@ -284,23 +316,29 @@ def main(argv: list[str] | None = None) -> None:
     publisher.warm_up((a, b))
     num_rollouts = 0
     with LocalCluster(spec) as cluster:
-        steady = None
+        steady = baseline_end = None
         for label in ("none", *args.policies):
             drain = None if label == "none" else cast(DrainName, label)
             sources = (b, a) if num_rollouts % 2 == 0 else (a, b)  # alternate across runs too
             print(f"run {label}: {'no rollouts' if drain is None else f'drain={drain}'}", flush=True)
             outcome = asyncio.run(run_once(cluster, args, drain, sources, publisher))
-            state, rollouts, versions, stopped = outcome
+            state, rollouts, versions, stopped, timeline = outcome
             num_rollouts += len(rollouts)
-            run = summarize(label, state, rollouts, versions, stopped, steady, args.warmup)
-            steady = steady or run["goodput_tok_s"]
+            run = summarize(
+                label, state, rollouts, versions, stopped, steady, args.warmup, timeline, baseline_end
+            )
+            if steady is None:
+                steady, baseline_end = run["goodput_tok_s"], stopped - state.origin
+            run["same_window_relative"] = run["same_window_tok_s"] / steady
             results["runs"].append(run)
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2))
             wait_idle(cluster.workers[0].address)
     print(f"\nmachine: {results['machine']}\nlogs: {root}")
     print_rollouts(results["runs"])
+    print_timelines(results["runs"])
     print_table(results["runs"], args)
+    print("'same s': tok/s over the baseline's seconds of each run, relative to the baseline")
 
 
 def print_rollouts(runs: list[dict[str, Any]]) -> None:
@@ -317,12 +355,31 @@ def print_rollouts(runs: list[dict[str, Any]]) -> None:
             )
 
 
+def print_timelines(runs: list[dict[str, Any]], every: float = 10.0) -> None:
+    print(
+        f"\nevery {every:g} s: streamed tok/s over the last {every:g} s | "
+        "running, waiting, free KV blocks, preemptions"
+    )
+    for run in runs:
+        series, width = run["series_tok_s"], metrics.BUCKET_SECONDS
+        per = round(every / width)
+        cells = []
+        for point in run["worker_timeline"][:: round(every / TIMELINE_SECONDS)]:
+            end = min(len(series), round(point["t"] / width))
+            rate = statistics.mean(series[max(0, end - per) : end]) if end > 0 else 0.0
+            cells.append(
+                f"{point['t']:.0f}s {rate / 1e3:.1f}k v{point['version']} "
+                f"{point['running']}/{point['waiting']}/{point['free_blocks']}/{point['preemptions']}"
+            )
+        print(f"  {run['policy']:>7}: " + " | ".join(cells))
+
+
 def print_table(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     load = f"{args.concurrency} groups x n {args.n}, prompts {args.input}, outputs {args.output}"
     print(f"\n{load}; a rollout every {args.rollout_every:g} s; medians over a run's rollouts")
     print(
-        f"{'policy':>8} {'tok/s':>8} {'vs none':>8} {'rollouts':>8} {'retire s':>9} {'1st v ms':>9} "
-        f"{'probe ms':>9} "
+        f"{'policy':>8} {'tok/s':>8} {'vs none':>8} {'same s':>7} {'rollouts':>8} {'retire s':>9} "
+        f"{'1st v ms':>9} {'probe ms':>9} "
         f"{'idle s':>7} {'lost s':>7} {'v-1 fin/abrt':>12} {'wasted':>8} {'ttft p99':>9} "
         f"{'err':>4} {'viol':>5}"
     )
@@ -337,7 +394,8 @@ def print_table(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
         abrt = sum(r["aborted_previous"] or 0 for r in rows)
         wasted = sum(r.get("wasted_tokens", 0) for r in rows)
         print(
-            f"{run['policy']:>8} {run['goodput_tok_s']:8.0f} {run['relative']:8.1%} {len(rows):8d} "
+            f"{run['policy']:>8} {run['goodput_tok_s']:8.0f} {run['relative']:8.1%} "
+            f"{run['same_window_relative']:7.1%} {len(rows):8d} "
             f"{_f(median_of('retire_s')):>9} {_f(median_of('first_new_token_s', 1e3), 0):>9} "
             f"{_f(median_of('probe_ttft_s', 1e3), 0):>9} "
             f"{_f(median_of('idle_s')):>7} {_f(median_of('lost_s')):>7} {f'{fin}/{abrt}':>12} "

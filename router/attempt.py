@@ -21,6 +21,7 @@ on a small machine is latency.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ from epochserve.router.session import SessionCall
 from epochserve.router.waiting import Deadline
 
 logger = logging.getLogger(__name__)
+# Merge a lagging STREAM request's queued chunks (merged_by_sample); EPOCHSERVE_MERGE_CHUNKS=0 turns
+# it off, for measuring what it gives.
+MERGE_CHUNKS = os.environ.get("EPOCHSERVE_MERGE_CHUNKS", "1") == "1"
 
 # Forwards one message to the client (the flow's guard and metrics, then context.write).
 Send = Callable[[common_pb2.GenerateResponse], Awaitable[None]]
@@ -97,8 +101,10 @@ class Attempt:
                     self._stamp(response.finish.diagnostics)
                     self.reservation.finish_sequence()
                     outgoing = [response]
-                else:
+                elif MERGE_CHUNKS:
                     outgoing = merged_by_sample([response, *call.ready_chunks()])
+                else:
+                    outgoing = [response]
                 for message in outgoing:
                     # a chunk's tokens, or in FINAL a whole sample's, arriving with its finish
                     self.reservation.consume_tokens(len(tokens_of(message).token_ids))

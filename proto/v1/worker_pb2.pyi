@@ -74,7 +74,7 @@ class KvCacheUsage(_message.Message):
     def __init__(self, block_size: _Optional[int] = ..., num_blocks_total: _Optional[int] = ..., num_blocks_free: _Optional[int] = ..., num_blocks_cached: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ...) -> None: ...
 
 class GetWorkerInfoResponse(_message.Message):
-    __slots__ = ("worker_id", "policy_version", "architecture", "model_path", "vocab_size", "max_model_len", "tp_size", "device", "dtype", "kernel_mode", "kv_cache", "num_running_seqs", "num_waiting_seqs", "eos_token_ids", "max_n", "session_port")
+    __slots__ = ("worker_id", "policy_version", "architecture", "model_path", "vocab_size", "max_model_len", "tp_size", "device", "dtype", "kernel_mode", "kv_cache", "num_running_seqs", "num_waiting_seqs", "eos_token_ids", "max_n", "session_port", "num_preemptions")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class GetWorkerInfoResponse(_message.Message):
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_N_FIELD_NUMBER: _ClassVar[int]
     SESSION_PORT_FIELD_NUMBER: _ClassVar[int]
+    NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     policy_version: int
     architecture: str
@@ -107,4 +108,5 @@ class GetWorkerInfoResponse(_message.Message):
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     max_n: int
     session_port: int
-    def __init__(self, worker_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., architecture: _Optional[str] = ..., model_path: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., tp_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kernel_mode: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCacheUsage, _Mapping]] = ..., num_running_seqs: _Optional[int] = ..., num_waiting_seqs: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_n: _Optional[int] = ..., session_port: _Optional[int] = ...) -> None: ...
+    num_preemptions: int
+    def __init__(self, worker_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., architecture: _Optional[str] = ..., model_path: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., tp_size: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kernel_mode: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCacheUsage, _Mapping]] = ..., num_running_seqs: _Optional[int] = ..., num_waiting_seqs: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_n: _Optional[int] = ..., session_port: _Optional[int] = ..., num_preemptions: _Optional[int] = ...) -> None: ...

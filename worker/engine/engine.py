@@ -542,6 +542,10 @@ class Engine:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
 
+    @property
+    def num_preemptions(self) -> int:
+        return self.scheduler.num_preemptions
+
 
 def _same_sequences(running: list[Sequence], seqs: list[Sequence]) -> bool:
     """Whether `seqs` are exactly the running sequences, in any order."""

@@ -72,6 +72,7 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0  # since start: a pool that runs out shows here
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -163,6 +164,7 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         self.waiting.appendleft(seq)
         batch.preempted.append(seq)
         logger.debug("preempted seq %d of request %s", seq.seq_id, seq.request_id)

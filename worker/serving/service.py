@@ -197,6 +197,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             ),
             num_running_seqs=engine.num_running,
             num_waiting_seqs=engine.num_waiting,
+            num_preemptions=engine.num_preemptions,
             eos_token_ids=sorted(engine.eos_token_ids),
             max_n=engine.limits.max_n,
             session_port=self.session_port,

@@ -77,9 +77,12 @@ def test_preemption_gives_the_same_results_as_an_ample_pool(llama_dir):
         results = run_to_completion(engine, requests)
         return engine, {rid: samples[0] for rid, samples in results.items()}
 
-    _, ample = run(512)
+    ample_engine, ample = run(512)
     small_engine, small = run(14)  # a few sequences' worth: the batch cannot all stay resident
     assert sum(s.finish.num_preemptions for s in small.values()) > 0
+    # the engine's count (GetWorkerInfo.num_preemptions) is the responses' total
+    assert small_engine.num_preemptions == sum(s.finish.num_preemptions for s in small.values())
+    assert ample_engine.num_preemptions == 0
     for rid, sample in ample.items():
         assert small[rid].token_ids == sample.token_ids, rid
         assert small[rid].logprobs == pytest.approx(sample.logprobs, abs=1e-5), rid
