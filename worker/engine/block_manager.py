@@ -20,8 +20,9 @@ those keys/values, exactly as if it had computed them itself.
 
 Every sequence that holds blocks also holds a table row (`seq.table_row`, the smallest free one):
 the decode graphs keep each sequence's block table in that row of a device tensor and receive only
-the blocks added since the last step (cuda_graphs.py). At most max_num_seqs + 1 sequences hold
-blocks at once (the running ones and the one being admitted).
+the blocks added since the last step (cuda_graphs.py). At most 2 * max_num_seqs + 1 sequences hold
+blocks at once (the running ones, of two versions during a drain=overlap, and the one being
+admitted).
 """
 
 from __future__ import annotations

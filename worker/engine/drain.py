@@ -5,8 +5,10 @@ docs/design.md §5. The policies, as the engine applies them:
   the last one ended and the staged weights were swapped in.
 - abort: old sequences end at once with ABORT; the swap follows immediately.
 - overlap: new requests start at once on the staged twins (staged_forward.py) while old ones run
-  to their end on the live weights, each version in its own forward pass of every step. When the
-  last old sequence ended, the twins are copied into the live parameters between two steps.
+  to their end on the live weights, each version in its own forward pass of every step. Each
+  version has max_num_seqs slots of its own (scheduler.py, overlap_version), so the new one starts
+  at once even when the old one fills the batch. When the last old sequence ended, the twins are
+  copied into the live parameters between two steps.
 A deadline (the rollout's drain_deadline) ends every old sequence still running with ABORT.
 
 The Drain also keeps what the rollout status reports (DrainReport): when the first new-version

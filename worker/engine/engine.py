@@ -266,7 +266,7 @@ class Engine:
     def _can_run_ahead(self, launched: list[LaunchedStep]) -> bool:
         """Whether the step after `launched` is certain: every sequence of it samples, all are still
         running and none can end by length on this token, no waiting sequence could be admitted
-        (none waits, or the running ones fill max_num_seqs), and one more token each fits in the
+        (none waits, or the running ones fill their slots), and one more token each fits in the
         free blocks. (A stop token may still end one: its next row is discarded, and a waiting
         sequence starts a step later than it would have, with the same tokens.)"""
         if any(step.sample is None or len(step.seqs) != len(step.batch.seqs) for step in launched):
@@ -275,7 +275,7 @@ class Engine:
         scheduler = self.scheduler
         if not _same_sequences(scheduler.running, seqs):
             return False
-        if scheduler.waiting and len(seqs) < scheduler.max_num_seqs:
+        if scheduler.has_room_for_waiting():
             return False
         if len(seqs) > self.scheduler.max_num_batched_tokens:
             return False
@@ -460,7 +460,7 @@ class Engine:
         if policy is DrainPolicy.OVERLAP:
             dropped = self.block_manager.set_policy_version(version)
             logger.info("overlap: v%d beside v%d (%d cached blocks dropped)", version, drain.old, dropped)
-            self.policy_version = version
+            self.policy_version = self.scheduler.overlap_version = version
             return outputs
         if policy is DrainPolicy.ABORT:
             outputs += self._abort_version(drain.old, rollout_abort_reason(version))
@@ -511,7 +511,7 @@ class Engine:
             assert drain.retired is not None and version == drain.new == self.policy_version
         else:
             self.set_policy_version(version)
-        self.draining = None
+        self.draining = self.scheduler.overlap_version = None
 
     def set_policy_version(self, version: int) -> None:
         """Serve `version` from the next step on. Only between steps and with no work of another

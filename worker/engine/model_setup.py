@@ -51,7 +51,9 @@ class RankSetup:
                 self.kv_pool,
                 self.max_model_len,
                 scratch_block=self.num_blocks,
-                num_table_rows=config.max_num_seqs + 1,  # BlockManager: at most this many hold blocks
+                # BlockManager: at most this many hold blocks (an overlap's two versions, each with
+                # max_num_seqs slots, and the one being admitted)
+                num_table_rows=2 * config.max_num_seqs + 1,
             )
             runner.graphs.capture()
         return runner

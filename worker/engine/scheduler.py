@@ -73,6 +73,10 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0  # since start: a pool that runs out shows here
+        # drain=overlap: the version starting beside a retiring one. Its sequences get max_num_seqs
+        # slots of their own, so that it starts at once even when the old version fills the batch
+        # (each version is its own forward pass, of at most max_num_seqs rows).
+        self.overlap_version: int | None = None
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -115,12 +119,31 @@ class Scheduler:
                 budget -= num_new
         return budget
 
+    def _slots_taken(self) -> list[int]:
+        """Running sequences [not of the overlap's new version, of it]; outside an overlap all
+        are in the first."""
+        taken = [0, 0]
+        for seq in self.running:
+            taken[self._side(seq)] += 1
+        return taken
+
+    def _side(self, seq: Sequence) -> int:
+        return int(seq.policy_version == self.overlap_version)
+
+    def has_room_for_waiting(self) -> bool:
+        """Whether a waiting sequence has a slot (blocks and the token budget aside)."""
+        taken = self._slots_taken()
+        return any(taken[self._side(seq)] < self.max_num_seqs for seq in self.waiting)
+
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         skipped: list[Sequence] = []
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        taken = self._slots_taken()
+        sides = 1 if self.overlap_version is None else 2
+        while self.waiting and budget > 0 and min(taken[:sides]) < self.max_num_seqs:
             seq = self.waiting[0]
-            if seq.waits_for_leader():
-                skipped.append(self.waiting.popleft())
+            side = self._side(seq)
+            if seq.waits_for_leader() or taken[side] >= self.max_num_seqs:
+                skipped.append(self.waiting.popleft())  # (overlap) the other version has a slot
                 continue
             num_hit_blocks = self.block_manager.admit(seq)
             num_new = self._chunk(seq, budget, batch)
@@ -135,6 +158,7 @@ class Scheduler:
                 seq.num_prefix_hit_blocks = num_hit_blocks
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+            taken[side] += 1
             self._add(batch, seq, num_new)
             budget -= num_new
         self.waiting.extendleft(reversed(skipped))

@@ -114,6 +114,43 @@ def test_new_requests_run_on_the_twins_while_the_old_version_finishes(versions, 
     assert report.first_token_seconds is not None and report.retire_seconds >= report.first_token_seconds
 
 
+@pytest.mark.parametrize("run_ahead", ["off", "on"])
+def test_the_new_version_starts_at_once_when_the_old_one_fills_the_batch(versions, run_ahead):
+    """max_num_seqs = 2 and v0's two samples hold both slots: outside an overlap a request waits for
+    one to end; during one v2 has slots of its own and starts in the next step (v0's are still
+    full: a v0 pin waits), and each sample still equals its version's alone."""
+    v0, v2 = versions
+    engine = staged_engine(v0, v2, async_scheduling=run_ahead, max_num_seqs=2)
+    results: dict = {}
+    when: dict = {}
+    engine.add_request(request("old", engine.limits, max_tokens=24))
+    for _ in range(3):
+        record(results, engine.step(), when)
+    engine.add_request(request("later", engine.limits, max_tokens=4))
+    for _ in range(3):
+        record(results, engine.step(), when)
+    assert engine.num_running == 2 and ("later", "first") not in when  # no slot: it waits
+    record(results, engine.abort_request("later", "not needed"), when)  # also flushes a step in flight
+    results.pop("later")
+    when.pop(("later", "end"))
+
+    record(results, engine.begin_drain(2, DrainPolicy.OVERLAP), when)
+    engine.add_request(request("new", engine.limits, max_tokens=8))
+    engine.add_request(request("later", engine.limits, max_tokens=4, policy_version=0))
+    for _ in range(3):
+        record(results, engine.step(), when)
+    assert engine.num_running == 4 and engine.num_waiting == 2  # v0's pin waits for a v0 slot
+    assert ("new", "first") in when and ("old", "end") not in when
+    step_until_idle(engine, results, when)
+    assert when[("new", "end")] < when[("old", "end")] < when[("later", "first")]
+    for name, version, model_dir, max_tokens in (("old", 0, v0, 24), ("new", 2, v2, 8), ("later", 0, v0, 4)):
+        reference = alone(model_dir, name, max_tokens)
+        for index, sample in results[name].items():
+            assert sample.policy_versions == {version}, name
+            assert sample.token_ids == reference[index].token_ids, name
+            assert sample.logprobs == reference[index].logprobs, name
+
+
 def test_old_version_pins_start_during_the_overlap_and_retire_with_it(versions):
     v0, v2 = versions
     engine = staged_engine(v0, v2)
