@@ -22,6 +22,7 @@ probe request (one token) is sent, and its time to first token is reported ("pro
     python bench/overlap_drain.py --device cuda             # random Llama-3.2-1B shape, 2k-8k tokens
         [--duration 60] [--baseline-duration 40] [--rollout-every 25] [--concurrency 16] [--n 4]
         [--input uniform:128,256] [--output uniform:2048,8192] [--drain-deadline S] [--json OUT]
+        [--baseline-again]
 Prints a line per rollout, then a table. Not pass/fail: numbers go to docs/benchmarks.md.
 """
 
@@ -278,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="uniform:2048,8192", help="max_tokens distribution")
     p.add_argument("--drain-deadline", type=float, default=None, help="seconds, every rollout's")
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated, run in this order")
+    p.add_argument(
+        "--baseline-again", action="store_true",
+        help="run without rollouts once more at the end: what the runs' order alone changes",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the results here (after every run)")
     return p
 
@@ -292,7 +297,7 @@ def apply_tiny(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.policies = args.policies.split(",")
+    args.policies = [p for p in args.policies.split(",") if p]
     if unknown := set(args.policies) - set(POLICIES):
         parser.error(f"--policies: unknown {sorted(unknown)}; choose from {', '.join(POLICIES)}")
     if args.tiny:
@@ -317,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     num_rollouts = 0
     with LocalCluster(spec) as cluster:
         steady = baseline_end = None
-        for label in ("none", *args.policies):
+        for label in ("none", *args.policies, *(("none",) if args.baseline_again else ())):
             drain = None if label == "none" else cast(DrainName, label)
             sources = (b, a) if num_rollouts % 2 == 0 else (a, b)  # alternate across runs too
             print(f"run {label}: {'no rollouts' if drain is None else f'drain={drain}'}", flush=True)
