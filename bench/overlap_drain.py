@@ -22,7 +22,7 @@ probe request (one token) is sent, and its time to first token is reported ("pro
     python bench/overlap_drain.py --device cuda             # random Llama-3.2-1B shape, 2k-8k tokens
         [--duration 60] [--baseline-duration 40] [--rollout-every 25] [--concurrency 16] [--n 4]
         [--input uniform:128,256] [--output uniform:2048,8192] [--drain-deadline S] [--json OUT]
-        [--baseline-again]
+        [--baseline-again] [--output-mode stream|final]
 Prints a line per rollout, then a table. Not pass/fail: numbers go to docs/benchmarks.md.
 """
 
@@ -59,6 +59,7 @@ from epochserve.loadtest.records import ObservedRollout, VersionLog  # noqa: E40
 from epochserve.loadtest.soak import RolloutCycler  # noqa: E402
 from epochserve.loadtest.versions import VersionPublisher  # noqa: E402
 from epochserve.loadtest.workload import LengthDistribution, SyntheticWorkload  # noqa: E402
+from epochserve.proto.convert import OutputMode  # noqa: E402
 from epochserve.proto.v1 import admin_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
 from epochserve.sampling import SamplingParams  # noqa: E402
 
@@ -87,6 +88,7 @@ async def run_once(
     plan = LoadPlan(  # drain timeout 0: what is open when sending stops is cancelled at once
         concurrency=args.concurrency, duration_seconds=cap, request_timeout_seconds=cap + 60,
         drain_timeout_seconds=0.0, temperature=1.0, ignore_eos=True,
+        output_mode=OutputMode[args.output_mode.upper()],
     )  # fmt: skip
     workload = SyntheticWorkload(
         LengthDistribution.parse(args.input), LengthDistribution.parse(args.output),
@@ -279,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="uniform:2048,8192", help="max_tokens distribution")
     p.add_argument("--drain-deadline", type=float, default=None, help="seconds, every rollout's")
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated, run in this order")
+    p.add_argument(
+        "--output-mode", choices=("stream", "final"), default="stream",
+        help="final: each sample in one message (tokens count when their sample ends; no serving-path "
+        "cost per token)",
+    )  # fmt: skip
     p.add_argument(
         "--baseline-again", action="store_true",
         help="run without rollouts once more at the end: what the runs' order alone changes",
