@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated, run in this order")
     p.add_argument(
         "--output-mode", choices=("stream", "final"), default="stream",
-        help="final: each sample in one message (tokens count when their sample ends; no serving-path "
-        "cost per token)",
+        help="final: each sample in one message (no serving-path cost per token; its tokens count when "
+        "the sample ends, so a window shorter than many samples undercounts)",
     )  # fmt: skip
     p.add_argument(
         "--baseline-again", action="store_true",
