@@ -61,6 +61,7 @@ class _Threaded:
 
     def __init__(self, name: str, build: Callable[[], Any]) -> None:
         self._thread = LoopThread(name)
+        self.is_closed = False  # set when close() begins
 
         async def construct() -> Any:  # asyncio objects belong to the loop that runs them
             return build()
@@ -81,6 +82,7 @@ class _Threaded:
 
     def close(self, timeout: float = _CALL_TIMEOUT) -> None:
         """Deregister and stop the loop thread."""
+        self.is_closed = True
         try:
             self._thread.call(self._inner.close(), timeout)
         finally:
@@ -105,9 +107,17 @@ class SyncWorkerParticipant(_Threaded):
         return int(self._inner.serving_version)
 
     def next_directive(self, timeout: float | None = 0) -> Directive | None:
-        """The next directive within `timeout` seconds (0: do not wait; None: wait forever)."""
+        """The next directive within `timeout` seconds (0: do not wait; None: wait forever); None
+        once closed (a worker shutting down deregistered first, and its engine keeps stepping)."""
+        if self.is_closed:
+            return None
         wait = None if timeout is None else timeout + _SLACK
-        result: Directive | None = self._thread.call(self._inner.next_directive(timeout), wait)
+        try:
+            result: Directive | None = self._thread.call(self._inner.next_directive(timeout), wait)
+        except (RuntimeError, TimeoutError):  # the loop stopped under the call: closed meanwhile?
+            if self.is_closed:
+                return None
+            raise
         return result
 
     def report_staged(self, version: int, checksum: str, timeout: float = _CALL_TIMEOUT) -> bool:

@@ -53,7 +53,11 @@ class RolloutAgent:
         return self.participant.can_accept_work
 
     def __call__(self, engine: Engine) -> list[SequenceOutput]:
-        """One pass between two steps: finish what is due, then take at most one new directive."""
+        """One pass between two steps: finish what is due, then take at most one new directive.
+        Nothing once the participant closed: the worker is shutting down and has deregistered, and
+        its engine only finishes the requests in flight."""
+        if self.participant.is_closed:
+            return []
         self._report_finished_staging(engine)
         outputs = engine.expire_drain(time.monotonic())
         if self.committing is not None and engine.ready_to_swap:

@@ -260,6 +260,7 @@ class FakeParticipant:
     """The control plane's side of RolloutAgent, scripted: directives in order, reports recorded."""
 
     can_accept_work = True
+    is_closed = False
 
     def __init__(self, *directives) -> None:
         self.directives = list(directives)
