@@ -16,7 +16,10 @@ bench/overlap_drain_metrics.py says how they are computed) and the output thrown
 The worker's "first v token" counts from the commit, so under a closed loop it includes waiting for
 the first v-1 group to end and free a client (all are busy at the commit). What a new request waits
 is measured apart: as soon as the commit is seen (the drain report appears; polled every 0.25 s) a
-probe request (one token) is sent, and its time to first token is reported ("probe ms").
+probe request (one token) is sent, and its time to first token is reported ("probe ms"). And as
+soon as a rollout starts, a one-token request with min_policy_version = its version waits at the
+router ("held probe"): at the commit a v request exists, so the worker's first v token measures the
+worker rather than the closed loop.
 
     python bench/overlap_drain.py --tiny                    # CPU smoke: tiny model, short outputs
     python bench/overlap_drain.py --device cuda             # random Llama-3.2-1B shape, 2k-8k tokens
@@ -97,6 +100,7 @@ async def run_once(
     reports: dict[int, dict[str, Any]] = {}  # version → the worker's drain report
     no_more_rollouts, no_more_reports = asyncio.Event(), asyncio.Event()
     timeline: list[dict[str, Any]] = []
+    held: dict[int, dict[str, Any]] = {}  # version → its held probe's numbers
     async with AsyncGenerationClient(cluster.router_address) as client:
         await client.get_policy(timeout=60, wait_for_ready=True)
         driver = LoadDriver(client, workload, plan, state)
@@ -114,6 +118,7 @@ async def run_once(
             cycler = RolloutCycler(soak, versions)
             cycler.publisher = publisher  # the sources were hashed once, before any run
             rolling = asyncio.ensure_future(cycler.run(no_more_rollouts))
+            holding = asyncio.ensure_future(send_held_probes(cycler, client, held, no_more_reports))
         await asyncio.wait({load}, timeout=duration)
         no_more_rollouts.set()
         if cycler is not None:  # the rollout under way is followed to its end, then a little
@@ -123,11 +128,12 @@ async def run_once(
         driver.stop()
         await load
         no_more_reports.set()
-        await asyncio.gather(polling, watching)
+        await asyncio.gather(polling, watching, *([holding] if cycler is not None else []))
     rollouts = cycler.rollouts if cycler else []
     for rollout in rollouts:  # the status seen at DONE may predate the first new-version token
         (watched,) = rollout.worker_drains.values() or [{}]  # the bench runs one worker
         polled = {k: v for k, v in reports.get(rollout.version, {}).items() if v is not None}
+        polled |= held.get(rollout.version, {})
         rollout.worker_drains = {"worker-0": watched | polled}
     return state, rollouts, versions, stopped_at, timeline
 
@@ -179,6 +185,39 @@ async def poll_drain_reports(
         await asyncio.wait(tasks, timeout=PROBE_TIMEOUT_SECONDS)
     for version, probe in probes.items():  # probes that ended after the last poll
         reports[version] = reports.get(version, {}) | probe
+
+
+async def send_held_probes(
+    cycler: RolloutCycler, client: AsyncGenerationClient, into: dict[int, dict[str, Any]], stop: asyncio.Event
+) -> None:  # fmt: skip
+    """For each rollout, as soon as it starts, a one-token request with min_policy_version = its
+    version: the router holds it until the commit, so a v request exists at the commit and the
+    worker's first v token measures the worker, not when a client happened to send one."""
+    tasks: list[asyncio.Future] = []
+    while True:
+        stopping = stop.is_set()
+        for rollout in cycler.rollouts[len(tasks) :]:
+            into[rollout.version] = {}
+            tasks.append(asyncio.ensure_future(held_probe(client, rollout.version, into[rollout.version])))
+        if stopping:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DRAIN_POLL_SECONDS / 2)
+    if tasks:
+        await asyncio.wait(tasks, timeout=PROBE_TIMEOUT_SECONDS)
+
+
+async def held_probe(client: AsyncGenerationClient, version: int, into: dict[str, Any]) -> None:
+    sampling = SamplingParams(temperature=1.0, max_tokens=1)
+    sent = time.monotonic()
+    try:
+        result = await client.generate(
+            PROBE_PROMPT, sampling, min_policy_version=version, timeout=PROBE_TIMEOUT_SECONDS
+        )
+    except GenerationError as exc:
+        into["held_probe_error"] = str(exc)[:200]
+        return
+    into["held_first_token_at"], into["held_version"] = sent + result.ttft_seconds, result.policy_version
 
 
 async def probe_new_version(client: AsyncGenerationClient, into: dict[str, Any]) -> None:
@@ -361,7 +400,8 @@ def print_rollouts(runs: list[dict[str, Any]]) -> None:
                 f"  {run['policy']:>7} v{r['version']} {r['outcome']}: commit at {_f(r['commit_at'])} s, "
                 f"DONE +{_f(r['commit_to_done_s'])} s, v-1 retired +{_f(r['retire_s'])} s, first v token "
                 f"+{_f(r['first_new_token_s'], 3)} s, probe ttft {_f(r.get('probe_ttft_s'), 3)} s "
-                f"(v{r.get('probe_version')}), v-1 finished {r['finished_previous']} aborted "
+                f"(v{r.get('probe_version')}), held probe's token +{_f(r.get('held_first_token_s'), 3)} s "
+                f"(v{r.get('held_version')}), v-1 finished {r['finished_previous']} aborted "
                 f"{r['aborted_previous']}, idle {_f(r.get('idle_s'))} s, lost {_f(r.get('lost_s'))} s, "
                 f"wasted {r.get('wasted_tokens', '-')} tok {r['reason']}".rstrip()
             )

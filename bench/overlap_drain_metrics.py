@@ -110,6 +110,10 @@ def rollout_row(
         # first token, and the version that served it
         "probe_ttft_s": report.get("probe_ttft_s"),
         "probe_version": report.get("probe_version"),
+        # a request waiting at the router for v since the rollout started: its first token, from
+        # the commit as observed here (the soak driver's poll: later than the worker's commit)
+        "held_first_token_s": _between(rollout.committed_at, report.get("held_first_token_at")),
+        "held_version": report.get("held_version"),
     }
     if rollout.committed_at is not None and rollout.done_at is not None:
         start, end = rollout.committed_at, rollout.done_at
