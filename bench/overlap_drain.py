@@ -13,9 +13,9 @@ drain report (commit → last v-1 sequence ended, commit → first new-version t
 finished / aborted), commit → DONE as seen here, the GPU idle estimate (idle and lost seconds,
 bench/overlap_drain_metrics.py says how they are computed) and the output thrown away.
 
-The worker's "first v token" counts from the commit, so under a closed loop it includes waiting for
-the first v-1 group to end and free a client (all are busy at the commit). What a new request waits
-is measured apart: as soon as the commit is seen (the drain report appears; polled every 0.25 s) a
+The worker's "first v token" counts from the commit; under a closed loop alone it would include
+waiting for a client to be free to send a v request (all are busy at the commit), hence the held
+probe below. What a request sent after the commit waits is measured apart: as soon as the commit is seen (the drain report appears; polled every 0.25 s) a
 probe request (one token) is sent, and its time to first token is reported ("probe ms"). And as
 soon as a rollout starts, a one-token request with min_policy_version = its version waits at the
 router ("held probe"): at the commit a v request exists, so the worker's first v token measures the
