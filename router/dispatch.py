@@ -52,7 +52,7 @@ class Dispatcher:
                 self._move_up_if_retired(state)
                 candidates = self.registry.candidates(state.version, state.excluded)
                 if candidates:
-                    return self._reserve(route, candidates)
+                    return self._reserve(route, candidates, state.version)
                 if queued_on != state.version:  # (re)enter the queue of the version waited for
                     queue_slot.close()
                     bounded = state.num_attempts == 0 and queued_on is None
@@ -81,12 +81,12 @@ class Dispatcher:
         state.move_to(current)
 
     def _reserve(
-        self, route: RouteRequest, candidates: list[WorkerHandle]
+        self, route: RouteRequest, candidates: list[WorkerHandle], version: int
     ) -> tuple[WorkerHandle, Reservation]:
         views = [Candidate(h.worker_id, h.load.tokens, h.load.seqs) for h in candidates]
         chosen = self.policy.choose(route, views)
         handle = candidates[views.index(chosen)]
         reservation = Reservation(
-            handle.load, route.cost_tokens, route.n, lambda: self.registry.released(handle)
+            handle.load, route.cost_tokens, route.n, lambda: self.registry.released(handle), version
         )
         return handle, reservation

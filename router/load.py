@@ -10,8 +10,9 @@ not share load: each balances its own requests, which is enough when clients spr
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -21,22 +22,37 @@ class WorkerLoad:
     tokens: int = 0  # estimated tokens still to process
     seqs: int = 0  # sequences running or queued there
     requests: int = 0
+    # seqs by policy version: during a drain=overlap the worker runs two versions, each with
+    # max_num_seqs slots of its own, so a bound on sequences applies per version
+    seqs_by_version: Counter[int] = field(default_factory=Counter)
 
 
 class Reservation:
     """One request's share of a worker's load. Created by the dispatcher, released by the flow."""
 
     def __init__(
-        self, load: WorkerLoad, tokens: int, seqs: int, on_release: Callable[[], None] | None = None
+        self,
+        load: WorkerLoad,
+        tokens: int,
+        seqs: int,
+        on_release: Callable[[], None] | None = None,
+        version: int = 0,
     ) -> None:
         self._load = load
         self._tokens = tokens
         self._seqs = seqs
         self._on_release = on_release
+        self._version = version
         self.is_released = False
         load.tokens += tokens
-        load.seqs += seqs
+        self._add_seqs(seqs)
         load.requests += 1
+
+    def _add_seqs(self, num: int) -> None:
+        self._load.seqs += num
+        self._load.seqs_by_version[self._version] += num
+        if not self._load.seqs_by_version[self._version]:
+            del self._load.seqs_by_version[self._version]
 
     def consume_tokens(self, num_tokens: int) -> None:
         """num_tokens streamed back: that much less work remains (never below zero)."""
@@ -48,7 +64,7 @@ class Reservation:
         """One sample ended on the worker."""
         if self._seqs > 0:
             self._seqs -= 1
-            self._load.seqs -= 1
+            self._add_seqs(-1)
 
     def release(self) -> None:
         """Return everything still held (idempotent)."""
@@ -56,7 +72,7 @@ class Reservation:
             return
         self.is_released = True
         self._load.tokens -= self._tokens
-        self._load.seqs -= self._seqs
+        self._add_seqs(-self._seqs)
         self._load.requests -= 1
         self._tokens = self._seqs = 0
         if self._on_release is not None:

@@ -140,7 +140,8 @@ class WorkerRegistry:
             for h in self._handles.values()
             if h.view.is_ready
             and h.view.serving_version == version
-            and (not self.max_seqs_per_worker or h.load.seqs < self.max_seqs_per_worker)
+            # counted per version, as the worker's slots are (an overlapping worker runs two)
+            and (not self.max_seqs_per_worker or h.load.seqs_by_version[version] < self.max_seqs_per_worker)
         ]
         fresh = [h for h in fit if h.key not in excluded]
         if fresh:

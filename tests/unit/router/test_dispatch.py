@@ -171,6 +171,32 @@ def test_a_per_worker_bound_queues_requests_until_a_sequence_ends():
     run(scenario())
 
 
+def test_the_per_worker_bound_counts_each_version_apart():
+    """During a drain=overlap the worker serves v2 while v1's sequences still run there, each with
+    slots of its own: v1's held sequences do not keep a v2 request waiting."""
+
+    async def scenario():
+        async with core(max_seqs_per_worker=2) as c:
+            c.switch_to(1)
+            c.registry.update(view(1, 1, worker("a", 1)))
+            handle, old = await c.dispatcher.acquire(ROUTE, state(1), Deadline(None))  # fills v1's 2
+            c.switch_to(2)
+            c.registry.update(view(2, 2, worker("a", 2)))  # committed: serving v2, retiring v1
+            _, new = await asyncio.wait_for(c.dispatcher.acquire(ROUTE, state(2, "v2"), Deadline(None)), 1)
+            assert handle.load.seqs == 4 and handle.load.seqs_by_version == {1: 2, 2: 2}
+            waiting = asyncio.ensure_future(c.dispatcher.acquire(ROUTE, state(2, "w"), Deadline(None)))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()  # v2's own slots are full
+            old.release()
+            await asyncio.sleep(0.05)
+            assert not waiting.done()  # v1's ending frees v1's slots only
+            new.release()
+            await asyncio.wait_for(waiting, 1)
+            assert handle.load.seqs_by_version == {2: 2}
+
+    run(scenario())
+
+
 def test_abort_while_waiting_for_a_worker():
     async def scenario():
         async with core() as c:
