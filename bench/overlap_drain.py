@@ -14,12 +14,12 @@ finished / aborted), commit → DONE as seen here, the GPU idle estimate (idle a
 bench/overlap_drain_metrics.py says how they are computed) and the output thrown away.
 
 The worker's "first v token" counts from the commit; under a closed loop alone it would include
-waiting for a client to be free to send a v request (all are busy at the commit), hence the held
-probe below. What a request sent after the commit waits is measured apart: as soon as the commit is seen (the drain report appears; polled every 0.25 s) a
-probe request (one token) is sent, and its time to first token is reported ("probe ms"). And as
-soon as a rollout starts, a one-token request with min_policy_version = its version waits at the
-router ("held probe"): at the commit a v request exists, so the worker's first v token measures the
-worker rather than the closed loop.
+waiting for a client to be free to send a v request (all are busy at the commit). So as soon as a
+rollout starts, a one-token request with min_policy_version = its version waits at the router
+("held probe"): at the commit a v request exists, and the worker's first v token measures the
+worker. What a request sent after the commit waits is measured apart: as soon as the commit is
+seen (the drain report appears; polled every 0.25 s) a probe request (one token) is sent, and its
+time to first token is reported ("probe ms").
 
     python bench/overlap_drain.py --tiny                    # CPU smoke: tiny model, short outputs
     python bench/overlap_drain.py --device cuda             # random Llama-3.2-1B shape, 2k-8k tokens
