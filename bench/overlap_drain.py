@@ -385,11 +385,34 @@ def main(argv: list[str] | None = None) -> None:
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2))
             wait_idle(cluster.workers[0].address)
+    against_baselines(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
     print(f"\nmachine: {results['machine']}\nlogs: {root}")
     print_rollouts(results["runs"])
     print_timelines(results["runs"])
     print_table(results["runs"], args)
     print("'same s': tok/s over the baseline's seconds of each run, relative to the baseline")
+    if "baselines" in results:
+        b = results["baselines"]
+        print(
+            f"baselines over the same seconds: {', '.join(f'{t:.0f}' for t in b['tok_s'])} tok/s "
+            f"(the runs' order alone moved them {b['spread']:.1%}); each run against their mean: "
+            + ", ".join(f"{run['policy']} {run['vs_baselines_mean']:.1%}" for run in results["runs"])
+        )
+
+
+def against_baselines(results: dict[str, Any]) -> None:
+    """With --baseline-again: every run over the same seconds against the mean of the runs without
+    rollouts (one before, one after), whose spread is how much the order of runs alone moves."""
+    runs = results["runs"]
+    baselines = [run["same_window_tok_s"] for run in runs if run["policy"] == "none"]
+    if len(baselines) < 2:
+        return
+    mean = statistics.mean(baselines)
+    results["baselines"] = {"tok_s": baselines, "spread": (max(baselines) - min(baselines)) / mean}
+    for run in runs:
+        run["vs_baselines_mean"] = run["same_window_tok_s"] / mean
 
 
 def print_rollouts(runs: list[dict[str, Any]]) -> None:
@@ -431,7 +454,7 @@ def print_table(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n{load}; a rollout every {args.rollout_every:g} s; medians over a run's rollouts")
     print(
         f"{'policy':>8} {'tok/s':>8} {'vs none':>8} {'same s':>7} {'rollouts':>8} {'retire s':>9} "
-        f"{'1st v ms':>9} {'probe ms':>9} "
+        f"{'1st v ms':>9} {'held ms':>8} {'probe ms':>9} "
         f"{'idle s':>7} {'lost s':>7} {'v-1 fin/abrt':>12} {'wasted':>8} {'ttft p99':>9} "
         f"{'err':>4} {'viol':>5}"
     )
@@ -449,7 +472,7 @@ def print_table(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{run['policy']:>8} {run['goodput_tok_s']:8.0f} {run['relative']:8.1%} "
             f"{run['same_window_relative']:7.1%} {len(rows):8d} "
             f"{_f(median_of('retire_s')):>9} {_f(median_of('first_new_token_s', 1e3), 0):>9} "
-            f"{_f(median_of('probe_ttft_s', 1e3), 0):>9} "
+            f"{_f(median_of('held_first_token_s', 1e3), 0):>8} {_f(median_of('probe_ttft_s', 1e3), 0):>9} "
             f"{_f(median_of('idle_s')):>7} {_f(median_of('lost_s')):>7} {f'{fin}/{abrt}':>12} "
             f"{wasted:8d} {_f(run['ttft_p99_s'], 2):>9} {run['requests']['errors']:4d} {run['violations']:5d}"
         )
