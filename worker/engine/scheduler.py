@@ -121,7 +121,9 @@ class Scheduler:
 
     def _slots_taken(self) -> list[int]:
         """Running sequences [not of the overlap's new version, of it]; outside an overlap all
-        are in the first."""
+        are in the first (no walk over them: this runs every step)."""
+        if self.overlap_version is None:
+            return [len(self.running), 0]
         taken = [0, 0]
         for seq in self.running:
             taken[self._side(seq)] += 1
