@@ -175,7 +175,8 @@ async def poll_drain_reports(
                         version = worker.last_drain.version
                         if version not in probes and not stopping:
                             probes[version] = {}
-                            tasks.append(asyncio.ensure_future(probe_new_version(client, probes[version])))
+                            probing = one_token_probe(client, probes[version], "probe")
+                            tasks.append(asyncio.ensure_future(probing))
                         reports[version] = drain_fields(worker.last_drain) | probes[version]
             if stopping:
                 break
@@ -197,8 +198,9 @@ async def send_held_probes(
     while True:
         stopping = stop.is_set()
         for rollout in cycler.rollouts[len(tasks) :]:
-            into[rollout.version] = {}
-            tasks.append(asyncio.ensure_future(held_probe(client, rollout.version, into[rollout.version])))
+            held = into[rollout.version] = {}
+            probing = one_token_probe(client, held, "held", min_policy_version=rollout.version)
+            tasks.append(asyncio.ensure_future(probing))
         if stopping:
             break
         with contextlib.suppress(TimeoutError):
@@ -207,28 +209,21 @@ async def send_held_probes(
         await asyncio.wait(tasks, timeout=PROBE_TIMEOUT_SECONDS)
 
 
-async def held_probe(client: AsyncGenerationClient, version: int, into: dict[str, Any]) -> None:
+async def one_token_probe(
+    client: AsyncGenerationClient, into: dict[str, Any], key: str, min_policy_version: int | None = None
+) -> None:  # fmt: skip
+    """A one-token request: into `key`_ttft_s, _first_token_at (monotonic), _version, or _error."""
     sampling = SamplingParams(temperature=1.0, max_tokens=1)
     sent = time.monotonic()
     try:
         result = await client.generate(
-            PROBE_PROMPT, sampling, min_policy_version=version, timeout=PROBE_TIMEOUT_SECONDS
+            PROBE_PROMPT, sampling, min_policy_version=min_policy_version, timeout=PROBE_TIMEOUT_SECONDS
         )
     except GenerationError as exc:
-        into["held_probe_error"] = str(exc)[:200]
+        into[f"{key}_error"] = str(exc)[:200]
         return
-    into["held_first_token_at"], into["held_version"] = sent + result.ttft_seconds, result.policy_version
-
-
-async def probe_new_version(client: AsyncGenerationClient, into: dict[str, Any]) -> None:
-    """One request sent right after a commit was seen: its time to first token and its version."""
-    sampling = SamplingParams(temperature=1.0, max_tokens=1)
-    try:
-        result = await client.generate(PROBE_PROMPT, sampling, timeout=PROBE_TIMEOUT_SECONDS)
-    except GenerationError as exc:
-        into["probe_error"] = str(exc)[:200]
-        return
-    into["probe_ttft_s"], into["probe_version"] = result.ttft_seconds, result.policy_version
+    into[f"{key}_ttft_s"], into[f"{key}_version"] = result.ttft_seconds, result.policy_version
+    into[f"{key}_first_token_at"] = sent + result.ttft_seconds
 
 
 def drain_fields(d: admin_pb2.DrainReport) -> dict[str, Any]:
@@ -257,7 +252,7 @@ def summarize(
     steady = steady or rate
     # The same seconds of both runs: sequences age (their KV grows) as a run goes on, so a run
     # longer than the baseline is slower by that alone.
-    same_end = min(stopped_at, state.origin + (baseline_end or stopped_at - state.origin))
+    same_end = stopped_at if baseline_end is None else min(stopped_at, state.origin + baseline_end)
     same_rate = metrics.goodput(series, records, start, same_end)
     return {
         "policy": label,

@@ -106,7 +106,7 @@ def rollout_row(
         "finished_previous": report.get("finished_previous"),
         "aborted_previous": report.get("aborted_previous"),
         "reason": report.get("reason", "") or rollout.reason,
-        # a request sent when the commit was seen (overlap_drain.py, probe_new_version): its time to
+        # a request sent when the commit was seen (overlap_drain.py, one_token_probe): its time to
         # first token, and the version that served it
         "probe_ttft_s": report.get("probe_ttft_s"),
         "probe_version": report.get("probe_version"),
