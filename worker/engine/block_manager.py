@@ -10,7 +10,9 @@ key means that blocks computed under weights v-1 can never be hit under v (docs/
 cache that outlived a weight update was one of the 2026 post-mortem's silent mismatches.
 
 Free blocks (refcount 0) stay indexed until they are reused, least recently freed first, so a
-repeated prompt can hit blocks nobody holds any more.
+repeated prompt can hit blocks nobody holds any more. The index is one table per version: a new
+version drops the others' tables whole, at once (a rollout's commit waits for nothing per block;
+the blocks keep their stale keys until they are reused).
 
 Routing replay (MoE models): a cached block also keeps the routing of its positions (`Block.routing`,
 host memory, [block_size, moe layers, top_k] small ints), given by the first sequence that logged it
@@ -39,6 +41,7 @@ from epochserve.errors import CapacityError
 from epochserve.worker.engine.sequence import Sequence
 
 CacheKey = tuple[int, bytes]  # (policy_version, chained block hash)
+_NO_TABLE: dict[bytes, int] = {}  # the index of a version nothing is cached under (never written)
 
 
 def chain_hash(parent: bytes, token_ids: Seq[int]) -> bytes:
@@ -76,7 +79,7 @@ class BlockManager:
         self.policy_version = 0
         self.blocks = [Block(i) for i in range(num_blocks)]
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # LRU order
-        self._cached: dict[CacheKey, int] = {}
+        self._cached: dict[int, dict[bytes, int]] = {}  # policy version → block hash → block id
         self._free_rows: list[int] = []  # a heap: the lowest free row first
         self._num_rows = 0  # rows ever handed out
         self.prefix_cache_queries = 0
@@ -92,7 +95,7 @@ class BlockManager:
             self.block_size,
             len(self.blocks),
             len(self._free),
-            len(self._cached),
+            sum(len(table) for table in self._cached.values()),
             self.prefix_cache_queries,
             self.prefix_cache_hits,
         )
@@ -117,10 +120,11 @@ class BlockManager:
         if not self.enable_prefix_cache or seq.must_score_prompt():
             return 0
         max_hit_blocks = (seq.num_tokens - 1) // self.block_size
+        # The sequence's own version: under drain=overlap two versions admit sequences at once.
+        table = self._cached.get(seq.policy_version, _NO_TABLE)
         for index, block_hash in enumerate(self._block_hashes(seq, max_hit_blocks)):
             self.prefix_cache_queries += 1
-            # The sequence's own version: under drain=overlap two versions admit sequences at once.
-            block_id = self._cached.get((seq.policy_version, block_hash))
+            block_id = table.get(block_hash)
             if block_id is None or not self._routing_known(seq, index, self.blocks[block_id]):
                 break
             self.prefix_cache_hits += 1
@@ -171,24 +175,23 @@ class BlockManager:
         num_full = seq.num_computed_tokens // self.block_size
         if num_full > seq.num_indexed_blocks:
             hashes = self._block_hashes(seq, num_full)
+            table = self._cached.setdefault(self.policy_version, {})
             for index in range(seq.num_indexed_blocks, num_full):
                 block = self.blocks[seq.block_table[index]]
-                key = (self.policy_version, hashes[index])
-                if block.cache_key is None and key not in self._cached:
-                    block.cache_key = key
-                    self._cached[key] = block.block_id
+                if block.cache_key is None and hashes[index] not in table:
+                    block.cache_key = (self.policy_version, hashes[index])
+                    table[hashes[index]] = block.block_id
             seq.num_indexed_blocks = num_full
         if seq.routing is not None:
             self._store_routing(seq)
 
     def set_policy_version(self, version: int) -> int:
-        """Serve `version` from now on: forget every cached block of other versions. Returns how many."""
+        """Serve `version` from now on: forget every cached block of other versions. Returns how many.
+        Their tables go whole; each block forgets its key (and routing) when it is reused (_evict),
+        so a block holds at most one routing either way."""
         self.policy_version = version
-        stale = [key for key in self._cached if key[0] != version]
-        for key in stale:
-            block = self.blocks[self._cached.pop(key)]
-            block.cache_key, block.routing = None, None
-        return len(stale)
+        stale = [v for v in self._cached if v != version]
+        return sum(len(self._cached.pop(v)) for v in stale)
 
     # ---- internals -----------------------------------------------------------------------
     def _block_hashes(self, seq: Sequence, num_blocks: int) -> list[bytes]:
@@ -225,7 +228,7 @@ class BlockManager:
         size = self.block_size
         ready = min(seq.num_indexed_blocks, seq.routing.length // size)
         for index in range(seq.num_routed_blocks, ready):
-            block_id = self._cached.get((seq.policy_version, seq.block_hashes[index]))
+            block_id = self._cached.get(seq.policy_version, _NO_TABLE).get(seq.block_hashes[index])
             if block_id is not None and self.blocks[block_id].routing is None:
                 # a copy: a view would keep the sequence's whole log alive with the block
                 self.blocks[block_id].routing = seq.routing.rows(index * size, (index + 1) * size).copy()
@@ -248,5 +251,8 @@ class BlockManager:
         """Forget the cached contents of a free block that is about to be overwritten."""
         block = self.blocks[block_id]
         if block.cache_key is not None:
-            del self._cached[block.cache_key]
+            version, block_hash = block.cache_key
+            table = self._cached.get(version, _NO_TABLE)
+            if table.get(block_hash) == block_id:  # else its version's table was dropped
+                del table[block_hash]
             block.cache_key, block.routing = None, None

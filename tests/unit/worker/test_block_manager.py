@@ -86,6 +86,22 @@ def test_prefix_cache_is_keyed_by_policy_version():
     assert manager.admit(fresh) == 0
 
 
+def test_blocks_of_a_dropped_version_are_reused_under_the_new_one():
+    # The commit drops the old version's index whole; its blocks keep their stale keys until reused.
+    manager = BlockManager(num_blocks=4, block_size=BS)
+    old = seq(range(9), version=0, seq_id=1)
+    compute_all(manager, old)
+    manager.free(old)
+    manager.set_policy_version(1)
+    # Fill the pool under v1 with the same tokens: the stale blocks are reused and indexed again.
+    new = seq(range(9), version=1, seq_id=2)
+    compute_all(manager, new)
+    manager.free(new)
+    assert manager.usage().num_cached == 2
+    assert all(manager.blocks[b].cache_key[0] == 1 for b in new.block_table[:2])
+    assert manager.admit(seq(range(9), version=1, seq_id=3)) == 2
+
+
 def test_a_sequence_of_another_version_never_fills_the_cache():
     manager = BlockManager(num_blocks=16, block_size=BS)
     manager.set_policy_version(3)

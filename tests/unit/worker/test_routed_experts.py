@@ -90,9 +90,13 @@ def test_a_prefix_cache_hit_returns_the_routing_computed_without_the_cache(tiny_
         for rows in ("prompt_routed_experts", "routed_experts"):
             assert np.array_equal(np.stack(getattr(sample, rows)), np.stack(getattr(expected, rows))), rows
 
-    # The routing lives with the cache entry: a new version drops both.
+    # The routing lives with the cache entry: a new version drops both (a block forgets its stale
+    # routing when it is reused), so a request of the new version computes its prompt's again.
     engine.set_policy_version(1)
-    assert all(block.routing is None for block in engine.block_manager.blocks)
+    assert engine.block_manager.usage().num_cached == 0
+    again = run_to_completion(engine, [make_request("v1", prompt, engine.limits, **ask)])["v1"][0]
+    assert again.finish.prefix_cache_hit_blocks == 0
+    assert np.array_equal(np.stack(again.prompt_routed_experts), np.stack(expected.prompt_routed_experts))
 
 
 def test_routing_survives_preemption_without_duplicates(tiny_moe_dirs):
