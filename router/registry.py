@@ -123,6 +123,9 @@ class WorkerRegistry:
             if handle is None:
                 self._handles[worker_id] = self._add(worker)
             else:
+                if worker.serving_version != handle.view.serving_version:
+                    # when this router can send the new version there: a rollout's timeline in logs
+                    logger.info("worker %s serves v%d", worker_id, worker.serving_version)
                 handle.view = worker
         self._handles = dict(sorted(self._handles.items()))
         self.changes.notify()
