@@ -365,9 +365,10 @@ def test_scoring_a_sampled_completion_on_gpu(model_dir, batch_invariant):
 
 def test_overlap_decodes_the_new_version_on_graphs_captured_on_its_twins(model_dir, tmp_path):
     """drain=overlap on CUDA: v2's decode steps replay graphs captured on the staged twins, v0's the
-    live graphs, both with run-ahead. batch_invariant: each sample equals its version's fresh engine
-    alone in bytes. Two rollouts: the second stages into the promoted twins' buffers and reuses the
-    graphs captured during the first."""
+    live graphs, both with run-ahead. The twins' graphs are captured once staging is verified, between
+    two steps of the old version (prepare_twins), not after the commit. batch_invariant: each sample
+    equals its version's fresh engine alone in bytes. Two rollouts: the second stages into the
+    promoted twins' buffers and reuses the graphs captured during the first."""
     from epochserve.controlplane.store.records import DrainPolicy
     from epochserve.worker.weights.manifest import manifest_of_checkpoint
 
@@ -385,22 +386,29 @@ def test_overlap_decodes_the_new_version_on_graphs_captured_on_its_twins(model_d
                             max_tokens=40 if name.startswith("old") else 24, ignore_eos=True)  # fmt: skip
 
     results: dict = {}
+    captured = None
     for new in (2, 3):
-        engine.weights.stage(new, str(versions[new]), None)
-        assert engine.weights.wait(120).staged.runnable
-        engine.weights.take_result()
         old = engine.policy_version
         for i in (0, 1):
             engine.add_request(request(f"old{old}-{i}", i))
-        for _ in range(6):
+        for _ in range(3):
+            _record(results, engine.step())
+        engine.weights.stage(new, str(versions[new]), None)
+        assert engine.weights.wait(120).staged.runnable
+        engine.weights.take_result()
+        engine.prepare_twins()  # with an old-version step in flight (run-ahead)
+        twin_graphs = engine.runner.twin_graphs
+        assert twin_graphs is not None and twin_graphs.graphs  # before the commit
+        assert captured is None or twin_graphs is captured  # the second rollout reuses the capture
+        captured = twin_graphs
+        for _ in range(3):
             _record(results, engine.step())
         _record(results, engine.begin_drain(new, DrainPolicy.OVERLAP))
         for i in (2, 3):
             engine.add_request(request(f"new{new}-{i}", i))
         while engine.has_work():
             _record(results, engine.step())
-        captured = engine.runner.twin_graphs
-        assert captured is not None and captured.graphs
+        assert engine.runner.twin_graphs is captured  # v's decode steps captured nothing more
         engine.weights.swap(new)
         engine.complete_swap(new)
     assert engine.runner.twin_graphs is captured  # the second rollout replayed the first's capture

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable
 from itertools import repeat
 from typing import Any
@@ -122,6 +123,7 @@ class DecodeGraphs:
     def capture(self, before_each: Callable[[int], None] | None = None) -> None:
         """Capture one graph per bucket, largest first (its pool then serves the smaller ones).
         `before_each(batch)`: TP ranks synchronize here so that they capture in lockstep."""
+        started = time.monotonic()
         self.input_ids.zero_()
         self.seq_lens.fill_(1)
         self.rows.fill_(self.num_table_rows)  # the padding row: position 0 of the scratch block
@@ -140,7 +142,14 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         on = "the live weights" if self.weights is None else "staged twins"
         buckets = list(self.buckets)
-        logger.info("captured %d decode graphs on %s (batch sizes %s)", len(self.graphs), on, buckets)
+        seconds = time.monotonic() - started
+        logger.info(
+            "captured %d decode graphs on %s in %.2f s (batch sizes %s)",
+            len(self.graphs),
+            on,
+            seconds,
+            buckets,
+        )
 
     def run(self, plan: StepPlan, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 logits [num_seqs, vocab] of a graph decode plan (ModelRunner.plan), from the

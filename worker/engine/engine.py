@@ -194,6 +194,11 @@ class Engine:
         """Called by the loop when there is no work (TP: heartbeats to the followers)."""
         self.runner.heartbeat()
 
+    def prepare_twins(self) -> None:
+        """Ready verified staged twins for drain=overlap between steps (ModelRunner.prepare_twins),
+        so that the steps after a commit pay nothing for them."""
+        self.runner.prepare_twins()
+
     def close(self) -> None:
         """Release the followers (TP); the engine must not step afterwards."""
         self.runner.shutdown_followers()

@@ -125,6 +125,7 @@ class RolloutAgent:
         self.staging = None
         if result.staged is not None:
             logger.info("policy version %d staged and verified (%s)", result.version, result.staged.location)
+            engine.prepare_twins()  # before the report: a commit can follow it at once
             self.participant.report_staged(result.version, result.staged.manifest_checksum)
         else:
             self.participant.report_failure(result.version, result.error)

@@ -9,6 +9,7 @@ same commands in the same order (worker/tp/follower.py) and runs them too:
     SwapWeights(v)       make the staged v live now, then fingerprint it (a collective)
     DropWeights()        abandon the staged or staging version
     FingerprintWeights() fingerprint the live weights (a collective)
+    CaptureTwinGraphs()  capture the decode graphs of the verified twins now (drain=overlap)
     Heartbeat()          nothing to run; proves rank 0 is alive
     Shutdown()           followers leave their loop and exit 0
 
@@ -56,6 +57,11 @@ class FingerprintWeights:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureTwinGraphs:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     pass
 
@@ -66,7 +72,7 @@ class Shutdown:
 
 
 WeightCommand = StageWeights | SwapWeights | DropWeights | FingerprintWeights
-RankCommand = RunStep | WeightCommand | Heartbeat | Shutdown
+RankCommand = RunStep | WeightCommand | CaptureTwinGraphs | Heartbeat | Shutdown
 
 
 class CommandChannel:

@@ -18,6 +18,7 @@ from epochserve.worker.config import EngineConfig
 from epochserve.worker.engine.model_runner import ModelRunner
 from epochserve.worker.engine.model_setup import setup_rank
 from epochserve.worker.tp.commands import (
+    CaptureTwinGraphs,
     CommandChannel,
     DropWeights,
     FingerprintWeights,
@@ -71,5 +72,7 @@ def follow(channel: CommandChannel, runner: ModelRunner, updater: RankWeightUpda
                 runner.run_plan(plan)
             case Heartbeat():
                 pass
+            case CaptureTwinGraphs():
+                runner.capture_twin_graphs()
             case StageWeights() | SwapWeights() | DropWeights() | FingerprintWeights() as command:
                 run_weight_command(updater, command)
