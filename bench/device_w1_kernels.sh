@@ -14,6 +14,9 @@
 #                                             # partitions folded in-kernel, early launch): kernel GPU
 #                                             # tests, W1 turning each on in turn, engine GPU tests,
 #                                             # then the projection microbench (~5 min)
+#   bash bench/device_w1_kernels.sh rotary    # rotary + KV store folded into decode attention
+#                                             # (EPOCHSERVE_ROTARY_ATTENTION): its GPU tests, then W1
+#                                             # off / on / off / on (~4 min)
 #   bash bench/device_w1_kernels.sh defaults  # the GPU tests of the default launch path (norms folded,
 #                                             # launch switches, few-token MoE), then W1 (~3 min)
 # Carry .whl (bash bench/device_wheels.sh http) and, for http, .device/smol (SmolLM2's config and
@@ -88,6 +91,17 @@ if [ "$mode" = defaults ]; then
     echo "=== W1, defaults"
     timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer --max-num-seqs 8 \
         --json "$OUT/w1_defaults.json" 2>&1 | grep -v -i warn | tail -1
+fi
+if [ "$mode" = rotary ]; then
+    echo "=== GPU tests: the rotary fold's kernel against the separate launches, and in the engine"
+    timeout 120 python -m pytest -q -s tests/gpu/test_kernels_gpu.py -k rotary_folded 2>&1 |
+        grep "rotary fold\|passed\|failed"
+    timeout 150 python -m pytest -q tests/gpu/test_engine_gpu.py -k "launch_switches and ROTARY" 2>&1 | tail -1
+    for flag in 0 1 0 1; do  # alternated: a drift of the card shows as a difference between repeats
+        echo "=== W1, EPOCHSERVE_ROTARY_ATTENTION=$flag"
+        EPOCHSERVE_ROTARY_ATTENTION=$flag timeout 100 python bench/moe_w1_w5.py --w1-only --skip-peer \
+            --max-num-seqs 8 --json "$OUT/w1_rotary_$flag.json" 2>&1 | grep -v -i warn | tail -1
+    done
 fi
 if [ "$mode" = dense ]; then
     echo "=== W1/W2, Llama-3.1-8B shape (no peer)"

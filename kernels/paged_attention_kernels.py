@@ -10,6 +10,11 @@ increasing order by `_merge_state`, either inside the program (loop schedule) or
 schedule). Both schedules run the same float operations in the same order on the same values, so a
 query row's output is bit-identical whichever schedule, tile neighbours or batch it had.
 
+ROTARY (decode): the query arrives unrotated and the new token's key and value are not yet in the
+cache; each program rotates its query rows in registers and the program whose partition holds the
+new position rotates and stores the key and value first (kernels/decode_rotary.py): the rotary +
+store launch before attention folded in, with the same bits.
+
 The split schedule can also fold in its own launch (FOLD, kernels/arrival.py): each partition
 program takes a ticket from a per-(sequence, kv head) counter after storing its partial state, and
 the program that draws the last ticket folds the partitions with `_fold_partitions`, as the reduce
@@ -24,6 +29,7 @@ import triton
 import triton.language as tl
 
 from epochserve.kernels.arrival import last_to_arrive
+from epochserve.kernels.decode_rotary import _rotate_rows, _store_new_kv
 from epochserve.kernels.pdl import pdl_prologue
 
 # A finite "minus infinity" for running maxima: exp2(NEG_INIT - NEG_INIT) = 1 and
@@ -138,13 +144,24 @@ def _paged_attention_kernel(
     part_acc_ptr,  # [num_tokens, num_heads, num_parts, HEAD_DIM_PAD] fp32 (split schedule)
     part_m_ptr,  # [num_tokens, num_heads, num_parts] fp32
     part_l_ptr,  # [num_tokens, num_heads, num_parts] fp32
-    q_ptr,  # [num_tokens, num_heads, head_dim]
+    q_ptr,  # [num_tokens, num_heads, head_dim] (ROTARY: not yet rotated)
     k_cache_ptr,  # [num_blocks, PAGE_SIZE, num_kv_heads, head_dim]
     v_cache_ptr,
     block_tables_ptr,  # [num_seqs, max_blocks] int32
     seq_lens_ptr,  # [num_seqs] int32
     query_start_loc_ptr,  # [num_seqs + 1] int32
     counters_ptr,  # [>= num_seqs * num_kv_heads] int32, all 0 (FOLD: left all 0 again)
+    # ROTARY only: the new tokens' key and value [num_tokens, num_kv_heads, head_dim] (not rotated),
+    # positions [num_tokens], cache slots [num_tokens] (negative: not stored), the fp32 cos/sin
+    # table, Qwen3's q/k norm weights (HAS_NORM) and their eps.
+    k_new_ptr,
+    v_new_ptr,
+    positions_ptr,
+    slot_mapping_ptr,
+    cos_sin_ptr,
+    q_norm_ptr,
+    k_norm_ptr,
+    eps,
     scale_log2e,
     num_seqs,
     split_tokens,  # partition length in positions, a multiple of BLOCK_N
@@ -160,6 +177,11 @@ def _paged_attention_kernel(
     stride_vs,
     stride_vh,
     stride_bt,
+    stride_knt,
+    stride_knh,
+    stride_vnt,
+    stride_vnh,
+    stride_cs,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
@@ -175,6 +197,8 @@ def _paged_attention_kernel(
     PDL: tl.constexpr,
     FOLD: tl.constexpr,  # split schedule at decode: the last partition program folds (module doc)
     GROUP_PAD: tl.constexpr,  # the fold's rows: GROUP padded to a power of two
+    ROTARY: tl.constexpr,  # DECODE: rotate q and k and store the new key/value here (module doc)
+    HAS_NORM: tl.constexpr,  # ROTARY: q/k norm first
 ):
     pdl_prologue(PDL)
     kv_head = tl.program_id(1)
@@ -197,8 +221,15 @@ def _paged_attention_kernel(
     token = (q_start + tok).to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     qd_mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q_offs = token[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptr + q_offs, mask=qd_mask, other=0.0)
+    if ROTARY:
+        cos_sin_row = cos_sin_ptr + tl.load(positions_ptr + q_start).to(tl.int64) * stride_cs
+        q_rows = q_ptr + token * stride_qt + head * stride_qh
+        q = _rotate_rows(
+            q_rows, row_mask, cos_sin_row, q_norm_ptr, eps, HEAD_DIM // 2, HEAD_DIM_PAD, HAS_NORM
+        )
+    else:
+        q_offs = token[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :]
+        q = tl.load(q_ptr + q_offs, mask=qd_mask, other=0.0)
     # Keys the tile needs: up to its last token's position.
     kv_hi = seq_len - q_len + tl.minimum(q_len, tok0 + BLOCK_Q)
     block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt
@@ -209,6 +240,20 @@ def _paged_attention_kernel(
     first = tl.program_id(2) * split_tokens if SCHEDULE == "split" else 0
     if SCHEDULE == "split" and first >= kv_hi:  # past this tile's context
         return
+    if ROTARY:  # DECODE: the new token is at kv_hi - 1; the program whose partition holds it stores it
+        if SCHEDULE != "split" or kv_hi - 1 < first + split_tokens:
+            slot = tl.load(slot_mapping_ptr + q_start).to(tl.int64)
+            if slot >= 0:  # padding rows of a CUDA-graph batch own no slot
+                new = q_start.to(tl.int64)
+                k_dst = k_cache_ptr + (slot // PAGE_SIZE) * stride_kb + (slot % PAGE_SIZE) * stride_ks
+                v_dst = v_cache_ptr + (slot // PAGE_SIZE) * stride_vb + (slot % PAGE_SIZE) * stride_vs
+                _store_new_kv(
+                    k_new_ptr + new * stride_knt + kv_head * stride_knh,
+                    v_new_ptr + new * stride_vnt + kv_head * stride_vnh,
+                    k_dst + kv_head * stride_kh, v_dst + kv_head * stride_vh,
+                    cos_sin_row, k_norm_ptr, eps, HEAD_DIM // 2, HEAD_DIM_PAD, HAS_NORM,
+                )  # fmt: skip
+        tl.debug_barrier()  # every thread of the program sees the stored key/value before it reads them
     if SCHEDULE == "loop":
         m_run = tl.full([BLOCK_M], NEG_INIT, tl.float32)
         l_run = tl.zeros([BLOCK_M], tl.float32)

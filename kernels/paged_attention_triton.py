@@ -34,6 +34,7 @@ from epochserve.kernels import device_info
 from epochserve.kernels.arrival import arrival_counters
 from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, _reduce_partitions_kernel
 from epochserve.kernels.pdl import pdl_enabled
+from epochserve.kernels.rotary import QKNorm
 
 # Partition length the batch-invariant mode is meant to use: a decode step at 1k-32k context and
 # batch ≥ 8 gives ≥ 2 partitions per (sequence, kv head); partial state is ~1.6% of the KV bytes.
@@ -56,6 +57,12 @@ def fold_enabled() -> bool:
     """Whether decode's split schedule folds its partitions in-kernel (EPOCHSERVE_ATTENTION_FOLD=0:
     no, the reduce runs as a launch of its own)."""
     return os.environ.get("EPOCHSERVE_ATTENTION_FOLD", "1") == "1"
+
+
+def rotary_fold_enabled() -> bool:
+    """Whether decode steps rotate and store their new keys inside the attention launch
+    (EPOCHSERVE_ROTARY_ATTENTION=1; off until measured on a GPU: one launch a layer fewer)."""
+    return os.environ.get("EPOCHSERVE_ROTARY_ATTENTION", "0") == "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +145,18 @@ def plan_attention(
     return AttentionPlan(tiles, split, num_parts, schedule, is_decode)
 
 
+@dataclass(frozen=True, slots=True)
+class NewTokens:
+    """What rotary_store_kv_triton would take besides q (kernels/rotary_kv_cache_triton.py)."""
+
+    key: torch.Tensor  # [num_tokens, num_kv_heads, head_dim], not yet rotated
+    value: torch.Tensor
+    positions: torch.Tensor  # [num_tokens] int
+    cos_sin_cache: torch.Tensor  # [max_positions, head_dim] fp32
+    slot_mapping: torch.Tensor  # [num_tokens] int64; negative: not stored
+    qk_norm: QKNorm | None = None
+
+
 def _check_inputs(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> None:
     if query.dim() != 3 or key_cache.dim() != 4 or key_cache.shape != value_cache.shape:
         raise ValueError("expected query [T, Hq, D] and caches [blocks, block_size, Hkv, D] of one shape")
@@ -166,6 +185,7 @@ def paged_attention_triton(
     tiles: AttentionTiles | None = None,
     out: torch.Tensor | None = None,
     fold: bool | None = None,
+    new: NewTokens | None = None,
 ) -> torch.Tensor:
     """Causal GQA attention of each sequence's new tokens over its paged context; [T, Hq, D].
 
@@ -176,8 +196,13 @@ def paged_attention_triton(
     of the batch. tiles: override the tile shapes (benchmarks; breaks invariance if it varies).
     out: optional [T, Hq, D] destination (e.g. a CUDA-graph static buffer). fold: the split
     schedule folds its partitions in-kernel (None: EPOCHSERVE_ATTENTION_FOLD); same bits either way.
+    new (decode only): the query is not yet rotated, and the new tokens' keys and values are not yet
+    in the cache; this launch does rotary_store_kv_triton's work too, with its results (the rotated
+    keys and the values in their slots) and the same attention output, to the bit without a q/k norm.
     """
     _check_inputs(query, key_cache, value_cache)
+    if new is not None:
+        _check_new_tokens(query, new, key_cache, max_query_len)
     if query.stride(-1) != 1:
         query = query.contiguous()
     if out is None:
@@ -195,10 +220,27 @@ def paged_attention_triton(
         counters = None
         if plan.schedule == "split" and (fold_enabled() if fold is None else fold):
             counters = arrival_counters(query.device, num_seqs * num_kv_heads)
-        _launch(
-            query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, plan, out, counters
-        )
+        caches = (key_cache, value_cache)
+        _launch(query, *caches, block_tables, seq_lens, query_start_loc, scale, plan, out, counters, new)
     return out
+
+
+def _check_new_tokens(
+    query: torch.Tensor, new: NewTokens, key_cache: torch.Tensor, max_query_len: int
+) -> None:
+    if max_query_len > 1:
+        raise ValueError("new tokens are rotated and stored in the attention launch at decode only")
+    for name, x in (("query", query), ("key", new.key), ("value", new.value)):
+        if x.dim() != 3 or x.stride(-1) != 1:
+            raise ValueError(f"{name}: expected [num_tokens, heads, head_dim] with contiguous head_dim")
+    if new.key.dtype != key_cache.dtype or new.value.dtype != key_cache.dtype:
+        raise ValueError(f"key/value are {new.key.dtype}/{new.value.dtype}, the caches {key_cache.dtype}")
+    head_dim = query.shape[-1]
+    if head_dim % 2 or new.key.shape[1:] != key_cache.shape[2:] or new.value.shape != new.key.shape:
+        raise ValueError(f"key/value {tuple(new.key.shape)} do not fit cache {tuple(key_cache.shape)}")
+    norm = new.qk_norm
+    if norm is not None and not (norm.q_weight.numel() == norm.k_weight.numel() == head_dim):
+        raise ValueError(f"q/k norm weights must have head_dim = {head_dim} values")
 
 
 def _launch(
@@ -212,6 +254,7 @@ def _launch(
     plan: AttentionPlan,
     out: torch.Tensor,
     counters: torch.Tensor | None,  # given: the split schedule folds in-kernel (FOLD)
+    new: NewTokens | None = None,  # given (decode): rotate and store them in the same launch (ROTARY)
 ) -> None:
     num_tokens, num_heads, head_dim = query.shape
     num_seqs, num_kv_heads = seq_lens.shape[0], key_cache.shape[2]
@@ -225,19 +268,28 @@ def _launch(
     part_l = torch.empty(parts_shape, dtype=torch.float32, device=query.device)
     part_acc = torch.empty((*parts_shape, head_dim_pad), dtype=torch.float32, device=query.device)
     pdl = pdl_enabled(query.device)
+    if new is not None:
+        assert plan.is_decode, "the rotary fold is for decode launches"
+        norm = new.qk_norm
+        norms = (norm.q_weight, norm.k_weight, norm.eps) if norm is not None else (query, query, 0.0)
+        rotary = (new.key, new.value, new.positions, new.slot_mapping, new.cos_sin_cache, *norms)
+        rotary_strides = (*new.key.stride()[:2], *new.value.stride()[:2], new.cos_sin_cache.stride(0))
+    else:  # unused pointers and strides
+        rotary, rotary_strides = (query, query, seq_lens, seq_lens, query, query, query, 0.0), (0,) * 5
     _paged_attention_kernel[grid](
         out, part_acc, part_m, part_l, query, key_cache, value_cache,
         block_tables, seq_lens, query_start_loc, counters if counters is not None else seq_lens,
-        scale * _LOG2E, num_seqs, plan.split_tokens, plan.num_parts,
+        *rotary, scale * _LOG2E, num_seqs, plan.split_tokens, plan.num_parts,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        block_tables.stride(0),
+        block_tables.stride(0), *rotary_strides,
         GROUP=group, HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         BLOCK_M=tiles.block_m, BLOCK_Q=block_q, BLOCK_N=tiles.block_n, PAGE_SIZE=key_cache.shape[1],
         SCHEDULE=plan.schedule, DECODE=plan.is_decode,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32", PDL=pdl,
         FOLD=counters is not None, GROUP_PAD=triton.next_power_of_2(group),
+        ROTARY=new is not None, HAS_NORM=new is not None and new.qk_norm is not None,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     if split and counters is None:

@@ -63,10 +63,30 @@ def compile_sm90(fn: Any, args: dict[str, Any], num_warps: int, num_stages: int)
     return report
 
 
-def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, schedule: str) -> tuple:
+def _attention(
+    dtype: str, group: int, head_dim: int, tiles: Any, page: int, schedule: str, rotary: str = ""
+) -> tuple:
+    """rotary: "" (q rotated before), "rope" (ROTARY) or "rope+norm" (ROTARY with the q/k norm)."""
     from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel
 
-    strides = ("qt", "qh", "ot", "oh", "kb", "ks", "kh", "vb", "vs", "vh", "bt")
+    strides = (
+        "qt",
+        "qh",
+        "ot",
+        "oh",
+        "kb",
+        "ks",
+        "kh",
+        "vb",
+        "vs",
+        "vh",
+        "bt",
+        "knt",
+        "knh",
+        "vnt",
+        "vnh",
+        "cs",
+    )
     names = ("num_seqs", "split_tokens", "num_parts", *(f"stride_{s}" for s in strides))
     args: dict[str, Any] = {n: "i32" for n in names}
     args.update(
@@ -79,6 +99,9 @@ def _attention(dtype: str, group: int, head_dim: int, tiles: Any, page: int, sch
         SCHEDULE=_const(schedule.removesuffix("-fold")), DECODE=_const(schedule.startswith("split")),
         FOLD=_const(schedule.endswith("-fold")),
         DOT_PRECISION=_const("ieee" if dtype == "fp32" else "tf32"), PDL=_const(True),
+        k_new_ptr=f"*{dtype}", v_new_ptr=f"*{dtype}", positions_ptr="*i64", slot_mapping_ptr="*i64",
+        cos_sin_ptr="*fp32", q_norm_ptr=f"*{dtype}", k_norm_ptr=f"*{dtype}", eps="fp32",
+        ROTARY=_const(bool(rotary)), HAS_NORM=_const(rotary == "rope+norm"),
     )  # fmt: skip
     return _paged_attention_kernel, args, tiles.num_warps, tiles.num_stages
 
@@ -347,6 +370,11 @@ def cases() -> list[tuple[str, Callable[[], tuple]]]:
             label = f"attention {dtype} G{group} D{head_dim} page{page} {kind}-tiles {schedule}"
             thunk = functools.partial(_attention, dtype, group, head_dim, tiles, page, schedule)
             out.append((label, thunk))
+        for schedule in ("loop", "split-fold"):  # decode with rotary and the KV store folded in
+            for rotary in ("rope", "rope+norm"):
+                label = f"attention {dtype} G{group} D{head_dim} page{page} decode-tiles {schedule} {rotary}"
+                thunk = functools.partial(_attention, dtype, group, head_dim, decode, page, schedule, rotary)
+                out.append((label, thunk))
         out.append(
             (f"reduce {dtype} G{group} D{head_dim}", functools.partial(_reduce, dtype, group, head_dim))
         )

@@ -64,7 +64,4 @@ class PagedAttention(nn.Module):
         meta: AttentionMetadata,
         qk_norm: QKNorm | None = None,  # Qwen3: each q and k head RMS-normalized before RoPE
     ) -> torch.Tensor:
-        q = self.ops.rotary_store_kv(
-            q, k, v, positions, cos_sin, cache.key, cache.value, meta.slot_mapping, qk_norm
-        )
-        return self.ops.attention(q, cache.key, cache.value, meta, self.scale)
+        return self.ops.rotary_attention(q, k, v, positions, cos_sin, cache, meta, self.scale, qk_norm)

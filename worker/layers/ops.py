@@ -24,7 +24,7 @@ from epochserve.kernels.sampling import SampledRows, SampleRows
 from epochserve.kernels.softmax_stats import softmax_stats_torch
 
 if TYPE_CHECKING:
-    from epochserve.worker.layers.attention import AttentionMetadata
+    from epochserve.worker.layers.attention import AttentionMetadata, LayerKVCache
 
 # batch_invariant on CPU: MKL picks its sgemm kernel, and how its threads split the work, by the
 # product's shape. Measured on a 2-core Sapphire Rapids: a row's sums run in another order at 1, 2-15
@@ -156,6 +156,24 @@ class TorchOps:
         return rotary_store_kv_torch(
             q, k, v, positions, cos_sin, key_cache, value_cache, slot_mapping, qk_norm
         )
+
+    def rotary_attention(
+        self,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        cache: LayerKVCache,
+        meta: AttentionMetadata,
+        scale: float,
+        qk_norm: QKNorm | None = None,
+    ) -> torch.Tensor:
+        """rotary_store_kv, then attention over the cache that now holds the new keys and values."""
+        q = self.rotary_store_kv(
+            q, k, v, positions, cos_sin, cache.key, cache.value, meta.slot_mapping, qk_norm
+        )
+        return self.attention(q, cache.key, cache.value, meta, scale)
 
     def silu_and_mul_linear(self, gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The MLP's down projection of its gate-up output: silu(gate) * up, then · Wᵀ."""
@@ -408,6 +426,36 @@ class TritonOps(TorchOps):
         return paged_attention_triton(
             query, key_cache, value_cache, meta.block_tables, seq_lens, starts, scale,
             max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed,
+        )  # fmt: skip
+
+    def rotary_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        cache: LayerKVCache,
+        meta: AttentionMetadata,
+        scale: float,
+        qk_norm: QKNorm | None = None,
+    ) -> torch.Tensor:
+        from epochserve.kernels.paged_attention_triton import (
+            BATCH_INVARIANT_SPLIT_TOKENS,
+            NewTokens,
+            paged_attention_triton,
+            rotary_fold_enabled,
+        )
+
+        if meta.max_query_len > 1 or not rotary_fold_enabled():  # (no bare super() in a slots dataclass)
+            return TorchOps.rotary_attention(self, q, k, v, positions, cos_sin, cache, meta, scale, qk_norm)
+        # Decode: the rotary + store launch folded into attention's (kernels/decode_rotary.py).
+        assert meta.seq_lens_tensor is not None and meta.query_start_loc_tensor is not None
+        new = NewTokens(k, v, positions, cos_sin, meta.slot_mapping, qk_norm)
+        fixed = BATCH_INVARIANT_SPLIT_TOKENS if self.batch_invariant else None
+        return paged_attention_triton(
+            q, cache.key, cache.value, meta.block_tables, meta.seq_lens_tensor, meta.query_start_loc_tensor,
+            scale, max_query_len=1, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed, new=new,
         )  # fmt: skip
 
     def moe_topk(
