@@ -9,9 +9,13 @@ holds the new position stores the token's key and value before it reads that par
 
 Rows here are [heads, HEAD_DIM_PAD] as the attention program holds them, not the two halves the
 rotary kernel loads: each element is paired with its rotate-half partner by a second load. The
-arithmetic and rounding are rotary_triton's: without a norm the results are the separate kernel's
-to the bit (tests/kernels/test_rotary_attention_triton.py); with one, a head's sum of squares is
-taken as the sum of its two halves' sums as there, the order within each half is the compiler's.
+arithmetic is written as rotary_triton's, rounding where PyTorch's separate ops round: in the
+interpreter the results are the separate kernel's to the bit (tests/kernels/
+test_rotary_attention_triton.py); compiled for an H100 they are PyTorch's to the bit
+(rotary_store_kv_torch: keys, values and the attention output), which the separate kernel's keys are
+not (one ulp in ~17% of elements; tests/gpu/test_kernels_gpu.py, docs/kernels.md). With Qwen3's
+q/k norm, a head's sum of squares is the sum of its two halves' sums as there; the order within
+each half is the compiler's.
 """
 
 from __future__ import annotations

@@ -430,17 +430,12 @@ def _record(results: dict, outputs) -> None:
         sample.logprobs += out.processed_logprobs
 
 
-_SWITCHES = [(s, k) for s in ("EPOCHSERVE_PDL", "EPOCHSERVE_ATTENTION_FOLD") for k in ("llama", "qwen3_moe")]
-
-
-# The rotary fold with Qwen3's q/k norm may sum a head's squares in another order (within rounding;
-# tests/gpu/test_kernels_gpu.py): to the bit only without the norm.
-@pytest.mark.parametrize(("switch", "kind"), [*_SWITCHES, ("EPOCHSERVE_ROTARY_ATTENTION", "llama")])
+@pytest.mark.parametrize("switch", ["EPOCHSERVE_PDL", "EPOCHSERVE_ATTENTION_FOLD"])
+@pytest.mark.parametrize("kind", ["llama", "qwen3_moe"])
 def test_launch_switches_change_no_bit_on_gpu(switch, kind, model_dir, tmp_path_factory, monkeypatch):
-    """Switches that change how kernels are launched, never what they compute: programmatic
-    dependent launch (kernels/pdl.py), attention partitions folded by their last program
-    (kernels/paged_attention_kernels.py) and rotary + KV store folded into decode attention
-    (kernels/decode_rotary.py). Decode on CUDA graphs with each on gives, to the bit, the
+    """Two switches that change how kernels are launched, never what they compute: programmatic
+    dependent launch (kernels/pdl.py) and attention partitions folded by their last program
+    (kernels/paged_attention_kernels.py). Decode on CUDA graphs with each on gives, to the bit, the
     tokens and logprobs without it — greedy and sampled requests, alone (batch 1: the gemv and
     few-token MoE paths) and together. A kernel that read its predecessor's output before its wait,
     or a fold that read a partition before it was written, would differ here."""

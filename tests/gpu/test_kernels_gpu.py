@@ -527,22 +527,37 @@ def test_weight_checksum_kernel_matches_reference_bit_for_bit(dtype: torch.dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("norm", [False, True], ids=["plain", "qk-norm"])
 @pytest.mark.parametrize("fixed", [None, SPLIT])
-def test_rotary_folded_into_decode_attention(dtype: torch.dtype, norm: bool, fixed: int | None) -> None:
-    """Rotary and the KV store inside the decode attention launch (EPOCHSERVE_ROTARY_ATTENTION)
-    against rotary_store_kv_triton then attention, at the Qwen3-30B-A3B head shape: the same bytes
-    without a q/k norm; with it, each head's half sums are added in the compiler's order inside each
-    half, which may tip a rounding of a normalized element as in the test above (printed)."""
-    from test_rotary_attention_triton import run_both
+def test_rotary_folded_into_decode_attention_rounds_like_pytorch(
+    dtype: torch.dtype, fixed: int | None
+) -> None:
+    """Rotary and the KV store inside the decode attention launch (EPOCHSERVE_ROTARY_ATTENTION) at
+    the Qwen3-30B-A3B head shape: the stored keys and values, and the attention output, in the
+    bytes of rotary_store_kv_torch (PyTorch's own bf16/fp16 ops, as transformers rotates) followed by
+    the attention kernel. H100, 2026-12-07: equal, while rotary_store_kv_triton's keys differed from
+    PyTorch's by one ulp in ~17% of elements (printed here; docs/kernels.md)."""
+    from test_rotary_attention_triton import decode_case
+
+    from epochserve.kernels.paged_attention_triton import NewTokens
+    from epochserve.kernels.rotary import rotary_store_kv_torch
 
     seqs = [s for s, _ in DECODE] + [64, 65]
-    separate, folded = run_both(seqs, 32, 4, 128, dtype, norm=norm, device="cuda", fixed_split_tokens=fixed)
-    same = [same_bytes(a, b) for a, b in zip(separate, folded, strict=True)]
-    print(f"\nrotary fold {dtype} norm={norm} split={fixed}: output/keys/values identical {same}")
-    if not norm:
-        assert all(same)
-    else:
-        assert same[2]  # values are copied
-        close(folded[1], separate[1])
-        assert rel_err(folded[0], separate[0]) < ATTN_TOL[dtype]
+    batch, (q, k, v), positions, slots, cos_sin = decode_case(seqs, 32, 4, 128, dtype, 0, "cuda")
+    results = {}
+    for name in ("torch", "triton", "folded"):
+        caches = (batch.key_cache.clone(), batch.value_cache.clone())
+        query, new = q, None
+        if name == "folded":
+            new = NewTokens(k, v, positions, cos_sin, slots)
+        else:
+            rotate = rotary_store_kv_torch if name == "torch" else rotary_store_kv_triton
+            query = rotate(q, k, v, positions, cos_sin, *caches, slots)
+        out = paged_attention_triton(
+            query, *caches, batch.block_tables, batch.seq_lens, batch.query_start_loc, 128**-0.5,
+            max_query_len=1, max_seq_len=batch.max_seq_len, fixed_split_tokens=fixed, new=new,
+        )  # fmt: skip
+        results[name] = (out, *caches)
+    differing = (results["triton"][1] != results["torch"][1]).sum().item() / (len(seqs) * 4 * 128)
+    print(f"\n{dtype}: rotary_store_kv_triton's keys differ from PyTorch's in {differing:.1%} of elements")
+    for a, b in zip(results["folded"], results["torch"], strict=True):
+        assert same_bytes(a, b)
