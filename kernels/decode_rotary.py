@@ -1,6 +1,6 @@
 """RoPE (with Qwen3's per-head q/k norm in front when asked) and the KV-cache store of a decode
 token, done inside the decode attention program instead of a launch of their own
-(kernels/paged_attention_kernels.py, ROTARY; entry: rotary_paged_attention_triton).
+(kernels/paged_attention_kernels.py, ROTARY; entry: paged_attention_triton(..., new=NewTokens(...))).
 
 Why: at batch 1 the separate rotary + store launch (kernels/rotary_kv_cache_triton.py) costs about
 what the attention after it costs, once per layer, for a few kilobytes of work. Folded in, each
@@ -12,8 +12,9 @@ rotary kernel loads: each element is paired with its rotate-half partner by a se
 arithmetic is written as rotary_triton's, rounding where PyTorch's separate ops round: in the
 interpreter the results are the separate kernel's to the bit (tests/kernels/
 test_rotary_attention_triton.py); compiled for an H100 they are PyTorch's to the bit
-(rotary_store_kv_torch: keys, values and the attention output), which the separate kernel's keys are
-not (one ulp in ~17% of elements; tests/gpu/test_kernels_gpu.py, docs/kernels.md). With Qwen3's
+(rotary_store_kv_torch: keys, values and the attention output; tests/gpu/test_kernels_gpu.py). The
+sum takes the sign from a select rather than a subtraction, which keeps the compiler from fusing a
+product into it (tests/kernels/test_sm90_compile.py checks the PTX for 16-bit fmas). With Qwen3's
 q/k norm, a head's sum of squares is the sum of its two halves' sums as there; the order within
 each half is the compiler's.
 """

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from epochserve.kernels.pdl import pdl_enabled, pdl_prologue
 from epochserve.kernels.rotary import QKNorm
-from epochserve.kernels.rotary_triton import _cos_sin, _rotate_heads
+from epochserve.kernels.rotary_triton import NO_FP_FUSION, _cos_sin, _rotate_heads
 
 
 @triton.jit
@@ -97,6 +97,7 @@ def rotary_store_kv_triton(
             BLOCK_QH=triton.next_power_of_2(num_heads), BLOCK_KH=triton.next_power_of_2(num_kv_heads),
             HALF=head_dim // 2, BLOCK_HALF=triton.next_power_of_2(head_dim // 2),
             PAGE_SIZE=key_cache.shape[1], HAS_NORM=qk_norm is not None, PDL=pdl, num_warps=4,
+            **NO_FP_FUSION,
             launch_pdl=pdl,
         )  # fmt: skip
     return q_out

@@ -3,7 +3,10 @@
 Rotate-half layout; cos/sin come from the same [max_positions, head_dim] fp32 table the reference
 uses (Llama-3 or linear scaling is already baked into it). To round like the reference, cos/sin are
 cast to x's dtype first and every product is rounded to x's dtype before the add, as separate
-PyTorch ops would.
+PyTorch ops would. Launched with enable_fp_fusion=False: with fusion on, the compiler narrows the
+rounded products and their sum to bf16 arithmetic and contracts one product and the sum into a bf16
+fma, skipping that product's rounding; the keys then differed from PyTorch's (and transformers')
+rotation by one ulp in ~17% of elements on an H100 (2026-12-07, docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+# Launch option of every kernel that rotates (module doc): no fma across a product's rounding.
+NO_FP_FUSION = dict(enable_fp_fusion=False)
 
 
 @triton.jit
@@ -108,7 +114,7 @@ def _launch(
             NUM_Q_HEADS=q.shape[1], NUM_K_HEADS=k.shape[1],
             BLOCK_QH=triton.next_power_of_2(q.shape[1]), BLOCK_KH=triton.next_power_of_2(k.shape[1]),
             HALF=head_dim // 2, BLOCK_HALF=triton.next_power_of_2(head_dim // 2), HAS_K=k is not q,
-            num_warps=4,
+            num_warps=4, **NO_FP_FUSION,
         )  # fmt: skip
     return q_out, (k_out if k is not q else None)
 

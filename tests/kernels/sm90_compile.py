@@ -30,8 +30,12 @@ def _const(value: Any) -> tuple[str, Any]:
     return ("constexpr", value)
 
 
-def compile_sm90(fn: Any, args: dict[str, Any], num_warps: int, num_stages: int) -> dict[str, Any]:
-    """args: name → type string ("*bf16", "i32", "fp32") or _const(value). Returns resource usage."""
+def compile_sm90(
+    fn: Any, args: dict[str, Any], num_warps: int, num_stages: int, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """args: name → type string ("*bf16", "i32", "fp32") or _const(value); options: the launch's
+    compile options (e.g. rotary's NO_FP_FUSION). Returns resource usage, and FMA16: the PTX's
+    16-bit fmas (a product and a sum rounded once, where a kernel may mean to round twice)."""
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         value = args[name]
@@ -43,7 +47,9 @@ def compile_sm90(fn: Any, args: dict[str, Any], num_warps: int, num_stages: int)
                 attrs[(i,)] = [["tt.divisibility", 16]]  # what launches see for aligned tensors
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
+        src,
+        target=GPUTarget("cuda", 90, 32),
+        options=dict(num_warps=num_warps, num_stages=num_stages, **(options or {})),
     )
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
@@ -60,6 +66,8 @@ def compile_sm90(fn: Any, args: dict[str, Any], num_warps: int, num_stages: int)
         "shared": compiled.metadata.shared,
     }
     report.update({op: sass.count(op) for op in _SASS_OPS})
+    ptx = compiled.asm["ptx"]
+    report["FMA16"] = ptx.count("fma.rn.bf16") + ptx.count("fma.rn.f16")
     return report
 
 
@@ -255,7 +263,7 @@ def _elementwise() -> list[tuple[str, tuple]]:
     from epochserve.kernels.rmsnorm_gemv_triton import _add_rms_norm_gemv_kernel, norm_gemv_tiles
     from epochserve.kernels.rmsnorm_triton import _rms_norm_kernel
     from epochserve.kernels.rotary_kv_cache_triton import _rotary_store_kv_kernel
-    from epochserve.kernels.rotary_triton import _rotary_kernel
+    from epochserve.kernels.rotary_triton import NO_FP_FUSION, _rotary_kernel
     from epochserve.kernels.softmax_stats_triton import CHUNK, _chunk_stats_kernel, _combine_kernel
 
     kv = {n: "i32" for n in _write_kv_cache_kernel.arg_names if n.startswith("stride")}
@@ -305,9 +313,9 @@ def _elementwise() -> list[tuple[str, tuple]]:
         ("softmax_stats combine fp32", (_combine_kernel, combine, 1, 3)),
         ("write_kv_cache bf16", (_write_kv_cache_kernel, kv, 4, 3)),
         ("add_rms_norm bf16 4096", (_rms_norm_kernel, norm, 8, 3)),
-        ("rotary_qk bf16 32/8x128", (_rotary_kernel, rot, 4, 3)),
+        ("rotary_qk bf16 32/8x128", (_rotary_kernel, rot, 4, 3, NO_FP_FUSION)),
         ("silu_and_mul bf16", (_silu_and_mul_kernel, silu, 4, 3)),
-        ("rotary_store_kv bf16 32/8x128", (_rotary_store_kv_kernel, rot_kv, 4, 3)),
+        ("rotary_store_kv bf16 32/8x128", (_rotary_store_kv_kernel, rot_kv, 4, 3, NO_FP_FUSION)),
         (
             "rotary_store_kv + q/k norm bf16 32/4x128",
             (
@@ -315,6 +323,7 @@ def _elementwise() -> list[tuple[str, tuple]]:
                 {**rot_kv, "NUM_KV_HEADS": _const(4), "BLOCK_KH": _const(4), "HAS_NORM": _const(True)},
                 4,
                 3,
+                NO_FP_FUSION,
             ),
         ),
         ("silu_and_mul gemv bf16 N4096 K14336", (_gemv_kernel, gemv, 8, 2)),
@@ -402,9 +411,9 @@ def main() -> int:
         print("unset TRITON_INTERPRET: this compiles for the GPU", file=sys.stderr)
         return 2
     for label, thunk in cases():
-        kernel, args, num_warps, num_stages = thunk()
-        r = compile_sm90(kernel, args, num_warps, num_stages)
-        ops = " ".join(f"{op}={r[op]}" for op in _SASS_OPS if r[op])
+        kernel, args, num_warps, num_stages, *options = thunk()
+        r = compile_sm90(kernel, args, num_warps, num_stages, *options)
+        ops = " ".join(f"{op}={r[op]}" for op in (*_SASS_OPS, "FMA16") if r[op])
         print(f"{label:58s} regs={r['regs']:3d} stack={r['stack']} smem={r['shared']:6d} {ops}", flush=True)
     return 0
 

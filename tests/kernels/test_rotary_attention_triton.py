@@ -7,9 +7,8 @@ partner is loaded instead of sliced; negating a rounded product is exact), so th
 and both caches are compared in bytes, for every schedule and with the partition fold on and off.
 With the norm, each head's sum of squares is two half sums as in the separate kernel; in the
 interpreter (NumPy's pairwise sum, where the zeros of the other half add exactly) that gives the
-same bits too, which this test asserts. On a GPU the compiled kernels round differently: there the
-fold matches PyTorch's rotary in bytes and the separate Triton kernel does not
-(tests/gpu/test_kernels_gpu.py).
+same bits too, which this test asserts. Compiled for a GPU, both kernels round like PyTorch's
+rotation (tests/gpu/test_kernels_gpu.py, with rotary's FP fusion off: kernels/rotary_triton.py).
 """
 
 from __future__ import annotations

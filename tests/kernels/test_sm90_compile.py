@@ -31,3 +31,8 @@ def test_all_kernels_compile_for_sm90_without_spills() -> None:
     assert not spilled, "\n".join(spilled)
     tensor_core = [line for line in lines if line.startswith(("attention bf16", "matmul bf16"))]
     assert all("MMA=" in line for line in tensor_core), "\n".join(tensor_core)
+    # Rotary rounds each product to the input dtype before the sum, as PyTorch and transformers do:
+    # a 16-bit fma there skips that rounding (kernels/rotary_triton.py), in the separate kernels and
+    # in the rotation folded into decode attention.
+    rotating = [line for line in lines if line.startswith("rotary") or "rope" in line]
+    assert len(rotating) >= 3 and not [line for line in rotating if "FMA16=" in line], "\n".join(rotating)
