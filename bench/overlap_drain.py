@@ -25,7 +25,7 @@ time to first token is reported ("probe ms").
     python bench/overlap_drain.py --device cuda             # random Llama-3.2-1B shape, 2k-8k tokens
         [--duration 60] [--baseline-duration 40] [--rollout-every 25] [--concurrency 16] [--n 4]
         [--input uniform:128,256] [--output uniform:2048,8192] [--drain-deadline S] [--json OUT]
-        [--baseline-again] [--output-mode stream|final]
+        [--baseline-again] [--warm-run S] [--output-mode stream|final]
 Prints a line per rollout, then a table. Not pass/fail: numbers go to docs/benchmarks.md.
 """
 
@@ -324,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline-again", action="store_true",
         help="run without rollouts once more at the end: what the runs' order alone changes",
     )  # fmt: skip
+    p.add_argument(
+        "--warm-run", type=float, default=0.0,
+        help="seconds of the same load without rollouts, unmeasured, before the first run: the "
+        "first run on a fresh cluster has come out 7-14%% slower than a later one (docs/benchmarks.md)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the results here (after every run)")
     return p
 
@@ -362,6 +367,11 @@ def main(argv: list[str] | None = None) -> None:
     publisher.warm_up((a, b))
     num_rollouts = 0
     with LocalCluster(spec) as cluster:
+        if args.warm_run > 0:
+            print(f"warm-up: {args.warm_run:.0f} s without rollouts, not measured", flush=True)
+            warm = argparse.Namespace(**{**vars(args), "baseline_duration": args.warm_run})
+            asyncio.run(run_once(cluster, warm, None, (a, b), publisher))
+            wait_idle(cluster.workers[0].address)
         steady = baseline_end = None
         for label in ("none", *args.policies, *(("none",) if args.baseline_again else ())):
             drain = None if label == "none" else cast(DrainName, label)
