@@ -25,7 +25,7 @@ time to first token is reported ("probe ms").
     python bench/overlap_drain.py --device cuda             # random Llama-3.2-1B shape, 2k-8k tokens
         [--duration 60] [--baseline-duration 40] [--rollout-every 25] [--concurrency 16] [--n 4]
         [--input uniform:128,256] [--output uniform:2048,8192] [--drain-deadline S] [--json OUT]
-        [--baseline-again] [--warm-run S] [--output-mode stream|final]
+        [--baseline-again] [--warm-run S] [--worker-arg=--FLAG=VALUE] [--output-mode stream|final]
 Prints a line per rollout, then a table. Not pass/fail: numbers go to docs/benchmarks.md.
 """
 
@@ -291,7 +291,7 @@ def wait_idle(address: str, timeout: float = IDLE_TIMEOUT_SECONDS) -> None:
 
 
 def worker_args(args: argparse.Namespace) -> tuple[str, ...]:
-    common = ("--lease-ttl", LEASE_TTL_SECONDS, "--max-num-seqs", str(args.max_num_seqs))
+    common = ("--lease-ttl", LEASE_TTL_SECONDS, "--max-num-seqs", str(args.max_num_seqs), *args.worker_arg)
     # CPU: small blocks keep the tiny model's pool fine-grained; CUDA: room for the staged twins.
     return common + (
         ("--block-size", "16") if args.device == "cpu" else ("--kv-cache-memory-fraction", "0.8")
@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm-run", type=float, default=0.0,
         help="seconds of the same load without rollouts, unmeasured, before the first run: the "
         "first run on a fresh cluster has come out 7-14%% slower than a later one (docs/benchmarks.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--worker-arg", action="append", default=[],
+        help="one more `epochctl worker` flag, e.g. --worker-arg=--graph-bucket-step=16 (repeatable)",
     )  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="write the results here (after every run)")
     return p

@@ -39,6 +39,9 @@ class EngineConfig:
     # milliseconds), else in pinned host memory (no device memory, a slower swap).
     stage_on_device: bool = True
     cuda_graphs: bool = True  # CUDA: replay decode steps from captured graphs (DecodeGraphs)
+    # Captured batch sizes go up by this step above 64 (cuda_graphs.decode_buckets): a smaller step
+    # pads fewer rows a pass (an overlap has two passes a step) and captures more graphs.
+    graph_bucket_step: int = 32
     # "auto": Triton kernels on CUDA, PyTorch on CPU; "torch": the PyTorch reference everywhere.
     kernel_mode: Literal["auto", "torch", "triton"] = "auto"
     # Bit-identical tokens and logprobs for a request whatever shares its batch: fixed reduction
@@ -68,6 +71,8 @@ class EngineConfig:
             raise ValueError("policy_version must be >= 0 and max_n >= 1")
         if self.load_format not in ("safetensors", "random"):
             raise ValueError(f"load_format must be safetensors or random, got {self.load_format!r}")
+        if self.graph_bucket_step < 1:
+            raise ValueError(f"graph_bucket_step must be >= 1, got {self.graph_bucket_step}")
         if self.async_scheduling not in ("auto", "on", "off"):
             raise ValueError(f"async_scheduling must be auto, on or off, got {self.async_scheduling!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:

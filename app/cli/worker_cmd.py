@@ -32,6 +32,7 @@ ENGINE_FLAGS: tuple[Flag, ...] = (
     Flag("max-n", "most samples per request", int),
     Flag("load-format", "safetensors (default), or random: weights of the right shapes (benchmarks)", str),
     Flag("async-scheduling", "auto (on for CUDA), on or off: prepare step N+1 while step N runs", str),
+    Flag("graph-bucket-step", "CUDA graphs: captured batch sizes above 64 go up by this (default 32)", int),
 )
 
 # The flags in --help's order: fields of WorkerServerConfig, EngineConfig and (with --etcd-endpoints)

@@ -45,6 +45,21 @@ from epochserve.worker.models.llama import LlamaForCausalLM
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+_SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+MAX_GRAPH_BATCH = 256
+
+
+def decode_buckets(max_num_seqs: int, step: int = 32) -> tuple[int, ...]:
+    """The batch sizes to capture: the small ones, then every `step` above 64, up to the first that
+    holds max_num_seqs (a forward pass never has more rows, an overlap's included) and at most
+    MAX_GRAPH_BATCH (larger passes run eagerly, as they always have). Each pass runs in the smallest
+    bucket that fits, so padding averages about step / 2 rows a pass above 64, and an overlap pays it
+    twice a step (one pass per version). max_num_seqs 256 with step 32 gives DEFAULT_BUCKETS."""
+    if step < 1:
+        raise ValueError(f"the bucket step must be >= 1, got {step}")
+    candidates = [*_SMALL_BUCKETS, *range(64 + step, MAX_GRAPH_BATCH, step), MAX_GRAPH_BATCH]
+    largest = next(b for b in candidates if b >= min(max_num_seqs, MAX_GRAPH_BATCH))
+    return tuple(b for b in candidates if b <= largest)
 
 
 class DecodeGraphs:

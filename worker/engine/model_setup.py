@@ -14,7 +14,7 @@ import torch
 
 from epochserve.errors import ConfigError
 from epochserve.worker.config import EngineConfig
-from epochserve.worker.engine.cuda_graphs import DecodeGraphs
+from epochserve.worker.engine.cuda_graphs import DecodeGraphs, decode_buckets
 from epochserve.worker.engine.kv_cache import KVCachePool, cuda_kv_budget_bytes, num_blocks_for_budget
 from epochserve.worker.engine.model_runner import ModelRunner
 from epochserve.worker.layers.context import LayerContext
@@ -54,6 +54,7 @@ class RankSetup:
                 # BlockManager: at most this many hold blocks (an overlap's two versions, each with
                 # max_num_seqs slots, and the one being admitted)
                 num_table_rows=2 * config.max_num_seqs + 1,
+                buckets=decode_buckets(config.max_num_seqs, config.graph_bucket_step),
             )
             runner.graphs.capture()
         return runner

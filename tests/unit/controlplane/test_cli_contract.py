@@ -89,6 +89,7 @@ CONTRACT: dict[str, dict[str, object]] = {
         "--max-n MAX_N": None,
         "--load-format LOAD_FORMAT": None,
         "--async-scheduling ASYNC_SCHEDULING": None,
+        "--graph-bucket-step GRAPH_BUCKET_STEP": None,
     },
     "generate": {
         "--target HOST:PORT": None,
