@@ -34,6 +34,9 @@ from epochserve.worker.weights.updater import RankWeightUpdater
 
 logger = logging.getLogger(__name__)
 
+# Longest a follower waits for its staging thread to finish after rank 0 saw the shared verdict.
+STAGING_END_WAIT_SECONDS = 60.0
+
 
 def follower_main(
     config: EngineConfig, rank: int, world_size: int, init_method: str, timeout_seconds: float
@@ -73,6 +76,10 @@ def follow(channel: CommandChannel, runner: ModelRunner, updater: RankWeightUpda
             case Heartbeat():
                 pass
             case CaptureTwinGraphs():
+                # Rank 0 sends this once its staging reached the verdict, a collective: this rank's
+                # thread is past it too, perhaps not yet done. Capturing without its twins while rank 0
+                # captures would leave rank 0's collectives unpaired.
+                updater.wait(STAGING_END_WAIT_SECONDS)
                 runner.capture_twin_graphs()
             case StageWeights() | SwapWeights() | DropWeights() | FingerprintWeights() as command:
                 run_weight_command(updater, command)
