@@ -35,6 +35,7 @@ from epochserve.kernels.arrival import arrival_counters
 from epochserve.kernels.paged_attention_kernels import _paged_attention_kernel, _reduce_partitions_kernel
 from epochserve.kernels.pdl import pdl_enabled
 from epochserve.kernels.rotary import QKNorm
+from epochserve.kernels.rotary_kv_cache_triton import check_rotary_store_inputs
 
 # Partition length the batch-invariant mode is meant to use: a decode step at 1k-32k context and
 # batch ≥ 8 gives ≥ 2 partitions per (sequence, kv head); partial state is ~1.6% of the KV bytes.
@@ -202,7 +203,7 @@ def paged_attention_triton(
     """
     _check_inputs(query, key_cache, value_cache)
     if new is not None:
-        _check_new_tokens(query, new, key_cache, max_query_len)
+        _check_new_tokens(query, new, key_cache, value_cache, max_query_len)
     if query.stride(-1) != 1:
         query = query.contiguous()
     if out is None:
@@ -220,27 +221,28 @@ def paged_attention_triton(
         counters = None
         if plan.schedule == "split" and (fold_enabled() if fold is None else fold):
             counters = arrival_counters(query.device, num_seqs * num_kv_heads)
-        caches = (key_cache, value_cache)
-        _launch(query, *caches, block_tables, seq_lens, query_start_loc, scale, plan, out, counters, new)
+        _launch(
+            query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale, plan, out,
+            counters, new,
+        )  # fmt: skip
     return out
 
 
 def _check_new_tokens(
-    query: torch.Tensor, new: NewTokens, key_cache: torch.Tensor, max_query_len: int
+    query: torch.Tensor,
+    new: NewTokens,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    max_query_len: int,
 ) -> None:
     if max_query_len > 1:
         raise ValueError("new tokens are rotated and stored in the attention launch at decode only")
-    for name, x in (("query", query), ("key", new.key), ("value", new.value)):
-        if x.dim() != 3 or x.stride(-1) != 1:
-            raise ValueError(f"{name}: expected [num_tokens, heads, head_dim] with contiguous head_dim")
-    if new.key.dtype != key_cache.dtype or new.value.dtype != key_cache.dtype:
+    check_rotary_store_inputs(query, new.key, new.value, key_cache, value_cache, new.qk_norm)
+    # One launch reads the values too, and each kv head's new key and value go to its own cache row.
+    if new.value.dtype != key_cache.dtype:
         raise ValueError(f"key/value are {new.key.dtype}/{new.value.dtype}, the caches {key_cache.dtype}")
-    head_dim = query.shape[-1]
-    if head_dim % 2 or new.key.shape[1:] != key_cache.shape[2:] or new.value.shape != new.key.shape:
+    if new.key.shape[1:] != key_cache.shape[2:] or new.value.shape != new.key.shape:
         raise ValueError(f"key/value {tuple(new.key.shape)} do not fit cache {tuple(key_cache.shape)}")
-    norm = new.qk_norm
-    if norm is not None and not (norm.q_weight.numel() == norm.k_weight.numel() == head_dim):
-        raise ValueError(f"q/k norm weights must have head_dim = {head_dim} values")
 
 
 def _launch(

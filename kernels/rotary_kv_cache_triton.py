@@ -55,6 +55,30 @@ def _rotary_store_kv_kernel(
         tl.store(v_dst, value.to(value_cache_ptr.dtype.element_ty), mask=mask)
 
 
+def check_rotary_store_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    qk_norm: QKNorm | None,
+) -> None:
+    """ValueError unless q/k/v and the caches fit a rotate-and-store kernel (this one, or the
+    rotation folded into decode attention, kernels/decode_rotary.py)."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 3 or x.stride(-1) != 1:
+            raise ValueError(f"{name}: expected [num_tokens, heads, head_dim] with contiguous head_dim")
+    if key_cache.dtype != k.dtype or key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
+        raise ValueError("caches need k's dtype and a contiguous head_dim")
+    head_dim = q.shape[-1]
+    if head_dim % 2 or k.shape[-1] != head_dim or key_cache.shape[-1] != head_dim:
+        raise ValueError(
+            f"head_dim must be even and shared, got {head_dim}, {k.shape[-1]}, {key_cache.shape[-1]}"
+        )
+    if qk_norm is not None and not (qk_norm.q_weight.numel() == qk_norm.k_weight.numel() == head_dim):
+        raise ValueError(f"q/k norm weights must have head_dim = {head_dim} values")
+
+
 def rotary_store_kv_triton(
     q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
     k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
@@ -71,18 +95,8 @@ def rotary_store_kv_triton(
     The caches must have k's dtype (the rotated key is stored as computed, with no cast).
     qk_norm: RMS-normalize every q and k head first (rms_norm_torch's rounding; the sum of squares
     in another order, so within an ulp of the separate norm, not bit-identical to it)."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.dim() != 3 or x.stride(-1) != 1:
-            raise ValueError(f"{name}: expected [num_tokens, heads, head_dim] with contiguous head_dim")
-    if key_cache.dtype != k.dtype or key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
-        raise ValueError("caches need k's dtype and a contiguous head_dim")
+    check_rotary_store_inputs(q, k, v, key_cache, value_cache, qk_norm)
     num_tokens, num_heads, head_dim = q.shape
-    if head_dim % 2 or k.shape[-1] != head_dim or key_cache.shape[-1] != head_dim:
-        raise ValueError(
-            f"head_dim must be even and shared, got {head_dim}, {k.shape[-1]}, {key_cache.shape[-1]}"
-        )
-    if qk_norm is not None and not (qk_norm.q_weight.numel() == qk_norm.k_weight.numel() == head_dim):
-        raise ValueError(f"q/k norm weights must have head_dim = {head_dim} values")
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     norms = (qk_norm.q_weight, qk_norm.k_weight, qk_norm.eps) if qk_norm is not None else (q, k, 0.0)
     if num_tokens:

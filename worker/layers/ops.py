@@ -24,6 +24,7 @@ from epochserve.kernels.sampling import SampledRows, SampleRows
 from epochserve.kernels.softmax_stats import softmax_stats_torch
 
 if TYPE_CHECKING:
+    from epochserve.kernels.paged_attention_triton import NewTokens
     from epochserve.worker.layers.attention import AttentionMetadata, LayerKVCache
 
 # batch_invariant on CPU: MKL picks its sgemm kernel, and how its threads split the work, by the
@@ -414,19 +415,7 @@ class TritonOps(TorchOps):
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        from epochserve.kernels.paged_attention_triton import (
-            BATCH_INVARIANT_SPLIT_TOKENS,
-            paged_attention_triton,
-        )
-
-        assert meta.seq_lens_tensor is not None and meta.query_start_loc_tensor is not None
-        # A graph's plan follows its capture-time bounds (meta.max_seq_len, its batch): valid at replay.
-        fixed = BATCH_INVARIANT_SPLIT_TOKENS if self.batch_invariant else None
-        seq_lens, starts = meta.seq_lens_tensor, meta.query_start_loc_tensor
-        return paged_attention_triton(
-            query, key_cache, value_cache, meta.block_tables, seq_lens, starts, scale,
-            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed,
-        )  # fmt: skip
+        return self._paged_attention(query, key_cache, value_cache, meta, scale)
 
     def rotary_attention(
         self,
@@ -440,22 +429,35 @@ class TritonOps(TorchOps):
         scale: float,
         qk_norm: QKNorm | None = None,
     ) -> torch.Tensor:
-        from epochserve.kernels.paged_attention_triton import (
-            BATCH_INVARIANT_SPLIT_TOKENS,
-            NewTokens,
-            paged_attention_triton,
-            rotary_fold_enabled,
-        )
+        from epochserve.kernels.paged_attention_triton import NewTokens, rotary_fold_enabled
 
         if meta.max_query_len > 1 or not rotary_fold_enabled():  # (no bare super() in a slots dataclass)
             return TorchOps.rotary_attention(self, q, k, v, positions, cos_sin, cache, meta, scale, qk_norm)
         # Decode: the rotary + store launch folded into attention's (kernels/decode_rotary.py).
-        assert meta.seq_lens_tensor is not None and meta.query_start_loc_tensor is not None
         new = NewTokens(k, v, positions, cos_sin, meta.slot_mapping, qk_norm)
+        return self._paged_attention(q, cache.key, cache.value, meta, scale, new)
+
+    def _paged_attention(
+        self,
+        query: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+        new: NewTokens | None = None,
+    ) -> torch.Tensor:
+        from epochserve.kernels.paged_attention_triton import (
+            BATCH_INVARIANT_SPLIT_TOKENS,
+            paged_attention_triton,
+        )
+
+        assert meta.seq_lens_tensor is not None and meta.query_start_loc_tensor is not None
+        # A graph's plan follows its capture-time bounds (meta.max_seq_len, its batch): valid at replay.
         fixed = BATCH_INVARIANT_SPLIT_TOKENS if self.batch_invariant else None
+        seq_lens, starts = meta.seq_lens_tensor, meta.query_start_loc_tensor
         return paged_attention_triton(
-            q, cache.key, cache.value, meta.block_tables, meta.seq_lens_tensor, meta.query_start_loc_tensor,
-            scale, max_query_len=1, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed, new=new,
+            query, key_cache, value_cache, meta.block_tables, seq_lens, starts, scale,
+            max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len, fixed_split_tokens=fixed, new=new,
         )  # fmt: skip
 
     def moe_topk(
