@@ -5,6 +5,9 @@
 #                                             # client processes, or N only (~3 min); HTTP_TOKENS=256
 #                                             # for longer samples (default 64), and
 #                                             # HTTP_MIN_TOKENS=64 for lengths drawn from 64-256;
+#                                             # HTTP_REQUESTS=1024 for more requests than the
+#                                             # worker's 512 slots (default 256, one wave);
+#                                             # HTTP_MODES=final: whole responses only;
 #                                             # EPOCHSERVE_MERGE_CHUNKS=0: the router forwards
 #                                             # each STREAM chunk as it came (router/attempt.py)
 #   bash bench/device_w1_kernels.sh w1        # W1: engine tiles vs the long-row gemv tiles, profile (~2 min)
@@ -27,11 +30,12 @@ date -u
 mode=${1:-kernels}
 http() {  # $1: client processes; HTTP_TOKENS: new tokens a sample (default 64); HTTP_MIN_TOKENS:
     # each request's drawn from [HTTP_MIN_TOKENS, HTTP_TOKENS] instead
-    echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes"
+    echo "=== HTTP front vs gRPC (SmolLM2 shape, tiny weights), 4 front processes, $1 client processes," \
+        "${HTTP_REQUESTS:-256} requests"
     timeout 280 python bench/http_vs_grpc.py --model .device/smol --weights tiny --device cuda \
-        --requests 256 --new-tokens "${HTTP_TOKENS:-64}" --min-new-tokens "${HTTP_MIN_TOKENS:-0}" \
+        --requests "${HTTP_REQUESTS:-256}" --new-tokens "${HTTP_TOKENS:-64}" --min-new-tokens "${HTTP_MIN_TOKENS:-0}" \
         --rounds 3 --worker-arg=--max-num-seqs=512 --router-arg=--http-processes=4 --client-processes "${1:-4}" \
-        --json "$OUT/http4_c${1:-4}_t${HTTP_MIN_TOKENS:-0}-${HTTP_TOKENS:-64}_m${EPOCHSERVE_MERGE_CHUNKS:-1}.json" 2>&1 |
+        --modes "${HTTP_MODES:-final,stream}" --json "$OUT/http4_c${1:-4}_r${HTTP_REQUESTS:-256}_t${HTTP_MIN_TOKENS:-0}-${HTTP_TOKENS:-64}_m${EPOCHSERVE_MERGE_CHUNKS:-1}.json" 2>&1 |
         grep -v -i warn | tail -6
 }
 if [ "$mode" = http ] || [ "$mode" = all ]; then

@@ -21,7 +21,7 @@ ratios).
 Usage: python bench/http_vs_grpc.py [--model DIR] [--weights real|random|tiny] [--device cpu|cuda]
        [--tp N] [--requests 32] [--n 2] [--new-tokens 48 [--min-new-tokens 16]] [--rounds 3]
        [--worker-arg=--max-num-seqs=256 ...] [--router-arg=--http-processes=4 ...]
-       [--client-processes 4] [--json OUT]
+       [--client-processes 4] [--modes final,stream] [--json OUT]
        [--front-only [--profile OUT]]
 The default model is the bundled SmolLM2-135M-Instruct. --weights random needs only --model's
 config.json and tokenizer (random weights of its shape); tiny: a tiny random Llama with the same
@@ -71,6 +71,7 @@ PROMPTS = [
     "Describe the water cycle to a curious ten-year-old, using an everyday example.",
 ]
 PATHS = ("grpc final", "http whole", "grpc stream", "http stream")
+MODE_PATHS = {"final": PATHS[:2], "stream": PATHS[2:]}  # --modes: the paths of each output mode
 CPU_GROUPS = ("router", "worker", "clients")  # whose CPU time a round reports, per output token
 
 
@@ -228,7 +229,7 @@ class CpuMeter:
 
 
 async def measure(
-    cluster: LocalCluster, work: Workload, rounds: int, processes: int
+    cluster: LocalCluster, work: Workload, rounds: int, processes: int, paths: tuple[str, ...] = PATHS
 ) -> dict[str, list[float]]:
     """Output tokens per second of every timed round, by path. With processes > 1, the requests of a
     round are split over that many client processes (one Python client process is itself a limit
@@ -260,7 +261,7 @@ async def measure(
             "clients": [child.pid for child in children if child.pid] or [os.getpid()],
         }, alone=(os.getpid(),))  # fmt: skip
         if pipes:
-            runs = {path: (lambda p=path: spread(p)) for path in PATHS}
+            runs = {path: (lambda p=path: spread(p)) for path in paths}
             return await measure_rounds(runs, work, rounds, meter)
         async with (
             AsyncGenerationClient(cluster.router_address, timeout=600) as grpc_client,
@@ -268,7 +269,7 @@ async def measure(
         ):
             model = (await http.models.list()).data[0].id
             runs = path_rounds(grpc_client, http, work, model, range(work.num_requests))
-            return await measure_rounds(runs, work, rounds, meter)
+            return await measure_rounds({path: runs[path] for path in paths}, work, rounds, meter)
     finally:
         for pipe in pipes:
             pipe.send(None)
@@ -283,9 +284,9 @@ async def measure_rounds(
     each process group used in that round; under "PATH first" and "PATH last", the seconds from the
     round's start to its first and its last completed request."""
     expected = work.num_tokens
-    samples: dict[str, list[float]] = {path: [] for path in PATHS}
+    samples: dict[str, list[float]] = {path: [] for path in runs}
     for round_index in range(rounds + 1):  # round 0 warms up (connections, kernels, caches)
-        for path in PATHS:
+        for path in runs:
             before = meter.read()
             took = await timed(runs[path])
             used = {group: cpu - before[group] for group, cpu in meter.read().items()}
@@ -315,7 +316,7 @@ def report(samples: dict[str, list[float]]) -> str:
         f"| path | out tok/s (median) | min-max | HTTP / gRPC | requests done at (s) | {cpu_heads} |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for path in PATHS:
+    for path in (path for path in PATHS if path in samples):
         rates = samples[path]
         ratio = ""
         if path in GRPC_PAIR:
@@ -502,13 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-processes", type=int, default=1, help="split each round's requests over this many clients"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--modes", default="final,stream", help="output modes to time: final (gRPC FINAL, HTTP whole), stream"
+    )
     parser.add_argument("--front-only", action="store_true", help="the HTTP front alone (module doc)")
     parser.add_argument("--profile", type=Path, default=None, help="--front-only: cProfile stats here")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    modes = [mode for mode in args.modes.split(",") if mode]
+    if not modes or set(modes) - set(MODE_PATHS):
+        parser.error(f"--modes: choose from {', '.join(MODE_PATHS)}, got {args.modes!r}")
+    paths = tuple(path for mode in modes for path in MODE_PATHS[mode])
     from transformers import AutoTokenizer
 
     from epochserve.worker.models.bundled import prepare_smollm2
@@ -530,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
             worker_args=worker_args, router_args=router_args, num_routers=1, http_front=True, fast_etcd=True,
         )  # fmt: skip
         with LocalCluster(spec) as cluster:
-            samples = asyncio.run(measure(cluster, work, args.rounds, args.client_processes))
+            samples = asyncio.run(measure(cluster, work, args.rounds, args.client_processes, paths))
     print(report(samples))
     setup = {key: value for key, value in vars(args).items() if key != "json"}
     summary = {"machine": platform.processor() or platform.machine(), "setup": setup, "rounds": samples}
