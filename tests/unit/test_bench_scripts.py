@@ -1,6 +1,7 @@
 """Every bench script still runs after a move: it imports, its lazy imports resolve, its argument
 parsing works; the shell drivers parse, name files that exist and pass options their scripts take.
-CPU only; nothing is benchmarked except profile_steps.py, end to end on a tiny model.
+CPU only; nothing is benchmarked except profile_steps.py and overlap_step.py, end to end on tiny
+models.
 
 A script (a bench/*.py with a `__main__` block) exposes build_parser(), so that its options can be
 checked without running it; bench/*.py files without one (gpu_common.py) are shared modules and
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import json
 import re
 import shlex
 import subprocess
@@ -171,6 +173,19 @@ def test_profile_steps_runs_on_a_tiny_model_with_run_ahead(import_bench, capsys)
         for phase in ("schedule", "plan", "launch", "wait", "resolve", "total", "step"):
             assert f" {phase}=" in line, line
     assert "lm_head comparison: CUDA only" in out
+
+
+def test_overlap_step_times_both_versions_side_by_side(import_bench, tmp_path):
+    """bench/overlap_step.py end to end on a tiny model: one row on one version, then each overlap
+    row with exactly K sequences on the staged twins of v1 and the rest on v0 (the script checks the
+    split and that the drain is an overlap, not a fallback to finish)."""
+    overlap_step = import_bench(BENCH / "overlap_step.py")
+    out = tmp_path / "result.json"
+    overlap_step.main(["--device", "cpu", "--shape", "tiny", "--batch", "6", "--context", "24",
+                       "--splits", "2,5", "--steps", "3", "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["on_new"] for row in rows] == [0, 2, 5]
+    assert all(row["ms_per_step"] > 0 and row["vs_one_version"] > 0 for row in rows)
 
 
 def test_profile_steps_phases_leave_the_engine_as_its_own_steps_would(import_bench, tmp_path):

@@ -1,0 +1,236 @@
+"""What a decode step costs during a drain=overlap, in one engine, against the same batch on one
+version (#23; docs/design.md §5).
+
+The closed-loop bench (overlap_drain.py) compares runs a minute or more apart, and their order
+alone has moved throughput by 13.6% on an H100 (docs/benchmarks.md), more than the overlap's own
+cost. This one times decode steps of one engine in one process, with the same number of sequences
+and nearly the same context lengths, so that the difference is the overlap's:
+
+    one version   BATCH sequences of v0 on the live weights (a step of a run without rollouts)
+    overlap K     BATCH - K sequences of v0 on the live weights and K of v1 on the verified staged
+                  twins: two forward passes a step, each replaying its own decode graph on CUDA
+
+Each overlap row is set against the bound no implementation beats: the one-version step plus one
+more read of the weights (W bytes at the copy bandwidth measured in this run), since both weight
+sets are read every step while both versions run. "of bound" near 100% means the overlap costs
+only that read; below it, the second pass's own costs (its padding to a graph bucket, the second
+sampling, host work) show.
+
+    python bench/overlap_step.py                          # CUDA, Llama-3.2-1B shape, 256 x 3,072
+    python bench/overlap_step.py --graph-bucket-step 16   # finer graph buckets (epochctl worker flag)
+    python bench/overlap_step.py --device cpu --shape tiny --batch 8 --context 32 --splits 4 --steps 4
+                                                          # CPU: checks the script
+Timings are not pass/fail; numbers go to docs/benchmarks.md with the machine, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from gpu_common import measure_ceilings, weight_bytes
+from soak import LLAMA_1B, TINY, random_llama
+
+SHAPES = {"1b": LLAMA_1B, "tiny": TINY}
+STAGE_TIMEOUT_SECONDS = 300.0  # verifying 2.5 GB of staged weights takes seconds; a hung thread must not
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="1b", help="random Llama weights")
+    p.add_argument("--batch", type=int, default=256, help="sequences in every timed step")
+    p.add_argument("--context", type=int, default=3072, help="prompt tokens of each sequence")
+    p.add_argument(
+        "--splits", default="16,128", help="K,...: sequences on the new version in each overlap row"
+    )
+    p.add_argument("--steps", type=int, default=40, help="decode steps timed per row (after 5 untimed)")
+    p.add_argument("--graph-bucket-step", type=int, default=None, help="the engine's (default: its own)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p
+
+
+def splits_of(text: str, batch: int) -> list[int]:
+    splits = sorted({int(k) for k in text.split(",") if k})
+    if not splits or splits[0] < 1 or splits[-1] >= batch:
+        raise SystemExit(f"--splits: each K must be in 1..{batch - 1}, got {text!r}")
+    return splits
+
+
+class Bench:
+    """One engine on v0's checkpoint with v1 staged beside it, and the requests it runs."""
+
+    WARMUP_STEPS = 5
+
+    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+        from fixtures.engine import make_engine
+
+        from epochserve.worker.weights.manifest import manifest_of_checkpoint
+
+        self.args = args
+        cuda = args.device.startswith("cuda")
+        shape = dict(SHAPES[args.shape], max_position_embeddings=args.context + 4096)
+        dtype = torch.bfloat16 if cuda else torch.float32
+        old = random_llama(root / "v0", shape, seed=0, dtype=dtype, device=args.device)
+        new = random_llama(root / "v1", shape, seed=1, dtype=dtype, device=args.device)
+        manifest_of_checkpoint(1, new).write(new)
+        if cuda:
+            torch.cuda.empty_cache()
+        extra = {} if args.graph_bucket_step is None else {"graph_bucket_step": args.graph_bucket_step}
+        self.engine = make_engine(
+            old, device=args.device, max_num_seqs=args.batch, max_num_batched_tokens=8192,
+            max_model_len=args.context + 4096, enable_prefix_cache=False, **extra,
+        )  # fmt: skip
+        self.new_checkpoint = new
+        self.shape = shape
+        self.num_added = 0
+
+    def add(self, count: int) -> None:
+        """`count` requests of the engine's current version, each one sequence of --context random
+        prompt ids, long enough to outlast every timed row."""
+        from fixtures.engine import make_request
+
+        engine, args = self.engine, self.args
+        vocab = engine.model_config.vocab_size
+        g = torch.Generator().manual_seed(self.num_added)
+        for _ in range(count):
+            prompt = torch.randint(3, vocab, (args.context,), generator=g).tolist()
+            request = make_request(
+                f"r{self.num_added}", prompt, engine.limits, temperature=args.temperature,
+                top_p=args.top_p, seed=self.num_added, max_tokens=4000, ignore_eos=True,
+            )  # fmt: skip
+            engine.add_request(request)
+            self.num_added += 1
+        self._prefill()
+
+    def _prefill(self) -> None:
+        """Step until every sequence has sampled its first token."""
+        scheduler = self.engine.scheduler
+        while any(s.num_generated_tokens == 0 for s in [*scheduler.running, *scheduler.waiting]):
+            self.engine.step()
+
+    def stage_new_version(self) -> None:
+        """Stage v1 and capture its twins' decode graphs, as the rollout agent does before a commit."""
+        weights = self.engine.weights
+        weights.stage(1, str(self.new_checkpoint), None)
+        result = weights.wait(STAGE_TIMEOUT_SECONDS)
+        if result is None or not result.staged.runnable:
+            raise SystemExit("v1 did not stage on the device within the timeout (or not beside v0)")
+        weights.take_result()
+        self.engine.prepare_twins()
+
+    def begin_overlap(self) -> None:
+        from epochserve.controlplane.store.records import DrainPolicy
+
+        self.engine.begin_drain(1, DrainPolicy.OVERLAP)
+        drain = self.engine.draining
+        if drain is None or drain.policy is not DrainPolicy.OVERLAP:
+            raise SystemExit(f"the overlap did not start: {drain.reason if drain else 'no drain'}")
+
+    def rebalance(self, on_new: int) -> None:
+        """End old-version requests until BATCH - on_new remain, then add new-version ones."""
+        engine = self.engine
+        engine._flush()  # the step in flight resolves before requests end
+        old = [rid for rid, seqs in engine._requests.items() if seqs and seqs[0].policy_version == 0]
+        for request_id in old[: max(0, len(old) - (self.args.batch - on_new))]:
+            engine.abort_request(request_id, "overlap_step bench: making room for v1")
+        self.add(on_new - self.count(1))
+
+    def count(self, version: int) -> int:
+        return sum(1 for seqs in self.engine._requests.values() if seqs and seqs[0].policy_version == version)
+
+    def time_steps(self) -> dict[str, float]:
+        """Wall ms per decode step, averaged over --steps (with run-ahead where the engine has it)
+        after WARMUP_STEPS untimed ones; and the share of those steps that ran ahead."""
+        engine, device = self.engine, torch.device(self.args.device)
+        for _ in range(self.WARMUP_STEPS):
+            engine.step()
+        sync(device)
+        ahead_before, start = engine.num_run_ahead_steps, time.perf_counter()
+        for _ in range(self.args.steps):
+            engine.step()
+        sync(device)
+        seconds = time.perf_counter() - start
+        ahead = (engine.num_run_ahead_steps - ahead_before) / self.args.steps
+        return {"ms_per_step": 1000 * seconds / self.args.steps, "run_ahead_share": ahead}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(args: argparse.Namespace) -> dict:
+    splits = splits_of(args.splits, args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(args, Path(tmp))
+        ceilings = measure_ceilings() if args.device.startswith("cuda") else None
+        bench.add(args.batch)
+        rows = [{"row": "one version", "on_new": 0, **bench.time_steps()}]
+        print(f"one version: {rows[0]['ms_per_step']:.2f} ms a step", flush=True)
+        bench.stage_new_version()
+        bench.begin_overlap()
+        for on_new in splits:
+            bench.rebalance(on_new)
+            assert bench.count(0) + bench.count(1) == args.batch
+            rows.append({"row": f"overlap {on_new}", "on_new": on_new, **bench.time_steps()})
+            print(f"overlap {on_new}: {rows[-1]['ms_per_step']:.2f} ms a step", flush=True)
+        weights = weight_bytes({"tie_word_embeddings": False, **bench.shape})  # TINY: untied (LlamaConfig)
+        engine = bench.engine
+        setup = {k: v for k, v in vars(args).items() if k != "json"} | {"json": str(args.json)}
+        setup |= {"graph_bucket_step": engine.config.graph_bucket_step, "kernels": engine.kernel_mode}
+    base = rows[0]["ms_per_step"]
+    # hbm_bytes_per_s counts a copy's bytes read and written: the rate at which W alone is read
+    extra_ms = None if ceilings is None else 1000 * weights / ceilings["hbm_bytes_per_s"]
+    for row in rows:
+        row["vs_one_version"] = base / row["ms_per_step"]
+        if extra_ms is not None and row["on_new"]:
+            row["bound"] = base / (base + extra_ms)
+            row["of_bound"] = row["vs_one_version"] / row["bound"]
+    sizes = {"weight_bytes": weights, "extra_read_ms": extra_ms}
+    return {"setup": setup, "ceilings": ceilings, **sizes, "rows": rows}
+
+
+def table(result: dict) -> str:
+    lines = [
+        "| row | ms a step | vs one version | bound | of bound | steps run ahead |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        bound = f"{row['bound']:.1%}" if "bound" in row else ""
+        of_bound = f"{row['of_bound']:.1%}" if "of_bound" in row else ""
+        lines.append(
+            f"| {row['row']} | {row['ms_per_step']:.2f} | {row['vs_one_version']:.1%} | {bound} | "
+            f"{of_bound} | {row['run_ahead_share']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    extra = result["extra_read_ms"]
+    if extra is not None:
+        bandwidth = result["ceilings"]["hbm_bytes_per_s"]
+        print(f"weights {result['weight_bytes'] / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s: "
+              f"{extra:.2f} ms more a step while both versions run")  # fmt: skip
+    print(table(result))
+    print(f"median of the overlap rows vs one version: "
+          f"{statistics.median(r['vs_one_version'] for r in result['rows'][1:]):.1%}")  # fmt: skip
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
