@@ -18,6 +18,7 @@ sampling, host work) show.
 
     python bench/overlap_step.py                          # CUDA, Llama-3.2-1B shape, 256 x 3,072
     python bench/overlap_step.py --graph-bucket-step 16   # finer graph buckets (epochctl worker flag)
+    python bench/overlap_step.py --profile 10             # and each row's kernel time and top kernels
     python bench/overlap_step.py --device cpu --shape tiny --batch 8 --context 32 --splits 4 --steps 4
                                                           # CPU: checks the script
 Timings are not pass/fail; numbers go to docs/benchmarks.md with the machine, date and commit.
@@ -41,6 +42,7 @@ from gpu_common import measure_ceilings, weight_bytes
 from soak import LLAMA_1B, TINY, random_llama
 
 SHAPES = {"1b": LLAMA_1B, "tiny": TINY}
+TOP_KERNELS = 8  # --profile: kernels listed a row
 STAGE_TIMEOUT_SECONDS = 300.0  # verifying 2.5 GB of staged weights takes seconds; a hung thread must not
 
 
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph-bucket-step", type=int, default=None, help="the engine's (default: its own)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="also profile N steps a row (torch.profiler): kernel ms a step and the top kernels",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p
 
@@ -163,7 +169,28 @@ class Bench:
         sync(device)
         seconds = time.perf_counter() - start
         ahead = (engine.num_run_ahead_steps - ahead_before) / self.args.steps
-        return {"ms_per_step": 1000 * seconds / self.args.steps, "run_ahead_share": ahead}
+        row = {"ms_per_step": 1000 * seconds / self.args.steps, "run_ahead_share": ahead}
+        return row | (self.profile_steps() if self.args.profile else {})
+
+    def profile_steps(self) -> dict:
+        """Kernel ms a step (the device's busy time; the rest of a step it waits on the host) and
+        the kernels that took most of it, over --profile steps under torch.profiler."""
+        steps, device = self.args.profile, torch.device(self.args.device)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(steps):
+                self.engine.step()
+            sync(device)
+        events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+        events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+        top = [
+            (e.key[:70], e.self_device_time_total / 1000 / steps, e.count / steps)
+            for e in events[:TOP_KERNELS]
+        ]
+        kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / steps
+        return {"kernel_ms_per_step": kernel_ms, "top_kernels": top}
 
 
 def sync(device: torch.device) -> None:
@@ -229,6 +256,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"weights {result['weight_bytes'] / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s: "
               f"{extra:.2f} ms more a step while both versions run")  # fmt: skip
     print(table(result))
+    for row in result["rows"]:
+        if "top_kernels" in row:
+            print(
+                f"{row['row']}: kernels {row['kernel_ms_per_step']:.2f} ms a step; ms a step, calls a step:"
+            )
+            for name, ms, calls in row["top_kernels"]:
+                print(f"  {ms:7.3f} {calls:6.1f}  {name}")
     print(f"median of the overlap rows vs one version: "
           f"{statistics.median(r['vs_one_version'] for r in result['rows'][1:]):.1%}")  # fmt: skip
     if args.json is not None:

@@ -182,10 +182,11 @@ def test_overlap_step_times_both_versions_side_by_side(import_bench, tmp_path):
     overlap_step = import_bench(BENCH / "overlap_step.py")
     out = tmp_path / "result.json"
     overlap_step.main(["--device", "cpu", "--shape", "tiny", "--batch", "6", "--context", "24",
-                       "--splits", "2,5", "--steps", "3", "--json", str(out)])  # fmt: skip
+                       "--splits", "2,5", "--steps", "3", "--profile", "1", "--json", str(out)])  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     assert [row["on_new"] for row in rows] == [0, 2, 5]
     assert all(row["ms_per_step"] > 0 and row["vs_one_version"] > 0 for row in rows)
+    assert all("kernel_ms_per_step" in row for row in rows)  # --profile ran (no device time on a CPU)
 
 
 def test_profile_steps_phases_leave_the_engine_as_its_own_steps_would(import_bench, tmp_path):
