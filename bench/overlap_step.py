@@ -131,8 +131,10 @@ class Bench:
         weights = self.engine.weights
         weights.stage(1, str(self.new_checkpoint), None)
         result = weights.wait(STAGE_TIMEOUT_SECONDS)
-        if result is None or not result.staged.runnable:
-            raise SystemExit("v1 did not stage on the device within the timeout (or not beside v0)")
+        if result is None:
+            raise SystemExit(f"v1 did not stage within {STAGE_TIMEOUT_SECONDS:.0f} s")
+        if result.staged is None or not result.staged.runnable:
+            raise SystemExit(f"v1 is not runnable beside v0: {result.error or 'staged in host memory'}")
         weights.take_result()
         self.engine.prepare_twins()
 
