@@ -11,7 +11,12 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="local cluster + RL loop + rollouts + verify, with a summary")
     parser.add_argument("--model", default="smollm2", help="Hugging Face model dir, or 'smollm2' (bundled)")
-    parser.add_argument("--steps", type=int, default=2, help="RL steps (each publishes a version)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="RL steps, each publishing a version (3: one rollout per drain policy)",
+    )
     parser.add_argument("--no-kill", action="store_true", help="do not kill and restart a worker mid-run")
     parser.add_argument("--workdir", type=Path, default=None, help="logs, checkpoints, audit log")
     parser.set_defaults(func=run)

@@ -40,7 +40,8 @@ class LoopConfig:
     max_tokens: int = 12
     lr: float = 1e-5
     seed: int = 0
-    drains: tuple[str, ...] = ("finish", "abort")  # drain policy of step i's rollout: drains[i % len]
+    # drain policy of step i's rollout: drains[i % len]; overlap (the default elsewhere) first
+    drains: tuple[str, ...] = ("overlap", "finish", "abort")
     publish: str = "checkpoint"  # "checkpoint" (save + publish_checkpoint) or "broadcast" (publish_tensors)
     max_attempts: int = 4  # tries per group when the cluster answers with an explicit error
 

@@ -38,7 +38,7 @@ class DemoResult:
 
 
 def run_demo(
-    model_dir: Path, workdir: Path, steps: int = 2, kill_worker: bool = True, say=print
+    model_dir: Path, workdir: Path, steps: int = 3, kill_worker: bool = True, say=print
 ) -> DemoResult:
     audit = workdir / "audit.jsonl"
     spec = LocalClusterSpec(

@@ -223,7 +223,7 @@ CONTRACT: dict[str, dict[str, object]] = {
     },
     "demo": {
         "--model MODEL": "smollm2",
-        "--steps STEPS": 2,
+        "--steps STEPS": 3,
         "--no-kill": False,
         "--workdir WORKDIR": None,
     },
