@@ -55,7 +55,8 @@ class StepReport:
     mismatch: MismatchStats
     loss: float
     published_version: int
-    publish_seconds: float
+    publish_seconds: float  # until the rollout was DONE
+    drain: str = ""  # the rollout's drain policy
     errors: dict[str, int] = field(default_factory=dict)  # explicit errors retried, by status
 
     def to_json(self) -> dict[str, Any]:
@@ -149,6 +150,7 @@ def _one_step(
         loss=loss,
         published_version=new_version,
         publish_seconds=time.perf_counter() - start,
+        drain=drain,
         errors=dict(errors),
     )
 
@@ -163,6 +165,6 @@ def format_step(report: StepReport) -> str:
         f"step {report.step}: sampled on v{report.sampled_version} (groups {report.group_versions}), "
         f"reward {report.reward_mean:.2f} | mean|Δ| {m.mean_abs_delta:.2e} max|Δ| {m.max_abs_delta:.2e} "
         f"KL {m.kl_new_old:.2e} clip {m.token_clip_rate:.1%}/{m.sequence_clip_rate:.1%} | "
-        f"published v{report.published_version} in {report.publish_seconds:.1f} s"
+        f"published v{report.published_version} (drain={report.drain}) in {report.publish_seconds:.1f} s"
         + (f" | retried {report.errors}" if report.errors else "")
     )

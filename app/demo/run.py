@@ -82,14 +82,15 @@ def print_summary(result: DemoResult, out=sys.stdout) -> None:
     line("\n== RL loop: the trainer's recompute against the engine's logprobs, before each optimizer step")
     line(
         f"{'step':>4} {'version':>7} {'reward':>6} {'mean|Δ|':>9} {'max|Δ|':>9} {'KL':>9} {'clip':>6} "
-        f"{'publish':>8}"
+        f"{'publish':>8} drain"
     )
     for s in result.steps:
         m = s.mismatch
         numbers = (
             f"{m.mean_abs_delta:9.1e} {m.max_abs_delta:9.1e} {m.kl_new_old:9.1e} {m.token_clip_rate:6.1%}"
         )
-        line(f"{s.step:4d} {s.sampled_version:7d} {s.reward_mean:6.2f} {numbers} {s.publish_seconds:7.1f}s")
+        head = f"{s.step:4d} {s.sampled_version:7d} {s.reward_mean:6.2f}"
+        line(f"{head} {numbers} {s.publish_seconds:7.1f}s {s.drain}")
     load = result.load
     line(f"\n== extra load: {load.sent} sent, {load.completed} completed, errors {dict(load.errors)}, "
          f"lost {load.lost}, mixed versions {load.mixed_versions}")  # fmt: skip
