@@ -39,10 +39,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gpu_common import measure_ceilings, weight_bytes
+from profile_steps import add_requests, prefill, sync
 from soak import LLAMA_1B, TINY, random_llama
 
 SHAPES = {"1b": LLAMA_1B, "tiny": TINY}
 TOP_KERNELS = 8  # --profile: kernels listed a row
+MAX_TOKENS = 4000  # a request's budget: more than every row's steps together
 STAGE_TIMEOUT_SECONDS = 300.0  # verifying 2.5 GB of staged weights takes seconds; a hung thread must not
 
 
@@ -100,31 +102,16 @@ class Bench:
         )  # fmt: skip
         self.new_checkpoint = new
         self.shape = shape
-        self.num_added = 0
+        self.num_adds = 0  # calls of add: each labels its requests apart
 
     def add(self, count: int) -> None:
         """`count` requests of the engine's current version, each one sequence of --context random
-        prompt ids, long enough to outlast every timed row."""
-        from fixtures.engine import make_request
-
-        engine, args = self.engine, self.args
-        vocab = engine.model_config.vocab_size
-        g = torch.Generator().manual_seed(self.num_added)
-        for _ in range(count):
-            prompt = torch.randint(3, vocab, (args.context,), generator=g).tolist()
-            request = make_request(
-                f"r{self.num_added}", prompt, engine.limits, temperature=args.temperature,
-                top_p=args.top_p, seed=self.num_added, max_tokens=4000, ignore_eos=True,
-            )  # fmt: skip
-            engine.add_request(request)
-            self.num_added += 1
-        self._prefill()
-
-    def _prefill(self) -> None:
-        """Step until every sequence has sampled its first token."""
-        scheduler = self.engine.scheduler
-        while any(s.num_generated_tokens == 0 for s in [*scheduler.running, *scheduler.waiting]):
-            self.engine.step()
+        prompt ids, long enough to outlast every timed row; stepped until each has its first token."""
+        args = self.args
+        label = f"add{self.num_adds}"
+        add_requests(self.engine, label, count, args.context, MAX_TOKENS, args.temperature, args.top_p)
+        self.num_adds += 1
+        prefill(self.engine)
 
     def stage_new_version(self) -> None:
         """Stage v1 and capture its twins' decode graphs, as the rollout agent does before a commit."""
@@ -193,11 +180,6 @@ class Bench:
         ]
         kernel_ms = sum(e.self_device_time_total for e in events) / 1000 / steps
         return {"kernel_ms_per_step": kernel_ms, "top_kernels": top}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run(args: argparse.Namespace) -> dict:

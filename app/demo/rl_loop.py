@@ -56,7 +56,7 @@ class StepReport:
     loss: float
     published_version: int
     publish_seconds: float  # until the rollout was DONE
-    drain: str = ""  # the rollout's drain policy
+    drain: str  # the rollout's drain policy
     errors: dict[str, int] = field(default_factory=dict)  # explicit errors retried, by status
 
     def to_json(self) -> dict[str, Any]:
